@@ -1,0 +1,227 @@
+"""The contract every backend satisfies, and what a fit returns.
+
+A backend knows its engine and the spec; it knows nothing about metrics, harness or reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from arviz_base import from_dict
+
+from models.data import Dataset
+from models.errors import MixbenchError
+from models.spec import MixtureSpec
+
+# The shared method vocabulary (ARCHITECTURE.md). A backend declares which it supports.
+METHODS: tuple[str, ...] = (
+    "nuts",
+    "advi-meanfield",
+    "advi-fullrank",
+    "advi-minibatch-meanfield",
+    "advi-minibatch-fullrank",
+    "pathfinder",
+    "map",
+)
+
+Status = Literal["ok", "unsupported", "failed"]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Every knob of a fit, recorded with its result. Defaults follow the forum thread."""
+
+    # NUTS
+    chains: int = 2
+    warmup: int = 1000
+    draws: int = 1000
+    target_accept: float = 0.8
+    max_treedepth: int = 10
+    # Which implementation runs NUTS where the backend has a choice (PyMC: nutpie, pymc, numpyro;
+    # Stan: cmdstanpy, pystan). None: the backend's default (PyMC: nutpie; Stan: cmdstanpy when a
+    # CmdStan install is found, else pystan).
+    sampler: str | None = None
+    parallel_chains: bool = True
+    precision: Literal["float64", "float32"] = "float64"
+    # VI and MAP
+    vi_iterations: int = 10_000
+    optimizer: str = "adam"
+    learning_rate: float = 0.01
+    vi_tolerance: float = 1e-4
+    vi_draws: int = 1000
+    batch_size: int = 128
+
+    def __post_init__(self):
+        for name in ("chains", "draws", "vi_iterations", "vi_draws", "batch_size", "max_treedepth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise MixbenchError(f"settings.{name}: must be a positive integer, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
+            raise MixbenchError(f"settings.warmup: must be a non-negative integer, got {self.warmup!r}")
+        if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
+            raise MixbenchError(f"settings.target_accept: must be in (0, 1), got {self.target_accept!r}")
+        if self.precision not in ("float64", "float32"):
+            raise MixbenchError(f"settings.precision: must be float64 or float32, got {self.precision!r}")
+        for name in ("learning_rate", "vi_tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise MixbenchError(f"settings.{name}: must be a positive finite number, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FitSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MixbenchError(f"settings: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class Fit:
+    """What ``Backend.fit`` returns, whatever the backend, method or outcome."""
+
+    backend: str
+    method: str
+    status: Status
+    engine: str | None = None
+    reason: str | None = None
+    draws: xr.DataTree | None = None
+    # Seconds: NUTS fills compile / warmup / sampling / extraction; VI and MAP fill compile /
+    # optimisation / extraction. A phase the engine cannot separate is absent, not zero.
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    precision: str = "float64"
+    grad_evals: int | None = None
+    divergences: int | None = None
+    converged: bool | None = None
+    iterations: int | None = None
+    # VI: one entry per draw of ``draws`` (chain 0): model log density (oracle convention) and the
+    # approximation's log density at the same draw; the optimisation loss per iteration.
+    log_p: np.ndarray | None = None
+    log_q: np.ndarray | None = None
+    loss: np.ndarray | None = None
+    # MAP: the point (canonical names) and its log density.
+    point: dict[str, np.ndarray] | None = None
+    point_log_density: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def unsupported(backend: str, method: str, reason: str, engine: str | None = None) -> Fit:
+    return Fit(backend=backend, method=method, status="unsupported", engine=engine, reason=reason)
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine_info() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpu_count": str(os.cpu_count()),
+    }
+
+
+@contextmanager
+def stopwatch(timings: dict[str, float], phase: str):
+    """Add the wall time of the block to ``timings[phase]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+def canonical_datatree(
+    spec: MixtureSpec,
+    posterior: dict[str, np.ndarray],
+    sample_stats: dict[str, np.ndarray] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> xr.DataTree:
+    """Draws with leading (chain, draw) axes -> the canonical DataTree of ARCHITECTURE.md.
+
+    ``posterior`` must hold exactly the spec's parameters (w, b when present, sigma, pi) with
+    shapes (chain, draw, *param_shape). Every backend converts its engine's output to this.
+    """
+    shapes = spec.param_shapes()
+    if set(posterior) != set(shapes):
+        raise ValueError(f"posterior has {sorted(posterior)}, the spec needs {sorted(shapes)}")
+    for name, shape in shapes.items():
+        arr = np.asarray(posterior[name])
+        if arr.ndim != 2 + len(shape) or arr.shape[2:] != shape:
+            raise ValueError(f"posterior[{name!r}] has shape {arr.shape}, expected (chain, draw, *{shape})")
+    groups = {"posterior": {k: np.asarray(v, dtype=float) for k, v in posterior.items()}}
+    if sample_stats:
+        groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
+    coords = {"component": np.arange(spec.K), "covariate": np.arange(spec.D)}
+    return from_dict(groups, coords=coords, dims=spec.param_dims(), attrs=attrs)
+
+
+class Backend(ABC):
+    """One probabilistic programming backend implementing the spec."""
+
+    name: str = ""
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Versions of the backend's packages and engines."""
+
+    @abstractmethod
+    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        """None if this backend can run ``method`` for ``spec`` with ``settings``, else why not."""
+
+    @abstractmethod
+    def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
+        """The backend's own model log density at a constrained point (oracle convention)."""
+
+    @abstractmethod
+    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        """Run ``method``; only called for supported pairs on validated input."""
+
+    def fit(
+        self,
+        spec: MixtureSpec,
+        dataset: Dataset,
+        method: str,
+        settings: FitSettings | None = None,
+        seed: int = 0,
+    ) -> Fit:
+        if method not in METHODS:
+            raise MixbenchError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
+        settings = settings or FitSettings()
+        dataset.check_against(spec)
+        reason = self.unsupported_reason(spec, method, settings)
+        if reason is not None:
+            result = unsupported(self.name, method, reason)
+        else:
+            result = self._fit(spec, dataset, method, settings, seed)
+        result.settings = settings.to_dict()
+        result.seed = seed
+        result.versions = {**self.versions(), **result.versions}
+        return result

@@ -1,0 +1,83 @@
+"""Built-in scenarios: a true parameter point, a spec to fit, and a seeded data generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.data import Dataset
+from models.errors import MixbenchError
+from models.spec import MixtureSpec, NormalPrior
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A data-generating process with known truth and the spec mixbench fits to it."""
+
+    name: str
+    description: str
+    N: int
+    spec: MixtureSpec
+    truth: dict[str, np.ndarray] = field(repr=False)
+
+    def simulate(self, seed: int, N: int | None = None) -> Dataset:
+        """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi), y = b_z + x . w_z + sigma_z eps."""
+        n = self.N if N is None else int(N)
+        if n < 1:
+            raise MixbenchError(f"N: must be at least 1, got {n}")
+        rng = np.random.default_rng(seed)
+        truth = self.spec.check_params(self.truth)
+        x = rng.uniform(-1.0, 1.0, size=(n, self.spec.D))
+        z = rng.choice(self.spec.K, size=n, p=truth["pi"])
+        mean = np.einsum("nd,nd->n", x, truth["w"][z])
+        if self.spec.intercept:
+            mean = mean + truth["b"][z]
+        sigma = np.broadcast_to(truth["sigma"], (self.spec.K,))[z]
+        y = mean + sigma * rng.standard_normal(n)
+        return Dataset(x=x, y=y, truth=truth, name=self.name)
+
+
+def _truth(**arrays) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=float) for k, v in arrays.items()}
+
+
+# The thread's data: half the points on y = 3x, half on y = -x, noise sd 0.1, fitted with the
+# thread's priors (Dirichlet(1), Normal(0, 2) slopes, Uniform(0, 1) shared sigma), no intercept.
+_FORUM_SPEC = MixtureSpec(K=2, D=1, intercept=False, sigma="shared")
+_FORUM_TRUTH = _truth(w=[[3.0], [-1.0]], sigma=0.1, pi=[0.5, 0.5])
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("forum", "The forum thread: N = 100000, slopes 3 and -1, sigma 0.1, weights 0.5/0.5",
+                 100_000, _FORUM_SPEC, _FORUM_TRUTH),
+        Scenario("forum-small", "The forum truth at N = 2000: the fast default",
+                 2_000, _FORUM_SPEC, _FORUM_TRUTH),
+        Scenario("separated", "K = 2, D = 1 with intercepts -2 and 2, ordered by intercept, per-component sigma",
+                 2_000,
+                 MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", ordering="intercept",
+                             intercept_prior=NormalPrior(0.0, 5.0)),
+                 _truth(w=[[1.0], [-1.0]], b=[-2.0, 2.0], sigma=[0.2, 0.3], pi=[0.4, 0.6])),
+        Scenario("gmm3", "Intercept-only Gaussian mixture (D = 0), K = 3, means -3, 0, 3",
+                 3_000,
+                 MixtureSpec(K=3, D=0, intercept=True, sigma="shared", intercept_prior=NormalPrior(0.0, 5.0)),
+                 _truth(w=np.zeros((3, 0)), b=[-3.0, 0.0, 3.0], sigma=0.5, pi=[0.3, 0.3, 0.4])),
+        Scenario("three-lines", "K = 3, D = 2 with intercepts and per-component sigma",
+                 5_000,
+                 MixtureSpec(K=3, D=2, intercept=True, sigma="per-component"),
+                 _truth(w=[[2.0, 0.5], [-1.0, 1.0], [0.0, -2.0]], b=[1.0, -1.0, 0.0],
+                        sigma=[0.1, 0.2, 0.15], pi=[0.3, 0.3, 0.4])),
+    ]
+}
+
+DEFAULT_SCENARIO = "forum-small"
+
+
+def get_scenario(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise MixbenchError(
+            f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}"
+        ) from None

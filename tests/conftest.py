@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from models import MixtureSpec, NormalPrior, SigmaPrior
+
+# Specs the log-density agreement tests sweep: K = 1, 2, 3; D = 0, 1, 2; shared and
+# per-component sigma; with and without intercepts; every ordering; both sigma priors.
+AGREEMENT_SPECS = {
+    "K1-D1-shared": MixtureSpec(K=1, D=1),
+    "K2-D1-forum": MixtureSpec(K=2, D=1),
+    "K2-D0-gmm": MixtureSpec(K=2, D=0, intercept=True, intercept_prior=NormalPrior(1.0, 3.0)),
+    "K3-D2-percomp-intercept": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                           sigma_prior=SigmaPrior("halfnormal", 0.7), pi_alpha=(1.0, 2.0, 3.5)),
+    "K2-D2-order-intercept": MixtureSpec(K=2, D=2, intercept=True, ordering="intercept",
+                                         slope_prior=NormalPrior(0.5, 1.5)),
+    "K3-D1-order-slope": MixtureSpec(K=3, D=1, sigma="per-component", ordering="slope", pi_alpha=2.0),
+    "K3-D0-order-intercept": MixtureSpec(K=3, D=0, intercept=True, ordering="intercept",
+                                         sigma_prior=SigmaPrior("uniform", 2.5)),
+}
+
+
+def make_data(spec: MixtureSpec, n: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, spec.D))
+    y = rng.normal(0.0, 1.5, size=n)
+    return x, y
+
+
+@pytest.fixture(params=list(AGREEMENT_SPECS), ids=list(AGREEMENT_SPECS))
+def agreement_spec(request) -> MixtureSpec:
+    return AGREEMENT_SPECS[request.param]

@@ -1,0 +1,66 @@
+"""The oracle against hand computations: it is what every backend is judged by."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from models import MixtureSpec, NormalPrior, SigmaPrior, log_density, log_prior, random_point
+from models.oracle import forum_original_log_likelihood, log_likelihood
+
+
+def test_single_component_is_a_plain_regression():
+    spec = MixtureSpec(K=1, D=1)
+    x = np.array([[0.5], [-1.0], [0.0]])
+    y = np.array([1.0, -2.0, 0.3])
+    params = {"w": np.array([[2.0]]), "sigma": np.array(0.5), "pi": np.array([1.0])}
+    expected_lik = stats.norm.logpdf(y, 2.0 * x[:, 0], 0.5).sum()
+    assert log_likelihood(spec, x, y, params) == pytest.approx(expected_lik, rel=1e-12)
+    # Dirichlet(1) on one component has density 1; Normal(0, 2) slope; Uniform(0, 1) sigma.
+    expected_prior = stats.norm.logpdf(2.0, 0, 2) + 0.0
+    assert log_prior(spec, params) == pytest.approx(expected_prior, rel=1e-12)
+
+
+def test_two_component_mixture_by_hand():
+    spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component",
+                       sigma_prior=SigmaPrior("halfnormal", 1.0), intercept_prior=NormalPrior(0, 5))
+    x = np.zeros((2, 0))
+    y = np.array([0.1, 2.9])
+    params = {"w": np.zeros((2, 0)), "b": np.array([0.0, 3.0]), "sigma": np.array([0.5, 1.0]),
+              "pi": np.array([0.3, 0.7])}
+    lik = sum(math.log(0.3 * stats.norm.pdf(v, 0, 0.5) + 0.7 * stats.norm.pdf(v, 3, 1.0)) for v in y)
+    prior = (math.log(math.gamma(2.0))  # Dirichlet(1, 1) density on the simplex is Gamma(2) = 1
+             + stats.norm.logpdf([0.0, 3.0], 0, 5).sum()
+             + stats.halfnorm.logpdf([0.5, 1.0]).sum())
+    assert log_density(spec, x, y, params) == pytest.approx(lik + prior, rel=1e-12)
+
+
+def test_ordering_adds_log_k_factorial_and_excludes_unordered_points():
+    base = MixtureSpec(K=3, D=0, intercept=True)
+    ordered = base.with_(ordering="intercept")
+    point = random_point(ordered, np.random.default_rng(1))
+    assert log_prior(ordered, point) == pytest.approx(log_prior(base, point) + math.log(6), rel=1e-12)
+    swapped = dict(point, b=point["b"][::-1].copy())
+    assert log_prior(ordered, swapped) == -np.inf
+
+
+def test_sigma_outside_uniform_support_is_impossible():
+    spec = MixtureSpec(K=2, D=1)
+    point = random_point(spec, np.random.default_rng(0))
+    assert log_prior(spec, dict(point, sigma=np.array(1.5))) == -np.inf
+
+
+def test_forum_original_likelihood_keeps_both_bugs():
+    spec = MixtureSpec(K=2, D=1, likelihood="forum-original")
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (5, 1))
+    y = rng.normal(size=5)
+    params = {"w": np.array([[3.0], [-1.0]]), "sigma": np.array(0.4), "pi": np.array([0.5, 0.5])}
+    per_component = []
+    for k in range(2):
+        delta = y - params["w"][k, 0] * x[:, 0]
+        per_component.append(math.log(0.5) - 0.5 * (5 * math.log(2 * math.pi) + math.log(0.4)
+                                                       + (delta**2).sum() / 0.4**2))
+    expected = np.logaddexp(*per_component)
+    assert forum_original_log_likelihood(spec, x, y, params) == pytest.approx(expected, rel=1e-12)

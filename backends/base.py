@@ -60,6 +60,9 @@ class FitSettings:
     vi_tolerance: float = 1e-4
     vi_draws: int = 1000
     batch_size: int = 128
+    # Minibatch ADVI scales the batch likelihood up to N (total_size). False replays the forum
+    # thread's bug: each step sees 128 points weighted as if they were the whole data.
+    minibatch_total_size: bool = True
 
     def __post_init__(self):
         for name in ("chains", "draws", "vi_iterations", "vi_draws", "batch_size", "max_treedepth"):
@@ -110,9 +113,13 @@ class Fit:
     divergences: int | None = None
     converged: bool | None = None
     iterations: int | None = None
-    # VI: one entry per draw of ``draws`` (chain 0): model log density (oracle convention) and the
-    # approximation's log density at the same draw; the optimisation loss per iteration.
+    # VI (and Pathfinder): one entry per draw of ``draws`` (chain 0), all in the approximation's
+    # unconstrained space so that log_p - log_q are valid importance weights for PSIS:
+    # log_p = the model's log density there, Jacobian included; log_jacobian = the log |Jacobian|
+    # of the constraining transform, so log_p - log_jacobian is the oracle-convention log density;
+    # log_q = the approximation's log density. loss: the optimisation loss per iteration.
     log_p: np.ndarray | None = None
+    log_jacobian: np.ndarray | None = None
     log_q: np.ndarray | None = None
     loss: np.ndarray | None = None
     # MAP: the point (canonical names) and its log density.

@@ -52,27 +52,34 @@ def log_likelihood_terms(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params
     return special.logsumexp(log_pi[None, :] + stats.norm.logpdf(y[:, None], mu, sigma[None, :]), axis=1)
 
 
-def forum_original_log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:
-    """The thread's likelihood as posted, over one batch (the whole of ``y``).
+def forum_log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:
+    """The thread's likelihood over one batch (the whole of ``y``), bugs as ``spec.likelihood`` keeps.
 
-    Its two bugs are kept on purpose: each component's normal log density is summed over the
-    whole batch *before* the log-sum-exp (every point of the batch forced into one component),
-    and it uses log(sigma) where the normal density needs 2 log(sigma).
+    Batch log-sum-exp bug: each component's normal log density is summed over the whole batch
+    *before* the log-sum-exp, so every point of the batch is forced into one component.
+    log-sigma bug: the posted density is -0.5 (n log 2 pi + log sigma + sum z^2) over a batch of n,
+    where the normal needs -0.5 (n log 2 pi + 2 n log sigma + sum z^2).
     """
     params = spec.check_params(params)
     mu = component_means(spec, x, params)
     sigma = np.broadcast_to(params["sigma"], (spec.K,))
-    n = y.shape[0]
-    batch_logp = -0.5 * (
-        n * np.log(2 * np.pi) + np.log(sigma) + ((y[:, None] - mu) ** 2).sum(axis=0) / sigma**2
-    )
     with np.errstate(divide="ignore"):
-        return float(special.logsumexp(np.log(params["pi"]) + batch_logp))
+        log_pi = np.log(params["pi"])
+    z2 = (y[:, None] - mu) ** 2 / sigma**2
+    batch_lse = spec.likelihood in ("forum-original", "forum-batch-lse")
+    log_sigma_bug = spec.likelihood in ("forum-original", "forum-log-sigma")
+    if batch_lse:
+        n = y.shape[0]
+        sigma_term = np.log(sigma) if log_sigma_bug else 2 * n * np.log(sigma)
+        batch_logp = -0.5 * (n * np.log(2 * np.pi) + sigma_term + z2.sum(axis=0))
+        return float(special.logsumexp(log_pi + batch_logp))
+    point_logp = -0.5 * (np.log(2 * np.pi) + np.log(sigma)[None, :] + z2)
+    return float(special.logsumexp(log_pi[None, :] + point_logp, axis=1).sum())
 
 
 def log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:
-    if spec.likelihood == "forum-original":
-        return forum_original_log_likelihood(spec, x, y, params)
+    if spec.likelihood != "mixture":
+        return forum_log_likelihood(spec, x, y, params)
     return float(log_likelihood_terms(spec, x, y, params).sum())
 
 

@@ -23,11 +23,15 @@ from models.errors import MixbenchError
 
 SigmaMode = Literal["shared", "per-component"]
 Ordering = Literal["none", "intercept", "slope"]
-Likelihood = Literal["mixture", "forum-original"]
+Likelihood = Literal["mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"]
 
 SIGMA_MODES = ("shared", "per-component")
 ORDERINGS = ("none", "intercept", "slope")
-LIKELIHOODS = ("mixture", "forum-original")
+# "mixture" is the correct per-observation mixture. The others replay the forum thread's model:
+# "forum-original" as posted (log-sum-exp over whole-batch sums, and log(sigma) counted once
+# where the normal needs 2 log(sigma) per observation); "forum-batch-lse" keeps only the first
+# bug, "forum-log-sigma" only the second (per observation: -0.5 (log 2 pi + log sigma + z^2)).
+LIKELIHOODS = ("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma")
 
 
 def _positive_finite(name: str, value: float) -> float:

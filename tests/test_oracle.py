@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from models import MixtureSpec, NormalPrior, SigmaPrior, log_density, log_prior, random_point
-from models.oracle import forum_original_log_likelihood, log_likelihood
+from models.oracle import forum_log_likelihood, log_likelihood
 
 
 def test_single_component_is_a_plain_regression():
@@ -63,4 +63,22 @@ def test_forum_original_likelihood_keeps_both_bugs():
         per_component.append(math.log(0.5) - 0.5 * (5 * math.log(2 * math.pi) + math.log(0.4)
                                                        + (delta**2).sum() / 0.4**2))
     expected = np.logaddexp(*per_component)
-    assert forum_original_log_likelihood(spec, x, y, params) == pytest.approx(expected, rel=1e-12)
+    assert forum_log_likelihood(spec, x, y, params) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("likelihood", ["forum-batch-lse", "forum-log-sigma"])
+def test_removing_one_forum_bug(likelihood):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (6, 1))
+    y = rng.normal(size=6)
+    params = {"w": np.array([[3.0], [-1.0]]), "sigma": np.array(0.4), "pi": np.array([0.3, 0.7])}
+    spec = MixtureSpec(K=2, D=1, likelihood=likelihood)
+    dens = np.stack([stats.norm.logpdf(y, params["w"][k, 0] * x[:, 0], 0.4) for k in range(2)])
+    if likelihood == "forum-batch-lse":
+        expected = np.logaddexp(math.log(0.3) + dens[0].sum(), math.log(0.7) + dens[1].sum())
+    else:
+        buggy = dens + 0.5 * math.log(0.4)  # log(sigma) once instead of twice, per observation
+        expected = np.logaddexp(math.log(0.3) + buggy[0], math.log(0.7) + buggy[1]).sum()
+    assert forum_log_likelihood(spec, x, y, params) == pytest.approx(expected, rel=1e-12)
+    correct = MixtureSpec(K=2, D=1)
+    assert log_likelihood(correct, x, y, params) != pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,50 @@
+"""What ``mixbench list`` prints: scenarios, backends, engines found here, and method support."""
+
+from __future__ import annotations
+
+from backends import BACKENDS, METHODS, FitSettings, get_backend
+from bench.provenance import cmdstan_info, pystan_stan_version
+from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
+
+
+def support_matrix(spec=None, settings: FitSettings | None = None) -> dict[str, dict[str, str | None]]:
+    """backend -> method -> None when supported, else the backend's reason (or its import error)."""
+    settings = settings or FitSettings()
+    spec = spec or SCENARIOS[DEFAULT_SCENARIO].spec
+    matrix: dict[str, dict[str, str | None]] = {}
+    for name in BACKENDS:
+        try:
+            backend = get_backend(name)
+        except Exception as exc:  # a backend whose packages fail to import is listed, not fatal
+            matrix[name] = {m: f"backend unavailable: {type(exc).__name__}: {exc}" for m in METHODS}
+            continue
+        matrix[name] = {m: backend.unsupported_reason(spec, m, settings) for m in METHODS}
+    return matrix
+
+
+def describe() -> str:
+    lines = ["Scenarios (built-in, with known truth):"]
+    for name, scenario in SCENARIOS.items():
+        mark = " (default)" if name == DEFAULT_SCENARIO else ""
+        spec = scenario.spec
+        lines.append(f"  {name:<13} N={scenario.N:<7} K={spec.K} D={spec.D}  {scenario.description}{mark}")
+    lines.append("  or --data FILE.csv: your own data (no truth; metrics against a pivot)")
+
+    cmdstan = cmdstan_info()
+    lines.append("")
+    lines.append("Engines found on this machine:")
+    if cmdstan["cmdstan_path"]:
+        lines.append(f"  CmdStan {cmdstan['cmdstan_version']} at {cmdstan['cmdstan_path']} (stan backend uses cmdstanpy)")
+    else:
+        lines.append("  CmdStan: not found (stan backend uses pystan: NUTS only)")
+    lines.append(f"  pystan's Stan: {pystan_stan_version() or 'not found'}")
+
+    lines.append("")
+    lines.append(f"Methods by backend, for the default scenario's spec ({DEFAULT_SCENARIO}):")
+    matrix = support_matrix()
+    width = max(len(m) for m in METHODS)
+    for backend, methods in matrix.items():
+        lines.append(f"  {backend}:")
+        for method, reason in methods.items():
+            lines.append(f"    {method:<{width}}  {'yes' if reason is None else 'no: ' + reason}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""The table ``mixbench run`` prints: relabelled posterior means against the truth, and the time split."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+TIME_COLUMNS = {"time_compile": "compile s", "time_warmup": "warm-up s", "time_sampling": "sampling s",
+                "time_optimisation": "optimise s", "time_cell": "cell s"}
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """One line per cell (backend, method, seed) plus a 'truth' line when the truth is known."""
+    records, truth = [], {}
+    for row in sorted(rows, key=lambda r: (r.get("backend", ""), r.get("method", ""), r.get("seed", 0))):
+        record = {"backend": row.get("backend"), "method": row.get("method"), "seed": row.get("seed"),
+                  "status": row.get("status")}
+        for key, value in row.items():
+            if key.startswith("mean."):
+                record[key[5:]] = value
+            elif key.startswith("truth."):
+                truth[key[6:]] = value
+        for key, label in TIME_COLUMNS.items():
+            if row.get(key) is not None:
+                record[label] = row[key]
+        records.append(record)
+    frame = pd.DataFrame(records)
+    if truth:
+        frame = pd.concat([pd.DataFrame([{"backend": "truth", "method": "", "seed": "", "status": "", **truth}]),
+                           frame], ignore_index=True)
+    params = [c for c in frame.columns if c not in ("backend", "method", "seed", "status", *TIME_COLUMNS.values())]
+    ordered = ["backend", "method", "seed", "status", *params, *[c for c in TIME_COLUMNS.values() if c in frame]]
+    return frame[ordered]
+
+
+def print_summary(rows: list[dict], cells=None) -> None:
+    if not rows:
+        print("no rows")
+        return
+    frame = summary_frame(rows)
+    print()
+    print("Posterior means (components relabelled to the truth) and time split:")
+    print(frame.map(_fmt).to_string(index=False))
+    problems = [r for r in rows if r.get("status") != "ok"]
+    for row in problems:
+        print(f"  {row['backend']}/{row['method']}/seed {row['seed']}: {row['status']}: "
+              f"{row.get('error') or row.get('reason')}")

@@ -115,29 +115,38 @@ def load_cell_data(cell: Cell):
         scenario = get_scenario(cell.scenario)
         dataset = scenario.simulate(cell.data_seed, N=cell.n)
         spec = MixtureSpec.from_dict({**scenario.spec.to_dict(), **cell.spec})
-        if set(spec.param_shapes()) != set(dataset.truth):
-            # A spec override that changes the parameter set (e.g. adds intercepts) has no
+        truth = dict(dataset.truth)
+        if spec.sigma == "per-component" and np.ndim(truth["sigma"]) == 0:
+            truth["sigma"] = np.full(spec.K, float(truth["sigma"]))  # a shared truth, fitted per component
+        try:
+            dataset = type(dataset)(x=dataset.x, y=dataset.y, truth=spec.check_params(truth), name=dataset.name)
+        except MixbenchError:
+            # A spec override that changes the parameters (adds intercepts, another K) has no
             # ground truth to compare with: metrics fall back to a pivot.
             dataset = type(dataset)(x=dataset.x, y=dataset.y, truth=None, name=dataset.name)
     return spec, dataset
 
 
-def fit_fields(fit) -> dict[str, Any]:
-    """The columns a Fit contributes to a row (metrics come from bench.metrics)."""
-    row = {
-        "status": fit.status,
-        "reason": fit.reason,
-        "engine": fit.engine,
-        "precision": fit.precision,
-        "grad_evals": fit.grad_evals,
-        "divergences": fit.divergences,
-        "converged": fit.converged,
-        "iterations": fit.iterations,
-        "versions": fit.versions,
-    }
-    for phase, seconds in fit.timings.items():
-        row[f"time_{phase}"] = seconds
-    return row
+def posterior_means(fit, truth: dict | None) -> dict[str, float]:
+    """Relabelled posterior mean of every scalar parameter, plus the truth, as flat columns
+    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table."""
+    from bench.metrics import fit_draws, resolve_target
+    from bench.relabel import posterior_dataset, relabel
+
+    draws = fit_draws(fit)
+    target, _ = resolve_target(truth, None, draws)
+    means = posterior_dataset(relabel(draws, target).draws).mean(dim=("chain", "draw"))
+    out = {}
+    for name in ("w", "b", "sigma", "pi"):
+        if name not in means:
+            continue
+        values = np.asarray(means[name].values)
+        for index in np.ndindex(values.shape):
+            label = f"{name}[{','.join(map(str, index))}]" if index else name
+            out[f"mean.{label}"] = float(values[index])
+            if truth is not None:
+                out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
+    return out
 
 
 def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
@@ -154,9 +163,11 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         row["D"] = spec.D
         settings = FitSettings.from_dict(cell.settings)
         fit = get_backend(cell.backend).fit(spec, dataset, cell.method, settings, seed=cell.seed)
-        row.update(fit_fields(fit))
         metrics_start = time.perf_counter()
-        row.update(evaluate(fit, truth=dataset.truth))
+        row.update({**evaluate(fit, truth=dataset.truth), **cell_ids(cell)})
+        row["versions"] = fit.versions
+        if fit.ok:
+            row.update(posterior_means(fit, dataset.truth))
         row["time_metrics"] = time.perf_counter() - metrics_start
         if fit.ok and fit.draws is not None and out_dir is not None:
             row.update(_keep_draws(cell, fit, out_dir, save_draws))

@@ -78,3 +78,352 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
         raise MixbenchError(f"no cell rows found in {', '.join(map(str, paths))}")
     frame = pd.DataFrame(list(rows.values()))
     return frame, environments, run_dirs
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+CELL_KEYS = ["scenario", "backend", "method"]
+
+
+def _col(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+
+
+def _numeric(frame: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(_col(frame, name), errors="coerce")
+
+
+def _counts(values: pd.Series) -> str:
+    counts = values.dropna().astype(str).value_counts()
+    return ", ".join(f"{name} x{n}" for name, n in counts.items()) if len(counts) else "-"
+
+
+def recovery_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """backend x method: errors of the relabelled posterior means, coverage of the 90% interval, mode."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    records = []
+    for key, group in ok.groupby(CELL_KEYS, sort=True):
+        record = dict(zip(CELL_KEYS, key))
+        record["fits"] = len(group)
+        for family, label in (("w", "slope"), ("b", "intercept"), ("sigma", "sigma"), ("pi", "weight")):
+            err = _numeric(group, f"{family}_err_max")
+            if err.notna().any():
+                record[f"{label} err (median)"] = err.median()
+                record[f"{label} cover"] = _numeric(group, f"{family}_coverage").mean()
+        record["mode"] = _counts(_col(group, "mode"))
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def modes_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Where seeds land, chains that disagree, switches within chains."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    records = []
+    for key, group in ok.groupby(CELL_KEYS, sort=True):
+        record = dict(zip(CELL_KEYS, key))
+        record["seeds"] = len(group)
+        record["landed in"] = _counts(_col(group, "mode"))
+        record["labellings"] = _counts(_col(group, "permutation"))
+        disagree = _col(group, "chains_disagree")
+        record["seeds with chains disagreeing"] = int((disagree == True).sum())  # noqa: E712 (NaN-safe)
+        record["within-chain switches"] = _numeric(group, "label_switches").sum(min_count=1)
+        record["draws off majority"] = _numeric(group, "off_majority_frac").mean()
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+COST_COLUMNS = {
+    "t_compile": "compile s", "t_warmup": "warm-up s", "t_sampling": "sampling s",
+    "t_optimisation": "optimise s", "grad_evals": "grad evals", "ess_bulk_per_s": "ESS bulk/s",
+    "ess_tail_per_s": "ESS tail/s", "ess_bulk_per_grad": "ESS bulk/grad", "rhat_max": "R-hat max",
+    "divergences": "divergences", "khat": "k-hat",
+}
+
+
+def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Medians over seeds of the time split, gradient evaluations, ESS rates and diagnostics."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    records = []
+    for key, group in ok.groupby(CELL_KEYS, sort=True):
+        record = dict(zip(CELL_KEYS, key))
+        record["engine"] = _counts(_col(group, "engine")).split(" x")[0]
+        record["precision"] = _counts(_col(group, "precision")).split(" x")[0]
+        for column, label in COST_COLUMNS.items():
+            values = _numeric(group, column)
+            if values.notna().any():
+                record[label] = values.median()
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
+    bad = frame[frame["status"] != "ok"]
+    if bad.empty:
+        return pd.DataFrame()
+    why = _col(bad, "error").where(_col(bad, "error").notna(), _col(bad, "reason"))
+    out = bad[CELL_KEYS + ["seed", "status"]].copy()
+    out["why"] = why.astype(str)
+    return out.sort_values(CELL_KEYS + ["seed"]).reset_index(drop=True)
+
+
+def environment_table(frame: pd.DataFrame, environments: list[dict]) -> pd.DataFrame:
+    """Machine and versions: from run.json / benchmark machine_info, and every fit's own versions."""
+    items: dict[str, str] = {}
+    for env in environments:
+        inner = env.get("environment", env)
+        for key, value in (inner.get("machine") or {}).items():
+            items[f"machine.{key}"] = str(value)
+        for key, value in (inner.get("versions") or {}).items():
+            items[key] = str(value)
+        for key in ("pystan_stan_version", "cmdstan_version", "cmdstan_path"):
+            if key in inner:
+                items[key] = str(inner[key])
+        info = inner.get("machine_info") or {}
+        for key in ("node", "processor", "machine", "python_version", "system", "release"):
+            if key in info:
+                items[f"machine.{key}"] = str(info[key])
+        cpu = info.get("cpu") or {}
+        if cpu.get("brand_raw"):
+            items["machine.cpu"] = str(cpu["brand_raw"])
+    for versions in _col(frame, "versions").dropna():
+        if isinstance(versions, dict):
+            for key, value in versions.items():
+                items.setdefault(key, str(value))
+    return pd.DataFrame(sorted(items.items()), columns=["what", "version / value"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(record) -> str:
+    return f"{record['backend']} / {record['method']}"
+
+
+def figure_time_split(frame: pd.DataFrame, path: Path) -> Path | None:
+    ok = frame[frame["status"] == "ok"]
+    phases = [p for p in ("t_compile", "t_warmup", "t_sampling", "t_optimisation", "t_extraction") if p in ok]
+    if ok.empty or not phases:
+        return None
+    med = ok.groupby(["backend", "method"])[phases].median(numeric_only=True).fillna(0.0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(med) + 1.5))
+    left = np.zeros(len(med))
+    labels = [f"{b} / {m}" for b, m in med.index]
+    for phase in phases:
+        ax.barh(labels, med[phase].to_numpy(), left=left, label=phase[2:])
+        left += med[phase].to_numpy()
+    ax.set_xlabel("seconds (median over seeds)")
+    ax.set_title("Where the time goes")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure_landings(frame: pd.DataFrame, path: Path) -> Path | None:
+    ok = frame[(frame["status"] == "ok") & _col(frame, "mode").notna()]
+    if ok.empty:
+        return None
+    table = ok.groupby(["backend", "method"])["mode"].value_counts().unstack(fill_value=0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
+    left = np.zeros(len(table))
+    labels = [f"{b} / {m}" for b, m in table.index]
+    colours = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
+               "mixed": "tab:purple"}
+    for mode in table.columns:
+        ax.barh(labels, table[mode].to_numpy(), left=left, label=mode, color=colours.get(mode))
+        left += table[mode].to_numpy()
+    ax.set_xlabel("seeds")
+    ax.set_title("Which mode each seed lands in")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _trace_candidate(frame: pd.DataFrame, run_dirs: list[Path]) -> tuple[pd.Series, Path, str] | None:
+    """A NUTS cell whose chains disagree, else one that switches, else any NUTS cell with traces."""
+    nuts = frame[(frame["status"] == "ok") & (frame["method"] == "nuts") & _col(frame, "slope_trace_file").notna()]
+    if nuts.empty:
+        return None
+    ranked = [
+        (nuts[_col(nuts, "chains_disagree") == True], "chains in opposite labellings"),  # noqa: E712
+        (nuts[_numeric(nuts, "label_switches") > 0], "label switches within a chain"),
+        (nuts, "no disagreement or switching in this run"),
+    ]
+    for subset, why in ranked:
+        for _, row in subset.iterrows():
+            for run_dir in run_dirs:
+                trace = run_dir / row["slope_trace_file"]
+                if trace.is_file():
+                    return row, trace, why
+    return None
+
+
+def figure_traces(frame: pd.DataFrame, run_dirs: list[Path], path: Path) -> Path | None:
+    found = _trace_candidate(frame, run_dirs)
+    if found is None:
+        return None
+    row, trace_file, why = found
+    w = np.load(trace_file)  # (chain, draw, component, covariate), raw labels
+    if w.shape[-1] == 0:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(w.shape[0], 1, figsize=(8, 1.8 * w.shape[0] + 0.8), sharex=True, squeeze=False)
+    for chain, ax in enumerate(axes[:, 0]):
+        for k in range(w.shape[2]):
+            ax.plot(w[chain, :, k, 0], lw=0.6, label=f"w[{k},0]")
+        ax.set_ylabel(f"chain {chain}")
+    axes[0, 0].legend(loc="upper right", fontsize="small", ncols=w.shape[2])
+    axes[-1, 0].set_xlabel("draw")
+    fig.suptitle(f"Raw slope traces, {row['backend']} / nuts / seed {row['seed']} ({row['scenario']}): {why}",
+                 fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure_recovery(frame: pd.DataFrame, path: Path) -> Path | None:
+    ok = frame[frame["status"] == "ok"]
+    err = _numeric(ok, "w_err_max")
+    if ok.empty or err.notna().sum() == 0:
+        return None
+    ok = ok.assign(err=err).dropna(subset=["err"])
+    groups = list(ok.groupby(["backend", "method"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(groups) + 1.5))
+    for i, ((backend, method), group) in enumerate(groups):
+        ax.scatter(group["err"].clip(lower=1e-4), np.full(len(group), i), alpha=0.7)
+    ax.set_yticks(range(len(groups)), [f"{b} / {m}" for (b, m), _ in groups])
+    ax.set_xscale("log")
+    ax.set_xlabel("max |posterior mean - truth| over slopes (relabelled), one dot per seed")
+    ax.set_title("Slope recovery error")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        if value == 0:
+            return "0"
+        magnitude = abs(value)
+        return f"{value:.3g}" if magnitude < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    cells = frame.map(_fmt).astype(str).map(lambda s: s.replace("|", "\\|"))
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+             "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p><em>none</em></p>"
+    return frame.map(_fmt).to_html(index=False, escape=True, border=0, classes="tbl")
+
+
+SECTIONS = (
+    ("Recovery", "Errors of the relabelled posterior means against the truth (median over seeds of the "
+                 "max over components), coverage of the 90% interval, and where each fit landed.",
+     recovery_table),
+    ("Modes and label switching", "Which mode each seed reached, its labelling, chains whose majority "
+                                  "labellings disagree, and switches within chains.", modes_table),
+    ("Cost", "Medians over seeds. ESS on relabelled draws, per second of sampling and per gradient.",
+     cost_table),
+)
+
+
+def write_report(paths: list[Path], out_dir: Path) -> dict[str, Path]:
+    """Build report.md, report.html and figures/ in ``out_dir`` from the given results."""
+    frame, environments, run_dirs = load_inputs(paths)
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / FIGURES_DIR
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figures = [
+        ("Time split", figure_time_split(frame, fig_dir / "time_split.png")),
+        ("Seed landings", figure_landings(frame, fig_dir / "landings.png")),
+        ("Slope traces", figure_traces(frame, run_dirs or [out_dir], fig_dir / "slope_traces.png")),
+        ("Recovery error", figure_recovery(frame, fig_dir / "recovery_error.png")),
+    ]
+    figures = [(title, p) for title, p in figures if p is not None]
+    tables = [(title, text, fn(frame)) for title, text, fn in SECTIONS]
+    tables.append(("Failed and unsupported cells", "Every cell that did not produce draws, with its reason.",
+                   problems_table(frame)))
+    tables.append(("Versions and machine", "", environment_table(frame, environments)))
+    scenarios = ", ".join(sorted(frame["scenario"].dropna().astype(str).unique()))
+    counts = frame["status"].value_counts().to_dict()
+    summary = (f"{len(frame)} cells on {scenarios}: "
+               + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+    md = ["# mixbench report", "", summary, ""]
+    for title, text, table in tables:
+        md += [f"## {title}", "", text, "", markdown_table(table)]
+    md += ["## Figures", ""]
+    md += [f"![{title}]({FIGURES_DIR}/{p.name})\n" for title, p in figures]
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(md))
+
+    body = [f"<h1>mixbench report</h1><p>{html.escape(summary)}</p>"]
+    for title, text, table in tables:
+        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{html_table(table)}")
+    body.append("<h2>Figures</h2>")
+    for title, p in figures:
+        data = base64.b64encode(p.read_bytes()).decode()
+        body.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    html_path = out_dir / "report.html"
+    html_path.write_text(HTML_PAGE.format(body="\n".join(body)))
+    return {"markdown": md_path, "html": html_path, "figures": fig_dir}
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>mixbench report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
+table.tbl {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+table.tbl th, table.tbl td {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; }}
+table.tbl th {{ background: #f3f3f3; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #666; font-size: 0.9em; }}
+</style></head><body>
+{body}
+</body></html>
+"""

@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-TIME_COLUMNS = {"time_compile": "compile s", "time_warmup": "warm-up s", "time_sampling": "sampling s",
-                "time_optimisation": "optimise s", "time_cell": "cell s"}
+TIME_COLUMNS = {"t_compile": "compile s", "t_warmup": "warm-up s", "t_sampling": "sampling s",
+                "t_optimisation": "optimise s", "time_cell": "cell s"}
 
 
 def _fmt(value) -> str:
@@ -30,7 +30,7 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
             elif key.startswith("truth."):
                 truth[key[6:]] = value
         for key, label in TIME_COLUMNS.items():
-            if row.get(key) is not None:
+            if row.get(key) is not None and not (isinstance(row[key], float) and math.isnan(row[key])):
                 record[label] = row[key]
         records.append(record)
     frame = pd.DataFrame(records)

@@ -1,0 +1,1 @@
+"""Metrics, harness, report and CLI: everything downstream of a backend's Fit."""

@@ -1,0 +1,786 @@
+"""Label-invariant metrics of one fit, flattened into one row of plain numbers.
+
+Every fit is first relabelled draw by draw against a target point (``bench.relabel``): the truth
+when it is known, otherwise a pivot. Recovery, mode, efficiency and distances are then computed on
+the relabelled draws, with the raw (as-sampled) versions beside them where the difference is the
+point (recovery, R-hat, ESS).
+
+The families of parameters are the canonical names: ``w`` slopes, ``b`` intercepts, ``sigma`` noise
+scale(s), ``pi`` weights. A family the spec lacks (``b`` without intercepts, ``w`` with D = 0)
+gives NaN in its columns.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import arviz_stats as azs
+import numpy as np
+import xarray as xr
+from scipy.stats import wasserstein_distance
+
+from backends.base import Fit
+from bench.relabel import (
+    SAMPLE_DIMS,
+    chain_mean_pivot,
+    conform_point,
+    decode_perm,
+    map_pivot,
+    perm_codes,
+    perm_label,
+    posterior_dataset,
+    relabel,
+)
+
+FAMILIES = ("w", "b", "sigma", "pi")
+# Methods whose draws are a Markov chain: switching, ESS and R-hat only mean something there.
+MCMC_METHODS = frozenset({"nuts"})
+TIMING_PHASES = ("compile", "warmup", "sampling", "optimisation", "extraction")
+NAN = float("nan")
+
+# Canonical dims of a parameter point, used to turn a MAP point into a one-draw DataTree.
+_POINT_DIMS = {"w": ("component", "covariate"), "b": ("component",), "pi": ("component",)}
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """Every threshold the metrics use. Recorded beside the results they produced."""
+
+    interval_prob: float = 0.9
+    """Probability of the central (equal-tailed) interval whose coverage of the truth is reported."""
+
+    truth_location_atol: float = 0.3
+    """A chain is in the truth's mode only if each slope and intercept mean (relabelled) lies within
+    this of the true value. Absolute, in units of y (intercepts) and y per unit x (slopes; the
+    scenarios draw x in (-1, 1)). Keep it below half the smallest gap between true components, or a
+    collapsed fit could pass for the truth (collapse is checked first, which guards most cases)."""
+
+    truth_sigma_rtol: float = 0.5
+    """... and each sigma mean within this fraction of the true sigma (0.5: the forum failure's
+    sigma of 0.9 against 0.1 is far outside, a 20% miss on a small data set is inside)."""
+
+    truth_weight_atol: float = 0.15
+    """... and each weight mean within this of the true weight."""
+
+    collapse_location_atol: float = 0.1
+    """Two components coincide when every slope and intercept of one is within this of the other's
+    (or within ``collapse_sd_multiple`` posterior sds, whichever is larger)."""
+
+    collapse_sigma_rtol: float = 0.25
+    """... and, with per-component sigmas, when their sigmas differ by at most this fraction of the
+    larger (or by ``collapse_sd_multiple`` sds)."""
+
+    collapse_sd_multiple: float = 2.0
+    """Component means closer than this many posterior sds count as coinciding. Relabelling draws of
+    two identical, wide components sorts them and pushes their means about 1.4 sds apart; a real
+    gap between components is many sds. Without this a wide collapsed approximation (the forum's
+    slopes 0.6 +- 0.8) would pass for two distinct components."""
+
+    collapse_weight_min: float = 0.02
+    """A component whose mean weight is below this has emptied out: the fit is collapsed."""
+
+    switch_min_draws: int = 20
+    """A change of labelling inside a chain counts as a switch only if the new labelling holds for
+    at least this many consecutive draws; shorter runs are blips of the assignment, not switches."""
+
+    khat_good: float = 0.5
+    """PSIS k-hat below this: the approximation is good (Yao et al. 2018)."""
+
+    khat_bad: float = 0.7
+    """PSIS k-hat at or above this: bad; between ``khat_good`` and this: ok (usable with care)."""
+
+    relabel_scale_floor: float = 1e-6
+    """Floor on the per-scalar scale in the relabelling cost (see bench.relabel)."""
+
+    relabel_max_iter: int = 10
+    """Most refinements of the relabelling's within-component scales (see bench.relabel); in
+    practice the permutations settle after one or two."""
+
+    khat_constant_tol: float = 1e-8
+    """Log importance ratios spanning less than this are constant up to rounding (q is p up to a
+    normalising constant): k-hat is then -inf, the bounded-weights best case, which arviz-stats'
+    tail fit cannot estimate."""
+
+    def __post_init__(self):
+        if not 0.0 < self.interval_prob < 1.0:
+            raise ValueError(f"interval_prob: must be in (0, 1), got {self.interval_prob!r}")
+        for name in ("truth_location_atol", "truth_sigma_rtol", "truth_weight_atol",
+                     "collapse_location_atol", "collapse_sigma_rtol", "collapse_sd_multiple",
+                     "collapse_weight_min", "relabel_scale_floor", "khat_constant_tol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
+        for name, least in (("switch_min_draws", 1), ("relabel_max_iter", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
+        if not self.khat_good <= self.khat_bad:
+            raise ValueError(f"khat_good ({self.khat_good}) must not exceed khat_bad ({self.khat_bad})")
+
+
+def _family_fields(template: str, description: str) -> dict[str, str]:
+    names = {"w": "slopes", "b": "intercepts", "sigma": "sigma(s)", "pi": "weights"}
+    return {template.format(f=f): description.format(name=names[f]) for f in FAMILIES}
+
+
+ROW_FIELDS: dict[str, str] = {
+    # What was fitted
+    "status": "the fit's status: ok, unsupported or failed",
+    "reason": "why the fit is not ok (NaN when ok)",
+    "backend": "backend name (pymc, numpyro, stan)",
+    "engine": "engine that ran the method (e.g. nutpie, numpyro, pystan)",
+    "method": "method name from the shared vocabulary (nuts, advi-meanfield, ...)",
+    "seed": "the fit's seed",
+    "precision": "floating-point precision of the fit (float64, float32)",
+    "n_chains": "chains in the draws (1 for VI and MAP)",
+    "n_draws": "draws per chain",
+    "t_compile": "seconds compiling the model (NaN when the engine does not separate it)",
+    "t_warmup": "seconds of NUTS warm-up (NaN when absent or not separated)",
+    "t_sampling": "seconds of NUTS sampling after warm-up (NaN when absent or not separated)",
+    "t_optimisation": "seconds of VI / MAP optimisation (NaN for NUTS)",
+    "t_extraction": "seconds turning the engine's output into draws",
+    "grad_evals": "gradient evaluations reported by the engine (NaN when unknown)",
+    "divergences": "divergent transitions (the fit's count, else summed from sample_stats.diverging)",
+    "converged": "the engine's own convergence flag (NaN when it gives none)",
+    "iterations": "optimisation iterations run (VI / MAP)",
+    "nonfinite_draws": "draws with a NaN or infinite component parameter (left unrelabelled)",
+    "relabel_converged": "whether the relabelling's scale refinement settled within relabel_max_iter",
+    # Relabelling and mode
+    "reference_source": "what draws were relabelled against: truth; pivot (a point given); map or "
+                        "chain0 (pivot from the fit's own draws); reference-map or reference-chain0 "
+                        "(pivot from the reference posterior)",
+    "mode": "where the chains landed: truth (or reference, without a truth) when every chain matches "
+            "it, collapsed or other likewise, mixed when chains land in different modes",
+    "permutation": "overall majority labelling, 'j0,j1,...': fit component j_k plays the target's k",
+    "chains_on_target": "chains in the truth's (or, without a truth, the reference point's) mode",
+    "chains_collapsed": "chains with coinciding components or an emptied component",
+    "chains_other": "chains in neither",
+    # Label switching
+    "label_switches": "switches of labelling within chains, persisting >= switch_min_draws draws, "
+                      "summed over chains (NaN for non-MCMC methods)",
+    "chains_switching": "chains with at least one switch (NaN for non-MCMC methods)",
+    "off_majority_frac": "fraction of draws whose labelling differs from their chain's majority",
+    "chains_off_majority": "chains whose majority labelling is not the overall majority labelling",
+    "chains_disagree": "whether chains' majority labellings differ (between-chain label disagreement)",
+    # Recovery against the truth (NaN without a truth)
+    **_family_fields("{f}_err_max", "max over the {name} of |posterior mean - truth|, relabelled"),
+    **_family_fields("{f}_err_max_raw", "the same on the raw (not relabelled) draws"),
+    **_family_fields("{f}_rmse", "root mean squared error of the {name} over all draws, relabelled"),
+    **_family_fields("{f}_rmse_raw", "the same on the raw draws"),
+    **_family_fields("{f}_coverage", "fraction of the true {name} inside the central interval "
+                                     "(interval_prob), relabelled; NaN for a single draw"),
+    **_family_fields("{f}_coverage_raw", "the same on the raw draws"),
+    # Sampling efficiency (MCMC only; relabelled draws unless marked raw)
+    "ess_bulk_min": "min bulk ESS over every scalar parameter",
+    "ess_tail_min": "min tail ESS over every scalar parameter",
+    "ess_bulk_min_raw": "min bulk ESS on the raw draws",
+    "ess_bulk_per_s": "ess_bulk_min / t_sampling",
+    "ess_tail_per_s": "ess_tail_min / t_sampling",
+    "ess_bulk_per_grad": "ess_bulk_min / grad_evals",
+    "ess_tail_per_grad": "ess_tail_min / grad_evals",
+    **_family_fields("{f}_ess_bulk", "min bulk ESS over the {name}"),
+    **_family_fields("{f}_ess_tail", "min tail ESS over the {name}"),
+    **_family_fields("{f}_ess_bulk_per_s", "min bulk ESS over the {name} / t_sampling"),
+    **_family_fields("{f}_ess_tail_per_s", "min tail ESS over the {name} / t_sampling"),
+    "rhat_max": "max rank-normalised split R-hat over every scalar, relabelled (NaN for one chain)",
+    "rhat_max_raw": "the same on the raw draws",
+    # Approximation quality
+    "khat": "PSIS Pareto k-hat of log_p - log_q over the approximation's draws (-inf when the "
+            "ratios are constant, i.e. q is p; NaN without log_p / log_q)",
+    "khat_label": "good (k < khat_good), ok (< khat_bad) or bad",
+    **_family_fields("{f}_w1_max", "max over the {name} of the 1-Wasserstein distance between the "
+                                   "fit's marginal and the reference posterior's, both relabelled"),
+    **_family_fields("{f}_w1_mean", "mean of the same over the {name}"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """(chain, draw, component?, covariate?) in canonical order."""
+    da = ds[name]
+    order = [d for d in (*SAMPLE_DIMS, "component", "covariate") if d in da.dims]
+    order += [d for d in da.dims if d not in order]
+    return np.asarray(da.transpose(*order).values, dtype=float)
+
+
+def _samples(ds: xr.Dataset, name: str) -> np.ndarray:
+    """Draws pooled over chains: shape (samples, scalars)."""
+    arr = _values(ds, name)
+    return arr.reshape(arr.shape[0] * arr.shape[1], -1)
+
+
+def _present(ds: xr.Dataset, name: str) -> bool:
+    return name in ds.data_vars and ds[name].size > 0
+
+
+def _nanmin(values) -> float:
+    arr = np.asarray(values, dtype=float).ravel()
+    return float(np.nanmin(arr)) if arr.size and not np.isnan(arr).all() else NAN
+
+
+def _nanmax(values) -> float:
+    arr = np.asarray(values, dtype=float).ravel()
+    return float(np.nanmax(arr)) if arr.size and not np.isnan(arr).all() else NAN
+
+
+def _ratio(num: float, den: float | int | None) -> float:
+    if den is None or not np.isfinite(num) or not (isinstance(den, (int, float, np.number)) and den > 0):
+        return NAN
+    return float(num) / float(den)
+
+
+def is_mcmc(fit: Fit) -> bool:
+    return fit.method in MCMC_METHODS or "sampling" in fit.timings
+
+
+def point_tree(point: dict) -> xr.DataTree:
+    """A point (e.g. a MAP estimate) as one chain of one draw."""
+    data = {}
+    for name, value in point.items():
+        value = np.asarray(value, dtype=float)
+        # sigma is the one name whose dims depend on the spec: scalar when shared.
+        dims = _POINT_DIMS.get(name, ("component",) if value.ndim == 1 else ())
+        data[name] = (SAMPLE_DIMS + dims, value[None, None])
+    return xr.DataTree.from_dict({"posterior": xr.Dataset(data)})
+
+
+def fit_draws(fit: Fit) -> xr.DataTree | None:
+    """The fit's draws; a MAP fit without draws is its point as a one-draw tree."""
+    if fit.draws is not None:
+        return fit.draws
+    if fit.point is not None:
+        return point_tree(fit.point)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Target point
+
+
+def resolve_target(
+    truth: dict | None,
+    pivot: dict | str | None,
+    draws: xr.DataTree,
+    reference: xr.DataTree | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """The point draws are relabelled against, and a short name for where it came from.
+
+    The truth when given. Else ``pivot``: a point (dict), or "map" (the draw with the highest
+    sample_stats.lp, falling back to "chain0" where there is none) or "chain0" (chain 0's mean),
+    taken from the reference posterior when one is given, else from ``draws``. Default "map".
+    """
+    if truth is not None:
+        return {k: np.asarray(v, dtype=float) for k, v in truth.items()}, "truth"
+    if isinstance(pivot, dict):
+        return {k: np.asarray(v, dtype=float) for k, v in pivot.items()}, "pivot"
+    kind = "map" if pivot is None else pivot
+    if kind not in ("map", "chain0"):
+        raise ValueError(f"pivot: must be a point, 'map' or 'chain0', got {pivot!r}")
+    source, prefix = (reference, "reference-") if reference is not None else (draws, "")
+    if kind == "map":
+        point = map_pivot(source)
+        if point is not None:
+            return point, prefix + "map"
+    return chain_mean_pivot(source, 0), prefix + "chain0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovery
+
+
+def recovery(draws: xr.DataTree, truth: dict, interval_prob: float = 0.9,
+             suffix: str = "") -> dict[str, float]:
+    """Per family: max |posterior mean - truth|, RMSE over draws, coverage of the central interval.
+
+    Keys ``{family}_err_max{suffix}``, ``{family}_rmse{suffix}``, ``{family}_coverage{suffix}``.
+    """
+    ds = posterior_dataset(draws)
+    truth = conform_point(truth, ds)
+    lo_q, hi_q = (1 - interval_prob) / 2, 1 - (1 - interval_prob) / 2
+    out = {}
+    for f in FAMILIES:
+        err = rmse = cover = NAN
+        if _present(ds, f) and f in truth:
+            x = _samples(ds, f)
+            t = np.asarray(truth[f], dtype=float).ravel()
+            if t.size != x.shape[1]:
+                raise ValueError(f"truth: {f} has {t.size} values, the draws have {x.shape[1]}")
+            err = float(np.max(np.abs(x.mean(axis=0) - t)))
+            rmse = float(np.sqrt(np.mean((x - t) ** 2)))
+            if x.shape[0] > 1:
+                lo, hi = np.quantile(x, [lo_q, hi_q], axis=0)
+                cover = float(np.mean((lo <= t) & (t <= hi)))
+        out[f"{f}_err_max{suffix}"] = err
+        out[f"{f}_rmse{suffix}"] = rmse
+        out[f"{f}_coverage{suffix}"] = cover
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+
+
+@dataclass(frozen=True)
+class ChainMode:
+    """Where one chain (or one VI fit) landed."""
+
+    chain: int
+    mode: str  # "truth" / "reference" (matches the target), "collapsed" or "other"
+    permutation: str  # the chain's majority labelling, see bench.relabel
+    majority_frac: float  # fraction of the chain's draws in that labelling
+
+
+def _component_summary(ds: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Posterior mean and sd of every parameter, (component, ...) without chain/draw."""
+    mean, sd = {}, {}
+    for name in ds.data_vars:
+        arr = _values(ds, name)
+        mean[name] = arr.mean(axis=(0, 1))
+        sd[name] = arr.std(axis=(0, 1))
+    return mean, sd
+
+
+def is_collapsed(mean: dict, sd: dict, settings: MetricSettings) -> bool:
+    """Components coincide (in every slope, intercept and per-component sigma) or one emptied out."""
+    pi = np.asarray(mean["pi"], dtype=float)
+    if np.any(pi < settings.collapse_weight_min):
+        return True
+    K = pi.shape[0]
+    z = settings.collapse_sd_multiple
+    for j in range(K):
+        for k in range(j + 1, K):
+            close = True
+            for name in ("w", "b"):
+                if name not in mean or np.asarray(mean[name]).size == 0:
+                    continue
+                m, s = np.asarray(mean[name]), np.asarray(sd[name])
+                gap = np.abs(m[j] - m[k])
+                tol = np.maximum(settings.collapse_location_atol, z * np.sqrt((s[j] ** 2 + s[k] ** 2) / 2))
+                close &= bool(np.all(gap <= tol))
+            sig = np.asarray(mean.get("sigma", []))
+            if sig.ndim == 1 and sig.shape[0] == K:
+                s = np.asarray(sd["sigma"])
+                tol = max(settings.collapse_sigma_rtol * max(sig[j], sig[k]),
+                          z * math.sqrt((s[j] ** 2 + s[k] ** 2) / 2))
+                close &= bool(abs(sig[j] - sig[k]) <= tol)
+            if close:
+                return True
+    return False
+
+
+def matches_target(mean: dict, target: dict, settings: MetricSettings) -> bool:
+    """Every relabelled mean within the truth tolerances of the target point."""
+    for name in ("w", "b"):
+        if name in target and np.asarray(target[name]).size:
+            if np.any(np.abs(np.asarray(mean[name]) - target[name]) > settings.truth_location_atol):
+                return False
+    t_sigma = np.asarray(target["sigma"], dtype=float)
+    if np.any(np.abs(np.asarray(mean["sigma"]) - t_sigma) > settings.truth_sigma_rtol * t_sigma):
+        return False
+    return not np.any(np.abs(np.asarray(mean["pi"]) - target["pi"]) > settings.truth_weight_atol)
+
+
+def chain_modes(relabelled: xr.DataTree, permutations: np.ndarray, target: dict, target_name: str,
+                settings: MetricSettings = MetricSettings()) -> list[ChainMode]:
+    """Classify each chain's relabelled draws: ``target_name`` (matches the target), collapsed, other.
+
+    Collapse is checked first: a fit with coinciding components is collapsed whatever else.
+    """
+    ds = posterior_dataset(relabelled)
+    codes = perm_codes(permutations)
+    K = permutations.shape[-1]
+    out = []
+    for c in range(ds.sizes["chain"]):
+        mean, sd = _component_summary(ds.isel(chain=[c]))
+        if not all(np.all(np.isfinite(v)) for v in mean.values()):
+            mode = "other"
+        elif is_collapsed(mean, sd, settings):
+            mode = "collapsed"
+        elif matches_target(mean, target, settings):
+            mode = target_name
+        else:
+            mode = "other"
+        values, counts = np.unique(codes[c], return_counts=True)
+        top = int(np.argmax(counts))
+        out.append(ChainMode(chain=c, mode=mode, permutation=perm_label(decode_perm(values[top], K)),
+                             majority_frac=float(counts[top] / codes.shape[1])))
+    return out
+
+
+def mode_summary(modes: list[ChainMode], target_name: str) -> dict[str, Any]:
+    kinds = {m.mode for m in modes}
+    return {
+        "mode": kinds.pop() if len(kinds) == 1 else "mixed",
+        "chains_on_target": sum(m.mode == target_name for m in modes),
+        "chains_collapsed": sum(m.mode == "collapsed" for m in modes),
+        "chains_other": sum(m.mode == "other" for m in modes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Label switching
+
+
+def count_switches(codes: np.ndarray, min_draws: int) -> int:
+    """Changes of labelling between runs that each last at least ``min_draws`` draws.
+
+    Shorter runs are dropped first, so a blip (A A A B A A A) leaves A ... A: no switch.
+    """
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return 0
+    starts = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]
+    lengths = np.diff(np.r_[starts, codes.size])
+    kept = codes[starts][lengths >= min_draws]
+    return int(np.count_nonzero(kept[1:] != kept[:-1]))
+
+
+@dataclass(frozen=True)
+class Switching:
+    """Label switching within and between chains, from per-draw permutations."""
+
+    switches: np.ndarray  # per chain
+    chain_majority: list[str]  # per chain, its majority labelling
+    off_majority_frac: float  # pooled over chains
+    overall_majority: str
+    chains_off_majority: int
+
+    @property
+    def chains_disagree(self) -> bool:
+        return len(set(self.chain_majority)) > 1
+
+
+def label_switching(permutations: np.ndarray, min_draws: int) -> Switching:
+    """Within-chain switches, draws off their chain's majority, chains off the overall majority.
+
+    The overall majority labelling is the one most chains hold as their majority; ties go to the
+    labelling with more draws in total, then to the lexicographically first.
+    """
+    perms = np.asarray(permutations)
+    K = perms.shape[-1]
+    codes = perm_codes(perms)
+    switches, majority, off = [], [], 0
+    for chain_codes in codes:
+        values, counts = np.unique(chain_codes, return_counts=True)
+        top = values[int(np.argmax(counts))]
+        majority.append(int(top))
+        off += int(np.count_nonzero(chain_codes != top))
+        switches.append(count_switches(chain_codes, min_draws))
+    total = Counter(codes.ravel().tolist())
+    by_chains = Counter(majority)
+    overall = min(by_chains, key=lambda code: (-by_chains[code], -total[code], code))
+    return Switching(
+        switches=np.array(switches, dtype=int),
+        chain_majority=[perm_label(decode_perm(m, K)) for m in majority],
+        off_majority_frac=off / codes.size,
+        overall_majority=perm_label(decode_perm(overall, K)),
+        chains_off_majority=sum(m != overall for m in majority),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Efficiency
+
+
+def _diagnostic_dataset(draws: xr.DataTree) -> xr.Dataset:
+    ds = posterior_dataset(draws)
+    return ds[[name for name in FAMILIES if _present(ds, name)]]
+
+
+def _ess_by_family(ds: xr.Dataset, method: str) -> dict[str, float]:
+    with warnings.catch_warnings():
+        # Constant scalars (weights pinned by a one-component fit) make arviz warn; their NaN is
+        # the honest answer and is skipped by the minimum.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = azs.ess(ds, method=method)
+    return {name: _nanmin(result[name].values) for name in result.data_vars}
+
+
+def efficiency(relabelled: xr.DataTree, raw: xr.DataTree, sampling_s: float | None = None,
+               grad_evals: int | None = None) -> dict[str, float]:
+    """ESS (bulk, tail; min overall and per family) per second and per gradient, and R-hat max."""
+    ds = _diagnostic_dataset(relabelled)
+    raw_ds = _diagnostic_dataset(raw)
+    bulk = _ess_by_family(ds, "bulk")
+    tail = _ess_by_family(ds, "tail")
+    bulk_min, tail_min = _nanmin(list(bulk.values())), _nanmin(list(tail.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = azs.rhat(ds)
+        rhat_raw = azs.rhat(raw_ds)
+    out = {
+        "ess_bulk_min": bulk_min,
+        "ess_tail_min": tail_min,
+        "ess_bulk_min_raw": _nanmin(list(_ess_by_family(raw_ds, "bulk").values())),
+        "ess_bulk_per_s": _ratio(bulk_min, sampling_s),
+        "ess_tail_per_s": _ratio(tail_min, sampling_s),
+        "ess_bulk_per_grad": _ratio(bulk_min, grad_evals),
+        "ess_tail_per_grad": _ratio(tail_min, grad_evals),
+        "rhat_max": _nanmax([_nanmax(rhat[n].values) for n in rhat.data_vars]),
+        "rhat_max_raw": _nanmax([_nanmax(rhat_raw[n].values) for n in rhat_raw.data_vars]),
+    }
+    for f in FAMILIES:
+        out[f"{f}_ess_bulk"] = bulk.get(f, NAN)
+        out[f"{f}_ess_tail"] = tail.get(f, NAN)
+        out[f"{f}_ess_bulk_per_s"] = _ratio(bulk.get(f, NAN), sampling_s)
+        out[f"{f}_ess_tail_per_s"] = _ratio(tail.get(f, NAN), sampling_s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Approximation quality
+
+
+def psis_khat(log_p, log_q, constant_tol: float = MetricSettings.khat_constant_tol) -> float:
+    """Pareto k-hat of the importance ratios p/q over draws from q (Yao et al. 2018).
+
+    Uses arviz-stats' psislw, which smooths the weights exp(-x) of what it is given (its LOO
+    convention, x being a log likelihood), so it is given -(log p - log q).
+    """
+    log_ratio = np.asarray(log_p, dtype=float).ravel() - np.asarray(log_q, dtype=float).ravel()
+    if log_ratio.size == 0 or np.isnan(log_ratio).any():
+        return NAN
+    if np.isposinf(log_ratio).any():
+        # q puts no density where p does: the weights are unbounded.
+        return math.inf
+    finite = log_ratio[np.isfinite(log_ratio)]
+    if finite.size == 0:
+        return NAN
+    if np.ptp(finite) < constant_tol:
+        return -math.inf
+    try:
+        _, khat = xr.DataArray(-log_ratio, dims=["draw"]).azstats.psislw(dim="draw", r_eff=1.0)
+    except ValueError as err:
+        if "tail values are the same" in str(err):
+            return -math.inf
+        raise
+    return float(khat)
+
+
+def khat_label(khat: float, settings: MetricSettings = MetricSettings()) -> str | float:
+    if not isinstance(khat, (int, float)) or math.isnan(khat):
+        return NAN
+    if khat < settings.khat_good:
+        return "good"
+    return "ok" if khat < settings.khat_bad else "bad"
+
+
+def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree) -> dict[str, float]:
+    """Per family: max and mean over its scalars of W1(fit marginal, reference marginal).
+
+    Both trees should be relabelled against the same point before this is called.
+    """
+    ds, ref = posterior_dataset(draws), posterior_dataset(reference)
+    out = {}
+    for f in FAMILIES:
+        dist = []
+        if _present(ds, f) and _present(ref, f):
+            x, y = _samples(ds, f), _samples(ref, f)
+            if x.shape[1] != y.shape[1]:
+                raise ValueError(f"reference: {f} has {y.shape[1]} scalars, the fit {x.shape[1]}")
+            for i in range(x.shape[1]):
+                u, v = x[:, i], y[:, i]
+                ok = np.isfinite(u).all() and np.isfinite(v).all()
+                dist.append(float(wasserstein_distance(u, v)) if ok else NAN)
+        out[f"{f}_w1_max"] = float(np.max(dist)) if dist else NAN
+        out[f"{f}_w1_mean"] = float(np.mean(dist)) if dist else NAN
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The row
+
+
+def _plain(value):
+    """numpy scalars -> Python scalars; None -> NaN, so the row is pandas- and JSON-ready."""
+    if value is None:
+        return NAN
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value
+
+
+def _identity(fit: Fit) -> dict[str, Any]:
+    row = {
+        "status": fit.status,
+        "reason": fit.reason,
+        "backend": fit.backend,
+        "engine": fit.engine,
+        "method": fit.method,
+        "seed": fit.seed,
+        "precision": fit.precision,
+        "grad_evals": fit.grad_evals,
+        "divergences": fit.divergences,
+        "converged": fit.converged,
+        "iterations": fit.iterations,
+    }
+    for phase in TIMING_PHASES:
+        row[f"t_{phase}"] = fit.timings.get(phase)
+    return row
+
+
+def _divergences(fit: Fit, draws: xr.DataTree) -> int | None:
+    if fit.divergences is not None:
+        return fit.divergences
+    if "sample_stats" in draws.children and "diverging" in draws["sample_stats"].data_vars:
+        return int(np.asarray(draws["sample_stats"]["diverging"].values).sum())
+    return None
+
+
+def evaluate(
+    fit: Fit,
+    truth: dict | None = None,
+    reference: xr.DataTree | None = None,
+    pivot: dict | str | None = None,
+    settings: MetricSettings = MetricSettings(),
+) -> dict[str, Any]:
+    """Every metric of one fit as a flat row whose keys are exactly ``ROW_FIELDS``.
+
+    truth: the true parameters (canonical names, no chain/draw), when known.
+    reference: a reference posterior's draws (a long NUTS run) for the Wasserstein distances; it
+    is relabelled against the same point as the fit.
+    pivot: the point to relabel against when there is no truth ("map", "chain0" or a point; see
+    ``resolve_target``).
+    A fit that is not ok gives its identity and status with NaN everywhere else.
+    """
+    row: dict[str, Any] = dict.fromkeys(ROW_FIELDS, NAN)
+    row.update(_identity(fit))
+    if fit.ok:
+        draws = fit_draws(fit)
+        if draws is None:
+            raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
+        row.update(_evaluate_draws(fit, draws, truth, reference, pivot, settings))
+    row = {key: _plain(row[key]) for key in ROW_FIELDS}
+    return row
+
+
+def _evaluate_draws(fit, draws, truth, reference, pivot, settings) -> dict[str, Any]:
+    target, source = resolve_target(truth, pivot, draws, reference)
+    target_name = "truth" if truth is not None else "reference"
+    rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
+    target = rel.reference  # conformed to the draws' shapes
+    ds = posterior_dataset(draws)
+    mcmc = is_mcmc(fit)
+    row: dict[str, Any] = {
+        "n_chains": ds.sizes["chain"],
+        "n_draws": ds.sizes["draw"],
+        "divergences": _divergences(fit, draws),
+        "nonfinite_draws": rel.nonfinite_draws,
+        "relabel_converged": rel.converged,
+        "reference_source": source,
+    }
+    modes = chain_modes(rel.draws, rel.permutations, target, target_name, settings)
+    row.update(mode_summary(modes, target_name))
+    sw = label_switching(rel.permutations, settings.switch_min_draws)
+    row.update({
+        "permutation": sw.overall_majority,
+        "label_switches": int(sw.switches.sum()) if mcmc else NAN,
+        "chains_switching": int(np.count_nonzero(sw.switches)) if mcmc else NAN,
+        "off_majority_frac": sw.off_majority_frac,
+        "chains_off_majority": sw.chains_off_majority,
+        "chains_disagree": sw.chains_disagree,
+    })
+    if truth is not None:
+        row.update(recovery(rel.draws, truth, settings.interval_prob))
+        row.update(recovery(draws, truth, settings.interval_prob, suffix="_raw"))
+    if mcmc:
+        row.update(efficiency(rel.draws, draws, fit.timings.get("sampling"), fit.grad_evals))
+    if fit.log_p is not None and fit.log_q is not None:
+        row["khat"] = psis_khat(fit.log_p, fit.log_q, settings.khat_constant_tol)
+        row["khat_label"] = khat_label(row["khat"], settings)
+    if reference is not None:
+        ref_rel = relabel(reference, target, settings.relabel_scale_floor, settings.relabel_max_iter)
+        row.update(wasserstein_marginals(rel.draws, ref_rel.draws))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Across the seeds of a VI method
+
+# "mixed": a fit with several chains landing in different modes.
+MODE_NAMES = ("truth", "reference", "collapsed", "other", "mixed")
+
+VI_SEED_FIELDS: dict[str, str] = {
+    "backend": "backend(s) of the fits, comma-separated when several",
+    "method": "method(s) of the fits, comma-separated when several",
+    "reference_source": "what every fit was relabelled against (see ROW_FIELDS); without truth, "
+                        "reference or pivot, the first ok fit's own map/chain0 ('first-fit-...')",
+    "n_fits": "fits given",
+    "n_ok": "fits with status ok",
+    **{f"n_{m}": f"ok fits landing in mode {m}" for m in MODE_NAMES},
+    **{f"frac_{m}": f"fraction of ok fits landing in mode {m}" for m in MODE_NAMES},
+    "n_labellings": "distinct majority labellings among ok fits that are not collapsed",
+    "top_labelling": "the most common of those labellings ('j0,j1,...', as ROW_FIELDS.permutation)",
+    "top_labelling_frac": "fraction of ok, not collapsed fits in the top labelling",
+    "labelling_counts": "every labelling reached and how often, 'j0,j1:count;...'",
+    "khat_median": "median PSIS k-hat over ok fits with log_p / log_q",
+    "n_khat_bad": "ok fits whose k-hat is at least khat_bad",
+}
+
+
+def fit_landing(fit: Fit, target: dict, target_name: str,
+                settings: MetricSettings = MetricSettings()) -> tuple[str, str]:
+    """(mode, majority labelling) of one fit's draws relabelled against ``target``."""
+    draws = fit_draws(fit)
+    if draws is None:
+        raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
+    rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
+    summary = mode_summary(chain_modes(rel.draws, rel.permutations, rel.reference, target_name, settings),
+                           target_name)
+    return summary["mode"], label_switching(rel.permutations, settings.switch_min_draws).overall_majority
+
+
+def evaluate_vi_seeds(
+    fits: list[Fit],
+    truth: dict | None = None,
+    reference: xr.DataTree | None = None,
+    pivot: dict | str | None = None,
+    settings: MetricSettings = MetricSettings(),
+) -> dict[str, Any]:
+    """How often the seeds of a method land in each mode and each labelling: keys ``VI_SEED_FIELDS``.
+
+    Every fit is relabelled against one point, resolved once (see ``resolve_target``); without
+    truth, pivot point or reference it is taken from the first ok fit.
+    """
+    row: dict[str, Any] = dict.fromkeys(VI_SEED_FIELDS, NAN)
+    row["backend"] = ",".join(sorted({f.backend for f in fits})) if fits else NAN
+    row["method"] = ",".join(sorted({f.method for f in fits})) if fits else NAN
+    ok = [f for f in fits if f.ok]
+    row["n_fits"], row["n_ok"] = len(fits), len(ok)
+    if ok:
+        if truth is None and not isinstance(pivot, dict) and reference is None:
+            target, source = resolve_target(None, pivot, fit_draws(ok[0]))
+            source = "first-fit-" + source
+        else:
+            target, source = resolve_target(truth, pivot, fit_draws(ok[0]), reference)
+        target_name = "truth" if truth is not None else "reference"
+        landings = [fit_landing(f, target, target_name, settings) for f in ok]
+        modes = Counter(mode for mode, _ in landings)
+        row["reference_source"] = source
+        for m in MODE_NAMES:
+            row[f"n_{m}"] = modes.get(m, 0)
+            row[f"frac_{m}"] = modes.get(m, 0) / len(ok)
+        labellings = Counter(perm for mode, perm in landings if mode != "collapsed")
+        row["n_labellings"] = len(labellings)
+        if labellings:
+            top = min(labellings, key=lambda p: (-labellings[p], p))
+            row["top_labelling"] = top
+            row["top_labelling_frac"] = labellings[top] / sum(labellings.values())
+            row["labelling_counts"] = ";".join(f"{p}:{n}" for p, n in sorted(labellings.items()))
+        khats = [psis_khat(f.log_p, f.log_q, settings.khat_constant_tol)
+                 for f in ok if f.log_p is not None and f.log_q is not None]
+        if khats:
+            row["khat_median"] = float(np.median(khats))
+            row["n_khat_bad"] = sum(k >= settings.khat_bad for k in khats)
+    return {key: _plain(row[key]) for key in VI_SEED_FIELDS}

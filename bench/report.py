@@ -221,7 +221,9 @@ def figure_time_split(frame: pd.DataFrame, path: Path) -> Path | None:
     phases = [p for p in ("t_compile", "t_warmup", "t_sampling", "t_optimisation", "t_extraction") if p in ok]
     if ok.empty or not phases:
         return None
-    med = ok.groupby(["backend", "method"])[phases].median(numeric_only=True).fillna(0.0)
+    numeric = ok[["backend", "method"]].assign(**{p: _numeric(ok, p) for p in phases})
+    med = numeric.groupby(["backend", "method"])[phases].median().fillna(0.0)
+    phases = [p for p in phases if med[p].any()]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(med) + 1.5))
     left = np.zeros(len(med))
@@ -358,7 +360,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>none</em></p>"
-    return frame.map(_fmt).to_html(index=False, escape=True, border=0, classes="tbl")
+    table = frame.map(_fmt).to_html(index=False, escape=True, border=0, classes="tbl")
+    return f'<div class="scroll">{table}</div>'
 
 
 SECTIONS = (
@@ -422,6 +425,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
 table.tbl {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
 table.tbl th, table.tbl td {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; }}
 table.tbl th {{ background: #f3f3f3; }}
+.scroll {{ overflow-x: auto; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #666; font-size: 0.9em; }}
 </style></head><body>
 {body}

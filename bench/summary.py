@@ -37,7 +37,9 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     if truth:
         frame = pd.concat([pd.DataFrame([{"backend": "truth", "method": "", "seed": "", "status": "", **truth}]),
                            frame], ignore_index=True)
-    params = [c for c in frame.columns if c not in ("backend", "method", "seed", "status", *TIME_COLUMNS.values())]
+    family_order = {"w": 0, "b": 1, "sigma": 2, "pi": 3}
+    params = sorted((c for c in frame.columns if c not in ("backend", "method", "seed", "status", *TIME_COLUMNS.values())),
+                    key=lambda c: (family_order.get(c.split("[")[0], 9), c))
     ordered = ["backend", "method", "seed", "status", *params, *[c for c in TIME_COLUMNS.values() if c in frame]]
     return frame[ordered]
 

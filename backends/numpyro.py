@@ -1,0 +1,669 @@
+"""The NumPyro backend: one NumPyro model for every spec; NUTS, SVI (ADVI, minibatch ADVI), MAP
+and BlackJAX's Pathfinder on it.
+
+JAX fixes two things per process before its first computation: how many CPU devices exist
+(parallel chains need one device each) and whether 64-bit floats are allowed. Both are set when
+this module is imported; a float32 fit then runs inside ``jax.enable_x64(False)`` with its data
+cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
+float32 too, not only the data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cache, partial
+from typing import Any, Callable
+
+import numpy as np
+
+import numpyro
+
+from jax._src import xla_bridge  # noqa: E402  (only to ask whether JAX has started)
+
+if not xla_bridge.backends_are_initialized():
+    # One CPU device per core lets chains run in parallel (pmap). Too late once JAX has run
+    # anything in this process: then chains fall back to running one after another.
+    numpyro.set_host_device_count(os.cpu_count() or 1)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax, random  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpyro.distributions as dist  # noqa: E402
+from numpyro import handlers, optim  # noqa: E402
+from numpyro.distributions import constraints  # noqa: E402
+from numpyro.distributions.transforms import biject_to  # noqa: E402
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO  # noqa: E402
+from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal  # noqa: E402
+from numpyro.infer.util import log_density as numpyro_log_density  # noqa: E402
+from numpyro.infer.util import potential_energy  # noqa: E402
+
+from backends.base import (  # noqa: E402
+    METHODS,
+    Backend,
+    Fit,
+    FitSettings,
+    canonical_datatree,
+    package_versions,
+    stopwatch,
+)
+from models.data import Dataset  # noqa: E402
+from models.errors import MixbenchError  # noqa: E402
+from models.spec import MixtureSpec  # noqa: E402
+
+ENGINE = "numpyro"
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class OrderedNormal(dist.Distribution):
+    """``size`` iid Normal(loc, scale) values sorted ascending.
+
+    Sorting iid draws gives the iid prior restricted to the ordered region, which holds 1/K! of
+    its mass: the density there is K! prod_k phi(x_k), exactly the spec's ordered prior.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.ordered_vector
+    reparametrized_params = ["loc", "scale"]
+
+    def __init__(self, loc, scale, size: int, *, validate_args=None):
+        self.loc, self.scale, self.size = loc, scale, size
+        super().__init__(batch_shape=(), event_shape=(size,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        draws = self.loc + self.scale * random.normal(key, sample_shape + self.event_shape)
+        return jnp.sort(draws, axis=-1)
+
+    def log_prob(self, value):
+        lp = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1) + math.lgamma(self.size + 1)
+        ordered = jnp.all(jnp.diff(value, axis=-1) > 0, axis=-1)
+        return jnp.where(ordered, lp, -jnp.inf)
+
+
+def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True):
+    """y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k), priors and ordering from ``spec``.
+
+    ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
+    N / batch. ``total_size=False`` undoes that scaling (scale batch / N), replaying the forum
+    thread's minibatch without total_size: the batch weighted as if it were the whole data.
+
+    Ordered by slope, the first slope column is its own ordered site ``w_first`` and the other
+    columns ``w_rest``; ``w`` is then a deterministic site joining them.
+    """
+    K, D, N = spec.K, spec.D, y.shape[0]
+    pi = numpyro.sample("pi", dist.Dirichlet(jnp.asarray(spec.alpha, dtype=y.dtype)))
+    s = spec.slope_prior
+    if spec.ordering == "slope":
+        columns = [numpyro.sample("w_first", OrderedNormal(s.mu, s.sigma, K))[:, None]]
+        if D > 1:
+            columns.append(numpyro.sample("w_rest", dist.Normal(s.mu, s.sigma).expand((K, D - 1)).to_event(2)))
+        w = numpyro.deterministic("w", jnp.concatenate(columns, axis=1))
+    elif D > 0:
+        w = numpyro.sample("w", dist.Normal(s.mu, s.sigma).expand((K, D)).to_event(2))
+    if spec.intercept:
+        p = spec.intercept_prior
+        prior = (OrderedNormal(p.mu, p.sigma, K) if spec.ordering == "intercept"
+                 else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
+        b = numpyro.sample("b", prior)
+    sp = spec.sigma_prior
+    sigma_prior = dist.Uniform(0.0, sp.scale) if sp.family == "uniform" else dist.HalfNormal(sp.scale)
+    if spec.sigma == "per-component":
+        sigma_prior = sigma_prior.expand((K,)).to_event(1)
+    sigma = numpyro.sample("sigma", sigma_prior)
+
+    with numpyro.plate("obs", N, subsample_size=subsample_size) as idx:
+        xb, yb = (x, y) if subsample_size is None else (x[idx], y[idx])
+        mu = jnp.zeros((yb.shape[0], K), dtype=y.dtype)
+        if D > 0:
+            mu = mu + xb @ w.T
+        if spec.intercept:
+            mu = mu + b
+        # MixtureSameFamily: log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per
+        # observation, one (batch, K) array, the oracle's formula; and y stays an observed site.
+        likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
+        unscaled = subsample_size is not None and not total_size
+        with handlers.scale(scale=subsample_size / N) if unscaled else nullcontext():
+            numpyro.sample("y", likelihood, obs=yb)
+
+
+def _sites_from_params(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical parameters -> the model's latent sites."""
+    sites = {"pi": params["pi"], "sigma": params["sigma"]}
+    if spec.intercept:
+        sites["b"] = params["b"]
+    if spec.ordering == "slope":
+        sites["w_first"] = params["w"][:, 0]
+        if spec.D > 1:
+            sites["w_rest"] = params["w"][:, 1:]
+    elif spec.D > 0:
+        sites["w"] = params["w"]
+    return sites
+
+
+def _canonical(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Constrained site values with leading dims ``lead`` -> canonical names (float64 NumPy)."""
+    sites = {k: np.asarray(v, dtype=np.float64) for k, v in sites.items()}
+    out = {name: sites[name] for name in spec.param_shapes() if name in sites}
+    if "w" not in out:
+        if spec.ordering == "slope":
+            columns = [sites["w_first"][..., None]] + ([sites["w_rest"]] if spec.D > 1 else [])
+            out["w"] = np.concatenate(columns, axis=-1)
+        else:
+            out["w"] = np.zeros(lead + (spec.K, 0))
+    return out
+
+
+@dataclass(frozen=True)
+class _Site:
+    name: str
+    shape: tuple[int, ...]  # unconstrained shape
+    transform: Any  # unconstrained -> constrained
+
+
+@cache
+def _layout(spec: MixtureSpec) -> tuple[_Site, ...]:
+    """The model's latent sites in trace order, with their unconstrained shapes and transforms."""
+    with jax.enable_x64(True):
+        x, y = jnp.zeros((1, spec.D)), jnp.zeros(1)
+        tr = handlers.trace(handlers.seed(partial(mixture_model, spec), 0)).get_trace(x, y)
+    sites = []
+    for name, site in tr.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            transform = biject_to(site["fn"].support)
+            sites.append(_Site(name, tuple(jnp.shape(transform.inv(site["value"]))), transform))
+    return tuple(sites)
+
+
+def _uniform_init(spec: MixtureSpec, key, dtype) -> dict[str, jax.Array]:
+    """NumPyro's init_to_uniform: every unconstrained coordinate uniform on (-2, 2)."""
+    layout = _layout(spec)
+    keys = random.split(key, len(layout))
+    return {s.name: random.uniform(k, s.shape, dtype, -2.0, 2.0) for s, k in zip(layout, keys)}
+
+
+def _constrain(spec: MixtureSpec, z: dict) -> dict:
+    return {s.name: s.transform(z[s.name]) for s in _layout(spec)}
+
+
+def _log_jacobian(spec: MixtureSpec, z: dict):
+    """log |det d constrain / dz| at one unconstrained point."""
+    total = 0.0
+    for s in _layout(spec):
+        value = s.transform(z[s.name])
+        total = total + jnp.sum(s.transform.log_abs_det_jacobian(z[s.name], value))
+    return total
+
+
+@cache
+def _log_density_fn(spec: MixtureSpec) -> Callable:
+    """Jitted (sites, x, y) -> model log density at constrained sites, no Jacobian."""
+    model = partial(mixture_model, spec)
+    return jax.jit(lambda sites, x, y: numpyro_log_density(model, (x, y), {}, sites)[0])
+
+
+@cache
+def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
+    """Jitted (z batch, x, y) -> (log_p, log_jacobian) per draw on the full data.
+
+    log_p is minus the potential energy (log density in unconstrained space, Jacobian included).
+    lax.map in batches keeps memory at (batch x N x K), not (draws x N x K).
+    """
+    model = partial(mixture_model, spec)
+
+    def one(z, x, y):
+        return -potential_energy(model, (x, y), {}, z), _log_jacobian(spec, z)
+
+    return jax.jit(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64))
+
+
+def _device_data(dataset: Dataset, precision: str):
+    dtype = jnp.float32 if precision == "float32" else jnp.float64
+    return jnp.asarray(dataset.x, dtype=dtype), jnp.asarray(dataset.y, dtype=dtype)
+
+
+def _precision(precision: str):
+    return jax.enable_x64(precision == "float64")
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing: JAX compiles lazily, inside the first call of each program, so a phase's wall time
+# contains its own compilation. JAX reports the time span of every trace, lowering to MLIR and
+# XLA compilation; the union of those spans inside a phase moves from the phase to "compile".
+
+_COMPILE_EVENTS = frozenset({
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+})
+_compile_spans: list[tuple[float, float]] | None = None
+
+
+def _record_span(event: str, start: float, end: float, **_):
+    if _compile_spans is not None and event in _COMPILE_EVENTS:
+        _compile_spans.append((start, end))
+
+
+jax.monitoring.register_event_time_span_listener(_record_span)
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+@contextmanager
+def _phase(timings: dict[str, float], phase: str):
+    """Wall time of the block into ``timings[phase]``, less JAX's compilation in it, which goes to
+    ``timings["compile"]``. The block must wait for its results (block_until_ready)."""
+    global _compile_spans
+    _compile_spans = []
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        wall = time.perf_counter() - start
+        compiling = min(_union_length(_compile_spans), wall)
+        _compile_spans = None
+        timings["compile"] = timings.get("compile", 0.0) + compiling
+        timings[phase] = timings.get(phase, 0.0) + wall - compiling
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend
+
+_NUTS_FIELDS = ("num_steps", "potential_energy", "energy", "accept_prob", "adapt_state.step_size")
+
+# Optimiser names (PyMC's where they overlap) -> NumPyro optimisers, given the learning rate.
+_OPTIMIZERS: dict[str, Callable[[float], Any]] = {
+    "adam": optim.Adam,
+    "sgd": optim.SGD,
+    "adagrad": optim.Adagrad,
+    "clipped_adam": optim.ClippedAdam,
+    "rmsprop": optim.RMSProp,
+    "momentum": lambda lr: optim.Momentum(lr, 0.9),
+}
+
+
+class NumPyroBackend(Backend):
+    name = "numpyro"
+
+    def __init__(self):
+        self._programs: dict[tuple, _SVIProgram] = {}
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("numpyro", "jax", "jaxlib", "blackjax")
+
+    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        if spec.likelihood != "mixture":
+            return (f"likelihood {spec.likelihood!r}: the forum replay likelihoods are implemented "
+                    "in the pymc backend only")
+        if method not in METHODS:
+            return f"method {method!r} is not in the shared vocabulary"
+        if method == "nuts" and settings.sampler not in (None, "numpyro"):
+            return f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro's own NUTS only"
+        if method.startswith("advi") or method == "map":
+            if settings.optimizer not in _OPTIMIZERS:
+                return (f"optimizer {settings.optimizer!r} is not available in the numpyro backend; "
+                        f"known: {', '.join(_OPTIMIZERS)}")
+        return None
+
+    def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
+        if spec.likelihood != "mixture":
+            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        dataset.check_against(spec)
+        params = spec.check_params(params)
+        with _precision("float64"):
+            x, y = _device_data(dataset, "float64")
+            sites = {k: jnp.asarray(v) for k, v in _sites_from_params(spec, params).items()}
+            return float(_log_density_fn(spec)(sites, x, y))
+
+    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        if method == "nuts":
+            return self._fit_nuts(spec, dataset, settings, seed)
+        if method == "pathfinder":
+            return self._fit_pathfinder(spec, dataset, settings, seed)
+        return self._fit_svi(spec, dataset, method, settings, seed)
+
+    # -- NUTS ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def chain_method(settings: FitSettings) -> str:
+        """"parallel" (one device per chain, pmap) where devices allow, else "sequential"."""
+        if settings.chains > 1 and settings.parallel_chains and jax.local_device_count() >= settings.chains:
+            return "parallel"
+        return "sequential"
+
+    def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {"compile": 0.0}
+        chain_method = self.chain_method(settings)
+        with _precision(settings.precision):
+            x, y = _device_data(dataset, settings.precision)
+            kernel = NUTS(partial(mixture_model, spec), target_accept_prob=settings.target_accept,
+                          max_tree_depth=settings.max_treedepth)
+            mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws,
+                        num_chains=settings.chains, chain_method=chain_method, progress_bar=False)
+            warmup_key, sample_key = random.split(random.PRNGKey(seed))
+            # MCMC recompiles its loops on every warmup()/run() call (it builds a fresh closure
+            # each time), so there is no compiled program to cache between fits: each fit's
+            # compile time is its own and is reported as such.
+            # warmup: initial point search and step-size/mass-matrix adaptation, all chains.
+            warmup_steps = 0
+            if settings.warmup > 0:
+                with _phase(timings, "warmup"):
+                    mcmc.warmup(warmup_key, x, y, extra_fields=_NUTS_FIELDS, collect_warmup=True)
+                    jax.block_until_ready(mcmc.post_warmup_state)
+                warmup_steps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
+            else:
+                timings["warmup"] = 0.0
+            # sampling: the post-warm-up transitions whose draws are kept.
+            with _phase(timings, "sampling"):
+                mcmc.run(sample_key, x, y, extra_fields=_NUTS_FIELDS)
+                jax.block_until_ready(mcmc.last_state)
+            # extraction: device -> NumPy, canonical names, DataTree.
+            with stopwatch(timings, "extraction"):
+                samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
+                stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+                engine_dtype = str(np.asarray(samples["sigma"]).dtype)
+                lead = (settings.chains, settings.draws)
+                n_steps = np.asarray(stats["num_steps"])
+                tree_depth = np.log2(n_steps).astype(int) + 1
+                sample_stats = {
+                    "diverging": np.asarray(stats["diverging"], dtype=bool),
+                    "n_steps": n_steps,
+                    "tree_depth": tree_depth,
+                    "reached_max_tree_depth": tree_depth >= settings.max_treedepth,
+                    "lp": -np.asarray(stats["potential_energy"]),
+                    "energy": np.asarray(stats["energy"]),
+                    "acceptance_rate": np.asarray(stats["accept_prob"]),
+                    "step_size": np.asarray(stats["adapt_state.step_size"]),
+                }
+                draws = canonical_datatree(
+                    spec, _canonical(spec, samples, lead), sample_stats,
+                    attrs={"/": {"backend": self.name, "engine": ENGINE, "method": "nuts",
+                                 "chain_method": chain_method, "precision": settings.precision,
+                                 "engine_dtype": engine_dtype}},
+                )
+        return Fit(
+            backend=self.name, method="nuts", status="ok", engine=ENGINE, draws=draws, timings=timings,
+            precision=settings.precision, grad_evals=warmup_steps + int(n_steps.sum()),
+            divergences=int(sample_stats["diverging"].sum()),
+        )
+
+    # -- SVI: ADVI (mean-field, full-rank, minibatch) and MAP -----------------------------------
+
+    def _svi_program(self, spec: MixtureSpec, N: int, method: str, settings: FitSettings) -> "_SVIProgram":
+        minibatch = method.startswith("advi-minibatch")
+        key = (spec, N, method, settings.optimizer, settings.learning_rate, settings.precision,
+               settings.batch_size if minibatch else None, settings.minibatch_total_size if minibatch else None)
+        if key not in self._programs:
+            self._programs[key] = _SVIProgram(spec, method, settings)
+        return self._programs[key]
+
+    def _fit_svi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        if method.startswith("advi-minibatch") and settings.batch_size > dataset.N:
+            raise MixbenchError(
+                f"settings.batch_size: {settings.batch_size} exceeds the {dataset.N} observations")
+        timings: dict[str, float] = {"compile": 0.0}
+        init_key, svi_key, draw_key = random.split(random.PRNGKey(seed), 3)
+        with _precision(settings.precision):
+            x, y = _device_data(dataset, settings.precision)
+            # optimisation: SVI set-up and every update, in jitted chunks between convergence checks.
+            with _phase(timings, "optimisation"):
+                program = self._svi_program(spec, dataset.N, method, settings)
+                state = program.init(svi_key, _uniform_init(spec, init_key, y.dtype), x, y)
+                state, loss, iterations, converged = _optimise(program, state, x, y, settings)
+                params = jax.block_until_ready(program.svi.get_params(state))
+        common = dict(backend=self.name, method=method, engine=ENGINE, timings=timings,
+                      precision=settings.precision, loss=loss, iterations=iterations, converged=converged,
+                      grad_evals=iterations)
+        if not np.all(np.isfinite(loss)):
+            bad = int(np.argmin(np.isfinite(loss)))
+            return Fit(status="failed", reason=f"the loss became non-finite at iteration {bad + 1}", **common)
+        attrs = {"optimizer": settings.optimizer, "learning_rate": settings.learning_rate,
+                 "guide": type(program.guide).__name__, "check_every": _CHECK_EVERY}
+        # extraction: draws from the fitted approximation and their densities, in float64 whatever
+        # the fit's precision (importance weights need it at large N), then canonical names.
+        with _phase(timings, "extraction"), _precision("float64"):
+            params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+            if method == "map":
+                point = _canonical(spec, program.map_point(params), ())
+                draws = canonical_datatree(spec, {k: v[None, None] for k, v in point.items()},
+                                           attrs={"/": self._attrs("map", settings, attrs)})
+                return Fit(status="ok", draws=draws, point=point,
+                           point_log_density=self.log_density(spec, dataset, point), **common)
+            z, log_q = program.draw(params, draw_key, settings.vi_draws)
+            draws, log_p, log_jacobian = self._approximation_draws(
+                spec, dataset, z, self._attrs(method, settings, attrs))
+        return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
+                   log_q=np.asarray(log_q), **common)
+
+    def _attrs(self, method: str, settings: FitSettings, extra: dict) -> dict:
+        return {"backend": self.name, "engine": ENGINE, "method": method,
+                "precision": settings.precision, **extra}
+
+    def _approximation_draws(self, spec: MixtureSpec, dataset: Dataset, z: dict, attrs: dict):
+        """Unconstrained draws (leading axis: draw) -> canonical one-chain DataTree, log_p, log_jacobian."""
+        x, y = _device_data(dataset, "float64")
+        log_p, log_jacobian = _draw_diagnostics_fn(spec)(z, x, y)
+        constrained = jax.vmap(partial(_constrain, spec))(z)
+        n = int(np.shape(log_p)[0])
+        posterior = {k: v[None] for k, v in _canonical(spec, constrained, (n,)).items()}
+        draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
+        return draws, np.asarray(log_p), np.asarray(log_jacobian)
+
+    # -- Pathfinder (BlackJAX's building blocks on the model's potential) ------------------------
+
+    def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {"compile": 0.0}
+        init_key, path_key, draw_key = random.split(random.PRNGKey(seed), 3)
+        with _precision(settings.precision):
+            x, y = _device_data(dataset, settings.precision)
+            z0 = _uniform_init(spec, init_key, y.dtype)
+            # optimisation: L-BFGS from z0, then the ELBO at each point of its path.
+            with _phase(timings, "optimisation"):
+                path = jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(path_key, z0, x, y))
+        iterations = int(path["iterations"])
+        loss = np.asarray(path["objective"])[: iterations + 1]
+        common = dict(backend=self.name, method="pathfinder", engine=ENGINE, timings=timings,
+                      precision=settings.precision, loss=loss, iterations=iterations,
+                      converged=iterations < settings.vi_iterations)
+        if not np.isfinite(path["elbo"]):
+            return Fit(status="failed", reason="no point of the L-BFGS path has a finite ELBO estimate", **common)
+        attrs = {**{f"pathfinder_{k}": v for k, v in _PATHFINDER.items()},
+                 "pathfinder_best_iteration": int(path["best"]), "pathfinder_elbo": float(path["elbo"])}
+        with _phase(timings, "extraction"), _precision("float64"):
+            approx = {k: jnp.asarray(path[k], jnp.float64) for k in ("position", "grad", "alpha", "beta", "gamma")}
+            z, log_q = _pathfinder_draws_fn(spec)(approx, draw_key, settings.vi_draws)
+            draws, log_p, log_jacobian = self._approximation_draws(
+                spec, dataset, z, self._attrs("pathfinder", settings, attrs))
+        return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
+                   log_q=np.asarray(log_q), **common)
+
+
+# ----------------------------------------------------------------------------------------------
+# SVI machinery
+
+_CHECK_EVERY = 100  # updates between convergence checks, as PyMC's CheckParametersConvergence
+_GUIDES = {
+    "advi-meanfield": AutoNormal,
+    "advi-minibatch-meanfield": AutoNormal,
+    "advi-fullrank": AutoMultivariateNormal,
+    "advi-minibatch-fullrank": AutoMultivariateNormal,
+    "map": AutoDelta,
+}
+
+
+class _SVIProgram:
+    """Model, guide, optimiser and their jitted update chunk for one (spec, N, method, settings).
+
+    Cached by the backend so a second fit of the same cell reuses the compiled chunk. The guide's
+    starting point comes from each fit's seed (``init``), not from the guide's first set-up.
+    """
+
+    def __init__(self, spec: MixtureSpec, method: str, settings: FitSettings):
+        minibatch = method.startswith("advi-minibatch")
+        self.spec = spec
+        self.model = partial(mixture_model, spec, subsample_size=settings.batch_size if minibatch else None,
+                             total_size=settings.minibatch_total_size)
+        self.guide = _GUIDES[method](self.model)
+        self.svi = SVI(self.model, self.guide, _OPTIMIZERS[settings.optimizer](settings.learning_rate),
+                       Trace_ELBO())
+        self.run_chunk = jax.jit(self._run_chunk)
+        self.draw = jax.jit(self._draw, static_argnums=2)
+
+    def _run_chunk(self, state, n, x, y):
+        """``n`` <= _CHECK_EVERY updates; losses padded with NaN to a fixed length (one compile)."""
+        def step(i, carry):
+            state, losses = carry
+            state, loss = self.svi.update(state, x, y)
+            return state, losses.at[i].set(loss)
+
+        return lax.fori_loop(0, n, step, (state, jnp.full(_CHECK_EVERY, jnp.nan, y.dtype)))
+
+    def init(self, key, z0: dict, x, y):
+        if self.guide.prototype_trace is None:
+            self.svi.init(key, x, y)  # sets the guide up, so that its own packing of sites is known
+        return self.svi.init(key, x, y, init_params=self._init_params(z0))
+
+    def _init_params(self, z0: dict) -> dict:
+        if isinstance(self.guide, AutoNormal):
+            return {f"{name}_auto_loc": value for name, value in z0.items()}
+        if isinstance(self.guide, AutoDelta):  # its locations live in the constrained space
+            return {f"{name}_auto_loc": value for name, value in _constrain(self.spec, z0).items()}
+        return {"auto_loc": self.guide._unpack_latent.inv(z0)}
+
+    def flat_params(self, state) -> np.ndarray:
+        """The guide's parameters in the optimiser's (unconstrained) space, as one vector."""
+        return np.asarray(ravel_pytree(self.svi.optim.get_params(state.optim_state))[0])
+
+    def map_point(self, params: dict) -> dict:
+        return {s.name: params[f"{s.name}_auto_loc"] for s in _layout(self.spec)}
+
+    def _draw(self, params: dict, key, n: int):
+        """``n`` draws of the guide's unconstrained latent and the guide's log density at each."""
+        if isinstance(self.guide, AutoNormal):
+            layout = _layout(self.spec)
+            z, log_q = {}, jnp.zeros(n)
+            for site, k in zip(layout, random.split(key, len(layout))):
+                q = dist.Normal(params[f"{site.name}_auto_loc"], params[f"{site.name}_auto_scale"])
+                z[site.name] = q.sample(k, (n,))
+                log_q = log_q + q.log_prob(z[site.name]).reshape(n, -1).sum(-1)
+            return z, log_q
+        posterior = self.guide.get_posterior(params)
+        flat = posterior.sample(key, (n,))
+        return jax.vmap(self.guide._unpack_latent)(flat), posterior.log_prob(flat)
+
+
+def _optimise(program: _SVIProgram, state, x, y, settings: FitSettings):
+    """Run SVI for up to ``vi_iterations`` updates, stopping like PyMC's CheckParametersConvergence:
+    every _CHECK_EVERY updates, the largest relative change of a parameter,
+    (|new - old| + 1e-6) / (|old| + 1e-6), below ``vi_tolerance`` means converged."""
+    losses, done, converged = [], 0, False
+    previous = program.flat_params(state)
+    while done < settings.vi_iterations:
+        n = min(_CHECK_EVERY, settings.vi_iterations - done)
+        state, chunk = program.run_chunk(state, n, x, y)
+        losses.append(np.asarray(chunk)[:n])
+        done += n
+        if not np.all(np.isfinite(losses[-1])):
+            break
+        current = program.flat_params(state)
+        change = np.max((np.abs(current - previous) + 1e-6) / (np.abs(previous) + 1e-6))
+        previous = current
+        if change < settings.vi_tolerance:
+            converged = True
+            break
+    return state, np.concatenate(losses).astype(np.float64), done, converged
+
+
+# ----------------------------------------------------------------------------------------------
+# Pathfinder. blackjax.vi.pathfinder.approximate evaluates the ELBO at every point of the
+# L-BFGS path at once (vmap), which needs memory for (maxiter x draws x N x K) values; here the
+# same computation runs point by point over the iterations L-BFGS actually took. BlackJAX's
+# approximate also passes the objective's gradient, grad(-log p), where the paper's BFGS-Sample
+# mean theta + H grad(log p) needs grad(log p): on a Gaussian target its mean then steps away
+# from the mode. This code passes grad(log p).
+
+# BlackJAX's defaults for L-BFGS and for the number of draws per ELBO estimate.
+_PATHFINDER = {"maxcor": 10, "gtol": 1e-8, "ftol": 1e-5, "maxls": 1000, "elbo_draws": 200}
+
+
+def _flat_template(spec: MixtureSpec) -> Callable:
+    return ravel_pytree({s.name: jnp.zeros(s.shape) for s in _layout(spec)})[1]
+
+
+@cache
+def _pathfinder_fn(spec: MixtureSpec, maxiter: int) -> Callable:
+    from blackjax.optimizers.lbfgs import bfgs_sample, lbfgs_inverse_hessian_factors, minimize_lbfgs
+
+    model = partial(mixture_model, spec)
+    maxcor = _PATHFINDER["maxcor"]
+
+    def run(key, z0, x, y):
+        flat0, unravel = ravel_pytree(z0)
+
+        def objective(flat):
+            return potential_energy(model, (x, y), {}, unravel(flat))
+
+        last, history = minimize_lbfgs(objective, flat0, maxiter, maxcor, _PATHFINDER["gtol"],
+                                       _PATHFINDER["ftol"], _PATHFINDER["maxls"])
+        iterations = last.state.iter_num
+        mask = history.update_mask[1:]
+        s = jnp.where(mask, jnp.diff(history.x, axis=0), 0.0)
+        dz = jnp.where(mask, jnp.diff(history.g, axis=0), 0.0)
+        s, dz = jnp.pad(s, ((maxcor, 0), (0, 0))), jnp.pad(dz, ((maxcor, 0), (0, 0)))
+
+        def factors(i):
+            window = i + jnp.arange(maxcor)
+            return lbfgs_inverse_hessian_factors(s[window].T, dz[window].T, history.alpha[i])
+
+        def elbo(i, k):
+            beta, gamma = factors(i)
+            phi, log_q = bfgs_sample(k, _PATHFINDER["elbo_draws"], history.x[i], -history.g[i],
+                                     history.alpha[i], beta, gamma)
+            log_p = -lax.map(objective, phi, batch_size=16)
+            return jnp.mean(log_p - log_q)
+
+        keys = random.split(key, maxiter + 1)
+
+        def best_of(i, best):
+            value = elbo(i, keys[i])
+            better = jnp.isfinite(value) & (value > best[0])
+            return jnp.where(better, value, best[0]), jnp.where(better, i, best[1])
+
+        # As BlackJAX: the points before the last iteration are candidates.
+        best_elbo, best = lax.fori_loop(0, iterations, best_of, (jnp.array(-jnp.inf, flat0.dtype), 0))
+        beta, gamma = factors(best)
+        return {"position": history.x[best], "grad": -history.g[best], "alpha": history.alpha[best],
+                "beta": beta, "gamma": gamma, "elbo": best_elbo, "best": best,
+                "iterations": iterations, "objective": history.f}
+
+    return jax.jit(run)
+
+
+@cache
+def _pathfinder_draws_fn(spec: MixtureSpec) -> Callable:
+    from blackjax.optimizers.lbfgs import bfgs_sample
+
+    unravel = _flat_template(spec)
+
+    def draw(approx, key, n):
+        phi, log_q = bfgs_sample(key, n, approx["position"], approx["grad"], approx["alpha"],
+                                 approx["beta"], approx["gamma"])
+        return jax.vmap(unravel)(phi), log_q
+
+    return jax.jit(draw, static_argnums=2)

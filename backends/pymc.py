@@ -1,0 +1,525 @@
+"""The PyMC backend: the mixture of regressions as one PyMC model, fitted by NUTS, VI or MAP.
+
+NUTS runs through nutpie (default), PyMC's own sampler or PyMC's NumPyro/JAX sampler. VI is
+pm.fit's ADVI (mean-field or full-rank, on the full data or on minibatches), Pathfinder comes
+from pymc-extras, MAP from pm.find_MAP.
+
+The likelihood is a pm.CustomDist whose log density is written out (log-sum-exp over
+components of the normal log densities), vectorised over observations. One CustomDist serves the
+correct mixture and the three forum-thread variants alike, it is exactly the oracle's formula,
+and as an observed variable it takes ``total_size`` for minibatches (a Potential would not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.distributions.transforms import ordered
+from pytensor.graph.replace import graph_replace
+
+from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from models.data import Dataset
+from models.errors import MixbenchError
+from models.spec import MixtureSpec
+
+SAMPLERS = ("nutpie", "pymc", "numpyro")
+VI_METHODS = {
+    "advi-meanfield": ("advi", False),
+    "advi-fullrank": ("fullrank_advi", False),
+    "advi-minibatch-meanfield": ("advi", True),
+    "advi-minibatch-fullrank": ("fullrank_advi", True),
+}
+OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd",
+              "momentum", "nesterov_momentum")
+PATHFINDER_PATHS = 4
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+def _normal_terms(value, mu, sigma, log_sigma_bug: bool):
+    """Per-observation, per-component normal log densities (the thread's bug optional)."""
+    z2 = pt.sqr((value[..., None] - mu) / sigma)
+    log_sigma = pt.log(sigma) if log_sigma_bug else 2.0 * pt.log(sigma)
+    return -0.5 * (_LOG_2PI + log_sigma + z2)
+
+
+def _mixture_logp(log_sigma_bug: bool):
+    def logp(value, mu, sigma, log_pi):
+        return pt.logsumexp(log_pi + _normal_terms(value, mu, sigma, log_sigma_bug), axis=-1)
+    return logp
+
+
+def _batch_lse_logp(log_sigma_bug: bool):
+    # The thread's logp_gmix: each component's log density summed over the whole batch, then the
+    # log-sum-exp over components; its logp_normal counts log(sigma) once per batch.
+    def logp(value, mu, sigma, log_pi):
+        n = value.shape[0].astype(mu.dtype)
+        z2 = pt.sum(pt.sqr((value[:, None] - mu) / sigma), axis=0)
+        sigma_term = pt.log(sigma) if log_sigma_bug else 2.0 * n * pt.log(sigma)
+        batch = -0.5 * (n * _LOG_2PI + sigma_term + z2)
+        return pt.logsumexp(log_pi + batch)
+    return logp
+
+
+def _ordered_initval(prior, K: int) -> np.ndarray:
+    # The ordered transform needs a strictly increasing start; the prior mean repeated is not.
+    return prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)
+
+
+def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: int | None = None,
+                total_size: bool = True) -> pm.Model:
+    """The PyMC model of ``spec`` on data (x, y); minibatches of ``batch_size`` when given.
+
+    Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering; none
+    when D = 0), b (intercepts, ordered under intercept ordering), sigma. w is always available
+    by name (a Deterministic under slope ordering). ``total_size=False`` leaves the minibatch
+    likelihood unscaled, as the forum thread did.
+    """
+    K, D = spec.K, spec.D
+    with pm.Model() as model:
+        x_data = pm.Data("x", x) if D else None
+        y_data = pm.Data("y", y)
+
+        log_pi = pt.log(pm.Dirichlet("pi", a=spec.alpha)) if K > 1 else pt.zeros(1)
+
+        sp = spec.slope_prior
+        w = None
+        if D and spec.ordering == "slope":
+            first = pm.Normal("w_first", sp.mu, sp.sigma, shape=K, transform=ordered,
+                              initval=_ordered_initval(sp, K))
+            columns = [first[:, None]]
+            if D > 1:
+                columns.append(pm.Normal("w_rest", sp.mu, sp.sigma, shape=(K, D - 1)))
+            w = pm.Deterministic("w", pt.concatenate(columns, axis=1))
+        elif D:
+            w = pm.Normal("w", sp.mu, sp.sigma, shape=(K, D))
+
+        b = None
+        if spec.intercept:
+            ip = spec.intercept_prior
+            if spec.ordering == "intercept":
+                b = pm.Normal("b", ip.mu, ip.sigma, shape=K, transform=ordered,
+                              initval=_ordered_initval(ip, K))
+            else:
+                b = pm.Normal("b", ip.mu, ip.sigma, shape=K)
+
+        shape = () if spec.sigma == "shared" else (K,)
+        if spec.sigma_prior.family == "uniform":
+            sigma = pm.Uniform("sigma", 0.0, spec.sigma_prior.scale, shape=shape)
+        else:
+            sigma = pm.HalfNormal("sigma", sigma=spec.sigma_prior.scale, shape=shape)
+
+        if spec.ordering != "none":
+            # The ordered prior is the iid prior restricted to one of K! regions (models/spec.py).
+            pm.Potential("log_order_constant", pt.constant(spec.log_order_constant))
+
+        if batch_size is None:
+            x_obs, y_obs = x_data, y_data
+        elif D:
+            x_obs, y_obs = pm.Minibatch(x_data, y_data, batch_size=batch_size)
+        else:
+            x_obs, y_obs = None, pm.Minibatch(y_data, batch_size=batch_size)
+
+        mu = pt.zeros_like(y_obs)[:, None] + (0.0 if b is None else b[None, :])
+        if w is not None:
+            mu = mu + pt.dot(x_obs, w.T)
+        sigma_k = pt.broadcast_to(sigma, (K,))
+
+        batch_lse = spec.likelihood in ("forum-original", "forum-batch-lse")
+        log_sigma_bug = spec.likelihood in ("forum-original", "forum-log-sigma")
+        if batch_lse:
+            logp, signature = _batch_lse_logp(log_sigma_bug), "(n,k),(k),(k)->(n)"
+        else:
+            logp, signature = _mixture_logp(log_sigma_bug), "(k),(k),(k)->()"
+        scale = len(y) if (batch_size is not None and total_size) else None
+        pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=logp, signature=signature,
+                      observed=y_obs, total_size=scale)
+    return model
+
+
+def _model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A canonical constrained point -> the model's free variables (by RV name)."""
+    params = spec.check_params(params)
+    values = {"sigma": params["sigma"]}
+    if spec.K > 1:
+        values["pi"] = params["pi"]
+    if spec.intercept:
+        values["b"] = params["b"]
+    if spec.D and spec.ordering == "slope":
+        values["w_first"] = params["w"][:, 0]
+        if spec.D > 1:
+            values["w_rest"] = params["w"][:, 1:]
+    elif spec.D:
+        values["w"] = params["w"]
+    return values
+
+
+def _canonical(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tuple[int, ...]) -> dict:
+    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, pi)."""
+    out = {
+        "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),
+        "sigma": np.asarray(values["sigma"], float).reshape(*lead, *spec.param_shapes()["sigma"]),
+        "pi": np.asarray(values["pi"], float) if spec.K > 1 else np.ones((*lead, 1)),
+    }
+    if spec.intercept:
+        out["b"] = np.asarray(values["b"], float)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled functions, cached per (spec, data, precision)
+# --------------------------------------------------------------------------------------------
+
+@contextmanager
+def _precision(precision: str):
+    with pytensor.config.change_flags(floatX=precision):
+        yield
+
+
+def _fingerprint(dataset: Dataset) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for arr in (dataset.x, dataset.y):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class _Compiled:
+    """A full-data model and the functions compiled from it, built on first use."""
+
+    spec: MixtureSpec
+    model: pm.Model
+    precision: str
+    _fns: dict = field(default_factory=dict)
+    compile_seconds: dict = field(default_factory=dict)
+
+    @property
+    def free_names(self) -> list[str]:
+        return [rv.name for rv in self.model.free_RVs]
+
+    def _get(self, name, build):
+        if name not in self._fns:
+            start = time.perf_counter()
+            with _precision(self.precision):
+                self._fns[name] = build()
+            self.compile_seconds[name] = time.perf_counter() - start
+        return self._fns[name]
+
+    def constrained_logp(self):
+        """f(*constrained values in free_RVs order) -> log density, no Jacobian."""
+        def build():
+            model = self.model
+            inputs, replace = [], {}
+            for rv in model.free_RVs:
+                value = model.rvs_to_values[rv]
+                point = rv.type(name=rv.name)
+                transform = model.rvs_to_transforms.get(rv)
+                replace[value] = transform.forward(point, *rv.owner.inputs) if transform else point
+                inputs.append(point)
+            logp = graph_replace(model.logp(jacobian=False), replace, strict=False)
+            return pytensor.function(inputs, logp, on_unused_input="ignore")
+        return self._get("constrained_logp", build)
+
+    def unconstrained(self):
+        """f(*value vars) -> (log p with Jacobian, log |Jacobian|, *canonical outputs).
+
+        The canonical outputs are w (when D > 0), b, sigma, pi (when K > 1), in that order.
+        """
+        def build():
+            model = self.model
+            jacobian = pt.constant(0.0)
+            for rv in model.free_RVs:
+                transform = model.rvs_to_transforms.get(rv)
+                if transform is not None:
+                    value = model.rvs_to_values[rv]
+                    jacobian = jacobian + pt.sum(transform.log_jac_det(value, *rv.owner.inputs))
+            outs = model.replace_rvs_by_values([model[n] for n in self.output_names])
+            return pytensor.function(model.value_vars, [model.logp(jacobian=True), jacobian, *outs],
+                                     on_unused_input="ignore")
+        return self._get("unconstrained", build)
+
+    @property
+    def output_names(self) -> list[str]:
+        names = ["w"] if self.spec.D else []
+        names += ["b"] if self.spec.intercept else []
+        names += ["sigma"]
+        names += ["pi"] if self.spec.K > 1 else []
+        return names
+
+    def nutpie(self):
+        import nutpie
+        return self._get("nutpie", lambda: nutpie.compile_pymc_model(self.model, backend="numba"))
+
+
+_CACHE: OrderedDict[tuple, _Compiled] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") -> _Compiled:
+    """The cached full-data model of (spec, dataset) at ``precision``."""
+    key = (spec, _fingerprint(dataset), precision)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    with _precision(precision):
+        model = build_model(spec, dataset.x, dataset.y)
+    entry = _Compiled(spec=spec, model=model, precision=precision)
+    _CACHE[key] = entry
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------
+
+def _concurrent_seconds(per_chain: np.ndarray, cores: int) -> float:
+    """Wall seconds of a phase whose per-chain durations are ``per_chain``.
+
+    Chains running at once overlap: with a core per chain the phase lasts as long as its
+    slowest chain; with fewer cores chains queue, and the total work is shared by the cores.
+    """
+    per_chain = np.asarray(per_chain, float)
+    if cores >= len(per_chain):
+        return float(per_chain.max())
+    return float(per_chain.sum() / cores)
+
+
+class _NutpieClock:
+    """Per-chain warm-up / sampling split of a nutpie run, from its progress callback.
+
+    nutpie reports each chain's running time (runtime_ms) with its draw count every
+    ``progress_rate`` ms; no per-draw timing exists. The warm-up time of a chain is its runtime
+    interpolated at draw number ``tune`` between the two reports that bracket the end of tuning,
+    so it is exact to within one reporting interval.
+    """
+
+    RATE_MS = 10
+
+    def __init__(self, chains: int):
+        self.reports: list[list[tuple[int, float]]] = [[(0, 0.0)] for _ in range(chains)]
+
+    def __call__(self, progress) -> None:
+        for chain, p in enumerate(progress):
+            self.reports[chain].append((int(p.finished_draws), float(p.runtime_ms) / 1000.0))
+
+    def split(self, tune: int) -> tuple[np.ndarray, np.ndarray]:
+        warmup, total = [], []
+        for reports in self.reports:
+            draws, seconds = np.array(reports, dtype=float).T
+            total.append(seconds.max())
+            warmup.append(np.interp(tune, draws, seconds))
+        warmup = np.array(warmup)
+        return warmup, np.array(total) - warmup
+
+
+@contextmanager
+def _jax_x64(enabled: bool):
+    """PyMC's JAX sampler runs at JAX's global precision: set it for the run, then restore."""
+    import jax
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _optimizer(settings: FitSettings):
+    if settings.optimizer not in OPTIMIZERS:
+        raise MixbenchError(
+            f"settings.optimizer: unknown {settings.optimizer!r}; PyMC has {', '.join(OPTIMIZERS)}"
+        )
+    return getattr(pm, settings.optimizer)(learning_rate=settings.learning_rate)
+
+
+class _ConvergenceCheck:
+    """The thread's CheckParametersConvergence callback, remembering whether it stopped the fit."""
+
+    def __init__(self, tolerance: float):
+        self.check = pm.callbacks.CheckParametersConvergence(tolerance=tolerance)
+        self.stopped_at: int | None = None
+
+    def __call__(self, approx, loss, i):
+        try:
+            self.check(approx, loss, i)
+        except StopIteration:
+            self.stopped_at = i
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+class PyMCBackend(Backend):
+    name = "pymc"
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro",
+                                "jax", "numpy", "scipy")
+
+    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        if method == "nuts" and (settings.sampler or "nutpie") not in SAMPLERS:
+            raise MixbenchError(
+                f"settings.sampler: the PyMC backend runs {', '.join(SAMPLERS)}, got {settings.sampler!r}"
+            )
+        if method in VI_METHODS:
+            _optimizer(settings)
+        return None
+
+    def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
+        dataset.check_against(spec)
+        entry = compiled(spec, dataset)
+        values = _model_values(spec, params)
+        return float(entry.constrained_logp()(*[values[n] for n in entry.free_names]))
+
+    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        with _precision(settings.precision):
+            if method == "nuts":
+                return self._nuts(spec, dataset, settings, seed)
+            if method in VI_METHODS:
+                return self._advi(spec, dataset, method, settings, seed)
+            if method == "pathfinder":
+                return self._pathfinder(spec, dataset, settings, seed)
+            if method == "map":
+                return self._map(spec, dataset, settings, seed)
+        raise MixbenchError(f"method: {method!r} is not handled by the PyMC backend")
+
+    # ---- NUTS ------------------------------------------------------------------------------
+
+    def _nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        sampler = settings.sampler or "nutpie"
+        entry = compiled(spec, dataset, settings.precision)
+        cores = settings.chains if settings.parallel_chains else 1
+        timings: dict[str, float] = {}
+        run = {"nutpie": self._run_nutpie, "pymc": self._run_pymc, "numpyro": self._run_numpyro}[sampler]
+        trace, warmup_stats = run(entry, settings, seed, cores, timings)
+
+        with stopwatch(timings, "extraction"):
+            post = trace.posterior
+            lead = (settings.chains, settings.draws)
+            posterior = _canonical(spec, {n: post[n].values for n in entry.output_names}, lead)
+            stats = _sample_stats(trace.sample_stats, sampler)
+            draws = canonical_datatree(spec, posterior, stats,
+                                       attrs={"/": {"backend": self.name, "engine": f"pymc+{sampler}"}})
+        grad_evals = None
+        if warmup_stats is not None:
+            grad_evals = int(stats["n_steps"].sum()) + int(_sample_stats(warmup_stats, sampler)["n_steps"].sum())
+        return Fit(backend=self.name, method="nuts", status="ok", engine=f"pymc+{sampler}", draws=draws,
+                   timings=timings, precision=settings.precision, grad_evals=grad_evals,
+                   divergences=int(stats["diverging"].sum()))
+
+    def _run_nutpie(self, entry: _Compiled, settings: FitSettings, seed: int, cores: int, timings):
+        import nutpie
+
+        compiled_model = entry.nutpie()
+        # The compiled model is cached with the model: this is what compiling it cost, once.
+        timings["compile"] = entry.compile_seconds["nutpie"]
+        clock = _NutpieClock(settings.chains)
+        # nuts-rs cannot run without a tuning draw (pm.sample makes the same substitution).
+        tune = max(settings.warmup, 1)
+        start = time.perf_counter()
+        trace = nutpie.sample(
+            compiled_model, draws=settings.draws, tune=tune, chains=settings.chains, cores=cores,
+            seed=seed, target_accept=settings.target_accept, maxdepth=settings.max_treedepth,
+            save_warmup=True, progress_bar=False, progress_callback=clock, progress_rate=clock.RATE_MS,
+        )
+        wall = time.perf_counter() - start
+        warmup, sampling = clock.split(tune)
+        timings["warmup"] = _concurrent_seconds(warmup, cores)
+        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        # Thread start-up and nutpie's conversion of its arrow trace, outside every chain's runtime.
+        timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
+        return trace, trace["warmup_sample_stats"]
+
+    def _run_pymc(self, entry: _Compiled, settings: FitSettings, seed: int, cores: int, timings):
+        # pm.sample's own seeding and initialisation (jitter+adapt_diag), done here so that
+        # compiling the NUTS step is timed apart from sampling.
+        rngs = np.random.default_rng(seed).spawn(settings.chains)
+        chain_seeds = [int(rng.integers(2**30)) for rng in rngs]
+        with entry.model, stopwatch(timings, "compile"):
+            initial_points, step = pm.init_nuts(
+                init="jitter+adapt_diag", chains=settings.chains, random_seed=chain_seeds,
+                progressbar=False, quiet=True, target_accept=settings.target_accept,
+                max_treedepth=settings.max_treedepth,
+            )
+        start = time.perf_counter()
+        with entry.model:
+            trace = pm.sample(
+                draws=settings.draws, tune=settings.warmup, chains=settings.chains, cores=cores,
+                random_seed=seed, step=step, initvals=initial_points, nuts_sampler="pymc",
+                discard_tuned_samples=False, progressbar=False, quiet=True,
+                compute_convergence_checks=False,
+            )
+        wall = time.perf_counter() - start
+        # PyMC times every draw inside the NUTS step (perf_counter_diff): the phases are the sums
+        # of those times; process start-up, trace writing and conversion are the overhead.
+        warmup_stats = trace["warmup_sample_stats"] if settings.warmup else None
+        warmup = (warmup_stats.perf_counter_diff.sum("draw").values if warmup_stats is not None
+                  else np.zeros(settings.chains))
+        sampling = trace.sample_stats.perf_counter_diff.sum("draw").values
+        timings["warmup"] = _concurrent_seconds(warmup, cores)
+        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
+        if warmup_stats is None:
+            warmup_stats = trace.sample_stats.isel(draw=slice(0, 0))
+        return trace, warmup_stats
+
+    def _run_numpyro(self, entry: _Compiled, settings: FitSettings, seed: int, cores: int, timings):
+        start = time.perf_counter()
+        with _jax_x64(settings.precision == "float64"), entry.model:
+            trace = pm.sample(
+                draws=settings.draws, tune=settings.warmup, chains=settings.chains,
+                random_seed=seed, nuts_sampler="numpyro", target_accept=settings.target_accept,
+                nuts={"max_tree_depth": settings.max_treedepth,
+                      "chain_method": "parallel" if settings.parallel_chains else "sequential"},
+                progressbar=False, quiet=True, compute_convergence_checks=False,
+            )
+        wall = time.perf_counter() - start
+        # pm.sample runs NumPyro's warm-up and sampling as one jitted call and times only that
+        # call (JAX compilation included): neither compile nor warm-up can be split from it.
+        # The rest of pm.sample (PyTensor -> JAX conversion, initial points, transforming the
+        # draws back) is the overhead. NumPyro discards warm-up statistics, so grad_evals stays
+        # unknown.
+        timings["warmup_and_sampling"] = float(trace.posterior.attrs["sampling_time"])
+        timings["overhead"] = max(wall - timings["warmup_and_sampling"], 0.0)
+        return trace, None
+
+
+def _sample_stats(stats, sampler: str) -> dict[str, np.ndarray]:
+    """An engine's sample statistics -> diverging, n_steps, tree_depth, lp, step_size, accept.
+
+    lp is the log density in the sampler's unconstrained space (Jacobian included).
+    """
+    names = {
+        "nutpie": {"diverging": "diverging", "n_steps": "n_steps", "tree_depth": "depth",
+                   "lp": "logp", "step_size": "step_size", "acceptance_rate": "mean_tree_accept"},
+        "pymc": {"diverging": "diverging", "n_steps": "n_steps", "tree_depth": "tree_depth",
+                 "lp": "lp", "step_size": "step_size", "acceptance_rate": "acceptance_rate"},
+        "numpyro": {"diverging": "diverging", "n_steps": "n_steps", "tree_depth": "tree_depth",
+                    "lp": "lp", "step_size": "step_size", "acceptance_rate": "acceptance_rate"},
+    }[sampler]
+    out = {ours: np.asarray(stats[theirs].values) for ours, theirs in names.items()}
+    if sampler == "numpyro":
+        # PyMC passes NumPyro's potential energy (minus the log density) on under the name lp.
+        out["lp"] = -out["lp"]
+    out["diverging"] = out["diverging"].astype(bool)
+    out["n_steps"] = out["n_steps"].astype(np.int64)
+    out["tree_depth"] = out["tree_depth"].astype(np.int64)
+    return out

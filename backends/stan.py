@@ -1,0 +1,721 @@
+"""The Stan backend: stan/mixture.stan run by CmdStan (through cmdstanpy) or by pystan 3.
+
+The engine is CmdStan whenever cmdstanpy finds an install, else pystan (httpstan, which carries
+Stan in its wheel); ``FitSettings.sampler`` may force either. pystan 3 runs NUTS only, so the
+variational methods and MAP need CmdStan.
+
+Stan names differ from the canonical ones only for the weights (``theta`` for ``pi``) and in the
+pieces the parameters block is made of (ordered and free parts); ``stan_parameters`` and
+``flat_to_canonical`` are the two places that know the mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from models.data import Dataset
+from models.errors import MixbenchError
+from models.spec import MixtureSpec
+
+PROGRAM_PATH = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
+ENGINES = ("cmdstanpy", "pystan")
+NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench" / "stan"
+
+# Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
+STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "pi": "theta"}
+# Stan's per-draw sampler columns -> ArviZ sample_stats names.
+SAMPLE_STATS = {
+    "lp__": "lp",
+    "accept_stat__": "acceptance_rate",
+    "stepsize__": "step_size",
+    "treedepth__": "tree_depth",
+    "n_leapfrog__": "n_steps",
+    "divergent__": "diverging",
+    "energy__": "energy",
+}
+_ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
+_NUTS_FUNCTION = "stan::services::sample::hmc_nuts_diag_e_adapt"
+# pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
+_FLAT_NAME = re.compile(r"(?P<base>[A-Za-z]\w*?)(?:\[(?P<brackets>\d+(?:,\s*\d+)*)\]|(?P<dots>(?:\.\d+)+))?")
+_ELAPSED = re.compile(r"([0-9.eE+-]+) seconds \((Warm-up|Sampling)\)")
+
+
+@lru_cache(maxsize=1)
+def program_code() -> str:
+    return PROGRAM_PATH.read_text()
+
+
+def cmdstan_path() -> str | None:
+    """The CmdStan install cmdstanpy would use, or None."""
+    import cmdstanpy
+
+    try:
+        return cmdstanpy.cmdstan_path()
+    except (ValueError, RuntimeError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def pystan_stan_version() -> str:
+    """The Stan release compiled into httpstan's wheel (from its bundled headers)."""
+    import httpstan
+
+    header = Path(httpstan.__file__).parent / "include" / "stan" / "version.hpp"
+    parts = dict(re.findall(r"#define STAN_(MAJOR|MINOR|PATCH) (\d+)", header.read_text()))
+    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
+
+
+def cmdstan_version() -> str | None:
+    if cmdstan_path() is None:
+        return None
+    import cmdstanpy
+
+    version = cmdstanpy.cmdstan_version()
+    return ".".join(map(str, version)) if version else "unknown"
+
+
+# --- data and parameters -------------------------------------------------------------------------
+
+def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
+    """The data block of stan/mixture.stan for ``spec`` and ``dataset``."""
+    dataset.check_against(spec)
+    return {
+        "N": dataset.N,
+        "K": spec.K,
+        "D": spec.D,
+        "x": dataset.x,
+        "y": dataset.y,
+        "has_intercept": int(spec.intercept),
+        "sigma_per_component": int(spec.sigma == "per-component"),
+        "alpha": spec.alpha,
+        "slope_mu": spec.slope_prior.mu,
+        "slope_sd": spec.slope_prior.sigma,
+        "intercept_mu": spec.intercept_prior.mu,
+        "intercept_sd": spec.intercept_prior.sigma,
+        "sigma_family": 1 if spec.sigma_prior.family == "uniform" else 2,
+        "sigma_scale": spec.sigma_prior.scale,
+        "ordering": _ORDERING_CODE[spec.ordering],
+    }
+
+
+def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
+    """A canonical constrained point -> the variables of the program's parameters block."""
+    p = spec.check_params(params)
+    w = p["w"]
+    by_slope, by_intercept = spec.ordering == "slope", spec.ordering == "intercept"
+    b = p["b"] if spec.intercept else np.zeros(0)
+    return {
+        "theta": p["pi"],
+        "w_first_ordered": w[:, 0] if by_slope else np.zeros(0),
+        "w_free": w[:, 1:] if by_slope else w,
+        "b_ordered": b if by_intercept else np.zeros(0),
+        "b_free": np.zeros(0) if by_intercept else b,
+        "sigma": np.atleast_1d(p["sigma"]),
+    }
+
+
+def in_support(spec: MixtureSpec, params: dict) -> bool:
+    """Whether a canonical point lies where the program's constraints can represent it."""
+    p = spec.check_params(params)
+    pi, sigma = p["pi"], np.atleast_1d(p["sigma"])
+    if np.any(pi < 0) or abs(pi.sum() - 1.0) > 1e-8:
+        return False
+    if np.any(sigma <= 0) or np.any(sigma >= spec.sigma_prior.upper):
+        return False
+    if spec.ordering != "none":
+        ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, 0]
+        if np.any(np.diff(ordered) <= 0):
+            return False
+    return True
+
+
+def parse_flat_name(name: str) -> tuple[str, tuple[int, ...]]:
+    """'w.1.2' or 'w[1,2]' -> ('w', (0, 1)); 'lp__' -> ('lp__', ())."""
+    match = _FLAT_NAME.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(f"not a Stan output column name: {name!r}")
+    index = match["brackets"] or (match["dots"] or "")[1:].replace(".", ",")
+    return match["base"], tuple(int(i) - 1 for i in index.split(",")) if index else ()
+
+
+def _stan_shape(spec: MixtureSpec, canonical: str) -> tuple[int, ...]:
+    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "pi": (spec.K,)}[canonical]
+
+
+def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
+    """Stan output columns -> canonical arrays.
+
+    ``values`` has shape (chain, draw, column), ``columns`` names its last axis in either
+    engine's spelling. Returns {canonical name: array (chain, draw, *canonical shape)}.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 3 or values.shape[2] != len(columns):
+        raise ValueError(f"values of shape {values.shape} do not match {len(columns)} columns")
+    where = {parse_flat_name(name): j for j, name in enumerate(columns)}
+    lead = values.shape[:2]
+    out = {}
+    for canonical, shape in spec.param_shapes().items():
+        stan_name, stan_shape = STAN_NAMES[canonical], _stan_shape(spec, canonical)
+        array = np.empty(lead + stan_shape)
+        for index in np.ndindex(*stan_shape):
+            key = (stan_name, index)
+            if key not in where:
+                raise ValueError(f"Stan output has no column for {stan_name}{[i + 1 for i in index]}")
+            array[(..., *index)] = values[..., where[key]]
+        out[canonical] = array.reshape(lead + shape)
+    return out
+
+
+def sample_stats_from_flat(columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
+    """NUTS sampler columns (chain, draw, column) -> ArviZ-named sample_stats."""
+    out = {}
+    for j, name in enumerate(columns):
+        if name in SAMPLE_STATS:
+            column = values[..., j]
+            if name == "divergent__":
+                column = column.astype(bool)
+            elif name in ("treedepth__", "n_leapfrog__"):
+                column = column.astype(np.int64)
+            out[SAMPLE_STATS[name]] = column
+    return out
+
+
+def _column(columns: Sequence[str], values: np.ndarray, name: str) -> np.ndarray:
+    return values[..., list(columns).index(name)]
+
+
+def _nuts_phase_timings(chain_times: list[dict[str, float]], concurrency: str | None) -> dict[str, float]:
+    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks.
+
+    Chains side by side: a phase lasts as long as its slowest chain. One after another: the
+    chains' times add up. Chains queued behind fewer workers: neither holds, so the phases are
+    not observable and are left out (the per-chain times stay in the draws' attrs).
+    """
+    phases = {"Warm-up", "Sampling"}
+    if concurrency is None or not chain_times or not all(phases <= set(t) for t in chain_times):
+        return {}
+    combine = max if concurrency == "parallel" else sum
+    return {
+        "warmup": float(combine(t["Warm-up"] for t in chain_times)),
+        "sampling": float(combine(t["Sampling"] for t in chain_times)),
+    }
+
+
+def _data_digest(dataset: Dataset) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (dataset.x, dataset.y):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+        raise MixbenchError(f"seed: Stan needs an integer in [0, 2^31), got {seed!r}")
+    return int(seed)
+
+
+@contextlib.contextmanager
+def _compile_lock():
+    """Serialise builds across processes: parallel harness workers would otherwise compile the
+    same program into the same cache side by side."""
+    import fcntl
+
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / "compile.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the engines' console chatter (pystan's progress, cmdstanpy's INFO log)."""
+    logger = logging.getLogger("cmdstanpy")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+# --- pystan / httpstan ---------------------------------------------------------------------------
+
+async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) -> list[bytes]:
+    """Run one httpstan fit per payload and return each fit's raw output (JSON lines).
+
+    pystan's ``Model.sample`` is bypassed for one reason: with a random seed httpstan caches the
+    fit on disk and serves the cached output to any later identical request, so a repeated run
+    would take no time and prove nothing. Here a cached fit is deleted and the run redone, and
+    every fit is deleted once read.
+    """
+    import stan.common
+
+    async with stan.common.HttpstanClient() as client:
+
+        async def start(payload: dict) -> dict:
+            for _ in range(2):
+                resp = await client.post(f"/{model_name}/fits", json=payload)
+                if resp.status != 201:
+                    raise RuntimeError(f"httpstan refused the fit: {resp.json().get('message', resp.status)}")
+                operation = resp.json()
+                if not operation["done"]:
+                    return operation
+                await client.delete(f"/{operation['result']['name']}")
+            raise RuntimeError("httpstan kept serving a cached fit")
+
+        async def finish(operation: dict) -> bytes:
+            while not operation["done"]:
+                await asyncio.sleep(0.05)
+                resp = await client.get(f"/{operation['name']}")
+                operation = resp.json()
+            fit_name = operation["result"].get("name")
+            if fit_name is None:
+                message = operation["result"].get("message", "unknown error")
+                raise RuntimeError(message.split(", traceback")[0])
+            resp = await client.get(f"/{fit_name}")
+            if resp.status != 200:
+                raise RuntimeError(f"httpstan lost fit {fit_name}")
+            await client.delete(f"/{fit_name}")
+            return resp.content
+
+        if parallel:
+            operations = [await start(p) for p in payloads]
+            return [await finish(op) for op in operations]
+        return [await finish(await start(p)) for p in payloads]
+
+
+def _parse_httpstan_output(raw: bytes) -> tuple[list[str], np.ndarray, dict[str, float]]:
+    """One chain's httpstan output -> (column names, draws (draw, column), Stan's phase times)."""
+    import orjson
+
+    columns: list[str] | None = None
+    rows: list[list[float]] = []
+    times: dict[str, float] = {}
+    for line in raw.splitlines():
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:  # draws holding NaN or inf, which orjson rejects
+            message = json.loads(line)
+        topic, values = message.get("topic"), message.get("values")
+        if topic == "sample" and isinstance(values, dict):
+            if columns is None:
+                columns = list(values)
+            rows.append(list(values.values()))
+        elif topic == "logger" and values:
+            found = _ELAPSED.search(str(values[0]))
+            if found:
+                times[found[2]] = float(found[1])
+    if columns is None:
+        raise RuntimeError("httpstan returned no draws")
+    return columns, np.asarray(rows, dtype=float), times
+
+
+# --- the backend ---------------------------------------------------------------------------------
+
+class StanBackend(Backend):
+    name = "stan"
+
+    def __init__(self):
+        # (spec, data digest) -> stan.Model: pystan builds (compile cached by httpstan, plus a
+        # round trip with the data) once per spec and data set in this process.
+        self._pystan_models: OrderedDict[tuple, Any] = OrderedDict()
+        self._cmdstan_model = None
+
+    def versions(self) -> dict[str, str]:
+        out = package_versions("cmdstanpy", "pystan", "httpstan")
+        out["stan (httpstan)"] = pystan_stan_version()
+        out["cmdstan"] = cmdstan_version() or "not installed"
+        return out
+
+    def engine_for(self, settings: FitSettings | None = None) -> str:
+        """The engine a fit with ``settings`` runs on: forced, or CmdStan when installed."""
+        forced = settings.sampler if settings is not None else None
+        if forced is not None:
+            return forced
+        return "cmdstanpy" if cmdstan_path() is not None else "pystan"
+
+    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        if spec.likelihood != "mixture":
+            return f"likelihood {spec.likelihood!r}: the forum-replay likelihoods are implemented in the pymc backend only"
+        if method.startswith("advi-minibatch"):
+            return "Stan has no minibatch variational inference"
+        if settings.precision != "float64":
+            return f"precision {settings.precision}: Stan computes in float64 only"
+        engine = self.engine_for(settings)
+        if engine not in ENGINES:
+            return f"sampler {engine!r} is not a Stan engine (choose cmdstanpy or pystan)"
+        if engine == "cmdstanpy" and cmdstan_path() is None:
+            return f"{NO_CMDSTAN}; sampler 'cmdstanpy' was requested"
+        if engine == "pystan" and method != "nuts":
+            why = NO_CMDSTAN if cmdstan_path() is None else "sampler 'pystan' was requested"
+            return f"pystan 3 runs NUTS only and {method} needs CmdStan: {why}"
+        return None
+
+    # --- programs, compiled once --------------------------------------------------------------
+
+    def pystan_model(self, spec: MixtureSpec, dataset: Dataset) -> tuple[Any, bool]:
+        """The pystan model for this spec and data, and whether its program was already compiled."""
+        import httpstan.cache
+        import httpstan.models
+        import stan
+
+        key = (spec, _data_digest(dataset))
+        if key in self._pystan_models:
+            self._pystan_models.move_to_end(key)
+            return self._pystan_models[key], True
+        code = program_code()
+        with _compile_lock(), _quiet():
+            compiled = httpstan.models.calculate_model_name(code) in httpstan.cache.list_model_names()
+            model = stan.build(code, data=stan_data(spec, dataset))
+        self._pystan_models[key] = model
+        while len(self._pystan_models) > 8:
+            self._pystan_models.popitem(last=False)
+        return model, compiled
+
+    def cmdstan_model(self) -> tuple[Any, bool]:
+        """The CmdStan executable, compiled once into CACHE_DIR per program and CmdStan version."""
+        import cmdstanpy
+
+        if self._cmdstan_model is not None:
+            return self._cmdstan_model, True
+        code = program_code()
+        key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
+        directory = CACHE_DIR / key
+        directory.mkdir(parents=True, exist_ok=True)
+        source = directory / "mixture.stan"
+        if not source.exists():  # written once, so the executable stays newer than its source
+            source.write_text(code)
+        exe = source.with_suffix(".exe" if os.name == "nt" else "")
+        with _compile_lock(), _quiet():
+            compiled = exe.exists()
+            exe_path = cmdstanpy.compile_stan_file(source)
+            self._cmdstan_model = cmdstanpy.CmdStanModel(stan_file=source, exe_file=exe_path)
+        return self._cmdstan_model, compiled
+
+    # --- log density ---------------------------------------------------------------------------
+
+    def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray],
+                    engine: str | None = None) -> float:
+        """Log prior + log likelihood at a constrained point, computed by Stan (no Jacobian)."""
+        if spec.likelihood != "mixture":
+            raise MixbenchError(
+                f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only"
+            )
+        engine = engine or self.engine_for()
+        if engine not in ENGINES:
+            raise MixbenchError(f"engine: must be cmdstanpy or pystan, got {engine!r}")
+        dataset.check_against(spec)
+        point = stan_parameters(spec, params)
+        if not in_support(spec, params):
+            return -math.inf
+        if engine == "pystan":
+            model, _ = self.pystan_model(spec, dataset)
+            unconstrained = model.unconstrain_pars({k: v.tolist() for k, v in point.items()})
+            return float(model.log_prob(unconstrained, adjust_transform=False))
+        if cmdstan_path() is None:
+            raise MixbenchError(f"engine: {NO_CMDSTAN}")
+        model, _ = self.cmdstan_model()
+        with _quiet():
+            table = model.log_prob(params=point, data=stan_data(spec, dataset), jacobian=False, sig_figs=18)
+        return float(table["lp__"].iloc[0])
+
+    # --- fits ----------------------------------------------------------------------------------
+
+    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        seed = _check_seed(seed)
+        engine = self.engine_for(settings)
+        try:
+            if method == "nuts":
+                run = self._nuts_pystan if engine == "pystan" else self._nuts_cmdstan
+                return run(spec, dataset, settings, seed)
+            if method == "map":
+                return self._map_cmdstan(spec, dataset, settings, seed)
+            return self._vi_cmdstan(spec, dataset, method, settings, seed)
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, MixbenchError):
+                raise
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            return Fit(backend=self.name, method=method, status="failed", engine=engine, reason=reason[:500])
+
+    def _result(self, method: str, engine: str, **fields) -> Fit:
+        stan_version = pystan_stan_version() if engine == "pystan" else cmdstan_version()
+        return Fit(backend=self.name, method=method, status="ok", engine=engine, precision="float64",
+                   versions={"stan": stan_version, "engine": engine}, **fields)
+
+    def _nuts_pystan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.pystan_model(spec, dataset)
+        payloads = [
+            {"function": _NUTS_FUNCTION, "chain": chain, "data": model.data, "init": {},
+             "random_seed": seed, "num_warmup": settings.warmup, "num_samples": settings.draws,
+             "num_thin": 1, "save_warmup": True, "delta": settings.target_accept,
+             "max_depth": settings.max_treedepth}
+            for chain in range(1, settings.chains + 1)
+        ]
+        started = time.perf_counter()
+        outputs = asyncio.run(_httpstan_fits(model.model_name, payloads, settings.parallel_chains))
+        run_seconds = time.perf_counter() - started
+        with stopwatch(timings, "extraction"):
+            parsed = [_parse_httpstan_output(raw) for raw in outputs]
+            columns = parsed[0][0]
+            if any(p[0] != columns for p in parsed):
+                raise RuntimeError("chains returned different columns")
+            values = np.stack([p[1] for p in parsed])
+            chain_times = [p[2] for p in parsed]
+            # httpstan's worker pool has one process per CPU: more chains than that queue.
+            if not settings.parallel_chains:
+                concurrency = "sequential"
+            else:
+                concurrency = "parallel" if settings.chains <= (os.cpu_count() or 1) else None
+            fit = self._nuts_result(spec, settings, "pystan", columns, values, chain_times, concurrency,
+                                    compiled, run_seconds)
+        fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
+        return fit
+
+    def _nuts_result(self, spec, settings: FitSettings, engine: str, columns: list[str], values: np.ndarray,
+                     chain_times: list[dict[str, float]], concurrency: str | None, compiled: bool,
+                     run_seconds: float) -> Fit:
+        """Draws (chain, warm-up + sampling, column) -> a NUTS Fit with canonical draws."""
+        expected = settings.warmup + settings.draws
+        if values.shape[1] != expected:
+            raise RuntimeError(f"expected {expected} draws per chain with warm-up, got {values.shape[1]}")
+        kept = values[:, settings.warmup:]
+        attrs = {
+            "backend": self.name, "engine": engine, "method": "nuts",
+            "stan_version": pystan_stan_version() if engine == "pystan" else cmdstan_version(),
+            "program_was_compiled": int(compiled),
+            "run_wall_s": run_seconds,
+            "chain_warmup_s": [t.get("Warm-up", math.nan) for t in chain_times],
+            "chain_sampling_s": [t.get("Sampling", math.nan) for t in chain_times],
+        }
+        draws = canonical_datatree(spec, flat_to_canonical(spec, columns, kept),
+                                   sample_stats_from_flat(columns, kept), attrs={"/": attrs})
+        return self._result(
+            "nuts", engine, draws=draws,
+            timings=_nuts_phase_timings(chain_times, concurrency),
+            # One gradient per leapfrog step, warm-up included.
+            grad_evals=int(_column(columns, values, "n_leapfrog__").sum()),
+            divergences=int(_column(columns, kept, "divergent__").sum()),
+        )
+
+    def _nuts_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+            started = time.perf_counter()
+            run = model.sample(
+                data=stan_data(spec, dataset), chains=settings.chains, seed=seed,
+                parallel_chains=settings.chains if settings.parallel_chains else 1,
+                iter_warmup=settings.warmup, iter_sampling=settings.draws, save_warmup=True,
+                adapt_engaged=settings.warmup > 0, adapt_delta=settings.target_accept,
+                max_treedepth=settings.max_treedepth, output_dir=out, sig_figs=18,
+                show_progress=False, show_console=False,
+            )
+            run_seconds = time.perf_counter() - started
+            with stopwatch(timings, "extraction"):
+                columns = list(run.column_names)
+                values = np.transpose(run.draws(inc_warmup=True), (1, 0, 2))
+                # cmdstanpy reads each chain's "Elapsed Time" block from its CSV.
+                chain_times = [{phase: t[key] for key, phase in (("warmup", "Warm-up"), ("sampling", "Sampling"))
+                                if key in t} for t in run.time]
+                concurrency = "parallel" if settings.parallel_chains else "sequential"
+                fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, concurrency,
+                                        compiled, run_seconds)
+        fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
+        return fit
+
+    def _log_jacobian(self, spec: MixtureSpec, model, csv_file: str, n_draws: int) -> np.ndarray:
+        """log |J| of the constraining transform at each draw of a CmdStan output CSV.
+
+        The Jacobian depends on the parameters only, so CmdStan's log_prob is run with and
+        without it on a one-observation data set: cheap at any N, and exact for the transforms of
+        the CmdStan version that produced the draws. log_prob reads every numeric row (for ADVI
+        that includes the approximation's mean first), so the last ``n_draws`` rows are the draws.
+        """
+        tiny = stan_data(spec, Dataset(x=np.zeros((1, spec.D)), y=np.zeros(1)))
+        with _quiet():
+            with_j = model.log_prob(params=csv_file, data=tiny, jacobian=True, sig_figs=18)["lp__"].to_numpy()
+            without = model.log_prob(params=csv_file, data=tiny, jacobian=False, sig_figs=18)["lp__"].to_numpy()
+        return (with_j - without)[-n_draws:]
+
+    def _vi_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        data = stan_data(spec, dataset)
+        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+            with stopwatch(timings, "optimisation"):
+                if method.startswith("advi"):
+                    run = model.variational(
+                        data=data, seed=seed, algorithm=method.removeprefix("advi-"),
+                        iter=settings.vi_iterations, tol_rel_obj=settings.vi_tolerance,
+                        # A fixed step size: adaptation would override the requested one.
+                        eta=settings.learning_rate, adapt_engaged=False, draws=settings.vi_draws,
+                        output_dir=out, sig_figs=18, save_diagnostics=True, require_converged=False,
+                    )
+                else:
+                    # One path: its draws come with the exact density of that path's normal
+                    # approximation (lp_approx__). Multi-path Pathfinder returns draws already
+                    # importance-resampled, whose log q would be meaningless for PSIS.
+                    # vi_tolerance is an ELBO tolerance; L-BFGS's tolerances (in units of machine
+                    # epsilon) keep CmdStan's defaults.
+                    run = model.pathfinder(
+                        data=data, seed=seed, num_paths=1, draws=settings.vi_draws,
+                        max_lbfgs_iters=settings.vi_iterations, output_dir=out, sig_figs=18,
+                    )
+            with stopwatch(timings, "extraction"):
+                fit = self._vi_result(spec, model, method, run, settings, compiled)
+        fit.timings = timings
+        return fit
+
+    def _vi_result(self, spec, model, method: str, run, settings: FitSettings, compiled: bool) -> Fit:
+        columns = list(run.column_names)
+        if method.startswith("advi"):
+            values = np.asarray(run.variational_sample)
+            runset = run.runset
+            log_p, log_q = advi_log_densities(spec, columns, values)
+            diagnostics = runset.diagnostic_files[0] if runset.diagnostic_files else ""
+            trace = read_elbo_trace(diagnostics) if diagnostics and Path(diagnostics).exists() else None
+            converged, iterations = advi_progress(Path(runset.stdout_files[0]).read_text(), trace,
+                                                  settings.vi_iterations)
+            loss = -trace[:, 1] if trace is not None else None
+            # Each iteration takes grad_samples (CmdStan's default, 1) gradients of the model.
+            grad_evals = iterations
+            extra = {
+                "log_q_missing_constant": "-log|det scale| of the approximation (CmdStan does not report it)",
+                "loss": "-ELBO every eval_elbo iterations, at loss_iterations",
+                "loss_iterations": trace[:, 0].tolist() if trace is not None else [],
+                # Stan's ADVI has its own step-size sequence; settings.optimizer cannot change it.
+                "optimizer": f"Stan ADVI adaptive step-size sequence, eta={settings.learning_rate}",
+            }
+        else:
+            values = np.asarray(run.draws())
+            runset = run._runset
+            log_p, log_q = pathfinder_log_densities(columns, values)
+            # grad_evals: the evaluations Stan counts for the path (L-BFGS gradients and the
+            # log densities of its ELBO estimates).
+            converged, iterations, grad_evals = pathfinder_progress(Path(runset.stdout_files[0]).read_text())
+            # Pathfinder writes no per-iteration objective to its outputs.
+            loss = None
+            extra = {"num_paths": 1, "iterations": "L-BFGS iteration of the best approximation"}
+        log_jacobian = self._log_jacobian(spec, model, runset.csv_files[0], len(values))
+        attrs = {"backend": self.name, "engine": "cmdstanpy", "method": method,
+                 "stan_version": cmdstan_version(), "program_was_compiled": int(compiled), **extra}
+        draws = canonical_datatree(spec, flat_to_canonical(spec, columns, values[None]), attrs={"/": attrs})
+        return self._result(method, "cmdstanpy", draws=draws, converged=converged, iterations=iterations,
+                            grad_evals=grad_evals, log_p=log_p, log_jacobian=log_jacobian, log_q=log_q,
+                            loss=loss)
+
+    def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+            with stopwatch(timings, "optimisation"):
+                # jacobian=False: the mode of log prior + log likelihood, the oracle's convention.
+                run = model.optimize(
+                    data=stan_data(spec, dataset), seed=seed, algorithm="lbfgs", jacobian=False,
+                    iter=settings.vi_iterations, save_iterations=True, require_converged=False,
+                    output_dir=out, sig_figs=18,
+                )
+            with stopwatch(timings, "extraction"):
+                columns = list(run.column_names)
+                trace = np.asarray(run.optimized_iterations_np)
+                final = trace[-1:][None]  # (chain 1, draw 1, column)
+                posterior = flat_to_canonical(spec, columns, final)
+                point = {name: value[0, 0] for name, value in posterior.items()}
+                transcript = Path(run.runset.stdout_files[0]).read_text()
+                converged = "terminated normally" in transcript and "Maximum number of iterations" not in transcript
+                attrs = {"backend": self.name, "engine": "cmdstanpy", "method": "map",
+                         "stan_version": cmdstan_version(), "program_was_compiled": int(compiled)}
+                draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
+                point_log_density = self.log_density(spec, dataset, point, engine="cmdstanpy")
+        return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point,
+                            point_log_density=point_log_density, converged=converged,
+                            iterations=len(trace), loss=-_column(columns, trace, "lp__"))
+
+
+def n_unconstrained(spec: MixtureSpec) -> int:
+    """Dimension of the program's unconstrained space (a K-simplex has K - 1 free coordinates)."""
+    return spec.K - 1 + spec.K * spec.D + (spec.K if spec.intercept else 0) + spec.n_sigma
+
+
+def advi_log_densities(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-draw (log p, log q) from CmdStan ADVI output rows (draws only, not the mean row).
+
+    Stan writes lp__ = 0; log_p__ = the model's log density at the draw in the unconstrained
+    space, Jacobian and all constants included (log_prob<propto=false, jacobian=true>); log_g__ =
+    -||eps||^2 / 2 for the standard-normal eps behind the draw, constants dropped. The full
+    log q adds -d/2 log(2 pi), done here, and -log|det scale|, which CmdStan does not report: log q
+    is exact up to that one constant, shared by all draws, so PSIS weights and k-hat are exact
+    while an ELBO computed from it would be shifted.
+    """
+    log_p = _column(columns, values, "log_p__").astype(float)
+    log_q = _column(columns, values, "log_g__") - 0.5 * n_unconstrained(spec) * math.log(2 * math.pi)
+    return log_p, log_q.astype(float)
+
+
+def pathfinder_log_densities(columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-draw (log p, log q) from single-path Pathfinder output rows.
+
+    lp__ = the model's log density at the draw, unconstrained space, Jacobian and constants
+    included (log_prob<false, true>); lp_approx__ = the log density of the path's normal
+    approximation there, -log|det| and -d/2 log(2 pi) included: both exact.
+    """
+    return (_column(columns, values, "lp__").astype(float),
+            _column(columns, values, "lp_approx__").astype(float))
+
+
+def advi_progress(transcript: str, trace: np.ndarray | None, max_iterations: int) -> tuple[bool, int | None]:
+    """(converged, iterations run) from CmdStan's ADVI console transcript and ELBO trace."""
+    converged = "ELBO CONVERGED" in transcript
+    if not converged and "maximum number of iterations is reached" in transcript:
+        return False, max_iterations
+    return converged, int(trace[-1, 0]) if trace is not None else None
+
+
+def pathfinder_progress(transcript: str) -> tuple[bool, int | None, int | None]:
+    """(converged, best L-BFGS iteration, gradient evaluations) from Pathfinder's transcript."""
+    converged = not ("terminated with error" in transcript or "Maximum number of iterations" in transcript)
+    found = re.search(r"Best Iter: \[(\d+)\].*?evaluations: \((\d+)\)", transcript)
+    return converged, (int(found[1]) if found else None), (int(found[2]) if found else None)
+
+
+def read_elbo_trace(path: str) -> np.ndarray | None:
+    """ADVI's diagnostic CSV (iter,time_in_seconds,ELBO) -> rows (iteration, ELBO), or None."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        fields = line.split(",")
+        if line.startswith("#") or len(fields) != 3:
+            continue
+        try:
+            iteration, _seconds, elbo = (float(f) for f in fields)
+        except ValueError:
+            continue  # the header line
+        rows.append((iteration, elbo))
+    return np.asarray(rows) if rows else None

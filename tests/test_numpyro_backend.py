@@ -1,0 +1,137 @@
+"""The NumPyro backend: NUTS recovery, canonical output, reproducibility, precision, timings."""
+
+from itertools import permutations
+
+import jax
+import numpy as np
+import pytest
+
+from backends import get_backend
+from backends.base import FitSettings
+from backends.numpyro import NumPyroBackend, _log_density_fn
+from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
+
+FORUM = get_scenario("forum")
+# Short chains: at N = 3000 the forum posterior is narrow and NUTS mixes within a few hundred draws.
+NUTS_SETTINGS = FitSettings(chains=2, warmup=300, draws=300)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get_backend("numpyro")
+
+
+@pytest.fixture(scope="module")
+def forum_data():
+    return FORUM.simulate(seed=11, N=3000)
+
+
+@pytest.fixture(scope="module")
+def forum_fit(backend, forum_data):
+    return backend.fit(FORUM.spec, forum_data, "nuts", NUTS_SETTINGS, seed=5)
+
+
+def best_permutation(estimate: np.ndarray, truth: np.ndarray) -> tuple[int, ...]:
+    """Component order of ``estimate`` (K x ...) closest to ``truth`` in squared error."""
+    K = truth.shape[0]
+    return min(permutations(range(K)), key=lambda p: float(np.sum((estimate[list(p)] - truth) ** 2)))
+
+
+def test_nuts_recovers_forum_truth_per_chain(forum_fit):
+    assert forum_fit.ok, forum_fit.reason
+    truth = FORUM.truth
+    post = forum_fit.draws.posterior
+    for chain in range(NUTS_SETTINGS.chains):
+        # Chains may settle in different labelings; each is matched to the truth on its own.
+        w = post["w"].isel(chain=chain).mean("draw").values
+        order = list(best_permutation(w, np.asarray(truth["w"])))
+        np.testing.assert_allclose(w[order], truth["w"], atol=0.05)
+        sigma = float(post["sigma"].isel(chain=chain).mean())
+        assert sigma == pytest.approx(truth["sigma"], rel=0.10)
+        pi = post["pi"].isel(chain=chain).mean("draw").values
+        np.testing.assert_allclose(pi[order], truth["pi"], atol=0.05)
+
+
+def test_nuts_output_is_canonical(forum_fit):
+    tree = forum_fit.draws
+    post = tree.posterior
+    assert set(post.data_vars) == {"w", "sigma", "pi"}
+    assert post["w"].dims == ("chain", "draw", "component", "covariate")
+    assert post["w"].shape == (2, 300, 2, 1)
+    assert post["sigma"].dims == ("chain", "draw")
+    assert post["pi"].dims == ("chain", "draw", "component")
+    np.testing.assert_allclose(post["pi"].sum("component").values, 1.0, atol=1e-12)
+    stats = tree.sample_stats
+    for name in ("diverging", "n_steps", "tree_depth", "lp", "energy", "acceptance_rate", "step_size"):
+        assert stats[name].dims == ("chain", "draw"), name
+    assert tree.attrs["engine"] == "numpyro"
+    expected = "parallel" if jax.local_device_count() >= 2 else "sequential"
+    assert tree.attrs["chain_method"] == expected
+    assert tree.attrs["engine_dtype"] == "float64"
+
+
+def test_nuts_engine_facts_and_timings(forum_fit):
+    assert forum_fit.engine == "numpyro"
+    assert forum_fit.precision == "float64"
+    assert {"numpyro", "jax", "jaxlib"} <= set(forum_fit.versions)
+    for phase in ("compile", "warmup", "sampling", "extraction"):
+        assert forum_fit.timings[phase] > 0, phase
+    sampled_steps = int(forum_fit.draws.sample_stats["n_steps"].sum())
+    # Gradient evaluations count warm-up leapfrog steps too, which are at least one per iteration.
+    assert forum_fit.grad_evals >= sampled_steps + NUTS_SETTINGS.chains * NUTS_SETTINGS.warmup
+    assert forum_fit.divergences == int(forum_fit.draws.sample_stats["diverging"].sum())
+    assert forum_fit.settings["draws"] == 300 and forum_fit.seed == 5
+
+
+def test_nuts_same_seed_same_draws(backend, forum_data, forum_fit):
+    again = backend.fit(FORUM.spec, forum_data, "nuts", NUTS_SETTINGS, seed=5)
+    for name in ("w", "sigma", "pi"):
+        np.testing.assert_array_equal(again.draws.posterior[name].values, forum_fit.draws.posterior[name].values)
+
+
+def test_nuts_float32_really_runs_in_float32(backend):
+    """float32 and slope ordering: both recorded and honoured."""
+    spec = FORUM.spec.with_(ordering="slope")
+    data = FORUM.simulate(seed=3, N=500)
+    settings = FitSettings(chains=2, warmup=150, draws=100, precision="float32")
+    fit = backend.fit(spec, data, "nuts", settings, seed=1)
+    assert fit.ok and fit.precision == "float32"
+    assert fit.draws.attrs["engine_dtype"] == "float32"
+    assert fit.draws.sample_stats["lp"].dtype == np.float32
+    assert fit.draws.sample_stats["step_size"].dtype == np.float32
+    w = fit.draws.posterior["w"].values[..., 0]
+    assert np.all(np.diff(w, axis=-1) > 0), "slope ordering violated"
+    np.testing.assert_allclose(w.mean(axis=(0, 1)), [-1.0, 3.0], atol=0.1)
+
+
+def test_chain_method_falls_back_to_sequential():
+    devices = jax.local_device_count()
+    assert NumPyroBackend.chain_method(FitSettings(chains=2, parallel_chains=False)) == "sequential"
+    assert NumPyroBackend.chain_method(FitSettings(chains=devices + 1)) == "sequential"
+    assert NumPyroBackend.chain_method(FitSettings(chains=1)) == "sequential"
+    if devices >= 2:
+        assert NumPyroBackend.chain_method(FitSettings(chains=2)) == "parallel"
+
+
+def test_log_density_compiled_once_per_spec(backend):
+    spec = MixtureSpec(K=2, D=2, intercept=True)
+    rng = np.random.default_rng(0)
+    data = Dataset(x=rng.uniform(-1, 1, (50, 2)), y=rng.normal(size=50))
+    for _ in range(3):
+        point = random_point(spec, rng)
+        assert backend.log_density(spec, data, point) == pytest.approx(
+            log_density(spec, data.x, data.y, point), rel=1e-10)
+    assert _log_density_fn(spec)._cache_size() == 1
+
+
+def test_forum_replay_likelihoods_are_unsupported_not_raised(backend, forum_data):
+    spec = FORUM.spec.with_(likelihood="forum-original")
+    fit = backend.fit(spec, forum_data, "nuts", NUTS_SETTINGS)
+    assert fit.status == "unsupported" and "pymc backend" in fit.reason
+    with pytest.raises(MixbenchError, match="likelihood"):
+        backend.log_density(spec, forum_data, FORUM.truth)
+
+
+def test_other_nuts_samplers_are_unsupported(backend, forum_data):
+    fit = backend.fit(FORUM.spec, forum_data, "nuts", FitSettings(sampler="nutpie"))
+    assert fit.status == "unsupported" and "nutpie" in fit.reason

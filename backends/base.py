@@ -175,6 +175,7 @@ def canonical_datatree(
 
     ``posterior`` must hold exactly the spec's parameters (w, b when present, sigma, pi) with
     shapes (chain, draw, *param_shape). Every backend converts its engine's output to this.
+    ``attrs`` is per group, as ArviZ's ``from_dict`` takes it: ``{"/": {...}, "posterior": {...}}``.
     """
     shapes = spec.param_shapes()
     if set(posterior) != set(shapes):

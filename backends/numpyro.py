@@ -173,15 +173,20 @@ class _Site:
 @cache
 def _layout(spec: MixtureSpec) -> tuple[_Site, ...]:
     """The model's latent sites in trace order, with their unconstrained shapes and transforms."""
-    with jax.enable_x64(True):
-        x, y = jnp.zeros((1, spec.D)), jnp.zeros(1)
+    transforms = {}
+
+    def unconstrained(x, y):
         tr = handlers.trace(handlers.seed(partial(mixture_model, spec), 0)).get_trace(x, y)
-    sites = []
-    for name, site in tr.items():
-        if site["type"] == "sample" and not site["is_observed"]:
-            transform = biject_to(site["fn"].support)
-            sites.append(_Site(name, tuple(jnp.shape(transform.inv(site["value"]))), transform))
-    return tuple(sites)
+        out = {}
+        for name, site in tr.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                transforms[name] = biject_to(site["fn"].support)
+                out[name] = transforms[name].inv(site["value"])
+        return out
+
+    # Shapes only: abstract evaluation runs no computation.
+    shapes = jax.eval_shape(unconstrained, jnp.zeros((1, spec.D)), jnp.zeros(1))
+    return tuple(_Site(name, tuple(shapes[name].shape), transforms[name]) for name in transforms)
 
 
 def _uniform_init(spec: MixtureSpec, key, dtype) -> dict[str, jax.Array]:
@@ -544,7 +549,8 @@ class _SVIProgram:
             return {f"{name}_auto_loc": value for name, value in z0.items()}
         if isinstance(self.guide, AutoDelta):  # its locations live in the constrained space
             return {f"{name}_auto_loc": value for name, value in _constrain(self.spec, z0).items()}
-        return {"auto_loc": self.guide._unpack_latent.inv(z0)}
+        # AutoContinuous packs its sites into one vector in the order of its init locations.
+        return {"auto_loc": jnp.concatenate([jnp.ravel(z0[name]) for name in self.guide._init_locs])}
 
     def flat_params(self, state) -> np.ndarray:
         """The guide's parameters in the optimiser's (unconstrained) space, as one vector."""

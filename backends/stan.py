@@ -34,7 +34,9 @@ from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
-PROGRAM_PATH = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
+# stan/ at the repository root; a wheel carries the same file inside this package (pyproject.toml).
+_REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
+PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parent / "stan_programs" / "mixture.stan"
 ENGINES = ("cmdstanpy", "pystan")
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench" / "stan"

@@ -1,0 +1,161 @@
+"""The PyMC backend's NUTS: recovery, canonical output, engine choice, seeding, timings."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from backends import get_backend
+from backends.base import FitSettings
+from models import Dataset, MixbenchError, get_scenario
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+SHORT = FitSettings(chains=2, warmup=500, draws=500)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get_backend("pymc")
+
+
+@pytest.fixture(scope="module")
+def forum():
+    scenario = get_scenario("forum")
+    return scenario.spec, scenario.simulate(7, N=3000)
+
+
+@pytest.fixture(scope="module")
+def nutpie_fit(backend, forum):
+    spec, data = forum
+    return backend.fit(spec, data, "nuts", SHORT, seed=11)
+
+
+def best_permutation(estimate: dict, truth: dict) -> tuple[int, ...]:
+    """The relabelling of estimated components closest to the truth (slopes and intercepts)."""
+    K = truth["pi"].shape[0]
+
+    def cost(perm):
+        perm = list(perm)
+        c = np.sum((estimate["w"][perm] - truth["w"]) ** 2)
+        if "b" in truth:
+            c += np.sum((estimate["b"][perm] - truth["b"]) ** 2)
+        return c
+
+    return min(itertools.permutations(range(K)), key=cost)
+
+
+def chain_means(draws, chain: int) -> dict:
+    post = draws.posterior.isel(chain=chain)
+    return {name: post[name].mean("draw").values for name in post.data_vars}
+
+
+def test_nuts_recovers_forum_truth(nutpie_fit, forum):
+    _, data = forum
+    assert nutpie_fit.ok and nutpie_fit.engine == "pymc+nutpie"
+    for chain in range(SHORT.chains):
+        est = chain_means(nutpie_fit.draws, chain)
+        perm = list(best_permutation(est, data.truth))
+        np.testing.assert_allclose(est["w"][perm], data.truth["w"], atol=0.05)
+        assert abs(est["sigma"] / data.truth["sigma"] - 1) < 0.10
+        np.testing.assert_allclose(est["pi"][perm], data.truth["pi"], atol=0.05)
+
+
+def test_nuts_output_is_canonical(nutpie_fit, forum):
+    spec, _ = forum
+    draws = nutpie_fit.draws
+    post = draws.posterior
+    assert set(post.data_vars) == {"w", "sigma", "pi"}
+    assert post["w"].dims == ("chain", "draw", "component", "covariate")
+    assert post["w"].shape == (2, 500, 2, 1)
+    assert post["sigma"].dims == ("chain", "draw")
+    assert post["pi"].dims == ("chain", "draw", "component")
+    np.testing.assert_allclose(post["pi"].sum("component"), 1.0)
+    stats = draws.sample_stats
+    for name in ("diverging", "n_steps", "tree_depth", "lp"):
+        assert stats[name].dims == ("chain", "draw")
+    assert stats["diverging"].dtype == bool
+    assert nutpie_fit.divergences == int(stats["diverging"].sum())
+    # grad_evals counts warm-up too, so it exceeds the post-warm-up steps.
+    assert nutpie_fit.grad_evals > int(stats["n_steps"].sum()) > 0
+    assert nutpie_fit.versions["pymc"] and nutpie_fit.versions["nutpie"]
+
+
+def test_nuts_timings_present_and_positive(nutpie_fit):
+    for phase in ("compile", "warmup", "sampling", "extraction"):
+        assert nutpie_fit.timings[phase] > 0, phase
+
+
+def test_same_seed_same_draws_other_seed_other_draws(backend, forum, nutpie_fit):
+    spec, data = forum
+    again = backend.fit(spec, data, "nuts", SHORT, seed=11)
+    np.testing.assert_array_equal(again.draws.posterior["w"], nutpie_fit.draws.posterior["w"])
+    other = backend.fit(spec, data, "nuts", SHORT, seed=12)
+    assert not np.array_equal(other.draws.posterior["w"], nutpie_fit.draws.posterior["w"])
+
+
+def test_pymc_sampler_runs_pymc_nuts(backend, forum):
+    spec, data = forum
+    settings = FitSettings(chains=2, warmup=300, draws=200, sampler="pymc", parallel_chains=False)
+    fit = backend.fit(spec, data, "nuts", settings, seed=3)
+    assert fit.ok and fit.engine == "pymc+pymc"
+    for phase in ("compile", "warmup", "sampling", "extraction"):
+        assert fit.timings[phase] > 0, phase
+    assert fit.draws.posterior["w"].shape == (2, 200, 2, 1)
+    est = chain_means(fit.draws, 0)
+    perm = list(best_permutation(est, data.truth))
+    np.testing.assert_allclose(est["w"][perm], data.truth["w"], atol=0.05)
+    again = backend.fit(spec, data, "nuts", settings, seed=3)
+    np.testing.assert_array_equal(again.draws.posterior["w"], fit.draws.posterior["w"])
+
+
+@pytest.mark.slow
+def test_numpyro_sampler_runs_through_pymc(backend, forum):
+    spec, data = forum
+    settings = FitSettings(chains=2, warmup=300, draws=200, sampler="numpyro")
+    fit = backend.fit(spec, data, "nuts", settings, seed=3)
+    assert fit.ok and fit.engine == "pymc+numpyro"
+    assert fit.timings["warmup_and_sampling"] > 0
+    est = chain_means(fit.draws, 0)
+    perm = list(best_permutation(est, data.truth))
+    np.testing.assert_allclose(est["w"][perm], data.truth["w"], atol=0.05)
+    # lp is the log density (NumPyro's potential energy is its negative).
+    assert float(fit.draws.sample_stats["lp"].mean()) > 0
+
+
+@pytest.mark.parametrize("scenario", ["three-lines", "gmm3"])
+def test_canonical_shapes_for_other_specs(backend, scenario):
+    sc = get_scenario(scenario)
+    data = sc.simulate(0, N=300)
+    settings = FitSettings(chains=1, warmup=50, draws=40, sampler="pymc")
+    fit = backend.fit(sc.spec, data, "nuts", settings, seed=0)
+    post = fit.draws.posterior
+    K, D = sc.spec.K, sc.spec.D
+    assert post["w"].shape == (1, 40, K, D)
+    assert post["b"].dims == ("chain", "draw", "component") and post["b"].shape == (1, 40, K)
+    sigma_shape = (1, 40) if sc.spec.sigma == "shared" else (1, 40, K)
+    assert post["sigma"].shape == sigma_shape
+    assert post["pi"].shape == (1, 40, K)
+    assert list(post.coords["component"].values) == list(range(K))
+
+
+def test_unknown_sampler_is_bad_input(backend, forum):
+    spec, data = forum
+    with pytest.raises(MixbenchError, match="settings.sampler"):
+        backend.fit(spec, data, "nuts", FitSettings(sampler="gibbs"))
+
+
+def test_float32_precision_is_recorded(backend):
+    sc = get_scenario("forum")
+    data = sc.simulate(1, N=500)
+    settings = FitSettings(chains=1, warmup=100, draws=50, sampler="pymc", precision="float32")
+    fit = backend.fit(sc.spec, data, "nuts", settings, seed=1)
+    assert fit.ok and fit.precision == "float32"
+    assert np.isfinite(fit.draws.posterior["w"].values).all()
+
+
+def test_log_density_rejects_mismatched_data(backend, forum):
+    spec, _ = forum
+    data = Dataset(x=np.zeros((5, 2)), y=np.zeros(5))
+    with pytest.raises(MixbenchError, match="covariate"):
+        backend.log_density(spec, data, {"w": np.zeros((2, 1)), "sigma": 0.5, "pi": np.array([0.5, 0.5])})

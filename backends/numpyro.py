@@ -10,6 +10,7 @@ float32 too, not only the data.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -231,6 +232,11 @@ def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
     return jax.jit(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64))
 
 
+def _as_json(arrays: dict) -> str:
+    """The fitted approximation's parameters as a JSON attribute: a record that survives netCDF."""
+    return json.dumps({k: np.asarray(v).tolist() for k, v in arrays.items()})
+
+
 def _device_data(dataset: Dataset, precision: str):
     dtype = jnp.float32 if precision == "float32" else jnp.float64
     return jnp.asarray(dataset.x, dtype=dtype), jnp.asarray(dataset.y, dtype=dtype)
@@ -439,7 +445,8 @@ class NumPyroBackend(Backend):
             bad = int(np.argmin(np.isfinite(loss)))
             return Fit(status="failed", reason=f"the loss became non-finite at iteration {bad + 1}", **common)
         attrs = {"optimizer": settings.optimizer, "learning_rate": settings.learning_rate,
-                 "guide": type(program.guide).__name__, "check_every": _CHECK_EVERY}
+                 "guide": type(program.guide).__name__, "check_every": _CHECK_EVERY,
+                 "engine_dtype": str(jax.tree.leaves(params)[0].dtype), "approximation": _as_json(params)}
         # extraction: draws from the fitted approximation and their densities, in float64 whatever
         # the fit's precision (importance weights need it at large N), then canonical names.
         with _phase(timings, "extraction"), _precision("float64"):
@@ -488,10 +495,12 @@ class NumPyroBackend(Backend):
                       converged=iterations < settings.vi_iterations)
         if not np.isfinite(path["elbo"]):
             return Fit(status="failed", reason="no point of the L-BFGS path has a finite ELBO estimate", **common)
+        approximation = {k: path[k] for k in ("position", "grad", "alpha", "beta", "gamma")}
         attrs = {**{f"pathfinder_{k}": v for k, v in _PATHFINDER.items()},
-                 "pathfinder_best_iteration": int(path["best"]), "pathfinder_elbo": float(path["elbo"])}
+                 "pathfinder_best_iteration": int(path["best"]), "pathfinder_elbo": float(path["elbo"]),
+                 "engine_dtype": str(path["position"].dtype), "approximation": _as_json(approximation)}
         with _phase(timings, "extraction"), _precision("float64"):
-            approx = {k: jnp.asarray(path[k], jnp.float64) for k in ("position", "grad", "alpha", "beta", "gamma")}
+            approx = {k: jnp.asarray(v, jnp.float64) for k, v in approximation.items()}
             z, log_q = _pathfinder_draws_fn(spec)(approx, draw_key, settings.vi_draws)
             draws, log_p, log_jacobian = self._approximation_draws(
                 spec, dataset, z, self._attrs("pathfinder", settings, attrs))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pymc as pm
+import pymc.variational as pmvi
 import pytensor
 import pytensor.tensor as pt
 from pymc.distributions.transforms import ordered
@@ -345,14 +346,14 @@ def _optimizer(settings: FitSettings):
         raise MixbenchError(
             f"settings.optimizer: unknown {settings.optimizer!r}; PyMC has {', '.join(OPTIMIZERS)}"
         )
-    return getattr(pm, settings.optimizer)(learning_rate=settings.learning_rate)
+    return getattr(pmvi, settings.optimizer)(learning_rate=settings.learning_rate)
 
 
 class _ConvergenceCheck:
     """The thread's CheckParametersConvergence callback, remembering whether it stopped the fit."""
 
     def __init__(self, tolerance: float):
-        self.check = pm.callbacks.CheckParametersConvergence(tolerance=tolerance)
+        self.check = pmvi.callbacks.CheckParametersConvergence(tolerance=tolerance)
         self.stopped_at: int | None = None
 
     def __call__(self, approx, loss, i):
@@ -500,6 +501,140 @@ class PyMCBackend(Backend):
         timings["warmup_and_sampling"] = float(trace.posterior.attrs["sampling_time"])
         timings["overhead"] = max(wall - timings["warmup_and_sampling"], 0.0)
         return trace, None
+
+
+    # ---- VI, Pathfinder, MAP ---------------------------------------------------------------
+
+    def _advi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        pm_method, minibatch = VI_METHODS[method]
+        entry = compiled(spec, dataset, settings.precision)
+        model = entry.model
+        if minibatch:
+            # The step function draws a fresh batch of rows each iteration; each batch's log
+            # likelihood is scaled by N / batch_size unless minibatch_total_size is False.
+            model = build_model(spec, dataset.x, dataset.y, batch_size=settings.batch_size,
+                                total_size=settings.minibatch_total_size)
+        engine = f"pymc+{pm_method}"
+        timings: dict[str, float] = {}
+        check = _ConvergenceCheck(settings.vi_tolerance)
+        inference_cls = pm.ADVI if pm_method == "advi" else pm.FullRankADVI
+        try:
+            # pm.fit(method=...) is these two classes; fitting 0 iterations compiles the step
+            # function, refine() then runs the iterations with it, so the two are timed apart.
+            with model, stopwatch(timings, "compile"):
+                inference = inference_cls(random_seed=seed)
+                inference.fit(0, callbacks=[check], obj_optimizer=_optimizer(settings), progressbar=False)
+            with stopwatch(timings, "optimisation"):
+                inference.refine(settings.vi_iterations, progressbar=False)
+        except FloatingPointError as exc:
+            return Fit(backend=self.name, method=method, status="failed", engine=engine,
+                       reason=f"optimisation diverged: {str(exc).splitlines()[0]}", timings=timings,
+                       precision=settings.precision)
+        with stopwatch(timings, "extraction"):
+            group = inference.approx.groups[0]
+            draw_fn = pytensor.function([group.symbolic_initial],
+                                        [group.symbolic_random, group.symbolic_logq_not_scaled])
+            noise = np.random.default_rng(seed).standard_normal((settings.vi_draws, group.ddim))
+            flat, log_q = draw_fn(noise.astype(group.symbolic_initial.dtype))
+            layout = [(name, sl, shape) for name, sl, shape, _ in group.ordering.values()]
+            draws, log_p, log_jacobian = self._approximation_draws(spec, entry, flat, layout)
+        return Fit(backend=self.name, method=method, status="ok", engine=engine, draws=draws,
+                   timings=timings, precision=settings.precision,
+                   converged=check.stopped_at is not None,
+                   iterations=check.stopped_at or settings.vi_iterations,
+                   log_p=log_p, log_jacobian=log_jacobian, log_q=np.asarray(log_q, float),
+                   loss=np.asarray(inference.hist, float))
+
+    def _pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        from pymc.blocking import DictToArrayBijection
+        from pymc_extras.inference.pathfinder.lbfgs import LBFGSConfig, LBFGSStatus
+        from pymc_extras.inference.pathfinder.multipath import multipath_pathfinder
+
+        entry = compiled(spec, dataset, settings.precision)
+        info = DictToArrayBijection.map(entry.model.initial_point()).point_map_info
+        n_dim = sum(size for _, _, size, _ in info)
+        per_path = -(-settings.vi_draws // PATHFINDER_PATHS)
+        try:
+            # fit_pathfinder's own engine, without its importance resampling: the draws stay
+            # draws from the approximation, so log p - log q are importance weights for PSIS.
+            # Paths run one after another in this process (no worker processes to start).
+            result = multipath_pathfinder(
+                entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
+                num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
+                lbfgs_config=LBFGSConfig(maxiter=settings.vi_iterations).set_default_maxcor(n_dim),
+                importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
+            )
+        except ValueError as exc:
+            return Fit(backend=self.name, method="pathfinder", status="failed", engine="pymc-extras+pathfinder",
+                       reason=str(exc).splitlines()[0], precision=settings.precision)
+        timings = {"compile": float(result.compile_time), "optimisation": float(result.compute_time)}
+        with stopwatch(timings, "extraction"):
+            # Interleave the paths draw by draw so that truncating to vi_draws keeps them balanced.
+            samples = np.asarray(result.samples).transpose(1, 0, 2).reshape(-1, n_dim)[: settings.vi_draws]
+            # Each draw's log q is its own path's normal approximation, as pymc-extras weighs them.
+            log_q = np.asarray(result.logQ).T.reshape(-1)[: settings.vi_draws]
+            layout, start = [], 0
+            for name, shape, size, _ in info:
+                layout.append((name, slice(start, start + size), shape))
+                start += size
+            draws, log_p, log_jacobian = self._approximation_draws(spec, entry, samples, layout)
+        statuses = set(result.lbfgs_status)
+        return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
+                   draws=draws, timings=timings, precision=settings.precision,
+                   converged=statuses == {LBFGSStatus.CONVERGED},
+                   iterations=int(np.max(result.lbfgs_niter)),
+                   log_p=log_p, log_jacobian=log_jacobian, log_q=log_q.astype(float))
+
+    def _approximation_draws(self, spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout):
+        """Unconstrained draws (one row each) -> canonical DataTree, log p, log |Jacobian|.
+
+        log p is the full-data model's log density with the Jacobian, whatever model (minibatch
+        or not) the approximation was fitted to.
+        """
+        fn = entry.unconstrained()
+        names = [v.name for v in entry.model.value_vars]
+        n = flat.shape[0]
+        log_p, log_jacobian = np.empty(n), np.empty(n)
+        outputs = {name: [] for name in entry.output_names}
+        for i in range(n):
+            values = {name: flat[i, sl].reshape(shape) for name, sl, shape in layout}
+            lp, jac, *outs = fn(*[values[name] for name in names])
+            log_p[i], log_jacobian[i] = lp, jac
+            for name, out in zip(entry.output_names, outs):
+                outputs[name].append(out)
+        stacked = {name: np.stack(vals)[None] for name, vals in outputs.items()}
+        posterior = _canonical(spec, stacked, (1, n))
+        draws = canonical_datatree(spec, posterior, {"log_p": log_p[None], "log_jacobian": log_jacobian[None]},
+                                   attrs={"/": {"backend": self.name}})
+        return draws, log_p, log_jacobian
+
+    def _map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        from pymc.initial_point import make_initial_point_fn
+
+        entry = compiled(spec, dataset, settings.precision)
+        model = entry.model
+        # From the model's initial point jittered in the unconstrained space, as NUTS starts: the
+        # plain initial point puts every unordered component at the same place, a saddle that a
+        # gradient method never leaves.
+        start = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs),
+                                      return_transformed=False)(seed)
+        timings: dict[str, float] = {}
+        # find_MAP compiles its log density and gradient inside the call: compilation cannot be
+        # timed apart and is part of "optimisation".
+        with stopwatch(timings, "optimisation"):
+            point, raw = pm.find_MAP(start=start, model=model, seed=seed, progressbar=False,
+                                     include_transformed=False, return_raw=True,
+                                     maxeval=settings.vi_iterations)
+        with stopwatch(timings, "extraction"):
+            canonical = _canonical(spec, {n: point[n] for n in entry.output_names}, ())
+            draws = canonical_datatree(spec, {k: np.asarray(v)[None, None] for k, v in canonical.items()},
+                                       attrs={"/": {"backend": self.name, "engine": "pymc+find_MAP"}})
+            log_density = self.log_density(spec, dataset, canonical)
+        return Fit(backend=self.name, method="map", status="ok", engine="pymc+find_MAP", draws=draws,
+                   timings=timings, precision=settings.precision,
+                   converged=bool(raw.success) if raw is not None else False,
+                   iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
+                   point=canonical, point_log_density=log_density)
 
 
 def _sample_stats(stats, sampler: str) -> dict[str, np.ndarray]:

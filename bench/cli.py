@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", type=Path, default=None, help="a CSV file: covariate columns and a response column")
     run.add_argument("--covariates", type=_csv_list, default=None, help="data file covariate columns (default: all but the response)")
     run.add_argument("--response", default="y", help="data file response column (default y)")
-    run.add_argument("--backends", type=_csv_list, default=list(BACKEND_NAMES), help="comma-separated (default all)")
+    run.add_argument("--backends", type=_csv_list, default=list(BACKEND_NAMES), help="comma-separated (default all); a plug-in backend as module:Class")
     run.add_argument("--methods", type=_csv_list, default=["nuts"], help=f"comma-separated from: {', '.join(METHODS)} (default nuts)")
     run.add_argument("--seeds", type=_seeds, default=[0], help="inference seeds: 0,1,2 or 0-9 (default 0)")
     run.add_argument("--N", type=_positive_int, default=None, help="data size for a built-in scenario")
@@ -131,14 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_backend_name(name: str) -> None:
+    """A registered backend, or a plug-in named 'package.module:Class' (see backends.get_backend)."""
+    if name not in BACKEND_NAMES and ":" not in name:
+        raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKEND_NAMES)} (or module:Class)")
+
+
 def _cells_from_args(args) -> tuple[list, str]:
     from bench.harness import make_grid
     from models.scenarios import DEFAULT_SCENARIO, get_scenario
     from models.spec import MixtureSpec
 
     for name in args.backends:
-        if name not in BACKEND_NAMES:
-            raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKEND_NAMES)}")
+        check_backend_name(name)
     for name in args.methods:
         if name not in METHODS:
             raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")

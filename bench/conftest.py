@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from backends.base import METHODS
-from bench.cli import BACKEND_NAMES
+from bench.cli import BACKEND_NAMES, check_backend_name
 from bench.harness import Cell, make_grid
+from models.errors import MixbenchError
 from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
 
 
@@ -43,8 +44,10 @@ def _grid(config) -> list[Cell]:
         if name not in SCENARIOS:
             raise pytest.UsageError(f"--scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}")
     for name in backends:
-        if name not in BACKEND_NAMES:
-            raise pytest.UsageError(f"--backends: unknown {name!r}; known: {', '.join(BACKEND_NAMES)}")
+        try:
+            check_backend_name(name)
+        except MixbenchError as exc:
+            raise pytest.UsageError(f"--backends: {exc}") from None
     for name in methods:
         if name not in METHODS:
             raise pytest.UsageError(f"--methods: unknown {name!r}; known: {', '.join(METHODS)}")

@@ -277,7 +277,8 @@ def _trace_candidate(frame: pd.DataFrame, run_dirs: list[Path]) -> tuple[pd.Seri
     ]
     for subset, why in ranked:
         for _, row in subset.iterrows():
-            for run_dir in run_dirs:
+            recorded = [Path(row["run_dir"])] if isinstance(row.get("run_dir"), str) else []
+            for run_dir in [*run_dirs, *recorded]:
                 trace = run_dir / row["slope_trace_file"]
                 if trace.is_file():
                     return row, trace, why

@@ -172,7 +172,7 @@ def _canonical(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tuple[int
     """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, pi)."""
     out = {
         "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),
-        "sigma": np.asarray(values["sigma"], float).reshape(*lead, *spec.param_shapes()["sigma"]),
+        "sigma": np.asarray(values["sigma"], float).reshape((*lead, *spec.param_shapes()["sigma"])),
         "pi": np.asarray(values["pi"], float) if spec.K > 1 else np.ones((*lead, 1)),
     }
     if spec.intercept:

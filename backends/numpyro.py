@@ -19,45 +19,34 @@ from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-
 import numpyro
+import numpyro.distributions as dist
+from jax import lax, random
+from jax._src import xla_bridge  # only to ask whether JAX has started its backends
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers, optim
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.util import log_density as numpyro_log_density
+from numpyro.infer.util import potential_energy
 
-from jax._src import xla_bridge  # noqa: E402  (only to ask whether JAX has started)
+from backends.base import METHODS, Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from models.data import Dataset
+from models.errors import MixbenchError
+from models.spec import MixtureSpec
 
+# Importing JAX and NumPyro starts nothing; the first computation does (importing BlackJAX does
+# too, hence its lazy imports below). Until then the device count can still be chosen: one CPU
+# device per core lets chains run in parallel (pmap). If JAX has already started in this process,
+# chains that do not fit on its devices run one after another, and the fit records it.
 if not xla_bridge.backends_are_initialized():
-    # One CPU device per core lets chains run in parallel (pmap). Too late once JAX has run
-    # anything in this process: then chains fall back to running one after another.
     numpyro.set_host_device_count(os.cpu_count() or 1)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax import lax, random  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
-
 jax.config.update("jax_enable_x64", True)
-
-import numpyro.distributions as dist  # noqa: E402
-from numpyro import handlers, optim  # noqa: E402
-from numpyro.distributions import constraints  # noqa: E402
-from numpyro.distributions.transforms import biject_to  # noqa: E402
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO  # noqa: E402
-from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal  # noqa: E402
-from numpyro.infer.util import log_density as numpyro_log_density  # noqa: E402
-from numpyro.infer.util import potential_energy  # noqa: E402
-
-from backends.base import (  # noqa: E402
-    METHODS,
-    Backend,
-    Fit,
-    FitSettings,
-    canonical_datatree,
-    package_versions,
-    stopwatch,
-)
-from models.data import Dataset  # noqa: E402
-from models.errors import MixbenchError  # noqa: E402
-from models.spec import MixtureSpec  # noqa: E402
 
 ENGINE = "numpyro"
 
@@ -353,7 +342,7 @@ class NumPyroBackend(Backend):
 
     @staticmethod
     def chain_method(settings: FitSettings) -> str:
-        """"parallel" (one device per chain, pmap) where devices allow, else "sequential"."""
+        """Parallel chains (pmap, one device each) where devices allow, else one after another."""
         if settings.chains > 1 and settings.parallel_chains and jax.local_device_count() >= settings.chains:
             return "parallel"
         return "sequential"
@@ -368,10 +357,13 @@ class NumPyroBackend(Backend):
             mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws,
                         num_chains=settings.chains, chain_method=chain_method, progress_bar=False)
             warmup_key, sample_key = random.split(random.PRNGKey(seed))
-            # MCMC recompiles its loops on every warmup()/run() call (it builds a fresh closure
-            # each time), so there is no compiled program to cache between fits: each fit's
-            # compile time is its own and is reported as such.
-            # warmup: initial point search and step-size/mass-matrix adaptation, all chains.
+            # Phases. compile: JAX tracing and compiling, wherever it happens (see _phase).
+            # warmup: finding each chain's initial point, the step-size search, and the adaptation
+            # iterations. sampling: the kept iterations, from the post-warm-up state.
+            # extraction: device to NumPy, canonical names, DataTree.
+            # MCMC builds fresh closures on every warmup()/run() call, so JAX recompiles its loops
+            # each time: there is no compiled program to keep between fits, and every fit's
+            # compile time is its own.
             warmup_steps = 0
             if settings.warmup > 0:
                 with _phase(timings, "warmup"):
@@ -380,11 +372,9 @@ class NumPyroBackend(Backend):
                 warmup_steps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
             else:
                 timings["warmup"] = 0.0
-            # sampling: the post-warm-up transitions whose draws are kept.
             with _phase(timings, "sampling"):
                 mcmc.run(sample_key, x, y, extra_fields=_NUTS_FIELDS)
                 jax.block_until_ready(mcmc.last_state)
-            # extraction: device -> NumPy, canonical names, DataTree.
             with stopwatch(timings, "extraction"):
                 samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
                 stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
@@ -449,6 +439,8 @@ class NumPyroBackend(Backend):
                  "engine_dtype": str(jax.tree.leaves(params)[0].dtype), "approximation": _as_json(params)}
         # extraction: draws from the fitted approximation and their densities, in float64 whatever
         # the fit's precision (importance weights need it at large N), then canonical names.
+        # log_p is the full-data model's, for minibatch fits too (and for the unscaled forum
+        # replay): PSIS then measures q against the real posterior.
         with _phase(timings, "extraction"), _precision("float64"):
             params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
             if method == "map":

@@ -13,8 +13,8 @@ and as an observed variable it takes ``total_size`` for minibatches (a Potential
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-import os
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -25,6 +25,7 @@ import pymc as pm
 import pymc.variational as pmvi
 import pytensor
 import pytensor.tensor as pt
+import xarray as xr
 from pymc.distributions.transforms import ordered
 from pytensor.graph.replace import graph_replace
 
@@ -43,6 +44,7 @@ VI_METHODS = {
 OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd",
               "momentum", "nesterov_momentum")
 PATHFINDER_PATHS = 4
+PATHFINDER_MAXITER = 1000
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -77,7 +79,7 @@ def _batch_lse_logp(log_sigma_bug: bool):
 
 def _ordered_initval(prior, K: int) -> np.ndarray:
     # The ordered transform needs a strictly increasing start; the prior mean repeated is not.
-    return prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)
+    return (prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)).astype(pytensor.config.floatX)
 
 
 def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: int | None = None,
@@ -200,13 +202,30 @@ def _fingerprint(dataset: Dataset) -> str:
 
 @dataclass
 class _Compiled:
-    """A full-data model and the functions compiled from it, built on first use."""
+    """A full-data model and the functions compiled from it, built on first use.
+
+    The data live in pm.Data (shared variables): every compiled function reads the current
+    values, so one entry serves every data set of the same size, set by ``use``.
+    """
 
     spec: MixtureSpec
     model: pm.Model
     precision: str
     _fns: dict = field(default_factory=dict)
     compile_seconds: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    data_key: str = ""
+
+    def use(self, dataset: Dataset) -> "_Compiled":
+        key = _fingerprint(dataset)
+        if key != self.data_key:
+            dtype = pytensor.config.floatX if self.precision == "float32" else "float64"
+            self.data = {"y": dataset.y.astype(dtype)}
+            if self.spec.D:
+                self.data["x"] = dataset.x.astype(dtype)
+            pm.set_data(self.data, model=self.model)
+            self.data_key = key
+        return self
 
     @property
     def free_names(self) -> list[str]:
@@ -235,11 +254,15 @@ class _Compiled:
             return pytensor.function(inputs, logp, on_unused_input="ignore")
         return self._get("constrained_logp", build)
 
-    def unconstrained(self):
-        """f(*value vars) -> (log p with Jacobian, log |Jacobian|, *canonical outputs).
+    def constrain(self):
+        """f(*value vars) -> the canonical outputs: w (when D > 0), b, sigma, pi (when K > 1)."""
+        def build():
+            outs = self.model.replace_rvs_by_values([self.model[n] for n in self.output_names])
+            return pytensor.function(self.model.value_vars, outs, on_unused_input="ignore")
+        return self._get("constrain", build)
 
-        The canonical outputs are w (when D > 0), b, sigma, pi (when K > 1), in that order.
-        """
+    def log_p_jacobian(self):
+        """f(*value vars) -> (log density with the Jacobian, log |Jacobian| of the transforms)."""
         def build():
             model = self.model
             jacobian = pt.constant(0.0)
@@ -248,10 +271,9 @@ class _Compiled:
                 if transform is not None:
                     value = model.rvs_to_values[rv]
                     jacobian = jacobian + pt.sum(transform.log_jac_det(value, *rv.owner.inputs))
-            outs = model.replace_rvs_by_values([model[n] for n in self.output_names])
-            return pytensor.function(model.value_vars, [model.logp(jacobian=True), jacobian, *outs],
+            return pytensor.function(model.value_vars, [model.logp(jacobian=True), jacobian],
                                      on_unused_input="ignore")
-        return self._get("unconstrained", build)
+        return self._get("log_p_jacobian", build)
 
     @property
     def output_names(self) -> list[str]:
@@ -262,8 +284,10 @@ class _Compiled:
         return names
 
     def nutpie(self):
+        """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
         import nutpie
-        return self._get("nutpie", lambda: nutpie.compile_pymc_model(self.model, backend="numba"))
+        compiled_model = self._get("nutpie", lambda: nutpie.compile_pymc_model(self.model, backend="numba"))
+        return compiled_model.with_data(**self.data)
 
 
 _CACHE: OrderedDict[tuple, _Compiled] = OrderedDict()
@@ -271,18 +295,18 @@ _CACHE_SIZE = 16
 
 
 def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") -> _Compiled:
-    """The cached full-data model of (spec, dataset) at ``precision``."""
-    key = (spec, _fingerprint(dataset), precision)
+    """The cached full-data model of ``spec`` for data of this size, holding ``dataset``."""
+    key = (spec, dataset.N, precision)
     if key in _CACHE:
         _CACHE.move_to_end(key)
-        return _CACHE[key]
+        return _CACHE[key].use(dataset)
     with _precision(precision):
         model = build_model(spec, dataset.x, dataset.y)
     entry = _Compiled(spec=spec, model=model, precision=precision)
     _CACHE[key] = entry
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return entry
+    return entry.use(dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,14 +343,33 @@ class _NutpieClock:
         for chain, p in enumerate(progress):
             self.reports[chain].append((int(p.finished_draws), float(p.runtime_ms) / 1000.0))
 
-    def split(self, tune: int) -> tuple[np.ndarray, np.ndarray]:
-        warmup, total = [], []
+    def split(self, tune: int, total_draws: int, wall: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-chain (warm-up, sampling) seconds.
+
+        A chain whose last report came before its last draw is taken to have run until the
+        end of the call (``wall``): an upper bound, never a silent undercount.
+        """
+        warmup, sampling = [], []
         for reports in self.reports:
             draws, seconds = np.array(reports, dtype=float).T
-            total.append(seconds.max())
-            warmup.append(np.interp(tune, draws, seconds))
-        warmup = np.array(warmup)
-        return warmup, np.array(total) - warmup
+            if draws.max() < total_draws:
+                draws, seconds = np.append(draws, total_draws), np.append(seconds, wall)
+            warm = float(np.interp(tune, draws, seconds))
+            warmup.append(warm)
+            sampling.append(seconds.max() - warm)
+        return np.array(warmup), np.array(sampling)
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    """Keep a library's progress chatter (INFO) out of a benchmark's output."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
@@ -382,6 +425,8 @@ class PyMCBackend(Backend):
             )
         if method in VI_METHODS:
             _optimizer(settings)
+        if method == "pathfinder" and settings.precision == "float32":
+            return "pymc-extras' Pathfinder builds float64 graphs that do not accept a float32 model"
         return None
 
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
@@ -391,7 +436,7 @@ class PyMCBackend(Backend):
         return float(entry.constrained_logp()(*[values[n] for n in entry.free_names]))
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        with _precision(settings.precision):
+        with _precision(settings.precision), _quiet("pymc"):
             if method == "nuts":
                 return self._nuts(spec, dataset, settings, seed)
             if method in VI_METHODS:
@@ -429,9 +474,11 @@ class PyMCBackend(Backend):
     def _run_nutpie(self, entry: _Compiled, settings: FitSettings, seed: int, cores: int, timings):
         import nutpie
 
-        compiled_model = entry.nutpie()
-        # The compiled model is cached with the model: this is what compiling it cost, once.
-        timings["compile"] = entry.compile_seconds["nutpie"]
+        # Compiled once per (spec, data size, precision) and cached: a fit that reuses it reports
+        # only what it spent here (the data swap), not the first fit's compile again. With float32,
+        # nutpie keeps positions and gradients in float64 and casts them into the float32 graph.
+        with stopwatch(timings, "compile"):
+            compiled_model = entry.nutpie()
         clock = _NutpieClock(settings.chains)
         # nuts-rs cannot run without a tuning draw (pm.sample makes the same substitution).
         tune = max(settings.warmup, 1)
@@ -442,7 +489,7 @@ class PyMCBackend(Backend):
             save_warmup=True, progress_bar=False, progress_callback=clock, progress_rate=clock.RATE_MS,
         )
         wall = time.perf_counter() - start
-        warmup, sampling = clock.split(tune)
+        warmup, sampling = clock.split(tune, tune + settings.draws, wall)
         timings["warmup"] = _concurrent_seconds(warmup, cores)
         timings["sampling"] = _concurrent_seconds(sampling, cores)
         # Thread start-up and nutpie's conversion of its arrow trace, outside every chain's runtime.
@@ -502,7 +549,6 @@ class PyMCBackend(Backend):
         timings["overhead"] = max(wall - timings["warmup_and_sampling"], 0.0)
         return trace, None
 
-
     # ---- VI, Pathfinder, MAP ---------------------------------------------------------------
 
     def _advi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
@@ -536,8 +582,13 @@ class PyMCBackend(Backend):
                                         [group.symbolic_random, group.symbolic_logq_not_scaled])
             noise = np.random.default_rng(seed).standard_normal((settings.vi_draws, group.ddim))
             flat, log_q = draw_fn(noise.astype(group.symbolic_initial.dtype))
-            layout = [(name, sl, shape) for name, sl, shape, _ in group.ordering.values()]
-            draws, log_p, log_jacobian = self._approximation_draws(spec, entry, flat, layout)
+        layout = [(name, sl, shape) for name, sl, shape, _ in group.ordering.values()]
+        params = {"mean": group.mean.eval(), "std": group.std.eval()}
+        if pm_method == "fullrank_advi":
+            params["cov"] = group.cov.eval()
+        draws, log_p, log_jacobian = self._approximation_draws(
+            spec, entry, flat, layout, timings, engine, stats={"log_q": np.asarray(log_q, float)[None]},
+            approximation=params)
         return Fit(backend=self.name, method=method, status="ok", engine=engine, draws=draws,
                    timings=timings, precision=settings.precision,
                    converged=check.stopped_at is not None,
@@ -554,6 +605,10 @@ class PyMCBackend(Backend):
         info = DictToArrayBijection.map(entry.model.initial_point()).point_map_info
         n_dim = sum(size for _, _, size, _ in info)
         per_path = -(-settings.vi_draws // PATHFINDER_PATHS)
+        # pymc-extras evaluates the approximation at every L-BFGS step of a buffer sized by
+        # maxiter, so a large maxiter costs time even when L-BFGS stops early: vi_iterations is
+        # capped at pymc-extras' own default (1000).
+        maxiter = min(settings.vi_iterations, PATHFINDER_MAXITER)
         try:
             # fit_pathfinder's own engine, without its importance resampling: the draws stay
             # draws from the approximation, so log p - log q are importance weights for PSIS.
@@ -561,7 +616,7 @@ class PyMCBackend(Backend):
             result = multipath_pathfinder(
                 entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
                 num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
-                lbfgs_config=LBFGSConfig(maxiter=settings.vi_iterations).set_default_maxcor(n_dim),
+                lbfgs_config=LBFGSConfig(maxiter=maxiter).set_default_maxcor(n_dim),
                 importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
             )
         except ValueError as exc:
@@ -577,7 +632,11 @@ class PyMCBackend(Backend):
             for name, shape, size, _ in info:
                 layout.append((name, slice(start, start + size), shape))
                 start += size
-            draws, log_p, log_jacobian = self._approximation_draws(spec, entry, samples, layout)
+        # pymc-extras' own log p of each draw, kept to show the two agree.
+        engine_log_p = np.asarray(result.logP).T.reshape(-1)[: settings.vi_draws]
+        draws, log_p, log_jacobian = self._approximation_draws(
+            spec, entry, samples, layout, timings, "pymc-extras+pathfinder",
+            stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)})
         statuses = set(result.lbfgs_status)
         return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
                    draws=draws, timings=timings, precision=settings.precision,
@@ -585,27 +644,42 @@ class PyMCBackend(Backend):
                    iterations=int(np.max(result.lbfgs_niter)),
                    log_p=log_p, log_jacobian=log_jacobian, log_q=log_q.astype(float))
 
-    def _approximation_draws(self, spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout):
+    def _approximation_draws(self, spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout,
+                             timings: dict[str, float], engine: str, stats: dict | None = None,
+                             approximation: dict | None = None):
         """Unconstrained draws (one row each) -> canonical DataTree, log p, log |Jacobian|.
 
         log p is the full-data model's log density with the Jacobian, whatever model (minibatch
-        or not) the approximation was fitted to.
+        or not) the approximation was fitted to. Its cost is timed as "log_p", apart from the
+        method's own extraction of draws. The tree also carries the unconstrained draws
+        (group unconstrained_posterior) and, when given, the approximation's parameters (group
+        approximation), both over the dim "unconstrained" labelled value_var[i].
         """
-        fn = entry.unconstrained()
         names = [v.name for v in entry.model.value_vars]
-        n = flat.shape[0]
-        log_p, log_jacobian = np.empty(n), np.empty(n)
-        outputs = {name: [] for name in entry.output_names}
-        for i in range(n):
-            values = {name: flat[i, sl].reshape(shape) for name, sl, shape in layout}
-            lp, jac, *outs = fn(*[values[name] for name in names])
-            log_p[i], log_jacobian[i] = lp, jac
-            for name, out in zip(entry.output_names, outs):
-                outputs[name].append(out)
-        stacked = {name: np.stack(vals)[None] for name, vals in outputs.items()}
-        posterior = _canonical(spec, stacked, (1, n))
-        draws = canonical_datatree(spec, posterior, {"log_p": log_p[None], "log_jacobian": log_jacobian[None]},
-                                   attrs={"/": {"backend": self.name}})
+        points = [[row[name] for name in names] for row in (
+            {name: flat[i, sl].reshape(shape) for name, sl, shape in layout} for i in range(flat.shape[0]))]
+        with stopwatch(timings, "extraction"):
+            constrain = entry.constrain()
+            outputs = [constrain(*point) for point in points]
+            stacked = {name: np.stack([out[j] for out in outputs])[None]
+                       for j, name in enumerate(entry.output_names)}
+            posterior = _canonical(spec, stacked, (1, flat.shape[0]))
+        with stopwatch(timings, "log_p"):
+            log_p_jacobian = entry.log_p_jacobian()
+            log_p, log_jacobian = np.array([log_p_jacobian(*point) for point in points], float).T
+        stats = {"log_p": log_p[None], "log_jacobian": log_jacobian[None], **(stats or {})}
+        draws = canonical_datatree(spec, posterior, stats, attrs={"/": {"backend": self.name, "engine": engine}})
+        order = np.argsort([sl.start for _, sl, _ in layout], kind="stable")
+        labels = [f"{layout[k][0]}[{i}]" for k in order for i in range(layout[k][1].stop - layout[k][1].start)]
+        coords = {"unconstrained": labels}
+        draws["unconstrained_posterior"] = xr.DataTree(xr.Dataset(
+            {"z": (("chain", "draw", "unconstrained"), flat[None].astype(float))},
+            coords={"chain": [0], "draw": np.arange(flat.shape[0]), **coords}))
+        if approximation:
+            draws["approximation"] = xr.DataTree(xr.Dataset(
+                {k: (("unconstrained", "unconstrained_bis")[: np.ndim(v)], np.asarray(v, float))
+                 for k, v in approximation.items()},
+                coords={**coords, "unconstrained_bis": labels}))
         return draws, log_p, log_jacobian
 
     def _map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
@@ -629,6 +703,7 @@ class PyMCBackend(Backend):
             canonical = _canonical(spec, {n: point[n] for n in entry.output_names}, ())
             draws = canonical_datatree(spec, {k: np.asarray(v)[None, None] for k, v in canonical.items()},
                                        attrs={"/": {"backend": self.name, "engine": "pymc+find_MAP"}})
+        with stopwatch(timings, "log_p"):
             log_density = self.log_density(spec, dataset, canonical)
         return Fit(backend=self.name, method="map", status="ok", engine="pymc+find_MAP", draws=draws,
                    timings=timings, precision=settings.precision,

@@ -42,9 +42,13 @@ def oracle_at_draws(spec, data, fit, n):
 
 
 @pytest.mark.parametrize(("method", "scenario"), [
-    *((m, "three-lines") for m in VI_METHODS + ["map"]),  # K = 3, D = 2, intercepts, per-component sigma
-    ("advi-fullrank", "gmm3"),  # D = 0: no slopes at all
-    ("pathfinder", "gmm3"),
+    # Every method also runs on the ordered forum spec below; these add the other spec shapes and
+    # each guide once: three-lines is K = 3, D = 2, intercepts, per-component sigma, unordered;
+    # gmm3 is D = 0 (no slopes at all).
+    ("advi-fullrank", "three-lines"),
+    ("pathfinder", "three-lines"),
+    ("advi-minibatch-meanfield", "gmm3"),
+    ("map", "gmm3"),
 ])
 def test_every_method_runs_on_small_data(backend, method, scenario):
     sc = get_scenario(scenario)
@@ -146,6 +150,7 @@ def test_tolerance_stops_early_and_budget_caps(backend, forum_data):
     assert not strict.converged and strict.iterations == 250 and len(strict.loss) == 250
 
 
+@pytest.mark.slow  # float32 recompiles every eager operation of the set-up: ~10 s
 def test_float32_vi_runs_in_float32(backend, forum_data):
     fit = backend.fit(ORDERED, forum_data, "advi-fullrank",
                       FitSettings(vi_iterations=200, vi_draws=10, precision="float32"), seed=0)
@@ -157,3 +162,10 @@ def test_bad_minibatch_and_unknown_optimizer(backend, forum_data):
         backend.fit(ORDERED, FORUM.simulate(seed=0, N=50), "advi-minibatch-meanfield", FitSettings())
     fit = backend.fit(ORDERED, forum_data, "advi-meanfield", FitSettings(optimizer="adadelta"))
     assert fit.status == "unsupported" and "adadelta" in fit.reason
+
+
+def test_diverging_optimisation_is_a_failed_fit_not_an_exception(backend, forum_data):
+    settings = FitSettings(optimizer="sgd", learning_rate=1e3, vi_iterations=300)
+    fit = backend.fit(ORDERED, forum_data, "advi-meanfield", settings, seed=0)
+    assert fit.status == "failed" and "non-finite" in fit.reason
+    assert fit.draws is None and fit.loss is not None and not np.isfinite(fit.loss[-1])

@@ -7,7 +7,7 @@ import pytest
 
 from backends import get_backend
 from backends.base import FitSettings
-from models import Dataset, MixbenchError, get_scenario
+from models import Dataset, MixbenchError, get_scenario, log_density
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -159,3 +159,13 @@ def test_log_density_rejects_mismatched_data(backend, forum):
     data = Dataset(x=np.zeros((5, 2)), y=np.zeros(5))
     with pytest.raises(MixbenchError, match="covariate"):
         backend.log_density(spec, data, {"w": np.zeros((2, 1)), "sigma": 0.5, "pi": np.array([0.5, 0.5])})
+
+
+def test_cached_model_follows_the_data(backend):
+    # One compiled model serves every data set of a size: each call must see its own data.
+    sc = get_scenario("forum")
+    first, second = sc.simulate(1, N=400), sc.simulate(2, N=400)
+    point = {"w": np.array([[2.5], [-0.5]]), "sigma": np.array(0.3), "pi": np.array([0.4, 0.6])}
+    for data in (first, second, first):
+        assert backend.log_density(sc.spec, data, point) == pytest.approx(
+            log_density(sc.spec, data.x, data.y, point), rel=1e-8)

@@ -12,7 +12,6 @@ and as an observed variable it takes ``total_size`` for minibatches (a Potential
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -192,14 +191,6 @@ def _precision(precision: str):
         yield
 
 
-def _fingerprint(dataset: Dataset) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for arr in (dataset.x, dataset.y):
-        h.update(str(arr.shape).encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class _Compiled:
     """A full-data model and the functions compiled from it, built on first use.
@@ -217,7 +208,7 @@ class _Compiled:
     data_key: str = ""
 
     def use(self, dataset: Dataset) -> "_Compiled":
-        key = _fingerprint(dataset)
+        key = dataset.digest()
         if key != self.data_key:
             dtype = pytensor.config.floatX if self.precision == "float32" else "float64"
             self.data = {"y": dataset.y.astype(dtype)}

@@ -221,14 +221,6 @@ def _nuts_phase_timings(chain_times: list[dict[str, float]], concurrency: str | 
     }
 
 
-def _data_digest(dataset: Dataset) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (dataset.x, dataset.y):
-        digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
         raise MixbenchError(f"seed: Stan needs an integer in [0, 2^31), got {seed!r}")
@@ -384,7 +376,7 @@ class StanBackend(Backend):
         import httpstan.models
         import stan
 
-        key = (spec, _data_digest(dataset))
+        key = (spec, dataset.digest())
         if key in self._pystan_models:
             self._pystan_models.move_to_end(key)
             return self._pystan_models[key], True
@@ -443,6 +435,32 @@ class StanBackend(Backend):
         with _quiet():
             table = model.log_prob(params=point, data=stan_data(spec, dataset), jacobian=False, sig_figs=18)
         return float(table["lp__"].iloc[0])
+
+    # --- gradient --------------------------------------------------------------------------------
+
+    def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
+        """Stan's log density + gradient (Jacobian included) of stan/mixture.stan, built by
+        ``backends.stan_gradient`` with httpstan's stanc, headers and flags: the gradient pystan's
+        NUTS evaluates, called in this process with the model built once (engine "pystan").
+        CmdStan's build of the same program is not timed here."""
+        from backends.gradients import fixed_point
+        from backends.stan_gradient import load
+
+        if spec.likelihood != "mixture":
+            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        if settings.precision != "float64":
+            raise MixbenchError(f"precision {settings.precision}: Stan computes in float64 only")
+        if (settings.sampler or "pystan") != "pystan":
+            raise MixbenchError(
+                f"sampler {settings.sampler!r}: the Stan gradient function runs httpstan's build (pystan)")
+        dataset.check_against(spec)
+        model, _ = load(program_code(), stan_data(spec, dataset))
+        x0 = model.unconstrain(stan_parameters(spec, fixed_point(spec, dataset)))
+
+        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            return model.log_density_gradient(theta, jacobian=True)
+
+        return f, x0
 
     # --- fits ----------------------------------------------------------------------------------
 

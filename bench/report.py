@@ -37,17 +37,23 @@ def load_benchmark_json(path: Path) -> tuple[list[dict], dict]:
         raise MixbenchError(f"results file {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise MixbenchError(f"results file {path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    rows = []
+    from bench.costs import cost_record
+
+    rows, costs = [], []
     for bench in data["benchmarks"]:
         extra = bench.get("extra_info") or {}
         if "cell_id" not in extra:
-            continue  # another kind of benchmark (e.g. gradient cost): handled by its own table
+            # Another kind of benchmark (gradient cost, compile cache): bench/costs.py's sections.
+            record = cost_record(bench)
+            if record is not None:
+                costs.append(record)
+            continue
         row = dict(extra)
         stats = bench.get("stats") or {}
         row.setdefault("time_benchmark", stats.get("mean"))
         rows.append(row)
     env = {"machine_info": data.get("machine_info"), "commit_info": data.get("commit_info"),
-           "datetime": data.get("datetime")}
+           "datetime": data.get("datetime"), "cost_records": costs}
     return rows, env
 
 
@@ -74,9 +80,10 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
             raise MixbenchError(f"{path}: expected a run directory, a .jsonl rows file or a pytest-benchmark .json")
         for row in found:
             rows[row["cell_id"]] = row
-    if not rows:
+    if not rows and not any(env.get("cost_records") for env in environments):
         raise MixbenchError(f"no cell rows found in {', '.join(map(str, paths))}")
-    frame = pd.DataFrame(list(rows.values()))
+    # Cost benchmarks alone (no cells) still make a report: an empty frame with the keys.
+    frame = pd.DataFrame(list(rows.values())) if rows else pd.DataFrame(columns=["cell_id", "status", *CELL_KEYS])
     return frame, environments, run_dirs
 
 
@@ -99,42 +106,45 @@ def _counts(values: pd.Series) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.items()) if len(counts) else "-"
 
 
+def _per_cell_group(frame: pd.DataFrame, summarise) -> pd.DataFrame:
+    """One record per (scenario, backend, method) over the ok cells: the keys plus summarise(group)."""
+    ok = frame[frame["status"] == "ok"]
+    records = [{**dict(zip(CELL_KEYS, key)), **summarise(group)}
+               for key, group in ok.groupby(CELL_KEYS, sort=True)]
+    return pd.DataFrame(records)
+
+
 def recovery_table(frame: pd.DataFrame) -> pd.DataFrame:
     """backend x method: errors of the relabelled posterior means, coverage of the 90% interval, mode."""
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    records = []
-    for key, group in ok.groupby(CELL_KEYS, sort=True):
-        record = dict(zip(CELL_KEYS, key))
-        record["fits"] = len(group)
-        for family, label in (("w", "slope"), ("b", "intercept"), ("sigma", "sigma"), ("pi", "weight")):
-            err = _numeric(group, f"{family}_err_max")
-            if err.notna().any():
-                record[f"{label} err (median)"] = err.median()
-                record[f"{label} cover"] = _numeric(group, f"{family}_coverage").mean()
-        record["mode"] = _counts(_col(group, "mode"))
-        records.append(record)
-    return pd.DataFrame(records)
+    return _per_cell_group(frame, _recovery_record)
+
+
+def _recovery_record(group: pd.DataFrame) -> dict:
+    record = {"fits": len(group)}
+    for family, label in (("w", "slope"), ("b", "intercept"), ("sigma", "sigma"), ("pi", "weight")):
+        err = _numeric(group, f"{family}_err_max")
+        if err.notna().any():
+            record[f"{label} err (median)"] = err.median()
+            record[f"{label} cover"] = _numeric(group, f"{family}_coverage").mean()
+    record["mode"] = _counts(_col(group, "mode"))
+    return record
 
 
 def modes_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Where seeds land, chains that disagree, switches within chains."""
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    records = []
-    for key, group in ok.groupby(CELL_KEYS, sort=True):
-        record = dict(zip(CELL_KEYS, key))
-        record["seeds"] = len(group)
-        record["landed in"] = _counts(_col(group, "mode"))
-        record["labellings"] = _counts(_col(group, "permutation"))
-        disagree = _col(group, "chains_disagree")
-        record["seeds with chains disagreeing"] = int((disagree == True).sum())  # noqa: E712 (NaN-safe)
-        record["within-chain switches"] = _numeric(group, "label_switches").sum(min_count=1)
-        record["draws off majority"] = _numeric(group, "off_majority_frac").mean()
-        records.append(record)
-    return pd.DataFrame(records)
+    return _per_cell_group(frame, _modes_record)
+
+
+def _modes_record(group: pd.DataFrame) -> dict:
+    disagree = _col(group, "chains_disagree")
+    return {
+        "seeds": len(group),
+        "landed in": _counts(_col(group, "mode")),
+        "labellings": _counts(_col(group, "permutation")),
+        "seeds with chains disagreeing": int((disagree == True).sum()),  # noqa: E712 (NaN-safe)
+        "within-chain switches": _numeric(group, "label_switches").sum(min_count=1),
+        "draws off majority": _numeric(group, "off_majority_frac").mean(),
+    }
 
 
 COST_COLUMNS = {
@@ -147,20 +157,17 @@ COST_COLUMNS = {
 
 def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Medians over seeds of the time split, gradient evaluations, ESS rates and diagnostics."""
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    records = []
-    for key, group in ok.groupby(CELL_KEYS, sort=True):
-        record = dict(zip(CELL_KEYS, key))
-        record["engine"] = _counts(_col(group, "engine")).split(" x")[0]
-        record["precision"] = _counts(_col(group, "precision")).split(" x")[0]
-        for column, label in COST_COLUMNS.items():
-            values = _numeric(group, column)
-            if values.notna().any():
-                record[label] = values.median()
-        records.append(record)
-    return pd.DataFrame(records)
+    return _per_cell_group(frame, _cost_record)
+
+
+def _cost_record(group: pd.DataFrame) -> dict:
+    record = {"engine": _counts(_col(group, "engine")).split(" x")[0],
+              "precision": _counts(_col(group, "precision")).split(" x")[0]}
+    for column, label in COST_COLUMNS.items():
+        values = _numeric(group, column)
+        if values.notna().any():
+            record[label] = values.median()
+    return record
 
 
 def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -391,6 +398,11 @@ def write_report(paths: list[Path], out_dir: Path) -> dict[str, Path]:
     ]
     figures = [(title, p) for title, p in figures if p is not None]
     tables = [(title, text, fn(frame)) for title, text, fn in SECTIONS]
+    from bench.costs import cost_sections
+
+    cost_tables, cost_figures = cost_sections(frame, environments, fig_dir)
+    tables += cost_tables
+    figures += cost_figures
     tables.append(("Failed and unsupported cells", "Every cell that did not produce draws, with its reason.",
                    problems_table(frame)))
     tables.append(("Versions and machine", "", environment_table(frame, environments)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,14 @@ class Dataset:
         object.__setattr__(self, "y", y)
         if self.covariates is None:
             object.__setattr__(self, "covariates", tuple(f"x{d}" for d in range(x.shape[1])))
+
+    def digest(self) -> str:
+        """A content hash of x and y: backends key their compiled-model caches on it."""
+        h = hashlib.blake2b(digest_size=16)
+        for arr in (self.x, self.y):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
     @property
     def N(self) -> int:

@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,16 @@ class Cell:
             sort_keys=True, default=str,
         )
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+    @property
+    def setup(self) -> str:
+        """What this cell changes from the scenario's defaults, for people: 'default' if nothing."""
+        parts = [f"N={self.n}"] if self.n is not None else []
+        parts += [f"{k}={v}" for k, v in sorted(self.spec.items())]
+        parts += [f"{k}={v}" for k, v in sorted(self.settings.items())]
+        if self.data_seed:
+            parts.append(f"data_seed={self.data_seed}")
+        return ", ".join(parts) or "default"
 
     @property
     def id(self) -> str:
@@ -150,19 +161,28 @@ def posterior_means(fit, truth: dict | None) -> dict[str, float]:
 
 
 def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
-    """Run one cell to a row. Never raises: an exception becomes a failed row with its error."""
+    """Run one cell to a row. Never raises: an exception becomes a failed row with its error.
+
+    Besides the fit's own phases the row times what the suite adds around it: importing the
+    backend (t_backend_import), making the data (t_data), the backend call as a whole (t_fit,
+    which holds the fit's phases) and the metrics (time_metrics); time_cell is all of it.
+    """
     start = time.perf_counter()
     row: dict[str, Any] = {"cell_id": cell.id, **cell_ids(cell)}
     try:
         from backends import get_backend
         from bench.metrics import evaluate
 
-        spec, dataset = load_cell_data(cell)
+        with _timed(row, "t_data"):
+            spec, dataset = load_cell_data(cell)
         row["N"] = dataset.N
         row["K"] = spec.K
         row["D"] = spec.D
         settings = FitSettings.from_dict(cell.settings)
-        fit = get_backend(cell.backend).fit(spec, dataset, cell.method, settings, seed=cell.seed)
+        with _timed(row, "t_backend_import"):
+            backend = get_backend(cell.backend)
+        with _timed(row, "t_fit"):
+            fit = backend.fit(spec, dataset, cell.method, settings, seed=cell.seed)
         metrics_start = time.perf_counter()
         row.update({**evaluate(fit, truth=dataset.truth), **cell_ids(cell)})
         row["versions"] = fit.versions
@@ -177,6 +197,15 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         row.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=8))
     row["time_cell"] = time.perf_counter() - start
     return row
+
+
+@contextmanager
+def _timed(row: dict[str, Any], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        row[name] = time.perf_counter() - start
 
 
 def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, Any]:
@@ -204,6 +233,7 @@ def cell_ids(cell: Cell) -> dict[str, Any]:
         "method": cell.method,
         "seed": cell.seed,
         "variant": cell.variant,
+        "setup": cell.setup,
         "cell": cell.to_dict(),
     }
 

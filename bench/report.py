@@ -84,13 +84,17 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
         raise MixbenchError(f"no cell rows found in {', '.join(map(str, paths))}")
     # Cost benchmarks alone (no cells) still make a report: an empty frame with the keys.
     frame = pd.DataFrame(list(rows.values())) if rows else pd.DataFrame(columns=["cell_id", "status", *CELL_KEYS])
+    frame["setup"] = _col(frame, "setup").fillna("default")
+    setup = frame["setup"].where(frame["setup"] == "default", " [" + frame["setup"] + "]").replace("default", "")
+    frame["fit"] = frame["backend"].astype(str) + " / " + frame["method"].astype(str) + setup
     return frame, environments, run_dirs
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables
 
-CELL_KEYS = ["scenario", "backend", "method"]
+# Cells that differ only in seed are summarised together; "setup" names any other difference.
+CELL_KEYS = ["scenario", "backend", "method", "setup"]
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -219,22 +223,18 @@ def _plt():
     return plt
 
 
-def _label(record) -> str:
-    return f"{record['backend']} / {record['method']}"
-
-
 def figure_time_split(frame: pd.DataFrame, path: Path) -> Path | None:
     ok = frame[frame["status"] == "ok"]
     phases = [p for p in ("t_compile", "t_warmup", "t_sampling", "t_optimisation", "t_extraction") if p in ok]
     if ok.empty or not phases:
         return None
-    numeric = ok[["backend", "method"]].assign(**{p: _numeric(ok, p) for p in phases})
-    med = numeric.groupby(["backend", "method"])[phases].median().fillna(0.0)
+    numeric = ok[["fit"]].assign(**{p: _numeric(ok, p) for p in phases})
+    med = numeric.groupby("fit")[phases].median().fillna(0.0)
     phases = [p for p in phases if med[p].any()]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(med) + 1.5))
     left = np.zeros(len(med))
-    labels = [f"{b} / {m}" for b, m in med.index]
+    labels = list(med.index)
     for phase in phases:
         ax.barh(labels, med[phase].to_numpy(), left=left, label=phase[2:])
         left += med[phase].to_numpy()
@@ -252,11 +252,11 @@ def figure_landings(frame: pd.DataFrame, path: Path) -> Path | None:
     ok = frame[(frame["status"] == "ok") & _col(frame, "mode").notna()]
     if ok.empty:
         return None
-    table = ok.groupby(["backend", "method"])["mode"].value_counts().unstack(fill_value=0)
+    table = ok.groupby("fit")["mode"].value_counts().unstack(fill_value=0)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
     left = np.zeros(len(table))
-    labels = [f"{b} / {m}" for b, m in table.index]
+    labels = list(table.index)
     colours = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
                "mixed": "tab:purple"}
     for mode in table.columns:
@@ -323,12 +323,12 @@ def figure_recovery(frame: pd.DataFrame, path: Path) -> Path | None:
     if ok.empty or err.notna().sum() == 0:
         return None
     ok = ok.assign(err=err).dropna(subset=["err"])
-    groups = list(ok.groupby(["backend", "method"]))
+    groups = list(ok.groupby("fit"))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(groups) + 1.5))
-    for i, ((backend, method), group) in enumerate(groups):
+    for i, (_, group) in enumerate(groups):
         ax.scatter(group["err"].clip(lower=1e-4), np.full(len(group), i), alpha=0.7)
-    ax.set_yticks(range(len(groups)), [f"{b} / {m}" for (b, m), _ in groups])
+    ax.set_yticks(range(len(groups)), [label for label, _ in groups])
     ax.set_xscale("log")
     ax.set_xlabel("max |posterior mean - truth| over slopes (relabelled), one dot per seed")
     ax.set_title("Slope recovery error")

@@ -561,6 +561,10 @@ def psis_khat(log_p, log_q, constant_tol: float = MetricSettings.khat_constant_t
         if "tail values are the same" in str(err):
             return -math.inf
         raise
+    if math.isnan(float(khat)):
+        # Ratios spread over hundreds of nats: all but the largest weights underflow to zero in
+        # the tail fit, so psislw gives NaN. One draw carries all the weight: k-hat is unbounded.
+        return math.inf
     return float(khat)
 
 

@@ -161,7 +161,9 @@ COST_COLUMNS = {
 
 def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Medians over seeds of the time split, gradient evaluations, ESS rates and diagnostics."""
-    return _per_cell_group(frame, _cost_record)
+    table = _per_cell_group(frame, _cost_record)
+    order = [*CELL_KEYS, "engine", "precision", *COST_COLUMNS.values()]
+    return table[[c for c in order if c in table.columns]]
 
 
 def _cost_record(group: pd.DataFrame) -> dict:

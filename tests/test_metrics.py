@@ -466,3 +466,12 @@ def test_perm_codes_order_the_identity_first():
     codes = perm_codes(perms)
     assert codes[0, 0] == codes.min()
     assert len(set(codes.ravel().tolist())) == 3
+
+
+def test_khat_is_infinite_when_one_draw_carries_all_the_weight():
+    from bench.metrics import psis_khat
+
+    rng = np.random.default_rng(0)
+    log_q = np.zeros(1000)
+    log_p = rng.normal(0.0, 20000.0, 1000)  # a full-data posterior against a far too wide q
+    assert psis_khat(log_p, log_q) == np.inf

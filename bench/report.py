@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
     # Cost benchmarks alone (no cells) still make a report: an empty frame with the keys.
     frame = pd.DataFrame(list(rows.values())) if rows else pd.DataFrame(columns=["cell_id", "status", *CELL_KEYS])
     frame["setup"] = _col(frame, "setup").fillna("default")
-    setup = frame["setup"].where(frame["setup"] == "default", " [" + frame["setup"] + "]").replace("default", "")
+    # Figures label a fit by backend / method, and its setup on wrapped lines when not the default.
+    setup = frame["setup"].map(lambda s: "" if s == "default" else "\n" + "\n".join(textwrap.wrap(f"[{s}]", 48)))
     frame["fit"] = frame["backend"].astype(str) + " / " + frame["method"].astype(str) + setup
     return frame, environments, run_dirs
 
@@ -244,8 +246,7 @@ def figure_time_split(frame: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("Where the time goes")
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -269,8 +270,7 @@ def figure_landings(frame: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("Which mode each seed lands in")
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -313,8 +313,7 @@ def figure_traces(frame: pd.DataFrame, run_dirs: list[Path], path: Path) -> Path
     axes[-1, 0].set_xlabel("draw")
     fig.suptitle(f"Raw slope traces, {row['backend']} / nuts / seed {row['seed']} ({row['scenario']}): {why}",
                  fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -335,8 +334,7 @@ def figure_recovery(frame: pd.DataFrame, path: Path) -> Path | None:
     ax.set_xlabel("max |posterior mean - truth| over slopes (relabelled), one dot per seed")
     ax.set_title("Slope recovery error")
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

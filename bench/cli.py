@@ -55,6 +55,20 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_ints(value: str) -> list[int]:
+    """'1000,10000' (or '1e3,1e4') -> [1000, 10000]."""
+    numbers = []
+    for item in _csv_list(value):
+        try:
+            number = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {item!r}") from None
+        if not number.is_integer() or number < 1:
+            raise argparse.ArgumentTypeError(f"must be positive integers, got {item!r}")
+        numbers.append(int(number))
+    return numbers
+
+
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -91,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backends", type=_csv_list, default=list(BACKEND_NAMES), help="comma-separated (default all); a plug-in backend as module:Class")
     run.add_argument("--methods", type=_csv_list, default=["nuts"], help=f"comma-separated from: {', '.join(METHODS)} (default nuts)")
     run.add_argument("--seeds", type=_seeds, default=[0], help="inference seeds: 0,1,2 or 0-9 (default 0)")
-    run.add_argument("--N", type=_positive_int, default=None, help="data size for a built-in scenario")
+    run.add_argument("--N", type=_positive_ints, default=None,
+                     help="data size(s) for a built-in scenario: 2000 or 1000,10000,100000 (a cost curve over N)")
     run.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (default 0)")
     spec = run.add_argument_group("spec overrides")
     spec.add_argument("--K", type=_positive_int, default=None, help="components (data files default to 2)")
@@ -165,7 +180,11 @@ def _cells_from_args(args) -> tuple[list, str]:
         scenario = label = args.scenario or DEFAULT_SCENARIO
         built_in = get_scenario(scenario)
         MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
-        common["n"] = args.N
+        if args.N:
+            # One cell per size: rows carry N, and the report draws the cost curve over N.
+            cells = [cell for n in args.N
+                     for cell in make_grid([scenario], args.backends, args.methods, args.seeds, n=n, **common)]
+            return cells, label
     return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
 
 
@@ -178,7 +197,12 @@ class Progress:
         self.started = time.perf_counter()
 
     def __call__(self, event: str, info: dict) -> None:
-        if event == "start" and not self.live:
+        if event == "plan":
+            self.total = info["todo"]
+            if info["finished_before"]:
+                print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run",
+                      file=self.stream, flush=True)
+        elif event == "start" and not self.live:
             print(f"[{self.done + 1}/{self.total}] {info['cell_id']} ...", file=self.stream, flush=True)
         elif event == "tick" and self.live:
             width = shutil.get_terminal_size((100, 20)).columns

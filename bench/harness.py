@@ -341,6 +341,8 @@ def run_grid(cells: list[Cell], options: RunOptions, executor=None, progress: Pr
     done = store.finished_ids(options.retry_failed)
     todo = [c for c in _unique(cells) if c.id not in done]
     executor = executor or LocalProcessExecutor()
+    if progress:
+        progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
 
     def on_row(row: dict[str, Any]) -> None:
         store.append(row)

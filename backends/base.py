@@ -208,6 +208,17 @@ class Backend(ABC):
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
         """The backend's own model log density at a constrained point (oracle convention)."""
 
+    def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
+        """(f, x0): f(theta) -> (log density, gradient) on the engine's unconstrained space, and x0.
+
+        What one NUTS leapfrog step pays: the log density with the Jacobian of the constraining
+        transforms, as the engine chosen by ``settings.sampler`` computes it at
+        ``settings.precision``, compiled once before returning. f takes and returns float64
+        NumPy (a float and an array of x0's shape) and blocks until its result exists. x0 is the
+        engine's unconstrained image of ``backends.gradients.fixed_point(spec, dataset)``.
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no gradient function")
+
     @abstractmethod
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """Run ``method``; only called for supported pairs on validated input."""

@@ -48,6 +48,12 @@ if not xla_bridge.backends_are_initialized():
     numpyro.set_host_device_count(os.cpu_count() or 1)
 jax.config.update("jax_enable_x64", True)
 
+from backends.caches import enable_jax_compilation_cache  # noqa: E402
+
+# Compiled programs persist across processes (~/.cache/mixbench/jax): a second identical run
+# loads them instead of compiling.
+enable_jax_compilation_cache()
+
 ENGINE = "numpyro"
 
 
@@ -80,7 +86,13 @@ class OrderedNormal(dist.Distribution):
         return jnp.where(ordered, lp, -jnp.inf)
 
 
-def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True):
+# How the likelihood is written (bench/ppl_formulations.py compares them; docs/performance.md):
+# NumPyro's MixtureSameFamily, or the log-sum-exp of the component log densities as a factor.
+LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
+
+
+def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True,
+                  form: str = "mixture_same_family"):
     """y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k), priors and ordering from ``spec``.
 
     ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
@@ -118,12 +130,18 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
             mu = mu + xb @ w.T
         if spec.intercept:
             mu = mu + b
-        # MixtureSameFamily: log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per
-        # observation, one (batch, K) array, the oracle's formula; and y stays an observed site.
-        likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
         unscaled = subsample_size is not None and not total_size
         with handlers.scale(scale=subsample_size / N) if unscaled else nullcontext():
-            numpyro.sample("y", likelihood, obs=yb)
+            if form == "mixture_same_family":
+                # log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per observation,
+                # one (batch, K) array, the oracle's formula; and y stays an observed site.
+                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
+                numpyro.sample("y", likelihood, obs=yb)
+            elif form == "logsumexp_factor":
+                terms = jnp.log(pi) + dist.Normal(mu, sigma).log_prob(yb[:, None])
+                numpyro.factor("y", jax.nn.logsumexp(terms, axis=-1))
+            else:
+                raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
 
 
 def _sites_from_params(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -204,6 +222,24 @@ def _log_density_fn(spec: MixtureSpec) -> Callable:
     """Jitted (sites, x, y) -> model log density at constrained sites, no Jacobian."""
     model = partial(mixture_model, spec)
     return jax.jit(lambda sites, x, y: numpyro_log_density(model, (x, y), {}, sites)[0])
+
+
+def _unflatten(spec: MixtureSpec, flat) -> dict:
+    """One flat unconstrained vector -> the latent sites, in _layout order (any float dtype)."""
+    out, start = {}, 0
+    for site in _layout(spec):
+        size = math.prod(site.shape)
+        out[site.name] = flat[start:start + size].reshape(site.shape)
+        start += size
+    return out
+
+
+@cache
+def _value_and_grad_fn(spec: MixtureSpec, form: str = "mixture_same_family") -> Callable:
+    """Jitted (flat z, x, y) -> (log density with Jacobian, its gradient): what each NUTS step
+    evaluates (NUTS runs on minus the potential energy)."""
+    model = partial(mixture_model, spec, form=form)
+    return jax.jit(jax.value_and_grad(lambda flat, x, y: -potential_energy(model, (x, y), {}, _unflatten(spec, flat))))
 
 
 @cache
@@ -330,6 +366,31 @@ class NumPyroBackend(Backend):
             x, y = _device_data(dataset, "float64")
             sites = {k: jnp.asarray(v) for k, v in _sites_from_params(spec, params).items()}
             return float(_log_density_fn(spec)(sites, x, y))
+
+    def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
+        """The jitted log density + gradient NUTS uses, on a flat vector of the unconstrained
+        sites (trace order), at ``settings.precision``, compiled before returning."""
+        from backends.gradients import fixed_point
+
+        if spec.likelihood != "mixture":
+            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        if settings.sampler not in (None, ENGINE):
+            raise MixbenchError(f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro only")
+        dataset.check_against(spec)
+        sites = _sites_from_params(spec, fixed_point(spec, dataset))
+        fn = _value_and_grad_fn(spec)
+        with _precision(settings.precision):
+            x, y = _device_data(dataset, settings.precision)
+            z0 = [jnp.ravel(s.transform.inv(jnp.asarray(sites[s.name], y.dtype))) for s in _layout(spec)]
+            flat0 = jnp.concatenate(z0)
+            jax.block_until_ready(fn(flat0, x, y))
+
+        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            with _precision(settings.precision):
+                lp, grad = jax.block_until_ready(fn(jnp.asarray(theta, y.dtype), x, y))
+            return float(lp), np.asarray(grad, dtype=np.float64)
+
+        return f, np.asarray(flat0, dtype=np.float64)
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         if method == "nuts":

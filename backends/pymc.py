@@ -81,8 +81,14 @@ def _ordered_initval(prior, K: int) -> np.ndarray:
     return (prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)).astype(pytensor.config.floatX)
 
 
+# How the (correct) mixture likelihood is written (bench/ppl_formulations.py compares them;
+# docs/performance.md): the CustomDist below, PyMC's NormalMixture, or a Potential holding the
+# same log-sum-exp (full data only: a Potential takes no total_size).
+LIKELIHOOD_FORMS = ("custom_dist", "normal_mixture", "potential")
+
+
 def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: int | None = None,
-                total_size: bool = True) -> pm.Model:
+                total_size: bool = True, form: str = "custom_dist") -> pm.Model:
     """The PyMC model of ``spec`` on data (x, y); minibatches of ``batch_size`` when given.
 
     Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering; none
@@ -147,8 +153,17 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         else:
             logp, signature = _mixture_logp(log_sigma_bug), "(k),(k),(k)->()"
         scale = len(y) if (batch_size is not None and total_size) else None
-        pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=logp, signature=signature,
-                      observed=y_obs, total_size=scale)
+        if form != "custom_dist" and (spec.likelihood != "mixture" or batch_size is not None):
+            raise MixbenchError(f"likelihood form {form!r}: only for the full-data mixture likelihood")
+        if form == "custom_dist":
+            pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=logp, signature=signature,
+                          observed=y_obs, total_size=scale)
+        elif form == "normal_mixture":
+            pm.NormalMixture("y_obs", w=pt.exp(log_pi), mu=mu, sigma=sigma_k, observed=y_obs)
+        elif form == "potential":
+            pm.Potential("y_obs", pt.sum(logp(y_obs, mu, sigma_k, log_pi)))
+        else:
+            raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
     return model
 
 
@@ -265,6 +280,27 @@ class _Compiled:
             return pytensor.function(model.value_vars, [model.logp(jacobian=True), jacobian],
                                      on_unused_input="ignore")
         return self._get("log_p_jacobian", build)
+
+    def unconstrain(self):
+        """f(*constrained values in free_RVs order) -> the value variables (unconstrained)."""
+        def build():
+            model = self.model
+            inputs, outputs = [], []
+            for rv in model.free_RVs:
+                point = rv.type(name=rv.name)
+                transform = model.rvs_to_transforms.get(rv)
+                inputs.append(point)
+                outputs.append(transform.forward(point, *rv.owner.inputs) if transform else point)
+            return pytensor.function(inputs, outputs, on_unused_input="ignore")
+        return self._get("unconstrain", build)
+
+    def unconstrained_point(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """A canonical constrained point -> the flat unconstrained vector every sampler uses
+        (value variables in free_RVs order, each raveled)."""
+        values = _model_values(self.spec, params)
+        dtype = pytensor.config.floatX
+        parts = self.unconstrain()(*[np.asarray(values[n], dtype=dtype) for n in self.free_names])
+        return np.concatenate([np.ravel(p) for p in parts]).astype(np.float64)
 
     @property
     def output_names(self) -> list[str]:
@@ -426,6 +462,25 @@ class PyMCBackend(Backend):
         values = _model_values(spec, params)
         return float(entry.constrained_logp()(*[values[n] for n in entry.free_names]))
 
+    def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
+        """The log density + gradient each NUTS engine evaluates, on the flat value variables:
+        nutpie's Numba function (called through the C pointer nuts-rs calls), PyMC's own
+        ValueGradFunction (PyTensor's default backend, Numba in PyTensor 3, as PyMC's NUTS calls
+        it), or the JAX function PyMC's numpyro sampler differentiates. Compiled before returning."""
+        from backends.gradients import fixed_point
+
+        engine = settings.sampler or "nutpie"
+        if engine not in SAMPLERS:
+            raise MixbenchError(f"settings.sampler: the PyMC backend runs {', '.join(SAMPLERS)}, got {engine!r}")
+        dataset.check_against(spec)
+        with _precision(settings.precision):
+            entry = compiled(spec, dataset, settings.precision)
+            x0 = entry.unconstrained_point(fixed_point(spec, dataset))
+            build = {"nutpie": _nutpie_gradient, "pymc": _pytensor_gradient, "numpyro": _jax_gradient}[engine]
+            f = build(entry, x0.size, settings.precision)
+        f(x0)  # any lazy compilation happens now
+        return f, x0
+
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         with _precision(settings.precision), _quiet("pymc"):
             if method == "nuts":
@@ -521,6 +576,9 @@ class PyMCBackend(Backend):
         return trace, warmup_stats
 
     def _run_numpyro(self, entry: _Compiled, settings: FitSettings, seed: int, cores: int, timings):
+        from backends.caches import enable_jax_compilation_cache
+
+        enable_jax_compilation_cache()  # a second identical run loads JAX's programs from disk
         start = time.perf_counter()
         with _jax_x64(settings.precision == "float64"), entry.model:
             trace = pm.sample(
@@ -701,6 +759,79 @@ class PyMCBackend(Backend):
                    converged=bool(raw.success) if raw is not None else False,
                    iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
                    point=canonical, point_log_density=log_density)
+
+
+def _nutpie_gradient(entry: _Compiled, dim: int, precision: str):
+    """nutpie's compiled C callback, the function nuts-rs calls at every leapfrog step:
+    (dim, x, gradient out, logp out, user data) -> status, float64 in and out."""
+    import ctypes
+
+    compiled_model = entry.nutpie()
+    if compiled_model.n_dim != dim:
+        raise RuntimeError(f"nutpie's model has {compiled_model.n_dim} coordinates, expected {dim}")
+    callback = compiled_model.compiled_logp_func.ctypes
+    user_data = compiled_model.user_data
+    double_p = ctypes.POINTER(ctypes.c_double)
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        grad, logp = np.empty(dim), np.empty(())
+        # compiled_model stays referenced here: it owns user_data's buffers.
+        status = callback(dim, theta.ctypes.data_as(double_p), grad.ctypes.data_as(double_p),
+                          logp.ctypes.data_as(double_p), user_data.ctypes.data_as(ctypes.c_void_p))
+        if status not in (0, 3, 4):  # 3, 4: a non-finite gradient or log density, still returned
+            raise RuntimeError(f"nutpie's log density failed with status {status} ({compiled_model!r:.40})")
+        return float(logp), grad
+
+    return f
+
+
+def _pytensor_gradient(entry: _Compiled, dim: int, precision: str):
+    """PyMC's ValueGradFunction on raveled inputs (PyTensor's default backend: Numba in PyTensor
+    3), called the way PyMC's NUTS integrator calls it (trusted input, extra values set once)."""
+    vgf = entry.model.logp_dlogp_function(ravel_inputs=True)
+    vgf.trust_input = True
+    function = vgf._pytensor_function
+    dtype = pytensor.config.floatX
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        logp, grad = function(np.asarray(theta, dtype=dtype))
+        return float(logp), np.asarray(grad, dtype=np.float64)
+
+    return f
+
+
+def _jax_gradient(entry: _Compiled, dim: int, precision: str):
+    """The JAX log density PyMC hands to NumPyro (pymc.sampling.jax.get_jaxified_logp, the
+    data frozen into the program as it does), differentiated and jitted on the flat vector."""
+    import jax
+    from pymc.sampling.jax import get_jaxified_logp
+
+    from backends.caches import enable_jax_compilation_cache
+
+    enable_jax_compilation_cache()
+    with _jax_x64(precision == "float64"):
+        # Despite its name, negative_logp=True returns +log p (the graph as is).
+        logp_fn = get_jaxified_logp(entry.model, negative_logp=True)
+        shapes = [tuple(int(d) for d in v.type.shape) for v in entry.model.value_vars]
+        sizes = [math.prod(shape) for shape in shapes]
+
+        def logp_flat(flat):
+            parts, start = [], 0
+            for shape, size in zip(shapes, sizes):
+                parts.append(flat[start:start + size].reshape(shape))
+                start += size
+            return logp_fn(parts)
+
+        value_and_grad = jax.jit(jax.value_and_grad(logp_flat))
+    dtype = np.float64 if precision == "float64" else np.float32
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        with _jax_x64(precision == "float64"):
+            logp, grad = jax.block_until_ready(value_and_grad(np.asarray(theta, dtype=dtype)))
+        return float(logp), np.asarray(grad, dtype=np.float64)
+
+    return f
 
 
 def _sample_stats(stats, sampler: str) -> dict[str, np.ndarray]:

@@ -27,7 +27,8 @@ def pytest_addoption(parser):
     group.addoption("--backends", default=",".join(BACKEND_NAMES), help="backends, comma-separated")
     group.addoption("--methods", default="nuts", help=f"methods, comma-separated: {', '.join(METHODS)}")
     group.addoption("--seeds", default="0", help="inference seeds, comma-separated")
-    group.addoption("--n-obs", type=int, default=None, help="data size override for the scenarios")
+    group.addoption("--n-obs", default=None,
+                    help="data size override for the scenarios; comma-separated sizes give one cell per size")
     group.addoption("--cell-time-limit", type=float, default=1800.0, help="seconds per cell")
     group.addoption("--mixbench-out", default=None, help="where rows and the report go (default results/bench-<time>)")
 
@@ -55,7 +56,12 @@ def _grid(config) -> list[Cell]:
         seeds = [int(s) for s in _split(config.getoption("--seeds"))]
     except ValueError:
         raise pytest.UsageError("--seeds: expected integers, e.g. 0,1,2") from None
-    return make_grid(scenarios, backends, methods, seeds, n=config.getoption("--n-obs"))
+    sizes = config.getoption("--n-obs")
+    try:
+        ns = [int(float(n)) for n in _split(sizes)] if sizes else [None]
+    except ValueError:
+        raise pytest.UsageError("--n-obs: expected integers, e.g. 1000,10000") from None
+    return [cell for n in ns for cell in make_grid(scenarios, backends, methods, seeds, n=n)]
 
 
 def pytest_generate_tests(metafunc):

@@ -4,6 +4,7 @@ cluster by adding an executor, not by changing the harness."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import signal
 import time
@@ -22,7 +23,37 @@ class CellExecutor(Protocol):
         """Run every cell, calling ``on_row`` with each row as soon as it exists."""
 
 
-def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn) -> None:
+# What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the
+# forkserver start method a server process imports these once per run and each cell is forked
+# from it: a fresh process that never ran an engine, without paying the imports again.
+COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arviz_stats", "backends",
+                  "backends.base", "bench.harness", "bench.metrics", "bench.relabel", "models.scenarios")
+
+
+def preload_modules(cells: list[Cell]) -> list[str]:
+    """COMMON_MODULES and the modules of the cells' backends. Importing a backend module starts
+    no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe."""
+    from backends import BACKENDS
+
+    modules = list(COMMON_MODULES)
+    for cell in cells:
+        module = BACKENDS[cell.backend][0] if cell.backend in BACKENDS else cell.backend.partition(":")[0]
+        if module and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: float | None = None,
+            environ: dict[str, str] | None = None) -> None:
+    # The wall clock (shared by both processes) from the parent's start() to here: starting the
+    # process and whatever it imports before it can run (all of it under spawn; under a
+    # forkserver, the server's start and imports for the run's first cell, a fork afterwards).
+    startup = time.time() - launched if launched is not None else None
+    if environ is not None:
+        # A forkserver's children inherit the server's environment, which may predate the
+        # parent's current one; a spawned child would have had the parent's.
+        os.environ.clear()
+        os.environ.update(environ)
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
     cell = Cell.from_dict(cell_dict)
@@ -33,6 +64,7 @@ def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn) -> None:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         row = execute_cell(cell, Path(out_dir), save_draws)
+    row["t_startup"] = startup
     conn.send(row)
     conn.close()
 
@@ -42,17 +74,29 @@ def _dead_row(cell: Cell, status: str, error: str, elapsed: float) -> dict[str, 
 
 
 class LocalProcessExecutor:
-    """Each cell in a fresh process (spawned, so no engine state leaks between cells), ``jobs``
-    at a time, each under the run's per-cell time limit."""
+    """Each cell in a fresh process, ``jobs`` at a time, each under the run's per-cell time limit.
 
-    def __init__(self, jobs: int = 1, poll_interval: float = 0.2):
+    start_method "forkserver" (default): cells fork from a server that has imported the common
+    modules and the run's backend modules but never ran an engine, so no engine state leaks
+    between cells and the imports are paid once per run (by the first cell's t_startup).
+    "spawn": every cell starts a new interpreter and imports everything itself.
+    """
+
+    def __init__(self, jobs: int = 1, poll_interval: float = 0.2, start_method: str = "forkserver"):
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be forkserver or spawn, got {start_method!r}")
         self.jobs = jobs
         self.poll_interval = poll_interval
-        self._context = mp.get_context("spawn")
+        self.start_method = start_method
+        self._context = mp.get_context(start_method)
 
     def run(self, cells: list[Cell], options: RunOptions, on_row: RowFn, progress=None) -> None:
+        if self.start_method == "forkserver" and cells:
+            # Takes effect when the server starts (at the first cell of the first run in this
+            # process); a server already running keeps what it imported.
+            self._context.set_forkserver_preload(preload_modules(cells))
         pending = list(cells)
         active: dict[int, tuple[Cell, Any, Any, float]] = {}
         try:
@@ -60,13 +104,16 @@ class LocalProcessExecutor:
                 while pending and len(active) < self.jobs:
                     cell = pending.pop(0)
                     receiver, sender = self._context.Pipe(duplex=False)
+                    started = time.perf_counter()
                     proc = self._context.Process(
-                        target=_worker, args=(cell.to_dict(), str(options.out_dir), options.save_draws, sender),
+                        target=_worker,
+                        args=(cell.to_dict(), str(options.out_dir), options.save_draws, sender, time.time(),
+                              dict(os.environ)),
                         name=f"mixbench-{cell.id}",
                     )
                     proc.start()
                     sender.close()
-                    active[proc.pid] = (cell, proc, receiver, time.perf_counter())
+                    active[proc.pid] = (cell, proc, receiver, started)
                     if progress:
                         progress("start", {"cell_id": cell.id})
                 for pid, (cell, proc, receiver, started) in list(active.items()):
@@ -77,7 +124,11 @@ class LocalProcessExecutor:
                 if progress:
                     for cell, _, _, started in active.values():
                         progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started})
-                time.sleep(self.poll_interval)
+                # Woken as soon as a row arrives or a worker dies, so the row's hand-over adds
+                # no polling delay to time_total; the interval only paces progress and time-outs.
+                waitables = [r for _, _, r, _ in active.values()] + [p.sentinel for _, p, _, _ in active.values()]
+                if waitables:
+                    mp_connection.wait(waitables, timeout=self.poll_interval)
         finally:
             for cell, proc, receiver, _ in active.values():
                 _kill(proc)
@@ -89,6 +140,9 @@ class LocalProcessExecutor:
                 row = receiver.recv()
             except EOFError:
                 row = None
+            if row is not None:
+                # The cell's whole cost seen from here: process start to row received.
+                row["time_total"] = time.perf_counter() - started
             proc.join(timeout=10)
             if proc.is_alive():
                 _kill(proc)

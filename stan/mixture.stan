@@ -6,7 +6,15 @@
 // term is a `target +=` of an _lpdf (a `~` statement would drop constants). Under an ordering
 // constraint the iid prior restricted to the ordered region carries +log(K!).
 //
-// Written for Stan 2.35 and later (the vectorised binary log_sum_exp needs 2.33).
+// The likelihood is stan/formulations/quadratic_form_glm.stan, the fastest of the formulations
+// compared by bench/stan_formulations.py (docs/performance.md): every component's log density
+// comes from one product of quadratic features of the centred data with a coefficient matrix,
+// and the log-sum-exp over components from one categorical_logit_glm_lpmf call, so reverse mode
+// keeps no autodiff node per observation. Expanding the squared residual costs rounding: about
+// 1e-16 (spread of the centred y and x . w)^2 / sigma^2 per observation, e.g. 1e-13 on the
+// forum data; the exact-by-construction alternative is scaled_product_glm (about 1.7x slower).
+//
+// Written for Stan 2.35 and later (nothing newer is used).
 data {
   int<lower=1> N;
   int<lower=1> K;
@@ -44,6 +52,41 @@ transformed data {
   real sigma_upper = sigma_family == 1 ? sigma_scale : positive_infinity();
   real log_order_constant = ordering == 0 ? 0 : lgamma(K + 1);
   real normal_constant = -0.5 * N * log(2 * pi());
+  // Quadratic-form features of the centred data: with yc = y - mean(y), xc = x - mean(x) and
+  // a_k = b_k + mean(x) . w_k - mean(y), the residual is r = yc - a_k - xc . w_k and
+  //   r^2 = yc^2 - 2 a yc - 2 yc (xc . w) + a^2 + 2 a (xc . w) + (xc . w)^2,
+  // linear in the features [yc^2, yc, yc xc_d, 1, xc_d, xc_d xc_e (d <= e)]. Centring keeps
+  // the cancellation in this expansion at the scale of the data's spread, not its offset.
+  real y_mean = mean(y);
+  row_vector[D] x_mean;
+  for (d in 1:D) {
+    x_mean[d] = mean(col(x, d));
+  }
+  vector[N] yc = y - y_mean;
+  matrix[N, D] xc = x - rep_matrix(x_mean, N);
+  int n_pairs = (D * (D + 1)) %/% 2;
+  int P = 3 + 2 * D + n_pairs;
+  matrix[N, P] F;
+  F[:, 1] = square(yc);
+  F[:, 2] = yc;
+  F[:, 3] = rep_vector(1, N);
+  {
+    int j = 4;
+    for (d in 1:D) {
+      F[:, j] = yc .* col(xc, d);
+      F[:, j + 1] = col(xc, d);
+      j += 2;
+    }
+    for (d in 1:D) {
+      for (e in d:D) {
+        F[:, j] = col(xc, d) .* col(xc, e);
+        j += 1;
+      }
+    }
+  }
+  row_vector[P] F_colsum = rep_row_vector(1, N) * F;
+  array[N] int first = rep_array(1, N);
+  vector[K] no_intercept = rep_vector(0, K);
 }
 
 parameters {
@@ -84,27 +127,36 @@ model {
   target += log_order_constant;
 
   {
-    // Means of every observation under every component: one matrix product, N x K.
-    matrix[N, K] mu;
-    if (D == 0) {
-      mu = rep_matrix(b', N);
-    } else {
-      mu = x * w';
-      if (has_intercept) {
-        mu += rep_matrix(b', N);
+    // C[j, k]: each feature's coefficient in log(theta_k) + log N(y | mu_k, sigma_k) (less the
+    // -log(2 pi)/2 shared by all components), so that L = F C in one matrix product.
+    vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);
+    vector[K] h = -0.5 * inv_square(sigma_k);
+    vector[K] a = -rep_vector(y_mean, K);
+    if (D > 0) {
+      a += w * x_mean';
+    }
+    if (has_intercept) {
+      a += b;
+    }
+    matrix[P, K] C;
+    C[1] = h';
+    C[2] = (-2 * a .* h)';
+    C[3] = (log(theta) - log(sigma_k) + square(a) .* h)';
+    {
+      int j = 4;
+      for (d in 1:D) {
+        C[j] = (-2 * col(w, d) .* h)';
+        C[j + 1] = (2 * a .* col(w, d) .* h)';
+        j += 2;
+      }
+      for (d in 1:D) {
+        for (e in d:D) {
+          C[j] = ((d == e ? 1 : 2) * col(w, d) .* col(w, e) .* h)';
+          j += 1;
+        }
       }
     }
-    vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);
-    vector[K] inv_sigma = inv(sigma_k);
-    // log(theta_k) + log N(y | mu_k, sigma_k) without the -log(2 pi)/2 shared by all components,
-    // which leaves the log-sum-exp and is added once below.
-    vector[K] log_scale = log(theta) - log(sigma_k);
-    vector[N] lse = log_scale[1] - 0.5 * square((y - col(mu, 1)) * inv_sigma[1]);
-    // Elementwise log-sum-exp over components, folded one component at a time: vectorised over
-    // observations, exact, and stable whatever the scale of the terms.
-    for (k in 2:K) {
-      lse = log_sum_exp(lse, log_scale[k] - 0.5 * square((y - col(mu, k)) * inv_sigma[k]));
-    }
-    target += sum(lse) + normal_constant;
+    target += dot_product(F_colsum, col(C, 1)) - categorical_logit_glm_lpmf(first | F, no_intercept, C)
+              + normal_constant;
   }
 }

@@ -1,0 +1,52 @@
+"""Compile caches kept across runs and processes, so a second identical run compiles nothing new.
+
+- Stan: httpstan caches each program's extension module (``~/.cache/httpstan``); CmdStan
+  executables and gradient libraries live under ``~/.cache/mixbench/stan`` (backends/stan.py,
+  backends/stan_gradient.py).
+- JAX (NumPyro, and PyMC's JAX samplers): the persistent compilation cache, switched on here
+  under ``~/.cache/mixbench/jax`` with its thresholds lowered so every program is kept (by
+  default JAX keeps only programs that took over a second to compile).
+- PyTensor: its compiledir (``~/.pytensor``, or ``PYTENSOR_FLAGS=base_compiledir=...``) keeps C
+  modules and, under ``numba/``, the machine code of the Numba functions PyTensor generates (its
+  default backend in PyTensor 3: PyMC's own NUTS, and nutpie's inner functions). What no cache
+  holds, each new process redoes: PyTensor's graph rewrites and generated Python source, and
+  nutpie's numba.cfunc wrappers, which Numba refuses to cache ("dynamic globals"); measured in
+  docs/performance.md.
+
+Every location follows ``XDG_CACHE_HOME`` (or the engine's own setting), which is how the
+compile-cache benchmark points a process at empty caches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+JAX_CACHE_MAX_BYTES = 2 * 1024**3
+
+
+def cache_root() -> Path:
+    """mixbench's cache directory: ``$XDG_CACHE_HOME/mixbench``, else ``~/.cache/mixbench``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench"
+
+
+def enable_jax_compilation_cache() -> Path | None:
+    """Point JAX's persistent compilation cache at ``cache_root()/jax`` unless the user chose a
+    directory (``JAX_COMPILATION_CACHE_DIR`` or jax.config); keep every compiled program.
+    Returns the directory in use."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        directory = cache_root() / "jax"
+        directory.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+    # A sampler's programs compile in well under JAX's default 1 s threshold and would never be
+    # written; -1 also turns off the size threshold for good.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    # Keeping everything also keeps every small eager-op program: bound the directory (least
+    # recently used entries go first) unless the user set a bound.
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
+    return Path(jax.config.jax_compilation_cache_dir)

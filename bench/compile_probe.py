@@ -1,0 +1,49 @@
+"""One compile measurement in a fresh process, for bench/test_compile_cache.py.
+
+    uv run python -m bench.compile_probe --backend numpyro --engine numpyro
+
+Fits a short NUTS run (1 chain, 50 + 50 draws) of the forum model on 1000 points and prints one
+JSON line: the fit's compile seconds (``Fit.timings["compile"]``, each backend's own account of
+its compilation), its other timings, and how long importing the backend took. Which caches it
+finds is up to the environment it is started with (XDG_CACHE_HOME, PYTENSOR_FLAGS,
+NUMBA_CACHE_DIR): the benchmark points them at empty directories for the cold run and reuses
+them for the warm one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def probe(backend_name: str, engine: str | None, precision: str, N: int) -> dict:
+    start = time.perf_counter()
+    from backends import FitSettings, get_backend
+    from models.scenarios import get_scenario
+
+    backend = get_backend(backend_name)
+    t_import = time.perf_counter() - start
+    scenario = get_scenario("forum")
+    dataset = scenario.simulate(0, N=N)
+    settings = FitSettings(chains=1, warmup=50, draws=50, sampler=engine, precision=precision)
+    fit = backend.fit(scenario.spec, dataset, "nuts", settings, seed=0)
+    return {"status": fit.status, "reason": fit.reason, "engine": fit.engine, "t_import": t_import,
+            "t_compile": fit.timings.get("compile"), "timings": fit.timings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compile_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--engine", default=None)
+    parser.add_argument("--precision", default="float64")
+    parser.add_argument("--N", type=int, default=1000)
+    args = parser.parse_args(argv)
+    result = probe(args.backend, args.engine, args.precision, args.N)
+    print("MIXBENCH-PROBE " + json.dumps(result))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+// Candidate formulation of the likelihood of stan/mixture.stan (same data, parameters, priors
+// and log density; only the likelihood block differs). Compared by bench/stan_formulations.py;
+// the fastest one that matches the oracle is copied into stan/mixture.stan.
+//
+// quadratic_form_lse: every log(theta_k) + component log density from ONE matrix product of
+// quadratic features of the centred data with a parameter coefficient matrix (the residual
+// square expanded), then the elementwise log-sum-exp folded over components. Fewest autodiff
+// nodes per observation; exact up to the rounding of the expansion (see the features).
+//
+// Written for Stan 2.35 and later.
+data {
+  int<lower=1> N;
+  int<lower=1> K;
+  int<lower=0> D;
+  matrix[N, D] x;
+  vector[N] y;
+  int<lower=0, upper=1> has_intercept;
+  int<lower=0, upper=1> sigma_per_component;
+  vector<lower=0>[K] alpha;                // Dirichlet concentration of the weights
+  real slope_mu;
+  real<lower=0> slope_sd;
+  real intercept_mu;
+  real<lower=0> intercept_sd;
+  int<lower=1, upper=2> sigma_family;      // 1: uniform(0, sigma_scale); 2: halfnormal(sigma_scale)
+  real<lower=0> sigma_scale;
+  int<lower=0, upper=2> ordering;          // 0: none; 1: by intercept; 2: by first slope
+}
+
+transformed data {
+  if (ordering == 1 && !has_intercept) {
+    reject("ordering by intercept needs has_intercept = 1");
+  }
+  if (ordering == 2 && D == 0) {
+    reject("ordering by slope needs D >= 1");
+  }
+  if (D == 0 && !has_intercept) {
+    reject("D = 0 needs has_intercept = 1");
+  }
+  int n_sigma = sigma_per_component ? K : 1;
+  // Zero-size pieces switch the unused parameters off.
+  int n_b_ordered = ordering == 1 ? K : 0;
+  int n_b_free = (has_intercept && ordering != 1) ? K : 0;
+  int n_w_ordered = ordering == 2 ? K : 0;
+  int d_w_free = ordering == 2 ? D - 1 : D;
+  real sigma_upper = sigma_family == 1 ? sigma_scale : positive_infinity();
+  real log_order_constant = ordering == 0 ? 0 : lgamma(K + 1);
+  real normal_constant = -0.5 * N * log(2 * pi());
+  // Quadratic-form features of the centred data: with yc = y - mean(y), xc = x - mean(x) and
+  // a_k = b_k + mean(x) . w_k - mean(y), the residual is r = yc - a_k - xc . w_k and
+  //   r^2 = yc^2 - 2 a yc - 2 yc (xc . w) + a^2 + 2 a (xc . w) + (xc . w)^2,
+  // linear in the features [yc^2, yc, yc xc_d, 1, xc_d, xc_d xc_e (d <= e)]. Centring keeps
+  // the cancellation in this expansion at the scale of the data's spread, not its offset.
+  real y_mean = mean(y);
+  row_vector[D] x_mean;
+  for (d in 1:D) {
+    x_mean[d] = mean(col(x, d));
+  }
+  vector[N] yc = y - y_mean;
+  matrix[N, D] xc = x - rep_matrix(x_mean, N);
+  int n_pairs = (D * (D + 1)) %/% 2;
+  int P = 3 + 2 * D + n_pairs;
+  matrix[N, P] F;
+  F[:, 1] = square(yc);
+  F[:, 2] = yc;
+  F[:, 3] = rep_vector(1, N);
+  {
+    int j = 4;
+    for (d in 1:D) {
+      F[:, j] = yc .* col(xc, d);
+      F[:, j + 1] = col(xc, d);
+      j += 2;
+    }
+    for (d in 1:D) {
+      for (e in d:D) {
+        F[:, j] = col(xc, d) .* col(xc, e);
+        j += 1;
+      }
+    }
+  }
+}
+
+parameters {
+  simplex[K] theta;                        // mixing weights (canonical name: pi)
+  ordered[n_w_ordered] w_first_ordered;    // first slope of each component, when ordered by it
+  matrix[K, d_w_free] w_free;
+  ordered[n_b_ordered] b_ordered;
+  vector[n_b_free] b_free;
+  vector<lower=0, upper=sigma_upper>[n_sigma] sigma;
+}
+
+transformed parameters {
+  matrix[K, D] w;
+  vector[has_intercept ? K : 0] b;
+  if (ordering == 2) {
+    w = append_col(w_first_ordered, w_free);
+  } else {
+    w = w_free;
+  }
+  if (ordering == 1) {
+    b = b_ordered;
+  } else {
+    b = b_free;
+  }
+}
+
+model {
+  target += dirichlet_lpdf(theta | alpha);
+  target += normal_lpdf(to_vector(w) | slope_mu, slope_sd);
+  if (has_intercept) {
+    target += normal_lpdf(b | intercept_mu, intercept_sd);
+  }
+  if (sigma_family == 1) {
+    target += uniform_lpdf(sigma | 0, sigma_scale);
+  } else {
+    target += normal_lpdf(sigma | 0, sigma_scale) + n_sigma * log2();
+  }
+  target += log_order_constant;
+
+  {
+    // C[j, k]: each feature's coefficient in log(theta_k) + log N(y | mu_k, sigma_k) (less the
+    // -log(2 pi)/2 shared by all components), so that L = F C in one matrix product.
+    vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);
+    vector[K] h = -0.5 * inv_square(sigma_k);
+    vector[K] a = -rep_vector(y_mean, K);
+    if (D > 0) {
+      a += w * x_mean';
+    }
+    if (has_intercept) {
+      a += b;
+    }
+    matrix[P, K] C;
+    C[1] = h';
+    C[2] = (-2 * a .* h)';
+    C[3] = (log(theta) - log(sigma_k) + square(a) .* h)';
+    {
+      int j = 4;
+      for (d in 1:D) {
+        C[j] = (-2 * col(w, d) .* h)';
+        C[j + 1] = (2 * a .* col(w, d) .* h)';
+        j += 2;
+      }
+      for (d in 1:D) {
+        for (e in d:D) {
+          C[j] = ((d == e ? 1 : 2) * col(w, d) .* col(w, e) .* h)';
+          j += 1;
+        }
+      }
+    }
+    matrix[N, K] L = F * C;
+    vector[N] lse = col(L, 1);
+    for (k in 2:K) {
+      lse = log_sum_exp(lse, col(L, k));
+    }
+    target += sum(lse) + normal_constant;
+  }
+}

@@ -16,14 +16,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.base import FitSettings
+from backends.base import FitSettings, stopwatch
 from models.errors import MixbenchError
 
 CELLS_FILE = "cells.jsonl"
@@ -173,15 +172,15 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         from backends import get_backend
         from bench.metrics import evaluate
 
-        with _timed(row, "t_data"):
+        with stopwatch(row, "t_data"):
             spec, dataset = load_cell_data(cell)
         row["N"] = dataset.N
         row["K"] = spec.K
         row["D"] = spec.D
         settings = FitSettings.from_dict(cell.settings)
-        with _timed(row, "t_backend_import"):
+        with stopwatch(row, "t_backend_import"):
             backend = get_backend(cell.backend)
-        with _timed(row, "t_fit"):
+        with stopwatch(row, "t_fit"):
             fit = backend.fit(spec, dataset, cell.method, settings, seed=cell.seed)
         metrics_start = time.perf_counter()
         row.update({**evaluate(fit, truth=dataset.truth), **cell_ids(cell)})
@@ -197,15 +196,6 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         row.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=8))
     row["time_cell"] = time.perf_counter() - start
     return row
-
-
-@contextmanager
-def _timed(row: dict[str, Any], name: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        row[name] = time.perf_counter() - start
 
 
 def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, Any]:

@@ -26,6 +26,14 @@ def make_data(spec: MixtureSpec, n: int = 200, seed: int = 0):
     return x, y
 
 
+@pytest.fixture(scope="module")
+def backend(request):
+    """The backend named by the test module's BACKEND constant, one instance per module."""
+    from backends import get_backend
+
+    return get_backend(request.module.BACKEND)
+
+
 @pytest.fixture(params=list(AGREEMENT_SPECS), ids=list(AGREEMENT_SPECS))
 def agreement_spec(request) -> MixtureSpec:
     return AGREEMENT_SPECS[request.param]

@@ -6,19 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from backends import get_backend
 from backends.base import FitSettings
 from backends.numpyro import NumPyroBackend, _log_density_fn
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
 
+BACKEND = "numpyro"  # read by the shared `backend` fixture (tests/conftest.py)
+
 FORUM = get_scenario("forum")
 # Short chains: at N = 3000 the forum posterior is narrow and NUTS mixes within a few hundred draws.
 NUTS_SETTINGS = FitSettings(chains=2, warmup=300, draws=300)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("numpyro")
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from backends import get_backend
 from backends.base import FitSettings
 from models import MixbenchError, get_scenario, log_density
+
+BACKEND = "numpyro"  # read by the shared `backend` fixture (tests/conftest.py)
 
 VI_METHODS = ["advi-meanfield", "advi-fullrank", "advi-minibatch-meanfield", "advi-minibatch-fullrank",
               "pathfinder"]
@@ -18,11 +19,6 @@ ORDERED = FORUM.spec.with_(ordering="slope")
 # Adam at 0.01 for 3000 updates: enough on this data for every method (facts.md: PyMC's default
 # optimiser fails here, adam(0.01) does not). Minibatches of 128 of the 2000 points.
 RECOVERY = FitSettings(optimizer="adam", learning_rate=0.01, vi_iterations=3000, vi_draws=500, batch_size=128)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("numpyro")
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,14 @@ import itertools
 import numpy as np
 import pytest
 
-from backends import get_backend
 from backends.base import FitSettings
 from models import Dataset, MixbenchError, get_scenario, log_density
+
+BACKEND = "pymc"  # read by the shared `backend` fixture (tests/conftest.py)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 SHORT = FitSettings(chains=2, warmup=500, draws=500)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("pymc")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from backends import get_backend
 from backends.base import FitSettings
 from models import Dataset, MixbenchError, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, make_data
+
+BACKEND = "pymc"  # read by the shared `backend` fixture (tests/conftest.py)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
                                         "ignore::RuntimeWarning")
@@ -18,11 +19,6 @@ QUICK = FitSettings(vi_iterations=300, vi_draws=60, batch_size=64, optimizer="ad
 # The forum truth, ordered by slope: components -1 and 3, shared sigma 0.1.
 ORDERED = get_scenario("forum").spec.with_(ordering="slope")
 ORDERED_TRUTH = {"w": np.array([[-1.0], [3.0]]), "sigma": np.array(0.1), "pi": np.array([0.5, 0.5])}
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("pymc")
 
 
 @pytest.fixture(scope="module")

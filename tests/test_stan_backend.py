@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from backends import FitSettings, get_backend
+from backends import FitSettings
 from backends.stan import (
     NO_CMDSTAN,
     cmdstan_path,
@@ -20,6 +20,8 @@ from backends.stan import (
 )
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, make_data
+
+BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
 
 pytestmark = pytest.mark.stan
 
@@ -42,11 +44,6 @@ def assert_recovers_forum_truth(fit, truth):
         np.testing.assert_allclose(w[list(perm)], truth["w"], atol=0.05)
         sigma = float(post["sigma"].sel(chain=chain).mean("draw"))
         assert abs(sigma - float(truth["sigma"])) < 0.1 * float(truth["sigma"])
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("stan")
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,13 @@ from backends.stan import (
 from models import Dataset, MixtureSpec, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, make_data
 
+BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
+
 pytestmark = pytest.mark.stan
 
 needs_cmdstan = pytest.mark.skipif(cmdstan_path() is None, reason=NO_CMDSTAN)
 NOT_NUTS = [m for m in METHODS if m != "nuts" and not m.startswith("advi-minibatch")]
 VI_METHODS = ["advi-meanfield", "advi-fullrank", "pathfinder"]
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return get_backend("stan")
 
 
 @pytest.fixture(scope="module")

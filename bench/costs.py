@@ -58,15 +58,16 @@ def _size_label(n) -> str:
 
 
 def gradient_cost_table(records: pd.DataFrame) -> pd.DataFrame:
-    """backend / engine / precision x (K, N): milliseconds per log density + gradient (median)."""
+    """backend / engine / precision x (K, N): milliseconds per log density + gradient (median
+    over rounds; over sessions, the median of the sessions' medians)."""
     if records.empty:
         return pd.DataFrame()
     frame = records.assign(ms=1e3 * _num(records, "stats_median"), N=_num(records, "N"), K=_num(records, "K"))
     frame = frame.dropna(subset=["ms", "N", "K"])
     if frame.empty:
         return pd.DataFrame()
-    # The latest measurement of each case wins (several JSON files may repeat one).
-    frame = frame.drop_duplicates(subset=[*ENGINE_KEYS, "K", "N"], keep="last")
+    # Several sessions (JSON files) of one case: the median of their medians, so one session
+    # disturbed by other load on a shared machine does not decide the number.
     table = frame.pivot_table(index=ENGINE_KEYS, columns=["K", "N"], values="ms", aggfunc="median")
     table = table.sort_index(axis=1)
     table.columns = [f"K={int(k)} N={_size_label(n)} ms" for k, n in table.columns]
@@ -77,9 +78,10 @@ def figure_gradient_cost(records: pd.DataFrame, path: Path) -> Path | None:
     if records.empty or "N" not in records:
         return None
     frame = records.assign(ms=1e3 * _num(records, "stats_median"), N=_num(records, "N"), K=_num(records, "K"))
-    frame = frame.dropna(subset=["ms", "N", "K"]).drop_duplicates(subset=[*ENGINE_KEYS, "K", "N"], keep="last")
+    frame = frame.dropna(subset=["ms", "N", "K"])
     if frame.empty:
         return None
+    frame = frame.groupby([*ENGINE_KEYS, "K", "N"], as_index=False)["ms"].median()
     ks = sorted(frame["K"].unique())
     plt = _plt()
     fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 4.2), squeeze=False, sharey=True)

@@ -43,17 +43,31 @@ def preload_modules(cells: list[Cell]) -> list[str]:
     return modules
 
 
+# The parent's environment when it started the forkserver (the server's own environment then).
+_server_environ: dict[str, str] | None = None
+
+
+def _environ_changes() -> tuple[dict[str, str], list[str]]:
+    """What the parent changed in its environment since the forkserver started: (set, unset)."""
+    base = _server_environ or {}
+    current = dict(os.environ)
+    return ({k: v for k, v in current.items() if base.get(k) != v}, [k for k in base if k not in current])
+
+
 def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: float | None = None,
-            environ: dict[str, str] | None = None) -> None:
+            environ_changes: tuple[dict[str, str], list[str]] | None = None) -> None:
     # The wall clock (shared by both processes) from the parent's start() to here: starting the
     # process and whatever it imports before it can run (all of it under spawn; under a
     # forkserver, the server's start and imports for the run's first cell, a fork afterwards).
     startup = time.time() - launched if launched is not None else None
-    if environ is not None:
-        # A forkserver's children inherit the server's environment, which may predate the
-        # parent's current one; a spawned child would have had the parent's.
-        os.environ.clear()
-        os.environ.update(environ)
+    if environ_changes is not None:
+        # A forkserver's children inherit the server's environment: apply what the parent has
+        # changed since, as a spawned child would see it. What the server's imports set (the
+        # NumPyro backend's XLA_FLAGS for one CPU device per core) stays.
+        changed, unset = environ_changes
+        for key in unset:
+            os.environ.pop(key, None)
+        os.environ.update(changed)
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
     cell = Cell.from_dict(cell_dict)
@@ -93,10 +107,13 @@ class LocalProcessExecutor:
         self._context = mp.get_context(start_method)
 
     def run(self, cells: list[Cell], options: RunOptions, on_row: RowFn, progress=None) -> None:
+        global _server_environ
         if self.start_method == "forkserver" and cells:
             # Takes effect when the server starts (at the first cell of the first run in this
             # process); a server already running keeps what it imported.
             self._context.set_forkserver_preload(preload_modules(cells))
+            if _server_environ is None:
+                _server_environ = dict(os.environ)
         pending = list(cells)
         active: dict[int, tuple[Cell, Any, Any, float]] = {}
         try:
@@ -108,7 +125,7 @@ class LocalProcessExecutor:
                     proc = self._context.Process(
                         target=_worker,
                         args=(cell.to_dict(), str(options.out_dir), options.save_draws, sender, time.time(),
-                              dict(os.environ)),
+                              _environ_changes() if self.start_method == "forkserver" else None),
                         name=f"mixbench-{cell.id}",
                     )
                     proc.start()

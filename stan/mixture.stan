@@ -12,7 +12,7 @@
 // and the log-sum-exp over components from one categorical_logit_glm_lpmf call, so reverse mode
 // keeps no autodiff node per observation. Expanding the squared residual costs rounding: about
 // 1e-16 (spread of the centred y and x . w)^2 / sigma^2 per observation, e.g. 1e-13 on the
-// forum data; the exact-by-construction alternative is scaled_product_glm (about 1.7x slower).
+// forum data; the exact-by-construction alternative is scaled_product_glm (about 2x slower).
 //
 // Written for Stan 2.35 and later (nothing newer is used).
 data {

@@ -244,6 +244,13 @@ def test_gradient_cost_table_is_milliseconds_by_k_and_n(tmp_path):
     assert compiles.iloc[0]["cold compile s"] == 61.0 and compiles.iloc[0]["warm compile s"] == 0.4
 
 
+def test_gradient_cost_over_sessions_is_the_median_of_their_medians():
+    extra = {"kind": "gradient-cost", "backend": "stan", "engine": "pystan", "precision": "float64", "K": 2,
+             "N": 1000}
+    records = pd.DataFrame([cost_record(_benchmark(extra, m)) for m in (1e-3, 5e-3, 2e-3)])
+    assert gradient_cost_table(records).iloc[0]["K=2 N=1e3 ms"] == pytest.approx(2.0)
+
+
 def test_report_from_cost_benchmarks_alone_has_the_cost_sections(tmp_path):
     paths = write_report([_cost_json(tmp_path / "b.json")], tmp_path / "report")
     text = paths["markdown"].read_text()
@@ -318,6 +325,22 @@ def test_harness_rows_time_startup_fit_and_total(tmp_path):
     assert row["t_startup"] > 0  # a spawned interpreter never starts in no time
     assert row["t_fit"] + row["t_data"] + row["time_metrics"] <= row["time_cell"]
     assert row["t_startup"] + row["time_cell"] <= row["time_total"]
+
+
+def test_forkserver_cells_see_the_parents_current_environment(tmp_path, monkeypatch):
+    """Cells fork from a server started earlier; a variable the parent sets afterwards reaches
+    them, as it would reach a spawned process."""
+    from bench.executors import LocalProcessExecutor, preload_modules
+    from bench.harness import RunOptions, make_grid
+    from tests.fake_backends import MARKER_ENV, executions
+
+    cells = make_grid(["forum-small"], [FAKE], ["nuts"], [0, 1], settings={"chains": 1, "draws": 20}, n=100)
+    assert "tests.fake_backends" in preload_modules(cells) and "bench.metrics" in preload_modules(cells)
+    for seed, name in enumerate(("first.txt", "second.txt")):
+        monkeypatch.setenv(MARKER_ENV, str(tmp_path / name))
+        LocalProcessExecutor().run(cells[seed:seed + 1], RunOptions(out_dir=tmp_path / "out"), lambda row: None)
+    assert executions(tmp_path / "first.txt") == ["quick:0"]
+    assert executions(tmp_path / "second.txt") == ["quick:1"]
 
 
 def test_cli_accepts_several_sizes_and_makes_one_cell_per_size():

@@ -217,7 +217,8 @@ class Backend(ABC):
         NumPy (a float and an array of x0's shape) and blocks until its result exists. x0 is the
         engine's unconstrained image of ``backends.gradients.fixed_point(spec, dataset)``.
         """
-        raise NotImplementedError(f"backend {self.name!r} has no gradient function")
+        # Optional for plug-in backends: only the gradient-cost benchmark needs it.
+        raise MixbenchError(f"backend {self.name!r}: has no gradient function (needed by the gradient-cost benchmark)")
 
     @abstractmethod
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:

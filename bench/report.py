@@ -86,7 +86,8 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
     # Cost benchmarks alone (no cells) still make a report: an empty frame with the keys.
     frame = (pd.DataFrame(list(rows.values())) if rows
              else pd.DataFrame({c: pd.Series(dtype=object) for c in ["cell_id", "status", *CELL_KEYS]}))
-    frame["setup"] = _col(frame, "setup").fillna("default")
+    setups = _col(frame, "setup").astype(object)
+    frame["setup"] = setups.where(setups.notna(), "default")
     # Figures label a fit by backend / method, and its setup on wrapped lines when not the default.
     setup = frame["setup"].map(lambda s: "" if s == "default" else "\n" + "\n".join(textwrap.wrap(f"[{s}]", 48)))
     frame["fit"] = frame["backend"].astype(str) + " / " + frame["method"].astype(str) + setup

@@ -37,3 +37,15 @@ def backend(request):
 @pytest.fixture(params=list(AGREEMENT_SPECS), ids=list(AGREEMENT_SPECS))
 def agreement_spec(request) -> MixtureSpec:
     return AGREEMENT_SPECS[request.param]
+
+
+def assert_canonical_draws(draws, spec: MixtureSpec, chains: int, n_draws: int) -> None:
+    """The canonical DataTree of ARCHITECTURE.md: names, dims and shapes from the spec."""
+    post = draws["posterior"]
+    assert set(post.data_vars) == set(spec.param_shapes())
+    for name, dims in spec.param_dims().items():
+        assert post[name].dims == ("chain", "draw", *dims)
+        assert post[name].shape == (chains, n_draws, *spec.param_shapes()[name])
+    assert list(post["component"].values) == list(range(spec.K))
+    np.testing.assert_allclose(post["pi"].sum("component"), 1.0, atol=1e-12)
+    assert float(post["sigma"].min()) > 0

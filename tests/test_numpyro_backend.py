@@ -8,6 +8,7 @@ import pytest
 
 from backends.base import FitSettings
 from backends.numpyro import NumPyroBackend, _log_density_fn
+from tests.conftest import assert_canonical_draws
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
 
 BACKEND = "numpyro"  # read by the shared `backend` fixture (tests/conftest.py)
@@ -50,13 +51,7 @@ def test_nuts_recovers_forum_truth_per_chain(forum_fit):
 
 def test_nuts_output_is_canonical(forum_fit):
     tree = forum_fit.draws
-    post = tree.posterior
-    assert set(post.data_vars) == {"w", "sigma", "pi"}
-    assert post["w"].dims == ("chain", "draw", "component", "covariate")
-    assert post["w"].shape == (2, 300, 2, 1)
-    assert post["sigma"].dims == ("chain", "draw")
-    assert post["pi"].dims == ("chain", "draw", "component")
-    np.testing.assert_allclose(post["pi"].sum("component").values, 1.0, atol=1e-12)
+    assert_canonical_draws(tree, FORUM.spec, chains=2, n_draws=300)
     stats = tree.sample_stats
     for name in ("diverging", "n_steps", "tree_depth", "lp", "energy", "acceptance_rate", "step_size"):
         assert stats[name].dims == ("chain", "draw"), name

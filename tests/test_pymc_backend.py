@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from backends.base import FitSettings
+from tests.conftest import assert_canonical_draws
 from models import Dataset, MixbenchError, get_scenario, log_density
 
 BACKEND = "pymc"  # read by the shared `backend` fixture (tests/conftest.py)
@@ -60,13 +61,7 @@ def test_nuts_recovers_forum_truth(nutpie_fit, forum):
 def test_nuts_output_is_canonical(nutpie_fit, forum):
     spec, _ = forum
     draws = nutpie_fit.draws
-    post = draws.posterior
-    assert set(post.data_vars) == {"w", "sigma", "pi"}
-    assert post["w"].dims == ("chain", "draw", "component", "covariate")
-    assert post["w"].shape == (2, 500, 2, 1)
-    assert post["sigma"].dims == ("chain", "draw")
-    assert post["pi"].dims == ("chain", "draw", "component")
-    np.testing.assert_allclose(post["pi"].sum("component"), 1.0)
+    assert_canonical_draws(draws, spec, chains=2, n_draws=500)
     stats = draws.sample_stats
     for name in ("diverging", "n_steps", "tree_depth", "lp"):
         assert stats[name].dims == ("chain", "draw")

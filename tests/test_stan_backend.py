@@ -19,7 +19,7 @@ from backends.stan import (
     stan_parameters,
 )
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
-from tests.conftest import AGREEMENT_SPECS, make_data
+from tests.conftest import AGREEMENT_SPECS, assert_canonical_draws, make_data
 
 BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
 
@@ -102,13 +102,7 @@ def test_canonical_names_dims_and_shapes(backend, scenario_name):
     assert fit.status == "ok", fit.reason
     post = fit.draws["posterior"]
     spec = scenario.spec
-    assert set(post.data_vars) == set(spec.param_shapes())
-    for name, dims in spec.param_dims().items():
-        assert post[name].dims == ("chain", "draw", *dims)
-        assert post[name].shape == (1, 30, *spec.param_shapes()[name])
-    assert list(post["component"].values) == list(range(spec.K))
-    np.testing.assert_allclose(post["pi"].sum("component"), 1.0, atol=1e-12)
-    assert float(post["sigma"].min()) > 0
+    assert_canonical_draws(fit.draws, spec, chains=1, n_draws=30)
     if spec.ordering == "intercept":
         assert bool((post["b"].diff("component") > 0).all())
 

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache, partial
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -30,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers, optim
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer import NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
@@ -321,8 +322,6 @@ def _phase(timings: dict[str, float], phase: str):
 # ----------------------------------------------------------------------------------------------
 # The backend
 
-_NUTS_FIELDS = ("num_steps", "potential_energy", "energy", "accept_prob", "adapt_state.step_size")
-
 # Optimiser names (PyMC's where they overlap) -> NumPyro optimisers, given the learning rate.
 _OPTIMIZERS: dict[str, Callable[[float], Any]] = {
     "adam": optim.Adam,
@@ -339,6 +338,7 @@ class NumPyroBackend(Backend):
 
     def __init__(self):
         self._programs: dict[tuple, _SVIProgram] = {}
+        self._nuts_cache: dict[str, _NUTSPrograms] = {}
 
     def versions(self) -> dict[str, str]:
         return package_versions("numpyro", "jax", "jaxlib", "blackjax")
@@ -409,36 +409,32 @@ class NumPyroBackend(Backend):
         return "sequential"
 
     def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
-        timings: dict[str, float] = {"compile": 0.0}
+        timings: dict[str, float] = {}
         chain_method = self.chain_method(settings)
         with _precision(settings.precision):
             x, y = _device_data(dataset, settings.precision)
-            kernel = NUTS(partial(mixture_model, spec), target_accept_prob=settings.target_accept,
-                          max_tree_depth=settings.max_treedepth)
-            mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws,
-                        num_chains=settings.chains, chain_method=chain_method, progress_bar=False)
-            warmup_key, sample_key = random.split(random.PRNGKey(seed))
-            # Phases. compile: JAX tracing and compiling, wherever it happens (see _phase).
-            # warmup: finding each chain's initial point, the step-size search, and the adaptation
-            # iterations. sampling: the kept iterations, from the post-warm-up state.
-            # extraction: device to NumPy, canonical names, DataTree.
-            # MCMC builds fresh closures on every warmup()/run() call, so JAX recompiles its loops
-            # each time: there is no compiled program to keep between fits, and every fit's
-            # compile time is its own.
-            warmup_steps = 0
-            if settings.warmup > 0:
-                with _phase(timings, "warmup"):
-                    mcmc.warmup(warmup_key, x, y, extra_fields=_NUTS_FIELDS, collect_warmup=True)
-                    jax.block_until_ready(mcmc.post_warmup_state)
-                warmup_steps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
-            else:
-                timings["warmup"] = 0.0
-            with _phase(timings, "sampling"):
-                mcmc.run(sample_key, x, y, extra_fields=_NUTS_FIELDS)
-                jax.block_until_ready(mcmc.last_state)
+            # Phases. compile: building or loading the two programs (backends/jax_programs.py:
+            # a later process loads them from disk, with no tracing, lowering or compiling).
+            # warmup: each chain's initial point and the adaptation iterations. sampling: the
+            # kept iterations, from the post-warm-up state. extraction: device to NumPy,
+            # canonical names, DataTree.
+            with stopwatch(timings, "compile"):
+                programs = self._nuts_programs(spec, dataset.N, settings, chain_method, x, y)
+            keys = random.split(random.PRNGKey(seed), settings.chains)
+            try:
+                state, warmup_stats, samples, stats = programs.run(keys, x, y, timings)
+            except jax.errors.JaxRuntimeError:
+                if not programs.loaded:
+                    raise
+                # A stored program that no longer runs (see backends/jax_programs.py): compile
+                # it afresh, once, and charge that to compile.
+                programs.discard()
+                self._nuts_cache.pop(programs.description_key, None)
+                with stopwatch(timings, "compile"):
+                    programs = self._nuts_programs(spec, dataset.N, settings, chain_method, x, y)
+                state, warmup_stats, samples, stats = programs.run(keys, x, y, timings)
             with stopwatch(timings, "extraction"):
-                samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
-                stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+                samples, stats, warmup_stats = jax.device_get((samples, stats, warmup_stats))
                 engine_dtype = str(np.asarray(samples["sigma"]).dtype)
                 lead = (settings.chains, settings.draws)
                 n_steps = np.asarray(stats["num_steps"])
@@ -451,19 +447,29 @@ class NumPyroBackend(Backend):
                     "lp": -np.asarray(stats["potential_energy"]),
                     "energy": np.asarray(stats["energy"]),
                     "acceptance_rate": np.asarray(stats["accept_prob"]),
-                    "step_size": np.asarray(stats["adapt_state.step_size"]),
+                    "step_size": np.asarray(stats["step_size"]),
                 }
                 draws = canonical_datatree(
                     spec, _canonical(spec, samples, lead), sample_stats,
                     attrs={"/": {"backend": self.name, "engine": ENGINE, "method": "nuts",
                                  "chain_method": chain_method, "precision": settings.precision,
-                                 "engine_dtype": engine_dtype}},
+                                 "engine_dtype": engine_dtype,
+                                 "programs": "loaded" if programs.loaded else "compiled"}},
                 )
+        warmup_steps = int(np.sum(warmup_stats["num_steps"]))
         return Fit(
             backend=self.name, method="nuts", status="ok", engine=ENGINE, draws=draws, timings=timings,
             precision=settings.precision, grad_evals=warmup_steps + int(n_steps.sum()),
             divergences=int(sample_stats["diverging"].sum()),
         )
+
+    def _nuts_programs(self, spec: MixtureSpec, N: int, settings: FitSettings, chain_method: str,
+                       x, y) -> "_NUTSPrograms":
+        description = _NUTSPrograms.describe(spec, N, settings, chain_method, y.dtype)
+        description_key = json.dumps(description, sort_keys=True)
+        if description_key not in self._nuts_cache:
+            self._nuts_cache[description_key] = _NUTSPrograms(spec, settings, chain_method, x, y, description)
+        return self._nuts_cache[description_key]
 
     # -- SVI: ADVI (mean-field, full-rank, minibatch) and MAP -----------------------------------
 
@@ -572,6 +578,100 @@ _GUIDES = {
     "advi-minibatch-fullrank": AutoMultivariateNormal,
     "map": AutoDelta,
 }
+
+
+class _NUTSPrograms:
+    """NumPyro's NUTS for one (spec, N, settings, chain method, precision) as two compiled
+    programs over all chains: warm-up (each chain's initial point, then the adaptation
+    iterations) and sampling (the kept iterations from the post-warm-up state).
+
+    The kernel is NumPyro's NUTS with its defaults (diagonal mass matrix adapted in windows, dual
+    averaging of the step size), driven as ``MCMC`` drives it: ``init`` then ``sample`` in a
+    loop. Chains run on one device each with ``pmap`` (parallel), or one after another inside
+    one program (sequential). Written this way, not through ``MCMC``, so that the programs can
+    be stored whole (backends/jax_programs.py): ``MCMC`` builds fresh closures on every call and
+    has to trace and lower them again in every process.
+    """
+
+    SOURCES = (Path(__file__), Path(__file__).with_name("jax_programs.py"),
+               Path(__file__).parents[1] / "models" / "spec.py")
+
+    def __init__(self, spec: MixtureSpec, settings: FitSettings, chain_method: str, x, y, description: dict):
+        from backends import jax_programs
+
+        self.description_key = json.dumps(description, sort_keys=True)
+        self.kernel = NUTS(partial(mixture_model, spec), target_accept_prob=settings.target_accept,
+                           max_tree_depth=settings.max_treedepth)
+        self.num_warmup, self.num_draws, self.chains = settings.warmup, settings.draws, settings.chains
+        if chain_method == "parallel":
+            self.devices = jax.devices()[: settings.chains]
+            over_chains = partial(jax.pmap, in_axes=(0, None, None), devices=self.devices)
+        else:
+            self.devices = jax.devices()[:1]
+
+            def over_chains(one_chain):
+                return jax.jit(lambda batch, x, y: lax.map(lambda item: one_chain(item, x, y), batch))
+
+        self.warmup_fn = over_chains(self._warmup_chain)
+        self.sampling_fn = over_chains(self._sampling_chain)
+        keys = jax.ShapeDtypeStruct((settings.chains, 2), jnp.uint32)
+        self.keys = {name: jax_programs.program_key({**description, "program": name}, self.SOURCES, self.devices)
+                     for name in ("warmup", "sampling")}
+        self.warmup = jax_programs.load_or_compile(
+            self.keys["warmup"], lambda: self.warmup_fn.lower(keys, x, y), self.devices)
+
+        def lower_sampling():
+            state = jax.eval_shape(self.warmup_fn, keys, x, y)[0]
+            return self.sampling_fn.lower(state, x, y)
+
+        self.sampling = jax_programs.load_or_compile(self.keys["sampling"], lower_sampling, self.devices)
+
+    @staticmethod
+    def describe(spec: MixtureSpec, N: int, settings: FitSettings, chain_method: str, dtype) -> dict:
+        """Everything the two programs depend on besides the code (the program key adds that)."""
+        return {"spec": spec.to_dict(), "N": int(N), "dtype": str(dtype), "chain_method": chain_method,
+                "chains": settings.chains, "warmup": settings.warmup, "draws": settings.draws,
+                "target_accept": settings.target_accept, "max_treedepth": settings.max_treedepth}
+
+    @property
+    def loaded(self) -> bool:
+        return self.warmup.loaded and self.sampling.loaded
+
+    def discard(self) -> None:
+        from backends import jax_programs
+
+        for key in self.keys.values():
+            jax_programs.discard(key)
+
+    @staticmethod
+    def _fields(state) -> dict:
+        return {"num_steps": state.num_steps, "potential_energy": state.potential_energy,
+                "energy": state.energy, "accept_prob": state.accept_prob,
+                "step_size": state.adapt_state.step_size, "diverging": state.diverging}
+
+    def _iterate(self, state, x, y, length: int, keep_position: bool):
+        def step(state, _):
+            state = self.kernel.sample(state, (x, y), {})
+            return state, ((state.z if keep_position else None), self._fields(state))
+        return lax.scan(step, state, None, length=length)
+
+    def _warmup_chain(self, key, x, y):
+        state = self.kernel.init(key, self.num_warmup, None, (x, y), {})
+        state, (_, fields) = self._iterate(state, x, y, self.num_warmup, keep_position=False)
+        return state, fields
+
+    def _sampling_chain(self, state, x, y):
+        constrain = self.kernel.postprocess_fn((x, y), {})
+        state, (positions, fields) = self._iterate(state, x, y, self.num_draws, keep_position=True)
+        return state, jax.vmap(constrain)(positions), fields
+
+    def run(self, keys, x, y, timings: dict[str, float]):
+        """Warm-up then sampling, each timed to its results being ready."""
+        with stopwatch(timings, "warmup"):
+            state, warmup_stats = jax.block_until_ready(self.warmup(keys, x, y))
+        with stopwatch(timings, "sampling"):
+            state, samples, stats = jax.block_until_ready(self.sampling(state, x, y))
+        return state, warmup_stats, samples, stats
 
 
 class _SVIProgram:

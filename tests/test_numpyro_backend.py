@@ -126,3 +126,76 @@ def test_forum_replay_likelihoods_are_unsupported_not_raised(backend, forum_data
 def test_other_nuts_samplers_are_unsupported(backend, forum_data):
     fit = backend.fit(FORUM.spec, forum_data, "nuts", FitSettings(sampler="nutpie"))
     assert fit.status == "unsupported" and "nutpie" in fit.reason
+
+
+# -- NUTS programs stored whole (backends/jax_programs.py) ---------------------------------------
+
+SMALL_NUTS = FitSettings(chains=2, warmup=40, draws=30)
+
+
+@pytest.fixture
+def program_store(monkeypatch, tmp_path):
+    """An empty program store for this test (the store lives under XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from backends.jax_programs import programs_dir
+
+    return programs_dir()
+
+
+def test_nuts_programs_are_stored_then_loaded_with_identical_draws(program_store, forum_data):
+    first = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    assert first.ok, first.reason
+    assert first.draws.attrs["programs"] == "compiled"
+    assert len(list(program_store.glob("*.pkl"))) == 2  # warm-up and sampling
+    # A new backend has no program in memory: it must load both from disk, and they must be the
+    # same programs (same draws, bit for bit).
+    again = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    assert again.draws.attrs["programs"] == "loaded"
+    for name in ("w", "sigma", "pi"):
+        np.testing.assert_array_equal(again.draws.posterior[name].values, first.draws.posterior[name].values)
+    np.testing.assert_array_equal(again.draws.sample_stats["n_steps"].values,
+                                  first.draws.sample_stats["n_steps"].values)
+    assert again.grad_evals == first.grad_evals
+
+
+def test_nuts_program_key_follows_every_setting_that_shapes_the_program(program_store, forum_data):
+    backend = NumPyroBackend()
+    backend.fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    longer = FitSettings(chains=2, warmup=40, draws=31)
+    fit = backend.fit(FORUM.spec, forum_data, "nuts", longer, seed=3)
+    assert fit.draws.attrs["programs"] == "compiled"
+    assert fit.draws.posterior.sizes["draw"] == 31
+    assert len(list(program_store.glob("*.pkl"))) == 4
+    # The data are arguments, not constants: new data of the same size reuse the programs.
+    other = FORUM.simulate(seed=12, N=forum_data.N)
+    reuse = NumPyroBackend().fit(FORUM.spec, other, "nuts", SMALL_NUTS, seed=3)
+    assert reuse.draws.attrs["programs"] == "loaded"
+
+
+def test_unreadable_stored_program_is_compiled_again(program_store, forum_data):
+    NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    for path in program_store.glob("*.pkl"):
+        path.write_bytes(b"torn")
+    fit = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    assert fit.ok and fit.draws.attrs["programs"] == "compiled"
+    assert all(path.stat().st_size > 1000 for path in program_store.glob("*.pkl"))
+
+
+def test_stored_program_that_fails_to_run_is_dropped_and_recompiled(program_store, forum_data, monkeypatch):
+    from backends import numpyro as numpyro_backend
+
+    reference = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    real_run = numpyro_backend._NUTSPrograms.run
+    failures = []
+
+    def run(self, *args):
+        if self.loaded:  # what XLA raises when a stored executable lacks a kernel
+            failures.append(self.keys)
+            raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion not found (type id: 1)")
+        return real_run(self, *args)
+
+    monkeypatch.setattr(numpyro_backend._NUTSPrograms, "run", run)
+    fit = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    assert len(failures) == 1
+    assert fit.ok and fit.draws.attrs["programs"] == "compiled"
+    np.testing.assert_array_equal(fit.draws.posterior["w"].values, reference.draws.posterior["w"].values)

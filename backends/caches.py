@@ -19,8 +19,11 @@ compile-cache benchmark points a process at empty caches.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from pathlib import Path
+from typing import Sequence
 
 
 JAX_CACHE_MAX_BYTES = 2 * 1024**3
@@ -50,3 +53,24 @@ def enable_jax_compilation_cache() -> Path | None:
     if jax.config.jax_compilation_cache_max_size == -1:
         jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
     return Path(jax.config.jax_compilation_cache_dir)
+
+
+def source_digest(paths: Sequence[Path]) -> str:
+    """One hash of the named source files: a cached artefact built from them is stale once any
+    of them changes."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cpu_signature() -> str:
+    """The CPU machine code is compiled for: its model and feature flags where the system says
+    them (a cache shared between machines must not hand one CPU's code to another)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = sorted({line for line in lines if line.startswith(("model name", "flags"))})
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import pickle
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from backends.base import package_versions
-from backends.caches import cache_root
+from backends.caches import cache_root, cpu_signature, source_digest
 
 FORMAT = 1
 
@@ -43,24 +42,6 @@ def programs_dir() -> Path:
     return cache_root() / "jax-programs"
 
 
-def _source_digest(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _cpu_signature() -> str:
-    """The CPU XLA compiled for: its model and feature flags, where the system says them."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return hashlib.sha256("\n".join(sorted(set(wanted))).encode()).hexdigest()
-
-
 def program_key(description: dict[str, Any], sources: Sequence[Path], devices: Sequence[Any]) -> str:
     """A file-name-safe key for one program: ``description`` (JSON-serialisable: what the caller
     builds, its shapes and settings), the source files that build it, the devices it runs on,
@@ -68,12 +49,12 @@ def program_key(description: dict[str, Any], sources: Sequence[Path], devices: S
     parts = {
         "format": FORMAT,
         "description": description,
-        "sources": _source_digest(sources),
+        "sources": source_digest(sources),
         "versions": package_versions("jax", "jaxlib", "numpyro"),
         "x64": bool(jax.config.jax_enable_x64),
         "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in devices],
         "platform_version": devices[0].client.platform_version,
-        "cpu": _cpu_signature(),
+        "cpu": cpu_signature(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

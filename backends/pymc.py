@@ -312,8 +312,11 @@ class _Compiled:
 
     def nutpie(self):
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
-        import nutpie
-        compiled_model = self._get("nutpie", lambda: nutpie.compile_pymc_model(self.model, backend="numba"))
+        from backends.nutpie_cache import compile_nutpie_model
+
+        description = {"spec": self.spec.to_dict(), "precision": self.precision,
+                       "data_shapes": {name: list(value.shape) for name, value in self.data.items()}}
+        compiled_model = self._get("nutpie", lambda: compile_nutpie_model(self.model, description, self.data))
         return compiled_model.with_data(**self.data)
 
 

@@ -1,6 +1,7 @@
 """The PyMC backend's NUTS: recovery, canonical output, engine choice, seeding, timings."""
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -160,3 +161,79 @@ def test_cached_model_follows_the_data(backend):
     for data in (first, second, first):
         assert backend.log_density(sc.spec, data, point) == pytest.approx(
             log_density(sc.spec, data.x, data.y, point), rel=1e-8)
+
+
+# -- nutpie's callbacks kept on disk (backends/nutpie_cache.py) ----------------------------------
+
+NUTPIE_SMALL = FitSettings(chains=2, warmup=60, draws=40)
+
+
+@pytest.fixture
+def fresh_nutpie_store(monkeypatch, tmp_path):
+    """An empty nutpie store (it lives under XDG_CACHE_HOME), and no compiled model in memory."""
+    from backends import pymc as pymc_backend
+    from backends.nutpie_cache import nutpie_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pymc_backend, "_CACHE", type(pymc_backend._CACHE)())
+    return nutpie_dir()
+
+
+def _forget_compiled_models():
+    from backends import pymc as pymc_backend
+
+    pymc_backend._CACHE.clear()
+
+
+def test_nutpie_callbacks_are_stored_then_loaded_with_identical_draws(backend, fresh_nutpie_store):
+    sc = get_scenario("forum")
+    data = sc.simulate(3, N=500)
+    first = backend.fit(sc.spec, data, "nuts", NUTPIE_SMALL, seed=4)
+    [entry] = list(fresh_nutpie_store.iterdir())
+    assert {"callbacks.py", "meta.pkl"} <= {p.name for p in entry.iterdir()}
+    assert len(list(entry.glob("__pycache__/*.nbc"))) == 2  # Numba kept both callbacks
+
+    _forget_compiled_models()
+    from backends.pymc import compiled
+
+    model = compiled(sc.spec, data).nutpie()
+    assert model.cache_hits == 2 and model.logp_func is None  # loaded: no PyTensor function built
+    again = backend.fit(sc.spec, data, "nuts", NUTPIE_SMALL, seed=4)
+    for name in ("w", "sigma", "pi"):
+        np.testing.assert_array_equal(again.draws.posterior[name].values, first.draws.posterior[name].values)
+
+
+@pytest.mark.parametrize("load_from_disk", [False, True])
+def test_nutpie_callbacks_read_the_current_data(backend, fresh_nutpie_store, load_from_disk):
+    # The callbacks read the data through pointers: a model compiled (or loaded) for one data set
+    # and given another must give that one's log density, the oracle's plus the Jacobian.
+    from backends.pymc import compiled
+
+    sc = get_scenario("forum")
+    first, second = sc.simulate(1, N=300), sc.simulate(2, N=300)
+    compiled(sc.spec, first).nutpie()
+    if load_from_disk:
+        _forget_compiled_models()
+    f, theta = backend.gradient_function(sc.spec, second, FitSettings(sampler="nutpie"))
+    reference, _ = backend.gradient_function(sc.spec, second, FitSettings(sampler="pymc"))
+    value, grad = f(theta)
+    expected_value, expected_grad = reference(theta)
+    assert value == pytest.approx(expected_value, rel=1e-10)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-8)
+    other_value, _ = backend.gradient_function(sc.spec, first, FitSettings(sampler="nutpie"))[0](theta)
+    assert other_value != pytest.approx(value, rel=1e-6)
+
+
+def test_torn_nutpie_store_is_compiled_again(backend, fresh_nutpie_store):
+    from backends.pymc import compiled
+
+    sc = get_scenario("forum")
+    data = sc.simulate(1, N=300)
+    compiled(sc.spec, data).nutpie()
+    [entry] = list(fresh_nutpie_store.iterdir())
+    (entry / "meta.pkl").write_bytes(b"torn")
+    _forget_compiled_models()
+    model = compiled(sc.spec, data).nutpie()
+    # Built afresh from PyMC (the callbacks' source is unchanged, so Numba's copies still serve).
+    assert model.logp_func is not None
+    assert pickle.loads((entry / "meta.pkl").read_bytes())["n_dim"] == model.n_dim

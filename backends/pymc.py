@@ -28,7 +28,12 @@ import xarray as xr
 from pymc.distributions.transforms import ordered
 from pytensor.graph.replace import graph_replace
 
+# Numba is PyTensor's default linker: loading its dispatch modules (and Numba) belongs to this
+# import, not to the first compile that would otherwise load them.
+import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
+
 from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from backends.pytensor_store import set_shared
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -219,6 +224,8 @@ class _Compiled:
     precision: str
     _fns: dict = field(default_factory=dict)
     compile_seconds: dict = field(default_factory=dict)
+    # Functions loaded from disk hold their own copies of the data (backends/pytensor_store.py).
+    _stored: list = field(default_factory=list)
     data: dict = field(default_factory=dict)
     data_key: str = ""
 
@@ -230,6 +237,8 @@ class _Compiled:
             if self.spec.D:
                 self.data["x"] = dataset.x.astype(dtype)
             pm.set_data(self.data, model=self.model)
+            for function in self._stored:
+                set_shared(function, self.data)
             self.data_key = key
         return self
 
@@ -310,6 +319,22 @@ class _Compiled:
         names += ["pi"] if self.spec.K > 1 else []
         return names
 
+    def logp_dlogp(self):
+        """PyMC's ValueGradFunction for its own NUTS (ravelled inputs), loaded from disk when
+        this model was compiled before (PyTensor's rewrites then run only once per model)."""
+        from backends.pytensor_store import load_or_build
+
+        def build():
+            description = {"function": "logp_dlogp", "spec": self.spec.to_dict(), "precision": self.precision,
+                           "data_shapes": {name: list(value.shape) for name, value in self.data.items()}}
+            function, loaded = load_or_build(description, lambda: self.model.logp_dlogp_function(ravel_inputs=True))
+            if loaded:
+                set_shared(function._pytensor_function, self.data)
+                self._stored.append(function._pytensor_function)
+            function.trust_input = True
+            return function
+        return self._get("logp_dlogp", build)
+
     def nutpie(self):
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
         from backends.nutpie_cache import compile_nutpie_model
@@ -342,6 +367,31 @@ def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") ->
 # --------------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------------
+
+def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
+    """``pm.init_nuts(init="jitter+adapt_diag")``, step for step, on the entry's stored
+    log density and gradient instead of one compiled afresh: jittered initial points (retried
+    until finite), a diagonal mass matrix adapted from their mean, and the NUTS step."""
+    from pymc.blocking import DictToArrayBijection
+    from pymc.sampling.mcmc import _init_jitter
+    from pymc.step_methods.hmc import quadpotential
+
+    model, logp_dlogp = entry.model, entry.logp_dlogp()
+
+    def model_logp(point) -> float:
+        flat, _ = DictToArrayBijection.map(point)
+        return logp_dlogp([flat], extra_vars={})[0]
+
+    initial_points = _init_jitter(model, None, seeds=chain_seeds, jitter=True, jitter_max_retries=10,
+                                  logp_fn=model_logp)
+    flat_points = [DictToArrayBijection.map(point).data for point in initial_points]
+    mean = np.mean(flat_points, axis=0)
+    potential = quadpotential.QuadPotentialDiagAdapt(len(mean), mean, np.ones_like(mean), 10, rng=chain_seeds[0])
+    step = pm.NUTS(potential=potential, model=model, rng=chain_seeds[0], initial_point=initial_points[0],
+                   logp_dlogp_func=logp_dlogp, target_accept=settings.target_accept,
+                   max_treedepth=settings.max_treedepth)
+    return initial_points, step
+
 
 def _concurrent_seconds(per_chain: np.ndarray, cores: int) -> float:
     """Wall seconds of a phase whose per-chain durations are ``per_chain``.
@@ -551,11 +601,7 @@ class PyMCBackend(Backend):
         rngs = np.random.default_rng(seed).spawn(settings.chains)
         chain_seeds = [int(rng.integers(2**30)) for rng in rngs]
         with entry.model, stopwatch(timings, "compile"):
-            initial_points, step = pm.init_nuts(
-                init="jitter+adapt_diag", chains=settings.chains, random_seed=chain_seeds,
-                progressbar=False, quiet=True, target_accept=settings.target_accept,
-                max_treedepth=settings.max_treedepth,
-            )
+            initial_points, step = _init_nuts(entry, chain_seeds, settings)
         start = time.perf_counter()
         with entry.model:
             trace = pm.sample(
@@ -791,10 +837,8 @@ def _nutpie_gradient(entry: _Compiled, dim: int, precision: str):
 
 def _pytensor_gradient(entry: _Compiled, dim: int, precision: str):
     """PyMC's ValueGradFunction on raveled inputs (PyTensor's default backend: Numba in PyTensor
-    3), called the way PyMC's NUTS integrator calls it (trusted input, extra values set once)."""
-    vgf = entry.model.logp_dlogp_function(ravel_inputs=True)
-    vgf.trust_input = True
-    function = vgf._pytensor_function
+    3), the one the pymc engine's NUTS uses, called the way PyMC's integrator calls it."""
+    function = entry.logp_dlogp()._pytensor_function
     dtype = pytensor.config.floatX
 
     def f(theta: np.ndarray) -> tuple[float, np.ndarray]:

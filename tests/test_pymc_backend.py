@@ -237,3 +237,50 @@ def test_torn_nutpie_store_is_compiled_again(backend, fresh_nutpie_store):
     # Built afresh from PyMC (the callbacks' source is unchanged, so Numba's copies still serve).
     assert model.logp_func is not None
     assert pickle.loads((entry / "meta.pkl").read_bytes())["n_dim"] == model.n_dim
+
+
+# -- PyMC's own NUTS: its log density and gradient kept on disk (backends/pytensor_store.py) -----
+
+@pytest.fixture
+def fresh_function_store(monkeypatch, tmp_path):
+    from backends import pymc as pymc_backend
+    from backends.pytensor_store import store_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pymc_backend, "_CACHE", type(pymc_backend._CACHE)())
+    return store_dir()
+
+
+@pytest.mark.parametrize("load_from_disk", [False, True])
+def test_stored_logp_dlogp_follows_the_data(backend, fresh_function_store, load_from_disk):
+    from backends.pymc import _model_values, compiled
+
+    sc = get_scenario("forum")
+    first, second = sc.simulate(1, N=300), sc.simulate(2, N=300)
+    built = compiled(sc.spec, first).logp_dlogp()
+    assert len(list(fresh_function_store.glob("*.pkl"))) == 1
+    if load_from_disk:
+        _forget_compiled_models()
+    entry = compiled(sc.spec, second)
+    function = entry.logp_dlogp()
+    assert (function is not built) == load_from_disk
+    assert bool(entry._stored) == load_from_disk
+    point = {"w": np.array([[2.5], [-0.5]]), "sigma": np.array(0.3), "pi": np.array([0.4, 0.6])}
+    theta = entry.unconstrained_point(point)
+    model_values = _model_values(sc.spec, point)
+    value_vars = entry.unconstrain()(*[np.asarray(model_values[n], dtype=float) for n in entry.free_names])
+    for data in (second, first, second):  # the loaded copy must follow every change of data
+        entry = compiled(sc.spec, data)
+        _, log_jacobian = entry.log_p_jacobian()(*value_vars)
+        value = float(entry.logp_dlogp()([theta], extra_vars={})[0])
+        assert value == pytest.approx(log_density(sc.spec, data.x, data.y, point) + float(log_jacobian), rel=1e-9)
+
+
+def test_pymc_nuts_from_a_stored_function_matches_a_fresh_one(backend, fresh_function_store):
+    sc = get_scenario("forum")
+    data = sc.simulate(3, N=400)
+    settings = FitSettings(chains=2, warmup=50, draws=30, sampler="pymc")
+    first = backend.fit(sc.spec, data, "nuts", settings, seed=2)
+    _forget_compiled_models()
+    again = backend.fit(sc.spec, data, "nuts", settings, seed=2)
+    np.testing.assert_array_equal(again.draws.posterior["w"].values, first.draws.posterior["w"].values)

@@ -1,0 +1,67 @@
+"""Compiled PyTensor functions kept on disk, rewritten graph and all.
+
+A PyTensor function pickles as its FunctionMaker: the graph after PyTensor's rewrites, and the
+linker. Unpickling skips the rewrites (the costly part of a compile once Numba's machine code is
+cached by PyTensor itself) and only links the graph again, loading the Numba functions from
+PyTensor's cache. The pickle is cloudpickle's, because PyMC's graphs hold OpFromGraph closures.
+
+A stored function holds copies of its shared variables (the data): callers set their values
+after loading (``set_shared``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import cloudpickle
+
+from backends.base import package_versions
+from backends.caches import cache_root, source_digest
+
+FORMAT = 1
+SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
+
+
+def store_dir() -> Path:
+    return cache_root() / "pytensor-functions"
+
+
+def function_key(description: dict[str, Any]) -> str:
+    parts = {"format": FORMAT, "description": description, "sources": source_digest(SOURCES),
+             "versions": package_versions("pymc", "pytensor", "numba", "numpy", "cloudpickle")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def load_or_build(description: dict[str, Any], build: Callable[[], Any]) -> tuple[Any, bool]:
+    """The object ``build()`` makes (a PyTensor function, or an object holding some), loaded from
+    disk when stored under ``description``, else built and stored. Returns (object, loaded)."""
+    path = store_dir() / f"{function_key(description)}.pkl"
+    try:
+        return cloudpickle.loads(path.read_bytes()), True
+    except FileNotFoundError:
+        pass
+    except Exception:  # noqa: BLE001 - a torn or stale entry is rebuilt and replaced
+        path.unlink(missing_ok=True)
+    built = build()
+    try:
+        data = cloudpickle.dumps(built)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except Exception:  # noqa: BLE001 - a function that cannot be kept still works here
+        pass
+    return built, False
+
+
+def set_shared(function, values: dict[str, Any]) -> None:
+    """Give the shared variables of a PyTensor ``function`` named in ``values`` those values."""
+    for variable in function.get_shared():
+        if variable.name in values:
+            variable.set_value(values[variable.name])

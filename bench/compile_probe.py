@@ -18,7 +18,7 @@ import sys
 import time
 
 
-def probe(backend_name: str, engine: str | None, precision: str, N: int) -> dict:
+def probe(backend_name: str, engine: str | None, precision: str, N: int, method: str = "nuts") -> dict:
     start = time.perf_counter()
     from backends import FitSettings, get_backend
     from models.scenarios import get_scenario
@@ -27,8 +27,9 @@ def probe(backend_name: str, engine: str | None, precision: str, N: int) -> dict
     t_import = time.perf_counter() - start
     scenario = get_scenario("forum")
     dataset = scenario.simulate(0, N=N)
-    settings = FitSettings(chains=1, warmup=50, draws=50, sampler=engine, precision=precision)
-    fit = backend.fit(scenario.spec, dataset, "nuts", settings, seed=0)
+    settings = FitSettings(chains=1, warmup=50, draws=50, sampler=engine, precision=precision,
+                           vi_iterations=200, vi_draws=100)
+    fit = backend.fit(scenario.spec, dataset, method, settings, seed=0)
     return {"status": fit.status, "reason": fit.reason, "engine": fit.engine, "t_import": t_import,
             "t_compile": fit.timings.get("compile"), "timings": fit.timings}
 
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default=None)
     parser.add_argument("--precision", default="float64")
     parser.add_argument("--N", type=int, default=1000)
+    parser.add_argument("--method", default="nuts")
     args = parser.parse_args(argv)
-    result = probe(args.backend, args.engine, args.precision, args.N)
+    result = probe(args.backend, args.engine, args.precision, args.N, args.method)
     print("MIXBENCH-PROBE " + json.dumps(result))
     return 0 if result["status"] == "ok" else 1
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -57,16 +58,23 @@ def enable_jax_compilation_cache() -> Path | None:
     return Path(jax.config.jax_compilation_cache_dir)
 
 
+@lru_cache(maxsize=64)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
 def source_digest(paths: Sequence[Path]) -> str:
     """One hash of the named source files: a cached artefact built from them is stale once any
     of them changes."""
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(_file_digest(path, stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=1)
 def cpu_signature() -> str:
     """The CPU machine code is compiled for: its model and feature flags where the system says
     them (a cache shared between machines must not hand one CPU's code to another)."""

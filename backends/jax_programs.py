@@ -11,9 +11,10 @@ tracing at all.
 
 One XLA limitation shapes the code: an executable that was itself loaded from a serialized form
 (for instance out of JAX's persistent cache) does not serialize again whole; the copy fails
-when run ("Function ... not found"). Programs compiled here therefore bypass JAX's persistent
-cache on the way out (they are never written to it, so no later compile can read them back from
-it), and an entry that fails anyway is dropped and compiled afresh by the caller.
+when run ("Function ... not found"). Programs compiled here therefore never meet JAX's
+persistent cache: they compile with a compiler option of their own (its default value, so the
+code is the same, but the cache key differs from any plain ``jax.jit`` of the same function) and
+are never written to it. Should a stored program fail anyway, it is dropped and compiled afresh.
 """
 
 from __future__ import annotations
@@ -76,12 +77,25 @@ def _path(key: str) -> Path:
     return programs_dir() / f"{key}.pkl"
 
 
+def _initialize_cpu_kernels() -> None:
+    """jaxlib's CPU LAPACK kernels fetch their LAPACK function pointers when a linear-algebra
+    operation is first lowered. A loaded program lowers nothing, and would call null pointers
+    (a segfault), so they are fetched here, as ``jax.export`` does for its loaded modules."""
+    try:
+        from jax._src.lax.linalg import initialize_lapack
+    except ImportError:  # a JAX that moved it: lowering any decomposition has the same effect
+        jax.jit(jax.numpy.linalg.cholesky).lower(jax.ShapeDtypeStruct((2, 2), "float32"))
+        return
+    initialize_lapack()
+
+
 def load(key: str, devices: Sequence[Any]) -> jax.stages.Compiled | None:
     """The stored program ``key`` loaded onto ``devices``, or None when there is none or it
     cannot be read (a torn or foreign file is treated as absent)."""
     path = _path(key)
     try:
         payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+        _initialize_cpu_kernels()
         return deserialize_and_load(payload, in_tree, out_tree, execution_devices=list(devices))
     except FileNotFoundError:
         return None
@@ -98,13 +112,18 @@ def discard(key: str) -> None:
         pass
 
 
+# XLA's default for this flag (off): setting it explicitly changes no code, only the
+# persistent-cache key, so a program compiled here is never one JAX's cache holds.
+_OWN_COMPILER_OPTIONS = {"xla_cpu_enable_fast_math": False}
+
+
 def compile_fresh(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
-    """Compile ``lower()`` so that the executable serializes whole: nothing compiled here is
-    written to JAX's persistent cache (see the module's docstring)."""
+    """Compile ``lower()`` so that the executable serializes whole: never read from JAX's
+    persistent cache, nor written to it (see the module's docstring)."""
     threshold = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
     try:
-        return lower().compile()
+        return lower().compile(_OWN_COMPILER_OPTIONS)
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
 
@@ -124,17 +143,73 @@ def store(key: str, compiled: jax.stages.Compiled) -> None:
         raise
 
 
+# Reported as a JAX time span, so that code which moves JAX's own compile spans out of a timed
+# phase (backends/numpyro.py) moves loading and storing programs with them.
+LOAD_EVENT = "/mixbench/jax_programs/load_or_compile"
+
+
 def load_or_compile(key: str, lower: Callable[[], jax.stages.Lowered], devices: Sequence[Any],
                     *, reuse: bool = True) -> Program:
     """The program ``key``: loaded from disk when stored (and ``reuse``), else lowered, compiled
     and stored. ``lower`` traces and lowers it, and is called only on a miss."""
-    start = time.perf_counter()
+    # Wall-clock times, as JAX stamps its own compile spans: the two kinds are merged.
+    start = time.time()
     compiled = load(key, devices) if reuse else None
-    if compiled is not None:
-        return Program(compiled, True, key, time.perf_counter() - start)
-    compiled = compile_fresh(lower)
-    try:
-        store(key, compiled)
-    except (OSError, ValueError, NotImplementedError, TypeError, pickle.PicklingError):
-        pass  # a program that cannot be kept still runs; the next process compiles it again
-    return Program(compiled, False, key, time.perf_counter() - start)
+    loaded = compiled is not None
+    if not loaded:
+        compiled = compile_fresh(lower)
+        try:
+            store(key, compiled)
+        except (OSError, ValueError, NotImplementedError, TypeError, pickle.PicklingError):
+            pass  # a program that cannot be kept still runs; the next process compiles it again
+    end = time.time()
+    jax.monitoring.record_event_time_span(LOAD_EVENT, start, end)
+    return Program(compiled, loaded, key, end - start)
+
+
+class StoredJit:
+    """``jax.jit(fun)`` whose compiled programs are kept on disk, one per signature of the
+    arguments (tree structure, shapes, dtypes, and the values of ``static_argnums``).
+
+    ``description`` must name everything ``fun`` closes over that shapes the program (a spec,
+    settings): it is part of every key, with ``sources``, versions, devices and CPU. Runs on the
+    first device.
+    """
+
+    def __init__(self, fun: Callable, description: dict[str, Any], sources: Sequence[Path],
+                 static_argnums: tuple[int, ...] = ()):
+        self.jitted = jax.jit(fun, static_argnums=static_argnums)
+        self.description = description
+        self.sources = tuple(sources)
+        self.static_argnums = tuple(static_argnums)
+        self.programs: dict[str, Program] = {}
+
+    def _signature(self, args: tuple) -> tuple[str, tuple]:
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        leaves, treedef = jax.tree.flatten(dynamic)
+        shapes = [(tuple(jax.numpy.shape(leaf)), str(jax.numpy.result_type(leaf)),
+                   isinstance(leaf, (int, float, bool))) for leaf in leaves]
+        static = [repr(args[i]) for i in self.static_argnums]
+        return json.dumps([str(treedef), shapes, static, bool(jax.config.jax_enable_x64)]), dynamic
+
+    def __call__(self, *args):
+        signature, dynamic = self._signature(args)
+        program = self.programs.get(signature)
+        if program is not None:
+            return program(*dynamic)
+        devices = jax.devices()[:1]
+        key = program_key({**self.description, "signature": signature}, self.sources, devices)
+        program = load_or_compile(key, lambda: self.jitted.lower(*args), devices)
+        if program.loaded:
+            # A stored program's first run is waited for: one that fails (see the module's
+            # docstring) is replaced by a fresh compile instead of failing the fit later.
+            try:
+                result = jax.block_until_ready(program(*dynamic))
+            except jax.errors.JaxRuntimeError:
+                discard(key)
+                program = load_or_compile(key, lambda: self.jitted.lower(*args), devices, reuse=False)
+                result = program(*dynamic)
+            self.programs[signature] = program
+            return result
+        self.programs[signature] = program
+        return program(*dynamic)

@@ -37,6 +37,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends.base import METHODS, Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from backends.jax_programs import LOAD_EVENT, StoredJit
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -56,6 +57,16 @@ from backends.caches import enable_jax_compilation_cache  # noqa: E402
 enable_jax_compilation_cache()
 
 ENGINE = "numpyro"
+
+# The sources every stored program of this backend is built from (backends/jax_programs.py):
+# an edit to any of them retires the programs stored before it.
+SOURCES = (Path(__file__), Path(__file__).with_name("jax_programs.py"),
+           Path(__file__).parents[1] / "models" / "spec.py")
+
+
+def _stored(fun: Callable, program: str, spec: MixtureSpec, static_argnums: tuple[int, ...] = (), **settings) -> StoredJit:
+    """``jax.jit(fun)`` kept on disk; ``fun`` may close over ``spec`` and ``settings`` only."""
+    return StoredJit(fun, {"program": program, "spec": spec.to_dict(), **settings}, SOURCES, static_argnums)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +255,12 @@ def _value_and_grad_fn(spec: MixtureSpec, form: str = "mixture_same_family") -> 
 
 
 @cache
+def _constrain_fn(spec: MixtureSpec) -> Callable:
+    """(z batch) -> constrained sites per draw."""
+    return _stored(jax.vmap(partial(_constrain, spec)), "constrain", spec)
+
+
+@cache
 def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
     """Jitted (z batch, x, y) -> (log_p, log_jacobian) per draw on the full data.
 
@@ -255,7 +272,7 @@ def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
     def one(z, x, y):
         return -potential_energy(model, (x, y), {}, z), _log_jacobian(spec, z)
 
-    return jax.jit(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64))
+    return _stored(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64), "draw_diagnostics", spec)
 
 
 def _as_json(arrays: dict) -> str:
@@ -278,6 +295,7 @@ def _precision(precision: str):
 # XLA compilation; the union of those spans inside a phase moves from the phase to "compile".
 
 _COMPILE_EVENTS = frozenset({
+    LOAD_EVENT,
     "/jax/core/compile/jaxpr_trace_duration",
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
@@ -492,9 +510,9 @@ class NumPyroBackend(Backend):
             # optimisation: SVI set-up and every update, in jitted chunks between convergence checks.
             with _phase(timings, "optimisation"):
                 program = self._svi_program(spec, dataset.N, method, settings)
-                state = program.init(svi_key, _uniform_init(spec, init_key, y.dtype), x, y)
+                state = program.init(init_key, svi_key, x, y)
                 state, loss, iterations, converged = _optimise(program, state, x, y, settings)
-                params = jax.block_until_ready(program.svi.get_params(state))
+                params = jax.block_until_ready(program.get_params(state, x, y))
         common = dict(backend=self.name, method=method, engine=ENGINE, timings=timings,
                       precision=settings.precision, loss=loss, iterations=iterations, converged=converged,
                       grad_evals=iterations)
@@ -516,7 +534,7 @@ class NumPyroBackend(Backend):
                                            attrs={"/": self._attrs("map", settings, attrs)})
                 return Fit(status="ok", draws=draws, point=point,
                            point_log_density=self.log_density(spec, dataset, point), **common)
-            z, log_q = program.draw(params, draw_key, settings.vi_draws)
+            z, log_q = program.draw(params, draw_key, *_device_data(dataset, "float64"), settings.vi_draws)
             draws, log_p, log_jacobian = self._approximation_draws(
                 spec, dataset, z, self._attrs(method, settings, attrs))
         return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
@@ -530,7 +548,7 @@ class NumPyroBackend(Backend):
         """Unconstrained draws (leading axis: draw) -> canonical one-chain DataTree, log_p, log_jacobian."""
         x, y = _device_data(dataset, "float64")
         log_p, log_jacobian = _draw_diagnostics_fn(spec)(z, x, y)
-        constrained = jax.vmap(partial(_constrain, spec))(z)
+        constrained = _constrain_fn(spec)(z)
         n = int(np.shape(log_p)[0])
         posterior = {k: v[None] for k, v in _canonical(spec, constrained, (n,)).items()}
         draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
@@ -543,10 +561,10 @@ class NumPyroBackend(Backend):
         init_key, path_key, draw_key = random.split(random.PRNGKey(seed), 3)
         with _precision(settings.precision):
             x, y = _device_data(dataset, settings.precision)
-            z0 = _uniform_init(spec, init_key, y.dtype)
-            # optimisation: L-BFGS from z0, then the ELBO at each point of its path.
+            # optimisation: L-BFGS from a uniform initial point, then the ELBO at each point of
+            # its path.
             with _phase(timings, "optimisation"):
-                path = jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(path_key, z0, x, y))
+                path = jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(init_key, path_key, x, y))
         iterations = int(path["iterations"])
         loss = np.asarray(path["objective"])[: iterations + 1]
         common = dict(backend=self.name, method="pathfinder", engine=ENGINE, timings=timings,
@@ -675,10 +693,15 @@ class _NUTSPrograms:
 
 
 class _SVIProgram:
-    """Model, guide, optimiser and their jitted update chunk for one (spec, N, method, settings).
+    """Model, guide, optimiser and their programs for one (spec, N, method, settings): set-up,
+    a chunk of updates, the fitted parameters, draws from the guide.
 
-    Cached by the backend so a second fit of the same cell reuses the compiled chunk. The guide's
-    starting point comes from each fit's seed (``init``), not from the guide's first set-up.
+    Every program is stored on disk (backends/jax_programs.py), so a later process runs them
+    without tracing anything. NumPyro's AutoGuides set themselves up on first use by running the
+    model op by op (some 300 small programs); here that first use happens inside whichever
+    program is traced first (``_ensure_guide``), so it is traced once, never executed eagerly,
+    and not at all when every program is loaded. The guide's starting point comes from each
+    fit's seed (``init``), not from the guide's set-up.
     """
 
     def __init__(self, spec: MixtureSpec, method: str, settings: FitSettings):
@@ -689,22 +712,39 @@ class _SVIProgram:
         self.guide = _GUIDES[method](self.model)
         self.svi = SVI(self.model, self.guide, _OPTIMIZERS[settings.optimizer](settings.learning_rate),
                        Trace_ELBO())
-        self.run_chunk = jax.jit(self._run_chunk)
-        self.draw = jax.jit(self._draw, static_argnums=2)
+        described = {"method": method, "optimizer": settings.optimizer, "learning_rate": settings.learning_rate,
+                     "batch_size": settings.batch_size if minibatch else None,
+                     "total_size": settings.minibatch_total_size if minibatch else None,
+                     "check_every": _CHECK_EVERY}
+        self.init = _stored(self._init_state, "svi_init", spec, **described)
+        self.run_chunk = _stored(self._run_chunk, "svi_chunk", spec, **described)
+        self.get_params = _stored(self._get_params, "svi_params", spec, **described)
+        self.draw = _stored(self._draw, "svi_draw", spec, static_argnums=(4,), **described)
+
+    def _ensure_guide(self, x, y):
+        """Set the guide (and SVI's constraint transforms) up inside the current trace."""
+        if self.guide.prototype_trace is None:
+            self.svi.init(random.PRNGKey(0), x, y)
+
+    def _init_state(self, init_key, key, x, y):
+        self._ensure_guide(x, y)
+        z0 = _uniform_init(self.spec, init_key, y.dtype)
+        return self.svi.init(key, x, y, init_params=self._init_params(z0))
+
+    def _get_params(self, state, x, y):
+        self._ensure_guide(x, y)
+        return self.svi.get_params(state)
 
     def _run_chunk(self, state, n, x, y):
         """``n`` <= _CHECK_EVERY updates; losses padded with NaN to a fixed length (one compile)."""
+        self._ensure_guide(x, y)
+
         def step(i, carry):
             state, losses = carry
             state, loss = self.svi.update(state, x, y)
             return state, losses.at[i].set(loss)
 
         return lax.fori_loop(0, n, step, (state, jnp.full(_CHECK_EVERY, jnp.nan, y.dtype)))
-
-    def init(self, key, z0: dict, x, y):
-        if self.guide.prototype_trace is None:
-            self.svi.init(key, x, y)  # sets the guide up, so that its own packing of sites is known
-        return self.svi.init(key, x, y, init_params=self._init_params(z0))
 
     def _init_params(self, z0: dict) -> dict:
         if isinstance(self.guide, AutoNormal):
@@ -715,14 +755,17 @@ class _SVIProgram:
         return {"auto_loc": jnp.concatenate([jnp.ravel(z0[name]) for name in self.guide._init_locs])}
 
     def flat_params(self, state) -> np.ndarray:
-        """The guide's parameters in the optimiser's (unconstrained) space, as one vector."""
-        return np.asarray(ravel_pytree(self.svi.optim.get_params(state.optim_state))[0])
+        """The guide's parameters in the optimiser's (unconstrained) space, as one vector (in
+        NumPy: no small JAX program per check)."""
+        leaves = jax.tree.leaves(self.svi.optim.get_params(state.optim_state))
+        return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
 
     def map_point(self, params: dict) -> dict:
         return {s.name: params[f"{s.name}_auto_loc"] for s in _layout(self.spec)}
 
-    def _draw(self, params: dict, key, n: int):
+    def _draw(self, params: dict, key, x, y, n: int):
         """``n`` draws of the guide's unconstrained latent and the guide's log density at each."""
+        self._ensure_guide(x, y)
         if isinstance(self.guide, AutoNormal):
             layout = _layout(self.spec)
             z, log_q = {}, jnp.zeros(n)
@@ -781,8 +824,8 @@ def _pathfinder_fn(spec: MixtureSpec, maxiter: int) -> Callable:
     model = partial(mixture_model, spec)
     maxcor = _PATHFINDER["maxcor"]
 
-    def run(key, z0, x, y):
-        flat0, unravel = ravel_pytree(z0)
+    def run(init_key, key, x, y):
+        flat0, unravel = ravel_pytree(_uniform_init(spec, init_key, y.dtype))
 
         def objective(flat):
             return potential_energy(model, (x, y), {}, unravel(flat))
@@ -820,7 +863,7 @@ def _pathfinder_fn(spec: MixtureSpec, maxiter: int) -> Callable:
                 "beta": beta, "gamma": gamma, "elbo": best_elbo, "best": best,
                 "iterations": iterations, "objective": history.f}
 
-    return jax.jit(run)
+    return _stored(run, "pathfinder", spec, maxiter=maxiter, **_PATHFINDER)
 
 
 @cache
@@ -834,4 +877,4 @@ def _pathfinder_draws_fn(spec: MixtureSpec) -> Callable:
                                  approx["beta"], approx["gamma"])
         return jax.vmap(unravel)(phi), log_q
 
-    return jax.jit(draw, static_argnums=2)
+    return _stored(draw, "pathfinder_draws", spec, static_argnums=(2,))

@@ -33,7 +33,7 @@ from pytensor.graph.replace import graph_replace
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
-from backends.pytensor_store import set_shared
+from backends.pytensor_store import load_or_build, set_shared
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -246,11 +246,24 @@ class _Compiled:
     def free_names(self) -> list[str]:
         return [rv.name for rv in self.model.free_RVs]
 
-    def _get(self, name, build):
+    def _get(self, name, build, stored: bool = True):
+        """The function ``name``, built once per process. ``stored``: a PyTensor function (or
+        PyMC's ValueGradFunction) kept on disk after its rewrites and loaded in later processes
+        (backends/pytensor_store.py), its data then set to this entry's."""
         if name not in self._fns:
             start = time.perf_counter()
             with _precision(self.precision):
-                self._fns[name] = build()
+                if stored:
+                    description = {"function": name, "spec": self.spec.to_dict(), "precision": self.precision,
+                                   "data_shapes": {k: list(v.shape) for k, v in self.data.items()}}
+                    function, loaded = load_or_build(description, build)
+                    if loaded:
+                        inner = getattr(function, "_pytensor_function", function)
+                        set_shared(inner, self.data)
+                        self._stored.append(inner)
+                    self._fns[name] = function
+                else:
+                    self._fns[name] = build()
             self.compile_seconds[name] = time.perf_counter() - start
         return self._fns[name]
 
@@ -320,20 +333,10 @@ class _Compiled:
         return names
 
     def logp_dlogp(self):
-        """PyMC's ValueGradFunction for its own NUTS (ravelled inputs), loaded from disk when
-        this model was compiled before (PyTensor's rewrites then run only once per model)."""
-        from backends.pytensor_store import load_or_build
-
-        def build():
-            description = {"function": "logp_dlogp", "spec": self.spec.to_dict(), "precision": self.precision,
-                           "data_shapes": {name: list(value.shape) for name, value in self.data.items()}}
-            function, loaded = load_or_build(description, lambda: self.model.logp_dlogp_function(ravel_inputs=True))
-            if loaded:
-                set_shared(function._pytensor_function, self.data)
-                self._stored.append(function._pytensor_function)
-            function.trust_input = True
-            return function
-        return self._get("logp_dlogp", build)
+        """PyMC's ValueGradFunction for its own NUTS (ravelled inputs)."""
+        function = self._get("logp_dlogp", lambda: self.model.logp_dlogp_function(ravel_inputs=True))
+        function.trust_input = True
+        return function
 
     def nutpie(self):
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
@@ -341,7 +344,8 @@ class _Compiled:
 
         description = {"spec": self.spec.to_dict(), "precision": self.precision,
                        "data_shapes": {name: list(value.shape) for name, value in self.data.items()}}
-        compiled_model = self._get("nutpie", lambda: compile_nutpie_model(self.model, description, self.data))
+        compiled_model = self._get("nutpie", lambda: compile_nutpie_model(self.model, description, self.data),
+                                   stored=False)  # nutpie_cache keeps its own
         return compiled_model.with_data(**self.data)
 
 
@@ -367,6 +371,72 @@ def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") ->
 # --------------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------------
+
+def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: FitSettings, seed: int):
+    """PyMC's ADVI (``pm.fit(method=...)`` is these classes) after ``fit(0)``, which builds the
+    approximation and compiles its step function; ``refine()`` then runs the iterations, so the
+    two are timed apart.
+
+    The prepared object is stored whole (backends/pytensor_store.py) under the exact cell: spec,
+    data, method, VI settings and seed. An identical run reloads the very object the first one
+    built, its random state and starting point included, and skips PyTensor's rewrites; a run
+    with another seed or data builds its own, as PyMC seeds the approximation's starting point
+    and the step function's random stream from the seed.
+    """
+    pm_method, minibatch = VI_METHODS[method]
+
+    def build():
+        model = entry.model
+        if minibatch:
+            # The step function draws a fresh batch of rows each iteration; each batch's log
+            # likelihood is scaled by N / batch_size unless minibatch_total_size is False.
+            model = build_model(entry.spec, dataset.x, dataset.y, batch_size=settings.batch_size,
+                                total_size=settings.minibatch_total_size)
+        inference_cls = pm.ADVI if pm_method == "advi" else pm.FullRankADVI
+        with model, _precision(entry.precision):
+            inference = inference_cls(random_seed=seed)
+            inference.fit(0, obj_optimizer=_optimizer(settings), progressbar=False)
+        return inference
+
+    description = {"function": "advi", "method": method, "spec": entry.spec.to_dict(),
+                   "precision": entry.precision, "data": dataset.digest(), "seed": seed,
+                   "optimizer": settings.optimizer, "learning_rate": settings.learning_rate,
+                   "batch_size": settings.batch_size if minibatch else None,
+                   "total_size": settings.minibatch_total_size if minibatch else None}
+    # One step of a throw-away copy compiles the loaded graph's Numba code (see load_or_build).
+    inference, _ = load_or_build(description, build, warm_up=lambda copy: copy.state.step())
+    return inference
+
+
+@contextmanager
+def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
+    """pymc-extras' Pathfinder with its compiled single-path function stored on disk.
+
+    ``multipath_pathfinder`` builds (and times as its compile) one seedable single-path function
+    per call, from ``make_single_pathfinder_fn``, and offers no way to pass one in; for this block
+    its module's reference is swapped for a version that keeps the function (cloudpickle) under
+    the data and every argument, so an identical run loads it instead of compiling. The paths
+    themselves are pymc-extras' own, seeded per call as before. Its graphs are keyed differently
+    by Numba once unpickled, hence the warm-up path (backends/pytensor_store.py).
+    """
+    from pymc_extras.inference.pathfinder import multipath
+
+    original = multipath.make_single_pathfinder_fn
+
+    def stored(model, **kwargs):
+        description = {"function": "single_pathfinder", "spec": entry.spec.to_dict(),
+                       "precision": entry.precision, "data": dataset.digest(),
+                       "arguments": {name: repr(value) for name, value in sorted(kwargs.items())}}
+        function, _ = load_or_build(description, lambda: original(model, **kwargs),
+                                    warm_up=lambda copy: copy(0))
+        return function
+
+    multipath.make_single_pathfinder_fn = stored
+    try:
+        yield
+    finally:
+        multipath.make_single_pathfinder_fn = original
+
 
 def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
     """``pm.init_nuts(init="jitter+adapt_diag")``, step for step, on the entry's stored
@@ -652,22 +722,13 @@ class PyMCBackend(Backend):
     def _advi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         pm_method, minibatch = VI_METHODS[method]
         entry = compiled(spec, dataset, settings.precision)
-        model = entry.model
-        if minibatch:
-            # The step function draws a fresh batch of rows each iteration; each batch's log
-            # likelihood is scaled by N / batch_size unless minibatch_total_size is False.
-            model = build_model(spec, dataset.x, dataset.y, batch_size=settings.batch_size,
-                                total_size=settings.minibatch_total_size)
         engine = f"pymc+{pm_method}"
         timings: dict[str, float] = {}
         check = _ConvergenceCheck(settings.vi_tolerance)
-        inference_cls = pm.ADVI if pm_method == "advi" else pm.FullRankADVI
         try:
-            # pm.fit(method=...) is these two classes; fitting 0 iterations compiles the step
-            # function, refine() then runs the iterations with it, so the two are timed apart.
-            with model, stopwatch(timings, "compile"):
-                inference = inference_cls(random_seed=seed)
-                inference.fit(0, callbacks=[check], obj_optimizer=_optimizer(settings), progressbar=False)
+            with stopwatch(timings, "compile"):
+                inference = _prepared_advi(entry, dataset, method, settings, seed)
+                inference.state = inference.state._replace(callbacks=[check])
             with stopwatch(timings, "optimisation"):
                 inference.refine(settings.vi_iterations, progressbar=False)
         except FloatingPointError as exc:
@@ -711,12 +772,13 @@ class PyMCBackend(Backend):
             # fit_pathfinder's own engine, without its importance resampling: the draws stay
             # draws from the approximation, so log p - log q are importance weights for PSIS.
             # Paths run one after another in this process (no worker processes to start).
-            result = multipath_pathfinder(
-                entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
-                num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
-                lbfgs_config=LBFGSConfig(maxiter=maxiter).set_default_maxcor(n_dim),
-                importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
-            )
+            with _stored_single_pathfinder(entry, dataset):
+                result = multipath_pathfinder(
+                    entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
+                    num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
+                    lbfgs_config=LBFGSConfig(maxiter=maxiter).set_default_maxcor(n_dim),
+                    importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
+                )
         except ValueError as exc:
             return Fit(backend=self.name, method="pathfinder", status="failed", engine="pymc-extras+pathfinder",
                        reason=str(exc).splitlines()[0], precision=settings.precision)

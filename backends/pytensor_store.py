@@ -37,9 +37,17 @@ def function_key(description: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def load_or_build(description: dict[str, Any], build: Callable[[], Any]) -> tuple[Any, bool]:
+def load_or_build(description: dict[str, Any], build: Callable[[], Any],
+                  warm_up: Callable[[Any], None] | None = None) -> tuple[Any, bool]:
     """The object ``build()`` makes (a PyTensor function, or an object holding some), loaded from
-    disk when stored under ``description``, else built and stored. Returns (object, loaded)."""
+    disk when stored under ``description``, else built and stored. Returns (object, loaded).
+
+    ``warm_up``: for objects whose graphs Numba keys differently once unpickled (PyMC's ADVI
+    step function is one), so that the first loaded copy would compile its Numba code on first
+    call, seconds charged to whatever runs it. The built object is then stored, and a loaded
+    copy of it is given to ``warm_up`` (which should run its functions once: Numba compiles and
+    caches them here) and another returned: every run, first or later, uses the same loaded graph.
+    """
     path = store_dir() / f"{function_key(description)}.pkl"
     try:
         return cloudpickle.loads(path.read_bytes()), True
@@ -56,7 +64,10 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any]) -> tupl
             handle.write(data)
         os.replace(tmp, path)
     except Exception:  # noqa: BLE001 - a function that cannot be kept still works here
-        pass
+        return built, False
+    if warm_up is not None:
+        warm_up(cloudpickle.loads(data))
+        return cloudpickle.loads(data), False
     return built, False
 
 

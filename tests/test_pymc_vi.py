@@ -208,3 +208,46 @@ def test_forum_replay_at_thread_scale(backend, seed):
 def test_float32_pathfinder_is_declared_unsupported(backend, small):
     fit = backend.fit(ORDERED, small, "pathfinder", FitSettings(precision="float32"))
     assert fit.status == "unsupported" and "float64" in fit.reason
+
+
+@pytest.mark.parametrize("method", ["advi-fullrank", "advi-minibatch-meanfield"])
+def test_stored_advi_reloads_the_same_fit_and_a_new_seed_builds_its_own(backend, small, method, monkeypatch,
+                                                                         tmp_path):
+    # The prepared ADVI (approximation and compiled step) is stored per exact cell: an identical
+    # run reloads it and must reproduce the first run bit for bit; another seed must not reuse it.
+    from backends import pymc as pymc_backend
+    from backends.pytensor_store import store_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pymc_backend, "_CACHE", type(pymc_backend._CACHE)())
+    settings = FitSettings(vi_iterations=200, vi_draws=40, batch_size=64)
+    first = backend.fit(ORDERED, small, method, settings, seed=8)
+    stored = {p.name for p in store_dir().glob("*.pkl")}
+    pymc_backend._CACHE.clear()
+    again = backend.fit(ORDERED, small, method, settings, seed=8)
+    assert {p.name for p in store_dir().glob("*.pkl")} == stored  # nothing new was built
+    np.testing.assert_array_equal(again.loss, first.loss)
+    np.testing.assert_array_equal(again.draws.posterior["w"].values, first.draws.posterior["w"].values)
+    other = backend.fit(ORDERED, small, method, settings, seed=9)
+    assert len(list(store_dir().glob("*.pkl"))) == len(stored) + 1
+    assert not np.array_equal(other.loss, first.loss)
+
+
+def test_stored_pathfinder_reloads_the_same_fit(backend, small, monkeypatch, tmp_path):
+    from pymc_extras.inference.pathfinder import multipath
+
+    from backends import pymc as pymc_backend
+    from backends.pytensor_store import store_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    factory = multipath.make_single_pathfinder_fn
+    settings = FitSettings(vi_iterations=100, vi_draws=40)
+    first = backend.fit(ORDERED, small, "pathfinder", settings, seed=8)
+    assert multipath.make_single_pathfinder_fn is factory  # pymc-extras is left as it was
+    stored = {p.name for p in store_dir().glob("*.pkl")}
+    assert stored
+    pymc_backend._CACHE.clear()
+    again = backend.fit(ORDERED, small, "pathfinder", settings, seed=8)
+    assert {p.name for p in store_dir().glob("*.pkl")} == stored  # loaded, nothing rebuilt
+    np.testing.assert_array_equal(again.log_q, first.log_q)
+    np.testing.assert_array_equal(again.draws.posterior["w"].values, first.draws.posterior["w"].values)

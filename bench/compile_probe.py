@@ -1,9 +1,10 @@
 """One compile measurement in a fresh process, for bench/test_compile_cache.py.
 
     uv run python -m bench.compile_probe --backend numpyro --engine numpyro
+    uv run python -m bench.compile_probe --backend pymc --method advi-fullrank
 
-Fits a short NUTS run (1 chain, 50 + 50 draws) of the forum model on 1000 points and prints one
-JSON line: the fit's compile seconds (``Fit.timings["compile"]``, each backend's own account of
+Fits the forum model on 1000 points with a short run of ``--method`` (NUTS: 1 chain, 50 + 50
+draws; VI: 200 iterations, 100 draws) and prints one JSON line: the fit's compile seconds (``Fit.timings["compile"]``, each backend's own account of
 its compilation), its other timings, and how long importing the backend took. Which caches it
 finds is up to the environment it is started with (XDG_CACHE_HOME, PYTENSOR_FLAGS,
 NUMBA_CACHE_DIR): the benchmark points them at empty directories for the cold run and reuses

@@ -176,16 +176,19 @@ def figure_nuts_cost_curve(frame: pd.DataFrame, path: Path) -> Path | None:
 
 
 def compile_cache_table(records: pd.DataFrame) -> pd.DataFrame:
-    """backend / engine: compile seconds with empty caches (cold) and with the caches the cold
-    run left (warm), each in a fresh process; the whole process's seconds beside them. Medians
-    when measured more than once."""
+    """backend / engine / method: compile seconds with empty caches (cold) and with the caches
+    the cold run left (warm), each in a fresh process; the whole process's seconds beside them.
+    Medians when measured more than once. Records without a method (older runs) are NUTS."""
     if records.empty or "t_compile_cold" not in records:
         return pd.DataFrame()
     columns = {"t_compile_cold": "cold compile s", "t_compile_warm": "warm compile s",
                "t_process_cold": "cold process s", "t_process_warm": "warm process s"}
     frame = records.assign(**{label: _num(records, key) for key, label in columns.items()})
-    table = frame.groupby(["backend", "engine"], sort=True)[list(columns.values())].median()
-    table["runs"] = frame.groupby(["backend", "engine"], sort=True).size()
+    methods = frame["method"] if "method" in frame else pd.Series("nuts", index=frame.index)
+    frame = frame.assign(method=methods.where(methods.notna(), "nuts"))
+    keys = ["backend", "engine", "method"]
+    table = frame.groupby(keys, sort=True)[list(columns.values())].median()
+    table["runs"] = frame.groupby(keys, sort=True).size()
     return table.reset_index()
 
 

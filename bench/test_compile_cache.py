@@ -1,10 +1,10 @@
 """Compile caches: a cold compile with empty caches, then a warm one that must find everything
-cached, each in a fresh process, per backend and engine.
+cached, each in a fresh process, per backend and engine (NUTS) and per VI method.
 
     uv run pytest bench/test_compile_cache.py --benchmark-json=results/compile-cache.json
     uv run pytest bench/test_compile_cache.py --backends numpyro
 
-Both runs are ``python -m bench.compile_probe`` (a short NUTS fit) with every cache pointed at
+Both runs are ``python -m bench.compile_probe`` (a short fit) with every cache pointed at
 one empty temporary directory: XDG_CACHE_HOME (mixbench's Stan and JAX caches, httpstan's model
 cache), PyTensor's compiledir (its C modules and its Numba cache) and NUMBA_CACHE_DIR. The
 benchmark times the warm process; extra_info (kind="compile-cache") carries both runs' compile
@@ -24,9 +24,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# PyMC's numpyro sampler is left out: pm.sample compiles inside the one call it times, so no
-# compile time can be told apart from sampling (backends/pymc.py, _run_numpyro).
-ENGINES = (("stan", "pystan"), ("numpyro", "numpyro"), ("pymc", "nutpie"), ("pymc", "pymc"))
+# (backend, NUTS engine or None, method). Left out, because they compile inside the one call
+# they time, so no compile time can be told apart: PyMC's numpyro sampler (pm.sample) and PyMC's
+# MAP (pm.find_MAP); and Stan's VI and MAP, which need CmdStan.
+VI_METHODS = ("advi-meanfield", "advi-fullrank", "advi-minibatch-meanfield", "advi-minibatch-fullrank",
+              "pathfinder")
+CASES = (
+    ("stan", "pystan", "nuts"), ("numpyro", "numpyro", "nuts"), ("pymc", "nutpie", "nuts"), ("pymc", "pymc", "nuts"),
+    *[("numpyro", None, method) for method in (*VI_METHODS, "map")],
+    *[("pymc", None, method) for method in VI_METHODS],
+)
 WARM_COMPILE_TARGET_S = 1.0
 PROBE_TIMEOUT_S = 1800
 
@@ -35,8 +42,8 @@ def pytest_generate_tests(metafunc):
     if "compile_case" not in metafunc.fixturenames:
         return
     selected = {b.strip() for b in metafunc.config.getoption("--backends").split(",") if b.strip()}
-    cases = [case for case in ENGINES if case[0] in selected]
-    metafunc.parametrize("compile_case", cases, ids=[f"{b}-{e}" for b, e in cases])
+    cases = [case for case in CASES if case[0] in selected]  # every method: --methods is test_fits
+    metafunc.parametrize("compile_case", cases, ids=[f"{b}-{e or m}" if m == "nuts" else f"{b}-{m}" for b, e, m in cases])
 
 
 def cache_env(root: Path) -> dict[str, str]:
@@ -49,35 +56,37 @@ def cache_env(root: Path) -> dict[str, str]:
     return env
 
 
-def run_probe(backend: str, engine: str, env: dict[str, str]) -> dict:
+def run_probe(backend: str, engine: str | None, method: str, env: dict[str, str]) -> dict:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bench.compile_probe", "--backend", backend, "--engine", engine],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    command = [sys.executable, "-m", "bench.compile_probe", "--backend", backend, "--method", method]
+    command += ["--engine", engine] if engine else []
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     wall = time.perf_counter() - start
     lines = [line for line in done.stdout.splitlines() if line.startswith("MIXBENCH-PROBE ")]
     if not lines:
-        pytest.fail(f"compile probe {backend}/{engine} printed no result (exit {done.returncode}):\n"
+        pytest.fail(f"compile probe {backend}/{engine or method} printed no result (exit {done.returncode}):\n"
                     f"{done.stderr[-3000:]}", pytrace=False)
     result = json.loads(lines[-1].removeprefix("MIXBENCH-PROBE "))
     if result["status"] != "ok":
-        pytest.fail(f"compile probe {backend}/{engine}: {result['status']}: {result['reason']}", pytrace=False)
+        pytest.fail(f"compile probe {backend}/{engine or method}: {result['status']}: {result['reason']}", pytrace=False)
     result["t_process"] = wall
     return result
 
 
 def test_compile_cache(benchmark, compile_case, tmp_path):
-    backend, engine = compile_case
+    backend, engine, method = compile_case
     env = cache_env(tmp_path)
-    cold = run_probe(backend, engine, env)
+    cold = run_probe(backend, engine, method, env)
     benchmark.group = "compile cache (warm process)"
-    warm = benchmark.pedantic(run_probe, args=(backend, engine, env), rounds=1, iterations=1)
+    warm = benchmark.pedantic(run_probe, args=(backend, engine, method, env), rounds=1, iterations=1)
+    engine = engine or warm["engine"]
     benchmark.extra_info.update(
-        kind="compile-cache", backend=backend, engine=engine,
+        kind="compile-cache", backend=backend, engine=engine, method=method,
         t_compile_cold=cold["t_compile"], t_compile_warm=warm["t_compile"],
         t_process_cold=cold["t_process"], t_process_warm=warm["t_process"],
         t_import_cold=cold["t_import"], t_import_warm=warm["t_import"],
         timings_cold=cold["timings"], timings_warm=warm["timings"],
     )
     assert warm["t_compile"] < WARM_COMPILE_TARGET_S, (
-        f"{backend}/{engine}: the warm run still compiled for {warm['t_compile']:.2f} s "
+        f"{backend}/{engine} {method}: the warm run still compiled for {warm['t_compile']:.2f} s "
         f"(cold: {cold['t_compile']:.2f} s)")

@@ -242,6 +242,19 @@ def test_gradient_cost_table_is_milliseconds_by_k_and_n(tmp_path):
     assert stan["K=3 N=1e5 ms"] == pytest.approx(2e-5 * 100 * 3 * 1e3)
     compiles = compile_cache_table(records[records["kind"] == "compile-cache"])
     assert compiles.iloc[0]["cold compile s"] == 61.0 and compiles.iloc[0]["warm compile s"] == 0.4
+    assert compiles.iloc[0]["method"] == "nuts"  # a record without a method is NUTS
+
+
+def test_compile_cache_table_keeps_methods_of_one_engine_apart():
+    def record(method, warm):
+        extra = {"kind": "compile-cache", "backend": "numpyro", "engine": "numpyro", "method": method,
+                 "t_compile_cold": 3.0, "t_compile_warm": warm, "t_process_cold": 5.0, "t_process_warm": 2.0}
+        return cost_record(_benchmark(extra, 2.0))
+
+    records = pd.DataFrame([record("nuts", 0.3), record("advi-fullrank", 0.1), record("nuts", 0.5)])
+    table = compile_cache_table(records).set_index("method")
+    assert table.loc["nuts", "warm compile s"] == pytest.approx(0.4) and table.loc["nuts", "runs"] == 2
+    assert table.loc["advi-fullrank", "warm compile s"] == pytest.approx(0.1)
 
 
 def test_gradient_cost_over_sessions_is_the_median_of_their_medians():

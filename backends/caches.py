@@ -6,17 +6,19 @@
 - JAX (NumPyro, and PyMC's JAX samplers): the persistent compilation cache, switched on here
   under ``~/.cache/mixbench/jax`` with its thresholds lowered so every program is kept (by
   default JAX keeps only programs that took over a second to compile). It still needs each
-  program traced and lowered in every process, so NumPyro's NUTS goes further: its two programs
-  are stored whole under ``~/.cache/mixbench/jax-programs`` (backends/jax_programs.py).
+  program traced and lowered in every process, so the NumPyro backend goes further: its fits
+  run as programs stored whole under ``~/.cache/mixbench/jax-programs``
+  (backends/jax_programs.py).
 - PyTensor: its compiledir (``~/.pytensor``, or ``PYTENSOR_FLAGS=base_compiledir=...``) keeps C
   modules and, under ``numba/``, the machine code of the Numba functions PyTensor generates (its
-  default backend in PyTensor 3). On top of it, PyMC's own NUTS keeps its rewritten log-density
-  function (``~/.cache/mixbench/pytensor-functions``, backends/pytensor_store.py) and nutpie its
-  two C callbacks, as generated source Numba can cache (``~/.cache/mixbench/nutpie``,
-  backends/nutpie_cache.py). VI methods still rewrite and trace per process (docs/performance.md).
+  default backend in PyTensor 3). On top of it, the PyMC backend keeps its compiled functions
+  after PyTensor's rewrites, its prepared ADVI and Pathfinder functions
+  (``~/.cache/mixbench/pytensor-functions``, backends/pytensor_store.py), and nutpie's two C
+  callbacks, as generated source Numba can cache (``~/.cache/mixbench/nutpie``,
+  backends/nutpie_cache.py).
 
 Every location follows ``XDG_CACHE_HOME`` (or the engine's own setting), which is how the
-compile-cache benchmark points a process at empty caches.
+compile-cache benchmark points a process at empty caches. Measured in docs/performance.md.
 """
 
 from __future__ import annotations

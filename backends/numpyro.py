@@ -6,6 +6,10 @@ JAX fixes two things per process before its first computation: how many CPU devi
 this module is imported; a float32 fit then runs inside ``jax.enable_x64(False)`` with its data
 cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
 float32 too, not only the data.
+
+Every fit runs as programs compiled ahead of time and stored whole (backends/jax_programs.py):
+NUTS as a warm-up and a sampling program, SVI as set-up, update chunk, parameters and draws,
+Pathfinder as its path and its draws. A later process loads them and traces nothing.
 """
 
 from __future__ import annotations

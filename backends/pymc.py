@@ -8,6 +8,11 @@ The likelihood is a pm.CustomDist whose log density is written out (log-sum-exp 
 components of the normal log densities), vectorised over observations. One CustomDist serves the
 correct mixture and the three forum-thread variants alike, it is exactly the oracle's formula,
 and as an observed variable it takes ``total_size`` for minibatches (a Potential would not).
+
+What is compiled is kept on disk for later processes: the full-data model's functions after
+PyTensor's rewrites (backends/pytensor_store.py), nutpie's C callbacks (backends/nutpie_cache.py),
+and, per exact cell, the prepared ADVI and pymc-extras' single-path Pathfinder function. A later
+identical run loads them and compiles nothing (docs/performance.md, section 5).
 """
 
 from __future__ import annotations
@@ -369,7 +374,7 @@ def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") ->
 
 
 # --------------------------------------------------------------------------------------------
-# Timing helpers
+# Compiled once, kept on disk: PyMC's own NUTS set-up, ADVI, pymc-extras' Pathfinder
 # --------------------------------------------------------------------------------------------
 
 def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: FitSettings, seed: int):
@@ -393,7 +398,7 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
             model = build_model(entry.spec, dataset.x, dataset.y, batch_size=settings.batch_size,
                                 total_size=settings.minibatch_total_size)
         inference_cls = pm.ADVI if pm_method == "advi" else pm.FullRankADVI
-        with model, _precision(entry.precision):
+        with model:
             inference = inference_cls(random_seed=seed)
             inference.fit(0, obj_optimizer=_optimizer(settings), progressbar=False)
         return inference
@@ -462,6 +467,10 @@ def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
                    max_treedepth=settings.max_treedepth)
     return initial_points, step
 
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------
 
 def _concurrent_seconds(per_chain: np.ndarray, cores: int) -> float:
     """Wall seconds of a phase whose per-chain durations are ``per_chain``.

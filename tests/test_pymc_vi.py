@@ -240,6 +240,7 @@ def test_stored_pathfinder_reloads_the_same_fit(backend, small, monkeypatch, tmp
     from backends.pytensor_store import store_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pymc_backend, "_CACHE", type(pymc_backend._CACHE)())
     factory = multipath.make_single_pathfinder_fn
     settings = FitSettings(vi_iterations=100, vi_draws=40)
     first = backend.fit(ORDERED, small, "pathfinder", settings, seed=8)

@@ -41,7 +41,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends.base import METHODS, Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
-from backends.jax_programs import LOAD_EVENT, StoredJit
+from backends.jax_programs import LOAD_EVENT, StoredJit, discard, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -615,16 +615,11 @@ class _NUTSPrograms:
     has to trace and lower them again in every process.
     """
 
-    SOURCES = (Path(__file__), Path(__file__).with_name("jax_programs.py"),
-               Path(__file__).parents[1] / "models" / "spec.py")
-
     def __init__(self, spec: MixtureSpec, settings: FitSettings, chain_method: str, x, y, description: dict):
-        from backends import jax_programs
-
         self.description_key = json.dumps(description, sort_keys=True)
         self.kernel = NUTS(partial(mixture_model, spec), target_accept_prob=settings.target_accept,
                            max_tree_depth=settings.max_treedepth)
-        self.num_warmup, self.num_draws, self.chains = settings.warmup, settings.draws, settings.chains
+        self.num_warmup, self.num_draws = settings.warmup, settings.draws
         if chain_method == "parallel":
             self.devices = jax.devices()[: settings.chains]
             over_chains = partial(jax.pmap, in_axes=(0, None, None), devices=self.devices)
@@ -637,16 +632,15 @@ class _NUTSPrograms:
         self.warmup_fn = over_chains(self._warmup_chain)
         self.sampling_fn = over_chains(self._sampling_chain)
         keys = jax.ShapeDtypeStruct((settings.chains, 2), jnp.uint32)
-        self.keys = {name: jax_programs.program_key({**description, "program": name}, self.SOURCES, self.devices)
+        self.keys = {name: program_key({**description, "program": name}, SOURCES, self.devices)
                      for name in ("warmup", "sampling")}
-        self.warmup = jax_programs.load_or_compile(
-            self.keys["warmup"], lambda: self.warmup_fn.lower(keys, x, y), self.devices)
+        self.warmup = load_or_compile(self.keys["warmup"], lambda: self.warmup_fn.lower(keys, x, y), self.devices)
 
         def lower_sampling():
             state = jax.eval_shape(self.warmup_fn, keys, x, y)[0]
             return self.sampling_fn.lower(state, x, y)
 
-        self.sampling = jax_programs.load_or_compile(self.keys["sampling"], lower_sampling, self.devices)
+        self.sampling = load_or_compile(self.keys["sampling"], lower_sampling, self.devices)
 
     @staticmethod
     def describe(spec: MixtureSpec, N: int, settings: FitSettings, chain_method: str, dtype) -> dict:
@@ -660,10 +654,8 @@ class _NUTSPrograms:
         return self.warmup.loaded and self.sampling.loaded
 
     def discard(self) -> None:
-        from backends import jax_programs
-
         for key in self.keys.values():
-            jax_programs.discard(key)
+            discard(key)
 
     @staticmethod
     def _fields(state) -> dict:

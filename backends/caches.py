@@ -32,6 +32,9 @@ from typing import Sequence
 
 
 JAX_CACHE_MAX_BYTES = 2 * 1024**3
+# Bound of each of mixbench's own stores (jax-programs, pytensor-functions): least recently used
+# entries go first once a store passes it.
+STORE_MAX_BYTES = 2 * 1024**3
 
 
 def cache_root() -> Path:
@@ -86,3 +89,32 @@ def cpu_signature() -> str:
         return platform.processor() or platform.machine()
     wanted = sorted({line for line in lines if line.startswith(("model name", "flags"))})
     return hashlib.sha256("\n".join(wanted).encode()).hexdigest()
+
+
+def mark_used(path: Path) -> None:
+    """Record that a stored entry was just used (its mtime), for ``evict``."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def evict(directory: Path, max_bytes: int = STORE_MAX_BYTES, pattern: str = "*.pkl") -> list[Path]:
+    """Delete the least recently used entries of ``directory`` until it holds at most
+    ``max_bytes``. Returns what was deleted."""
+    entries = []
+    for path in directory.glob(pattern):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed

@@ -33,7 +33,7 @@ import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from backends.base import package_versions
-from backends.caches import cache_root, cpu_signature, source_digest
+from backends.caches import cache_root, cpu_signature, evict, mark_used, source_digest
 
 FORMAT = 1
 
@@ -96,7 +96,9 @@ def load(key: str, devices: Sequence[Any]) -> jax.stages.Compiled | None:
     try:
         payload, in_tree, out_tree = pickle.loads(path.read_bytes())
         _initialize_cpu_kernels()
-        return deserialize_and_load(payload, in_tree, out_tree, execution_devices=list(devices))
+        compiled = deserialize_and_load(payload, in_tree, out_tree, execution_devices=list(devices))
+        mark_used(path)
+        return compiled
     except FileNotFoundError:
         return None
     except Exception:  # noqa: BLE001 - any unreadable entry is a miss, and is replaced
@@ -141,6 +143,7 @@ def store(key: str, compiled: jax.stages.Compiled) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    evict(directory)
 
 
 # Reported as a JAX time span, so that code which moves JAX's own compile spans out of a timed

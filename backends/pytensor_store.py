@@ -21,7 +21,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from backends.base import package_versions
-from backends.caches import cache_root, source_digest
+from backends.caches import cache_root, evict, mark_used, source_digest
 
 FORMAT = 1
 SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
@@ -50,7 +50,9 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any],
     """
     path = store_dir() / f"{function_key(description)}.pkl"
     try:
-        return cloudpickle.loads(path.read_bytes()), True
+        loaded = cloudpickle.loads(path.read_bytes())
+        mark_used(path)
+        return loaded, True
     except FileNotFoundError:
         pass
     except Exception:  # noqa: BLE001 - a torn or stale entry is rebuilt and replaced
@@ -63,6 +65,7 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any],
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+        evict(path.parent)
     except Exception:  # noqa: BLE001 - a function that cannot be kept still works here
         return built, False
     if warm_up is not None:

@@ -24,11 +24,13 @@ compile-cache benchmark points a process at empty caches. Measured in docs/perfo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 JAX_CACHE_MAX_BYTES = 2 * 1024**3
@@ -118,3 +120,23 @@ def evict(directory: Path, max_bytes: int = STORE_MAX_BYTES, pattern: str = "*.p
         total -= size
         removed.append(path)
     return removed
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A file-name-safe key for a cached artefact: a hash of ``parts`` (JSON-serialisable; each
+    store puts in it what its artefacts depend on: a description, versions, source digests)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no reader, in this process or another, ever sees half
+    a file: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -19,12 +19,10 @@ are never written to it. Should a stored program fail anyway, it is dropped and 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
-import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,7 +31,7 @@ import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from backends.base import package_versions
-from backends.caches import cache_root, cpu_signature, evict, mark_used, source_digest
+from backends.caches import cache_key, cache_root, cpu_signature, evict, mark_used, source_digest, write_atomic
 
 FORMAT = 1
 
@@ -47,7 +45,7 @@ def program_key(description: dict[str, Any], sources: Sequence[Path], devices: S
     """A file-name-safe key for one program: ``description`` (JSON-serialisable: what the caller
     builds, its shapes and settings), the source files that build it, the devices it runs on,
     the package versions and the CPU."""
-    parts = {
+    return cache_key({
         "format": FORMAT,
         "description": description,
         "sources": source_digest(sources),
@@ -56,21 +54,7 @@ def program_key(description: dict[str, Any], sources: Sequence[Path], devices: S
         "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in devices],
         "platform_version": devices[0].client.platform_version,
         "cpu": cpu_signature(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-@dataclass
-class Program:
-    """A compiled program and whether it came from disk (``loaded``) or was compiled here."""
-
-    compiled: jax.stages.Compiled
-    loaded: bool
-    key: str
-    seconds: float
-
-    def __call__(self, *args):
-        return self.compiled(*args)
+    })
 
 
 def _path(key: str) -> Path:
@@ -108,10 +92,7 @@ def load(key: str, devices: Sequence[Any]) -> jax.stages.Compiled | None:
 
 def discard(key: str) -> None:
     """Remove the stored program ``key`` (a loaded copy that failed to run)."""
-    try:
-        _path(key).unlink()
-    except FileNotFoundError:
-        pass
+    _path(key).unlink(missing_ok=True)
 
 
 # XLA's default for this flag (off): setting it explicitly changes no code, only the
@@ -131,24 +112,44 @@ def compile_fresh(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compile
 
 
 def store(key: str, compiled: jax.stages.Compiled) -> None:
-    """Write ``compiled`` under ``key``, atomically (a reader never sees half a file)."""
-    directory = programs_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    data = pickle.dumps(serialize(compiled))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pkl")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, _path(key))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    evict(directory)
+    """Write ``compiled`` under ``key``, atomically, keeping the store within its bound."""
+    write_atomic(_path(key), pickle.dumps(serialize(compiled)))
+    evict(programs_dir())
 
 
 # Reported as a JAX time span, so that code which moves JAX's own compile spans out of a timed
-# phase (backends/numpyro.py) moves loading and storing programs with them.
+# phase (backends/numpyro.py) moves loading, storing and recompiling programs with them.
 LOAD_EVENT = "/mixbench/jax_programs/load_or_compile"
+
+
+@dataclass
+class Program:
+    """A compiled program, loaded from disk (``loaded``) or compiled here.
+
+    The first run of a loaded program is waited for: one that fails (see the module's
+    docstring) is dropped from the store, compiled afresh (timed as a ``LOAD_EVENT`` span) and
+    run again, instead of failing the fit later.
+    """
+
+    compiled: jax.stages.Compiled
+    loaded: bool
+    key: str
+    lower: Callable[[], jax.stages.Lowered]
+    devices: Sequence[Any]
+    verified: bool = False
+
+    def __call__(self, *args):
+        if not self.loaded or self.verified:
+            return self.compiled(*args)
+        try:
+            result = jax.block_until_ready(self.compiled(*args))
+        except jax.errors.JaxRuntimeError:
+            discard(self.key)
+            fresh = load_or_compile(self.key, self.lower, self.devices, reuse=False)
+            self.compiled, self.loaded = fresh.compiled, False
+            return self.compiled(*args)
+        self.verified = True
+        return result
 
 
 def load_or_compile(key: str, lower: Callable[[], jax.stages.Lowered], devices: Sequence[Any],
@@ -163,11 +164,22 @@ def load_or_compile(key: str, lower: Callable[[], jax.stages.Lowered], devices: 
         compiled = compile_fresh(lower)
         try:
             store(key, compiled)
-        except (OSError, ValueError, NotImplementedError, TypeError, pickle.PicklingError):
-            pass  # a program that cannot be kept still runs; the next process compiles it again
-    end = time.time()
-    jax.monitoring.record_event_time_span(LOAD_EVENT, start, end)
-    return Program(compiled, loaded, key, end - start)
+        except (OSError, ValueError, NotImplementedError, TypeError, pickle.PicklingError) as exc:
+            # The program still runs here; only later processes lose it.
+            warnings.warn(f"mixbench: JAX program not stored, later processes will compile it again "
+                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+    jax.monitoring.record_event_time_span(LOAD_EVENT, start, time.time())
+    return Program(compiled, loaded, key, lower, devices)
+
+
+def abstract(tree):
+    """``tree`` with every array replaced by its shape and dtype, enough to lower a program
+    again later without keeping the arrays alive; Python scalars stay (they are weakly typed)."""
+    def leaf(value):
+        if isinstance(value, (int, float, bool)):
+            return value
+        return jax.ShapeDtypeStruct(jax.numpy.shape(value), jax.numpy.result_type(value))
+    return jax.tree.map(leaf, tree)
 
 
 class StoredJit:
@@ -198,21 +210,10 @@ class StoredJit:
     def __call__(self, *args):
         signature, dynamic = self._signature(args)
         program = self.programs.get(signature)
-        if program is not None:
-            return program(*dynamic)
-        devices = jax.devices()[:1]
-        key = program_key({**self.description, "signature": signature}, self.sources, devices)
-        program = load_or_compile(key, lambda: self.jitted.lower(*args), devices)
-        if program.loaded:
-            # A stored program's first run is waited for: one that fails (see the module's
-            # docstring) is replaced by a fresh compile instead of failing the fit later.
-            try:
-                result = jax.block_until_ready(program(*dynamic))
-            except jax.errors.JaxRuntimeError:
-                discard(key)
-                program = load_or_compile(key, lambda: self.jitted.lower(*args), devices, reuse=False)
-                result = program(*dynamic)
+        if program is None:
+            devices = jax.devices()[:1]
+            key = program_key({**self.description, "signature": signature}, self.sources, devices)
+            shapes = tuple(arg if i in self.static_argnums else abstract(arg) for i, arg in enumerate(args))
+            program = load_or_compile(key, lambda: self.jitted.lower(*shapes), devices)
             self.programs[signature] = program
-            return result
-        self.programs[signature] = program
         return program(*dynamic)

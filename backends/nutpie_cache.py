@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import package_versions
-from backends.caches import cache_root, cpu_signature, source_digest
+from backends.caches import cache_key, cache_root, cpu_signature, source_digest, write_atomic
 
 FORMAT = 1
 SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
@@ -43,14 +40,11 @@ def nutpie_dir() -> Path:
 def model_key(description: dict[str, Any]) -> str:
     """The key of one compiled model: ``description`` (spec, data sizes, precision) with the
     versions of everything that generates or compiles code, this code's source and the CPU."""
-    import hashlib
-
-    parts = {
+    return cache_key({
         "format": FORMAT, "description": description, "sources": source_digest(SOURCES),
         "versions": package_versions("pymc", "pytensor", "nutpie", "numba", "llvmlite", "numpy"),
         "cpu": cpu_signature(),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    })
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,12 +211,8 @@ def _cfuncs(module) -> tuple[Any, Any]:
 
 def _write_if_changed(path: Path, text: str) -> None:
     """Keep an identical file untouched: Numba's cache index is stamped with its mtime."""
-    if path.exists() and path.read_text() == text:
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    if not (path.exists() and path.read_text() == text):
+        write_atomic(path, text.encode())
 
 
 def _assemble(model, meta: dict, logp, expand, initial_point_func, data: dict, logp_fn=None, expand_fn=None):
@@ -299,8 +289,5 @@ def _compile(model, key: str, directory: Path, data: dict[str, np.ndarray]):
     module.inner_logp = logp_fn.vm.jit_fn
     module.inner_expand = expand_fn.vm.jit_fn
     logp, expand = _cfuncs(module)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pkl")
-    with os.fdopen(fd, "wb") as handle:
-        pickle.dump(meta, handle)
-    os.replace(tmp, directory / "meta.pkl")
+    write_atomic(directory / "meta.pkl", pickle.dumps(meta))
     return _assemble(model, meta, logp, expand, initial, {**values, **data}, logp_fn, expand_fn)

@@ -251,6 +251,11 @@ class _Compiled:
     def free_names(self) -> list[str]:
         return [rv.name for rv in self.model.free_RVs]
 
+    def description(self, **extra) -> dict:
+        """What every function compiled from this entry depends on, for the stores' keys."""
+        return {"spec": self.spec.to_dict(), "precision": self.precision,
+                "data_shapes": {k: list(v.shape) for k, v in self.data.items()}, **extra}
+
     def _get(self, name, build, stored: bool = True):
         """The function ``name``, built once per process. ``stored``: a PyTensor function (or
         PyMC's ValueGradFunction) kept on disk after its rewrites and loaded in later processes
@@ -259,9 +264,7 @@ class _Compiled:
             start = time.perf_counter()
             with _precision(self.precision):
                 if stored:
-                    description = {"function": name, "spec": self.spec.to_dict(), "precision": self.precision,
-                                   "data_shapes": {k: list(v.shape) for k, v in self.data.items()}}
-                    function, loaded = load_or_build(description, build)
+                    function, loaded = load_or_build(self.description(function=name), build)
                     if loaded:
                         inner = getattr(function, "_pytensor_function", function)
                         set_shared(inner, self.data)
@@ -347,9 +350,7 @@ class _Compiled:
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
         from backends.nutpie_cache import compile_nutpie_model
 
-        description = {"spec": self.spec.to_dict(), "precision": self.precision,
-                       "data_shapes": {name: list(value.shape) for name, value in self.data.items()}}
-        compiled_model = self._get("nutpie", lambda: compile_nutpie_model(self.model, description, self.data),
+        compiled_model = self._get("nutpie", lambda: compile_nutpie_model(self.model, self.description(), self.data),
                                    stored=False)  # nutpie_cache keeps its own
         return compiled_model.with_data(**self.data)
 
@@ -403,11 +404,10 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
             inference.fit(0, obj_optimizer=_optimizer(settings), progressbar=False)
         return inference
 
-    description = {"function": "advi", "method": method, "spec": entry.spec.to_dict(),
-                   "precision": entry.precision, "data": dataset.digest(), "seed": seed,
-                   "optimizer": settings.optimizer, "learning_rate": settings.learning_rate,
-                   "batch_size": settings.batch_size if minibatch else None,
-                   "total_size": settings.minibatch_total_size if minibatch else None}
+    description = entry.description(function="advi", method=method, data=dataset.digest(), seed=seed,
+                                    optimizer=settings.optimizer, learning_rate=settings.learning_rate,
+                                    batch_size=settings.batch_size if minibatch else None,
+                                    total_size=settings.minibatch_total_size if minibatch else None)
     # One step of a throw-away copy compiles the loaded graph's Numba code (see load_or_build).
     inference, _ = load_or_build(description, build, warm_up=lambda copy: copy.state.step())
     return inference
@@ -429,9 +429,8 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
     original = multipath.make_single_pathfinder_fn
 
     def stored(model, **kwargs):
-        description = {"function": "single_pathfinder", "spec": entry.spec.to_dict(),
-                       "precision": entry.precision, "data": dataset.digest(),
-                       "arguments": {name: repr(value) for name, value in sorted(kwargs.items())}}
+        description = entry.description(function="single_pathfinder", data=dataset.digest(),
+                                        arguments={name: repr(value) for name, value in sorted(kwargs.items())})
         function, _ = load_or_build(description, lambda: original(model, **kwargs),
                                     warm_up=lambda copy: copy(0))
         return function

@@ -11,17 +11,14 @@ after loading (``set_shared``).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import cloudpickle
 
 from backends.base import package_versions
-from backends.caches import cache_root, evict, mark_used, source_digest
+from backends.caches import cache_key, cache_root, evict, mark_used, source_digest, write_atomic
 
 FORMAT = 1
 SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
@@ -32,9 +29,8 @@ def store_dir() -> Path:
 
 
 def function_key(description: dict[str, Any]) -> str:
-    parts = {"format": FORMAT, "description": description, "sources": source_digest(SOURCES),
-             "versions": package_versions("pymc", "pytensor", "numba", "numpy", "cloudpickle")}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return cache_key({"format": FORMAT, "description": description, "sources": source_digest(SOURCES),
+                      "versions": package_versions("pymc", "pytensor", "numba", "numpy", "cloudpickle")})
 
 
 def load_or_build(description: dict[str, Any], build: Callable[[], Any],
@@ -60,13 +56,11 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any],
     built = build()
     try:
         data = cloudpickle.dumps(built)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pkl")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         evict(path.parent)
-    except Exception:  # noqa: BLE001 - a function that cannot be kept still works here
+    except Exception as exc:  # noqa: BLE001 - a function that cannot be kept still works here
+        warnings.warn(f"mixbench: not stored, later processes will compile it again "
+                      f"({description.get('function')}: {type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
         return built, False
     if warm_up is not None:
         warm_up(cloudpickle.loads(data))

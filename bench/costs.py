@@ -89,17 +89,25 @@ def figure_gradient_cost(records: pd.DataFrame, path: Path) -> Path | None:
         for key, group in frame[frame["K"] == K].groupby(ENGINE_KEYS):
             group = group.sort_values("N")
             ax.plot(group["N"], group["ms"], marker="o", label=" / ".join(map(str, key)))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("N (observations)")
+        _log_log_against_n(ax)
         ax.set_title(f"K = {int(K)}")
-        ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].set_ylabel("ms per log density + gradient")
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.suptitle("Gradient cost against N")
+    return _save_with_legend(fig, axes[0, -1], "Gradient cost against N", path)
+
+
+def _log_log_against_n(ax) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("N (observations)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _save_with_legend(fig, legend_ax, title: str, path: Path) -> Path:
+    legend_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -158,17 +166,9 @@ def figure_nuts_cost_curve(frame: pd.DataFrame, path: Path) -> Path | None:
         left.plot(med.index, med["run_s"], marker="o", label=label)
         right.plot(med.index, med["ess_per_s"], marker="o", label=label)
     for ax, ylabel in ((left, "warm-up + sampling, s"), (right, "bulk ESS per second of sampling")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("N (observations)")
+        _log_log_against_n(ax)
         ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.suptitle("NUTS cost against N (medians over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_with_legend(fig, right, "NUTS cost against N (medians over seeds)", path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,3 +40,18 @@ def test_source_digest_follows_content_not_location(tmp_path):
     (b / "m.py").write_text("x = 2\n")
     os.utime(b / "m.py", (5_000, 5_000))  # a new mtime: the digest must not come from a stale memo
     assert source_digest([a / "m.py"]) != source_digest([b / "m.py"])
+
+
+def test_an_object_that_cannot_be_stored_still_works_and_says_so(monkeypatch, tmp_path):
+    import threading
+
+    import pytest
+
+    from backends.pytensor_store import load_or_build, store_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lock = threading.Lock()  # cloudpickle cannot pickle a lock
+    with pytest.warns(RuntimeWarning, match="not stored"):
+        built, loaded = load_or_build({"function": "test-lock"}, lambda: lock)
+    assert built is lock and not loaded
+    assert not list(store_dir().glob("*.pkl"))

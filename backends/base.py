@@ -191,6 +191,12 @@ def canonical_datatree(
     return from_dict(groups, coords=coords, dims=spec.param_dims(), attrs=attrs)
 
 
+def check_batch_size(method: str, settings: FitSettings, N: int) -> None:
+    """MixbenchError when a minibatch method's ``settings.batch_size`` exceeds the N observations."""
+    if method.startswith("advi-minibatch") and settings.batch_size > N:
+        raise MixbenchError(f"settings.batch_size: {settings.batch_size} is larger than the data (N = {N})")
+
+
 class Backend(ABC):
     """One probabilistic programming backend implementing the spec."""
 
@@ -240,6 +246,7 @@ class Backend(ABC):
         if reason is not None:
             result = unsupported(self.name, method, reason)
         else:
+            check_batch_size(method, settings, dataset.N)  # one rule for every backend
             result = self._fit(spec, dataset, method, settings, seed)
         result.settings = settings.to_dict()
         result.seed = seed

@@ -19,6 +19,13 @@
 
 Every location follows ``XDG_CACHE_HOME`` (or the engine's own setting), which is how the
 compile-cache benchmark points a process at empty caches. Measured in docs/performance.md.
+
+What these stores hold is code: pickles (cloudpickle's included), XLA executables, a generated
+Python module with Numba's index of it, Stan executables. So entries are loaded only from
+directories owned by the current user and writable by no one else (``private_dir``: created
+0700, checked from ``cache_root()`` down before anything is loaded), and a directory that fails
+the check is refused with one line saying why (MixbenchError). An entry that fails to load is
+discarded and rebuilt, with one CacheWarning.
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import stat
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
+
+from models.errors import MixbenchError, MixbenchWarning
 
 
 JAX_CACHE_MAX_BYTES = 2 * 1024**3
@@ -39,9 +51,80 @@ JAX_CACHE_MAX_BYTES = 2 * 1024**3
 STORE_MAX_BYTES = 2 * 1024**3
 
 
+# The directories under cache_root() that hold entries mixbench loads (the Stan backend's "stan"
+# included), checked by check_cache_dirs before a run.
+STORES = ("jax", "jax-programs", "pytensor-functions", "nutpie", "stan")
+
+
+class CacheWarning(MixbenchWarning, RuntimeWarning):
+    """A cache entry was discarded (it failed to load) or could not be stored: the run goes on,
+    compiling what the entry would have saved."""
+
+
 def cache_root() -> Path:
     """mixbench's cache directory: ``$XDG_CACHE_HOME/mixbench``, else ``~/.cache/mixbench``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench"
+
+
+def check_private(path: Path) -> None:
+    """Raise MixbenchError unless ``path`` is a directory owned by the current user that neither
+    group nor others can write (they could plant an entry, and entries are code)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise MixbenchError(f"cache directory {path}: cannot be checked ({exc.strerror or exc})") from None
+    fix = "; mixbench loads compiled code only from your own private directories (see README, Caches)"
+    if not stat.S_ISDIR(info.st_mode):
+        raise MixbenchError(f"cache directory {path}: is not a directory{fix}")
+    if info.st_uid != os.getuid():
+        raise MixbenchError(f"cache directory {path}: owned by uid {info.st_uid}, not by you (uid {os.getuid()}); "
+                            f"set XDG_CACHE_HOME to a directory of your own{fix}")
+    writable = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if info.st_mode & bit]
+    if writable:
+        raise MixbenchError(f"cache directory {path}: writable by {' and '.join(writable)} "
+                            f"(mode {stat.S_IMODE(info.st_mode):04o}); remove it or run chmod go-w on it{fix}")
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, created if missing (mode 0700, as is every directory made between
+    ``cache_root()`` and it), after checking with ``check_private`` it and each directory from
+    the cache root down to it. Raises MixbenchError (one line) when one fails the check."""
+    path = Path(path)
+    root = cache_root()
+    chain = [path]
+    if path != root and root in path.parents:
+        chain = [root, *reversed([p for p in path.parents if root in p.parents]), path]
+    for directory in chain:
+        try:
+            directory.mkdir(mode=0o700, parents=directory == chain[0], exist_ok=True)
+        except OSError as exc:
+            raise MixbenchError(f"cache directory {directory}: cannot be created ({exc.strerror or exc})") from None
+        check_private(directory)
+    return path
+
+
+def check_cache_dirs() -> None:
+    """Check the cache root and every store under it that exists (``STORES``), creating
+    nothing: a run refuses, in one line, before any cell loads from an unsafe directory."""
+    root = cache_root()
+    if not root.exists():
+        return
+    check_private(root)
+    for name in STORES:
+        if (root / name).exists():
+            check_private(root / name)
+
+
+def discard_entry(path: Path, error: BaseException) -> None:
+    """Delete an entry (a file or a whole directory) that failed to load, with one CacheWarning
+    naming it and the error; the caller rebuilds it."""
+    if Path(path).is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
+    text = (str(error).strip().splitlines() or [""])[0]
+    warnings.warn(f"cache entry {path}: failed to load ({type(error).__name__}: {text[:200]}); "
+                  "discarded, compiling it again", CacheWarning, stacklevel=3)
 
 
 def enable_jax_compilation_cache() -> Path | None:
@@ -51,8 +134,7 @@ def enable_jax_compilation_cache() -> Path | None:
     import jax
 
     if jax.config.jax_compilation_cache_dir is None:
-        directory = cache_root() / "jax"
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = private_dir(cache_root() / "jax")
         jax.config.update("jax_compilation_cache_dir", str(directory))
     # A sampler's programs compile in well under JAX's default 1 s threshold and would never be
     # written; -1 also turns off the size threshold for good.

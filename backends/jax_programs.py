@@ -31,14 +31,16 @@ import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from backends.base import package_versions
-from backends.caches import cache_key, cache_root, cpu_signature, evict, mark_used, source_digest, write_atomic
+from backends.caches import (CacheWarning, cache_key, cache_root, cpu_signature, discard_entry, evict, mark_used,
+                             private_dir, source_digest, write_atomic)
 
 FORMAT = 1
 
 
 def programs_dir() -> Path:
-    """Where the programs live: ``cache_root()/jax-programs``."""
-    return cache_root() / "jax-programs"
+    """Where the programs live: ``cache_root()/jax-programs``, created private; MixbenchError
+    when it is not (caches.private_dir: a stored program is code)."""
+    return private_dir(cache_root() / "jax-programs")
 
 
 def program_key(description: dict[str, Any], sources: Sequence[Path], devices: Sequence[Any]) -> str:
@@ -75,7 +77,7 @@ def _initialize_cpu_kernels() -> None:
 
 def load(key: str, devices: Sequence[Any]) -> jax.stages.Compiled | None:
     """The stored program ``key`` loaded onto ``devices``, or None when there is none or it
-    cannot be read (a torn or foreign file is treated as absent)."""
+    cannot be read (a torn or foreign file is discarded with one CacheWarning, and replaced)."""
     path = _path(key)
     try:
         payload, in_tree, out_tree = pickle.loads(path.read_bytes())
@@ -85,8 +87,8 @@ def load(key: str, devices: Sequence[Any]) -> jax.stages.Compiled | None:
         return compiled
     except FileNotFoundError:
         return None
-    except Exception:  # noqa: BLE001 - any unreadable entry is a miss, and is replaced
-        discard(key)
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is a miss, and is replaced
+        discard_entry(path, exc)
         return None
 
 
@@ -143,8 +145,8 @@ class Program:
             return self.compiled(*args)
         try:
             result = jax.block_until_ready(self.compiled(*args))
-        except jax.errors.JaxRuntimeError:
-            discard(self.key)
+        except jax.errors.JaxRuntimeError as exc:
+            discard_entry(_path(self.key), exc)
             fresh = load_or_compile(self.key, self.lower, self.devices, reuse=False)
             self.compiled, self.loaded = fresh.compiled, False
             return self.compiled(*args)
@@ -167,7 +169,7 @@ def load_or_compile(key: str, lower: Callable[[], jax.stages.Lowered], devices: 
         except (OSError, ValueError, NotImplementedError, TypeError, pickle.PicklingError) as exc:
             # The program still runs here; only later processes lose it.
             warnings.warn(f"mixbench: JAX program not stored, later processes will compile it again "
-                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                          f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
     jax.monitoring.record_event_time_span(LOAD_EVENT, start, time.time())
     return Program(compiled, loaded, key, lower, devices)
 

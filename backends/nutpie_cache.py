@@ -12,13 +12,21 @@ caches them, callee included, next to that file. A later process with the same k
 callbacks from Numba's cache and never builds a PyTensor function: what is left of compiling is
 PyMC's initial-point function. The functions compiled are nutpie's own (its ``_make_functions``,
 the same graphs ``compile_pymc_model`` samples), so the sampler is unchanged.
+
+A key's directory holds all of an entry: the source, its metadata and Numba's index and machine
+code (``__pycache__``, beside the source). It is loaded only from a private directory
+(caches.private_dir), and only when the source is exactly what the metadata generates; an entry
+that fails to load in any part is deleted whole, with one CacheWarning, and compiled again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import pickle
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +35,15 @@ from typing import Any
 import numpy as np
 
 from backends.base import package_versions
-from backends.caches import cache_key, cache_root, cpu_signature, source_digest, write_atomic
+from backends.caches import cache_key, cache_root, cpu_signature, discard_entry, private_dir, source_digest, write_atomic
 
 FORMAT = 1
 SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
 
 
 def nutpie_dir() -> Path:
-    return cache_root() / "nutpie"
+    """The store's directory, created private; MixbenchError when it is not (caches.private_dir)."""
+    return private_dir(cache_root() / "nutpie")
 
 
 def model_key(description: dict[str, Any]) -> str:
@@ -245,23 +254,44 @@ def compile_nutpie_model(model, description: dict[str, Any], data: dict[str, np.
     """nutpie's compiled model of ``model`` (a PyMC model whose shared variables are ``data``),
     loaded from the cache when ``description`` was compiled before, else compiled and cached."""
     key = model_key(description)
-    directory = nutpie_dir() / key
-    source, meta_path = directory / "callbacks.py", directory / "meta.pkl"
-    if source.exists() and meta_path.exists():
-        try:
-            meta = pickle.loads(meta_path.read_bytes())
-            module = _import_callbacks(source, key)
-            logp, expand = _cfuncs(module)  # no inner functions defined: only a cache hit works
-            if logp.cache_hits and expand.cache_hits:
-                from nutpie.compile_pymc import _rv_dict_to_flat_array_wrapper
+    root = nutpie_dir()
+    # One process per key at a time: a second cell of the same model waits for the first to
+    # compile and then loads, and no process deletes an entry another is writing.
+    with _locked(root / f"{key}.lock"):
+        directory = private_dir(root / key)
+        source, meta_path = directory / "callbacks.py", directory / "meta.pkl"
+        if source.exists() and meta_path.exists():
+            try:
+                meta = pickle.loads(meta_path.read_bytes())
+                if source.read_text() != callbacks_source(meta):
+                    raise ValueError("callbacks.py is not the source its metadata generates")
+                module = _import_callbacks(source, key)
+                logp, expand = _cfuncs(module)  # no inner functions defined: only a cache hit works
+                if logp.cache_hits and expand.cache_hits:
+                    from nutpie.compile_pymc import _rv_dict_to_flat_array_wrapper
 
-                free = meta["n_free_names"]
-                initial = _rv_dict_to_flat_array_wrapper(_pymc_initial_point_fn(model), names=meta["shape_info"][0][:free],
-                                                         shapes=meta["shape_info"][2][:free])
-                return _assemble(model, meta, logp, expand, initial, data)
-        except Exception:  # noqa: BLE001 - anything stale or torn: compile afresh below
-            pass
-    return _compile(model, key, directory, data)
+                    free = meta["n_free_names"]
+                    initial = _rv_dict_to_flat_array_wrapper(_pymc_initial_point_fn(model),
+                                                             names=meta["shape_info"][0][:free],
+                                                             shapes=meta["shape_info"][2][:free])
+                    return _assemble(model, meta, logp, expand, initial, data)
+            except Exception as exc:  # noqa: BLE001 - anything stale or torn, Numba's index included
+                # Deleted whole, Numba's files with it: left in place, a torn index would fail
+                # the compile below too (Numba reads it before it writes a new one).
+                discard_entry(directory, exc)
+                directory = private_dir(directory)
+        elif any(directory.iterdir()):
+            # A compile cut short (meta.pkl is written last): its leftovers go, for the same reason.
+            shutil.rmtree(directory)
+            directory = private_dir(directory)
+        return _compile(model, key, directory, data)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _compile(model, key: str, directory: Path, data: dict[str, np.ndarray]):

@@ -7,6 +7,10 @@ PyTensor's cache. The pickle is cloudpickle's, because PyMC's graphs hold OpFrom
 
 A stored function holds copies of its shared variables (the data): callers set their values
 after loading (``set_shared``).
+
+An entry is an envelope naming its key and the type of what it holds; one that does not unpickle
+or is not such an envelope (torn, written by something else, another key's) is discarded with one
+CacheWarning and built again. Entries load only from a private directory (caches.private_dir).
 """
 
 from __future__ import annotations
@@ -18,14 +22,35 @@ from typing import Any, Callable
 import cloudpickle
 
 from backends.base import package_versions
-from backends.caches import cache_key, cache_root, evict, mark_used, source_digest, write_atomic
+from backends.caches import (CacheWarning, cache_key, cache_root, discard_entry, evict, mark_used, private_dir,
+                             source_digest, write_atomic)
 
-FORMAT = 1
+FORMAT = 2  # 2: entries are envelopes (_wrap)
 SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
 
 
 def store_dir() -> Path:
-    return cache_root() / "pytensor-functions"
+    """The store's directory, created private; MixbenchError when it is not (caches.private_dir)."""
+    return private_dir(cache_root() / "pytensor-functions")
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _wrap(key: str, obj: Any) -> bytes:
+    return cloudpickle.dumps({"format": FORMAT, "key": key, "type": _type_name(obj), "object": obj})
+
+
+def _unwrap(key: str, data: bytes) -> Any:
+    """The object of an envelope written for ``key``; ValueError when ``data`` is not one."""
+    envelope = cloudpickle.loads(data)
+    if not (isinstance(envelope, dict) and envelope.get("format") == FORMAT and envelope.get("key") == key
+            and "object" in envelope):
+        raise ValueError(f"not an entry of this store for this key (a {_type_name(envelope)})")
+    if _type_name(envelope["object"]) != envelope.get("type"):
+        raise ValueError(f"holds a {_type_name(envelope['object'])}, recorded as {envelope.get('type')}")
+    return envelope["object"]
 
 
 def function_key(description: dict[str, Any]) -> str:
@@ -43,28 +68,32 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any],
     call, seconds charged to whatever runs it. The built object is then stored, and a loaded
     copy of it is given to ``warm_up`` (which should run its functions once: Numba compiles and
     caches them here) and another returned: every run, first or later, uses the same loaded graph.
+
+    An entry that fails to load is discarded (one CacheWarning) and built again. Raises
+    MixbenchError when the store's directory is not private (caches.private_dir).
     """
-    path = store_dir() / f"{function_key(description)}.pkl"
+    key = function_key(description)
+    path = store_dir() / f"{key}.pkl"
     try:
-        loaded = cloudpickle.loads(path.read_bytes())
+        loaded = _unwrap(key, path.read_bytes())
         mark_used(path)
         return loaded, True
     except FileNotFoundError:
         pass
-    except Exception:  # noqa: BLE001 - a torn or stale entry is rebuilt and replaced
-        path.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - a torn, foreign or stale entry is rebuilt and replaced
+        discard_entry(path, exc)
     built = build()
     try:
-        data = cloudpickle.dumps(built)
+        data = _wrap(key, built)
         write_atomic(path, data)
         evict(path.parent)
     except Exception as exc:  # noqa: BLE001 - a function that cannot be kept still works here
         warnings.warn(f"mixbench: not stored, later processes will compile it again "
-                      f"({description.get('function')}: {type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                      f"({description.get('function')}: {type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
         return built, False
     if warm_up is not None:
-        warm_up(cloudpickle.loads(data))
-        return cloudpickle.loads(data), False
+        warm_up(_unwrap(key, data))
+        return _unwrap(key, data), False
     return built, False
 
 

@@ -233,7 +233,9 @@ def _compile_lock():
     same program into the same cache side by side."""
     import fcntl
 
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    from backends.caches import private_dir
+
+    private_dir(CACHE_DIR)  # executables are loaded from here: only from a private directory
     with open(CACHE_DIR / "compile.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -397,8 +399,9 @@ class StanBackend(Backend):
             return self._cmdstan_model, True
         code = program_code()
         key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
-        directory = CACHE_DIR / key
-        directory.mkdir(parents=True, exist_ok=True)
+        from backends.caches import private_dir
+
+        directory = private_dir(CACHE_DIR / key)
         source = directory / "mixture.stan"
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)

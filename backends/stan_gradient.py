@@ -87,14 +87,15 @@ def library_key(code: str, stanc_args: Sequence[str]) -> str:
 
 def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool]:
     """The shared library of ``code`` compiled with ``stanc_args``; and whether it was cached."""
+    from backends.caches import private_dir
     from backends.stan import _compile_lock
 
     directory = cache_dir() / library_key(code, stanc_args)
     library = directory / "model.so"
     with _compile_lock():
+        private_dir(directory)  # a library is loaded from here: only from a private directory
         if library.is_file():
             return library, True
-        directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="mixbench-stanc-") as tmp:
             source = Path(tmp) / "model.stan"
             source.write_text(code)

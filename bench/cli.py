@@ -1,4 +1,10 @@
-"""The command line: ``mixbench run``, ``mixbench report`` and ``mixbench list``."""
+"""The command line: ``mixbench run``, ``mixbench report`` and ``mixbench list``.
+
+Every failure ends in one line on stderr and a non-zero exit, without a traceback (``--debug``
+shows it): 2 for bad input (MixbenchError), 1 for what the system refused (a file that cannot be
+read or written, a full disk, rows that could not be written) or an internal error, 128 + the
+signal number when SIGINT (130), SIGTERM (143) or SIGHUP (129) stopped the command.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import argparse
 import shutil
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
 from backends.base import METHODS, FitSettings
-from models.errors import MixbenchError
+from models.errors import MixbenchError, MixbenchWarning
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -93,6 +101,7 @@ _SETTING_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mixbench", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="fit a grid of scenarios x backends x methods x seeds",
@@ -135,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--retry-failed", action="store_true", help="rerun failed, crashed and timed-out cells")
     runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
     runner.add_argument("--no-report", action="store_true", help="skip the report")
+    runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     report = sub.add_parser("report", help="build the report from harness runs or pytest-benchmark JSON",
                             description="Build report.md, report.html and figures from results.")
     report.add_argument("paths", nargs="+", type=Path, help="run directories, cells.jsonl files or pytest-benchmark JSON files")
     report.add_argument("--out", type=Path, default=None, help="report directory (default: the first run directory)")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -168,18 +179,23 @@ def _cells_from_args(args) -> tuple[list, str]:
                               ("ordering", args.ordering), ("likelihood", args.likelihood)) if v is not None}
     common = dict(settings=settings, spec=spec, data_seed=args.data_seed)
     if args.data is not None:
-        from models.datafile import load_csv
+        from models.datafile import data_digest, load_csv
 
+        if args.N:
+            raise MixbenchError("--N: only applies to a built-in scenario (a data file's N is its number of rows)")
         dataset = load_csv(args.data, args.covariates, args.response)  # a malformed file fails now
-        MixtureSpec.from_dict({"D": dataset.D, **spec})
+        fitted = MixtureSpec.from_dict({"D": dataset.D, **spec})
+        _check_sizes(fitted.K, [dataset.N], args.methods, settings)
         scenario, label = str(args.data.resolve()), args.data.stem
-        common.update(covariates=tuple(dataset.covariates), response=args.response)
+        common.update(covariates=tuple(dataset.covariates), response=args.response,
+                      data_digest=data_digest(args.data))
     else:
         if args.covariates is not None:
             raise MixbenchError("--covariates: only applies with --data")
         scenario = label = args.scenario or DEFAULT_SCENARIO
         built_in = get_scenario(scenario)
-        MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
+        fitted = MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
+        _check_sizes(fitted.K, args.N or [built_in.N], args.methods, settings)
         if args.N:
             # One cell per size: rows carry N, and the report draws the cost curve over N.
             cells = [cell for n in args.N
@@ -188,10 +204,21 @@ def _cells_from_args(args) -> tuple[list, str]:
     return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
 
 
+def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -> None:
+    """The harness's size checks (K against N, minibatch against N), before any cell runs."""
+    from bench.harness import check_fit_size
+
+    fit_settings = FitSettings.from_dict(settings)
+    for n in sizes:
+        for method in methods:
+            check_fit_size(K, n, method, fit_settings)
+
+
 class Progress:
     """One status line naming the cell in flight and its time so far."""
 
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int, stream=None):
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.total, self.done, self.stream = total, 0, stream
         self.live = stream.isatty()
         self.started = time.perf_counter()
@@ -214,6 +241,8 @@ class Progress:
             detail = f": {info.get('error') or info.get('reason')}" if status != "ok" else ""
             line = f"[{self.done}/{self.total}] {info['cell_id']} {status} in {info.get('time_cell', 0):.1f} s{detail}"
             print(("\r" if self.live else "") + line, file=self.stream, flush=True)
+            for note in info.get("warnings") or ():
+                print(f"  warning: {note}", file=self.stream, flush=True)
 
 
 def cmd_run(args) -> int:
@@ -223,15 +252,17 @@ def cmd_run(args) -> int:
 
     cells, label = _cells_from_args(args)
     out_dir = args.out or Path("results") / label
-    if args.fresh and (out_dir / CELLS_FILE).exists():
-        (out_dir / CELLS_FILE).unlink()
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
-                         retry_failed=args.retry_failed)
+                         retry_failed=args.retry_failed, fresh=args.fresh)
     ids = {c.id for c in cells}
     progress = Progress(len(cells))
-    rows = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
-    rows = [r for r in rows if r["cell_id"] in ids]
+    result = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
+    rows = [r for r in result if r["cell_id"] in ids]
     print_summary(rows, cells)
+    if result.unwritten:
+        print(f"mixbench run: error: {len(result.unwritten)} row(s) could not be written to {out_dir / CELLS_FILE}; "
+              "free space and rerun to run those cells again", file=sys.stderr)
+        return 1
     if not args.no_report:
         from bench.report import write_report
 
@@ -242,12 +273,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from bench.harness import prepare_out_dir
     from bench.report import write_report
 
     for path in args.paths:
         if not path.exists():
             raise MixbenchError(f"{path}: not found")
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
+    prepare_out_dir(out)
     paths = write_report(args.paths, out)
     print(f"report: {paths['markdown']}  (html: {paths['html']})")
     return 0
@@ -260,17 +293,59 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _os_error_text(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return f"{exc.filename}: {text}" if exc.filename else text
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.harness import RunInterrupted, stop_on_signals
+
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
-    try:
-        return handler(args)
-    except MixbenchError as exc:
-        print(f"mixbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mixbench {args.command}: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
-        return 130
+    prefix = f"mixbench {args.command}"
+
+    def fail(message: str, code: int, after_progress: bool = False) -> int:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        try:
+            start = "\n" if after_progress and sys.stderr.isatty() else ""  # end a live progress line
+            print(f"{start}{prefix}: {message}", file=sys.stderr, flush=True)
+        except OSError:  # the terminal is gone (SIGHUP): the exit code still says it
+            pass
+        return code
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", MixbenchWarning)
+        shown = warnings.showwarning
+
+        def one_line_warnings(message, category, filename, lineno, file=None, line=None):
+            # mixbench's own warnings as one line each; any other as Python shows it.
+            if issubclass(category, MixbenchWarning):
+                print(f"mixbench: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line_warnings
+        try:
+            with stop_on_signals():
+                return handler(args)
+        except MixbenchError as exc:
+            return fail(f"error: {exc}", 2)
+        except RunInterrupted as exc:
+            if exc.rows_file is not None:
+                detail = (f": {exc.kept} cell(s) finished and kept in {exc.rows_file}, "
+                          f"{len(exc.stopped)} stopped; rerun to resume")
+            else:
+                detail = "; finished cells are kept, rerun to resume" if args.command == "run" else ""
+            return fail(f"interrupted by {exc.signal_name}{detail}", exc.exit_code, after_progress=True)
+        except KeyboardInterrupt:
+            return fail("interrupted; finished cells are kept, rerun to resume", 130)
+        except OSError as exc:
+            return fail(f"error: {_os_error_text(exc)}", 1)
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on --debug
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.harness import Cell, RunOptions, cell_ids, execute_cell
+from bench.harness import Cell, RunInterrupted, RunOptions, cell_ids, execute_cell
 
 RowFn = Callable[[dict[str, Any]], None]
 LOGS_DIR = "logs"
@@ -70,6 +72,7 @@ def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: flo
         os.environ.update(changed)
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
+    _die_with_parent(conn)
     cell = Cell.from_dict(cell_dict)
     log_dir = Path(out_dir) / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +86,27 @@ def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: flo
     conn.close()
 
 
+def _die_with_parent(conn) -> None:
+    """Kill this cell's whole process group as soon as the run that started it is gone.
+
+    The run holds the only read end of ``conn``'s pipe; the kernel closes it when the run exits,
+    however it exits (SIGKILL included), and then reports an error on the write end. A thread
+    waits for that: without it a cell, alone in its own session, would outlive a killed run by as
+    long as its fit takes. Must run after ``os.setsid()``: the group killed is this cell's own.
+    """
+    fd = os.dup(conn.fileno())  # the worker closes conn after sending its row; this stays open
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever the mask
+        while True:
+            for _, event in poller.poll():
+                if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    os.killpg(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="mixbench-die-with-parent", daemon=True).start()
+
+
 def _dead_row(cell: Cell, status: str, error: str, elapsed: float) -> dict[str, Any]:
     return {"cell_id": cell.id, **cell_ids(cell), "status": status, "error": error, "time_cell": elapsed}
 
@@ -94,6 +118,11 @@ class LocalProcessExecutor:
     modules and the run's backend modules but never ran an engine, so no engine state leaks
     between cells and the imports are paid once per run (by the first cell's t_startup).
     "spawn": every cell starts a new interpreter and imports everything itself.
+
+    However ``run`` ends (an exception, RunInterrupted from a signal) the cells in flight are
+    killed with their process groups before it returns; a cell whose run is killed outright
+    kills itself (``_die_with_parent``). RunInterrupted leaves with ``stopped``, the ids of the
+    cells killed in flight.
     """
 
     def __init__(self, jobs: int = 1, poll_interval: float = 0.2, start_method: str = "forkserver"):
@@ -146,9 +175,13 @@ class LocalProcessExecutor:
                 waitables = [r for _, _, r, _ in active.values()] + [p.sentinel for _, p, _, _ in active.values()]
                 if waitables:
                     mp_connection.wait(waitables, timeout=self.poll_interval)
+        except RunInterrupted as exc:
+            exc.stopped = [cell.id for cell, _, _, _ in active.values()]
+            raise
         finally:
             for cell, proc, receiver, _ in active.values():
                 _kill(proc)
+                receiver.close()
 
     def _poll(self, cell, proc, receiver, started, time_limit) -> dict[str, Any] | None:
         elapsed = time.perf_counter() - started

@@ -1,33 +1,49 @@
 """The harness: a grid of cells, each fitted in its own process, each row written as it finishes.
 
-A cell is (scenario or data file, backend, method, seed, settings). Rows go to
-``<out>/cells.jsonl`` the moment a cell finishes, under an exclusive file lock, so a run killed at
-any point keeps every finished row, two runs sharing an output never interleave a line, and a
-second run over the same output skips the cells already there (resume).
+A cell is (scenario or data file and its content digest, backend, method, seed, settings). Rows
+go to ``<out>/cells.jsonl`` the moment a cell finishes, one whole line under an exclusive file
+lock, so a run killed at any point keeps every finished row and a second run over the same output
+skips the cells already there (resume). A line torn by a kill mid-write is moved aside before the
+next append (its cell runs again); every line is checked when read, and an unreadable one is
+reported by its line number and skipped. One run at a time per output directory (``run.lock``).
+SIGINT, SIGTERM and SIGHUP stop a run cleanly: the cells in flight are killed with their process
+groups, the finished rows stay, and the run ends with ``RunInterrupted`` (exit code 128 + signal).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.base import FitSettings, stopwatch
-from models.errors import MixbenchError
+from backends.base import FitSettings, check_batch_size, stopwatch
+from models.errors import MixbenchError, MixbenchWarning
 
 CELLS_FILE = "cells.jsonl"
 RUN_FILE = "run.json"
 DRAWS_DIR = "draws"
+LOCK_FILE = "run.lock"
+# Where a torn last line of cells.jsonl is moved, so that repairing the file deletes nothing.
+DAMAGED_SUFFIX = ".damaged"
+# Fields every row has (the executor's own rows for crashed and timed-out cells included): a
+# line without them is not a row, whatever JSON it holds.
+ROW_FIELDS = ("cell_id", "status", "backend", "method", "scenario")
+# A cell needs at least this many observations per component (K <= N / MIN_POINTS_PER_COMPONENT).
+MIN_POINTS_PER_COMPONENT = 10
 
 # Statuses a row can carry. "ok" and "unsupported" come from the backend; "failed" is an
 # exception inside the cell; "timeout" and "crashed" are decided by the executor.
@@ -48,6 +64,15 @@ class Cell:
     data_seed: int = 0  # the data set is shared by every cell of a scenario; seeds vary inference only
     covariates: tuple[str, ...] | None = None  # data file columns
     response: str = "y"
+    # SHA-256 prefix of a data file's bytes (models.datafile.data_digest), filled in when the cell
+    # is made: an edited file is a different cell. None for built-in scenarios.
+    data_digest: str | None = None
+
+    def __post_init__(self):
+        if self.data_digest is None and self.is_data_file and Path(self.scenario).is_file():
+            from models.datafile import data_digest
+
+            object.__setattr__(self, "data_digest", data_digest(self.scenario))
 
     @property
     def is_data_file(self) -> bool:
@@ -60,11 +85,11 @@ class Cell:
     @property
     def variant(self) -> str:
         """A short stable hash of everything beyond the ids, so changed settings are new cells."""
-        blob = json.dumps(
-            {"settings": self.settings, "spec": self.spec, "n": self.n, "data_seed": self.data_seed,
-             "covariates": self.covariates, "response": self.response, "scenario": self.scenario},
-            sort_keys=True, default=str,
-        )
+        identity = {"settings": self.settings, "spec": self.spec, "n": self.n, "data_seed": self.data_seed,
+                    "covariates": self.covariates, "response": self.response, "scenario": self.scenario}
+        if self.data_digest is not None:  # only data files have one: built-in cell ids are unchanged
+            identity["data_digest"] = self.data_digest
+        blob = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     @property
@@ -118,6 +143,11 @@ def load_cell_data(cell: Cell):
     from models.spec import MixtureSpec
 
     if cell.is_data_file:
+        from models.datafile import data_digest
+
+        if cell.data_digest is not None and data_digest(cell.scenario) != cell.data_digest:
+            raise MixbenchError(f"data file {cell.scenario}: changed since the run was planned; "
+                                "rerun to fit its new content")
         dataset = load_csv(cell.scenario, list(cell.covariates) if cell.covariates is not None else None,
                            cell.response)
         spec = MixtureSpec.from_dict({"D": dataset.D, **cell.spec})
@@ -165,9 +195,20 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
     Besides the fit's own phases the row times what the suite adds around it: importing the
     backend (t_backend_import), making the data (t_data), the backend call as a whole (t_fit,
     which holds the fit's phases) and the metrics (time_metrics); time_cell is all of it.
+    ``warnings`` lists the MixbenchWarnings raised in the cell (a cache entry rebuilt, ...).
     """
     start = time.perf_counter()
     row: dict[str, Any] = {"cell_id": cell.id, **cell_ids(cell)}
+    notes: list[str] = []
+    with _recording_warnings(notes):
+        _execute(cell, row, out_dir, save_draws)
+    if notes:
+        row["warnings"] = notes
+    row["time_cell"] = time.perf_counter() - start
+    return row
+
+
+def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: bool) -> None:
     try:
         from backends import get_backend
         from bench.metrics import evaluate
@@ -178,6 +219,7 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         row["K"] = spec.K
         row["D"] = spec.D
         settings = FitSettings.from_dict(cell.settings)
+        check_fit_size(spec.K, dataset.N, cell.method, settings)
         with stopwatch(row, "t_backend_import"):
             backend = get_backend(cell.backend)
         with stopwatch(row, "t_fit"):
@@ -194,8 +236,37 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         row.update(status="failed", error=str(exc))
     except Exception as exc:  # the cell fails, the run goes on
         row.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=8))
-    row["time_cell"] = time.perf_counter() - start
-    return row
+
+
+def check_fit_size(K: int, N: int, method: str, settings: FitSettings) -> None:
+    """Refuse what no backend should be asked to fit, the same way for every backend.
+
+    Raises MixbenchError when K > N / 10 (fewer than MIN_POINTS_PER_COMPONENT observations per
+    component: the components are not identified by the data, and the run would be all prior), or
+    when a minibatch method's ``settings.batch_size`` exceeds N (backends.base.check_batch_size,
+    which ``Backend.fit`` applies too, so a direct call gets the same answer from every backend).
+    """
+    if K * MIN_POINTS_PER_COMPONENT > N:
+        raise MixbenchError(f"K: {K} components for N = {N} observations leaves fewer than "
+                            f"{MIN_POINTS_PER_COMPONENT} per component (K may be at most {N // MIN_POINTS_PER_COMPONENT})")
+    check_batch_size(method, settings, N)
+
+
+@contextlib.contextmanager
+def _recording_warnings(into: list[str]) -> Iterator[None]:
+    """Collect the text of every MixbenchWarning raised inside (a cache entry rebuilt, ...) into
+    ``into``, still showing it where warnings go (the cell's log)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MixbenchWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MixbenchWarning):
+                into.append(str(message))
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, Any]:
@@ -259,22 +330,62 @@ class RowStore:
         self.path = self.out_dir / CELLS_FILE
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append ``row`` as one line. Raises OSError when it cannot be written (a full disk),
+        leaving the file as it was: never a torn line of its own."""
+        line = (json.dumps(to_jsonable(row), sort_keys=True, default=str) + "\n").encode()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(to_jsonable(row), sort_keys=True) + "\n"
-        # One write of one whole line under an exclusive lock: another run appending to the same
-        # file waits, and a kill leaves at worst one torn last line, which read() skips.
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with self._locked() as fd:
+            size = self._repair(fd)
             try:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                _write_all(fd, line)
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)  # a half-written line would tear the file
+                raise
 
-    def read(self) -> list[dict[str, Any]]:
-        """Every complete row; the latest row wins when a cell appears twice."""
-        return read_rows(self.path)
+    def repair(self) -> None:
+        """Move a torn last line aside (see ``_repair``); nothing to do when there is no file."""
+        if self.path.is_file():
+            with self._locked() as fd:
+                self._repair(fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        # One exclusive lock for the whole check-repair-write, so another writer's line can
+        # never land between the repair and this line.
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _repair(self, fd: int) -> int:
+        """Make the file end with a whole line; return its size. A last line without its newline
+        was cut off by a kill mid-write: it is appended to ``cells.jsonl.damaged`` and removed
+        (its cell has no row, so it runs again), or, if it is a whole row that only lacks the
+        newline, kept and ended."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        data = os.pread(fd, size, 0)
+        start = data.rfind(b"\n") + 1
+        tail = data[start:]
+        if _parse_row(tail)[0] is not None:
+            _write_all(fd, b"\n")
+            return size + 1
+        damaged = self.path.with_name(self.path.name + DAMAGED_SUFFIX)
+        with open(damaged, "ab") as fh:
+            fh.write(tail + b"\n")
+        os.ftruncate(fd, start)
+        warnings.warn(f"results file {self.path}: line {data.count(b'\n') + 1} was cut off mid-write "
+                      f"(a run killed while writing it); moved to {damaged.name}, its cell runs again",
+                      MixbenchWarning, stacklevel=3)
+        return start
+
+    def read(self, warn: bool = True) -> list[dict[str, Any]]:
+        """Every readable row; the latest row wins when a cell appears twice (see read_rows)."""
+        return read_rows(self.path, warn=warn)
 
     def finished_ids(self, retry_failed: bool = False) -> set[str]:
         done = set()
@@ -284,24 +395,211 @@ class RowStore:
         return done
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _parse_row(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(row, "") for a valid row line, else (None, why not)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError:
+        return None, "not JSON"
+    if not isinstance(row, dict):
+        return None, "not a cell row"
+    missing = [name for name in ROW_FIELDS if not isinstance(row.get(name), str)]
+    if missing:
+        return None, f"not a cell row (no {', '.join(missing)})"
+    return row, ""
+
+
+def read_rows(path: Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Every readable row of a ``cells.jsonl`` file; the latest row wins when a cell appears twice.
+
+    Each line is checked: one that is not UTF-8 JSON holding a row (ROW_FIELDS) is skipped and,
+    unless ``warn`` is False, named with its line number in one MixbenchWarning for the file.
+    A missing file has no rows. Raises MixbenchError when the file exists but cannot be read.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MixbenchError(f"results file {path}: cannot be read ({exc.strerror or exc})") from None
     rows: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write
-            if not isinstance(row, dict) or "cell_id" not in row:
-                raise MixbenchError(f"results file {path}: line {number} is not a cell row")
-            rows[row["cell_id"]] = row
+    problems = []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row, why = _parse_row(line.strip())
+        if row is None:
+            if number == len(lines):  # no newline after it: torn by a kill mid-write
+                why = "cut off mid-write"
+            problems.append(f"line {number} ({why})")
+            continue
+        rows[row["cell_id"]] = row
+    if problems and warn:
+        shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        warnings.warn(f"results file {path}: skipped {len(problems)} unreadable line(s): {shown}",
+                      MixbenchWarning, stacklevel=2)
     return list(rows.values())
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's ``run.json``, or None when it is missing or damaged (a MixbenchWarning
+    says which): the rows stand without it."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        warnings.warn(f"{path}: skipped, cannot be read ({why})", MixbenchWarning, stacklevel=2)
+        return None
+    if not isinstance(info, dict):
+        warnings.warn(f"{path}: skipped, not a run record", MixbenchWarning, stacklevel=2)
+        return None
+    return info
+
+
+def load_slope_trace(path: Path) -> np.ndarray | None:
+    """A cell's saved slope trace (chain, draw, component, covariate), or None with a
+    MixbenchWarning when the file is cut off or otherwise unreadable."""
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        warnings.warn(f"{path}: skipped, cannot be read ({_one_line(exc)})", MixbenchWarning, stacklevel=2)
+        return None
+    if w.ndim != 4:
+        warnings.warn(f"{path}: skipped, not a slope trace (shape {w.shape})", MixbenchWarning, stacklevel=2)
+        return None
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory
+
+
+def prepare_out_dir(path: Path) -> Path:
+    """Create the output directory ``path`` if needed and check that it can be written.
+
+    Raises MixbenchError (one line naming the directory) when ``path`` or one of its parents is
+    a file, or when it cannot be created or written (permission, read-only file system).
+    """
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"is under {parent}, which is a file"
+                raise MixbenchError(f"output directory {path}: {where}, not a directory")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Permission bits alone do not say it (root, read-only mounts, ACLs): try a file.
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise MixbenchError(f"output directory {path}: cannot be written ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``<out_dir>/run.lock`` for the duration: one run per output directory at a time.
+
+    Raises MixbenchError naming the other run's process id when another run holds it. The lock
+    is the kernel's (flock), so a run that dies, however it dies, releases it.
+    """
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise MixbenchError(f"output directory {out_dir}: cannot create {LOCK_FILE} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip() or "unknown"
+            raise MixbenchError(f"output directory {out_dir}: another mixbench run (pid {holder}) is using it; "
+                                "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping on a signal
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class RunInterrupted(BaseException):
+    """A run stopped by SIGINT, SIGTERM or SIGHUP. ``exit_code`` is the shell's convention,
+    128 + the signal number (130, 143, 129). ``kept``: rows written by this run before it
+    stopped; ``stopped``: ids of the cells killed in flight (they run again on resume).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in between can
+    swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.kept = 0
+        self.stopped: list[str] = []
+        self.rows_file: Path | None = None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_stop_depth = 0
+_stopping = False
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise RunInterrupted (once: a second
+    signal while the first is handled is ignored, so that cleaning up cannot itself be cut
+    short). Outside the main thread signals cannot be caught and the block changes nothing."""
+    global _stop_depth, _stopping
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        global _stopping
+        if _stopping:
+            return
+        _stopping = True
+        raise RunInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    _stop_depth += 1
+    try:
+        yield
+    finally:
+        _stop_depth -= 1
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        if _stop_depth == 0:
+            _stopping = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,33 +612,70 @@ class RunOptions:
     time_limit: float | None = 1800.0  # seconds per cell; None: no limit
     save_draws: bool = False
     retry_failed: bool = False
+    fresh: bool = False  # discard the rows already in out_dir instead of resuming
+
+
+class RunRows(list):
+    """The rows of a run (a list of dicts); ``unwritten`` holds the rows of this run that could
+    not be appended to ``cells.jsonl`` (a full disk): they are in the list, not on disk."""
+
+    unwritten: list[dict[str, Any]]
 
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
-def run_grid(cells: list[Cell], options: RunOptions, executor=None, progress: ProgressFn | None = None) -> list[dict]:
-    """Run every cell not already finished in ``options.out_dir``; return all rows there."""
+def run_grid(cells: list[Cell], options: RunOptions, executor=None, progress: ProgressFn | None = None) -> RunRows:
+    """Run every cell not already finished in ``options.out_dir``; return all rows there.
+
+    Raises MixbenchError when the output directory cannot be used (a file, not writable, another
+    run holding it) and RunInterrupted on SIGINT, SIGTERM or SIGHUP, after killing the cells in
+    flight. A row that cannot be written (OSError) is reported with a MixbenchWarning and kept in
+    ``RunRows.unwritten``; the run goes on.
+    """
     from bench.executors import LocalProcessExecutor
     from bench.provenance import write_run_info
 
-    out_dir = Path(options.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store = RowStore(out_dir)
-    write_run_info(out_dir, cells)
-    done = store.finished_ids(options.retry_failed)
-    todo = [c for c in _unique(cells) if c.id not in done]
-    executor = executor or LocalProcessExecutor()
-    if progress:
-        progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
+    from backends.caches import check_cache_dirs
 
-    def on_row(row: dict[str, Any]) -> None:
-        store.append(row)
+    check_cache_dirs()  # cells load compiled code from there: refuse before any runs
+    out_dir = prepare_out_dir(Path(options.out_dir))
+    with run_lock(out_dir), stop_on_signals():
+        store = RowStore(out_dir)
+        if options.fresh:
+            store.path.unlink(missing_ok=True)
+        store.repair()
+        write_run_info(out_dir, cells)
+        done = store.finished_ids(options.retry_failed)
+        todo = [c for c in _unique(cells) if c.id not in done]
+        executor = executor or LocalProcessExecutor()
         if progress:
-            progress("done", row)
+            progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
+        written: list[str] = []
+        unwritten: list[dict[str, Any]] = []
 
-    executor.run(todo, options, on_row, progress)
-    return store.read()
+        def on_row(row: dict[str, Any]) -> None:
+            try:
+                store.append(row)
+                written.append(row["cell_id"])
+            except (OSError, TypeError, ValueError) as exc:
+                unwritten.append(row)
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+                warnings.warn(f"results file {store.path}: the row of {row['cell_id']} could not be written "
+                              f"({why}); the cell runs again on resume", MixbenchWarning, stacklevel=2)
+            if progress:
+                progress("done", row)
+
+        try:
+            executor.run(todo, options, on_row, progress)
+        except RunInterrupted as exc:
+            exc.kept, exc.rows_file = len(written), store.path
+            raise
+        rows = RunRows(store.read(warn=False))
+        on_disk = {row["cell_id"] for row in rows}
+        rows.extend(row for row in unwritten if row["cell_id"] not in on_disk)
+        rows.unwritten = unwritten
+        return rows
 
 
 def _unique(cells: list[Cell]) -> list[Cell]:

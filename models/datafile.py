@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -13,6 +14,23 @@ from models.data import Dataset
 from models.errors import MixbenchError
 
 
+def read_data_bytes(path: str | Path) -> bytes:
+    """The bytes of a data file; MixbenchError (one line) when it is missing or cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise MixbenchError(f"data file {path}: not found")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MixbenchError(f"data file {path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def data_digest(path: str | Path) -> str:
+    """A short SHA-256 of a data file's bytes: part of a cell's identity, so that edited data is
+    a new cell (and rows fitted to the old content are not taken for it)."""
+    return hashlib.sha256(read_data_bytes(path)).hexdigest()[:16]
+
+
 def load_csv(path: str | Path, covariates: list[str] | None = None, response: str = "y") -> Dataset:
     """Read ``path`` into a Dataset (no truth).
 
@@ -20,10 +38,8 @@ def load_csv(path: str | Path, covariates: list[str] | None = None, response: st
     An empty list means no covariates (an intercept-only mixture).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MixbenchError(f"data file {path}: not found")
     try:
-        text = path.read_text()
+        text = read_data_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise MixbenchError(f"data file {path}: malformed CSV (not UTF-8 text)") from None
     try:

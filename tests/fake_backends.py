@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,14 +17,24 @@ import numpy as np
 from backends.base import Backend, Fit, canonical_datatree
 
 MARKER_ENV = "MIXBENCH_TEST_MARKER"
+PIDS_ENV = "MIXBENCH_TEST_PIDS"
 
 
 def _mark(name: str) -> None:
-    """Append a line per execution, so tests can count which cells really ran."""
+    """Append a line per execution, so tests can count which cells really ran, and the cell
+    process's id, so tests can check that none outlives its run."""
     marker = os.environ.get(MARKER_ENV)
     if marker:
         with open(marker, "a") as fh:
             fh.write(name + "\n")
+    _record_pid(os.getpid())
+
+
+def _record_pid(pid: int) -> None:
+    pids = os.environ.get(PIDS_ENV)
+    if pids:
+        with open(pids, "a") as fh:
+            fh.write(f"{pid}\n")
 
 
 class _Fake(Backend):
@@ -51,7 +62,14 @@ class QuickBackend(_Fake):
         rng = np.random.default_rng(seed)
         chains, draws = settings.chains, settings.draws
         posterior = {}
-        for name, value in dataset.truth.items():
+        truth = dataset.truth
+        if truth is None:  # a data file: scatter around the data's mean instead
+            shapes = spec.param_shapes()
+            truth = {"w": np.zeros(shapes["w"]), "sigma": np.full(shapes["sigma"], float(np.std(dataset.y))),
+                     "pi": np.full(spec.K, 1.0 / spec.K)}
+            if "b" in shapes:
+                truth["b"] = np.full(shapes["b"], float(np.mean(dataset.y)))
+        for name, value in truth.items():
             value = np.asarray(value, dtype=float)
             noise = 0.01 * rng.standard_normal((chains, draws, *value.shape))
             posterior[name] = value + noise
@@ -85,6 +103,18 @@ class SleepingBackend(_Fake):
         time.sleep(3600)
 
 
+class SpawningSleeperBackend(_Fake):
+    """Starts a child process of its own (as httpstan or parallel chains do), then sleeps."""
+
+    name = "spawning-sleeper"
+
+    def _fit(self, spec, dataset, method, settings, seed):
+        child = subprocess.Popen(["sleep", "3600"])
+        _record_pid(child.pid)
+        _mark(f"spawning-sleeper:{seed}")
+        time.sleep(3600)
+
+
 class DyingBackend(_Fake):
     """The cell's process is killed mid-fit (as the kernel's OOM killer would)."""
 
@@ -97,3 +127,16 @@ class DyingBackend(_Fake):
 
 def executions(marker: Path) -> list[str]:
     return marker.read_text().split() if marker.exists() else []
+
+
+def recorded_pids(path: Path) -> list[int]:
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -465,7 +465,10 @@ def read_run_info(run_dir: Path) -> dict[str, Any] | None:
         why = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
         warnings.warn(f"{path}: skipped, cannot be read ({why})", MixbenchWarning, stacklevel=2)
         return None
-    if not isinstance(info, dict):
+    environment = info.get("environment", {}) if isinstance(info, dict) else None
+    if not (isinstance(environment, dict)
+            and all(isinstance(environment.get(key, {}), dict) for key in ("machine", "versions"))
+            and isinstance(info.get("cost_records", []), list)):
         warnings.warn(f"{path}: skipped, not a run record", MixbenchWarning, stacklevel=2)
         return None
     return info

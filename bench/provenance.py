@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,12 @@ def write_run_info(out_dir: Path, cells) -> dict[str, Any]:
         "environment": environment(),
     }
     path = Path(out_dir) / "run.json"
-    path.write_text(json.dumps(info, indent=2, default=str))
+    # Whole or not at all: a full disk must not leave the previous record torn.
+    tmp = path.with_name(f".run.json.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return info
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.harness import CELLS_FILE, RUN_FILE, read_rows
+from bench.harness import CELLS_FILE, load_slope_trace, read_rows, read_run_info
 from models.errors import MixbenchError
 
 FIGURES_DIR = "figures"
@@ -69,8 +69,9 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
                 raise MixbenchError(f"{path}: no {CELLS_FILE} in this directory")
             run_dirs.append(path)
             found = read_rows(path / CELLS_FILE)
-            if (path / RUN_FILE).is_file():
-                environments.append(json.loads((path / RUN_FILE).read_text()))
+            info = read_run_info(path)  # a damaged run.json is skipped with a warning
+            if info is not None:
+                environments.append(info)
         elif path.suffix == ".jsonl":
             run_dirs.append(path.parent)
             found = read_rows(path)
@@ -302,8 +303,8 @@ def figure_traces(frame: pd.DataFrame, run_dirs: list[Path], path: Path) -> Path
     if found is None:
         return None
     row, trace_file, why = found
-    w = np.load(trace_file)  # (chain, draw, component, covariate), raw labels
-    if w.shape[-1] == 0:
+    w = load_slope_trace(trace_file)  # (chain, draw, component, covariate), raw labels; None if damaged
+    if w is None or w.shape[-1] == 0:
         return None
     plt = _plt()
     fig, axes = plt.subplots(w.shape[0], 1, figsize=(8, 1.8 * w.shape[0] + 0.8), sharex=True, squeeze=False)

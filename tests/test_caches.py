@@ -1,8 +1,17 @@
-"""The cache helpers (backends/caches.py): bounded stores, source digests."""
+"""The cache helpers (backends/caches.py): bounded stores, source digests; entries loaded only from
+private directories, and an entry that fails to load discarded and rebuilt with one warning."""
 
 import os
+import stat
+import warnings
+from pathlib import Path
 
-from backends.caches import evict, mark_used, source_digest
+import cloudpickle
+import pytest
+
+from backends.caches import (CacheWarning, cache_root, check_cache_dirs, evict, mark_used, private_dir,
+                             source_digest)
+from models.errors import MixbenchError
 
 
 def _entry(directory, name, size, mtime):
@@ -45,8 +54,6 @@ def test_source_digest_follows_content_not_location(tmp_path):
 def test_an_object_that_cannot_be_stored_still_works_and_says_so(monkeypatch, tmp_path):
     import threading
 
-    import pytest
-
     from backends.pytensor_store import load_or_build, store_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -55,3 +62,152 @@ def test_an_object_that_cannot_be_stored_still_works_and_says_so(monkeypatch, tm
         built, loaded = load_or_build({"function": "test-lock"}, lambda: lock)
     assert built is lock and not loaded
     assert not list(store_dir().glob("*.pkl"))
+
+
+# -- entries load only from private directories; an entry that fails to load is rebuilt --------
+
+
+@pytest.fixture
+def cache_home(monkeypatch, tmp_path):
+    home = tmp_path / "cache-home"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_private_dir_creates_every_level_under_the_root_0700(cache_home):
+    store = private_dir(cache_root() / "nutpie" / "abc")
+    assert store == cache_home / "mixbench" / "nutpie" / "abc"
+    for level in (cache_home / "mixbench", cache_home / "mixbench" / "nutpie", store):
+        assert mode(level) == 0o700
+    (cache_home / "mixbench").chmod(0o755)  # a private enough directory made earlier is accepted
+    assert private_dir(store) == store and mode(cache_home / "mixbench") == 0o755
+
+
+@pytest.mark.parametrize("bits, who", [(0o770, "group"), (0o707, "others"), (0o777, "group and others")])
+def test_a_directory_others_can_write_is_refused(cache_home, bits, who):
+    root = private_dir(cache_root())
+    root.chmod(bits)
+    with pytest.raises(MixbenchError) as info:
+        private_dir(root / "jax-programs")
+    assert str(info.value) == (f"cache directory {root}: writable by {who} (mode {bits:04o}); remove it or run "
+                               "chmod go-w on it; mixbench loads compiled code only from your own private "
+                               "directories (see README, Caches)")
+    assert not (root / "jax-programs").exists()
+
+
+def test_a_directory_owned_by_someone_else_is_refused(cache_home, monkeypatch):
+    store = private_dir(cache_root() / "pytensor-functions")
+    if os.geteuid() == 0:
+        os.chown(store, 4321, 4321)
+        owner, me = 4321, 0
+    else:  # only root can give a directory away: be someone else instead
+        me = os.getuid() + 1
+        owner = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: me)
+    with pytest.raises(MixbenchError, match=rf"cache directory {store}: owned by uid {owner}, not by you \(uid {me}\)"):
+        private_dir(store)
+
+
+def test_check_cache_dirs_creates_nothing_and_checks_each_store(cache_home):
+    check_cache_dirs()
+    assert not cache_home.exists()
+    private_dir(cache_root() / "stan").chmod(0o775)
+    with pytest.raises(MixbenchError, match=r"cache directory .*/mixbench/stan: writable by group"):
+        check_cache_dirs()
+
+
+class Planted:
+    """Unpickling it runs code: it writes a file, as a planted entry could do anything."""
+
+    def __init__(self, witness):
+        self.witness = str(witness)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.witness), "planted code ran"))
+
+
+def test_a_planted_entry_in_a_shared_store_is_never_loaded(cache_home, tmp_path):
+    from backends import pytensor_store
+
+    description = {"function": "test-planted"}
+    store = private_dir(cache_root() / "pytensor-functions")
+    witness = tmp_path / "witness"
+    (store / f"{pytensor_store.function_key(description)}.pkl").write_bytes(cloudpickle.dumps(Planted(witness)))
+    store.chmod(0o777)  # as a shared folder would be
+    with pytest.raises(MixbenchError, match="writable by group and others"):
+        pytensor_store.load_or_build(description, lambda: {"built": True})
+    assert not witness.exists()
+
+
+@pytest.mark.parametrize("damage", ["torn", "wrong type", "another key"])
+def test_a_stored_function_that_fails_to_load_is_rebuilt_with_one_warning(cache_home, damage):
+    from backends import pytensor_store
+
+    description = {"function": f"test-{damage}"}
+    builds = []
+
+    def build():
+        builds.append(1)
+        return {"value": 3}
+
+    assert pytensor_store.load_or_build(description, build) == ({"value": 3}, False)
+    [entry] = pytensor_store.store_dir().glob("*.pkl")
+    if damage == "torn":
+        entry.write_bytes(entry.read_bytes()[:40])
+    elif damage == "wrong type":
+        entry.write_bytes(cloudpickle.dumps(42))  # loads fine, but is no stored function
+    else:
+        entry.write_bytes(pytensor_store._wrap("0" * 32, {"value": 4}))
+    with pytest.warns(CacheWarning) as record:
+        assert pytensor_store.load_or_build(description, build) == ({"value": 3}, False)
+    assert len(record) == 1 and str(record[0].message).startswith(f"cache entry {entry}: failed to load (")
+    assert "discarded, compiling it again" in str(record[0].message)
+    assert len(builds) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pytensor_store.load_or_build(description, build) == ({"value": 3}, True)  # rebuilt entry loads
+    assert len(builds) == 2
+
+
+def test_a_stored_jax_program_that_fails_to_load_is_compiled_again_with_one_warning(cache_home):
+    import jax.numpy as jnp
+
+    from backends import jax_programs
+    from backends.jax_programs import StoredJit
+
+    def double_sum(x):
+        return jnp.sum(2.0 * x)
+
+    x = jnp.arange(4.0)
+    StoredJit(double_sum, {"program": "test-faults"}, [Path(__file__)])(x)
+    [entry] = jax_programs.programs_dir().glob("*.pkl")
+    entry.write_bytes(entry.read_bytes()[:64])
+    fresh = StoredJit(double_sum, {"program": "test-faults"}, [Path(__file__)])
+    with pytest.warns(CacheWarning, match=rf"cache entry {entry}: failed to load .* discarded, compiling it again"):
+        assert float(fresh(x)) == 12.0
+    assert not next(iter(fresh.programs.values())).loaded
+    again = StoredJit(double_sum, {"program": "test-faults"}, [Path(__file__)])
+    assert float(again(x)) == 12.0 and next(iter(again.programs.values())).loaded
+    jax_programs.programs_dir().chmod(0o777)
+    with pytest.raises(MixbenchError, match="jax-programs: writable by group and others"):
+        StoredJit(double_sum, {"program": "test-faults"}, [Path(__file__)])(x)
+
+
+def test_a_run_with_an_unsafe_cache_is_refused_before_any_cell(cache_home, tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+    from tests.fake_backends import MARKER_ENV, executions
+
+    marker = tmp_path / "marker"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    root = private_dir(cache_root())
+    root.chmod(0o775)
+    code = main(["run", "--backends", "tests.fake_backends:QuickBackend", "--N", "200", "--out", str(tmp_path / "out"),
+                 "--no-report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"mixbench run: error: cache directory {root}: writable by group (mode 0775)")
+    assert executions(marker) == []

@@ -68,7 +68,12 @@ def test_malformed_benchmark_json(tmp_path, content, needle):
 
 def test_malformed_rows_file(tmp_path):
     (tmp_path / "cells.jsonl").write_text('["a list, not a row"]\n')
-    assert_one_line_error(run_cli("report", str(tmp_path)), "line 1 is not a cell row")
+    result = run_cli("report", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"mixbench: warning: results file {tmp_path / 'cells.jsonl'}: skipped 1 unreadable line(s): line 1 (not a cell row)",
+        f"mixbench report: error: no cell rows found in {tmp_path}",
+    ]
     (tmp_path / "cells.jsonl").write_text("")
     assert_one_line_error(run_cli("report", str(tmp_path)), "no cell rows found")
 
@@ -90,3 +95,203 @@ def test_run_with_a_plugged_in_backend_writes_rows_and_report(tmp_path, capsys):
     assert "QuickBackend" in text and "truth x2" in text
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html
+
+
+# -- every failure reachable from the command line: one line, a non-zero exit --------------------
+
+import errno  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+QUICK = "tests.fake_backends:QuickBackend"
+QUICK_RUN = ["run", "--backends", QUICK, "--N", "200", "--chains", "2", "--draws", "100", "--no-report"]
+
+
+def in_process(capsys, *args) -> tuple[int, list[str], str]:
+    """main(args): its exit code, its stderr lines, its stdout."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out
+
+
+def assert_error(code, err_lines, expected_code, line):
+    assert code == expected_code, err_lines
+    assert err_lines == [line]
+
+
+def refuse_writes_under(directory: Path, monkeypatch):
+    """Make ``directory`` read-only: its mode, and, for root (whom modes do not stop), the file
+    system calls that create or write files under it raise PermissionError as they would."""
+    directory.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+
+    def guard(method):
+        def refused(self, *args, **kwargs):
+            path = pathlib.Path(self)
+            if path == directory or directory in path.parents:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return method(self, *args, **kwargs)
+        return refused
+
+    for name in ("mkdir", "touch", "write_text", "write_bytes"):
+        monkeypatch.setattr(pathlib.Path, name, guard(getattr(pathlib.Path, name)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run directory with one ok row, its run.json and its slope trace."""
+    from bench.harness import RunOptions, make_grid, run_grid
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cells = make_grid(["forum-small"], [QUICK], ["nuts"], [0], settings={"chains": 2, "draws": 100}, n=200)
+    [row] = run_grid(cells, RunOptions(out))
+    assert row["status"] == "ok" and (out / row["slope_trace_file"]).is_file()
+    return out
+
+
+@pytest.fixture
+def run_dir(finished_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    for row_file in [copy / "cells.jsonl"]:  # point the rows at the copy's own files
+        rows = [json.loads(line) for line in row_file.read_text().splitlines()]
+        row_file.write_text("".join(json.dumps({**r, "run_dir": str(copy)}) + "\n" for r in rows))
+    return copy
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_out_that_is_a_file_or_under_a_file(command, run_dir, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for out, why in ((a_file, "is a file"), (a_file / "sub", f"is under {a_file}, which is a file")):
+        args = [*QUICK_RUN, "--out", str(out)] if command == "run" else ["report", str(run_dir), "--out", str(out)]
+        code, err, _ = in_process(capsys, *args)
+        assert_error(code, err, 2, f"mixbench {command}: error: output directory {out}: {why}, not a directory")
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_out_in_a_read_only_directory(command, run_dir, tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "out"
+    refuse_writes_under(locked, monkeypatch)
+    args = [*QUICK_RUN, "--out", str(out)] if command == "run" else ["report", str(run_dir), "--out", str(out)]
+    code, err, _ = in_process(capsys, *args)
+    assert_error(code, err, 2, f"mixbench {command}: error: output directory {out}: cannot be written (Permission denied)")
+
+
+def test_unreadable_data_file(tmp_path, capsys, monkeypatch):
+    csv = tmp_path / "data.csv"
+    csv.write_text("x,y\n" + "".join(f"{i / 10},{i % 3}\n" for i in range(50)))
+    csv.chmod(0)
+    if os.geteuid() == 0:  # root reads it anyway: refuse as the kernel would refuse anyone else
+        real = pathlib.Path.read_bytes
+        monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: (_ for _ in ()).throw(
+            PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))) if self == csv else real(self))
+    code, err, _ = in_process(capsys, "run", "--data", str(csv), "--out", str(tmp_path / "out"))
+    assert_error(code, err, 2, f"mixbench run: error: data file {csv}: cannot be read (Permission denied)")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--data", "{csv}", "--N", "50"],
+     "--N: only applies to a built-in scenario (a data file's N is its number of rows)"),
+    (["--K", "1000"],
+     "K: 1000 components for N = 2000 observations leaves fewer than 10 per component (K may be at most 200)"),
+    (["--data", "{csv}", "--K", "6"],
+     "K: 6 components for N = 50 observations leaves fewer than 10 per component (K may be at most 5)"),
+    (["--N", "100,2000", "--methods", "advi-minibatch-meanfield", "--batch-size", "500"],
+     "settings.batch_size: 500 is larger than the data (N = 100)"),
+])
+def test_impossible_sizes_are_refused_before_any_cell(args, line, tmp_path, capsys):
+    csv = tmp_path / "data.csv"
+    csv.write_text("x,y\n" + "".join(f"{i / 10},{i % 3}\n" for i in range(50)))
+    args = [a.format(csv=csv) for a in args]
+    code, err, _ = in_process(capsys, "run", "--backends", QUICK, *args, "--out", str(tmp_path / "out"))
+    assert_error(code, err, 2, f"mixbench run: error: {line}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_skips_unreadable_lines_naming_them(run_dir, capsys):
+    rows = run_dir / "cells.jsonl"
+    rng = np.random.default_rng(1)
+    garbage = bytes(b for b in rng.integers(0, 256, 400).astype(np.uint8).tobytes() if b != 10)
+    rows.write_bytes(garbage + b"\n" + rows.read_bytes() + b"\x00\xff{{{\n")
+    code, err, out = in_process(capsys, "report", str(run_dir))
+    assert code == 0
+    assert err == [f"mixbench: warning: results file {rows}: skipped 2 unreadable line(s): "
+                   "line 1 (not UTF-8 text), line 3 (not UTF-8 text)"]
+    assert "1 cells on forum-small: 1 ok" in (run_dir / "report.md").read_text()
+
+
+def test_run_resumes_past_unreadable_lines(run_dir, capsys):
+    rows = run_dir / "cells.jsonl"
+    rows.write_bytes(rows.read_bytes() + b"\xde\xad\xbe\xef\n")
+    code, err, _ = in_process(capsys, *QUICK_RUN, "--seeds", "0,1", "--out", str(run_dir))
+    assert code == 0
+    assert err[0] == f"mixbench: warning: results file {rows}: skipped 1 unreadable line(s): line 2 (not UTF-8 text)"
+    assert err[1] == "resuming: 1 cells already finished, 1 to run"
+
+
+def test_report_with_a_corrupt_run_record(run_dir, capsys):
+    (run_dir / "run.json").write_text('{"created": "2025-01-0')
+    code, err, _ = in_process(capsys, "report", str(run_dir))
+    assert code == 0
+    assert err == [f"mixbench: warning: {run_dir / 'run.json'}: skipped, cannot be read (not valid JSON)"]
+    assert (run_dir / "report.html").is_file()
+
+
+def test_report_with_a_cut_off_draws_file(run_dir, capsys):
+    [trace] = (run_dir / "draws").glob("*.slopes.npy")
+    trace.write_bytes(trace.read_bytes()[:100])
+    code, err, _ = in_process(capsys, "report", str(run_dir))
+    assert code == 0
+    assert len(err) == 1 and err[0].startswith(f"mixbench: warning: {trace}: skipped, cannot be read (")
+    assert "Slope traces" not in (run_dir / "report.md").read_text()  # the figure is left out, nothing else
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "report.md")
+
+
+def test_report_on_a_full_disk(run_dir, capsys, monkeypatch):
+    monkeypatch.setattr(pathlib.Path, "write_text", _disk_full)
+    code, err, _ = in_process(capsys, "report", str(run_dir))
+    assert_error(code, err, 1, "mixbench report: error: report.md: No space left on device")
+
+
+def test_run_on_a_full_disk_goes_on_and_says_which_rows_are_missing(tmp_path, capsys, monkeypatch):
+    import bench.harness as harness
+
+    monkeypatch.setattr(harness, "_write_all", _disk_full)
+    out = tmp_path / "out"
+    code, err, stdout = in_process(capsys, *QUICK_RUN, "--seeds", "0,1", "--out", str(out))
+    assert code == 1
+    assert "Posterior means" in stdout  # both cells ran and are summarised
+    cells = [line for line in err if line.startswith("mixbench: warning:") and "could not be written" in line]
+    assert len(cells) == 2 and all("(No space left on device); the cell runs again on resume" in c for c in cells)
+    assert err[-1] == (f"mixbench run: error: 2 row(s) could not be written to {out / 'cells.jsonl'}; "
+                       "free space and rerun to run those cells again")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    code, err, _ = in_process(capsys, "--debug", "report", str(tmp_path))
+    assert code == 2 and err[0] == "Traceback (most recent call last):"
+    assert err[-1] == f"mixbench report: error: {tmp_path}: no cells.jsonl in this directory"
+    code, err, _ = in_process(capsys, "report", str(tmp_path), "--debug")
+    assert code == 2 and err[0] == "Traceback (most recent call last):"
+
+
+def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
+    import bench.report
+
+    def broken(paths, out):
+        raise RuntimeError("something nobody foresaw\nwith a second line")
+
+    monkeypatch.setattr(bench.report, "write_report", broken)
+    code, err, _ = in_process(capsys, "report", str(run_dir))
+    assert_error(code, err, 1, "mixbench report: internal error: RuntimeError: something nobody foresaw "
+                               "(rerun with --debug for the traceback)")

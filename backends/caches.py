@@ -73,7 +73,7 @@ def check_private(path: Path) -> None:
         info = os.stat(path)
     except OSError as exc:
         raise MixbenchError(f"cache directory {path}: cannot be checked ({exc.strerror or exc})") from None
-    fix = "; mixbench loads compiled code only from your own private directories (see README, Caches)"
+    fix = "; mixbench loads compiled code only from your own private directories (README.md, on caches)"
     if not stat.S_ISDIR(info.st_mode):
         raise MixbenchError(f"cache directory {path}: is not a directory{fix}")
     if info.st_uid != os.getuid():

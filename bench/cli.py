@@ -1,9 +1,10 @@
 """The command line: ``mixbench run``, ``mixbench report`` and ``mixbench list``.
 
 Every failure ends in one line on stderr and a non-zero exit, without a traceback (``--debug``
-shows it): 2 for bad input (MixbenchError), 1 for what the system refused (a file that cannot be
-read or written, a full disk, rows that could not be written) or an internal error, 128 + the
-signal number when SIGINT (130), SIGTERM (143) or SIGHUP (129) stopped the command.
+shows it): 2 for bad input (MixbenchError: arguments, data, an output or cache directory that
+cannot be used), 1 for a failure while working (OSError: a full disk; rows that could not be
+written) or an internal error, 128 + the signal number when SIGINT (130), SIGTERM (143) or SIGHUP
+(129) stopped the command.
 """
 
 from __future__ import annotations

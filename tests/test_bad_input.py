@@ -123,3 +123,61 @@ def test_good_data_file(tmp_path):
     assert data.x.tolist() == [[2.0, 1.0], [5.0, 4.0]]
     assert data.y.tolist() == [3.0, 6.0]
     assert data.covariates == ("b", "a") and data.truth is None
+
+
+def test_unreadable_data_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    import pathlib
+
+    path = tmp_path / "data.csv"
+    path.write_text("x,y\n1,2\n")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads it anyway: refuse as the kernel would refuse anyone else
+        real = pathlib.Path.read_bytes
+
+        def read_bytes(self):
+            if self == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real(self)
+
+        monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    message = one_line_error(load_csv, path, match="cannot be read")
+    assert message == f"data file {path}: cannot be read (Permission denied)"
+
+
+class _AnyMethod:
+    """A plug-in backend that would run any method (and must not be reached here)."""
+
+    @staticmethod
+    def make():
+        from backends.base import Backend
+
+        class Plugin(Backend):
+            name = "plugin"
+            def versions(self): return {}
+            def unsupported_reason(self, spec, method, settings): return None
+            def log_density(self, spec, dataset, params): return 0.0
+            def _fit(self, spec, dataset, method, settings, seed): raise AssertionError("must not run")
+
+        return Plugin()
+
+
+@pytest.mark.parametrize("name", ["pymc", "numpyro", "plugin"])
+def test_minibatch_larger_than_the_data_is_refused_the_same_way_by_every_backend(name):
+    # Before, NumPyro refused it in words of its own and PyMC fitted it silently.
+    backend = _AnyMethod.make() if name == "plugin" else get_backend(name)
+    sc = get_scenario("forum")
+    data = sc.simulate(0, N=50)
+    settings = FitSettings(batch_size=100, vi_iterations=20, vi_draws=10)
+    for method in ("advi-minibatch-meanfield", "advi-minibatch-fullrank"):
+        message = one_line_error(backend.fit, sc.spec, data, method, settings, match="batch_size")
+        assert message == "settings.batch_size: 100 is larger than the data (N = 50)"
+
+
+def test_a_batch_as_large_as_the_data_is_allowed():
+    from backends.base import check_batch_size
+
+    check_batch_size("advi-minibatch-meanfield", FitSettings(batch_size=50), 50)
+    check_batch_size("advi-meanfield", FitSettings(batch_size=500), 50)  # only minibatch methods batch
+    one_line_error(check_batch_size, "advi-minibatch-fullrank", FitSettings(batch_size=51), 50, match="N = 50")

@@ -95,7 +95,7 @@ def test_a_directory_others_can_write_is_refused(cache_home, bits, who):
         private_dir(root / "jax-programs")
     assert str(info.value) == (f"cache directory {root}: writable by {who} (mode {bits:04o}); remove it or run "
                                "chmod go-w on it; mixbench loads compiled code only from your own private "
-                               "directories (see README, Caches)")
+                               "directories (README.md, on caches)")
     assert not (root / "jax-programs").exists()
 
 

@@ -87,6 +87,21 @@ class QuickBackend(_Fake):
                    grad_evals=7 * chains * draws * 2, divergences=0)
 
 
+class RebuildingBackend(QuickBackend):
+    """Like QuickBackend, after a cache entry of its own failed to load and was rebuilt."""
+
+    name = "rebuilding"
+
+    def _fit(self, spec, dataset, method, settings, seed):
+        import warnings
+
+        from backends.caches import CacheWarning
+
+        warnings.warn("cache entry /x/entry.pkl: failed to load (EOFError: torn); discarded, compiling it again",
+                      CacheWarning, stacklevel=2)
+        return super()._fit(spec, dataset, method, settings, seed)
+
+
 class RaisingBackend(_Fake):
     name = "raising"
 

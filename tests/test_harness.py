@@ -355,3 +355,18 @@ def test_signal_stops_the_run_cleanly(tmp_path, marker, capsys, signum, to_group
     cell_pids = recorded_pids(Path(os.environ[PIDS_ENV]))
     assert len(cell_pids) == 3 and not [pid for pid in cell_pids if alive(pid)]
     assert wait_until(lambda: not _processes_in_session(proc.pid), timeout=10), _processes_in_session(proc.pid)
+
+
+def test_a_rebuilt_cache_entry_is_one_warning_in_the_row_and_on_the_terminal(tmp_path, marker, capsys):
+    from bench.cli import main
+
+    code = main(["run", "--backends", FAKE + "RebuildingBackend", "--N", "200", "--chains", "2", "--draws", "50",
+                 "--out", str(tmp_path), "--no-report"])
+    assert code == 0
+    [result] = read_rows(tmp_path / "cells.jsonl")
+    message = "cache entry /x/entry.pkl: failed to load (EOFError: torn); discarded, compiling it again"
+    assert result["status"] == "ok" and result["warnings"] == [message]
+    err = capsys.readouterr().err.splitlines()
+    assert err.count(f"  warning: {message}") == 1
+    [log] = (tmp_path / "logs").glob("*.log")
+    assert log.read_text().count(message) == 1  # and in the cell's log, where engines' output goes

@@ -257,7 +257,7 @@ def compile_nutpie_model(model, description: dict[str, Any], data: dict[str, np.
     root = nutpie_dir()
     # One process per key at a time: a second cell of the same model waits for the first to
     # compile and then loads, and no process deletes an entry another is writing.
-    with _locked(root / f"{key}.lock"):
+    with _locked(private_dir(cache_root() / "locks") / f"nutpie-{key}.lock"):
         directory = private_dir(root / key)
         source, meta_path = directory / "callbacks.py", directory / "meta.pkl"
         if source.exists() and meta_path.exists():

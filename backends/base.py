@@ -135,6 +135,10 @@ class Fit:
     log_jacobian: np.ndarray | None = None
     log_q: np.ndarray | None = None
     loss: np.ndarray | None = None
+    # Draws resampled by importance weights (multi-path Pathfinder): log p - log q over the
+    # approximation's own draws before resampling, the ratios whose Pareto k-hat says how well q
+    # covers p. None when the draws are the approximation's own (then log_p - log_q serves).
+    importance_log_ratio: np.ndarray | None = None
     # MAP: the point (canonical names) and its log density (oracle convention); every start's
     # final log density, in start order (-inf for a start that failed); the point's coordinates
     # that sit on a bound of the prior's support (``bound_hits``).
@@ -217,6 +221,34 @@ def start_seeds(seed: int, starts: int) -> list[int]:
     """
     derived = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1) for i in range(1, starts)]
     return [int(seed), *derived]
+
+
+def psis_resample(log_ratio: np.ndarray, n_draws: int, seed: int) -> np.ndarray:
+    """Indices of ``n_draws`` draws resampled, with replacement, by Pareto-smoothed importance weights.
+
+    ``log_ratio``: log p - log q per proposal draw, shape (S,). The weights are PSIS-smoothed
+    (Vehtari et al. 2024, arviz-stats' ``psislw``, tail length min(0.2 S, 3 sqrt(S)) as in Stan's
+    Pathfinder) and the draws taken by multinomial resampling, the last step of multi-path
+    Pathfinder (Zhang et al. 2022, Algorithm 2; Stan's ``psis_resample``). Seeded by ``seed``.
+    Returns int64 indices of shape (n_draws,). Raises MixbenchError when no ratio is finite.
+    """
+    import arviz_stats  # noqa: F401  (registers the .azstats accessor)
+
+    log_ratio = np.asarray(log_ratio, dtype=float).ravel()
+    finite = np.isfinite(log_ratio)
+    if not finite.any():
+        raise MixbenchError("importance resampling: no proposal draw has a finite log p - log q")
+    # psislw smooths exp(-x) (its LOO convention), so it is given minus the log ratio.
+    ratio = np.where(finite, log_ratio, -np.inf)
+    if np.ptp(ratio[finite]) == 0:
+        log_w = np.where(finite, 0.0, -np.inf)
+    else:
+        log_w, _ = xr.DataArray(-np.where(finite, ratio, np.nanmin(ratio[finite])), dims=["draw"]) \
+            .azstats.psislw(dim="draw", r_eff=1.0)
+        log_w = np.where(finite, np.asarray(log_w, dtype=float), -np.inf)
+    weights = np.exp(log_w - np.max(log_w))
+    weights /= weights.sum()
+    return np.random.default_rng(seed).choice(log_ratio.size, size=n_draws, replace=True, p=weights)
 
 
 def bound_hits(spec: MixtureSpec, point: dict[str, np.ndarray], rtol: float = 1e-6) -> list[str]:

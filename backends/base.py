@@ -66,7 +66,9 @@ class FitSettings:
     minibatch_total_size: bool = True
     # MAP (and Laplace's mode): independent optimisations from seeded random starts; the best
     # log density is kept and every start's is recorded, so a report can say how many reached it.
-    map_starts: int = 4
+    # Eight: on the `separated` scenario a single Stan L-BFGS start reaches the mode about half
+    # the time (41 of 80 starts), so 8 starts miss it with probability about 0.4%.
+    map_starts: int = 8
     # Stan's ADVI step size. None: Stan adapts eta itself (its default); a number fixes it.
     advi_eta: float | None = None
     # Pathfinder: independent L-BFGS paths, pooled by Pareto-smoothed importance resampling
@@ -350,10 +352,12 @@ class Backend(ABC):
         starts = [self._fit(spec, dataset, "map", settings, s) for s in start_seeds(seed, settings.map_starts)]
         found = [f.point_log_density if f.ok and f.point_log_density is not None else -math.inf
                  for f in starts]
-        best_index = int(np.argmax(found))
+        ok = [i for i, f in enumerate(starts) if f.ok]
+        if not ok:
+            return starts[0]
+        # Every start ok but none finite (all on a bound of the support): the first is reported.
+        best_index = int(np.argmax(found)) if math.isfinite(max(found)) else ok[0]
         best = starts[best_index]
-        if not best.ok or not math.isfinite(found[best_index]):
-            return best if not best.ok else starts[0]
         timings: dict[str, float] = {}
         for i, start in enumerate(starts):
             for phase, seconds in start.timings.items():

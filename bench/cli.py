@@ -88,6 +88,9 @@ _SETTING_HELP = {
     "optimizer": "VI optimiser name (adam, adagrad_window, sgd, ...)", "learning_rate": "VI learning rate",
     "vi_tolerance": "VI convergence tolerance on parameters", "vi_draws": "draws taken from a VI approximation",
     "batch_size": "minibatch size for advi-minibatch-*",
+    "map_starts": "seeded random starts of MAP and of Laplace's mode search; the best is kept",
+    "advi_eta": "Stan ADVI step size eta (default: Stan adapts it)",
+    "pathfinder_paths": "Pathfinder paths (single-path when 1)",
 }
 
 
@@ -123,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {int: _positive_int, float: _positive_float}.get(type(default), str)
         if f.name == "warmup":
             kind = int
+        if f.name == "advi_eta":
+            kind = _positive_float
         settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
                               help=f"{_SETTING_HELP[f.name]} (default {default})")
     settings.add_argument("--no-total-size", dest="set_minibatch_total_size", action="store_const", const=False,
                           default=None, help="minibatch ADVI without total_size (the forum thread's bug)")
+    settings.add_argument("--no-pathfinder-resample", dest="set_pathfinder_resample", action="store_const",
+                          const=False, default=None,
+                          help="pool every Pathfinder path's draws instead of PSIS importance resampling")
     runner = run.add_argument_group("running")
     runner.add_argument("--out", type=Path, default=None, help="output directory (default results/<scenario>); rerunning resumes")
     runner.add_argument("--jobs", type=_positive_int, default=1, help="cells run in parallel (default 1)")

@@ -1,8 +1,10 @@
 """The Stan backend: stan/mixture.stan run by CmdStan (through cmdstanpy) or by pystan 3.
 
 The engine is CmdStan whenever cmdstanpy finds an install, else pystan (httpstan, which carries
-Stan in its wheel); ``FitSettings.sampler`` may force either. pystan 3 runs NUTS only, so the
-variational methods and MAP need CmdStan.
+Stan in its wheel); ``FitSettings.sampler`` may force either. pystan 3 runs NUTS only, so ADVI,
+Pathfinder, MAP and Laplace need CmdStan. Each method is one ``_<method>_cmdstan`` function
+calling cmdstanpy's public method of the same job (``sample``, ``variational``, ``pathfinder``,
+``optimize``, ``laplace_sample``); ``_fit`` maps method names to them and nothing else.
 
 Stan names differ from the canonical ones only for the weights (``theta`` for ``pi``) and in the
 pieces the parameters block is made of (ordered and free parts); ``stan_parameters`` and
@@ -22,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -481,9 +484,21 @@ class StanBackend(Backend):
             self._pystan_models.move_to_end(key)
             return self._pystan_models[key], True
         code = program_code()
+        name = httpstan.models.calculate_model_name(code)
         with _compile_lock(), _quiet():
-            compiled = httpstan.models.calculate_model_name(code) in httpstan.cache.list_model_names()
-            model = stan.build(code, data=stan_data(spec, dataset))
+            compiled = name in httpstan.cache.list_model_names()
+            try:
+                model = stan.build(code, data=stan_data(spec, dataset))
+            except Exception:
+                if not compiled:
+                    raise
+                # A build killed part-way leaves httpstan an entry it cannot load (its server then
+                # answers 500 for every later build): discard it and build once more.
+                warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
+                              RuntimeWarning, stacklevel=2)
+                httpstan.cache.delete_model_directory(name)
+                compiled = False
+                model = stan.build(code, data=stan_data(spec, dataset))
         self._pystan_models[key] = model
         while len(self._pystan_models) > 8:
             self._pystan_models.popitem(last=False)

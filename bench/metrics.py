@@ -146,7 +146,11 @@ ROW_FIELDS: dict[str, str] = {
     "grad_evals": "gradient evaluations reported by the engine (NaN when unknown)",
     "divergences": "divergent transitions (the fit's count, else summed from sample_stats.diverging)",
     "converged": "the engine's own convergence flag (NaN when it gives none)",
-    "iterations": "optimisation iterations run (VI / MAP)",
+    "iterations": "optimisation iterations run (VI / MAP; MAP: summed over its starts)",
+    "map_starts": "MAP / Laplace mode search: how many seeded optimisation starts ran",
+    "map_starts_at_best": "how many of those starts ended within 0.01 nats of the best log density",
+    "at_bound": "coordinates of the MAP / mode on a bound of the prior's support (sigma at its Uniform "
+                "upper bound or 0, a weight at 0, tied ordered components); empty when interior",
     "nonfinite_draws": "draws with a NaN or infinite component parameter (left unrelabelled)",
     "relabel_converged": "whether the relabelling's scale refinement settled within relabel_max_iter",
     # Relabelling and mode
@@ -189,8 +193,9 @@ ROW_FIELDS: dict[str, str] = {
     "rhat_max": "max rank-normalised split R-hat over every scalar, relabelled (NaN for one chain)",
     "rhat_max_raw": "the same on the raw draws",
     # Approximation quality
-    "khat": "PSIS Pareto k-hat of log_p - log_q over the approximation's draws (-inf when the "
-            "ratios are constant, i.e. q is p; NaN without log_p / log_q)",
+    "khat": "PSIS Pareto k-hat of log_p - log_q over the approximation's draws (over its proposals "
+            "before resampling, for multi-path Pathfinder; -inf when the ratios are constant, i.e. "
+            "q is p; NaN without log_p / log_q)",
     "khat_label": "good (k < khat_good), ok (< khat_bad) or bad",
     **_family_fields("{f}_w1_max", "max over the {name} of the 1-Wasserstein distance between the "
                                    "fit's marginal and the reference posterior's, both relabelled"),
@@ -628,10 +633,22 @@ def _identity(fit: Fit) -> dict[str, Any]:
         "divergences": fit.divergences,
         "converged": fit.converged,
         "iterations": fit.iterations,
+        "map_starts": len(fit.start_log_densities) if fit.start_log_densities else None,
+        "map_starts_at_best": _starts_at_best(fit.start_log_densities),
+        "at_bound": "; ".join(fit.at_bound) if fit.at_bound else None,
     }
     for phase in TIMING_PHASES:
         row[f"t_{phase}"] = fit.timings.get(phase)
     return row
+
+
+def _starts_at_best(log_densities: list[float] | None, tol: float = 0.01) -> int | None:
+    """How many optimisation starts ended within ``tol`` nats of the best one."""
+    if not log_densities:
+        return None
+    values = np.asarray(log_densities, dtype=float)
+    best = np.max(values)
+    return int(np.sum(values >= best - tol)) if np.isfinite(best) else 0
 
 
 def _divergences(fit: Fit, draws: xr.DataTree) -> int | None:
@@ -700,7 +717,12 @@ def _evaluate_draws(fit, draws, truth, reference, pivot, settings) -> dict[str, 
         row.update(recovery(draws, truth, settings.interval_prob, suffix="_raw"))
     if mcmc:
         row.update(efficiency(rel.draws, draws, fit.timings.get("sampling"), fit.grad_evals))
-    if fit.log_p is not None and fit.log_q is not None:
+    if fit.importance_log_ratio is not None:
+        # Resampled draws (multi-path Pathfinder): k-hat of the proposals they were drawn from.
+        ratio = np.asarray(fit.importance_log_ratio, dtype=float)
+        row["khat"] = psis_khat(ratio, np.zeros_like(ratio), settings.khat_constant_tol)
+        row["khat_label"] = khat_label(row["khat"], settings)
+    elif fit.log_p is not None and fit.log_q is not None:
         row["khat"] = psis_khat(fit.log_p, fit.log_q, settings.khat_constant_tol)
         row["khat_label"] = khat_label(row["khat"], settings)
     if reference is not None:

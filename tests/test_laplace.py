@@ -139,7 +139,10 @@ def test_separated_densities_are_exact(separated):
     assert [str(v) for v in z.coords["unconstrained"].values] == labels
     expected_q = stats.multivariate_normal(mean, cov).logpdf(z.values[0])
     np.testing.assert_allclose(fit.log_q, expected_q, rtol=1e-9)
-    np.testing.assert_allclose(np.cov(z.values[0].T), cov, atol=0.2 * np.sqrt(np.outer(np.diag(cov), np.diag(cov))))
+    # The draws come from that Gaussian: their covariance within 0.2 sd_i sd_j of it (some 4.5
+    # standard errors at 1000 draws).
+    scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    assert np.all(np.abs(np.cov(z.values[0].T) - cov) <= 0.2 * scale)
 
 
 def test_separated_mode_is_the_best_start(separated):
@@ -148,7 +151,7 @@ def test_separated_mode_is_the_best_start(separated):
     best = max(fit.start_log_densities)
     # The mean is the highest point of the log density with the Jacobian: no draw lies above it.
     assert np.max(fit.log_p) <= best + 1e-9
-    assert fit.point_log_density == pytest.approx(log_density(SEPARATED.spec, data.x, data.y, fit.point), rel=1e-10)
+    assert fit.point_log_density == pytest.approx(log_density(SEPARATED.spec, data.x, data.y, fit.point), rel=1e-8)
     np.testing.assert_allclose(fit.point["b"], SEPARATED.truth["b"], atol=0.1)
 
 
@@ -170,5 +173,19 @@ def test_float32_lands_on_the_float64_gaussian(backend, line_data):
     assert fits["float32"].precision == "float32"
     mean64, cov64, _ = gaussian(fits["float64"])
     mean32, cov32, _ = gaussian(fits["float32"])
-    np.testing.assert_allclose(mean32, mean64, atol=1e-3 * np.sqrt(np.diag(cov64)).max())
+    # float32 rounding stops the search within a Newton decrement of 1e-2 (backends/laplace.py):
+    # the mode within 0.01 posterior standard deviations of the float64 one.
+    assert np.all(np.abs(mean32 - mean64) <= 1e-2 * np.sqrt(np.diag(cov64)))
     np.testing.assert_allclose(cov32, cov64, rtol=1e-2, atol=1e-2 * np.abs(cov64).max())
+
+
+@pytest.mark.slow
+def test_every_seed_reaches_the_same_mode(backend):
+    """The `separated` scenario at its own N: seeds 0-9 all keep the same best mode, none on a bound."""
+    data = SEPARATED.simulate(seed=0)
+    fits = [backend.fit(SEPARATED.spec, data, "laplace", FitSettings(vi_draws=10), seed=s) for s in range(10)]
+    assert all(fit.ok and fit.converged and fit.at_bound == [] for fit in fits)
+    best = [max(fit.start_log_densities) for fit in fits]
+    assert max(best) - min(best) < 1e-6
+    means = np.array([gaussian(fit)[0] for fit in fits])
+    np.testing.assert_allclose(means, np.broadcast_to(means[0], means.shape), atol=1e-6)

@@ -141,9 +141,10 @@ class Fit:
     # approximation's own draws before resampling, the ratios whose Pareto k-hat says how well q
     # covers p. None when the draws are the approximation's own (then log_p - log_q serves).
     importance_log_ratio: np.ndarray | None = None
-    # MAP: the point (canonical names) and its log density (oracle convention); every start's
-    # final log density, in start order (-inf for a start that failed); the point's coordinates
-    # that sit on a bound of the prior's support (``bound_hits``).
+    # MAP and Laplace: the point (canonical names) and its log density (oracle convention); every
+    # start's final log density, in start order (-inf for a start that failed): for MAP in the
+    # oracle convention, for Laplace the Jacobian-adjusted density its mode search maximises;
+    # the point's coordinates that sit on a bound of the prior's support (``bound_hits``).
     point: dict[str, np.ndarray] | None = None
     point_log_density: float | None = None
     start_log_densities: list[float] | None = None

@@ -69,6 +69,10 @@ class FitSettings:
     # Eight: on the `separated` scenario a single Stan L-BFGS start reaches the mode about half
     # the time (41 of 80 starts), so 8 starts miss it with probability about 0.4%.
     map_starts: int = 8
+    # Seconds one optimisation start may take before it counts as failed. CmdStan's L-BFGS
+    # line search can loop without end once its bracket turns NaN (seen on `separated` with
+    # Laplace's Jacobian-adjusted density); a start cut off this way is a failed start.
+    optimize_timeout: float = 600.0
     # Stan's ADVI step size. None: Stan adapts eta itself (its default); a number fixes it.
     advi_eta: float | None = None
     # Pathfinder: independent L-BFGS paths, pooled by Pareto-smoothed importance resampling
@@ -88,7 +92,7 @@ class FitSettings:
             raise MixbenchError(f"settings.target_accept: must be in (0, 1), got {self.target_accept!r}")
         if self.precision not in ("float64", "float32"):
             raise MixbenchError(f"settings.precision: must be float64 or float32, got {self.precision!r}")
-        for name in ("learning_rate", "vi_tolerance", "advi_eta"):
+        for name in ("learning_rate", "vi_tolerance", "advi_eta", "optimize_timeout"):
             value = getattr(self, name)
             if name == "advi_eta" and value is None:
                 continue

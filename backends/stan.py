@@ -826,9 +826,14 @@ class StanBackend(Backend):
         ``laplace_sample`` as its mode must hold the optimum alone, since CmdStan reads the
         mode from its first row.
         """
-        return model.optimize(data=data, seed=seed, algorithm="lbfgs", jacobian=jacobian,
-                              iter=settings.vi_iterations, save_iterations=save_iterations,
-                              require_converged=False, output_dir=out, sig_figs=18, show_console=False)
+        try:
+            return model.optimize(data=data, seed=seed, algorithm="lbfgs", jacobian=jacobian,
+                                  iter=settings.vi_iterations, save_iterations=save_iterations,
+                                  require_converged=False, output_dir=out, sig_figs=18, show_console=False,
+                                  timeout=settings.optimize_timeout)
+        except TimeoutError:
+            raise RuntimeError(f"L-BFGS start (seed {seed}) ran past optimize_timeout = "
+                               f"{settings.optimize_timeout:g} s and was stopped") from None
 
     def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
         """One start of MAP (Backend.fit runs settings.map_starts of them and keeps the best)."""

@@ -211,6 +211,15 @@ def test_map_with_several_starts_reaches_the_mode_for_every_seed(backend, separa
     assert any(f.at_bound for f in lost)
 
 
+def test_a_start_that_never_ends_is_cut_off_and_counted_as_failed(backend, separated):
+    spec, data = separated
+    settings = FitSettings(vi_draws=50, vi_iterations=2000, optimize_timeout=5)
+    fit = backend.fit(spec, data, "laplace", settings, seed=8)
+    assert fit.status == "ok", fit.reason
+    assert fit.start_log_densities[4] == -math.inf  # the start whose line search loops
+    assert sum(math.isfinite(v) for v in fit.start_log_densities) >= 6
+
+
 def test_map_iterations_exclude_the_initial_point(backend, separated):
     spec, data = separated
     fit = backend.fit(spec, data, "map", FitSettings(map_starts=1), seed=2)
@@ -222,7 +231,9 @@ def test_map_iterations_exclude_the_initial_point(backend, separated):
 @pytest.mark.parametrize("method", ["nuts", "advi-meanfield", "advi-fullrank", "pathfinder", "map", "laplace"])
 def test_same_seed_same_draws(backend, separated, method):
     spec, data = separated
-    settings = FitSettings(chains=2, warmup=100, draws=100, vi_draws=100, vi_iterations=2000)
+    # Laplace's start 4 of seed 8 sends CmdStan's L-BFGS into its endless line search: it is cut
+    # off and counts as a failed start, the same way in both runs.
+    settings = FitSettings(chains=2, warmup=100, draws=100, vi_draws=100, vi_iterations=2000, optimize_timeout=15)
     first, again = (backend.fit(spec, data, method, settings, seed=8) for _ in range(2))
     assert first.status == again.status == "ok", first.reason
     for name in spec.param_shapes():

@@ -271,9 +271,16 @@ def test_provenance_names_the_stan_that_ran_and_cmdstan_beside_it(backend, separ
     assert fit.draws.attrs["stan_version"] == fit.versions["stan"]
 
 
-def test_an_engine_error_carries_stans_own_message(backend, separated):
+def test_an_engine_error_carries_stans_own_message(backend, separated, monkeypatch):
+    import backends.stan as stan_module
+
     spec, data = separated
-    broken = Dataset(x=data.x[:50], y=np.where(np.arange(50) == 7, np.inf, data.y[:50]))
-    fit = backend._fit(spec, broken, "pathfinder", FitSettings(vi_draws=20, pathfinder_paths=1), seed=0)
+    real = stan_module.stan_data
+    # Data that disagree with their declared size: Stan's data block check fails inside CmdStan.
+    monkeypatch.setattr(stan_module, "stan_data", lambda s, d: {**real(s, d), "N": d.N + 1})
+    fit = backend.fit(spec, Dataset(x=data.x[:50], y=data.y[:50]), "pathfinder",
+                      FitSettings(vi_draws=20, pathfinder_paths=1), seed=0)
     assert fit.status == "failed"
-    assert "Stan said:" in fit.reason and "y" in fit.reason
+    # Stan's own words: which variable, declared and found sizes, where in the program.
+    assert "variable name=x" in fit.reason and "dims declared=(51,1); dims found=(50,1)" in fit.reason
+    assert "mixture.stan" in fit.reason

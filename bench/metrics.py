@@ -494,12 +494,19 @@ def _diagnostic_dataset(draws: xr.DataTree) -> xr.Dataset:
     return ds[[name for name in FAMILIES if _present(ds, name)]]
 
 
+# Tail ESS is the smaller ESS of the indicators I(theta <= q05) and I(theta <= q95) (Vehtari et
+# al. 2021, as R's posterior::ess_tail). Without ``prob`` arviz-stats uses its rcParams interval
+# (0.89), i.e. the 5.5% / 94.5% quantiles instead.
+TAIL_ESS_PROB = (0.05, 0.95)
+
+
 def _ess_by_family(ds: xr.Dataset, method: str) -> dict[str, float]:
     with warnings.catch_warnings():
         # Constant scalars (weights pinned by a one-component fit) make arviz warn; their NaN is
         # the honest answer and is skipped by the minimum.
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = azs.ess(ds, method=method)
+        prob = TAIL_ESS_PROB if method == "tail" else None
+        result = azs.ess(ds, method=method, prob=prob)
     return {name: _nanmin(result[name].values) for name in result.data_vars}
 
 

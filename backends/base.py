@@ -63,6 +63,10 @@ class FitSettings:
     # Minibatch ADVI scales the batch likelihood up to N (total_size). False replays the forum
     # thread's bug: each step sees 128 points weighted as if they were the whole data.
     minibatch_total_size: bool = True
+    # Pathfinder: "psis" resamples the draws of every path, pooled, by their Pareto-smoothed
+    # importance weights (Stan's default; Zhang et al. 2022); "none" keeps every path's draws
+    # with equal weight.
+    pathfinder_resampling: Literal["psis", "none"] = "psis"
 
     def __post_init__(self):
         for name in ("chains", "draws", "vi_iterations", "vi_draws", "batch_size", "max_treedepth"):
@@ -73,6 +77,8 @@ class FitSettings:
             raise MixbenchError(f"settings.warmup: must be a non-negative integer, got {self.warmup!r}")
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             raise MixbenchError(f"settings.target_accept: must be in (0, 1), got {self.target_accept!r}")
+        if self.pathfinder_resampling not in ("psis", "none"):
+            raise MixbenchError(f"settings.pathfinder_resampling: must be psis or none, got {self.pathfinder_resampling!r}")
         if self.precision not in ("float64", "float32"):
             raise MixbenchError(f"settings.precision: must be float64 or float32, got {self.precision!r}")
         for name in ("learning_rate", "vi_tolerance"):

@@ -57,7 +57,9 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
     out: dict[str, Any] = dict.fromkeys(LOO_FIELDS, NAN)
     ds = posterior_dataset(draws)
     chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
-    if chains * n_draws < 2:
+    if chains * n_draws < 2 or problem.spec.likelihood != "mixture":
+        # One point has no posterior to leave an observation out of; the forum thread's batch
+        # likelihoods have no per-observation terms.
         return out
     budget = _draw_budget(problem.dataset.N, max_values, min_draws, max_draws)
     keep = thin_indices(n_draws, max(budget // chains, 1))

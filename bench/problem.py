@@ -18,13 +18,72 @@ from functools import cached_property
 
 import numpy as np
 import xarray as xr
+from scipy import special, stats
 
 from backends.base import Fit
-from bench.relabel import SAMPLE_DIMS, posterior_dataset
+from bench.relabel import posterior_dataset
 from models.data import Dataset
 from models.oracle import log_density, log_likelihood_terms
 from models.spec import MixtureSpec
 from models.standardize import Standardization
+
+
+def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict,
+                      pointwise: bool = False, chunk_values: int = 4_000_000) -> np.ndarray:
+    """The oracle's log density (models/oracle.py) of S points at once, shape (S,); with
+    ``pointwise``, the per-observation log likelihood, shape (S, N).
+
+    ``params`` holds the canonical arrays with one leading axis of S points. The same formulas as
+    the oracle, vectorised over points (tests/test_problem.py checks they agree); the forum
+    likelihoods fall back to the oracle point by point. Points outside the prior's support give
+    -inf. Memory stays at about ``chunk_values`` doubles (points x N x K per chunk).
+    """
+    p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    S = p["pi"].shape[0]
+    K = spec.K
+    if spec.likelihood != "mixture":
+        points = [{k: v[i] for k, v in p.items()} for i in range(S)]
+        if pointwise:
+            raise ValueError("pointwise log likelihood: only for the mixture likelihood")
+        return np.array([log_density(spec, x, y, point) for point in points])
+    sigma = np.broadcast_to(p["sigma"].reshape(S, -1), (S, K))
+    pi = p["pi"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pi = np.log(pi)
+        lp = np.zeros(S)
+        if not pointwise:
+            alpha = spec.alpha
+            lp += special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * log_pi).sum(axis=1)
+            lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
+            lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
+            if spec.intercept:
+                lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
+            own = p["sigma"].reshape(S, -1)
+            if spec.sigma_prior.family == "uniform":
+                lp += stats.uniform.logpdf(own, 0.0, spec.sigma_prior.scale).sum(axis=1)
+            else:
+                lp += stats.halfnorm.logpdf(own, scale=spec.sigma_prior.scale).sum(axis=1)
+            if spec.ordering != "none":
+                ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
+                lp = np.where(np.any(np.diff(ordered, axis=1) <= 0, axis=1), -np.inf, lp + spec.log_order_constant)
+        N = y.shape[0]
+        step = max(1, int(chunk_values // max(N * K, 1)))
+        terms = np.empty((S, N)) if pointwise else None
+        for start in range(0, S, step):
+            sl = slice(start, min(S, start + step))
+            mu = np.einsum("nd,skd->snk", x, p["w"][sl])
+            if spec.intercept:
+                mu = mu + p["b"][sl][:, None, :]
+            s = sigma[sl][:, None, :]
+            comp = log_pi[sl][:, None, :] - 0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((y[None, :, None] - mu) / s) ** 2
+            ll = special.logsumexp(comp, axis=2)
+            if pointwise:
+                terms[sl] = ll
+            else:
+                lp[sl] = lp[sl] + ll.sum(axis=1)
+    if pointwise:
+        return terms
+    return np.where(np.isnan(lp), -np.inf, lp)
 
 
 def thin_indices(n: int, most: int) -> np.ndarray:
@@ -125,6 +184,14 @@ class Problem:
             terms = terms - math.log(self.standardization.y_scale)
         return terms
 
+    def _points(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """The draws at (chain, draw) pairs, on the fitted scale, one leading axis of points."""
+        ds = posterior_dataset(draws)
+        chains = np.array([c for c, _ in index], dtype=int)
+        picks = np.array([d for _, d in index], dtype=int)
+        points = {n: np.asarray(ds[n].values, dtype=float)[chains, picks] for n in ds.data_vars}
+        return self.to_fit_scale(points)
+
     def draw_log_densities(self, draws: xr.DataTree, per_chain: int) -> tuple[np.ndarray, np.ndarray]:
         """Log density of at most ``per_chain`` evenly spaced draws of each chain.
 
@@ -132,26 +199,16 @@ class Problem:
         """
         ds = posterior_dataset(draws)
         keep = thin_indices(ds.sizes["draw"], per_chain)
-        names = list(ds.data_vars)
-        arrays = {n: ds[n].values for n in names}
-        out = np.full((ds.sizes["chain"], keep.size), -np.inf)
-        for c in range(ds.sizes["chain"]):
-            for j, d in enumerate(keep):
-                point = {n: arrays[n][c, d] for n in names}
-                if all(np.all(np.isfinite(v)) for v in point.values()):
-                    with np.errstate(all="ignore"):
-                        out[c, j] = self.log_density(point)
-        return out, keep
+        index = [(c, int(d)) for c in range(ds.sizes["chain"]) for d in keep]
+        fit = self.fit_dataset
+        values = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index))
+        return np.where(np.isfinite(values), values, -np.inf).reshape(ds.sizes["chain"], keep.size), keep
 
     def pointwise_draws(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> np.ndarray:
-        """Pointwise log likelihood at the given (chain, draw) pairs, shape (len(index), N)."""
-        ds = posterior_dataset(draws)
-        arrays = {n: ds[n].values for n in ds.data_vars}
-        out = np.empty((len(index), self.dataset.N))
-        for i, (c, d) in enumerate(index):
-            with np.errstate(all="ignore"):
-                out[i] = self.pointwise_log_likelihood({n: arrays[n][c, d] for n in arrays})
+        """Pointwise log likelihood (data scale) at the given (chain, draw) pairs, shape (len(index), N)."""
+        fit = self.fit_dataset
+        out = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index), pointwise=True)
+        if self.standardization is not None:
+            out = out - math.log(self.standardization.y_scale)
         return out
 
-
-__all__ = ["Problem", "SAMPLE_DIMS", "thin_indices"]

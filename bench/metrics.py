@@ -145,6 +145,10 @@ class MetricSettings:
     loo_max_draws: int = 1000
     """PSIS-LOO: most draws used (fewer when N is large, see ``loo_max_values``; at least 100)."""
 
+    loo_max_obs: int = 1000
+    """PSIS-LOO: above this many observations, a seeded random subsample of this many is
+    Pareto-smoothed (arviz-stats' loo_subsample); Pareto smoothing costs milliseconds per observation."""
+
     def __post_init__(self):
         if not 0.0 < self.interval_prob < 1.0:
             raise ValueError(f"interval_prob: must be in (0, 1), got {self.interval_prob!r}")
@@ -157,7 +161,7 @@ class MetricSettings:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
         for name, least in (("switch_min_draws", 1), ("relabel_max_iter", 0), ("lp_draws_per_chain", 1),
-                            ("loo_max_draws", 2)):
+                            ("loo_max_draws", 2), ("loo_max_obs", 10)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
@@ -805,7 +809,7 @@ def _evaluate_draws(fit, draws, truth, reference, pivot, settings, problem=None)
         row.update(wasserstein_marginals(rel.draws, ref_rel.draws))
     if problem is not None:
         row.update(loo_metrics(fit, draws, problem, mcmc=mcmc, max_values=settings.loo_max_values,
-                               max_draws=settings.loo_max_draws))
+                               max_draws=settings.loo_max_draws, max_obs=settings.loo_max_obs))
     row.update(health(row, draws, problem, mcmc=mcmc, single_point=single_point, converged=fit.converged,
                       settings=settings))
     return row

@@ -55,7 +55,12 @@ def test_every_method_runs_on_small_data(backend, method, scenario):
     assert fit.engine == "numpyro" and fit.iterations is not None and fit.iterations <= 200
     assert set(fit.timings) == {"compile", "optimisation", "extraction"}
     assert all(t >= 0 for t in fit.timings.values()) and fit.timings["optimisation"] > 0
-    assert len(fit.loss) == (fit.iterations if method != "pathfinder" else fit.iterations + 1)
+    if method == "pathfinder":
+        # Four paths: the loss is the best path's objective along its L-BFGS iterations, and
+        # iterations the longest path's.
+        assert 2 <= len(fit.loss) <= fit.iterations + 1
+    else:
+        assert len(fit.loss) == fit.iterations
     post = fit.draws.posterior
     n = 1 if method == "map" else 40
     K, D = sc.spec.K, sc.spec.D

@@ -337,7 +337,8 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     shapes = spec.param_shapes()
     if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
         try:
-            tree = xr.open_datatree(path, engine="h5netcdf").load()
+            with xr.open_datatree(path, engine="h5netcdf") as opened:
+                tree = opened.load()
         except Exception as exc:  # noqa: BLE001 (any unreadable file is the same bad input)
             raise MixbenchError(f"reference draws {path}: not a readable netCDF file ({type(exc).__name__})") from None
         ds = tree["posterior"].to_dataset() if "posterior" in tree.children else tree.to_dataset()
@@ -489,7 +490,9 @@ def load_reference(directory: str | Path, problem: Problem | None = None, requir
         raise MixbenchError(f"reference {directory}: not accepted ({'; '.join(info.get('rejected_because', []))}); "
                             "make one with more draws (--reference-draws) or run with --reference none")
     try:
-        draws = xr.open_datatree(draws_path, engine="h5netcdf").load()
+        # Loaded whole and the file closed: a reference stays readable (and replaceable) while runs use it.
+        with xr.open_datatree(draws_path, engine="h5netcdf") as opened:
+            draws = opened.load()
     except Exception as exc:  # noqa: BLE001
         raise MixbenchError(f"reference {directory}: {DRAWS_FILE} is unreadable ({type(exc).__name__})") from None
     return Reference(draws, info, directory)

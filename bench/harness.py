@@ -176,7 +176,6 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
     try:
         from backends import get_backend
         from bench.metrics import evaluate
-
         from bench.problem import Problem
         from bench.reference import load_reference
 

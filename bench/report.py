@@ -124,7 +124,13 @@ def _per_cell_group(frame: pd.DataFrame, summarise) -> pd.DataFrame:
 
 def recovery_table(frame: pd.DataFrame) -> pd.DataFrame:
     """backend x method: errors of the relabelled posterior means, coverage of the 90% interval, mode."""
-    return _per_cell_group(frame, _recovery_record)
+    table = _per_cell_group(frame, _recovery_record)
+    if "elpd_loo (median)" in table:
+        # elpd sums over observations (thousands of nats): differences to the best fit of the same
+        # data are what compare, as loo_compare shows them.
+        best = table.groupby("scenario")["elpd_loo (median)"].transform("max")
+        table.insert(table.columns.get_loc("elpd_loo (median)") + 1, "elpd_loo - best", table["elpd_loo (median)"] - best)
+    return table
 
 
 def _recovery_record(group: pd.DataFrame) -> dict:

@@ -75,10 +75,12 @@ class FitSettings:
     optimize_timeout: float = 600.0
     # Stan's ADVI step size. None: Stan adapts eta itself (its default); a number fixes it.
     advi_eta: float | None = None
-    # Pathfinder: independent L-BFGS paths, pooled by Pareto-smoothed importance resampling
-    # (Zhang et al. 2022, as Stan does by default); resample=False pools every path's draws.
+    # Pathfinder: independent L-BFGS paths (Stan's default, 4).
     pathfinder_paths: int = 4
-    pathfinder_resample: bool = True
+    # Pathfinder: "psis" resamples the draws of every path, pooled, by their Pareto-smoothed
+    # importance weights (Stan's default; Zhang et al. 2022); "none" keeps every path's draws
+    # with equal weight.
+    pathfinder_resampling: Literal["psis", "none"] = "psis"
 
     def __post_init__(self):
         for name in ("chains", "draws", "vi_iterations", "vi_draws", "batch_size", "max_treedepth",
@@ -90,6 +92,8 @@ class FitSettings:
             raise MixbenchError(f"settings.warmup: must be a non-negative integer, got {self.warmup!r}")
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             raise MixbenchError(f"settings.target_accept: must be in (0, 1), got {self.target_accept!r}")
+        if self.pathfinder_resampling not in ("psis", "none"):
+            raise MixbenchError(f"settings.pathfinder_resampling: must be psis or none, got {self.pathfinder_resampling!r}")
         if self.precision not in ("float64", "float32"):
             raise MixbenchError(f"settings.precision: must be float64 or float32, got {self.precision!r}")
         for name in ("learning_rate", "vi_tolerance", "advi_eta", "optimize_timeout"):
@@ -141,10 +145,6 @@ class Fit:
     log_jacobian: np.ndarray | None = None
     log_q: np.ndarray | None = None
     loss: np.ndarray | None = None
-    # Draws resampled by importance weights (multi-path Pathfinder): log p - log q over the
-    # approximation's own draws before resampling, the ratios whose Pareto k-hat says how well q
-    # covers p. None when the draws are the approximation's own (then log_p - log_q serves).
-    importance_log_ratio: np.ndarray | None = None
     # MAP and Laplace: the point (canonical names) and its log density (oracle convention); every
     # start's final log density, in start order (-inf for a start that failed): for MAP in the
     # oracle convention, for Laplace the Jacobian-adjusted density its mode search maximises;
@@ -228,34 +228,6 @@ def start_seeds(seed: int, starts: int) -> list[int]:
     """
     derived = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1) for i in range(1, starts)]
     return [int(seed), *derived]
-
-
-def psis_resample(log_ratio: np.ndarray, n_draws: int, seed: int) -> np.ndarray:
-    """Indices of ``n_draws`` draws resampled, with replacement, by Pareto-smoothed importance weights.
-
-    ``log_ratio``: log p - log q per proposal draw, shape (S,). The weights are PSIS-smoothed
-    (Vehtari et al. 2024, arviz-stats' ``psislw``, tail length min(0.2 S, 3 sqrt(S)) as in Stan's
-    Pathfinder) and the draws taken by multinomial resampling, the last step of multi-path
-    Pathfinder (Zhang et al. 2022, Algorithm 2; Stan's ``psis_resample``). Seeded by ``seed``.
-    Returns int64 indices of shape (n_draws,). Raises MixbenchError when no ratio is finite.
-    """
-    import arviz_stats  # noqa: F401  (registers the .azstats accessor)
-
-    log_ratio = np.asarray(log_ratio, dtype=float).ravel()
-    finite = np.isfinite(log_ratio)
-    if not finite.any():
-        raise MixbenchError("importance resampling: no proposal draw has a finite log p - log q")
-    # psislw smooths exp(-x) (its LOO convention), so it is given minus the log ratio.
-    ratio = np.where(finite, log_ratio, -np.inf)
-    if np.ptp(ratio[finite]) == 0:
-        log_w = np.where(finite, 0.0, -np.inf)
-    else:
-        log_w, _ = xr.DataArray(-np.where(finite, ratio, np.nanmin(ratio[finite])), dims=["draw"]) \
-            .azstats.psislw(dim="draw", r_eff=1.0)
-        log_w = np.where(finite, np.asarray(log_w, dtype=float), -np.inf)
-    weights = np.exp(log_w - np.max(log_w))
-    weights /= weights.sum()
-    return np.random.default_rng(seed).choice(log_ratio.size, size=n_draws, replace=True, p=weights)
 
 
 def bound_hits(spec: MixtureSpec, point: dict[str, np.ndarray], rtol: float = 1e-6) -> list[str]:

@@ -44,6 +44,7 @@ from numpyro.infer.util import potential_energy
 from backends import laplace
 from backends.base import (METHODS, Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
+from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -712,32 +713,66 @@ class NumPyroBackend(Backend):
     # -- Pathfinder (BlackJAX's building blocks on the model's potential) ------------------------
 
     def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        """Multi-path Pathfinder as Stan and pymc-extras run it: settings.pathfinder_paths single paths
+        from their own uniform initial points, each drawing from its best normal approximation;
+        by default the pooled draws are importance-resampled (backends/importance.py)."""
         timings: dict[str, float] = {"compile": 0.0}
-        init_key, path_key, draw_key = random.split(random.PRNGKey(seed), 3)
+        keys = [random.split(random.fold_in(random.PRNGKey(seed), path), 3) for path in range(settings.pathfinder_paths)]
         with _precision(settings.precision):
             x, y = _device_data(dataset, settings.precision)
-            # optimisation: L-BFGS from a uniform initial point, then the ELBO at each point of
-            # its path.
+            # optimisation: for each path, L-BFGS from a uniform initial point, then the ELBO at
+            # each point of its path.
             with _phase(timings, "optimisation"):
-                path = jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(init_key, path_key, x, y))
-        iterations = int(path["iterations"])
-        loss = np.asarray(path["objective"])[: iterations + 1]
+                paths = [jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(k[0], k[1], x, y))
+                         for k in keys]
+        finite = [i for i, path in enumerate(paths) if np.isfinite(path["elbo"])]
+        iterations = max(int(path["iterations"]) for path in paths)
+        best = max(finite, key=lambda i: float(paths[i]["elbo"])) if finite else 0
+        # The loss shown is the best path's objective along its L-BFGS iterations.
+        loss = np.asarray(paths[best]["objective"])[: int(paths[best]["iterations"]) + 1]
         common = dict(backend=self.name, method="pathfinder", engine=ENGINE, timings=timings,
                       precision=settings.precision, loss=loss, iterations=iterations,
-                      converged=iterations < settings.vi_iterations)
-        if not np.isfinite(path["elbo"]):
-            return Fit(status="failed", reason="no point of the L-BFGS path has a finite ELBO estimate", **common)
-        approximation = {k: path[k] for k in ("position", "grad", "alpha", "beta", "gamma")}
+                      converged=all(int(p["iterations"]) < settings.vi_iterations for p in paths))
+        if not finite:
+            return Fit(status="failed", reason="no point of any L-BFGS path has a finite ELBO estimate", **common)
+        resample = settings.pathfinder_resampling == "psis"
+        # Resampling draws vi_draws from a pool of vi_draws per path, as Stan; pooling keeps
+        # vi_draws in all, an equal share per path.
+        per_path = settings.vi_draws if resample else -(-settings.vi_draws // len(finite))
+        names = ("position", "grad", "alpha", "beta", "gamma")
+        approximations = [{k: paths[i][k] for k in names} for i in finite]
         attrs = {**{f"pathfinder_{k}": v for k, v in _PATHFINDER.items()},
-                 "pathfinder_best_iteration": int(path["best"]), "pathfinder_elbo": float(path["elbo"]),
-                 "engine_dtype": str(path["position"].dtype), "approximation": _as_json(approximation)}
+                 "pathfinder_paths": settings.pathfinder_paths, "pathfinder_paths_finite": len(finite),
+                 "pathfinder_best_iteration": json.dumps([int(paths[i]["best"]) for i in finite]),
+                 "pathfinder_elbo": json.dumps([float(paths[i]["elbo"]) for i in finite]),
+                 "pathfinder_resampling": settings.pathfinder_resampling,
+                 "engine_dtype": str(paths[best]["position"].dtype),
+                 "approximation": json.dumps([json.loads(_as_json(a)) for a in approximations])}
         with _phase(timings, "extraction"), _precision("float64"):
-            approx = {k: jnp.asarray(v, jnp.float64) for k, v in approximation.items()}
-            z, log_q = _pathfinder_draws_fn(spec)(approx, draw_key, settings.vi_draws)
-            draws, log_p, log_jacobian = self._approximation_draws(
-                spec, dataset, z, self._attrs("pathfinder", settings, attrs))
-        return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
-                   log_q=np.asarray(log_q), **common)
+            pieces, log_qs = [], []
+            for i, approx in zip(finite, approximations):
+                approx = {k: jnp.asarray(v, jnp.float64) for k, v in approx.items()}
+                z, log_q = _pathfinder_draws_fn(spec)(approx, keys[i][2], per_path)
+                pieces.append(z)
+                log_qs.append(np.asarray(log_q))
+            pool = {name: jnp.concatenate([z[name] for z in pieces]) for name in pieces[0]}
+            pool_log_q = np.concatenate(log_qs)
+            pool_path = np.repeat(np.asarray(finite), per_path)
+            x64, y64 = _device_data(dataset, "float64")
+            pool_log_p, pool_log_jacobian = (np.asarray(a) for a in _draw_diagnostics_fn(spec)(pool, x64, y64))
+            if resample:
+                chosen, pareto_k = psis_resample(pool_log_p, pool_log_q, settings.vi_draws, seed)
+            else:
+                chosen = np.arange(pool_log_q.size).reshape(len(finite), per_path).T.reshape(-1)[: settings.vi_draws]
+            constrained = _constrain_fn(spec)({name: v[chosen] for name, v in pool.items()})
+            posterior = {k: v[None] for k, v in _canonical(spec, constrained, (chosen.size,)).items()}
+            draws = canonical_datatree(spec, posterior, attrs={"/": self._attrs("pathfinder", settings, attrs)})
+            if resample:
+                draws[IMPORTANCE_GROUP] = proposal_group(
+                    pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=len(finite),
+                    resampled_with_replacement=1, pareto_k=float(pareto_k))
+        return Fit(status="ok", draws=draws, log_p=pool_log_p[chosen], log_jacobian=pool_log_jacobian[chosen],
+                   log_q=pool_log_q[chosen], **common)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 from backends import laplace
 from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions, start_seeds,
                            stopwatch)
+from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -55,7 +56,6 @@ VI_METHODS = {
 }
 OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd",
               "momentum", "nesterov_momentum")
-PATHFINDER_PATHS = 4
 PATHFINDER_MAXITER = 1000
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -797,18 +797,22 @@ class PyMCBackend(Backend):
         entry = compiled(spec, dataset, settings.precision)
         info = DictToArrayBijection.map(entry.model.initial_point()).point_map_info
         n_dim = sum(size for _, _, size, _ in info)
-        per_path = -(-settings.vi_draws // PATHFINDER_PATHS)
+        resample = settings.pathfinder_resampling == "psis"
+        # Resampling draws vi_draws from a pool of vi_draws per path, as Stan (num_draws per path,
+        # num_psis_draws in all); pooling keeps vi_draws in all, an equal share per path.
+        per_path = settings.vi_draws if resample else -(-settings.vi_draws // settings.pathfinder_paths)
         # pymc-extras evaluates the approximation at every L-BFGS step of a buffer sized by
         # maxiter, so a large maxiter costs time even when L-BFGS stops early: vi_iterations is
         # capped at pymc-extras' own default (1000).
         maxiter = min(settings.vi_iterations, PATHFINDER_MAXITER)
         try:
-            # fit_pathfinder's own engine, without its importance resampling: the draws stay
-            # draws from the approximation, so log p - log q are importance weights for PSIS.
-            # Paths run one after another in this process (no worker processes to start).
+            # fit_pathfinder's own engine, without its importance sampling (whose "psis" draws
+            # without replacement): the pool is resampled below as Stan does, and kept, so that
+            # its log p - log q give the PSIS k-hat. Paths run one after another in this process
+            # (no worker processes to start).
             with _stored_single_pathfinder(entry, dataset):
                 result = multipath_pathfinder(
-                    entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
+                    entry.model, num_paths=settings.pathfinder_paths, num_draws=settings.vi_draws,
                     num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
                     lbfgs_config=LBFGSConfig(maxiter=maxiter).set_default_maxcor(n_dim),
                     importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
@@ -818,19 +822,33 @@ class PyMCBackend(Backend):
                        reason=str(exc).splitlines()[0], precision=settings.precision)
         timings = {"compile": float(result.compile_time), "optimisation": float(result.compute_time)}
         with stopwatch(timings, "extraction"):
-            # Interleave the paths draw by draw so that truncating to vi_draws keeps them balanced.
-            samples = np.asarray(result.samples).transpose(1, 0, 2).reshape(-1, n_dim)[: settings.vi_draws]
-            # Each draw's log q is its own path's normal approximation, as pymc-extras weighs them.
-            log_q = np.asarray(result.logQ).T.reshape(-1)[: settings.vi_draws]
+            # The pool, path after path. Each draw's log q is its own path's normal approximation
+            # and log p pymc-extras' own (unconstrained, Jacobian included), as Stan weighs them.
+            paths = np.asarray(result.samples)
+            pool = paths.reshape(-1, n_dim)
+            pool_log_p = np.asarray(result.logP, dtype=float).reshape(-1)
+            pool_log_q = np.asarray(result.logQ, dtype=float).reshape(-1)
+            pool_path = np.repeat(np.arange(paths.shape[0]), paths.shape[1])
+            if resample:
+                chosen, pareto_k = psis_resample(pool_log_p, pool_log_q, settings.vi_draws, seed)
+            else:
+                # Interleave the paths draw by draw so that truncating to vi_draws keeps them balanced.
+                chosen = np.arange(pool.shape[0]).reshape(paths.shape[:2]).T.reshape(-1)[: settings.vi_draws]
+                pareto_k = None
+            samples, log_q, engine_log_p = pool[chosen], pool_log_q[chosen], pool_log_p[chosen]
             layout, start = [], 0
             for name, shape, size, _ in info:
                 layout.append((name, slice(start, start + size), shape))
                 start += size
-        # pymc-extras' own log p of each draw, kept to show the two agree.
-        engine_log_p = np.asarray(result.logP).T.reshape(-1)[: settings.vi_draws]
+        # engine_log_p: pymc-extras' log p of each draw, kept to show the two agree.
         draws, log_p, log_jacobian = self._approximation_draws(
             spec, entry, samples, layout, timings, "pymc-extras+pathfinder",
             stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)})
+        draws.attrs["pathfinder_resampling"] = settings.pathfinder_resampling
+        if resample:
+            draws[IMPORTANCE_GROUP] = proposal_group(
+                pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=int(paths.shape[0]),
+                resampled_with_replacement=1, pareto_k=float(pareto_k))
         statuses = set(result.lbfgs_status)
         return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
                    draws=draws, timings=timings, precision=settings.precision,

@@ -39,10 +39,11 @@ from backends.base import (
     FitSettings,
     canonical_datatree,
     package_versions,
-    psis_resample,
     start_seeds,
     stopwatch,
 )
+from backends.importance import GROUP as IMPORTANCE_GROUP
+from backends.importance import proposal_group, psis_resample
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -776,13 +777,13 @@ class StanBackend(Backend):
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
         paths = settings.pathfinder_paths
-        resample = settings.pathfinder_resample and paths > 1
+        resample = settings.pathfinder_resampling == "psis" and paths > 1
         with _cmdstan_run() as out:
             with stopwatch(timings, "optimisation"):
                 # Multi-path runs write every path's draws unresampled (psis_resample=False): their
-                # log p - log q are the ratios k-hat needs, which cmdstanpy 1.3 cannot return
-                # beside Stan's resampled output (no save_single_paths). The PSIS resampling Stan
-                # would do next is done by psis_resample, the same algorithm.
+                # log p and log q are the proposal k-hat needs, which cmdstanpy 1.3 cannot return
+                # beside Stan's resampled output (it has no save_single_paths). The PSIS
+                # resampling Stan would do next is backends.importance's, the same algorithm.
                 # vi_tolerance is an ELBO tolerance; L-BFGS's tolerances (in units of machine
                 # epsilon) keep CmdStan's defaults.
                 run = model.pathfinder(
@@ -796,24 +797,19 @@ class StanBackend(Backend):
                 log_p_all, log_q_all = pathfinder_log_densities(columns, pooled)
                 stdout = "\n".join(Path(f).read_text() for f in run._runset.stdout_files)
                 converged, iterations, grad_evals = pathfinder_progress(stdout)
-                ratio = log_p_all - log_q_all
-                if resample:
-                    keep = psis_resample(ratio, settings.vi_draws, seed)
-                else:
-                    keep = np.arange(len(pooled))
-                # Draws are picked after the Jacobian is known for all of them (one log_prob run).
                 fit = self._approximation_fit(
                     spec, model, "pathfinder", settings, compiled, csv_file=run._runset.csv_files[0],
-                    columns=columns, values=pooled,
-                    log_p=log_p_all, log_q=log_q_all,
+                    columns=columns, values=pooled, log_p=log_p_all, log_q=log_q_all,
                     stan_version=csv_stan_version(run),
-                    extra={"num_paths": paths, "resampling": ("PSIS importance resampling of the pooled paths"
-                                                              if resample else "none: every path's draws pooled"),
-                           "iterations": "L-BFGS iterations of the best approximation, summed over paths"},
-                    converged=converged, iterations=iterations, grad_evals=grad_evals,
-                    importance_log_ratio=ratio if resample else None)
+                    extra={"pathfinder_paths": paths, "pathfinder_resampling": "psis" if resample else "none",
+                           "iterations": "L-BFGS iterations of each path's best approximation, summed"},
+                    converged=converged, iterations=iterations, grad_evals=grad_evals)
                 if resample:
+                    keep, _ = psis_resample(log_p_all, log_q_all, settings.vi_draws, seed)
+                    path = (_column(columns, pooled, "path__").astype(int) - 1 if "path__" in columns
+                            else np.repeat(np.arange(paths), settings.vi_draws)[: len(pooled)])
                     fit.draws = _take_draws(fit.draws, keep)
+                    fit.draws[IMPORTANCE_GROUP] = proposal_group(log_p_all, log_q_all, path, keep)
                     fit.log_p, fit.log_q, fit.log_jacobian = (a[keep] for a in (fit.log_p, fit.log_q, fit.log_jacobian))
         fit.timings = timings
         return fit

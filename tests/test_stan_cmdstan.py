@@ -15,6 +15,7 @@ import pytest
 from scipy.optimize import minimize
 
 from backends import FitSettings, get_backend
+from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.stan import NO_CMDSTAN, cmdstan_path
 from bench.metrics import psis_khat
 from models import Dataset, MixtureSpec, get_scenario, log_density
@@ -170,11 +171,14 @@ def test_each_method_recovers_the_separated_truth(backend, separated, method):
         return
     assert post.sizes["draw"] == 400
     _assert_log_p_minus_jacobian_is_oracle(fit, spec, data)
-    ratio = fit.importance_log_ratio if fit.importance_log_ratio is not None else fit.log_p - fit.log_q
-    assert math.isfinite(psis_khat(ratio, np.zeros_like(ratio)))
     if method == "pathfinder":
-        assert fit.draws.attrs["num_paths"] == 4 and "PSIS" in fit.draws.attrs["resampling"]
-        assert fit.importance_log_ratio.shape == (4 * 400,)
+        assert fit.draws.attrs["pathfinder_paths"] == 4 and fit.draws.attrs["pathfinder_resampling"] == "psis"
+        pool = fit.draws[IMPORTANCE_GROUP]
+        assert pool.sizes["proposal"] == 4 * 400 and int(pool["times_chosen"].sum()) == 400
+        assert set(np.unique(pool["path"].values)) == {0, 1, 2, 3}
+        assert math.isfinite(psis_khat(pool["log_p"].values, pool["log_q"].values))
+    else:
+        assert math.isfinite(psis_khat(fit.log_p, fit.log_q))
     if method.startswith("advi"):
         assert fit.draws.attrs["eta_adapted"] == 1 and fit.draws.attrs["eta"] in (100, 10, 1, 0.1, 0.01)
 
@@ -238,7 +242,7 @@ def test_same_seed_same_draws(backend, separated, method):
     assert first.status == again.status == "ok", first.reason
     for name in spec.param_shapes():
         np.testing.assert_array_equal(first.draws["posterior"][name].values, again.draws["posterior"][name].values)
-    for name in ("log_p", "log_q", "log_jacobian", "importance_log_ratio", "start_log_densities"):
+    for name in ("log_p", "log_q", "log_jacobian", "start_log_densities"):
         np.testing.assert_array_equal(np.asarray(getattr(first, name), dtype=float),
                                       np.asarray(getattr(again, name), dtype=float))
 

@@ -52,8 +52,8 @@ STORE_MAX_BYTES = 2 * 1024**3
 
 
 # The directories under cache_root() that hold entries mixbench loads (the Stan backend's "stan"
-# included), checked by check_cache_dirs before a run.
-STORES = ("jax", "jax-programs", "pytensor-functions", "nutpie", "stan")
+# and the reference posteriors included) or its locks, checked by check_cache_dirs before a run.
+STORES = ("jax", "jax-programs", "pytensor-functions", "nutpie", "stan", "references", "locks")
 
 
 class CacheWarning(MixbenchWarning, RuntimeWarning):

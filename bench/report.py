@@ -125,18 +125,36 @@ def _per_cell_group(frame: pd.DataFrame, summarise) -> pd.DataFrame:
 
 def recovery_table(frame: pd.DataFrame) -> pd.DataFrame:
     """backend x method: errors of the relabelled posterior means, coverage of the 90% interval, mode."""
-    return _per_cell_group(frame, _recovery_record)
+    table = _per_cell_group(frame, _recovery_record)
+    if "elpd_loo (median)" in table:
+        # elpd sums over observations (thousands of nats): differences to the best fit of the same
+        # data are what compare, as loo_compare shows them.
+        best = table.groupby("scenario")["elpd_loo (median)"].transform("max")
+        table.insert(table.columns.get_loc("elpd_loo (median)") + 1, "elpd_loo - best", table["elpd_loo (median)"] - best)
+    return table
 
 
 def _recovery_record(group: pd.DataFrame) -> dict:
-    record = {"fits": len(group)}
+    record = {"fits": len(group), "labelled to": _counts(_col(group, "reference_source"))}
     for family, label in (("w", "slope"), ("b", "intercept"), ("sigma", "sigma"), ("pi", "weight")):
         err = _numeric(group, f"{family}_err_max")
         if err.notna().any():
             record[f"{label} err (median)"] = err.median()
             record[f"{label} cover"] = _numeric(group, f"{family}_coverage").mean()
+    # Always present (NaN shows as '-'), so every group's record has the same columns in order.
+    for family, label in (("w", "slope"), ("sigma", "sigma")):
+        record[f"{label} W1 to ref (median)"] = _numeric(group, f"{family}_w1_max").median()
+    record["elpd_loo (median)"] = _numeric(group, "elpd_loo").median()
     record["mode"] = _counts(_col(group, "mode"))
+    record["flags"] = _flag_counts(group)
     return record
+
+
+def _flag_counts(group: pd.DataFrame) -> str:
+    """Each health flag with the number of fits raising it; 'none' when no fit raised any."""
+    flags = _col(group, "flags").dropna().astype(str)
+    names = pd.Series([f for text in flags for f in text.split(",") if f], dtype=object)
+    return _counts(names) if len(names) else ("none" if len(flags) else "-")
 
 
 def modes_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -153,6 +171,10 @@ def _modes_record(group: pd.DataFrame) -> dict:
         "seeds with chains disagreeing": int((disagree == True).sum()),  # noqa: E712 (NaN-safe)
         "within-chain switches": _numeric(group, "label_switches").sum(min_count=1),
         "draws off majority": _numeric(group, "off_majority_frac").mean(),
+        "lp gap max (nats)": _numeric(group, "lp_gap").max(),
+        "distance max (ref sd)": _numeric(group, "ref_distance_sd").max(),
+        "seeds in a poorer mode": int((_numeric(group, "chains_below") > 0).sum()),
+        "flags": _flag_counts(group),
     }
 
 
@@ -179,6 +201,42 @@ def _cost_record(group: pd.DataFrame) -> dict:
         if values.notna().any():
             record[label] = values.median()
     return record
+
+
+def flagged_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every ok fit with a health flag, one row each: where it landed and why it is flagged."""
+    ok = frame[(frame["status"] == "ok") & (_col(frame, "flags").fillna("").astype(str) != "")]
+    if ok.empty:
+        return pd.DataFrame()
+    columns = {"mode": "mode", "lp_gap": "lp gap (nats)", "ref_distance_sd": "distance (ref sd)",
+               "rhat_max": "R-hat max", "divergences": "divergences", "khat": "k-hat",
+               "bound_params": "at a bound", "flags": "flags"}
+    out = ok[CELL_KEYS + ["seed"]].copy()
+    for column, label in columns.items():
+        out[label] = _col(ok, column)
+    return out.sort_values(CELL_KEYS + ["seed"]).reset_index(drop=True)
+
+
+def means_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every ok fit's relabelled posterior means (columns mean.*), one row each, the truth first
+    when known: every row shares one labelling when the labelling target is the truth or the
+    reference posterior."""
+    ok = frame[frame["status"] == "ok"]
+    params = [c for c in ok.columns if str(c).startswith("mean.")]
+    if ok.empty or not params:
+        return pd.DataFrame()
+    order = {"w": 0, "b": 1, "sigma": 2, "pi": 3}
+    params = sorted(params, key=lambda c: (order.get(c[5:].split("[")[0], 9), c))
+    out = ok[CELL_KEYS + ["seed", "reference_source"] + params].rename(
+        columns={"reference_source": "labelled to", **{c: c[5:] for c in params}})
+    out = out.sort_values(CELL_KEYS + ["seed"]).reset_index(drop=True)
+    truth = [c for c in ok.columns if str(c).startswith("truth.")]
+    if truth:
+        first = ok.iloc[0]
+        line = {"scenario": first["scenario"], "backend": "truth", "method": "", "setup": "", "seed": "",
+                "labelled to": "", **{c[6:]: first[c] for c in truth}}
+        out = pd.concat([pd.DataFrame([line]), out], ignore_index=True)
+    return out
 
 
 def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -378,10 +436,18 @@ def html_table(frame: pd.DataFrame) -> str:
 
 SECTIONS = (
     ("Recovery", "Errors of the relabelled posterior means against the truth (median over seeds of the "
-                 "max over components), coverage of the 90% interval, and where each fit landed.",
+                 "max over components; without a truth, none), coverage of the 90% interval, W1 to the "
+                 "reference posterior, PSIS-LOO elpd, where each fit landed and its health flags. 'labelled "
+                 "to' names the labelling target: truth or reference (one labelling shared by every fit of "
+                 "the data set), or a fit's own pivot (map, chain0: components need not line up).",
      recovery_table),
+    ("Posterior means", "Each fit's relabelled posterior means on the data's scale.", means_table),
     ("Modes and label switching", "Which mode each seed reached, its labelling, chains whose majority "
-                                  "labellings disagree, and switches within chains.", modes_table),
+                                  "labellings disagree, switches within chains, and, against the reference "
+                                  "posterior, the largest log-density gap (reference minus fit, nats) and "
+                                  "distance (in reference posterior sds).", modes_table),
+    ("Flagged fits", "Every ok fit with a health flag (see ROW_FIELDS.flags): a fit in a poorer mode, a chain "
+                     "that never moved, a parameter at a prior bound, ...", flagged_table),
     ("Cost", "Medians over seeds. ESS on relabelled draws, per second of sampling and per gradient.",
      cost_table),
 )

@@ -44,13 +44,25 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     return frame[ordered]
 
 
+def labelling_target_text(rows: list[dict]) -> str:
+    """What the rows' components were relabelled to, in words (metrics.ROW_FIELDS.reference_source)."""
+    sources = sorted({str(r.get("reference_source")) for r in rows if r.get("status") == "ok"})
+    if sources == ["truth"]:
+        return "the truth"
+    if sources == ["reference"]:
+        return "the reference posterior: one labelling for every row"
+    if not sources:
+        return "their target"
+    return "each fit's own pivot (" + ", ".join(sources) + "): components need not line up across rows"
+
+
 def print_summary(rows: list[dict], cells=None) -> None:
     if not rows:
         print("no rows")
         return
     frame = summary_frame(rows)
     print()
-    print("Posterior means (components relabelled to the truth) and time split:")
+    print(f"Posterior means (components relabelled to {labelling_target_text(rows)}) and time split:")
     print(frame.map(_fmt).to_string(index=False))
     problems = [r for r in rows if r.get("status") != "ok"]
     for row in problems:

@@ -1,8 +1,9 @@
-"""The command line: ``mixbench run``, ``mixbench report`` and ``mixbench list``."""
+"""The command line: mixbench run, mixbench report and mixbench list."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -81,39 +82,72 @@ def _positive_float(value: str) -> float:
 
 # FitSettings fields exposed as --flags; types come from the dataclass defaults.
 _SETTING_HELP = {
-    "chains": "NUTS chains", "warmup": "NUTS warm-up iterations", "draws": "NUTS draws per chain",
-    "target_accept": "NUTS target acceptance", "max_treedepth": "NUTS maximum tree depth",
-    "sampler": "NUTS implementation: pymc backend nutpie|pymc|numpyro, stan backend cmdstanpy|pystan",
-    "precision": "float64 (default) or float32", "vi_iterations": "VI/MAP optimisation iterations",
-    "optimizer": "VI optimiser name (adam, adagrad_window, sgd, ...)", "learning_rate": "VI learning rate",
-    "vi_tolerance": "VI convergence tolerance on parameters", "vi_draws": "draws taken from a VI approximation",
-    "batch_size": "minibatch size for advi-minibatch-*",
+    "chains": "NUTS chains", "warmup": "NUTS warm-up iterations per chain", "draws": "NUTS draws per chain",
+    "target_accept": "NUTS target acceptance rate", "max_treedepth": "NUTS maximum tree depth",
+    "sampler": "NUTS implementation where a backend has several: pymc takes nutpie, pymc or numpyro; "
+               "stan takes cmdstanpy or pystan",
+    "precision": "floating-point precision, float64 or float32", "vi_iterations": "VI and MAP optimisation iterations",
+    "optimizer": "VI optimiser: adam, adagrad_window, sgd, ...", "learning_rate": "VI learning rate",
+    "vi_tolerance": "VI convergence tolerance on the parameters", "vi_draws": "draws taken from a VI approximation",
+    "batch_size": "minibatch size of the advi-minibatch-* methods",
 }
+# Where a default is not a plain value, what it means.
+_SETTING_DEFAULT = {"sampler": "the backend's own: nutpie for pymc; cmdstanpy for stan where CmdStan is "
+                               "installed, else pystan"}
+_SETTING_METAVAR = {"sampler": "NAME", "precision": "{float64,float32}", "optimizer": "NAME"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mixbench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="mixbench", description=__doc__.strip().splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser = OneLineParser(prog="mixbench", description="Bayesian mixtures of linear regressions in PyMC, "
+                           "NumPyro and Stan: recovery, label switching and cost, measured.")
+    parser.add_argument("--version", action="version", version=f"mixbench {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
 
     run = sub.add_parser("run", help="fit a grid of scenarios x backends x methods x seeds",
                          description="Fit every cell of a grid, write each row as it finishes, then the report.")
     source = run.add_mutually_exclusive_group()
-    source.add_argument("--scenario", default=None, help="built-in scenario (default forum-small; see `mixbench list`)")
-    source.add_argument("--data", type=Path, default=None, help="a CSV file: covariate columns and a response column")
-    run.add_argument("--covariates", type=_csv_list, default=None, help="data file covariate columns (default: all but the response)")
-    run.add_argument("--response", default="y", help="data file response column (default y)")
-    run.add_argument("--backends", type=_csv_list, default=list(BACKEND_NAMES), help="comma-separated (default all); a plug-in backend as module:Class")
-    run.add_argument("--methods", type=_csv_list, default=["nuts"], help=f"comma-separated from: {', '.join(METHODS)} (default nuts)")
-    run.add_argument("--seeds", type=_seeds, default=[0], help="inference seeds: 0,1,2 or 0-9 (default 0)")
-    run.add_argument("--N", type=_positive_ints, default=None,
-                     help="data size(s) for a built-in scenario: 2000 or 1000,10000,100000 (a cost curve over N)")
-    run.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (default 0)")
-    spec = run.add_argument_group("spec overrides")
-    spec.add_argument("--K", type=_positive_int, default=None, help="components (data files default to 2)")
-    spec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None, help="per-component intercepts")
-    spec.add_argument("--sigma", choices=("shared", "per-component"), default=None)
-    spec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None)
-    spec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"), default=None)
+    source.add_argument("--scenario", metavar="NAME", default=None,
+                        help="built-in scenario (default forum-small; mixbench list shows them all)")
+    source.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
+                        help="fit a CSV file instead: a header row, then numbers; covariate columns and a "
+                             "response column (README: Your own data)")
+    run.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
+                     help="with --data: the covariate columns, in order (default every column but the response)")
+    run.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")
+    run.add_argument("--backends", metavar="NAME,NAME", type=_csv_list, default=list(BACKEND_NAMES),
+                     help=f"backends, comma-separated (default {','.join(BACKEND_NAMES)}); a plug-in backend "
+                          "as package.module:Class")
+    run.add_argument("--methods", metavar="NAME,NAME", type=_csv_list, default=["nuts"],
+                     help=f"methods, comma-separated, from {', '.join(METHODS)} (default nuts)")
+    run.add_argument("--seeds", metavar="SEEDS", type=_seeds, default=[0],
+                     help="inference seeds: a list 0,1,2 or a range 0-9 (default 0)")
+    run.add_argument("--N", metavar="N[,N...]", type=_positive_ints, default=None,
+                     help="data size of a built-in scenario (default the scenario's own); several, e.g. "
+                          "1000,10000,100000, fit each and draw the cost curve over N")
+    run.add_argument("--data-seed", metavar="SEED", type=int, default=0,
+                     help="seed of the simulated data set (default 0)")
+    spec = run.add_argument_group("model (default: the scenario's; for --data, K = 2, no intercepts, shared sigma)")
+    spec.add_argument("--K", metavar="K", type=_positive_int, default=None, help="mixture components")
+    spec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None,
+                      help="give each component an intercept")
+    spec.add_argument("--sigma", choices=("shared", "per-component"), default=None,
+                      help="one noise scale for all components, or one each")
+    spec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None,
+                      help="order the components by intercept or by first slope, which removes label switching "
+                           "(intercept needs --intercept)")
+    spec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"),
+                      default=None,
+                      help="mixture: the correct likelihood; forum-original: the forum thread's as posted (both "
+                           "bugs); forum-batch-lse, forum-log-sigma: one bug each (default mixture)")
     settings = run.add_argument_group("fit settings")
     defaults = FitSettings()
     for f in fields(FitSettings):
@@ -123,23 +157,33 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {int: _positive_int, float: _positive_float}.get(type(default), str)
         if f.name == "warmup":
             kind = int
+        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
         settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
-                              help=f"{_SETTING_HELP[f.name]} (default {default})")
+                              metavar=metavar,
+                              help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
     settings.add_argument("--no-total-size", dest="set_minibatch_total_size", action="store_const", const=False,
-                          default=None, help="minibatch ADVI without total_size (the forum thread's bug)")
+                          default=None, help="minibatch ADVI without total_size, the forum thread's bug "
+                                             "(default: with total_size)")
     runner = run.add_argument_group("running")
-    runner.add_argument("--out", type=Path, default=None, help="output directory (default results/<scenario>); rerunning resumes")
-    runner.add_argument("--jobs", type=_positive_int, default=1, help="cells run in parallel (default 1)")
-    runner.add_argument("--time-limit", type=_positive_float, default=1800.0, help="seconds per cell (default 1800)")
-    runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF")
-    runner.add_argument("--retry-failed", action="store_true", help="rerun failed, crashed and timed-out cells")
+    runner.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="output directory (default results/<scenario or data file name>); rerunning resumes")
+    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
+                        help="cells run in parallel, each in its own process (default 1)")
+    runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=1800.0,
+                        help="a cell still running after this is stopped and recorded as timeout (default 1800)")
+    runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF under DIR/draws")
+    runner.add_argument("--retry-failed", action="store_true",
+                        help="rerun failed, crashed and timed-out cells (default: keep their rows)")
     runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
     runner.add_argument("--no-report", action="store_true", help="skip the report")
 
     report = sub.add_parser("report", help="build the report from harness runs or pytest-benchmark JSON",
-                            description="Build report.md, report.html and figures from results.")
-    report.add_argument("paths", nargs="+", type=Path, help="run directories, cells.jsonl files or pytest-benchmark JSON files")
-    report.add_argument("--out", type=Path, default=None, help="report directory (default: the first run directory)")
+                            description="Build report.md, report.html and figures/ from results: merge "
+                                        "several inputs, the latest row of a cell wins.")
+    report.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="run directories, cells.jsonl files or pytest-benchmark JSON files")
+    report.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="report directory (default: the first run directory, or the JSON file's directory)")
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -189,35 +233,78 @@ def _cells_from_args(args) -> tuple[list, str]:
 
 
 class Progress:
-    """One status line naming the cell in flight and its time so far."""
+    """What the run is doing, on stderr.
 
-    def __init__(self, total: int, stream=sys.stderr):
+    On a terminal: one status line, rewritten in place, naming every cell in flight and its time
+    so far (all of them, so two cells in flight do not take turns on the line). Piped (a log
+    file, CI): a line when a cell starts and when it ends, and while cells run a line at least
+    every ``heartbeat_s`` seconds (a long compile shows up as a run that is alive), with the last
+    line the cell's engine wrote to its log when it wrote one.
+    """
+
+    heartbeat_s = 25.0  # under 30 s, however the executor's ticks fall
+
+    def __init__(self, total: int, stream=sys.stderr, log_dir: Path | None = None, clock=time.monotonic):
         self.total, self.done, self.stream = total, 0, stream
         self.live = stream.isatty()
-        self.started = time.perf_counter()
+        self.log_dir, self.clock = log_dir, clock
+        self.running: dict[str, float] = {}  # cell id -> seconds so far
+        self.last_line = clock()
+
+    def _print(self, text: str, end: str = "\n") -> None:
+        print(text, end=end, file=self.stream, flush=True)
+        self.last_line = self.clock()
+
+    def _log_tail(self, cell_id: str) -> str:
+        if self.log_dir is None:
+            return ""
+        try:
+            with open(self.log_dir / f"{cell_id}.log", "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 2000))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        # Progress bars redraw with carriage returns and colour codes: keep the last plain line.
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+        return lines[-1][:80] if lines else ""
 
     def __call__(self, event: str, info: dict) -> None:
         if event == "plan":
             self.total = info["todo"]
             if info["finished_before"]:
-                print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run",
-                      file=self.stream, flush=True)
-        elif event == "start" and not self.live:
-            print(f"[{self.done + 1}/{self.total}] {info['cell_id']} ...", file=self.stream, flush=True)
-        elif event == "tick" and self.live:
-            width = shutil.get_terminal_size((100, 20)).columns
-            text = f"[{self.done + 1}/{self.total}] {info['cell_id']}  {info['elapsed']:.0f} s"
-            print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
+                self._print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run")
+        elif event == "start":
+            self.running[info["cell_id"]] = 0.0
+            if not self.live:
+                self._print(f"[{self.done + len(self.running)}/{self.total}] {info['cell_id']} started")
+        elif event == "tick":
+            self.running[info["cell_id"]] = info["elapsed"]
+            if self.live:
+                width = shutil.get_terminal_size((100, 20)).columns
+                cells = ", ".join(f"{cell} {seconds:.0f} s" for cell, seconds in self.running.items())
+                text = f"[{self.done}/{self.total} done] running {cells}"
+                print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
+            elif self.clock() - self.last_line >= self.heartbeat_s:
+                for cell, seconds in self.running.items():
+                    tail = self._log_tail(cell)
+                    self._print(f"  ... {cell} still running, {seconds:.0f} s" + (f": {tail}" if tail else ""))
         elif event == "done":
             self.done += 1
+            self.running.pop(info["cell_id"], None)
             status = info.get("status")
             detail = f": {info.get('error') or info.get('reason')}" if status != "ok" else ""
             line = f"[{self.done}/{self.total}] {info['cell_id']} {status} in {info.get('time_cell', 0):.1f} s{detail}"
-            print(("\r" if self.live else "") + line, file=self.stream, flush=True)
+            if self.live:
+                width = shutil.get_terminal_size((100, 20)).columns
+                line = "\r" + line.ljust(width - 1)
+            self._print(line)
 
 
 def cmd_run(args) -> int:
-    from bench.executors import LocalProcessExecutor
+    from bench.bytecode import ensure_bytecode
+    from bench.executors import LOGS_DIR, LocalProcessExecutor
     from bench.harness import CELLS_FILE, RunOptions, run_grid
     from bench.summary import print_summary
 
@@ -228,7 +315,8 @@ def cmd_run(args) -> int:
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed)
     ids = {c.id for c in cells}
-    progress = Progress(len(cells))
+    ensure_bytecode()
+    progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     rows = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
     rows = [r for r in rows if r["cell_id"] in ids]
     print_summary(rows, cells)

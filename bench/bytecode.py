@@ -36,17 +36,19 @@ def fingerprint(site_dir: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def ensure_bytecode(stream=sys.stderr, force: bool = False) -> bool:
-    """Compile ``site-packages`` (and this project's packages) to bytecode when Python is set not
-    to write it and the installed distributions changed since the last compile.
+def ensure_bytecode(stream=sys.stderr, force: bool = False, site_dirs: list[Path] | None = None,
+                    project: bool = True) -> bool:
+    """Compile ``site-packages`` (``site_dirs``, default the running environment's) and, with
+    ``project``, this project's packages to bytecode, when Python is set not to write it and the
+    installed distributions changed since the last compile.
 
-    Returns True when it compiled something. Does nothing where Python writes its own bytecode
-    (the usual setting) unless ``force``; an unwritable environment is left as it is.
+    Returns True when a site directory was compiled. Does nothing where Python writes its own
+    bytecode (the usual setting) unless ``force``; an unwritable environment is left as it is.
     """
     if not (force or sys.flags.dont_write_bytecode):
         return False
     compiled = False
-    for site_dir in _site_dirs():
+    for site_dir in (_site_dirs() if site_dirs is None else [Path(d) for d in site_dirs]):
         if not site_dir.is_dir():
             continue
         stamp = site_dir / STAMP
@@ -71,7 +73,7 @@ def ensure_bytecode(stream=sys.stderr, force: bool = False) -> bool:
         compiled = True
     # The project's own modules change with every edit; compileall skips those up to date.
     root = Path(__file__).resolve().parents[1]
-    for package in PROJECT_PACKAGES:
+    for package in PROJECT_PACKAGES if project else ():
         if (root / package).is_dir() and os.access(root / package, os.W_OK):
             compileall.compile_dir(root / package, quiet=2, workers=1)
     return compiled

@@ -86,7 +86,7 @@ _SETTING_HELP = {
     "target_accept": "NUTS target acceptance rate", "max_treedepth": "NUTS maximum tree depth",
     "sampler": "NUTS implementation where a backend has several: pymc takes nutpie, pymc or numpyro; "
                "stan takes cmdstanpy or pystan",
-    "precision": "floating-point precision, float64 or float32", "vi_iterations": "VI and MAP optimisation iterations",
+    "precision": "floating-point precision", "vi_iterations": "VI and MAP optimisation iterations",
     "optimizer": "VI optimiser: adam, adagrad_window, sgd, ...", "learning_rate": "VI learning rate",
     "vi_tolerance": "VI convergence tolerance on the parameters", "vi_draws": "draws taken from a VI approximation",
     "batch_size": "minibatch size of the advi-minibatch-* methods",
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--retry-failed", action="store_true",
                         help="rerun failed, crashed and timed-out cells (default: keep their rows)")
     runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
-    runner.add_argument("--no-report", action="store_true", help="skip the report")
+    runner.add_argument("--no-report", action="store_true", help="skip writing report.md and report.html (default: write them)")
 
     report = sub.add_parser("report", help="build the report from harness runs or pytest-benchmark JSON",
                             description="Build report.md, report.html and figures/ from results: merge "

@@ -332,9 +332,10 @@ def _trace_file(row: pd.Series, run_dirs: list[Path]) -> Path | None:
     return None
 
 
-def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> list[Figure]:
-    """Error (with a truth), else held-out lpd or W1 (final values) against wall time."""
-    figures = []
+def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
+    """Error (with a truth), else held-out lpd or W1 (final values) against wall time; and notes
+    on the data sets that have none of these."""
+    figures, notes = [], []
     for index, (scenario, setup, rows) in enumerate(_setups(_ok(frame)), start=1):
         truth = (col(rows, "reference_source") == "truth").all()
         if truth:
@@ -344,6 +345,9 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
         elif num(rows, "w_w1_max").notna().any():
             measure, ylabel, log_y = "w_w1_max", "max slope W1 distance to the reference (log scale)", True
         else:
+            notes.append(f"No anytime figure for {_setup_title(scenario, setup)}: without a truth it plots the "
+                         "held-out log predictive density or the W1 distance to a reference posterior, and these "
+                         "rows carry neither.")
             continue
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
@@ -391,7 +395,7 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
                               f"{ylabel.split(' (')[0].capitalize()} against wall time, as PPL Bench plots it; "
                               f"compile time is left out (its cold and warm values are in Cost: time). {how}",
                               path))
-    return figures
+    return figures, notes
 
 
 def _finite(value) -> bool:
@@ -532,8 +536,10 @@ def figure_recovery(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 def report_figures(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Every figure the data allow, in reading order, and notes on figures left out."""
     data_figures, notes = figure_data_fits(frame, fig_dir)
+    anytime, anytime_notes = figure_anytime(frame, run_dirs, fig_dir)
+    notes += anytime_notes
     figures = [*data_figures, *figure_landings(frame, fig_dir), *figure_vi_quality(frame, fig_dir),
-               *figure_anytime(frame, run_dirs, fig_dir), *figure_time_split(frame, fig_dir),
+               *anytime, *figure_time_split(frame, fig_dir),
                *figure_recovery(frame, fig_dir), *figure_traces(frame, run_dirs, fig_dir)]
     return figures, notes
 

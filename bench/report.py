@@ -128,6 +128,8 @@ def _headline(frame: pd.DataFrame, paths: list[Path]) -> str:
 
 def build_report(paths: list[Path], fig_dir: Path):
     """Everything the report shows: (headline, findings, figures, notes, tables, environment)."""
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
     frame, environments, run_dirs = load_inputs(paths)
     fits = fit_summary(frame) if len(frame) else pd.DataFrame()
     tables = report_tables(fits, frame)
@@ -276,7 +278,8 @@ ul.findings li {{ margin: 0.35em 0; }}
 table.tbl {{ border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.85em; max-width: 100%; }}
 table.tbl th, table.tbl td {{ border-bottom: 1px solid #e3e3e3; padding: 0.25em 0.6em; vertical-align: top; }}
 table.tbl th {{ background: #f3f3f3; text-align: left; }}
-table.tbl td.num, table.tbl th.num {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
+table.tbl th.num {{ text-align: right; }}
+table.tbl td.num {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
 table.tbl td.txt {{ overflow-wrap: anywhere; }}
 tr:target {{ background: #fff3c4; }}
 figure {{ margin: 1.2em 0; }} img {{ max-width: 100%; height: auto; }}

@@ -44,13 +44,26 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     return frame[ordered]
 
 
+TARGET_WORDS = {"truth": "the truth", "pivot": "the given pivot point", "map": "each fit's highest-density draw",
+                "chain0": "each fit's chain 0 mean", "reference-map": "the reference posterior's highest-density draw",
+                "reference-chain0": "the reference posterior's chain 0 mean"}
+
+
+def relabel_target(rows: list[dict]) -> str:
+    """What the rows' draws were relabelled against, in words (bench.metrics: reference_source)."""
+    sources = sorted({str(r["reference_source"]) for r in rows if isinstance(r.get("reference_source"), str)})
+    if not sources:
+        return "the truth" if any(k.startswith("truth.") for r in rows for k in r) else "a reference point"
+    return " / ".join(TARGET_WORDS.get(s, s) for s in sources)
+
+
 def print_summary(rows: list[dict], cells=None) -> None:
     if not rows:
         print("no rows")
         return
     frame = summary_frame(rows)
     print()
-    print("Posterior means (components relabelled to the truth) and time split:")
+    print(f"Posterior means (components relabelled to {relabel_target(rows)}) and time split:")
     print(frame.map(_fmt).to_string(index=False))
     problems = [r for r in rows if r.get("status") != "ok"]
     for row in problems:

@@ -82,14 +82,12 @@ def row_flags(row: pd.Series) -> list[str]:
     """The health flags of one ok row: its ``flags`` column when the rows carry one, else the
     report's own: divergences, R-hat above 1.01, bulk ESS below 400, k-hat at or above 0.7, an
     optimiser that reports no convergence, draws with non-finite values."""
-    if "flags" in row.index:
-        value = row["flags"]
-        if isinstance(value, (list, tuple)):
-            return [str(v) for v in value if str(v)]
-        if isinstance(value, str):
-            return [v.strip() for v in re.split(r"[,;]", value) if v.strip()]
-        return []
-    flags = []
+    value = row.get("flags")
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if str(v)]
+    if isinstance(value, str):
+        return [v.strip() for v in re.split(r"[,;]", value) if v.strip() and v.strip() != "-"]
+    flags = []  # rows from before the flags column: the report's own
     numbers = {name: _float(row.get(name)) for name in ("divergences", "rhat_max", "ess_bulk_min", "khat",
                                                          "nonfinite_draws")}
     if numbers["divergences"] > 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import compileall
 import hashlib
 import os
+import subprocess
 import sys
 import sysconfig
 import time
@@ -61,11 +62,13 @@ def ensure_bytecode(stream=sys.stderr, force: bool = False, site_dirs: list[Path
         if not os.access(site_dir, os.W_OK):
             continue
         print(f"mixbench: compiling the bytecode of {site_dir} once (Python is set not to write it; "
-              "this takes a minute)", file=stream, flush=True)
+              "a minute or two)", file=stream, flush=True)
         start = time.perf_counter()
-        # quiet=2: files that do not compile (test data, other Python versions' code) are
-        # skipped silently, as installers do; workers=0: one process per core.
-        compileall.compile_dir(site_dir, quiet=2, workers=0)
+        # In a process of its own: -qq skips files that do not compile (test data, other Python
+        # versions' code) silently, as installers do, -W ignore the SyntaxWarnings old packages
+        # raise when compiled; -j 0: one worker per core.
+        subprocess.run([sys.executable, "-W", "ignore", "-m", "compileall", "-qq", "-j", "0", str(site_dir)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         temporary = stamp.with_suffix(f".{os.getpid()}")
         temporary.write_text(expected)
         os.replace(temporary, stamp)

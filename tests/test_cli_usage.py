@@ -132,15 +132,17 @@ def test_terminal_progress_shows_every_cell_in_flight():
     assert "b 4 s" in last and "a 12 s" not in last and "[1/3 done]" in last
 
 
-def test_bytecode_is_compiled_once_per_set_of_installed_distributions(tmp_path):
+def test_bytecode_is_compiled_once_per_set_of_installed_distributions(tmp_path, capfd):
     site = tmp_path / "site-packages"
     (site / "pkg").mkdir(parents=True)
     (site / "pkg" / "__init__.py").write_text("X = 1\n")
+    (site / "pkg" / "old.py").write_text('PATTERN = "\\-"\n')  # an invalid escape: a SyntaxWarning when compiled
     (site / "pkg-1.0.dist-info").mkdir()
     out = io.StringIO()
     assert ensure_bytecode(out, force=True, site_dirs=[site], project=False)
     assert list((site / "pkg" / "__pycache__").glob("__init__.*.pyc")) and (site / STAMP).is_file()
     assert "compiling the bytecode" in out.getvalue()
+    assert list((site / "pkg" / "__pycache__").glob("old.*.pyc")) and "Warning" not in capfd.readouterr().err
     # Nothing installed since: no compile, no output.
     again = io.StringIO()
     assert not ensure_bytecode(again, force=True, site_dirs=[site], project=False) and again.getvalue() == ""

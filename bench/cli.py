@@ -267,7 +267,8 @@ class Progress:
             return ""
         # Progress bars redraw with carriage returns and colour codes: keep the last plain line.
         text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-        lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+        # Lines without a word (a compiler's "| ^~~~" markers) say nothing.
+        lines = [line.strip() for line in re.split(r"[\r\n]", text) if re.search(r"[A-Za-z]{3}", line)]
         return lines[-1][:80] if lines else ""
 
     def __call__(self, event: str, info: dict) -> None:

@@ -93,7 +93,7 @@ class _Clock:
 
 def test_piped_progress_prints_a_line_at_least_every_30_seconds(tmp_path):
     stream, clock = io.StringIO(), _Clock()
-    (tmp_path / "a.log").write_text("Building\rBuilding: 41.0s\r\x1b[32mBuilding: 42.5s\x1b[0m\r")
+    (tmp_path / "a.log").write_text("Building\rBuilding: 41.0s\r\x1b[32mBuilding: 42.5s\x1b[0m\r\n      | ^~~~~\n")
     progress = Progress(1, stream=stream, log_dir=tmp_path, clock=clock)
     progress("plan", {"todo": 1, "finished_before": 0})
     progress("start", {"cell_id": "a"})

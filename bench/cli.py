@@ -6,6 +6,7 @@ import argparse
 import re
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -16,8 +17,23 @@ from models.errors import MixbenchError
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking lines inside hyphenated names (advi-minibatch-fullrank)."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit 2, without the usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.tables import KHAT_BAD, TARGET_MODES, col, num
+from bench.tables import KHAT_BAD, col, num
 
 MODE_COLOURS = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
                 "mixed": "tab:purple"}
@@ -543,6 +543,3 @@ def report_figures(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
                *figure_recovery(frame, fig_dir), *figure_traces(frame, run_dirs, fig_dir)]
     return figures, notes
 
-
-__all__ = ["Figure", "TARGET_MODES", "report_figures", "wilson_interval", "running_error", "component_lines",
-           "point_from_row"]

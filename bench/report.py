@@ -108,8 +108,6 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
     return assign_fit_ids(frame), environments, run_dirs
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Assembling
 
@@ -148,7 +146,7 @@ def build_report(paths: list[Path], fig_dir: Path):
 
 
 def _glossary_tables(tables: list[Table]) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
-    """Every column the tables show, and every word the cells use, with its meaning."""
+    """Every column the tables show, and the words the cells use (modes, statuses, ...)."""
     columns = [c for table in tables for c in table.frame.columns]
     words = [(group, pd.DataFrame(list(entries.items()), columns=["word", "meaning"])) for group, entries in WORDS.items()]
     return pd.DataFrame(glossary_for(columns), columns=["column", "meaning"]), words
@@ -254,7 +252,7 @@ def write_report(paths: list[Path], out_dir: Path) -> dict[str, Path]:
     fig_dir = out_dir / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
     headline, found, figures, notes, tables, environment = build_report(list(map(Path, paths)), fig_dir)
-    glossary, words = _glossary_tables(tables)
+    glossary, words = _glossary_tables([*tables, environment])
     titles = {t.key: t.title for t in tables}
     parts = (headline, found, figures, notes, tables, environment, glossary, words, titles)
     md_path = out_dir / "report.md"

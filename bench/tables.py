@@ -75,7 +75,7 @@ def has_truth(rows: pd.DataFrame) -> bool:
     source = col(rows, "reference_source").dropna().astype(str)
     if len(source):
         return bool((source == "truth").all())
-    return bool(col(rows, "data_file").isna().all()) and "truth" in " ".join(map(str, rows.columns))
+    return bool(col(rows, "data_file").isna().all())  # no scored rows: a simulated scenario has one
 
 
 def row_flags(row: pd.Series) -> list[str]:
@@ -135,7 +135,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     for fit_id, group in frame.groupby("fit", sort=False):
         ok = group[group["status"] == "ok"]
         first = group.iloc[0]
-        truth = has_truth(ok) if len(ok) else col(group, "data_file").isna().all()
+        truth = has_truth(ok if len(ok) else group)
         record = {
             "fit": fit_id, "scenario": first["scenario"], "setup": first["setup"],
             "backend": first["backend"], "method": first["method"],

@@ -3,6 +3,7 @@ pytest-benchmark suite, progress on a terminal and in a pipe, and bytecode compi
 
 import argparse
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def test_help_is_clean(command):
     text = cli(*command, "--help").stdout
     for noise in ("``", "SET_", "(default None)", "default: None", "%("):
         assert noise not in text, (noise, text)
+    assert not re.search(r"[a-z]-\n\s+[a-z]", text), text  # no name broken at a hyphen
 
 
 def test_every_run_option_says_what_it_does_and_its_default():

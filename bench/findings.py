@@ -127,8 +127,16 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     good = ran[(ran["on_target"] == ran["seeds_ok"]) & ran["s_to_fit"].notna()].sort_values("s_to_fit")
     if len(good) > 1:
         best = good.iloc[0]
+        flagged = best["flags"] != "-"
         sentences.append(Sentence(f"Quickest to reach {target} on every seed, compile apart: {_name(best)}, "
-                                  f"{fmt(best['s_to_fit'])} s to fit.", "cost", (best["fit"],)))
+                                  f"{fmt(best['s_to_fit'])} s to fit" + (", but with health flags (below)."
+                                                                         if flagged else "."),
+                                  "cost", (best["fit"],)))
+        clean = good[good["flags"] == "-"]
+        if flagged and len(clean):
+            best = clean.iloc[0]
+            sentences.append(Sentence(f"Quickest to reach {target} on every seed without a health flag: "
+                                      f"{_name(best)}, {fmt(best['s_to_fit'])} s to fit.", "cost", (best["fit"],)))
 
     flagged = ran[ran["flags"].astype(str) != "-"]
     if len(flagged):

@@ -346,3 +346,14 @@ def test_html_report_fits_the_viewport_with_no_console_error(bench_session, tmp_
                    "<script>console.error('boom')</script></body></html>")
     result, console = browser_check(bad, 1024, tmp_path)
     assert result["wide"] and result["page"] > 1024 and any("boom" in line for line in console)
+
+
+def test_quickest_fit_is_named_with_its_flags_and_the_quickest_without():
+    rows = [_row("pymc", "nuts", 0), _row("pymc", "nuts", 1),
+            _row("numpyro", "pathfinder", 0, khat=1.4), _row("numpyro", "pathfinder", 1, khat=2.0)]
+    _, _, _, found = _report_parts(rows)
+    text = [s.text for s in found[0].sentences]
+    assert ("Quickest to reach the truth on every seed, compile apart: numpyro / pathfinder, 0.5 s to fit, "
+            "but with health flags (below).") in text
+    assert "Quickest to reach the truth on every seed without a health flag: pymc / nuts, 3 s to fit." in text
+    assert "Health flags: numpyro / pathfinder: k-hat >= 0.7 on 2 of 2 seeds." in text

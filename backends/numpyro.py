@@ -1,5 +1,5 @@
-"""The NumPyro backend: one NumPyro model for every spec; NUTS, SVI (ADVI, minibatch ADVI), MAP
-and BlackJAX's Pathfinder on it.
+"""The NumPyro backend: one NumPyro model for every spec; NUTS, SVI (ADVI, minibatch ADVI), MAP,
+the Laplace approximation (AutoLaplaceApproximation) and BlackJAX's Pathfinder on it.
 
 JAX fixes two things per process before its first computation: how many CPU devices exist
 (parallel chains need one device each) and whether 64-bit floats are allowed. Both are set when
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import xarray as xr
 from jax import lax, random
 from jax._src import xla_bridge  # only to ask whether JAX has started its backends
 from jax.flatten_util import ravel_pytree
@@ -36,11 +37,14 @@ from numpyro import handlers, optim
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import AutoDelta, AutoLaplaceApproximation, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
-from backends.base import METHODS, Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from backends import laplace
+from backends.base import (METHODS, Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
+                           start_seeds, stopwatch)
+from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -284,6 +288,94 @@ def _as_json(arrays: dict) -> str:
     return json.dumps({k: np.asarray(v).tolist() for k, v in arrays.items()})
 
 
+# The Laplace approximation: NumPyro's AutoLaplaceApproximation. Its loss, Trace_ELBO of its
+# Delta guide on the packed unconstrained latent, is minus the log density with the Jacobian of
+# the constraining transforms; its covariance is the inverse of that loss's Hessian (jax.hessian)
+# at the mode. The guide closes over the data it is set up with, so every program builds and sets
+# up its own guide on the data it is given. The mode search is backends/laplace.py's (SciPy's
+# trust-exact on this loss, its gradient and Hessian), as in the PyMC backend: jax.scipy's BFGS,
+# which NumPyro's optim.Minimize runs, stops on line-search failures far from the mode here.
+
+
+def _laplace_guide(spec: MixtureSpec, x, y) -> tuple[AutoLaplaceApproximation, np.ndarray]:
+    """AutoLaplaceApproximation of the full-data model, set up on (x, y), and the permutation
+    ``packed`` with guide vector = _layout vector[packed]: the guide packs its sites in its own
+    order (by name), the backend's unconstrained vector is in trace order (_layout)."""
+    guide = AutoLaplaceApproximation(partial(mixture_model, spec))
+    handlers.seed(guide, random.PRNGKey(0))(x, y)
+    starts, offset = {}, 0
+    for site in _layout(spec):
+        starts[site.name] = offset
+        offset += math.prod(site.shape)
+    sizes = {s.name: math.prod(s.shape) for s in _layout(spec)}
+    packed = np.concatenate([np.arange(starts[name], starts[name] + sizes[name]) for name in guide._init_locs])
+    return guide, packed.astype(int)
+
+
+def _laplace_loss(spec: MixtureSpec, guide: AutoLaplaceApproximation, x, y) -> Callable:
+    """guide vector -> AutoLaplaceApproximation's loss there (-log density with Jacobian)."""
+    model = partial(mixture_model, spec)
+    return lambda flat: Trace_ELBO().loss(random.PRNGKey(0), {"auto_loc": flat}, model, guide, x, y)
+
+
+@cache
+def _laplace_objective_fn(spec: MixtureSpec) -> Callable:
+    """(z, x, y) -> AutoLaplaceApproximation's loss at z (_layout order), its gradient and its
+    Hessian (jax.hessian, the guide's own default), in _layout order."""
+    def run(z, x, y):
+        guide, packed = _laplace_guide(spec, x, y)
+        loss = _laplace_loss(spec, guide, x, y)
+
+        def in_layout(flat):
+            return loss(flat[packed])
+
+        value, gradient = jax.value_and_grad(in_layout)(z)
+        return value, gradient, jax.hessian(in_layout)(z)
+
+    return _stored(run, "laplace_objective", spec)
+
+
+@cache
+def _laplace_start_fn(spec: MixtureSpec) -> Callable:
+    """(key, y) -> NumPyro's uniform initial point (every unconstrained coordinate uniform on
+    (-2, 2)) as one vector in _layout order, in y's dtype."""
+    def start(key, y):
+        z0 = _uniform_init(spec, key, y.dtype)
+        return jnp.concatenate([jnp.ravel(z0[s.name]) for s in _layout(spec)])
+
+    return _stored(start, "laplace_start", spec)
+
+
+@cache
+def _laplace_gaussian_fn(spec: MixtureSpec) -> Callable:
+    """(mode, x, y) -> the covariance of AutoLaplaceApproximation's Gaussian there
+    (``get_posterior``), in _layout order; zero where the Hessian has no Cholesky factor of its
+    inverse, as NumPyro returns it."""
+    def run(loc, x, y):
+        guide, packed = _laplace_guide(spec, x, y)
+        inverse = np.argsort(packed)
+        return guide.get_posterior({"auto_loc": loc[packed]}).covariance_matrix[inverse][:, inverse]
+
+    return _stored(run, "laplace_gaussian", spec)
+
+
+@cache
+def _laplace_draws_fn(spec: MixtureSpec) -> Callable:
+    """(mean, cov, key, n) -> n draws of the Gaussian, unpacked to latent sites, and its exact
+    log density at each (NumPyro's MultivariateNormal)."""
+    def draw(loc, cov, key, n):
+        gaussian = dist.MultivariateNormal(loc, covariance_matrix=cov)
+        flat = gaussian.sample(key, (n,))
+        return jax.vmap(partial(_unflatten, spec))(flat), gaussian.log_prob(flat)
+
+    return _stored(draw, "laplace_draws", spec, static_argnums=(3,))
+
+
+def _unconstrained_labels(spec: MixtureSpec) -> list[str]:
+    """site[i] for every unconstrained coordinate, in _layout order (flattened row-major)."""
+    return [f"{s.name}[{i}]" for s in _layout(spec) for i in range(math.prod(s.shape))]
+
+
 def _device_data(dataset: Dataset, precision: str):
     dtype = jnp.float32 if precision == "float32" else jnp.float64
     return jnp.asarray(dataset.x, dtype=dtype), jnp.asarray(dataset.y, dtype=dtype)
@@ -419,6 +511,8 @@ class NumPyroBackend(Backend):
             return self._fit_nuts(spec, dataset, settings, seed)
         if method == "pathfinder":
             return self._fit_pathfinder(spec, dataset, settings, seed)
+        if method == "laplace":
+            return self._fit_laplace(spec, dataset, settings, seed)
         return self._fit_svi(spec, dataset, method, settings, seed)
 
     # -- NUTS ------------------------------------------------------------------------------------
@@ -537,6 +631,75 @@ class NumPyroBackend(Backend):
         return {"backend": self.name, "engine": ENGINE, "method": method,
                 "precision": settings.precision, **extra}
 
+    # -- Laplace (AutoLaplaceApproximation) -----------------------------------------------------
+
+    def _fit_laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        """The Laplace approximation on NumPyro's unconstrained space (the sites' ``biject_to``
+        inverses, flattened in trace order), by NumPyro's AutoLaplaceApproximation and
+        backends/laplace.py.
+
+        Mode: the maximum of the log density with the Jacobian (the guide's loss is its negative),
+        searched by backends/laplace.py on the loss, its gradient and Hessian from
+        ``settings.map_starts`` starts, NumPyro's uniform initial point drawn with the seeds of
+        ``start_seeds(seed, map_starts)``; the highest log density wins. Gaussian: the guide's
+        ``get_posterior`` at the mode. The search and the Hessian run at ``settings.precision``;
+        ``vi_draws`` draws (key from ``seed``), their log q (NumPyro's MultivariateNormal) and
+        log p in float64.
+
+        ``start_log_densities``: each start's final log density with the Jacobian (-inf for a
+        start that failed). ``converged``: the Newton decrement at the mode is below
+        backends.laplace.DECREMENT posterior standard deviations. ``iterations``,
+        ``grad_evals``: summed over starts. Fails when every start fails or the negative Hessian
+        at the best mode is not positive definite.
+        """
+        timings: dict[str, float] = {"compile": 0.0}
+        seeds = start_seeds(seed, settings.map_starts)
+        draw_key = random.split(random.PRNGKey(seed), 2)[1]
+        with _precision(settings.precision):
+            x, y = _device_data(dataset, settings.precision)
+            function = _laplace_objective_fn(spec)
+            objective = laplace.Objective(lambda z: jax.device_get(function(z, x, y)),
+                                          lambda z: jnp.asarray(z, dtype=y.dtype))
+            # optimisation: every start's search, then the guide's Gaussian at the best mode.
+            with _phase(timings, "optimisation"):
+                starts = [np.asarray(_laplace_start_fn(spec)(random.split(random.PRNGKey(s))[0], y), np.float64)
+                          for s in seeds]
+                search = laplace.search_modes(objective, starts, settings.vi_iterations)
+                if search.found:
+                    mean = search.modes[search.best]
+                    gradient = objective(mean)[1]
+                    cast = jnp.asarray(mean, dtype=y.dtype)
+                    cov = np.asarray(jax.device_get(_laplace_gaussian_fn(spec)(cast, x, y)), np.float64)
+            engine_dtype = str(y.dtype)
+        common = dict(backend=self.name, method="laplace", engine=ENGINE, timings=timings,
+                      precision=settings.precision, start_log_densities=search.log_densities,
+                      iterations=search.iterations, grad_evals=search.grad_evals)
+        if not search.found:
+            return Fit(status="failed", reason="every start of the mode search failed", **common)
+        reason = laplace.not_positive_definite(cov)
+        if reason is not None:
+            return Fit(status="failed", converged=False, reason=reason, **common)
+        decrement = laplace.newton_decrement(gradient, cov)
+        attrs = {"guide": "AutoLaplaceApproximation", "optimizer": "scipy trust-exact",
+                 "engine_dtype": engine_dtype, "laplace_starts": len(seeds), "laplace_best_start": search.best,
+                 "laplace_start_seeds": seeds, "newton_decrement": decrement}
+        with _phase(timings, "extraction"), _precision("float64"):
+            z, log_q = _laplace_draws_fn(spec)(jnp.asarray(mean), jnp.asarray(cov), draw_key, settings.vi_draws)
+            draws, log_p, log_jacobian = self._approximation_draws(spec, dataset, z, self._attrs("laplace", settings, attrs))
+            flat = np.concatenate([np.asarray(z[s.name]).reshape(settings.vi_draws, -1) for s in _layout(spec)], axis=1)
+            labels = _unconstrained_labels(spec)
+            draws["unconstrained_posterior"] = xr.DataTree(xr.Dataset(
+                {"z": (("chain", "draw", "unconstrained"), flat[None])},
+                coords={"chain": [0], "draw": np.arange(settings.vi_draws), "unconstrained": labels}))
+            draws["approximation"] = xr.DataTree(xr.Dataset(
+                {"mean": (("unconstrained",), mean), "cov": (("unconstrained", "unconstrained_bis"), cov)},
+                coords={"unconstrained": labels, "unconstrained_bis": labels}))
+            point = _canonical(spec, _constrain(spec, _unflatten(spec, jnp.asarray(mean))), ())
+            point_log_density = self.log_density(spec, dataset, point)
+        return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
+                   log_jacobian=log_jacobian, log_q=np.asarray(log_q, np.float64), point=point,
+                   point_log_density=point_log_density, at_bound=bound_hits(spec, point), **common)
+
     def _approximation_draws(self, spec: MixtureSpec, dataset: Dataset, z: dict, attrs: dict):
         """Unconstrained draws (leading axis: draw) -> canonical one-chain DataTree, log_p, log_jacobian."""
         x, y = _device_data(dataset, "float64")
@@ -550,32 +713,66 @@ class NumPyroBackend(Backend):
     # -- Pathfinder (BlackJAX's building blocks on the model's potential) ------------------------
 
     def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        """Multi-path Pathfinder as Stan and pymc-extras run it: settings.pathfinder_paths single paths
+        from their own uniform initial points, each drawing from its best normal approximation;
+        by default the pooled draws are importance-resampled (backends/importance.py)."""
         timings: dict[str, float] = {"compile": 0.0}
-        init_key, path_key, draw_key = random.split(random.PRNGKey(seed), 3)
+        keys = [random.split(random.fold_in(random.PRNGKey(seed), path), 3) for path in range(settings.pathfinder_paths)]
         with _precision(settings.precision):
             x, y = _device_data(dataset, settings.precision)
-            # optimisation: L-BFGS from a uniform initial point, then the ELBO at each point of
-            # its path.
+            # optimisation: for each path, L-BFGS from a uniform initial point, then the ELBO at
+            # each point of its path.
             with _phase(timings, "optimisation"):
-                path = jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(init_key, path_key, x, y))
-        iterations = int(path["iterations"])
-        loss = np.asarray(path["objective"])[: iterations + 1]
+                paths = [jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(k[0], k[1], x, y))
+                         for k in keys]
+        finite = [i for i, path in enumerate(paths) if np.isfinite(path["elbo"])]
+        iterations = max(int(path["iterations"]) for path in paths)
+        best = max(finite, key=lambda i: float(paths[i]["elbo"])) if finite else 0
+        # The loss shown is the best path's objective along its L-BFGS iterations.
+        loss = np.asarray(paths[best]["objective"])[: int(paths[best]["iterations"]) + 1]
         common = dict(backend=self.name, method="pathfinder", engine=ENGINE, timings=timings,
                       precision=settings.precision, loss=loss, iterations=iterations,
-                      converged=iterations < settings.vi_iterations)
-        if not np.isfinite(path["elbo"]):
-            return Fit(status="failed", reason="no point of the L-BFGS path has a finite ELBO estimate", **common)
-        approximation = {k: path[k] for k in ("position", "grad", "alpha", "beta", "gamma")}
+                      converged=all(int(p["iterations"]) < settings.vi_iterations for p in paths))
+        if not finite:
+            return Fit(status="failed", reason="no point of any L-BFGS path has a finite ELBO estimate", **common)
+        resample = settings.pathfinder_resampling == "psis"
+        # Resampling draws vi_draws from a pool of vi_draws per path, as Stan; pooling keeps
+        # vi_draws in all, an equal share per path.
+        per_path = settings.vi_draws if resample else -(-settings.vi_draws // len(finite))
+        names = ("position", "grad", "alpha", "beta", "gamma")
+        approximations = [{k: paths[i][k] for k in names} for i in finite]
         attrs = {**{f"pathfinder_{k}": v for k, v in _PATHFINDER.items()},
-                 "pathfinder_best_iteration": int(path["best"]), "pathfinder_elbo": float(path["elbo"]),
-                 "engine_dtype": str(path["position"].dtype), "approximation": _as_json(approximation)}
+                 "pathfinder_paths": settings.pathfinder_paths, "pathfinder_paths_finite": len(finite),
+                 "pathfinder_best_iteration": json.dumps([int(paths[i]["best"]) for i in finite]),
+                 "pathfinder_elbo": json.dumps([float(paths[i]["elbo"]) for i in finite]),
+                 "pathfinder_resampling": settings.pathfinder_resampling,
+                 "engine_dtype": str(paths[best]["position"].dtype),
+                 "approximation": json.dumps([json.loads(_as_json(a)) for a in approximations])}
         with _phase(timings, "extraction"), _precision("float64"):
-            approx = {k: jnp.asarray(v, jnp.float64) for k, v in approximation.items()}
-            z, log_q = _pathfinder_draws_fn(spec)(approx, draw_key, settings.vi_draws)
-            draws, log_p, log_jacobian = self._approximation_draws(
-                spec, dataset, z, self._attrs("pathfinder", settings, attrs))
-        return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
-                   log_q=np.asarray(log_q), **common)
+            pieces, log_qs = [], []
+            for i, approx in zip(finite, approximations):
+                approx = {k: jnp.asarray(v, jnp.float64) for k, v in approx.items()}
+                z, log_q = _pathfinder_draws_fn(spec)(approx, keys[i][2], per_path)
+                pieces.append(z)
+                log_qs.append(np.asarray(log_q))
+            pool = {name: jnp.concatenate([z[name] for z in pieces]) for name in pieces[0]}
+            pool_log_q = np.concatenate(log_qs)
+            pool_path = np.repeat(np.asarray(finite), per_path)
+            x64, y64 = _device_data(dataset, "float64")
+            pool_log_p, pool_log_jacobian = (np.asarray(a) for a in _draw_diagnostics_fn(spec)(pool, x64, y64))
+            if resample:
+                chosen, pareto_k = psis_resample(pool_log_p, pool_log_q, settings.vi_draws, seed)
+            else:
+                chosen = np.arange(pool_log_q.size).reshape(len(finite), per_path).T.reshape(-1)[: settings.vi_draws]
+            constrained = _constrain_fn(spec)({name: v[chosen] for name, v in pool.items()})
+            posterior = {k: v[None] for k, v in _canonical(spec, constrained, (chosen.size,)).items()}
+            draws = canonical_datatree(spec, posterior, attrs={"/": self._attrs("pathfinder", settings, attrs)})
+            if resample:
+                draws[IMPORTANCE_GROUP] = proposal_group(
+                    pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=len(finite),
+                    resampled_with_replacement=1, pareto_k=float(pareto_k))
+        return Fit(status="ok", draws=draws, log_p=pool_log_p[chosen], log_jacobian=pool_log_jacobian[chosen],
+                   log_q=pool_log_q[chosen], **common)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 NUTS runs through nutpie (default), PyMC's own sampler or PyMC's NumPyro/JAX sampler. VI is
 pm.fit's ADVI (mean-field or full-rank, on the full data or on minibatches), Pathfinder comes
-from pymc-extras, MAP from pm.find_MAP.
+from pymc-extras, MAP from pm.find_MAP, the Laplace approximation from pymc-extras' compiled
+log density, gradient and Hessian (``_laplace``).
 
 The likelihood is a pm.CustomDist whose log density is written out (log-sum-exp over
 components of the normal log densities), vectorised over observations. One CustomDist serves the
@@ -37,7 +38,10 @@ from pytensor.graph.replace import graph_replace
 # import, not to the first compile that would otherwise load them.
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
-from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from backends import laplace
+from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions, start_seeds,
+                           stopwatch)
+from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -52,7 +56,6 @@ VI_METHODS = {
 }
 OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd",
               "momentum", "nesterov_momentum")
-PATHFINDER_PATHS = 4
 PATHFINDER_MAXITER = 1000
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -346,6 +349,27 @@ class _Compiled:
         function.trust_input = True
         return function
 
+    def laplace_objective(self):
+        """f(flat value vars) -> (-log density with the Jacobian, its gradient, its Hessian).
+
+        pymc-extras' ``scipy_optimize_funcs_from_loss``, the fused function its ``fit_laplace``
+        compiles, given the log density *with* the Jacobian: fit_laplace itself maximises
+        ``model.logp(jacobian=False)``, the constrained-space MAP, not the unconstrained mode a
+        Laplace approximation on the unconstrained space is centred at. The flat vector is the
+        value variables in ``model.value_vars`` order, each raveled.
+        """
+        def build():
+            from pymc_extras.inference.laplace_approx.scipy_interface import scipy_optimize_funcs_from_loss
+
+            model = self.model
+            start = model.initial_point()
+            f_fused, _ = scipy_optimize_funcs_from_loss(
+                loss=-model.logp(jacobian=True), inputs=model.value_vars,
+                initial_point_dict={v.name: start[v.name] for v in model.value_vars},
+                use_grad=True, use_hess=True, use_hessp=False)
+            return f_fused
+        return self._get("laplace_objective", build)
+
     def nutpie(self):
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
         from backends.nutpie_cache import compile_nutpie_model
@@ -622,6 +646,8 @@ class PyMCBackend(Backend):
                 return self._pathfinder(spec, dataset, settings, seed)
             if method == "map":
                 return self._map(spec, dataset, settings, seed)
+            if method == "laplace":
+                return self._laplace(spec, dataset, settings, seed)
         raise MixbenchError(f"method: {method!r} is not handled by the PyMC backend")
 
     # ---- NUTS ------------------------------------------------------------------------------
@@ -771,18 +797,22 @@ class PyMCBackend(Backend):
         entry = compiled(spec, dataset, settings.precision)
         info = DictToArrayBijection.map(entry.model.initial_point()).point_map_info
         n_dim = sum(size for _, _, size, _ in info)
-        per_path = -(-settings.vi_draws // PATHFINDER_PATHS)
+        resample = settings.pathfinder_resampling == "psis"
+        # Resampling draws vi_draws from a pool of vi_draws per path, as Stan (num_draws per path,
+        # num_psis_draws in all); pooling keeps vi_draws in all, an equal share per path.
+        per_path = settings.vi_draws if resample else -(-settings.vi_draws // settings.pathfinder_paths)
         # pymc-extras evaluates the approximation at every L-BFGS step of a buffer sized by
         # maxiter, so a large maxiter costs time even when L-BFGS stops early: vi_iterations is
         # capped at pymc-extras' own default (1000).
         maxiter = min(settings.vi_iterations, PATHFINDER_MAXITER)
         try:
-            # fit_pathfinder's own engine, without its importance resampling: the draws stay
-            # draws from the approximation, so log p - log q are importance weights for PSIS.
-            # Paths run one after another in this process (no worker processes to start).
+            # fit_pathfinder's own engine, without its importance sampling (whose "psis" draws
+            # without replacement): the pool is resampled below as Stan does, and kept, so that
+            # its log p - log q give the PSIS k-hat. Paths run one after another in this process
+            # (no worker processes to start).
             with _stored_single_pathfinder(entry, dataset):
                 result = multipath_pathfinder(
-                    entry.model, num_paths=PATHFINDER_PATHS, num_draws=settings.vi_draws,
+                    entry.model, num_paths=settings.pathfinder_paths, num_draws=settings.vi_draws,
                     num_draws_per_path=per_path, num_elbo_draws=10, jitter=2.0,
                     lbfgs_config=LBFGSConfig(maxiter=maxiter).set_default_maxcor(n_dim),
                     importance_sampling=None, progressbar=False, parallel=False, random_seed=seed,
@@ -792,19 +822,33 @@ class PyMCBackend(Backend):
                        reason=str(exc).splitlines()[0], precision=settings.precision)
         timings = {"compile": float(result.compile_time), "optimisation": float(result.compute_time)}
         with stopwatch(timings, "extraction"):
-            # Interleave the paths draw by draw so that truncating to vi_draws keeps them balanced.
-            samples = np.asarray(result.samples).transpose(1, 0, 2).reshape(-1, n_dim)[: settings.vi_draws]
-            # Each draw's log q is its own path's normal approximation, as pymc-extras weighs them.
-            log_q = np.asarray(result.logQ).T.reshape(-1)[: settings.vi_draws]
+            # The pool, path after path. Each draw's log q is its own path's normal approximation
+            # and log p pymc-extras' own (unconstrained, Jacobian included), as Stan weighs them.
+            paths = np.asarray(result.samples)
+            pool = paths.reshape(-1, n_dim)
+            pool_log_p = np.asarray(result.logP, dtype=float).reshape(-1)
+            pool_log_q = np.asarray(result.logQ, dtype=float).reshape(-1)
+            pool_path = np.repeat(np.arange(paths.shape[0]), paths.shape[1])
+            if resample:
+                chosen, pareto_k = psis_resample(pool_log_p, pool_log_q, settings.vi_draws, seed)
+            else:
+                # Interleave the paths draw by draw so that truncating to vi_draws keeps them balanced.
+                chosen = np.arange(pool.shape[0]).reshape(paths.shape[:2]).T.reshape(-1)[: settings.vi_draws]
+                pareto_k = None
+            samples, log_q, engine_log_p = pool[chosen], pool_log_q[chosen], pool_log_p[chosen]
             layout, start = [], 0
             for name, shape, size, _ in info:
                 layout.append((name, slice(start, start + size), shape))
                 start += size
-        # pymc-extras' own log p of each draw, kept to show the two agree.
-        engine_log_p = np.asarray(result.logP).T.reshape(-1)[: settings.vi_draws]
+        # engine_log_p: pymc-extras' log p of each draw, kept to show the two agree.
         draws, log_p, log_jacobian = self._approximation_draws(
             spec, entry, samples, layout, timings, "pymc-extras+pathfinder",
             stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)})
+        draws.attrs["pathfinder_resampling"] = settings.pathfinder_resampling
+        if resample:
+            draws[IMPORTANCE_GROUP] = proposal_group(
+                pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=int(paths.shape[0]),
+                resampled_with_replacement=1, pareto_k=float(pareto_k))
         statuses = set(result.lbfgs_status)
         return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
                    draws=draws, timings=timings, precision=settings.precision,
@@ -878,6 +922,75 @@ class PyMCBackend(Backend):
                    converged=bool(raw.success) if raw is not None else False,
                    iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
                    point=canonical, point_log_density=log_density)
+
+    def _laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        """The Laplace approximation on PyMC's unconstrained space (the value variables, in
+        ``model.value_vars`` order), by backends/laplace.py on pymc-extras' compiled loss,
+        gradient and Hessian (``_Compiled.laplace_objective``).
+
+        Starts: PyMC's initial point jittered in the unconstrained space (as find_MAP's starts
+        here), seeded by ``start_seeds(seed, map_starts)``; the highest log density wins.
+        ``vi_draws`` draws: mean + L eps with L the Cholesky factor of the covariance and eps
+        standard normal from NumPy's generator seeded ``seed``, with their exact log q.
+
+        ``start_log_densities``: each start's final log density with the Jacobian (the quantity
+        maximised; -inf for a start that failed). ``converged``: the Newton decrement at the
+        mode is below backends.laplace.DECREMENT posterior standard deviations. ``iterations``,
+        ``grad_evals``: summed over starts. Fails when every start fails or when the negative
+        Hessian at the best mode is not positive definite.
+        """
+        from pymc.initial_point import make_initial_point_fn
+
+        engine = "pymc-extras+laplace"
+        entry = compiled(spec, dataset, settings.precision)
+        model = entry.model
+        dtype = pytensor.config.floatX
+        names = [v.name for v in model.value_vars]
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            objective = laplace.Objective(entry.laplace_objective(), lambda z: np.asarray(z, dtype=dtype))
+            # Numba compiles the function's code on its first call: charged here, not to the search.
+            initial = model.initial_point()
+            objective(np.concatenate([np.ravel(initial[n]) for n in names]))
+        make_start = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs), return_transformed=True)
+        seeds = start_seeds(seed, settings.map_starts)
+        with stopwatch(timings, "optimisation"):
+            starts = [np.concatenate([np.ravel(p[n]) for n in names]) for p in map(make_start, seeds)]
+            search = laplace.search_modes(objective, starts, settings.vi_iterations)
+            if search.found:
+                mean = search.modes[search.best]
+                _, gradient, hessian = objective(mean)
+                reason = laplace.not_positive_definite(hessian)
+                cov = laplace.inverse_hessian(hessian) if reason is None else None
+        common = dict(backend=self.name, method="laplace", engine=engine, timings=timings,
+                      precision=settings.precision, iterations=search.iterations, grad_evals=search.grad_evals,
+                      start_log_densities=search.log_densities)
+        if not search.found:
+            return Fit(status="failed", reason="every start of the mode search failed", **common)
+        if cov is None:
+            return Fit(status="failed", reason=reason, converged=False, **common)
+        decrement = laplace.newton_decrement(gradient, cov)
+        layout, start = [], 0
+        for name in names:
+            size = int(np.size(initial[name]))
+            layout.append((name, slice(start, start + size), np.shape(initial[name])))
+            start += size
+        with stopwatch(timings, "extraction"):
+            # The draws at the model's precision, and log q where they then lie.
+            flat, log_q = laplace.gaussian_draws(mean, cov, settings.vi_draws, seed, dtype)
+            outputs = entry.constrain()(*[mean[sl].reshape(shape).astype(dtype) for _, sl, shape in layout])
+            point = _canonical(spec, dict(zip(entry.output_names, outputs)), ())
+        draws, log_p, log_jacobian = self._approximation_draws(
+            spec, entry, flat, layout, timings, engine, stats={"log_q": log_q[None]},
+            approximation={"mean": mean, "cov": cov})
+        draws.attrs.update({"method": "laplace", "optimizer": "scipy trust-exact",
+                            "laplace_starts": len(seeds), "laplace_best_start": search.best,
+                            "laplace_start_seeds": seeds, "newton_decrement": decrement})
+        with stopwatch(timings, "log_p"):
+            point_log_density = self.log_density(spec, dataset, point)
+        return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
+                   log_jacobian=log_jacobian, log_q=log_q, point=point, point_log_density=point_log_density,
+                   at_bound=bound_hits(spec, point), **common)
 
 
 def _nutpie_gradient(entry: _Compiled, dim: int, precision: str):

@@ -1,8 +1,10 @@
 """The Stan backend: stan/mixture.stan run by CmdStan (through cmdstanpy) or by pystan 3.
 
 The engine is CmdStan whenever cmdstanpy finds an install, else pystan (httpstan, which carries
-Stan in its wheel); ``FitSettings.sampler`` may force either. pystan 3 runs NUTS only, so the
-variational methods and MAP need CmdStan.
+Stan in its wheel); ``FitSettings.sampler`` may force either. pystan 3 runs NUTS only, so ADVI,
+Pathfinder, MAP and Laplace need CmdStan. Each method is one ``_<method>_cmdstan`` function
+calling cmdstanpy's public method of the same job (``sample``, ``variational``, ``pathfinder``,
+``optimize``, ``laplace_sample``); ``_fit`` maps method names to them and nothing else.
 
 Stan names differ from the canonical ones only for the weights (``theta`` for ``pi``) and in the
 pieces the parameters block is made of (ordered and free parts); ``stan_parameters`` and
@@ -22,14 +24,26 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import xarray as xr
 
-from backends.base import Backend, Fit, FitSettings, canonical_datatree, package_versions, stopwatch
+from backends.base import (
+    Backend,
+    Fit,
+    FitSettings,
+    canonical_datatree,
+    package_versions,
+    start_seeds,
+    stopwatch,
+)
+from backends.importance import GROUP as IMPORTANCE_GROUP
+from backends.importance import proposal_group, psis_resample
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -39,6 +53,7 @@ _REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
 PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parent / "stan_programs" / "mixture.stan"
 ENGINES = ("cmdstanpy", "pystan")
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
+INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench" / "stan"
 
 # Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
@@ -255,6 +270,95 @@ def _quiet():
         logger.setLevel(level)
 
 
+# --- CmdStan runs ---------------------------------------------------------------------------------
+
+_STAN_MESSAGE = re.compile(r"(error|exception|reject|fail|not finite|nan|inf\b)", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _cmdstan_run():
+    """A temporary output directory for one CmdStan run, consoles silenced; a failed run's
+    error carries Stan's own messages from the console transcripts (cmdstanpy's error names only
+    files in the directory, which is gone once the run ends)."""
+    with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+        try:
+            yield out
+        except RuntimeError as exc:
+            messages = []
+            for transcript in sorted(Path(out).rglob("*stdout*.txt")):
+                messages += [line.strip() for line in transcript.read_text(errors="replace").splitlines()
+                             if _STAN_MESSAGE.search(line) and line.strip() not in messages]
+            if not messages:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"{first} | Stan said: {' / '.join(messages[:8])}") from exc
+
+
+def csv_stan_version(run) -> str:
+    """The Stan version a cmdstanpy result's CSV header reports (stan_version_major etc.)."""
+    config = run.metadata.cmdstan_config
+    parts = [config.get(f"stan_version_{p}") for p in ("major", "minor", "patch")]
+    if any(p is None for p in parts):
+        return cmdstan_version() or "unknown"
+    return ".".join(str(int(p)) for p in parts)
+
+
+def advi_eta(transcript: str) -> float | None:
+    """The step size Stan's ADVI adaptation chose ("Found best value [eta = 1]"), or None."""
+    found = re.search(r"best value \[eta = ([0-9.eE+-]+)\]", transcript)
+    return float(found[1]) if found else None
+
+
+def optimize_converged(transcript: str) -> bool:
+    """Whether a CmdStan optimize transcript reports a normal L-BFGS termination."""
+    return "terminated normally" in transcript and "Maximum number of iterations" not in transcript
+
+
+def _run_advi(model, data: dict, seed: int, method: str, settings: FitSettings, out: str):
+    """One CmdStan ADVI run -> (columns, draws (draw, column), output CSV path, console
+    transcript, ELBO diagnostic CSV path, Stan version).
+
+    With adaptation off (a fixed eta) Stan writes no "eta" header line and cmdstanpy 1.3's CSV
+    parser refuses the output although the run is fine; the CSV is then read here: its first
+    numeric row is the approximation's mean, the rest are the draws.
+    """
+    adapt = settings.advi_eta is None
+    try:
+        run = model.variational(data=data, seed=seed, algorithm=method.removeprefix("advi-"),
+                                iter=settings.vi_iterations, tol_rel_obj=settings.vi_tolerance,
+                                adapt_engaged=adapt, eta=settings.advi_eta, draws=settings.vi_draws,
+                                output_dir=out, sig_figs=18, save_diagnostics=True, require_converged=False,
+                                show_console=False)
+    except (RuntimeError, ValueError) as exc:
+        if adapt or "parsing" not in str(exc).lower():
+            raise
+    else:
+        diagnostics = run.runset.diagnostic_files[0] if run.runset.diagnostic_files else ""
+        return (list(run.column_names), np.asarray(run.variational_sample), run.runset.csv_files[0],
+                Path(run.runset.stdout_files[0]).read_text(), diagnostics, csv_stan_version(run))
+    csv_files = [f for f in Path(out).glob("*.csv") if "diagnostic" not in f.name]
+    if len(csv_files) != 1:
+        raise RuntimeError(f"ADVI with eta={settings.advi_eta} wrote no output CSV")
+    lines = csv_files[0].read_text().splitlines()
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    rows = [line for line in lines if line and not line.startswith("#")]
+    values = np.asarray([[float(v) for v in row.split(",")] for row in rows[2:]])
+    version = dict(re.findall(r"stan_version_(major|minor|patch) = (\d+)", header))
+    stan_version = (f"{version['major']}.{version['minor']}.{version['patch']}" if len(version) == 3
+                    else cmdstan_version() or "unknown")
+    stdout = "\n".join(f.read_text() for f in Path(out).glob("*stdout*.txt"))
+    diagnostics = next((str(f) for f in Path(out).glob("*diagnostic*.csv")), "")
+    return rows[0].split(","), values, str(csv_files[0]), stdout, diagnostics, stan_version
+
+
+def _take_draws(draws, keep: np.ndarray):
+    """A one-chain canonical DataTree restricted to the draws ``keep`` (renumbered 0..n-1)."""
+    out = draws.copy()
+    posterior = draws["posterior"].to_dataset().isel(draw=keep)
+    out["posterior"] = xr.DataTree(posterior.assign_coords(draw=np.arange(len(keep))))
+    return out
+
+
 # --- pystan / httpstan ---------------------------------------------------------------------------
 
 async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) -> list[bytes]:
@@ -365,7 +469,7 @@ class StanBackend(Backend):
             return f"{NO_CMDSTAN}; sampler 'cmdstanpy' was requested"
         if engine == "pystan" and method != "nuts":
             why = NO_CMDSTAN if cmdstan_path() is None else "sampler 'pystan' was requested"
-            return f"pystan 3 runs NUTS only and {method} needs CmdStan: {why}"
+            return f"pystan 3 runs NUTS only and {method} needs CmdStan: {why}; {INSTALL_CMDSTAN}"
         return None
 
     # --- programs, compiled once --------------------------------------------------------------
@@ -381,9 +485,21 @@ class StanBackend(Backend):
             self._pystan_models.move_to_end(key)
             return self._pystan_models[key], True
         code = program_code()
+        name = httpstan.models.calculate_model_name(code)
         with _compile_lock(), _quiet():
-            compiled = httpstan.models.calculate_model_name(code) in httpstan.cache.list_model_names()
-            model = stan.build(code, data=stan_data(spec, dataset))
+            compiled = name in httpstan.cache.list_model_names()
+            try:
+                model = stan.build(code, data=stan_data(spec, dataset))
+            except Exception:
+                if not compiled:
+                    raise
+                # A build killed part-way leaves httpstan an entry it cannot load (its server then
+                # answers 500 for every later build): discard it and build once more.
+                warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
+                              RuntimeWarning, stacklevel=2)
+                httpstan.cache.delete_model_directory(name)
+                compiled = False
+                model = stan.build(code, data=stan_data(spec, dataset))
         self._pystan_models[key] = model
         while len(self._pystan_models) > 8:
             self._pystan_models.popitem(last=False)
@@ -467,23 +583,34 @@ class StanBackend(Backend):
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         seed = _check_seed(seed)
         engine = self.engine_for(settings)
+        runners = {
+            "nuts": self._nuts_pystan if engine == "pystan" else self._nuts_cmdstan,
+            "advi-meanfield": self._advi_cmdstan,
+            "advi-fullrank": self._advi_cmdstan,
+            "pathfinder": self._pathfinder_cmdstan,
+            "map": self._map_cmdstan,
+            "laplace": self._laplace_cmdstan,
+        }
         try:
-            if method == "nuts":
-                run = self._nuts_pystan if engine == "pystan" else self._nuts_cmdstan
-                return run(spec, dataset, settings, seed)
-            if method == "map":
-                return self._map_cmdstan(spec, dataset, settings, seed)
-            return self._vi_cmdstan(spec, dataset, method, settings, seed)
+            if method.startswith("advi-"):
+                return runners[method](spec, dataset, method, settings, seed)
+            return runners[method](spec, dataset, settings, seed)
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, MixbenchError):
                 raise
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            return Fit(backend=self.name, method=method, status="failed", engine=engine, reason=reason[:500])
+            return Fit(backend=self.name, method=method, status="failed", engine=engine, reason=reason[:2000])
 
-    def _result(self, method: str, engine: str, **fields) -> Fit:
-        stan_version = pystan_stan_version() if engine == "pystan" else cmdstan_version()
+    def _result(self, method: str, engine: str, stan_version: str | None = None, **fields) -> Fit:
+        """An ok Fit; ``stan_version`` is the Stan that ran as its output reports it (CmdStan's
+        CSV header), which can differ from the CmdStan front end's own version."""
+        if stan_version is None:
+            stan_version = pystan_stan_version() if engine == "pystan" else cmdstan_version()
+        versions = {"stan": stan_version, "engine": engine}
+        if engine == "cmdstanpy":
+            versions["cmdstan"] = cmdstan_version() or "unknown"
         return Fit(backend=self.name, method=method, status="ok", engine=engine, precision="float64",
-                   versions={"stan": stan_version, "engine": engine}, **fields)
+                   versions=versions, **fields)
 
     def _nuts_pystan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
@@ -518,7 +645,7 @@ class StanBackend(Backend):
 
     def _nuts_result(self, spec, settings: FitSettings, engine: str, columns: list[str], values: np.ndarray,
                      chain_times: list[dict[str, float]], concurrency: str | None, compiled: bool,
-                     run_seconds: float) -> Fit:
+                     run_seconds: float, stan_version: str | None = None) -> Fit:
         """Draws (chain, warm-up + sampling, column) -> a NUTS Fit with canonical draws."""
         expected = settings.warmup + settings.draws
         if values.shape[1] != expected:
@@ -526,7 +653,7 @@ class StanBackend(Backend):
         kept = values[:, settings.warmup:]
         attrs = {
             "backend": self.name, "engine": engine, "method": "nuts",
-            "stan_version": pystan_stan_version() if engine == "pystan" else cmdstan_version(),
+            "stan_version": stan_version or pystan_stan_version(),
             "program_was_compiled": int(compiled),
             "run_wall_s": run_seconds,
             "chain_warmup_s": [t.get("Warm-up", math.nan) for t in chain_times],
@@ -535,7 +662,7 @@ class StanBackend(Backend):
         draws = canonical_datatree(spec, flat_to_canonical(spec, columns, kept),
                                    sample_stats_from_flat(columns, kept), attrs={"/": attrs})
         return self._result(
-            "nuts", engine, draws=draws,
+            "nuts", engine, stan_version=stan_version, draws=draws,
             timings=_nuts_phase_timings(chain_times, concurrency),
             # One gradient per leapfrog step, warm-up included.
             grad_evals=int(_column(columns, values, "n_leapfrog__").sum()),
@@ -546,7 +673,7 @@ class StanBackend(Backend):
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
-        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+        with _cmdstan_run() as out:
             started = time.perf_counter()
             run = model.sample(
                 data=stan_data(spec, dataset), chains=settings.chains, seed=seed,
@@ -565,119 +692,223 @@ class StanBackend(Backend):
                                 if key in t} for t in run.time]
                 concurrency = "parallel" if settings.parallel_chains else "sequential"
                 fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, concurrency,
-                                        compiled, run_seconds)
+                                        compiled, run_seconds, stan_version=csv_stan_version(run))
         fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
         return fit
 
-    def _log_jacobian(self, spec: MixtureSpec, model, csv_file: str, n_draws: int) -> np.ndarray:
+    def _log_jacobian(self, spec: MixtureSpec, model, csv_file: str, columns: list[str],
+                      values: np.ndarray) -> np.ndarray:
         """log |J| of the constraining transform at each draw of a CmdStan output CSV.
 
-        The Jacobian depends on the parameters only, so CmdStan's log_prob is run with and
-        without it on a one-observation data set: cheap at any N, and exact for the transforms of
-        the CmdStan version that produced the draws. log_prob reads every numeric row (for ADVI
-        that includes the approximation's mean first), so the last ``n_draws`` rows are the draws.
+        ``values`` (draw, column) are the CSV's last numeric rows (ADVI writes the approximation's
+        mean first). The Jacobian depends on the parameters only, so CmdStan's log_prob is run
+        with and without it on a one-observation data set: cheap at any N, and exact for the
+        transforms of the CmdStan version that produced the draws. A draw whose constrained value
+        reached a bound in floating point (sigma = 0, a weight = 0: an extreme unconstrained draw)
+        has no finite log |J| and CmdStan refuses to unconstrain it: NaN there, and the CSV given
+        to log_prob leaves it out.
         """
+        canonical = flat_to_canonical(spec, columns, values[None])
+        inside = np.array([in_support(spec, {k: v[0, i] for k, v in canonical.items()}) for i in range(len(values))],
+                          dtype=bool)
+        out = np.full(len(values), np.nan)
+        if not inside.any():
+            return out
+        lines = Path(csv_file).read_text().splitlines()
+        numeric = [i for i, line in enumerate(lines) if line and not line.startswith("#")][1:]  # after the header
+        drop = {numeric[len(numeric) - len(values) + j] for j in np.flatnonzero(~inside)}
+        drop |= set(numeric[: len(numeric) - len(values)])
         tiny = stan_data(spec, Dataset(x=np.zeros((1, spec.D)), y=np.zeros(1)))
-        with _quiet():
-            with_j = model.log_prob(params=csv_file, data=tiny, jacobian=True, sig_figs=18)["lp__"].to_numpy()
-            without = model.log_prob(params=csv_file, data=tiny, jacobian=False, sig_figs=18)["lp__"].to_numpy()
-        return (with_j - without)[-n_draws:]
+        with tempfile.TemporaryDirectory(prefix="mixbench-stan-jacobian-") as directory, _quiet():
+            kept = Path(directory) / "draws.csv"
+            kept.write_text("\n".join(line for i, line in enumerate(lines) if i not in drop) + "\n")
+            with_j = model.log_prob(params=str(kept), data=tiny, jacobian=True, sig_figs=18)["lp__"].to_numpy()
+            without = model.log_prob(params=str(kept), data=tiny, jacobian=False, sig_figs=18)["lp__"].to_numpy()
+        out[inside] = with_j - without
+        return out
 
-    def _vi_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+    def _approximation_fit(self, spec, model, method: str, settings: FitSettings, compiled: bool, *,
+                           csv_file: str, columns: list[str], values: np.ndarray, log_p: np.ndarray,
+                           log_q: np.ndarray, stan_version: str, extra: dict, **fields) -> Fit:
+        """Draws of an approximation (draw, column), one CSV holding them -> a VI-style Fit."""
+        log_jacobian = self._log_jacobian(spec, model, csv_file, columns, values)
+        attrs = {"backend": self.name, "engine": "cmdstanpy", "method": method, "stan_version": stan_version,
+                 "program_was_compiled": int(compiled), **extra}
+        draws = canonical_datatree(spec, flat_to_canonical(spec, columns, values[None]), attrs={"/": attrs})
+        return self._result(method, "cmdstanpy", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
+                            log_q=log_q, stan_version=stan_version, **fields)
+
+    def _advi_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        adapt = settings.advi_eta is None
+        with _cmdstan_run() as out:
+            with stopwatch(timings, "optimisation"):
+                # Stan adapts eta by default (a short search over 100, 10, 1, 0.1, 0.01); a fixed
+                # eta turns the search off.
+                output = _run_advi(model, stan_data(spec, dataset), seed, method, settings, out)
+            with stopwatch(timings, "extraction"):
+                columns, values, csv_file, stdout, diagnostics, stan_version = output
+                log_p, log_q = advi_log_densities(spec, columns, values)
+                trace = read_elbo_trace(diagnostics) if diagnostics and Path(diagnostics).exists() else None
+                converged, iterations = advi_progress(stdout, trace, settings.vi_iterations)
+                eta = advi_eta(stdout) if adapt else settings.advi_eta
+                extra = {
+                    "log_q_missing_constant": "-log|det scale| of the approximation (CmdStan does not report it)",
+                    "loss": "-ELBO every eval_elbo iterations, at loss_iterations",
+                    "loss_iterations": trace[:, 0].tolist() if trace is not None else [],
+                    # Stan's ADVI has its own step-size sequence; settings.optimizer cannot change it.
+                    "optimizer": "Stan ADVI adaptive step-size sequence",
+                    "eta": eta if eta is not None else math.nan,
+                    "eta_adapted": int(adapt),
+                }
+                fit = self._approximation_fit(
+                    spec, model, method, settings, compiled, csv_file=csv_file, columns=columns, values=values,
+                    log_p=log_p, log_q=log_q, stan_version=stan_version, extra=extra, converged=converged,
+                    # Each iteration takes grad_samples (CmdStan's default, 1) gradients of the model.
+                    iterations=iterations, grad_evals=iterations,
+                    loss=-trace[:, 1] if trace is not None else None)
+        fit.timings = timings
+        return fit
+
+    def _pathfinder_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        paths = settings.pathfinder_paths
+        resample = settings.pathfinder_resampling == "psis" and paths > 1
+        with _cmdstan_run() as out:
+            with stopwatch(timings, "optimisation"):
+                # Multi-path runs write every path's draws unresampled (psis_resample=False): their
+                # log p and log q are the proposal k-hat needs, which cmdstanpy 1.3 cannot return
+                # beside Stan's resampled output (it has no save_single_paths). The PSIS
+                # resampling Stan would do next is backends.importance's, the same algorithm.
+                # vi_tolerance is an ELBO tolerance; L-BFGS's tolerances (in units of machine
+                # epsilon) keep CmdStan's defaults.
+                run = model.pathfinder(
+                    data=stan_data(spec, dataset), seed=seed, num_paths=paths, draws=settings.vi_draws,
+                    num_single_draws=settings.vi_draws, psis_resample=False, calculate_lp=True,
+                    max_lbfgs_iters=settings.vi_iterations, output_dir=out, sig_figs=18, show_console=False,
+                )
+            with stopwatch(timings, "extraction"):
+                columns = list(run.column_names)
+                pooled = np.asarray(run.draws())
+                log_p_all, log_q_all = pathfinder_log_densities(columns, pooled)
+                stdout = "\n".join(Path(f).read_text() for f in run._runset.stdout_files)
+                converged, iterations, grad_evals = pathfinder_progress(stdout)
+                fit = self._approximation_fit(
+                    spec, model, "pathfinder", settings, compiled, csv_file=run._runset.csv_files[0],
+                    columns=columns, values=pooled, log_p=log_p_all, log_q=log_q_all,
+                    stan_version=csv_stan_version(run),
+                    extra={"pathfinder_paths": paths, "pathfinder_resampling": "psis" if resample else "none",
+                           "iterations": "L-BFGS iterations of each path's best approximation, summed"},
+                    converged=converged, iterations=iterations, grad_evals=grad_evals)
+                if resample:
+                    keep, _ = psis_resample(log_p_all, log_q_all, settings.vi_draws, seed)
+                    path = (_column(columns, pooled, "path__").astype(int) - 1 if "path__" in columns
+                            else np.repeat(np.arange(paths), settings.vi_draws)[: len(pooled)])
+                    fit.draws = _take_draws(fit.draws, keep)
+                    fit.draws[IMPORTANCE_GROUP] = proposal_group(log_p_all, log_q_all, path, keep)
+                    fit.log_p, fit.log_q, fit.log_jacobian = (a[keep] for a in (fit.log_p, fit.log_q, fit.log_jacobian))
+        fit.timings = timings
+        return fit
+
+    def _optimize(self, model, data: dict, settings: FitSettings, seed: int, jacobian: bool, out: str,
+                  save_iterations: bool = True):
+        """One L-BFGS run from Stan's random initial point drawn with ``seed``.
+
+        ``save_iterations`` keeps every iterate in the CSV (the loss trace); a CSV given to
+        ``laplace_sample`` as its mode must hold the optimum alone, since CmdStan reads the
+        mode from its first row.
+        """
+        try:
+            return model.optimize(data=data, seed=seed, algorithm="lbfgs", jacobian=jacobian,
+                                  iter=settings.vi_iterations, save_iterations=save_iterations,
+                                  require_converged=False, output_dir=out, sig_figs=18, show_console=False,
+                                  timeout=settings.optimize_timeout)
+        except TimeoutError:
+            raise RuntimeError(f"L-BFGS start (seed {seed}) ran past optimize_timeout = "
+                               f"{settings.optimize_timeout:g} s and was stopped") from None
+
+    def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        """One start of MAP (Backend.fit runs settings.map_starts of them and keeps the best)."""
+        timings: dict[str, float] = {}
+        with stopwatch(timings, "compile"):
+            model, compiled = self.cmdstan_model()
+        with _cmdstan_run() as out:
+            with stopwatch(timings, "optimisation"):
+                # jacobian=False: the mode of log prior + log likelihood, the oracle's convention.
+                run = self._optimize(model, stan_data(spec, dataset), settings, seed, jacobian=False, out=out)
+            with stopwatch(timings, "extraction"):
+                columns = list(run.column_names)
+                trace = np.asarray(run.optimized_iterations_np)
+                posterior = flat_to_canonical(spec, columns, trace[-1:][None])
+                point = {name: value[0, 0] for name, value in posterior.items()}
+                stan_version = csv_stan_version(run)
+                attrs = {"backend": self.name, "engine": "cmdstanpy", "method": "map",
+                         "stan_version": stan_version, "program_was_compiled": int(compiled)}
+                draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
+                point_log_density = self.log_density(spec, dataset, point, engine="cmdstanpy")
+                converged = optimize_converged(Path(run.runset.stdout_files[0]).read_text())
+        return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point,
+                            point_log_density=point_log_density, converged=converged,
+                            # The saved iterations start with the initial point.
+                            iterations=len(trace) - 1, loss=-_column(columns, trace, "lp__"),
+                            stan_version=stan_version)
+
+    def _laplace_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+        """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the
+        Jacobian-adjusted density, covariance the inverse negative Hessian (Stan's finite
+        differences of gradients), drawn by ``laplace_sample``. The mode is the best of
+        ``settings.map_starts`` seeded L-BFGS runs."""
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
         data = stan_data(spec, dataset)
-        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+        with _cmdstan_run() as out:
             with stopwatch(timings, "optimisation"):
-                if method.startswith("advi"):
-                    run = model.variational(
-                        data=data, seed=seed, algorithm=method.removeprefix("advi-"),
-                        iter=settings.vi_iterations, tol_rel_obj=settings.vi_tolerance,
-                        # A fixed step size: adaptation would override the requested one.
-                        eta=settings.learning_rate, adapt_engaged=False, draws=settings.vi_draws,
-                        output_dir=out, sig_figs=18, save_diagnostics=True, require_converged=False,
-                    )
-                else:
-                    # One path: its draws come with the exact density of that path's normal
-                    # approximation (lp_approx__). Multi-path Pathfinder returns draws already
-                    # importance-resampled, whose log q would be meaningless for PSIS.
-                    # vi_tolerance is an ELBO tolerance; L-BFGS's tolerances (in units of machine
-                    # epsilon) keep CmdStan's defaults.
-                    run = model.pathfinder(
-                        data=data, seed=seed, num_paths=1, draws=settings.vi_draws,
-                        max_lbfgs_iters=settings.vi_iterations, output_dir=out, sig_figs=18,
-                    )
-            with stopwatch(timings, "extraction"):
-                fit = self._vi_result(spec, model, method, run, settings, compiled)
-        fit.timings = timings
-        return fit
-
-    def _vi_result(self, spec, model, method: str, run, settings: FitSettings, compiled: bool) -> Fit:
-        columns = list(run.column_names)
-        if method.startswith("advi"):
-            values = np.asarray(run.variational_sample)
-            runset = run.runset
-            log_p, log_q = advi_log_densities(spec, columns, values)
-            diagnostics = runset.diagnostic_files[0] if runset.diagnostic_files else ""
-            trace = read_elbo_trace(diagnostics) if diagnostics and Path(diagnostics).exists() else None
-            converged, iterations = advi_progress(Path(runset.stdout_files[0]).read_text(), trace,
-                                                  settings.vi_iterations)
-            loss = -trace[:, 1] if trace is not None else None
-            # Each iteration takes grad_samples (CmdStan's default, 1) gradients of the model.
-            grad_evals = iterations
-            extra = {
-                "log_q_missing_constant": "-log|det scale| of the approximation (CmdStan does not report it)",
-                "loss": "-ELBO every eval_elbo iterations, at loss_iterations",
-                "loss_iterations": trace[:, 0].tolist() if trace is not None else [],
-                # Stan's ADVI has its own step-size sequence; settings.optimizer cannot change it.
-                "optimizer": f"Stan ADVI adaptive step-size sequence, eta={settings.learning_rate}",
-            }
-        else:
-            values = np.asarray(run.draws())
-            runset = run._runset
-            log_p, log_q = pathfinder_log_densities(columns, values)
-            # grad_evals: the evaluations Stan counts for the path (L-BFGS gradients and the
-            # log densities of its ELBO estimates).
-            converged, iterations, grad_evals = pathfinder_progress(Path(runset.stdout_files[0]).read_text())
-            # Pathfinder writes no per-iteration objective to its outputs.
-            loss = None
-            extra = {"num_paths": 1, "iterations": "L-BFGS iteration of the best approximation"}
-        log_jacobian = self._log_jacobian(spec, model, runset.csv_files[0], len(values))
-        attrs = {"backend": self.name, "engine": "cmdstanpy", "method": method,
-                 "stan_version": cmdstan_version(), "program_was_compiled": int(compiled), **extra}
-        draws = canonical_datatree(spec, flat_to_canonical(spec, columns, values[None]), attrs={"/": attrs})
-        return self._result(method, "cmdstanpy", draws=draws, converged=converged, iterations=iterations,
-                            grad_evals=grad_evals, log_p=log_p, log_jacobian=log_jacobian, log_q=log_q,
-                            loss=loss)
-
-    def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
-        timings: dict[str, float] = {}
-        with stopwatch(timings, "compile"):
-            model, compiled = self.cmdstan_model()
-        with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
+                modes = []
+                for i, start in enumerate(start_seeds(seed, settings.map_starts)):
+                    try:
+                        modes.append(self._optimize(model, data, settings, start, jacobian=True,
+                                                    out=str(Path(out) / f"start-{i}"), save_iterations=False))
+                    except RuntimeError:
+                        modes.append(None)
+                found = [m.optimized_params_dict["lp__"] if m is not None else -math.inf for m in modes]
+                best = int(np.argmax(found))
+                if modes[best] is None:
+                    raise RuntimeError("every start of the mode search failed")
+            # The Hessian (finite differences at the mode) and the draws: still building q.
             with stopwatch(timings, "optimisation"):
-                # jacobian=False: the mode of log prior + log likelihood, the oracle's convention.
-                run = model.optimize(
-                    data=stan_data(spec, dataset), seed=seed, algorithm="lbfgs", jacobian=False,
-                    iter=settings.vi_iterations, save_iterations=True, require_converged=False,
-                    output_dir=out, sig_figs=18,
-                )
+                run = model.laplace_sample(data=data, mode=modes[best], draws=settings.vi_draws, jacobian=True,
+                                           seed=seed, output_dir=str(Path(out) / "laplace"), sig_figs=18,
+                                           show_console=False)
             with stopwatch(timings, "extraction"):
                 columns = list(run.column_names)
-                trace = np.asarray(run.optimized_iterations_np)
-                final = trace[-1:][None]  # (chain 1, draw 1, column)
-                posterior = flat_to_canonical(spec, columns, final)
-                point = {name: value[0, 0] for name, value in posterior.items()}
-                transcript = Path(run.runset.stdout_files[0]).read_text()
-                converged = "terminated normally" in transcript and "Maximum number of iterations" not in transcript
-                attrs = {"backend": self.name, "engine": "cmdstanpy", "method": "map",
-                         "stan_version": cmdstan_version(), "program_was_compiled": int(compiled)}
-                draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
-                point_log_density = self.log_density(spec, dataset, point, engine="cmdstanpy")
-        return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point,
-                            point_log_density=point_log_density, converged=converged,
-                            iterations=len(trace), loss=-_column(columns, trace, "lp__"))
+                values = np.asarray(run.draws())
+                mode_columns = list(modes[best].column_names)
+                mode = flat_to_canonical(spec, mode_columns, np.asarray(modes[best].optimized_params_np)[None, None])
+                point = {name: value[0, 0] for name, value in mode.items()}
+                d = n_unconstrained(spec)
+                fit = self._approximation_fit(
+                    spec, model, "laplace", settings, compiled, csv_file=run._runset.csv_files[0],
+                    columns=columns, values=values,
+                    # log_p__: Stan's log density at the draw, unconstrained, Jacobian included;
+                    # log_q__ = (u - mode)' H (u - mode) / 2 = -z'z / 2 for the standard normal z
+                    # behind the draw (laplace_sample.hpp), constants left out.
+                    log_p=_column(columns, values, "log_p__").astype(float),
+                    log_q=_column(columns, values, "log_q__").astype(float) - 0.5 * d * math.log(2 * math.pi),
+                    stan_version=csv_stan_version(run),
+                    extra={"log_q_missing_constant": "+log|det(-H)| / 2 at the mode (CmdStan does not report it)",
+                           "mode": "best of map_starts L-BFGS runs of the Jacobian-adjusted density",
+                           "mode_lp": found[best]},
+                    point=point, point_log_density=self.log_density(spec, dataset, point, engine="cmdstanpy"),
+                    start_log_densities=[float(v) for v in found], converged=optimize_converged(
+                        Path(modes[best].runset.stdout_files[0]).read_text()),
+                    iterations=None)
+        fit.timings = timings
+        return fit
 
 
 def n_unconstrained(spec: MixtureSpec) -> int:
@@ -720,10 +951,16 @@ def advi_progress(transcript: str, trace: np.ndarray | None, max_iterations: int
 
 
 def pathfinder_progress(transcript: str) -> tuple[bool, int | None, int | None]:
-    """(converged, best L-BFGS iteration, gradient evaluations) from Pathfinder's transcript."""
+    """(converged, L-BFGS iterations, gradient evaluations) from Pathfinder's transcript.
+
+    Iterations are each path's best iteration and evaluations each path's count, both summed
+    over paths ("Path [p] :Best Iter: [i] ELBO (...) evaluations: (e)" lines, one per path).
+    """
     converged = not ("terminated with error" in transcript or "Maximum number of iterations" in transcript)
-    found = re.search(r"Best Iter: \[(\d+)\].*?evaluations: \((\d+)\)", transcript)
-    return converged, (int(found[1]) if found else None), (int(found[2]) if found else None)
+    found = re.findall(r"Best Iter: \[(\d+)\].*?evaluations: \((\d+)\)", transcript)
+    if not found:
+        return converged, None, None
+    return converged, sum(int(i) for i, _ in found), sum(int(e) for _, e in found)
 
 
 def read_elbo_trace(path: str) -> np.ndarray | None:

@@ -37,6 +37,8 @@ def describe() -> str:
         lines.append(f"  CmdStan {cmdstan['cmdstan_version']} at {cmdstan['cmdstan_path']} (stan backend uses cmdstanpy)")
     else:
         lines.append("  CmdStan: not found (stan backend uses pystan: NUTS only)")
+        lines.append("    Install it for Stan's ADVI, Pathfinder, MAP and Laplace (and CmdStan's NUTS):")
+        lines.append("    python -m cmdstanpy.install_cmdstan   (or set CMDSTAN to an existing install)")
     lines.append(f"  pystan's Stan: {pystan_stan_version() or 'not found'}")
 
     lines.append("")

@@ -1,4 +1,4 @@
-"""The command line: mixbench run, mixbench report and mixbench list."""
+"""The command line: mixbench run, mixbench report, mixbench list and mixbench reference."""
 
 from __future__ import annotations
 
@@ -106,11 +106,17 @@ _SETTING_HELP = {
     "optimizer": "VI optimiser: adam, adagrad_window, sgd, ...", "learning_rate": "VI learning rate",
     "vi_tolerance": "VI convergence tolerance on the parameters", "vi_draws": "draws taken from a VI approximation",
     "batch_size": "minibatch size of the advi-minibatch-* methods",
+    "map_starts": "seeded random starts of MAP and of Laplace's mode search; the best is kept",
+    "advi_eta": "Stan ADVI step size eta",
+    "pathfinder_paths": "Pathfinder paths (single-path when 1)",
+    "pathfinder_resampling": "Pathfinder draws: psis (importance-resampled by PSIS weights, as Stan) "
+                             "or none (every path's draws pooled with equal weight)",
 }
 # Where a default is not a plain value, what it means.
 _SETTING_DEFAULT = {"sampler": "the backend's own: nutpie for pymc; cmdstanpy for stan where CmdStan is "
-                               "installed, else pystan"}
-_SETTING_METAVAR = {"sampler": "NAME", "precision": "{float64,float32}", "optimizer": "NAME"}
+                               "installed, else pystan", "advi_eta": "Stan adapts it"}
+_SETTING_METAVAR = {"sampler": "NAME", "precision": "{float64,float32}", "optimizer": "NAME", "advi_eta": "X",
+                    "pathfinder_resampling": "{psis,none}"}
 
 
 def _version() -> str:
@@ -120,6 +126,61 @@ def _version() -> str:
         return version("mixbench")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
+
+
+def _add_prior_options(group) -> None:
+    """Every prior of the spec, a spec file, and --standardize (run and reference share them)."""
+    group.add_argument("--spec", dest="spec_file", metavar="FILE", type=Path, default=None,
+                       help="a TOML or JSON file of spec fields (priors included); the options here override it")
+    group.add_argument("--slope-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every slope (default 0,2)")
+    group.add_argument("--intercept-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every intercept (default 0,2)")
+    group.add_argument("--sigma-prior", default=None, metavar="FAMILY:SCALE",
+                       help="uniform:UPPER (Uniform(0, UPPER)) or halfnormal:SCALE (default uniform:1)")
+    group.add_argument("--pi-alpha", default=None, metavar="A[,A2,...]", help="Dirichlet concentration(s) of the weights (default 1)")
+    group.add_argument("--standardize", action="store_true",
+                       help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
+
+
+def _add_reference_options(group, prefix: str = "--reference-") -> None:
+    from bench.reference import ReferenceSettings
+
+    defaults = ReferenceSettings()
+    group.add_argument(f"{prefix}backend", dest="ref_backend", choices=BACKEND_NAMES, default=defaults.backend,
+                       help=f"backend of the reference's NUTS run (default {defaults.backend})")
+    group.add_argument(f"{prefix}chains", dest="ref_chains", type=_positive_int, default=defaults.chains,
+                       help=f"reference NUTS chains (default {defaults.chains})")
+    group.add_argument(f"{prefix}warmup", dest="ref_warmup", type=_positive_int, default=defaults.warmup,
+                       help=f"reference NUTS warm-up iterations (default {defaults.warmup})")
+    group.add_argument(f"{prefix}draws", dest="ref_draws", type=_positive_int, default=defaults.draws,
+                       help=f"reference NUTS draws per chain (default {defaults.draws})")
+    group.add_argument(f"{prefix}seed", dest="ref_seed", type=int, default=defaults.seed,
+                       help=f"reference NUTS seed (default {defaults.seed})")
+
+
+def _reference_settings(args):
+    from bench.reference import ReferenceSettings
+
+    return ReferenceSettings(backend=args.ref_backend, chains=args.ref_chains, warmup=args.ref_warmup,
+                             draws=args.ref_draws, seed=args.ref_seed)
+
+
+def _spec_overrides(args) -> dict:
+    """Spec fields from a spec file, then from the options (which win)."""
+    from models.priors import (check_spec_fields, load_spec_file, normal_prior_text, pi_alpha_text,
+                               sigma_prior_text)
+
+    spec = load_spec_file(args.spec_file) if getattr(args, "spec_file", None) is not None else {}
+    spec.update({k: v for k, v in (("K", args.K), ("intercept", args.intercept), ("sigma", args.sigma),
+                                   ("ordering", args.ordering), ("likelihood", args.likelihood)) if v is not None})
+    if getattr(args, "slope_prior", None) is not None:
+        spec["slope_prior"] = normal_prior_text("--slope-prior", args.slope_prior)
+    if getattr(args, "intercept_prior", None) is not None:
+        spec["intercept_prior"] = normal_prior_text("--intercept-prior", args.intercept_prior)
+    if getattr(args, "sigma_prior", None) is not None:
+        spec["sigma_prior"] = sigma_prior_text("--sigma-prior", args.sigma_prior)
+    if getattr(args, "pi_alpha", None) is not None:
+        spec["pi_alpha"] = pi_alpha_text("--pi-alpha", args.pi_alpha)
+    return check_spec_fields(spec, "spec")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                       default=None,
                       help="mixture: the correct likelihood; forum-original: the forum thread's as posted (both "
                            "bugs); forum-batch-lse, forum-log-sigma: one bug each (default mixture)")
+    _add_prior_options(spec)
+    ref = run.add_argument_group("reference posterior (labelling target, modes, W1; mixbench reference makes one)")
+    ref.add_argument("--reference", default="auto", metavar="auto|make|none|PATH",
+                     help="auto (default): the cached reference, made now for data without a truth; make: made "
+                          "now if not cached, with a truth too; none; or a reference directory or a draws file (.nc/.csv)")
+    _add_reference_options(ref)
     settings = run.add_argument_group("fit settings")
     defaults = FitSettings()
     for f in fields(FitSettings):
@@ -173,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {int: _positive_int, float: _positive_float}.get(type(default), str)
         if f.name == "warmup":
             kind = int
+        if f.name == "advi_eta":
+            kind = _positive_float
         metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
         settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
                               metavar=metavar,
@@ -203,6 +272,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
+
+    reference = sub.add_parser("reference", help="make (or import) the reference posterior of a data set",
+                               description="Make a data set's reference posterior by a long multi-chain NUTS "
+                                           "run, check its diagnostics and cache it by data digest and spec; or "
+                                           "turn user-supplied draws into one.")
+    rsource = reference.add_mutually_exclusive_group()
+    rsource.add_argument("--scenario", metavar="NAME", default=None, help="built-in scenario (default forum-small)")
+    rsource.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
+                         help="a CSV file: covariate columns and a response column")
+    reference.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
+                           help="with --data: the covariate columns (default every column but the response)")
+    reference.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")
+    reference.add_argument("--N", type=_positive_int, default=None,
+                           help="data size of a built-in scenario (default the scenario's own)")
+    reference.add_argument("--data-seed", metavar="SEED", type=int, default=0,
+                           help="seed of the simulated data set (default 0)")
+    rspec = reference.add_argument_group("model (as for run)")
+    rspec.add_argument("--K", type=_positive_int, default=None, help="mixture components")
+    rspec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None,
+                       help="give each component an intercept")
+    rspec.add_argument("--sigma", choices=("shared", "per-component"), default=None,
+                       help="one noise scale for all components, or one each")
+    rspec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None,
+                       help="order the components by intercept or by first slope")
+    rspec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"),
+                       default=None, help="the likelihood (default mixture; see run --help)")
+    _add_prior_options(rspec)
+    rmake = reference.add_argument_group("how it is made")
+    _add_reference_options(rmake, prefix="--")
+    rmake.add_argument("--draws-file", metavar="FILE", type=Path, default=None,
+                       help="use these draws (netCDF with a posterior group, or CSV with columns w[k,d], b[k], "
+                            "sigma or sigma[k], pi[k]; optional chain column) instead of running NUTS")
+    rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
+                       help="write the reference here (default: the cache)")
     return parser
 
 
@@ -224,9 +327,8 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")
     settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
-    spec = {k: v for k, v in (("K", args.K), ("intercept", args.intercept), ("sigma", args.sigma),
-                              ("ordering", args.ordering), ("likelihood", args.likelihood)) if v is not None}
-    common = dict(settings=settings, spec=spec, data_seed=args.data_seed)
+    spec = _spec_overrides(args)
+    common = dict(settings=settings, spec=spec, data_seed=args.data_seed, standardize=args.standardize)
     if args.data is not None:
         from models.datafile import load_csv
 
@@ -326,13 +428,14 @@ def cmd_run(args) -> int:
     from bench.summary import print_summary
 
     cells, label = _cells_from_args(args)
+    ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
+    cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
     if args.fresh and (out_dir / CELLS_FILE).exists():
         (out_dir / CELLS_FILE).unlink()
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed)
     ids = {c.id for c in cells}
-    ensure_bytecode()
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     rows = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
     rows = [r for r in rows if r["cell_id"] in ids]
@@ -358,6 +461,69 @@ def cmd_report(args) -> int:
     return 0
 
 
+def attach_references(cells: list, choice: str, settings) -> list:
+    """Every cell of a data set gets that data set's reference posterior (made or read now, once
+    per data set, in this process), so that all its fits share one labelling."""
+    import dataclasses
+
+    from bench.harness import load_cell_data
+    from bench.problem import Problem
+    from bench.reference import resolve_reference
+
+    found: dict[str, str | None] = {}
+    out = []
+    for cell in cells:
+        key = dataclasses.replace(cell, backend="", method="", seed=0, settings={}).variant
+        if key not in found:
+            spec, dataset = load_cell_data(cell)
+            problem = Problem.make(spec, dataset, standardize=cell.standardize)
+            ref = resolve_reference(choice, problem, settings, has_truth=dataset.truth is not None,
+                                    progress=lambda text: print(text, file=sys.stderr, flush=True))
+            found[key] = str(ref.path) if ref is not None else None
+            if ref is not None:
+                print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
+        out.append(dataclasses.replace(cell, reference=found[key]))
+    return out
+
+
+def cmd_reference(args) -> int:
+    from bench.harness import Cell, load_cell_data
+    from bench.problem import Problem
+    from bench.reference import (cache_dir_for, make_reference, reference_from_draws, write_reference)
+    from models.datafile import load_csv
+    from models.scenarios import DEFAULT_SCENARIO
+
+    spec = _spec_overrides(args)
+    if args.data is not None:
+        dataset = load_csv(args.data, args.covariates, args.response)
+        cell = Cell(scenario=str(args.data.resolve()), backend="", method="nuts", spec=spec,
+                    covariates=tuple(dataset.covariates), response=args.response)
+    else:
+        if args.covariates is not None:
+            raise MixbenchError("--covariates: only applies with --data")
+        cell = Cell(scenario=args.scenario or DEFAULT_SCENARIO, backend="", method="nuts", spec=spec,
+                    n=args.N, data_seed=args.data_seed)
+    spec_obj, dataset = load_cell_data(cell)
+    problem = Problem.make(spec_obj, dataset, standardize=args.standardize)
+    settings = _reference_settings(args)
+    if args.draws_file is not None:
+        reference = reference_from_draws(problem, args.draws_file)
+        import hashlib
+
+        source = hashlib.sha256(args.draws_file.read_bytes()).hexdigest()
+        directory = args.out or cache_dir_for(problem, settings, source=source)
+    else:
+        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
+        directory = args.out or cache_dir_for(problem, settings)
+    write_reference(reference, directory)
+    print(reference.describe())
+    print(f"written: {directory}")
+    if not reference.accepted:
+        print("not accepted: runs refuse it; try more draws (--draws) or chains", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.availability import describe
 
@@ -367,7 +533,7 @@ def cmd_list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
+    handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference}[args.command]
     try:
         return handler(args)
     except MixbenchError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import _cells_from_args, build_parser
+from bench.cli import _cells_from_args, _reference_settings, attach_references, build_parser
 from bench.harness import Cell
 from models.errors import MixbenchError
 
@@ -70,9 +70,10 @@ def _grid(config) -> list[Cell]:
         raise pytest.UsageError("--scenario and --data: give one or the other")
     try:
         cells, _ = _cells_from_args(options)
+        # As mixbench run: every cell of a data set shares its reference posterior.
+        return attach_references(cells, options.reference, _reference_settings(options))
     except MixbenchError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return cells
 
 
 def pytest_generate_tests(metafunc):

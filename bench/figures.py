@@ -333,21 +333,20 @@ def _trace_file(row: pd.Series, run_dirs: list[Path]) -> Path | None:
 
 
 def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
-    """Error (with a truth), else held-out lpd or W1 (final values) against wall time; and notes
+    """Error (with a truth), else PSIS-LOO elpd or W1 (final values) against wall time; and notes
     on the data sets that have none of these."""
     figures, notes = [], []
     for index, (scenario, setup, rows) in enumerate(_setups(_ok(frame)), start=1):
         truth = (col(rows, "reference_source") == "truth").all()
         if truth:
             measure, ylabel, log_y = "w_err_max", "max slope error of the posterior mean (log scale)", True
-        elif num(rows, "lpd_heldout").notna().any():
-            measure, ylabel, log_y = "lpd_heldout", "held-out log predictive density per observation, nats", False
+        elif num(rows, "elpd_loo").notna().any():
+            measure, ylabel, log_y = "elpd_loo", "PSIS-LOO elpd of y, nats (higher is better)", False
         elif num(rows, "w_w1_max").notna().any():
             measure, ylabel, log_y = "w_w1_max", "max slope W1 distance to the reference (log scale)", True
         else:
             notes.append(f"No anytime figure for {_setup_title(scenario, setup)}: without a truth it plots the "
-                         "held-out log predictive density or the W1 distance to a reference posterior, and these "
-                         "rows carry neither.")
+                         "PSIS-LOO elpd or the W1 distance to a reference posterior, and these rows carry neither.")
             continue
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")

@@ -59,9 +59,16 @@ def _away(fit: pd.Series) -> str:
     parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("other", "collapsed", "mixed")
              if fit.get(f"landed_{mode}", 0)]
     text = ", ".join(parts)
-    if _present(fit.get("mode_gap_nats")):
-        text += f"; {fmt(fit['mode_gap_nats'])} nats below the target in log density"
+    if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:
+        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the reference posterior in log density"
     return text
+
+
+def _target(fits: pd.DataFrame) -> str:
+    if fits["truth"].all():
+        return "the truth"
+    targets = set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str))
+    return "the reference posterior's mode" if targets == {"reference"} else "the reference point"
 
 
 def _setup_title(fits: pd.DataFrame) -> str:
@@ -74,15 +81,17 @@ def _setup_title(fits: pd.DataFrame) -> str:
     if fits["truth"].all():
         return title + ": simulated, scored against the truth"
     targets = sorted(set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str)) - {"-"})
+    if targets == ["reference"]:
+        return title + ": no truth, scored against the reference posterior (one labelling for every fit)"
     target = f" ({', '.join(targets)}; see the glossary)" if targets else ""
-    return title + f": no truth, scored against a reference point{target}"
+    return title + f": no truth, scored against each fit's own reference point{target}"
 
 
 def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     """The findings of the fits of one setup."""
     sentences: list[Sentence] = []
     truth = bool(fits["truth"].all())
-    target = "the truth" if truth else "the reference point"
+    target = _target(fits)
     ran = fits[fits["seeds_ok"] > 0]
 
     every = ran[ran["on_target"] == ran["seeds_ok"]]
@@ -94,7 +103,7 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
             if error:
                 detail += f", {error[0]} error {fmt(error[1])}"
             items.append(f"{_name(fit)} ({detail})")
-        verb = "Recovered the truth" if truth else "Reached the reference point"
+        verb = "Recovered the truth" if truth else f"Reached {target}"
         sentences.append(Sentence(f"{verb} on every seed: {_listing(items)}.", "recovery" if truth else "modes",
                                   tuple(every["fit"])))
     some = ran[(ran["on_target"] > 0) & (ran["on_target"] < ran["seeds_ok"])]

@@ -3,15 +3,15 @@
 ``COLUMNS`` covers the columns of the per-fit tables (bench.tables) and of the cost sections
 (bench.costs); ``PATTERNS`` covers families of columns named by their values (``K=2 N=1e3 ms``);
 ``WORDS`` the vocabulary the cells hold (modes, statuses, k-hat labels, relabelling targets,
-flags). Where a row column is defined in ``bench.metrics.ROW_FIELDS`` the entry quotes it, so the
-two cannot drift apart; columns that only some results carry (``flags``, ``mode_gap_nats``,
-``lpd_heldout``) have their own text as a fallback.
+flags). Where a row column is defined in ``bench.metrics.ROW_FIELDS`` (and the flags in
+``bench.health.FLAGS``) the entry quotes it, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import re
 
+from bench.health import FLAGS
 from bench.metrics import ROW_FIELDS
 from bench.tables import ESS_LIMIT, ESS_TARGET, KHAT_BAD, RHAT_LIMIT
 
@@ -57,9 +57,12 @@ COLUMNS: dict[str, str] = {
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},
-    "gap nats": "how far below the target the fits that landed elsewhere are in log density, in nats: median "
-                "over those seeds of: " + _row("mode_gap_nats", "the log density at the target minus at the "
-                                                                "fit's mode"),
+    "lp gap max": "the largest over seeds of lp_gap, nats: " + _row("lp_gap", "the reference posterior's log "
+                                                                          "density minus the fit's"),
+    "distance max sd": "the largest over seeds of: " + _row("ref_distance_sd", "distance to the reference mean "
+                                                                              "in reference sds"),
+    "seeds poorer mode": "seeds with at least one chain in a poorer mode: " + _row("chains_below", "a mode far "
+                                                                                   "below the reference"),
     "labellings": "majority labellings reached and on how many seeds: 'j0,j1 x2' means fit component j_k plays "
                   "target component k, on 2 seeds; 0,1 is the target's own order",
     "chains disagree": "seeds whose chains' majority labellings differ (between-chain label switching; the "
@@ -93,9 +96,16 @@ COLUMNS: dict[str, str] = {
              f"good, below {KHAT_BAD} usable with care, {KHAT_BAD} or more the draws are not the posterior",
     "k-hat worst": "the largest k-hat over seeds",
     "seeds k-hat bad": f"seeds with k-hat {KHAT_BAD} or more",
-    "held-out lpd": "log predictive density of held-out observations per observation, nats (median over seeds; "
-                    "higher is better): " + _row("lpd_heldout", "the posterior predictive on data the fit did "
-                                                                "not see"),
+    "elpd_loo": "median over seeds of: " + _row("elpd_loo", "PSIS-LOO expected log predictive density, nats"),
+    "elpd_loo se": "median over seeds of: " + _row("elpd_loo_se", "standard error of elpd_loo"),
+    "elpd_loo - best": "elpd_loo minus the largest elpd_loo of the fits of the same data, nats: 0 for the best, "
+                       "negative for the others (compare with a few elpd_loo se)",
+    # flagged fits (one row per seed)
+    "mode": _row("mode", "where the chains landed"),
+    "lp gap nats": _row("lp_gap", "the reference posterior's log density minus the fit's, nats"),
+    "distance sd": _row("ref_distance_sd", "distance to the reference mean in reference sds"),
+    "at a bound": _row("bound_params", "parameters piling at a prior bound"),
+    "reference": "the reference posterior the fits were scored against, where one was used (mixbench reference)",
     # cost sections (bench.costs)
     "fits": "cells summarised in the row",
     "warm-up + sampling s": "seconds of NUTS warm-up and sampling (median over seeds)",
@@ -121,15 +131,20 @@ COLUMNS: dict[str, str] = {
     "version / value": "its version or value",
 }
 
-PATTERNS: list[tuple[str, str]] = [
-    (r"K=\d+ N=\S+ ms", "milliseconds per log density + gradient at K components and N observations (median over "
-                        "pytest-benchmark rounds)"),
+PATTERNS: list[tuple[str, str, str]] = [  # (regex, how the glossary names the family, meaning)
+    (r"K=\d+ N=\S+ ms", "K=k N=n ms",
+     "milliseconds per log density + gradient at K components and N observations (median over pytest-benchmark "
+     "rounds)"),
+    (r"(w|b|sigma|pi)(\[[\d,]+\])?", "w[k,d], b[k], sigma[k], pi[k]",
+     "a relabelled posterior mean (the truth in the truth row): w[k,d] slope of component k on covariate d, b[k] "
+     "intercept, sigma or sigma[k] noise sd, pi[k] weight, on the data's scale"),
 ]
 
 WORDS: dict[str, dict[str, str]] = {
     "mode words": {
         "truth": "every chain (or the VI / MAP fit) sits at the true parameters up to relabelling",
-        "reference": "without a truth: every chain sits at the reference point the draws were relabelled against",
+        "reference": "with a reference posterior: its mode (bench.landing); without one, every chain sits at the "
+                     "reference point the draws were relabelled against",
         "collapsed": "two components coincide or one has emptied out (weight below 0.02)",
         "other": "a distinct mode that is neither the target nor collapsed",
         "mixed": "chains of one fit landed in different modes",
@@ -146,21 +161,19 @@ WORDS: dict[str, dict[str, str]] = {
         "pivot": "a point given by the user",
         "map": "the fit's own highest-density draw",
         "chain0": "the mean of the fit's chain 0",
-        "reference-map, reference-chain0": "the same, taken from a reference posterior",
+        "reference": "the reference posterior's mean in its canonical labelling, shared by every fit of the data "
+                     "set (mixbench reference)",
+        "reference-map, reference-chain0": "a pivot taken from reference draws given without their log densities",
     },
     "k-hat words": {
         "good": "k-hat below 0.5: the draws can stand for the posterior",
         "ok": f"k-hat from 0.5 to {KHAT_BAD}: usable with care",
         "bad": f"k-hat {KHAT_BAD} or more: the approximation is not the posterior",
     },
-    "flag words": {
-        "divergences": "NUTS reported divergent transitions: the posterior geometry defeated the sampler somewhere",
-        "R-hat > 1.01": f"chains disagree beyond R-hat {RHAT_LIMIT} (Vehtari et al. 2021)",
-        "ESS < 400": f"fewer than {ESS_LIMIT} bulk-effective draws for the slowest parameter",
-        "k-hat >= 0.7": "the VI or Pathfinder draws are not the posterior (Yao et al. 2018)",
-        "not converged": "the optimiser stopped at its iteration limit without meeting its tolerance",
-        "non-finite draws": "some draws hold NaN or infinite parameters",
-    },
+    # bench.health's flags; rows written before it get the first ones from bench.tables.row_flags,
+    # with rhat above 1.01 and ess below 400.
+    "flag words": {**FLAGS, "rhat": f"{FLAGS.get('rhat', 'R-hat too high')} (rows without flags: above {RHAT_LIMIT})",
+                   "ess": f"{FLAGS.get('ess', 'ESS too low')} (rows without flags: bulk ESS below {ESS_LIMIT})"},
 }
 
 
@@ -168,7 +181,7 @@ def describe(column: str) -> str | None:
     """The glossary text of a column label, or None when it has none."""
     if column in COLUMNS:
         return COLUMNS[column]
-    for pattern, text in PATTERNS:
+    for pattern, _, text in PATTERNS:
         if re.fullmatch(pattern, column):
             return text
     return None
@@ -181,9 +194,9 @@ def glossary_for(columns: list[str]) -> list[tuple[str, str]]:
     for column in columns:
         key, text = column, COLUMNS.get(column)
         if text is None:
-            for pattern, pattern_text in PATTERNS:
+            for pattern, name, pattern_text in PATTERNS:
                 if re.fullmatch(pattern, column):
-                    key, text = pattern.replace(r"\d+", "k").replace(r"\S+", "n"), pattern_text
+                    key, text = name, pattern_text
         if text is None or key in seen:
             continue
         seen.add(key)

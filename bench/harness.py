@@ -48,6 +48,8 @@ class Cell:
     data_seed: int = 0  # the data set is shared by every cell of a scenario; seeds vary inference only
     covariates: tuple[str, ...] | None = None  # data file columns
     response: str = "y"
+    standardize: bool = False  # fit centred and scaled data, report on the data's scale (bench.problem)
+    reference: str | None = None  # directory of the data set's reference posterior (bench.reference)
 
     @property
     def is_data_file(self) -> bool:
@@ -60,11 +62,11 @@ class Cell:
     @property
     def variant(self) -> str:
         """A short stable hash of everything beyond the ids, so changed settings are new cells."""
-        blob = json.dumps(
-            {"settings": self.settings, "spec": self.spec, "n": self.n, "data_seed": self.data_seed,
-             "covariates": self.covariates, "response": self.response, "scenario": self.scenario},
-            sort_keys=True, default=str,
-        )
+        parts = {"settings": self.settings, "spec": self.spec, "n": self.n, "data_seed": self.data_seed,
+                 "covariates": self.covariates, "response": self.response, "scenario": self.scenario}
+        # Only when set, so that cells without them keep the ids earlier runs gave them.
+        parts.update({k: v for k, v in (("standardize", self.standardize), ("reference", self.reference)) if v})
+        blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     @property
@@ -73,6 +75,8 @@ class Cell:
         parts = [f"N={self.n}"] if self.n is not None else []
         parts += [f"{k}={v}" for k, v in sorted(self.spec.items())]
         parts += [f"{k}={v}" for k, v in sorted(self.settings.items())]
+        if self.standardize:
+            parts.append("standardize")
         if self.data_seed:
             parts.append(f"data_seed={self.data_seed}")
         return ", ".join(parts) or "default"
@@ -137,14 +141,15 @@ def load_cell_data(cell: Cell):
     return spec, dataset
 
 
-def posterior_means(fit, truth: dict | None) -> dict[str, float]:
+def posterior_means(fit, truth: dict | None, reference=None) -> dict[str, float]:
     """Relabelled posterior mean of every scalar parameter, plus the truth, as flat columns
-    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table."""
-    from bench.metrics import fit_draws, resolve_target
+    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table. Relabelled to the same
+    target as the metrics: the truth, else the reference posterior, else the fit's own pivot."""
+    from bench.metrics import fit_draws, labelling_target
     from bench.relabel import posterior_dataset, relabel
 
     draws = fit_draws(fit)
-    target, _ = resolve_target(truth, None, draws)
+    target, _ = labelling_target(truth, reference, None, draws)
     means = posterior_dataset(relabel(draws, target).draws).mean(dim=("chain", "draw"))
     out = {}
     for name in ("w", "b", "sigma", "pi"):
@@ -171,9 +176,13 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
     try:
         from backends import get_backend
         from bench.metrics import evaluate
+        from bench.problem import Problem
+        from bench.reference import load_reference
 
         with stopwatch(row, "t_data"):
             spec, dataset = load_cell_data(cell)
+            problem = Problem.make(spec, dataset, standardize=cell.standardize)
+            reference = load_reference(cell.reference, problem) if cell.reference else None
         row["N"] = dataset.N
         row["K"] = spec.K
         row["D"] = spec.D
@@ -181,12 +190,15 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
         with stopwatch(row, "t_backend_import"):
             backend = get_backend(cell.backend)
         with stopwatch(row, "t_fit"):
-            fit = backend.fit(spec, dataset, cell.method, settings, seed=cell.seed)
+            fit = backend.fit(spec, problem.fit_dataset, cell.method, settings, seed=cell.seed)
+        fit = problem.to_data_scale(fit)
         metrics_start = time.perf_counter()
-        row.update({**evaluate(fit, truth=dataset.truth), **cell_ids(cell)})
+        row.update({**evaluate(fit, truth=dataset.truth, reference=reference, problem=problem), **cell_ids(cell)})
         row["versions"] = fit.versions
+        if reference is not None:
+            row["reference_name"] = reference.name
         if fit.ok:
-            row.update(posterior_means(fit, dataset.truth))
+            row.update(posterior_means(fit, dataset.truth, reference))
         row["time_metrics"] = time.perf_counter() - metrics_start
         if fit.ok and fit.draws is not None and out_dir is not None:
             row.update(_keep_draws(cell, fit, out_dir, save_draws))

@@ -24,6 +24,9 @@ import xarray as xr
 from scipy.stats import wasserstein_distance
 
 from backends.base import Fit
+from bench.health import HEALTH_FIELDS, health
+from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
+from bench.predictive import LOO_FIELDS, loo_metrics
 from bench.relabel import (
     SAMPLE_DIMS,
     chain_mean_pivot,
@@ -105,16 +108,60 @@ class MetricSettings:
     normalising constant): k-hat is then -inf, the bounded-weights best case, which arviz-stats'
     tail fit cannot estimate."""
 
+    mode_distance_sd: float = 5.0
+    """With a reference posterior: a chain is in the reference's mode when every relabelled mean
+    lies within this many reference posterior sds of the reference's mean (bench.landing)."""
+
+    lp_gap_nats: float = 10.0
+    """A chain in another mode whose mean log density is more than max(lp_gap_nats, lp_gap_sd x
+    the sd of the reference's log densities) below the reference's sits in a poorer mode. For a
+    d-dimensional posterior that sd is about sqrt(d / 2) nats."""
+
+    lp_gap_sd: float = 4.0
+    """See ``lp_gap_nats``."""
+
+    lp_draws_per_chain: int = 200
+    """Draws per chain (evenly thinned) whose log density is evaluated for the gap."""
+
+    rhat_max: float = 1.01
+    """Health flag rhat: relabelled R-hat above this (Vehtari et al. 2021)."""
+
+    ess_min_per_chain: float = 100.0
+    """Health flag ess: bulk or tail ESS below this many per chain (Vehtari et al. 2021)."""
+
+    stuck_repeat_frac: float = 0.9
+    """Health flag stuck: a chain whose consecutive draws repeat exactly this often never moved."""
+
+    bound_rtol: float = 0.01
+    """Health flag *-at-bound: a sigma whose median lies within this fraction of a Uniform
+    prior's upper end."""
+
+    zero_rtol: float = 1e-3
+    """... or below this fraction of the sigma prior's scale (a component shrunk onto points)."""
+
+    loo_max_values: float = 2e7
+    """PSIS-LOO: draws are thinned so that draws x N stays under this (memory: 8 bytes each)."""
+
+    loo_max_draws: int = 1000
+    """PSIS-LOO: most draws used (fewer when N is large, see ``loo_max_values``; at least 100)."""
+
+    loo_max_obs: int = 1000
+    """PSIS-LOO: above this many observations, a seeded random subsample of this many is
+    Pareto-smoothed (arviz-stats' loo_subsample); Pareto smoothing costs milliseconds per observation."""
+
     def __post_init__(self):
         if not 0.0 < self.interval_prob < 1.0:
             raise ValueError(f"interval_prob: must be in (0, 1), got {self.interval_prob!r}")
         for name in ("truth_location_atol", "truth_sigma_rtol", "truth_weight_atol",
                      "collapse_location_atol", "collapse_sigma_rtol", "collapse_sd_multiple",
-                     "collapse_weight_min", "relabel_scale_floor", "khat_constant_tol"):
+                     "collapse_weight_min", "relabel_scale_floor", "khat_constant_tol", "mode_distance_sd",
+                     "lp_gap_nats", "lp_gap_sd", "rhat_max", "ess_min_per_chain", "stuck_repeat_frac",
+                     "bound_rtol", "zero_rtol", "loo_max_values"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
-        for name, least in (("switch_min_draws", 1), ("relabel_max_iter", 0)):
+        for name, least in (("switch_min_draws", 1), ("relabel_max_iter", 0), ("lp_draws_per_chain", 1),
+                            ("loo_max_draws", 2), ("loo_max_obs", 10)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
@@ -146,17 +193,24 @@ ROW_FIELDS: dict[str, str] = {
     "grad_evals": "gradient evaluations reported by the engine (NaN when unknown)",
     "divergences": "divergent transitions (the fit's count, else summed from sample_stats.diverging)",
     "converged": "the engine's own convergence flag (NaN when it gives none)",
-    "iterations": "optimisation iterations run (VI / MAP)",
+    "iterations": "optimisation iterations run (VI / MAP; MAP: summed over its starts)",
+    "map_starts": "MAP / Laplace mode search: how many seeded optimisation starts ran",
+    "map_starts_at_best": "how many of those starts ended within 0.01 nats of the best log density",
+    "at_bound": "coordinates of the MAP / mode on a bound of the prior's support (sigma at its Uniform "
+                "upper bound or 0, a weight at 0, tied ordered components); empty when interior",
     "nonfinite_draws": "draws with a NaN or infinite component parameter (left unrelabelled)",
     "relabel_converged": "whether the relabelling's scale refinement settled within relabel_max_iter",
     # Relabelling and mode
-    "reference_source": "what draws were relabelled against: truth; pivot (a point given); map or "
-                        "chain0 (pivot from the fit's own draws); reference-map or reference-chain0 "
-                        "(pivot from the reference posterior)",
-    "mode": "where the chains landed: truth (or reference, without a truth) when every chain matches "
-            "it, collapsed or other likewise, mixed when chains land in different modes",
+    "reference_source": "the labelling target every component was relabelled to: truth; reference (the "
+                        "reference posterior's mean, in its canonical labelling; every fit of the data set "
+                        "shares it); pivot (a point given); map or chain0 (the fit's own draws: components "
+                        "do not line up across fits); reference-map or reference-chain0 (a pivot taken "
+                        "from reference draws given without their log densities)",
+    "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.landing), "
+            "collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
+            "collapsed or other likewise; mixed when chains land in different modes",
     "permutation": "overall majority labelling, 'j0,j1,...': fit component j_k plays the target's k",
-    "chains_on_target": "chains in the truth's (or, without a truth, the reference point's) mode",
+    "chains_on_target": "chains in the reference posterior's mode (without one: the truth's, or the pivot's)",
     "chains_collapsed": "chains with coinciding components or an emptied component",
     "chains_other": "chains in neither",
     # Label switching
@@ -189,12 +243,19 @@ ROW_FIELDS: dict[str, str] = {
     "rhat_max": "max rank-normalised split R-hat over every scalar, relabelled (NaN for one chain)",
     "rhat_max_raw": "the same on the raw draws",
     # Approximation quality
-    "khat": "PSIS Pareto k-hat of log_p - log_q over the approximation's draws (-inf when the "
-            "ratios are constant, i.e. q is p; NaN without log_p / log_q)",
+    "khat": "PSIS Pareto k-hat of log_p - log_q over the approximation's draws (over its proposals "
+            "before resampling, for multi-path Pathfinder; -inf when the ratios are constant, i.e. "
+            "q is p; NaN without log_p / log_q)",
     "khat_label": "good (k < khat_good), ok (< khat_bad) or bad",
     **_family_fields("{f}_w1_max", "max over the {name} of the 1-Wasserstein distance between the "
                                    "fit's marginal and the reference posterior's, both relabelled"),
     **_family_fields("{f}_w1_mean", "mean of the same over the {name}"),
+    # Place against the reference posterior, by log density (NaN without a reference)
+    **LANDING_FIELDS,
+    # Predictive accuracy (label-invariant, no truth needed)
+    **LOO_FIELDS,
+    # Health
+    **HEALTH_FIELDS,
 }
 
 
@@ -494,12 +555,19 @@ def _diagnostic_dataset(draws: xr.DataTree) -> xr.Dataset:
     return ds[[name for name in FAMILIES if _present(ds, name)]]
 
 
+# Tail ESS is the smaller ESS of the indicators I(theta <= q05) and I(theta <= q95) (Vehtari et
+# al. 2021, as R's posterior::ess_tail). Without ``prob`` arviz-stats uses its rcParams interval
+# (0.89), i.e. the 5.5% / 94.5% quantiles instead.
+TAIL_ESS_PROB = (0.05, 0.95)
+
+
 def _ess_by_family(ds: xr.Dataset, method: str) -> dict[str, float]:
     with warnings.catch_warnings():
         # Constant scalars (weights pinned by a one-component fit) make arviz warn; their NaN is
         # the honest answer and is skipped by the minimum.
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = azs.ess(ds, method=method)
+        prob = TAIL_ESS_PROB if method == "tail" else None
+        result = azs.ess(ds, method=method, prob=prob)
     return {name: _nanmin(result[name].values) for name in result.data_vars}
 
 
@@ -628,10 +696,22 @@ def _identity(fit: Fit) -> dict[str, Any]:
         "divergences": fit.divergences,
         "converged": fit.converged,
         "iterations": fit.iterations,
+        "map_starts": len(fit.start_log_densities) if fit.start_log_densities else None,
+        "map_starts_at_best": _starts_at_best(fit.start_log_densities),
+        "at_bound": "; ".join(fit.at_bound) if fit.at_bound else None,
     }
     for phase in TIMING_PHASES:
         row[f"t_{phase}"] = fit.timings.get(phase)
     return row
+
+
+def _starts_at_best(log_densities: list[float] | None, tol: float = 0.01) -> int | None:
+    """How many optimisation starts ended within ``tol`` nats of the best one."""
+    if not log_densities:
+        return None
+    values = np.asarray(log_densities, dtype=float)
+    best = np.max(values)
+    return int(np.sum(values >= best - tol)) if np.isfinite(best) else 0
 
 
 def _divergences(fit: Fit, draws: xr.DataTree) -> int | None:
@@ -645,17 +725,23 @@ def _divergences(fit: Fit, draws: xr.DataTree) -> int | None:
 def evaluate(
     fit: Fit,
     truth: dict | None = None,
-    reference: xr.DataTree | None = None,
+    reference=None,
     pivot: dict | str | None = None,
     settings: MetricSettings = MetricSettings(),
+    problem=None,
 ) -> dict[str, Any]:
     """Every metric of one fit as a flat row whose keys are exactly ``ROW_FIELDS``.
 
-    truth: the true parameters (canonical names, no chain/draw), when known.
-    reference: a reference posterior's draws (a long NUTS run) for the Wasserstein distances; it
-    is relabelled against the same point as the fit.
-    pivot: the point to relabel against when there is no truth ("map", "chain0" or a point; see
-    ``resolve_target``).
+    truth: the true parameters (canonical names, no chain/draw), when known: the recovery target,
+    and the labelling target.
+    reference: the reference posterior (bench.reference.Reference): without a truth the labelling
+    target (its mean, in its canonical labelling, shared by every fit of the data set), and with
+    or without one what modes, log-density gaps and W1 are measured against. Draws alone (an
+    ArviZ DataTree) serve W1 and, without a truth, a pivot.
+    pivot: the point to relabel against when there is neither truth nor reference ("map",
+    "chain0" or a point; see ``resolve_target``): each fit then has its own labelling.
+    problem: the spec and data the fit belongs to (bench.problem.Problem); needed for log
+    densities (modes by log density), PSIS-LOO and the prior-bound flags, which are NaN without it.
     A fit that is not ok gives its identity and status with NaN everywhere else.
     """
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS, NAN)
@@ -664,18 +750,38 @@ def evaluate(
         draws = fit_draws(fit)
         if draws is None:
             raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
-        row.update(_evaluate_draws(fit, draws, truth, reference, pivot, settings))
+        row.update(_evaluate_draws(fit, draws, truth, reference, pivot, settings, problem))
     row = {key: _plain(row[key]) for key in ROW_FIELDS}
     return row
 
 
-def _evaluate_draws(fit, draws, truth, reference, pivot, settings) -> dict[str, Any]:
-    target, source = resolve_target(truth, pivot, draws, reference)
+def _reference_parts(reference) -> tuple[xr.DataTree | None, np.ndarray | None, dict | None]:
+    """(draws, lp per draw or None, labelling point or None) of a Reference or bare draws."""
+    if reference is None:
+        return None, None, None
+    if isinstance(reference, xr.DataTree):
+        return reference, None, None
+    return reference.draws, reference.lp, reference.point
+
+
+def labelling_target(truth: dict | None, reference, pivot, draws: xr.DataTree) -> tuple[dict, str]:
+    """The point a fit is relabelled to and its name (``reference_source``): the truth, else the
+    reference posterior's mean (canonical labelling), else a pivot (``resolve_target``)."""
+    ref_draws, _, ref_point = _reference_parts(reference)
+    if truth is None and ref_point is not None and not isinstance(pivot, dict):
+        return ref_point, "reference"
+    return resolve_target(truth, pivot, draws, ref_draws)
+
+
+def _evaluate_draws(fit, draws, truth, reference, pivot, settings, problem=None) -> dict[str, Any]:
+    ref_draws, ref_lp, _ = _reference_parts(reference)
+    target, source = labelling_target(truth, reference, pivot, draws)
     target_name = "truth" if truth is not None else "reference"
     rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
     target = rel.reference  # conformed to the draws' shapes
     ds = posterior_dataset(draws)
     mcmc = is_mcmc(fit)
+    single_point = ds.sizes["chain"] * ds.sizes["draw"] == 1
     row: dict[str, Any] = {
         "n_chains": ds.sizes["chain"],
         "n_draws": ds.sizes["draw"],
@@ -684,8 +790,17 @@ def _evaluate_draws(fit, draws, truth, reference, pivot, settings) -> dict[str, 
         "relabel_converged": rel.converged,
         "reference_source": source,
     }
-    modes = chain_modes(rel.draws, rel.permutations, target, target_name, settings)
-    row.update(mode_summary(modes, target_name))
+    ref_rel = None
+    if ref_draws is not None:
+        ref_rel = relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
+    if ref_rel is not None and ref_lp is not None and problem is not None:
+        summary = ReferenceSummary.of(ref_rel.draws, ref_lp)
+        landings = place_chains(rel.draws, rel.permutations, draws, problem, summary, settings,
+                                lambda mean, sd: is_collapsed(mean, sd, settings))
+        row.update(landing_summary(landings, summary, settings))
+    else:
+        modes = chain_modes(rel.draws, rel.permutations, target, target_name, settings)
+        row.update(mode_summary(modes, target_name))
     sw = label_switching(rel.permutations, settings.switch_min_draws)
     row.update({
         "permutation": sw.overall_majority,
@@ -700,13 +815,34 @@ def _evaluate_draws(fit, draws, truth, reference, pivot, settings) -> dict[str, 
         row.update(recovery(draws, truth, settings.interval_prob, suffix="_raw"))
     if mcmc:
         row.update(efficiency(rel.draws, draws, fit.timings.get("sampling"), fit.grad_evals))
-    if fit.log_p is not None and fit.log_q is not None:
+    proposal = importance_proposal(draws)
+    if proposal is not None:
+        row["khat"] = psis_khat(*proposal, settings.khat_constant_tol)
+        row["khat_label"] = khat_label(row["khat"], settings)
+    elif fit.log_p is not None and fit.log_q is not None:
         row["khat"] = psis_khat(fit.log_p, fit.log_q, settings.khat_constant_tol)
         row["khat_label"] = khat_label(row["khat"], settings)
-    if reference is not None:
-        ref_rel = relabel(reference, target, settings.relabel_scale_floor, settings.relabel_max_iter)
+    if ref_rel is not None:
         row.update(wasserstein_marginals(rel.draws, ref_rel.draws))
+    if problem is not None:
+        row.update(loo_metrics(fit, draws, problem, mcmc=mcmc, max_values=settings.loo_max_values,
+                               max_draws=settings.loo_max_draws, max_obs=settings.loo_max_obs))
+    row.update(health(row, draws, problem, mcmc=mcmc, single_point=single_point, converged=fit.converged,
+                      settings=settings))
     return row
+
+
+def importance_proposal(draws: xr.DataTree) -> tuple[np.ndarray, np.ndarray] | None:
+    """(log p, log q) of the proposal draws an importance-resampled fit was resampled from.
+
+    Backends that resample (Pathfinder, by default) keep the whole proposal in the group
+    ``importance_sampling`` (variables log_p, log_q over dim ``proposal``): its PSIS k-hat says
+    how far the resampled draws can be trusted. None when the fit did not resample.
+    """
+    if "importance_sampling" not in draws.children:
+        return None
+    group = draws["importance_sampling"]
+    return np.asarray(group["log_p"].values, dtype=float), np.asarray(group["log_q"].values, dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,7 +903,7 @@ def evaluate_vi_seeds(
             target, source = resolve_target(None, pivot, fit_draws(ok[0]))
             source = "first-fit-" + source
         else:
-            target, source = resolve_target(truth, pivot, fit_draws(ok[0]), reference)
+            target, source = labelling_target(truth, reference, pivot, fit_draws(ok[0]))
         target_name = "truth" if truth is not None else "reference"
         landings = [fit_landing(f, target, target_name, settings) for f in ok]
         modes = Counter(mode for mode, _ in landings)

@@ -31,7 +31,9 @@ from bench.tables import (
     col,
     environment_table,
     fit_summary,
+    flagged_table,
     fmt,
+    means_table,
     problems_table,
     report_tables,
     split_wide,
@@ -135,9 +137,8 @@ def build_report(paths: list[Path], fig_dir: Path):
 
     cost_tables, cost_figures = cost_sections(frame, environments, fig_dir)
     tables += [Table(_slug(title), title, text, table) for title, text, table in cost_tables]
-    problems = problems_table(frame) if len(frame) else Table("problems", "", "", pd.DataFrame())
-    if not problems.empty:
-        tables.append(problems)
+    if len(frame):
+        tables += [t for t in (flagged_table(frame), means_table(frame), problems_table(frame)) if not t.empty]
     tables = [part for table in tables for part in split_wide(table)]
     figures, notes = report_figures(frame, run_dirs or [fig_dir.parent], fig_dir) if len(frame) else ([], [])
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]

@@ -44,17 +44,16 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     return frame[ordered]
 
 
-TARGET_WORDS = {"truth": "the truth", "pivot": "the given pivot point", "map": "each fit's highest-density draw",
-                "chain0": "each fit's chain 0 mean", "reference-map": "the reference posterior's highest-density draw",
-                "reference-chain0": "the reference posterior's chain 0 mean"}
-
-
-def relabel_target(rows: list[dict]) -> str:
-    """What the rows' draws were relabelled against, in words (bench.metrics: reference_source)."""
-    sources = sorted({str(r["reference_source"]) for r in rows if isinstance(r.get("reference_source"), str)})
+def labelling_target_text(rows: list[dict]) -> str:
+    """What the rows' components were relabelled to, in words (metrics.ROW_FIELDS.reference_source)."""
+    sources = sorted({str(r.get("reference_source")) for r in rows if r.get("status") == "ok"})
+    if sources == ["truth"]:
+        return "the truth"
+    if sources == ["reference"]:
+        return "the reference posterior: one labelling for every row"
     if not sources:
-        return "the truth" if any(k.startswith("truth.") for r in rows for k in r) else "a reference point"
-    return " / ".join(TARGET_WORDS.get(s, s) for s in sources)
+        return "their target"
+    return "each fit's own pivot (" + ", ".join(sources) + "): components need not line up across rows"
 
 
 def print_summary(rows: list[dict], cells=None) -> None:
@@ -63,7 +62,7 @@ def print_summary(rows: list[dict], cells=None) -> None:
         return
     frame = summary_frame(rows)
     print()
-    print(f"Posterior means (components relabelled to {relabel_target(rows)}) and time split:")
+    print(f"Posterior means (components relabelled to {labelling_target_text(rows)}) and time split:")
     print(frame.map(_fmt).to_string(index=False))
     problems = [r for r in rows if r.get("status") != "ok"]
     for row in problems:

@@ -5,8 +5,10 @@ A *fit* is a backend x method on one setup (scenario or data file, and whatever 
 from its defaults), summarised over its seeds. Every fit gets an id (F1, F2, ...) that every table,
 figure and finding uses, so a sentence of the findings can be traced to its table rows.
 
-Columns that a results file may or may not carry (``flags``, ``mode_gap_nats``, ``lpd_heldout``,
-the W1 distances) are shown when present and left out when absent.
+Columns that a results file may or may not carry (``flags``, the landing against a reference
+posterior ``lp_gap`` / ``ref_distance_sd`` / ``chains_below``, ``elpd_loo``, the W1 distances) are
+shown when present and left out when absent; rows without ``flags`` get the same flags worked out
+here.
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ def has_truth(rows: pd.DataFrame) -> bool:
 
 
 def row_flags(row: pd.Series) -> list[str]:
-    """The health flags of one ok row: its ``flags`` column when the rows carry one, else the
-    report's own: divergences, R-hat above 1.01, bulk ESS below 400, k-hat at or above 0.7, an
-    optimiser that reports no convergence, draws with non-finite values."""
+    """The health flags of one ok row: its ``flags`` column (bench.health) when the row carries
+    one, else, for rows written before it, the same names worked out here: divergences, rhat
+    (above 1.01), ess (bulk below 400), khat (0.7 or more), not-converged, nonfinite."""
     value = row.get("flags")
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value if str(v)]
@@ -93,15 +95,15 @@ def row_flags(row: pd.Series) -> list[str]:
     if numbers["divergences"] > 0:
         flags.append("divergences")
     if numbers["rhat_max"] > RHAT_LIMIT:
-        flags.append("R-hat > 1.01")
+        flags.append("rhat")
     if numbers["ess_bulk_min"] < ESS_LIMIT:
-        flags.append("ESS < 400")
+        flags.append("ess")
     if numbers["khat"] >= KHAT_BAD:
-        flags.append("k-hat >= 0.7")
+        flags.append("khat")
     if row.get("converged") is False:
-        flags.append("not converged")
+        flags.append("not-converged")
     if numbers["nonfinite_draws"] > 0:
-        flags.append("non-finite draws")
+        flags.append("nonfinite")
     return flags
 
 
@@ -144,6 +146,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "N": _median(num(group, "N")),
             "cells": len(group), "seeds_ok": len(ok), "truth": bool(truth),
             "target": "truth" if truth else _counts_text(col(ok, "reference_source")).split(" x")[0],
+            "reference_name": _counts_text(col(ok, "reference_name")).split(" x")[0] if len(ok) else "-",
             "not_ok": _counts_text(col(group[group["status"] != "ok"], "status")),
         }
         modes = col(ok, "mode")
@@ -155,13 +158,20 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         record["seeds_disagree"] = int((disagree == True).sum())  # noqa: E712 (NaN-safe)
         record["switches"] = num(ok, "label_switches").sum(min_count=1)
         record["off_majority"] = num(ok, "off_majority_frac").mean()
-        away = ok[~modes.isin(TARGET_MODES)]
-        record["mode_gap_nats"] = _median(num(away, "mode_gap_nats")) if "mode_gap_nats" in frame else math.nan
+        # Against a reference posterior (bench.landing): how far below it in log density, how far
+        # from its mean in its sds, and how many seeds hold a chain in a poorer mode.
+        gap = num(ok, "lp_gap")
+        record["lp_gap_max"] = gap.max() if gap.notna().any() else math.nan
+        distance = num(ok, "ref_distance_sd")
+        record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
+        below = num(ok, "chains_below")
+        record["seeds_poorer"] = int((below > 0).sum()) if below.notna().any() else math.nan
         for family, label in FAMILY_LABELS.items():
             record[f"{family}_err"] = _median(num(ok, f"{family}_err_max"))
             record[f"{family}_cover"] = num(ok, f"{family}_coverage").mean()
             record[f"{family}_w1"] = _median(num(ok, f"{family}_w1_max"))
-        record["lpd_heldout"] = _median(num(ok, "lpd_heldout"))
+        record["elpd_loo"] = _median(num(ok, "elpd_loo"))
+        record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
         # Compile apart: the first cell of a setup compiles, later ones mostly load a cache, so
         # a median would mix the two; its range says which is which.
         compile_s = num(ok, "t_compile")
@@ -189,7 +199,13 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         record["flag_counts"] = dict(flags)
         records.append(record)
     records.sort(key=lambda r: int(r["fit"][1:]))
-    return pd.DataFrame(records)
+    fits = pd.DataFrame(records)
+    if len(fits):
+        # elpd sums over observations (thousands of nats): the difference to the best fit of the
+        # same data is what compares, as arviz-stats' compare shows it.
+        best = fits.groupby(["scenario", "setup"])["elpd_loo"].transform("max")
+        fits["elpd_loo_diff"] = fits["elpd_loo"] - best
+    return fits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +263,8 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
         Table("fits", "Fits", "What each fit id stands for: a backend x method on one setup, over its seeds. "
               "target: what the draws were relabelled against and scored with.",
               _view(fits, [*key, ("scenario", "scenario"), ("setup", "setup"), ("N", "N"), ("engine", "engine"),
-                           ("precision", "precision"), ("seeds", "seeds ok"), ("target", "target")])),
+                           ("precision", "precision"), ("seeds", "seeds ok"), ("target", "target"),
+                           ("reference_name", "reference")])),
         Table("recovery", "Recovery", "Error of the relabelled posterior means against the truth: median over "
               "seeds of the largest error in each family. Fits without a truth have no row here.",
               _view(fits[fits["truth"]], [*key, ("on target", "on target"), ("w_err", "slope err"),
@@ -261,7 +278,8 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               "switching within and between chains.",
               _view(fits, [*key, ("seeds", "seeds ok"),
                            *[(f"landed_{m}", f"landed {m}") for m in MODE_WORDS if fits[f"landed_{m}"].any()],
-                           ("mode_gap_nats", "gap nats"), ("labellings", "labellings"),
+                           ("lp_gap_max", "lp gap max"), ("ref_distance_max", "distance max sd"),
+                           ("seeds_poorer", "seeds poorer mode"), ("labellings", "labellings"),
                            ("seeds_disagree", "chains disagree"), ("switches", "switches"),
                            ("off_majority", "off majority")])),
         Table("cost", "Cost: time", "Seconds. Compile apart, as its range over seeds: the first cell compiles, "
@@ -281,13 +299,62 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               _view(fits, [*key, ("rhat_max", "R-hat max"), ("divergences", "divergences"),
                            ("converged", "converged"), ("flags", "flags")])),
         Table("vi", "Approximation quality", "PSIS k-hat of the VI and Pathfinder draws (below 0.5 good, 0.7 or "
-              "more: not usable as the posterior), distances to the reference posterior and held-out log "
-              "predictive density, where measured.",
+              "more: not usable as the posterior) and distances to the reference posterior, where measured.",
               _view(fits, [*key, ("khat", "k-hat"), ("khat_worst", "k-hat worst"),
                            ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"), ("b_w1", "intercept W1"),
-                           ("sigma_w1", "sigma W1"), ("pi_w1", "weight W1"), ("lpd_heldout", "held-out lpd")])),
+                           ("sigma_w1", "sigma W1"), ("pi_w1", "weight W1")])),
+        Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
+              "median over seeds, and its difference to the best fit of the same data.",
+              _view(fits, [*key, ("elpd_loo", "elpd_loo"), ("elpd_loo_se", "elpd_loo se"),
+                           ("elpd_loo_diff", "elpd_loo - best")])),
     ]
     return [t for t in tables if not t.empty]
+
+
+def flagged_table(frame: pd.DataFrame) -> Table:
+    """Every ok cell with a health flag, one row each: where it landed and why it is flagged."""
+    ok = frame[frame["status"] == "ok"] if len(frame) else frame
+    flags = [", ".join(row_flags(row)) for _, row in ok.iterrows()]
+    ok = ok.assign(_flags=flags)
+    ok = ok[ok["_flags"] != ""]
+    title = "Flagged fits"
+    if ok.empty:
+        return Table("flagged", title, "", pd.DataFrame())
+    columns = {"mode": "mode", "lp_gap": "lp gap nats", "ref_distance_sd": "distance sd", "rhat_max": "R-hat max",
+               "divergences": "divergences", "khat": "k-hat", "bound_params": "at a bound", "_flags": "flags"}
+    out = ok[["fit", "backend", "method", "seed"]].copy()
+    for name, label in columns.items():
+        values = num(ok, name) if name in ("lp_gap", "ref_distance_sd", "rhat_max", "divergences", "khat") else col(ok, name)
+        if values.notna().any() and not values.astype(str).isin(["", "nan"]).all():
+            out[label] = values
+    out = out.assign(_n=out["fit"].str[1:].astype(int)).sort_values(["_n", "seed"]).drop(columns="_n")
+    return Table("flagged", title, "Every fit with a health flag, one row per seed (flag words in the glossary).",
+                 out.reset_index(drop=True))
+
+
+def means_table(frame: pd.DataFrame) -> Table:
+    """Every ok cell's relabelled posterior means (the rows' mean.* columns), the truth first when
+    known: one labelling for every row when the target is the truth or a reference posterior."""
+    ok = frame[frame["status"] == "ok"] if len(frame) else frame
+    params = [c for c in ok.columns if str(c).startswith("mean.")]
+    if ok.empty or not params:
+        return Table("means", "Posterior means", "", pd.DataFrame())
+    order = {"w": 0, "b": 1, "sigma": 2, "pi": 3}
+    params = sorted(params, key=lambda c: (order.get(c[5:].split("[")[0], 9), c))
+    out = ok[["fit", "backend", "method", "seed", *params]].rename(columns={c: c[5:] for c in params})
+    out = out.assign(_n=out["fit"].str[1:].astype(int)).sort_values(["_n", "seed"]).drop(columns="_n")
+    truth = [c for c in ok.columns if str(c).startswith("truth.")]
+    if truth:
+        first = ok.iloc[0]
+        line = {"fit": "", "backend": "truth", "method": "", "seed": "", **{c[6:]: first[c] for c in truth}}
+        out = pd.concat([pd.DataFrame([line]), out], ignore_index=True)
+    for column in out.columns[4:]:
+        out[column] = pd.to_numeric(out[column], errors="coerce")
+    shared = set(col(ok, "reference_source").dropna().astype(str)) <= {"truth", "reference"}
+    text = ("Each seed's relabelled posterior means, on the data's scale. "
+            + ("Every row shares one labelling (the truth's or the reference posterior's)." if shared else
+               "Each fit is relabelled to its own pivot: components need not line up across rows."))
+    return Table("means", "Posterior means", text, out.reset_index(drop=True))
 
 
 def problems_table(frame: pd.DataFrame) -> Table:

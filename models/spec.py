@@ -199,12 +199,14 @@ class MixtureSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "MixtureSpec":
         data = dict(data)
-        if "slope_prior" in data and isinstance(data["slope_prior"], dict):
-            data["slope_prior"] = NormalPrior(**data["slope_prior"])
-        if "intercept_prior" in data and isinstance(data["intercept_prior"], dict):
-            data["intercept_prior"] = NormalPrior(**data["intercept_prior"])
-        if "sigma_prior" in data and isinstance(data["sigma_prior"], dict):
-            data["sigma_prior"] = SigmaPrior(**data["sigma_prior"])
+        for name, kind in (("slope_prior", NormalPrior), ("intercept_prior", NormalPrior),
+                           ("sigma_prior", SigmaPrior)):
+            if name in data and isinstance(data[name], dict):
+                unknown = sorted(set(data[name]) - set(kind.__dataclass_fields__))
+                if unknown:
+                    raise MixbenchError(f"{name}: unknown key(s) {', '.join(unknown)}; "
+                                        f"known: {', '.join(kind.__dataclass_fields__)}")
+                data[name] = kind(**data[name])
         if isinstance(data.get("pi_alpha"), list):
             data["pi_alpha"] = tuple(data["pi_alpha"])
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))

@@ -156,7 +156,16 @@ model {
         }
       }
     }
-    target += dot_product(F_colsum, col(C, 1)) - categorical_logit_glm_lpmf(first | F, no_intercept, C)
-              + normal_constant;
+    // A draw far out in the unconstrained space (sigma underflowing to 0, a weight to 0) makes C
+    // non-finite, and the GLM function throws on that. NUTS and L-BFGS treat a throw and -inf
+    // alike, but Stan's ADVI computes log_p__ for its output draws with no catch: one wide
+    // draw would end the run. -inf states the same thing without the throw.
+    real c_total = sum(C);
+    if (is_nan(c_total) || is_inf(c_total)) {
+      target += negative_infinity();
+    } else {
+      target += dot_product(F_colsum, col(C, 1)) - categorical_logit_glm_lpmf(first | F, no_intercept, C)
+                + normal_constant;
+    }
   }
 }

@@ -52,10 +52,19 @@ def test_every_method_runs_on_small_data(backend, method, scenario):
     settings = FitSettings(vi_iterations=200, vi_draws=40, batch_size=64)
     fit = backend.fit(sc.spec, data, method, settings, seed=0)
     assert fit.ok, fit.reason
-    assert fit.engine == "numpyro" and fit.iterations is not None and fit.iterations <= 200
+    # MAP runs map_starts optimisations and sums their iterations; its loss is the best start's.
+    starts = settings.map_starts if method == "map" else 1
+    assert fit.engine == "numpyro" and fit.iterations is not None and fit.iterations <= 200 * starts
     assert set(fit.timings) == {"compile", "optimisation", "extraction"}
     assert all(t >= 0 for t in fit.timings.values()) and fit.timings["optimisation"] > 0
-    assert len(fit.loss) == (fit.iterations if method != "pathfinder" else fit.iterations + 1)
+    if method == "map":
+        assert 1 <= len(fit.loss) <= 200
+    elif method == "pathfinder":
+        # Four paths: the loss is the best path's objective along its L-BFGS iterations, and
+        # iterations the longest path's.
+        assert 2 <= len(fit.loss) <= fit.iterations + 1
+    else:
+        assert len(fit.loss) == fit.iterations
     post = fit.draws.posterior
     n = 1 if method == "map" else 40
     K, D = sc.spec.K, sc.spec.D

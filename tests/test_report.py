@@ -33,7 +33,7 @@ def bench_session(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_fits.py", "-q", "-p", "no:cacheprovider",
          "--backends", f"{QUICK},{RAISING}", "--methods", "nuts,map", "--seeds", "0-1", "--N", "200",
-         f"--benchmark-json={json_path}", f"--mixbench-out={out}"],
+         f"--benchmark-json={json_path}", f"--out={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, MARKER_ENV: ""},
     )
     return result, json_path, out
@@ -150,7 +150,7 @@ def test_findings_say_who_recovered_how_often_and_what_it_cost():
     assert any(t.startswith("Time to 1,000 effective draws after compiling") and "pymc / nuts 3 s" in t for t in text)
     assert "Compiling took pymc / nuts 2 to 10 s, numpyro / advi-fullrank 2 to 10 s and numpyro / map 2 to 10 s" \
         in " ".join(text)
-    assert ("Health flags: numpyro / advi-fullrank: k-hat >= 0.7 on 1 of 2 seeds, not converged on 1 of 2 seeds."
+    assert ("Health flags: numpyro / advi-fullrank: khat on 1 of 2 seeds, not-converged on 1 of 2 seeds."
             in text)
     assert "No draws from: stan / pathfinder (unsupported x2)." in text
 
@@ -158,7 +158,7 @@ def test_findings_say_who_recovered_how_often_and_what_it_cost():
 def test_every_finding_is_traceable_to_its_table_rows():
     """Each sentence cites a table and fit ids; those rows exist, and every number in the sentence
     is in them (or is one of the report's fixed thresholds)."""
-    rows = _known_rows() + [_row("pymc", "nuts", 2, mode="other", mode_gap_nats=35.25, divergences=3)]
+    rows = _known_rows() + [_row("pymc", "nuts", 2, mode="other", lp_gap=35.25, divergences=3)]
     _, _, tables, found = _report_parts(rows)
     constants = {fmt(1000), "1.01", "400", "0.7"}
     checked = 0
@@ -172,7 +172,7 @@ def test_every_finding_is_traceable_to_its_table_rows():
                 (number, sentence.text, cells)
             checked += 1
     assert checked > 20
-    assert any("35.2 nats below the target" in s.text for s in found[0].sentences)  # gap shown when present
+    assert any("up to 35.2 nats below the reference posterior" in s.text for s in found[0].sentences)
 
 
 def test_findings_without_truth_say_reference_not_truth(capsys):
@@ -180,13 +180,19 @@ def test_findings_without_truth_say_reference_not_truth(capsys):
 
     rows = _known_rows(truth=False)
     _, fits, tables, found = _report_parts(rows)
-    assert found[0].title == "mydata, N = 2,000: no truth, scored against a reference point (map; see the glossary)"
+    assert found[0].title == ("mydata, N = 2,000: no truth, scored against each fit's own reference point (map; see "
+                              "the glossary)")
     assert found[0].sentences[0].text.startswith("Reached the reference point on every seed: pymc / nuts (2 of 2).")
+    shared = [dict(r, reference_source="reference", mode="reference" if r.get("mode") == "truth" else r.get("mode"))
+              if r["status"] == "ok" else r for r in rows]
+    title, first = _report_parts(shared)[3][0].title, _report_parts(shared)[3][0].sentences[0].text
+    assert title == "mydata, N = 2,000: no truth, scored against the reference posterior (one labelling for every fit)"
+    assert first.startswith("Reached the reference posterior's mode on every seed: pymc / nuts (2 of 2).")
     assert not any("truth" in s.text for s in found[0].sentences)
     assert "recovery" not in tables and "coverage" not in tables  # no truth, no recovery errors
     print_summary(rows)
     out = capsys.readouterr().out
-    assert "relabelled to each fit's highest-density draw" in out and "relabelled to the truth" not in out
+    assert "relabelled to each fit's own pivot (map)" in out and "relabelled to the truth" not in out
 
 
 def test_numbers_have_one_format():
@@ -205,22 +211,24 @@ def test_wide_tables_are_split_with_their_keys_repeated():
 
 def test_optional_columns_appear_when_the_rows_carry_them(tmp_path):
     plain = _known_rows()
-    extra = [dict(r, lpd_heldout=-0.91, w_w1_max=0.02, flags="divergences") if r["status"] == "ok" else r
-             for r in plain]
+    extra = [dict(r, elpd_loo=-1510.5, w_w1_max=0.02, lp_gap=0.5, flags="divergences,rhat") if r["status"] == "ok"
+             else r for r in plain]
     texts = {}
     for name, rows in (("plain", plain), ("extra", extra)):
         run = tmp_path / name
         run.mkdir()
         (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         texts[name] = write_report([run], run)["markdown"].read_text()
-    for column in ("held-out lpd", "slope W1"):
+    for column in ("elpd_loo", "elpd_loo - best", "slope W1", "lp gap max"):
         assert f"| {column} |" in texts["extra"] and f"| {column} |" not in texts["plain"]
-    assert "divergences x2" in texts["extra"]  # the rows' own flags column replaces the report's
+    assert "divergences x2, rhat x2" in texts["extra"]  # the rows' own flags column replaces the report's
+    assert "## Flagged fits" in texts["extra"] and "## Posterior means" in texts["plain"]
 
 
 def test_glossary_explains_every_column_and_every_mode_word(bench_session, tmp_path):
     _, json_path, _ = bench_session
-    rows = [dict(r, lpd_heldout=-0.9, mode_gap_nats=3.0, w_w1_max=0.01, b_w1_max=0.01, flags="x")
+    rows = [dict(r, elpd_loo=-900.0, elpd_loo_se=3.0, lp_gap=3.0, ref_distance_sd=0.5, chains_below=1,
+                 w_w1_max=0.01, b_w1_max=0.01, flags="poor-mode", bound_params="sigma upper", reference_name="ref-1")
             for r in _known_rows() if r["status"] == "ok"]
     run = tmp_path / "run"
     run.mkdir()
@@ -230,7 +238,8 @@ def test_glossary_explains_every_column_and_every_mode_word(bench_session, tmp_p
     (run / "cells.jsonl").open("a").write("".join(json.dumps(r) + "\n" for r in _cell_rows()))
     _, _, _, _, tables, environment = build_report([run, json_path, _cost_json(tmp_path / "c.json")], tmp_path / "f")
     columns = {c for t in [*tables, environment] for c in t.frame.columns}
-    assert {"gap nats", "held-out lpd", "slope W1", "K=2 N=1e3 ms", "overhead %", "landed collapsed"} <= columns
+    assert {"lp gap max", "elpd_loo - best", "slope W1", "K=2 N=1e3 ms", "overhead %", "landed collapsed",
+            "at a bound", "w[1,0]", "reference"} <= columns
     assert [c for c in columns if describe(c) is None] == []
     assert set(WORDS["mode words"]) == {"truth", "reference", "collapsed", "other", "mixed"}
     text = write_report([run], tmp_path / "out")["markdown"].read_text()
@@ -356,4 +365,4 @@ def test_quickest_fit_is_named_with_its_flags_and_the_quickest_without():
     assert ("Quickest to reach the truth on every seed, compile apart: numpyro / pathfinder, 0.5 s to fit, "
             "but with health flags (below).") in text
     assert "Quickest to reach the truth on every seed without a health flag: pymc / nuts, 3 s to fit." in text
-    assert "Health flags: numpyro / pathfinder: k-hat >= 0.7 on 2 of 2 seeds." in text
+    assert "Health flags: numpyro / pathfinder: khat on 2 of 2 seeds." in text

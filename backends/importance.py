@@ -1,0 +1,70 @@
+"""Importance resampling of an approximation's draws, as Stan's multi-path Pathfinder does it.
+
+Zhang, Carpenter, Gelman & Vehtari (2022), "Pathfinder: parallel quasi-Newton variational
+inference", Algorithm 5; Stan's ``services/pathfinder/multi.hpp``: the draws of every path are
+pooled, each weighted by p/q with q its own path's normal approximation; the log weights are
+Pareto-smoothed (PSIS, Vehtari et al. 2024, here by arviz-stats' ``psislw``); the returned draws
+are a categorical sample with replacement from the pool under the smoothed weights. A path that
+ended in a poor mode has weights e^-(its gap) and drops out.
+
+The pool itself is kept with the fit (``proposal_group``), so the PSIS k-hat of the proposal, the
+diagnostic of how far the resampled draws can be trusted, can be computed downstream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import arviz_stats.accessors  # noqa: F401  (registers the .azstats accessor)
+import numpy as np
+import xarray as xr
+from scipy.special import softmax
+
+GROUP = "importance_sampling"
+
+
+def psis_log_weights(log_p: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed, normalised log importance weights of p/q, and the PSIS k-hat.
+
+    Draws with a non-finite ratio get weight 0 (log weight -inf) and stay out of the tail fit.
+    Raises ValueError when no ratio is finite.
+    """
+    log_ratio = np.asarray(log_p, dtype=float).ravel() - np.asarray(log_q, dtype=float).ravel()
+    finite = np.isfinite(log_ratio)
+    if not finite.any():
+        raise ValueError("importance resampling: no draw has a finite importance ratio")
+    smoothed = np.full(log_ratio.shape, -np.inf)
+    values = log_ratio[finite]
+    if np.ptp(values) < 1e-8:
+        # q equals p up to a constant: equal weights, nothing to smooth (arviz-stats cannot fit
+        # a tail to equal values).
+        smoothed[finite] = -math.log(values.size)
+        return smoothed, -math.inf
+    # arviz-stats smooths exp(-x) for the x it is given (its LOO convention), and returns the
+    # normalised log of the smoothed weights.
+    log_weights, khat = xr.DataArray(-values, dims=["sample"]).azstats.psislw(dim="sample", r_eff=1.0)
+    smoothed[finite] = np.asarray(log_weights.values, dtype=float)
+    khat = float(khat)
+    return smoothed, (math.inf if math.isnan(khat) else khat)
+
+
+def psis_resample(log_p: np.ndarray, log_q: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, float]:
+    """Indices of ``n`` draws taken with replacement from the pool by PSIS weights, and k-hat."""
+    log_weights, khat = psis_log_weights(log_p, log_q)
+    prob = softmax(log_weights)
+    prob = np.where(np.isfinite(prob), prob, 0.0)
+    prob = prob / prob.sum()
+    rng = np.random.default_rng(seed)
+    return rng.choice(prob.size, size=n, replace=True, p=prob), khat
+
+
+def proposal_group(log_p: np.ndarray, log_q: np.ndarray, path: np.ndarray, chosen: np.ndarray | None,
+                   **attrs) -> xr.DataTree:
+    """The pool the draws came from, as a DataTree group: log_p, log_q and path per proposal draw,
+    and how often each was chosen (absent when the draws were not resampled)."""
+    data = {"log_p": ("proposal", np.asarray(log_p, dtype=float)),
+            "log_q": ("proposal", np.asarray(log_q, dtype=float)),
+            "path": ("proposal", np.asarray(path, dtype=int))}
+    if chosen is not None:
+        data["times_chosen"] = ("proposal", np.bincount(chosen, minlength=np.size(log_p)))
+    return xr.DataTree(xr.Dataset(data, coords={"proposal": np.arange(np.size(log_p))}, attrs=attrs))

@@ -1,0 +1,138 @@
+"""The engine-neutral parts of the Laplace approximation: the multi-start mode search on an
+engine's compiled (loss, gradient, Hessian), the covariance, and the check that the search ended
+at the mode.
+
+The approximation is the Gaussian on the engine's unconstrained space centred at the mode of the
+log density *with* the Jacobian of the constraining transforms, covariance the inverse of the
+negative Hessian there (Bishop 2006, Pattern Recognition and Machine Learning, section 4.4; as
+Stan's ``laplace_sample`` with jacobian=True). The PyMC and NumPyro backends search for that mode
+the same way, SciPy's trust-region Newton method with the exact Hessian (``trust-exact``, which
+copes with the indefinite Hessians met away from the mode), so that the two differ only in the
+engines' densities and derivatives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import linalg, optimize
+
+# trust-exact stops when the gradient's norm is below GTOL, or earlier when rounding leaves no
+# predicted improvement (large N, float32): either way at the mode as far as the precision
+# resolves it. Whether it got there is judged scale-free by the Newton decrement
+# sqrt(g' H^-1 g): the distance from the Newton step's target in posterior standard deviations
+# (Boyd & Vandenberghe 2004, Convex Optimization, section 9.5.1); converged below DECREMENT.
+GTOL = 1e-8
+DECREMENT = 1e-2
+
+
+class Objective:
+    """A compiled f(z) -> (-log density with Jacobian, gradient, Hessian) for SciPy, evaluated
+    once per point (SciPy asks for the loss with its gradient and for the Hessian apart, at the
+    same points). ``cast`` turns SciPy's float64 point into what f takes; f's outputs come back
+    as float64 NumPy."""
+
+    def __init__(self, function: Callable, cast: Callable[[np.ndarray], object] = np.asarray):
+        self.function, self.cast = function, cast
+        self.x: np.ndarray | None = None
+        self.value: tuple[float, np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.x is None or not np.array_equal(x, self.x):
+            loss, grad, hess = self.function(self.cast(x))
+            self.x = np.array(x, dtype=np.float64, copy=True)
+            self.value = (float(loss), np.asarray(grad, np.float64), np.asarray(hess, np.float64))
+        return self.value
+
+    def loss_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        return self(x)[:2]
+
+    def hessian(self, x: np.ndarray) -> np.ndarray:
+        return self(x)[2]
+
+
+@dataclass
+class ModeSearch:
+    """Every start's outcome. ``log_densities``: each start's final log density with the Jacobian
+    (-inf for a start that failed), in start order; ``best``: the index of the highest."""
+
+    modes: list[np.ndarray | None]
+    log_densities: list[float]
+    iterations: int
+    grad_evals: int
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.log_densities))
+
+    @property
+    def found(self) -> bool:
+        return math.isfinite(self.log_densities[self.best])
+
+
+def search_modes(objective: Objective, starts: list[np.ndarray], maxiter: int) -> ModeSearch:
+    """trust-exact from each start (at most ``maxiter`` iterations each). A start fails when the
+    optimiser raises on a non-finite value or ends at a non-finite point or loss. Iterations and
+    gradient evaluations are summed over starts."""
+    modes, log_densities, iterations, grad_evals = [], [], 0, 0
+    for x0 in starts:
+        try:
+            with np.errstate(all="ignore"):
+                result = optimize.minimize(objective.loss_and_gradient, np.asarray(x0, np.float64), jac=True,
+                                           hess=objective.hessian, method="trust-exact",
+                                           options={"gtol": GTOL, "maxiter": maxiter})
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            modes.append(None)
+            log_densities.append(-math.inf)
+            continue
+        iterations += int(result.nit)
+        grad_evals += int(result.njev)
+        ok = bool(np.all(np.isfinite(result.x)) and np.isfinite(result.fun))
+        modes.append(np.asarray(result.x, np.float64) if ok else None)
+        log_densities.append(-float(result.fun) if ok else -math.inf)
+    return ModeSearch(modes, log_densities, iterations, grad_evals)
+
+
+def not_positive_definite(matrix: np.ndarray) -> str | None:
+    """Why ``matrix`` (a negative Hessian of the log density, or its inverse) cannot be a
+    Gaussian's precision or covariance; None when it can (a Cholesky factor exists)."""
+    if not np.all(np.isfinite(matrix)):
+        return "the Hessian of the log density at the mode is not finite"
+    try:
+        np.linalg.cholesky(0.5 * (matrix + matrix.T))
+    except np.linalg.LinAlgError:
+        smallest = float(np.linalg.eigvalsh(0.5 * (matrix + matrix.T))[0])
+        return (f"the negative Hessian of the log density at the mode is not positive definite "
+                f"(smallest eigenvalue of the matrix {smallest:.3g}): no Gaussian approximation exists there")
+    return None
+
+
+def inverse_hessian(hessian: np.ndarray) -> np.ndarray:
+    """The covariance: the inverse of a positive-definite Hessian of -log p, by Cholesky solve,
+    symmetrised. Check ``not_positive_definite(hessian)`` first."""
+    factor = linalg.cho_factor(0.5 * (hessian + hessian.T), lower=True)
+    cov = linalg.cho_solve(factor, np.eye(hessian.shape[0]))
+    return 0.5 * (cov + cov.T)
+
+
+def newton_decrement(gradient: np.ndarray, cov: np.ndarray) -> float:
+    """sqrt(g' H^-1 g) at a point with gradient g and inverse Hessian ``cov``."""
+    return float(np.sqrt(max(float(gradient @ cov @ gradient), 0.0)))
+
+
+def gaussian_draws(mean: np.ndarray, cov: np.ndarray, n: int, seed: int,
+                   dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws of N(mean, cov), shape (n, d), rounded to ``dtype``, and the Gaussian's exact
+    log density at each, shape (n,), in float64: draws mean + L eps with cov = L L^T and
+    eps ~ N(0, I) from NumPy's generator seeded ``seed``; at a draw z,
+    log q = -0.5 |L^-1 (z - mean)|^2 - sum(log diag L) - d/2 log(2 pi)."""
+    factor = np.linalg.cholesky(cov)
+    eps = np.random.default_rng(seed).standard_normal((n, mean.size))
+    z = (mean + eps @ factor.T).astype(dtype)
+    white = linalg.solve_triangular(factor, (z.astype(np.float64) - mean).T, lower=True)
+    log_q = (-0.5 * np.sum(white**2, axis=0) - np.sum(np.log(np.diag(factor)))
+             - 0.5 * mean.size * math.log(2.0 * math.pi))
+    return z, log_q

@@ -1,0 +1,152 @@
+"""Where a fit landed, told by the reference posterior: its mode, a log-density gap, a distance.
+
+Every chain (an approximation's draws and a MAP point count as one chain) is placed against the
+reference posterior (bench.reference), both relabelled to the same target:
+
+- collapsed: components coincide or one has emptied (``metrics.is_collapsed``), as without a
+  reference;
+- reference: every relabelled posterior mean lies within ``mode_distance_sd`` reference posterior
+  sds of the reference's mean;
+- other: anywhere else.
+
+Beside the class each chain gets
+
+- its distance: max over every scalar of |chain mean - reference mean| / reference sd;
+- its log-density gap, in nats: the reference's mean log density minus the chain's (over evenly
+  thinned draws), or, for a single point (MAP), the reference's highest draw's minus the
+  point's: a point at the reference's mode is at least as high as every draw. Positive: below.
+
+A chain in another mode whose gap exceeds the tolerance max(lp_gap_nats, lp_gap_sd x sd of the
+reference's log densities) sits in a poorer mode (``chains_below``); one that far above means the
+reference missed a better mode (``chains_above``). Log densities are the oracle's
+(bench.problem): label-invariant, so no labelling enters the gap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from bench.problem import Problem
+from bench.relabel import decode_perm, perm_codes, perm_label, posterior_dataset
+
+NAN = float("nan")
+
+LANDING_FIELDS: dict[str, str] = {
+    "lp_mean": "mean log density (log prior + log likelihood, nats) of the fit's draws, thinned evenly, "
+               "pooled over chains; the point's own for MAP",
+    "lp_gap": "the reference's mean log density (its highest draw's, for a single point) minus the fit's, "
+              "for the chain furthest below (nats; > 0: below the reference)",
+    "lp_gap_chains": "the same gap for every chain, 'g0;g1;...'",
+    "ref_distance_sd": "largest |relabelled mean - reference mean| / reference sd over every scalar, for the "
+                       "chain furthest away",
+    "chains_below": "chains in another mode more than the gap tolerance below the reference (a poorer mode)",
+    "chains_above": "chains in another mode more than the gap tolerance above the reference (the reference "
+                    "missed a better mode)",
+    "lp_gap_tol": "the gap tolerance used: max(lp_gap_nats, lp_gap_sd x sd of the reference's log densities)",
+}
+
+
+@dataclass(frozen=True)
+class ReferenceSummary:
+    """What placing a fit needs from the reference: moments of its relabelled draws and its lp."""
+
+    mean: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray]
+    lp_mean: float
+    lp_max: float
+    lp_sd: float
+
+    @classmethod
+    def of(cls, relabelled: xr.DataTree, lp: np.ndarray) -> "ReferenceSummary":
+        ds = posterior_dataset(relabelled)
+        mean = {n: np.asarray(ds[n].mean(("chain", "draw")).values, dtype=float) for n in ds.data_vars}
+        sd = {n: np.asarray(ds[n].std(("chain", "draw")).values, dtype=float) for n in ds.data_vars}
+        finite = np.asarray(lp, dtype=float)[np.isfinite(lp)]
+        return cls(mean, sd, float(finite.mean()), float(finite.max()), float(finite.std()))
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where one chain landed."""
+
+    chain: int
+    mode: str  # reference, collapsed or other
+    permutation: str
+    majority_frac: float
+    distance_sd: float
+    lp_mean: float
+    lp_gap: float
+
+
+def distance_sd(mean: dict, ref: ReferenceSummary, floor: float) -> float:
+    """max over every scalar of |mean - reference mean| / reference sd (sd floored)."""
+    worst = 0.0
+    for name, ref_mean in ref.mean.items():
+        if name not in mean or np.size(ref_mean) == 0:
+            continue
+        gap = np.abs(np.asarray(mean[name], dtype=float) - ref_mean)
+        scale = np.maximum(ref.sd[name], floor)
+        worst = max(worst, float(np.max(gap / scale)))
+    return worst
+
+
+def place_chains(relabelled: xr.DataTree, permutations: np.ndarray, raw: xr.DataTree, problem: Problem,
+                 ref: ReferenceSummary, settings, collapsed_fn) -> list[Landing]:
+    """A Landing per chain. ``collapsed_fn(mean, sd)`` says whether components coincide."""
+    ds = posterior_dataset(relabelled)
+    lp, _ = problem.draw_log_densities(raw, per_chain=settings.lp_draws_per_chain)
+    codes = perm_codes(permutations)
+    K = permutations.shape[-1]
+    single = ds.sizes["chain"] * ds.sizes["draw"] == 1
+    out = []
+    for c in range(ds.sizes["chain"]):
+        chain = ds.isel(chain=c)
+        mean = {n: np.asarray(chain[n].mean("draw").values, dtype=float) for n in chain.data_vars}
+        sd = {n: np.asarray(chain[n].std("draw").values, dtype=float) for n in chain.data_vars}
+        finite_lp = lp[c][np.isfinite(lp[c])]
+        lp_mean = float(finite_lp.mean()) if finite_lp.size else -math.inf
+        gap = (ref.lp_max if single else ref.lp_mean) - lp_mean
+        dist = distance_sd(mean, ref, settings.relabel_scale_floor)
+        if not all(np.all(np.isfinite(v)) for v in mean.values()):
+            mode = "other"
+        elif collapsed_fn(mean, sd):
+            mode = "collapsed"
+        elif dist <= settings.mode_distance_sd:
+            mode = "reference"
+        else:
+            mode = "other"
+        values, counts = np.unique(codes[c], return_counts=True)
+        top = int(np.argmax(counts))
+        out.append(Landing(chain=c, mode=mode, permutation=perm_label(decode_perm(values[top], K)),
+                           majority_frac=float(counts[top] / codes.shape[1]), distance_sd=dist,
+                           lp_mean=lp_mean, lp_gap=float(gap)))
+    return out
+
+
+def gap_tolerance(ref: ReferenceSummary, settings) -> float:
+    return max(settings.lp_gap_nats, settings.lp_gap_sd * ref.lp_sd)
+
+
+def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings) -> dict[str, Any]:
+    """The LANDING_FIELDS and the mode columns of the row."""
+    tol = gap_tolerance(ref, settings)
+    kinds = {land.mode for land in landings}
+    lps = [land.lp_mean for land in landings]
+    return {
+        "mode": kinds.pop() if len(kinds) == 1 else "mixed",
+        "chains_on_target": sum(land.mode == "reference" for land in landings),
+        "chains_collapsed": sum(land.mode == "collapsed" for land in landings),
+        "chains_other": sum(land.mode == "other" for land in landings),
+        "lp_mean": float(np.mean(lps)) if lps else NAN,
+        "lp_gap": max(land.lp_gap for land in landings),
+        "lp_gap_chains": ";".join(f"{land.lp_gap:.4g}" for land in landings),
+        "ref_distance_sd": max(land.distance_sd for land in landings),
+        "chains_below": sum(land.mode != "reference" and land.lp_gap > tol for land in landings),
+        "chains_above": sum(land.mode != "reference" and land.lp_gap < -tol for land in landings),
+        "lp_gap_tol": tol,
+    }

@@ -1,0 +1,123 @@
+"""Predictive accuracy of a fit: leave-one-out expected log predictive density (PSIS-LOO).
+
+elpd_loo = sum_i log p(y_i | y_-i), estimated from the fit's draws by Pareto-smoothed importance
+sampling (Vehtari, Gelman & Gabry 2017) with arviz-stats' ``loo``. It needs no truth and no
+labelling (each term averages the mixture density over draws), so it compares any two fits of
+the same data, as PPL Bench compares PPLs by held-out predictive log likelihood.
+
+- MCMC draws: ``azs.loo`` (relative efficiency from the chains).
+- An approximation's own draws (ADVI, Pathfinder without resampling), with log p and log q per
+  draw: ``azs.loo_approximate_posterior``, whose weights p/q correct for sampling from q
+  (Magnusson et al. 2019).
+- Draws importance-resampled towards the posterior (Pathfinder's default): ``azs.loo`` with
+  r_eff = 1.
+- A single point (MAP): no posterior to leave a point out of; NaN.
+
+The pointwise log likelihood is the oracle's (bench.problem), on the data's scale. Its size is
+draws x N, so the draws are thinned evenly to at most ``max_values / N`` (within
+[min_draws, max_draws]); ``loo_draws`` records how many were used. Pareto smoothing runs once per
+observation (milliseconds each in arviz-stats), so above ``max_obs`` observations elpd_loo is
+estimated from a seeded simple random subsample of ``max_obs`` of them with arviz-stats'
+``loo_subsample``: the lpd of every observation as the cheap approximation and the difference
+estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard error is
+``elpd_loo_subsample_se``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import arviz_stats as azs
+import numpy as np
+import xarray as xr
+
+from backends.base import Fit
+from bench.problem import Problem, thin_indices
+from bench.relabel import posterior_dataset
+
+NAN = float("nan")
+
+LOO_FIELDS: dict[str, str] = {
+    "elpd_loo": "PSIS-LOO expected log pointwise predictive density of y, summed over observations "
+                "(nats; data scale; label-invariant; NaN for a single point)",
+    "elpd_loo_se": "standard error of elpd_loo",
+    "p_loo": "effective number of parameters from PSIS-LOO",
+    "loo_khat_max": "largest Pareto k-hat over observations (above about 0.7 the estimate is unreliable)",
+    "loo_n_bad": "observations whose Pareto k-hat exceeds arviz-stats' threshold min(1 - 1/log10(S), 0.7)",
+    "loo_method": "psis-loo (MCMC or resampled draws) or psis-loo-approximate (an approximation's own "
+                  "draws, weighted by p/q)",
+    "loo_draws": "draws the PSIS-LOO estimate used (thinned evenly)",
+    "loo_obs": "observations Pareto-smoothed: all of them, or a seeded random subsample (loo_subsample)",
+    "elpd_loo_subsample_se": "standard error of elpd_loo due to subsampling observations (0 without subsampling)",
+}
+
+
+def _draw_budget(n_obs: int, max_values: float, min_draws: int, max_draws: int) -> int:
+    return int(min(max_draws, max(min_draws, max_values // max(n_obs, 1))))
+
+
+def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
+                max_values: float = 2e7, min_draws: int = 100, max_draws: int = 1000,
+                max_obs: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The LOO_FIELDS of one fit (NaN where they cannot be computed)."""
+    out: dict[str, Any] = dict.fromkeys(LOO_FIELDS, NAN)
+    ds = posterior_dataset(draws)
+    chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
+    if chains * n_draws < 2 or problem.spec.likelihood != "mixture":
+        # One point has no posterior to leave an observation out of; the forum thread's batch
+        # likelihoods have no per-observation terms.
+        return out
+    budget = _draw_budget(problem.dataset.N, max_values, min_draws, max_draws)
+    keep = thin_indices(n_draws, max(budget // chains, 1))
+    index = [(c, int(d)) for c in range(chains) for d in keep]
+    log_lik = problem.pointwise_draws(draws, index).reshape(chains, keep.size, -1)
+    if not np.isfinite(log_lik).all():
+        # A draw with a non-finite parameter or density: leave it out of the estimate.
+        good = np.isfinite(log_lik).all(axis=2)
+        if not good.all(axis=0).any():
+            return out
+        cols = good.all(axis=0)
+        log_lik, keep = log_lik[:, cols], keep[cols]
+    tree = xr.DataTree.from_dict({
+        "posterior": ds.isel(draw=keep),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)},
+                                     coords={"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}),
+    })
+    resampled = "importance_sampling" in draws.children
+    approximate = (not mcmc and not resampled and fit.log_p is not None and fit.log_q is not None
+                   and np.size(fit.log_p) == n_draws and chains == 1)
+    n_obs = log_lik.shape[2]
+    subsample = n_obs > max_obs
+    weights = {}
+    if approximate:
+        coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
+        weights = {name: xr.DataArray(np.asarray(values, dtype=float)[keep][None], dims=("chain", "draw"),
+                                      coords=coords)
+                   for name, values in (("log_p", fit.log_p), ("log_q", fit.log_q))}
+    with warnings.catch_warnings():
+        # arviz-stats warns about high Pareto k; the row carries k-hat itself.
+        warnings.simplefilter("ignore")
+        if subsample:
+            result = azs.loo_subsample(tree, observations=max_obs, pointwise=True, seed=seed, method="lpd",
+                                       reff=None if mcmc else 1.0, **weights)
+        elif approximate:
+            result = azs.loo_approximate_posterior(tree, pointwise=True, **weights)
+        else:
+            result = azs.loo(tree, pointwise=True, reff=None if mcmc else 1.0)
+    out["loo_method"] = "psis-loo-approximate" if approximate else "psis-loo"
+    pareto_k = np.asarray(result.pareto_k.values, dtype=float)
+    out.update({
+        "elpd_loo": float(result.elpd),
+        "elpd_loo_se": float(result.se),
+        "p_loo": float(result.p),
+        "loo_khat_max": float(np.nanmax(pareto_k)) if np.isfinite(pareto_k).any() else NAN,
+        "loo_n_bad": int(np.sum(pareto_k > float(result.good_k))),
+        "loo_draws": int(log_lik.shape[0] * log_lik.shape[1]),
+        "loo_obs": int(result.subsample_size) if subsample else int(n_obs),
+        "elpd_loo_subsample_se": float(result.subsampling_se) if subsample else 0.0,
+    })
+    if not math.isfinite(out["elpd_loo"]):
+        out["elpd_loo"] = NAN
+    return out

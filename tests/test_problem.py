@@ -1,0 +1,122 @@
+"""The evaluation problem: vectorised log densities against the oracle, and --standardize."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from backends.base import Fit, canonical_datatree
+from bench.problem import Problem, batch_log_density
+from models import Dataset, MixtureSpec, NormalPrior, log_density, random_point
+from models.oracle import log_likelihood_terms
+from models.standardize import Standardization
+from tests.conftest import AGREEMENT_SPECS, make_data
+
+
+@pytest.mark.parametrize("name", list(AGREEMENT_SPECS))
+def test_batch_log_density_is_the_oracle(name):
+    spec = AGREEMENT_SPECS[name]
+    x, y = make_data(spec, n=150, seed=3)
+    rng = np.random.default_rng(5)
+    points = [random_point(spec, rng) for _ in range(12)]
+    if spec.ordering == "none" and spec.K > 1:
+        points[0]["pi"] = np.r_[1.2, -0.2, np.zeros(spec.K - 2)]  # off the simplex: -inf
+    batch = {k: np.stack([p[k] for p in points]) for k in points[0]}
+    values = batch_log_density(spec, x, y, batch, chunk_values=2000)  # several chunks
+    expected = np.array([log_density(spec, x, y, p) for p in points])
+    np.testing.assert_array_equal(np.isfinite(values), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(values[finite], expected[finite], rtol=1e-12)
+    pointwise = batch_log_density(spec, x, y, batch, pointwise=True)
+    np.testing.assert_allclose(pointwise[1], log_likelihood_terms(spec, x, y, points[1]), rtol=1e-12)
+
+
+SPEC = MixtureSpec(K=2, D=2, intercept=True, sigma="per-component")
+
+
+def scaled_data(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(50.0, 10.0, n), rng.normal(-3.0, 0.2, n)])
+    z = rng.random(n) < 0.4
+    y = np.where(z, 100 + 2.0 * x[:, 0] - 30 * x[:, 1], -20 + 0.5 * x[:, 0] + 10 * x[:, 1]) + rng.normal(0, 4.0, n)
+    return Dataset(x=x, y=y)
+
+
+def test_standardized_data_are_centred_and_scaled():
+    data = scaled_data()
+    problem = Problem.make(SPEC, data, standardize=True)
+    fit = problem.fit_dataset
+    np.testing.assert_allclose(fit.x.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(fit.x.std(axis=0), 1.0)
+    assert fit.y.mean() == pytest.approx(0.0, abs=1e-12) and fit.y.std() == pytest.approx(1.0)
+    assert fit.truth is None
+
+
+def test_a_standardized_point_predicts_the_same_lines_on_the_data_scale():
+    data = scaled_data()
+    scaling = Standardization.of(data, SPEC)
+    rng = np.random.default_rng(1)
+    fitted = {"w": rng.normal(size=(2, 2)), "b": rng.normal(size=2), "sigma": np.array([0.1, 0.3]),
+              "pi": np.array([0.4, 0.6])}
+    back = scaling.to_data(fitted)
+    xs = scaling.dataset(data).x
+    for k in range(2):
+        on_fit_scale = fitted["b"][k] + xs @ fitted["w"][k]
+        np.testing.assert_allclose(back["b"][k] + data.x @ back["w"][k],
+                                   scaling.y_mean + scaling.y_scale * on_fit_scale, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(back["sigma"], scaling.y_scale * fitted["sigma"])
+    for name, value in scaling.to_fit(back).items():
+        np.testing.assert_allclose(value, fitted[name], rtol=1e-12, atol=1e-12)
+
+
+def test_without_intercepts_nothing_is_centred():
+    spec = MixtureSpec(K=2, D=1)
+    data = Dataset(x=np.linspace(1, 3, 50)[:, None], y=np.linspace(10, 30, 50))
+    scaling = Standardization.of(data, spec)
+    assert not scaling.centred and scaling.y_mean == 0.0 and scaling.x_mean == (0.0,)
+    back = scaling.to_data({"w": np.array([[1.0], [2.0]]), "sigma": np.array(0.5), "pi": np.array([0.5, 0.5])})
+    np.testing.assert_allclose(back["w"][:, 0], np.array([1.0, 2.0]) * scaling.y_scale / scaling.x_scale[0])
+
+
+def test_problem_log_density_is_the_fitted_models_and_gaps_carry_over():
+    """On the data scale, a point's log density is the standardised model's at its image: the
+    difference between two points is the same as between their images."""
+    data = scaled_data()
+    problem = Problem.make(SPEC, data, standardize=True)
+    rng = np.random.default_rng(2)
+    a, b = random_point(SPEC, rng), random_point(SPEC, rng)
+    da, db = problem.to_data_scale_point(a), problem.to_data_scale_point(b)
+    fit = problem.fit_dataset
+    assert problem.log_density(da) == pytest.approx(log_density(SPEC, fit.x, fit.y, a), rel=1e-10)
+    assert problem.log_density(da) - problem.log_density(db) == pytest.approx(
+        log_density(SPEC, fit.x, fit.y, a) - log_density(SPEC, fit.x, fit.y, b), rel=1e-9)
+    # Pointwise terms are densities of y as given: the fitted scale's minus log s_y.
+    terms = problem.pointwise_log_likelihood(da)
+    sigma_k = problem.standardization.y_scale * a["sigma"]
+    mu = da["b"][None] + data.x @ da["w"].T
+    direct = np.log((a["pi"] * stats.norm.pdf(data.y[:, None], mu, sigma_k)).sum(axis=1))
+    np.testing.assert_allclose(terms, direct, rtol=1e-10)
+
+
+def test_fit_draws_come_back_on_the_data_scale():
+    data = scaled_data()
+    problem = Problem.make(SPEC, data, standardize=True)
+    rng = np.random.default_rng(3)
+    pts = [random_point(SPEC, rng) for _ in range(4)]
+    post = {k: np.stack([p[k] for p in pts])[None] for k in pts[0]}
+    fit = Fit(backend="t", method="nuts", status="ok", draws=canonical_datatree(SPEC, post))
+    back = problem.to_data_scale(fit).draws["posterior"]
+    expected = problem.to_data_scale_point(pts[2])
+    for name in ("w", "b", "sigma", "pi"):
+        np.testing.assert_allclose(back[name].values[0, 2], expected[name], rtol=1e-12)
+    assert problem.sigma_bounds() == (0.0, problem.standardization.y_scale * 1.0)
+
+
+def test_constant_response_cannot_be_standardized():
+    from models import MixbenchError
+
+    with pytest.raises(MixbenchError, match="--standardize: the response is constant"):
+        Problem.make(SPEC, Dataset(x=np.ones((5, 2)), y=np.full(5, 3.0)), standardize=True)

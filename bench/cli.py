@@ -10,8 +10,10 @@ written) or an internal error, 128 + the signal number when SIGINT (130), SIGTER
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
+import textwrap
 import time
 import traceback
 import warnings
@@ -24,8 +26,23 @@ from models.errors import MixbenchError, MixbenchWarning
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking lines inside hyphenated names (advi-minibatch-fullrank)."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit 2, without the usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -90,24 +107,39 @@ def _positive_float(value: str) -> float:
 
 # FitSettings fields exposed as --flags; types come from the dataclass defaults.
 _SETTING_HELP = {
-    "chains": "NUTS chains", "warmup": "NUTS warm-up iterations", "draws": "NUTS draws per chain",
-    "target_accept": "NUTS target acceptance", "max_treedepth": "NUTS maximum tree depth",
-    "sampler": "NUTS implementation: pymc backend nutpie|pymc|numpyro, stan backend cmdstanpy|pystan",
-    "precision": "float64 (default) or float32", "vi_iterations": "VI/MAP optimisation iterations",
-    "optimizer": "VI optimiser name (adam, adagrad_window, sgd, ...)", "learning_rate": "VI learning rate",
-    "vi_tolerance": "VI convergence tolerance on parameters", "vi_draws": "draws taken from a VI approximation",
-    "batch_size": "minibatch size for advi-minibatch-*",
+    "chains": "NUTS chains", "warmup": "NUTS warm-up iterations per chain", "draws": "NUTS draws per chain",
+    "target_accept": "NUTS target acceptance rate", "max_treedepth": "NUTS maximum tree depth",
+    "sampler": "NUTS implementation where a backend has several: pymc takes nutpie, pymc or numpyro; "
+               "stan takes cmdstanpy or pystan",
+    "precision": "floating-point precision", "vi_iterations": "VI and MAP optimisation iterations",
+    "optimizer": "VI optimiser: adam, adagrad_window, sgd, ...", "learning_rate": "VI learning rate",
+    "vi_tolerance": "VI convergence tolerance on the parameters", "vi_draws": "draws taken from a VI approximation",
+    "batch_size": "minibatch size of the advi-minibatch-* methods",
     "map_starts": "seeded random starts of MAP and of Laplace's mode search; the best is kept",
-    "advi_eta": "Stan ADVI step size eta (default: Stan adapts it)",
+    "advi_eta": "Stan ADVI step size eta",
     "pathfinder_paths": "Pathfinder paths (single-path when 1)",
     "pathfinder_resampling": "Pathfinder draws: psis (importance-resampled by PSIS weights, as Stan) "
                              "or none (every path's draws pooled with equal weight)",
 }
+# Where a default is not a plain value, what it means.
+_SETTING_DEFAULT = {"sampler": "the backend's own: nutpie for pymc; cmdstanpy for stan where CmdStan is "
+                               "installed, else pystan", "advi_eta": "Stan adapts it"}
+_SETTING_METAVAR = {"sampler": "NAME", "precision": "{float64,float32}", "optimizer": "NAME", "advi_eta": "X",
+                    "pathfinder_resampling": "{psis,none}"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mixbench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_prior_options(group) -> None:
     """Every prior of the spec, a spec file, and --standardize (run and reference share them)."""
-    group.add_argument("--spec", dest="spec_file", type=Path, default=None,
+    group.add_argument("--spec", dest="spec_file", metavar="FILE", type=Path, default=None,
                        help="a TOML or JSON file of spec fields (priors included); the options here override it")
     group.add_argument("--slope-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every slope (default 0,2)")
     group.add_argument("--intercept-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every intercept (default 0,2)")
@@ -161,31 +193,50 @@ def _spec_overrides(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="mixbench", description=__doc__.strip().splitlines()[0])
+    parser = OneLineParser(prog="mixbench", description="Bayesian mixtures of linear regressions in PyMC, "
+                           "NumPyro and Stan: recovery, label switching and cost, measured.")
+    parser.add_argument("--version", action="version", version=f"mixbench {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
 
     run = sub.add_parser("run", help="fit a grid of scenarios x backends x methods x seeds",
                          description="Fit every cell of a grid, write each row as it finishes, then the report.")
     source = run.add_mutually_exclusive_group()
-    source.add_argument("--scenario", default=None, help="built-in scenario (default forum-small; see `mixbench list`)")
-    source.add_argument("--data", type=Path, default=None, help="a CSV file: covariate columns and a response column")
-    run.add_argument("--covariates", type=_csv_list, default=None, help="data file covariate columns (default: all but the response)")
-    run.add_argument("--response", default="y", help="data file response column (default y)")
-    run.add_argument("--backends", type=_csv_list, default=list(BACKEND_NAMES), help="comma-separated (default all); a plug-in backend as module:Class")
-    run.add_argument("--methods", type=_csv_list, default=["nuts"], help=f"comma-separated from: {', '.join(METHODS)} (default nuts)")
-    run.add_argument("--seeds", type=_seeds, default=[0], help="inference seeds: 0,1,2 or 0-9 (default 0)")
-    run.add_argument("--N", type=_positive_ints, default=None,
-                     help="data size(s) for a built-in scenario: 2000 or 1000,10000,100000 (a cost curve over N)")
-    run.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (default 0)")
-    spec = run.add_argument_group("spec overrides")
-    spec.add_argument("--K", type=_positive_int, default=None, help="components (data files default to 2)")
-    spec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None, help="per-component intercepts")
-    spec.add_argument("--sigma", choices=("shared", "per-component"), default=None)
-    spec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None)
-    spec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"), default=None)
+    source.add_argument("--scenario", metavar="NAME", default=None,
+                        help="built-in scenario (default forum-small; mixbench list shows them all)")
+    source.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
+                        help="fit a CSV file instead: a header row, then numbers; covariate columns and a "
+                             "response column (README: Your own data)")
+    run.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
+                     help="with --data: the covariate columns, in order (default every column but the response)")
+    run.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")
+    run.add_argument("--backends", metavar="NAME,NAME", type=_csv_list, default=list(BACKEND_NAMES),
+                     help=f"backends, comma-separated (default {','.join(BACKEND_NAMES)}); a plug-in backend "
+                          "as package.module:Class")
+    run.add_argument("--methods", metavar="NAME,NAME", type=_csv_list, default=["nuts"],
+                     help=f"methods, comma-separated, from {', '.join(METHODS)} (default nuts)")
+    run.add_argument("--seeds", metavar="SEEDS", type=_seeds, default=[0],
+                     help="inference seeds: a list 0,1,2 or a range 0-9 (default 0)")
+    run.add_argument("--N", metavar="N[,N...]", type=_positive_ints, default=None,
+                     help="data size of a built-in scenario (default the scenario's own); several, e.g. "
+                          "1000,10000,100000, fit each and draw the cost curve over N")
+    run.add_argument("--data-seed", metavar="SEED", type=int, default=0,
+                     help="seed of the simulated data set (default 0)")
+    spec = run.add_argument_group("model (default: the scenario's; for --data, K = 2, no intercepts, shared sigma)")
+    spec.add_argument("--K", metavar="K", type=_positive_int, default=None, help="mixture components")
+    spec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None,
+                      help="give each component an intercept")
+    spec.add_argument("--sigma", choices=("shared", "per-component"), default=None,
+                      help="one noise scale for all components, or one each")
+    spec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None,
+                      help="order the components by intercept or by first slope, which removes label switching "
+                           "(intercept needs --intercept)")
+    spec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"),
+                      default=None,
+                      help="mixture: the correct likelihood; forum-original: the forum thread's as posted (both "
+                           "bugs); forum-batch-lse, forum-log-sigma: one bug each (default mixture)")
     _add_prior_options(spec)
-    ref = run.add_argument_group("reference posterior (labelling target, modes, W1; see `mixbench reference`)")
+    ref = run.add_argument_group("reference posterior (labelling target, modes, W1; mixbench reference makes one)")
     ref.add_argument("--reference", default="auto", metavar="auto|make|none|PATH",
                      help="auto (default): the cached reference, made now for data without a truth; make: made "
                           "now if not cached, with a truth too; none; or a reference directory or a draws file (.nc/.csv)")
@@ -201,24 +252,34 @@ def build_parser() -> argparse.ArgumentParser:
             kind = int
         if f.name == "advi_eta":
             kind = _positive_float
+        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
         settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
-                              help=f"{_SETTING_HELP[f.name]} (default {default})")
+                              metavar=metavar,
+                              help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
     settings.add_argument("--no-total-size", dest="set_minibatch_total_size", action="store_const", const=False,
-                          default=None, help="minibatch ADVI without total_size (the forum thread's bug)")
+                          default=None, help="minibatch ADVI without total_size, the forum thread's bug "
+                                             "(default: with total_size)")
     runner = run.add_argument_group("running")
-    runner.add_argument("--out", type=Path, default=None, help="output directory (default results/<scenario>); rerunning resumes")
-    runner.add_argument("--jobs", type=_positive_int, default=1, help="cells run in parallel (default 1)")
-    runner.add_argument("--time-limit", type=_positive_float, default=1800.0, help="seconds per cell (default 1800)")
-    runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF")
-    runner.add_argument("--retry-failed", action="store_true", help="rerun failed, crashed and timed-out cells")
+    runner.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="output directory (default results/<scenario or data file name>); rerunning resumes")
+    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
+                        help="cells run in parallel, each in its own process (default 1)")
+    runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=1800.0,
+                        help="a cell still running after this is stopped and recorded as timeout (default 1800)")
+    runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF under DIR/draws")
+    runner.add_argument("--retry-failed", action="store_true",
+                        help="rerun failed, crashed and timed-out cells (default: keep their rows)")
     runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
-    runner.add_argument("--no-report", action="store_true", help="skip the report")
+    runner.add_argument("--no-report", action="store_true", help="skip writing report.md and report.html (default: write them)")
     runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     report = sub.add_parser("report", help="build the report from harness runs or pytest-benchmark JSON",
-                            description="Build report.md, report.html and figures from results.")
-    report.add_argument("paths", nargs="+", type=Path, help="run directories, cells.jsonl files or pytest-benchmark JSON files")
-    report.add_argument("--out", type=Path, default=None, help="report directory (default: the first run directory)")
+                            description="Build report.md, report.html and figures/ from results: merge "
+                                        "several inputs, the latest row of a cell wins.")
+    report.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="run directories, cells.jsonl files or pytest-benchmark JSON files")
+    report.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="report directory (default: the first run directory, or the JSON file's directory)")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
@@ -229,25 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
                                            "run, check its diagnostics and cache it by data digest and spec; or "
                                            "turn user-supplied draws into one.")
     rsource = reference.add_mutually_exclusive_group()
-    rsource.add_argument("--scenario", default=None, help="built-in scenario (default forum-small)")
-    rsource.add_argument("--data", type=Path, default=None, help="a CSV file: covariate columns and a response column")
-    reference.add_argument("--covariates", type=_csv_list, default=None, help="data file covariate columns (default: all but the response)")
-    reference.add_argument("--response", default="y", help="data file response column (default y)")
-    reference.add_argument("--N", type=_positive_int, default=None, help="data size for a built-in scenario")
-    reference.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (default 0)")
-    rspec = reference.add_argument_group("spec overrides (as for run)")
-    rspec.add_argument("--K", type=_positive_int, default=None)
-    rspec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None)
-    rspec.add_argument("--sigma", choices=("shared", "per-component"), default=None)
-    rspec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None)
-    rspec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"), default=None)
+    rsource.add_argument("--scenario", metavar="NAME", default=None, help="built-in scenario (default forum-small)")
+    rsource.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
+                         help="a CSV file: covariate columns and a response column")
+    reference.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
+                           help="with --data: the covariate columns (default every column but the response)")
+    reference.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")
+    reference.add_argument("--N", type=_positive_int, default=None,
+                           help="data size of a built-in scenario (default the scenario's own)")
+    reference.add_argument("--data-seed", metavar="SEED", type=int, default=0,
+                           help="seed of the simulated data set (default 0)")
+    rspec = reference.add_argument_group("model (as for run)")
+    rspec.add_argument("--K", type=_positive_int, default=None, help="mixture components")
+    rspec.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=None,
+                       help="give each component an intercept")
+    rspec.add_argument("--sigma", choices=("shared", "per-component"), default=None,
+                       help="one noise scale for all components, or one each")
+    rspec.add_argument("--ordering", choices=("none", "intercept", "slope"), default=None,
+                       help="order the components by intercept or by first slope")
+    rspec.add_argument("--likelihood", choices=("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma"),
+                       default=None, help="the likelihood (default mixture; see run --help)")
     _add_prior_options(rspec)
     rmake = reference.add_argument_group("how it is made")
     _add_reference_options(rmake, prefix="--")
-    rmake.add_argument("--draws-file", type=Path, default=None,
+    rmake.add_argument("--draws-file", metavar="FILE", type=Path, default=None,
                        help="use these draws (netCDF with a posterior group, or CSV with columns w[k,d], b[k], "
                             "sigma or sigma[k], pi[k]; optional chain column) instead of running NUTS")
-    rmake.add_argument("--out", type=Path, default=None, help="write the reference here (default: the cache)")
+    rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
+                       help="write the reference here (default: the cache)")
     return parser
 
 
@@ -308,50 +378,95 @@ def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -
 
 
 class Progress:
-    """One status line naming the cell in flight and its time so far."""
+    """What the run is doing, on stderr.
 
-    def __init__(self, total: int, stream=None):
+    On a terminal: one status line, rewritten in place, naming every cell in flight and its time
+    so far (all of them, so two cells in flight do not take turns on the line). Piped (a log
+    file, CI): a line when a cell starts and when it ends, and while cells run a line at least
+    every ``heartbeat_s`` seconds (a long compile shows up as a run that is alive), with the last
+    line the cell's engine wrote to its log when it wrote one.
+    """
+
+    heartbeat_s = 25.0  # under 30 s, however the executor's ticks fall
+
+    def __init__(self, total: int, stream=None, log_dir: Path | None = None, clock=time.monotonic):
         stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.total, self.done, self.stream = total, 0, stream
         self.live = stream.isatty()
-        self.started = time.perf_counter()
+        self.log_dir, self.clock = log_dir, clock
+        self.running: dict[str, float] = {}  # cell id -> seconds so far
+        self.last_line = clock()
+
+    def _print(self, text: str, end: str = "\n") -> None:
+        print(text, end=end, file=self.stream, flush=True)
+        self.last_line = self.clock()
+
+    def _log_tail(self, cell_id: str) -> str:
+        if self.log_dir is None:
+            return ""
+        try:
+            with open(self.log_dir / f"{cell_id}.log", "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 2000))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        # Progress bars redraw with carriage returns and colour codes: keep the last plain line.
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        # Lines without a word (a compiler's "| ^~~~" markers) say nothing.
+        lines = [line.strip() for line in re.split(r"[\r\n]", text) if re.search(r"[A-Za-z]{3}", line)]
+        return lines[-1][:80] if lines else ""
 
     def __call__(self, event: str, info: dict) -> None:
         if event == "plan":
             self.total = info["todo"]
             if info["finished_before"]:
-                print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run",
-                      file=self.stream, flush=True)
-        elif event == "start" and not self.live:
-            print(f"[{self.done + 1}/{self.total}] {info['cell_id']} ...", file=self.stream, flush=True)
-        elif event == "tick" and self.live:
-            width = shutil.get_terminal_size((100, 20)).columns
-            text = f"[{self.done + 1}/{self.total}] {info['cell_id']}  {info['elapsed']:.0f} s"
-            print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
+                self._print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run")
+        elif event == "start":
+            self.running[info["cell_id"]] = 0.0
+            if not self.live:
+                self._print(f"[{self.done + len(self.running)}/{self.total}] {info['cell_id']} started")
+        elif event == "tick":
+            self.running[info["cell_id"]] = info["elapsed"]
+            if self.live:
+                width = shutil.get_terminal_size((100, 20)).columns
+                cells = ", ".join(f"{cell} {seconds:.0f} s" for cell, seconds in self.running.items())
+                text = f"[{self.done}/{self.total} done] running {cells}"
+                print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
+            elif self.clock() - self.last_line >= self.heartbeat_s:
+                for cell, seconds in self.running.items():
+                    tail = self._log_tail(cell)
+                    self._print(f"  ... {cell} still running, {seconds:.0f} s" + (f": {tail}" if tail else ""))
         elif event == "done":
             self.done += 1
+            self.running.pop(info["cell_id"], None)
             status = info.get("status")
             detail = f": {info.get('error') or info.get('reason')}" if status != "ok" else ""
             line = f"[{self.done}/{self.total}] {info['cell_id']} {status} in {info.get('time_cell', 0):.1f} s{detail}"
-            print(("\r" if self.live else "") + line, file=self.stream, flush=True)
+            if self.live:
+                width = shutil.get_terminal_size((100, 20)).columns
+                line = "\r" + line.ljust(width - 1)
+            self._print(line)
             for note in info.get("warnings") or ():
-                print(f"  warning: {note}", file=self.stream, flush=True)
+                self._print(f"  warning: {note}")
 
 
 def cmd_run(args) -> int:
-    from bench.executors import LocalProcessExecutor
+    from bench.bytecode import ensure_bytecode
+    from bench.executors import LOGS_DIR, LocalProcessExecutor
     from bench.harness import CELLS_FILE, RunOptions, run_grid
     from bench.summary import print_summary
 
     cells, label = _cells_from_args(args)
+    ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh)
     ids = {c.id for c in cells}
-    progress = Progress(len(cells))
-    result = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
-    rows = [r for r in result if r["cell_id"] in ids]
+    progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
+    rows = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
+    rows = [r for r in rows if r["cell_id"] in ids]
     print_summary(rows, cells)
     if result.unwritten:
         print(f"mixbench run: error: {len(result.unwritten)} row(s) could not be written to {out_dir / CELLS_FILE}; "

@@ -1,7 +1,13 @@
 """pytest-benchmark suite options, the cell grid, and the report written when the session ends.
 
-    pytest bench/ --scenario forum --backends pymc,numpyro,stan --methods nuts --seeds 0,1 \
-        --benchmark-json=results/forum-bench.json
+    uv run pytest bench/test_fits.py --scenario forum --backends pymc,numpyro,stan --methods nuts \
+        --seeds 0-1 --benchmark-json=results/forum-bench.json
+
+The grid options are those of ``mixbench run``, copied from its parser: the same names, the same
+forms (``--seeds 0-9`` or ``0,1,2``, ``--N 1000,10000``), the same defaults and checks, and the
+grid is built by the same function, so a command moves between the two unchanged. Options that
+only make sense for ``mixbench run`` (``--jobs``, ``--retry-failed``, ``--fresh``, ``--no-report``)
+are left out; ``--out`` defaults to ``results/bench-<date>-<time>``.
 
 Each cell is one benchmark (pedantic, one round), grouped by scenario and method, with its harness
 row in ``extra_info``; ``--benchmark-autosave`` and ``--benchmark-compare`` work as usual.
@@ -9,80 +15,87 @@ row in ``extra_info``; ``--benchmark-autosave`` and ``--benchmark-compare`` work
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import pytest
 
-from backends.base import METHODS
-from bench.cli import BACKEND_NAMES, check_backend_name
-from bench.harness import Cell, make_grid
+from bench.cli import _cells_from_args, _reference_settings, attach_references, build_parser
+from bench.harness import Cell
 from models.errors import MixbenchError
-from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
+
+# dests of `mixbench run` options a benchmark session has no use for.
+RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report"}
+# Earlier names of this suite's options, still accepted, not shown.
+OLD_NAMES = {"N": "--n-obs", "time_limit": "--cell-time-limit", "out": "--mixbench-out"}
+HELP = {"out": "where rows and the report go (default results/bench-<date>-<time>)"}
+
+
+def run_options() -> list[argparse.Action]:
+    """The options of ``mixbench run`` (argparse actions), less the run-only ones."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [a for a in sub.choices["run"]._actions if a.option_strings and a.dest not in RUN_ONLY]
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("mixbench", "mixbench benchmark grid")
-    group.addoption("--scenario", default=DEFAULT_SCENARIO, help=f"scenario(s), comma-separated: {', '.join(SCENARIOS)}")
-    group.addoption("--backends", default=",".join(BACKEND_NAMES), help="backends, comma-separated")
-    group.addoption("--methods", default="nuts", help=f"methods, comma-separated: {', '.join(METHODS)}")
-    group.addoption("--seeds", default="0", help="inference seeds, comma-separated")
-    group.addoption("--n-obs", default=None,
-                    help="data size override for the scenarios; comma-separated sizes give one cell per size")
-    group.addoption("--cell-time-limit", type=float, default=1800.0, help="seconds per cell")
-    group.addoption("--mixbench-out", default=None, help="where rows and the report go (default results/bench-<time>)")
+    group = parser.getgroup("mixbench", "mixbench grid (the options of mixbench run; see mixbench run --help)")
+    for action in run_options():
+        attrs = {"dest": action.dest, "default": action.default, "help": HELP.get(action.dest, action.help)}
+        if isinstance(action, argparse.BooleanOptionalAction):
+            attrs["action"] = argparse.BooleanOptionalAction
+            names = [s for s in action.option_strings if not s.startswith("--no-")]
+        elif isinstance(action, argparse._StoreConstAction):  # store_true/false are store_const too
+            attrs.update(action="store_const", const=action.const)
+            names = action.option_strings
+        else:
+            attrs.update(type=action.type, choices=action.choices, metavar=action.metavar)
+            names = action.option_strings
+        group.addoption(*names, **attrs)
+        if action.dest in OLD_NAMES:
+            group.addoption(OLD_NAMES[action.dest], dest=action.dest, type=action.type, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
 
 
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def pytest_configure(config):
+    from bench.bytecode import ensure_bytecode
+
+    ensure_bytecode()
 
 
 def _grid(config) -> list[Cell]:
-    scenarios = _split(config.getoption("--scenario"))
-    backends = _split(config.getoption("--backends"))
-    methods = _split(config.getoption("--methods"))
-    for name in scenarios:
-        if name not in SCENARIOS:
-            raise pytest.UsageError(f"--scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}")
-    for name in backends:
-        try:
-            check_backend_name(name)
-        except MixbenchError as exc:
-            raise pytest.UsageError(f"--backends: {exc}") from None
-    for name in methods:
-        if name not in METHODS:
-            raise pytest.UsageError(f"--methods: unknown {name!r}; known: {', '.join(METHODS)}")
+    options = config.option
+    if options.scenario is not None and options.data is not None:
+        raise pytest.UsageError("--scenario and --data: give one or the other")
     try:
-        seeds = [int(s) for s in _split(config.getoption("--seeds"))]
-    except ValueError:
-        raise pytest.UsageError("--seeds: expected integers, e.g. 0,1,2") from None
-    sizes = config.getoption("--n-obs")
-    try:
-        ns = [int(float(n)) for n in _split(sizes)] if sizes else [None]
-    except ValueError:
-        raise pytest.UsageError("--n-obs: expected integers, e.g. 1000,10000") from None
-    return [cell for n in ns for cell in make_grid(scenarios, backends, methods, seeds, n=n)]
+        cells, _ = _cells_from_args(options)
+        # As mixbench run: every cell of a data set shares its reference posterior.
+        return attach_references(cells, options.reference, _reference_settings(options))
+    except MixbenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_generate_tests(metafunc):
     if "cell" in metafunc.fixturenames:
         cells = _grid(metafunc.config)
-        metafunc.parametrize("cell", cells, ids=[f"{c.scenario_label}-{c.backend}-{c.method}-s{c.seed}" for c in cells])
+        metafunc.parametrize("cell", cells, ids=[f"{c.scenario_label}-{c.backend}-{c.method}-s{c.seed}"
+                                                 + (f"-N{c.n}" if c.n is not None else "") for c in cells])
 
 
 @pytest.fixture(scope="session")
 def mixbench_out(pytestconfig) -> Path:
-    out = pytestconfig.getoption("--mixbench-out")
+    out = pytestconfig.option.out
     if out is None:
         out = Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
-        pytestconfig.option.mixbench_out = str(out)
+        pytestconfig.option.out = out
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def pytest_sessionfinish(session, exitstatus):
-    out = session.config.getoption("--mixbench-out")
+    out = getattr(session.config.option, "out", None)
     if not out or not (Path(out) / "cells.jsonl").is_file():
         return
     from bench.report import write_report

@@ -91,14 +91,14 @@ def figure_gradient_cost(records: pd.DataFrame, path: Path) -> Path | None:
             ax.plot(group["N"], group["ms"], marker="o", label=" / ".join(map(str, key)))
         _log_log_against_n(ax)
         ax.set_title(f"K = {int(K)}")
-    axes[0, 0].set_ylabel("ms per log density + gradient")
+    axes[0, 0].set_ylabel("ms per log density + gradient (log scale)")
     return _save_with_legend(fig, axes[0, -1], "Gradient cost against N", path)
 
 
 def _log_log_against_n(ax) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("N (observations)")
+    ax.set_xlabel("N (observations, log scale)")
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -165,7 +165,8 @@ def figure_nuts_cost_curve(frame: pd.DataFrame, path: Path) -> Path | None:
         label = " / ".join(map(str, key))
         left.plot(med.index, med["run_s"], marker="o", label=label)
         right.plot(med.index, med["ess_per_s"], marker="o", label=label)
-    for ax, ylabel in ((left, "warm-up + sampling, s"), (right, "bulk ESS per second of sampling")):
+    for ax, ylabel in ((left, "warm-up + sampling, s (log scale)"),
+                       (right, "bulk ESS per second of sampling (log scale)")):
         _log_log_against_n(ax)
         ax.set_ylabel(ylabel)
     return _save_with_legend(fig, right, "NUTS cost against N (medians over seeds)", path)

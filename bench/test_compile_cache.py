@@ -41,7 +41,7 @@ PROBE_TIMEOUT_S = 1800
 def pytest_generate_tests(metafunc):
     if "compile_case" not in metafunc.fixturenames:
         return
-    selected = {b.strip() for b in metafunc.config.getoption("--backends").split(",") if b.strip()}
+    selected = set(metafunc.config.option.backends)  # a list, as mixbench run parses it
     cases = [case for case in CASES if case[0] in selected]  # every method: --methods is test_fits
     metafunc.parametrize("compile_case", cases, ids=[f"{b}-{e or m}" if m == "nuts" else f"{b}-{m}" for b, e, m in cases])
 

@@ -17,7 +17,8 @@ def run_isolated(cell, options: RunOptions) -> dict:
 
 
 def test_fit(benchmark, cell, mixbench_out, pytestconfig):
-    options = RunOptions(out_dir=mixbench_out, time_limit=pytestconfig.getoption("--cell-time-limit"))
+    options = RunOptions(out_dir=mixbench_out, time_limit=pytestconfig.option.time_limit,
+                         save_draws=pytestconfig.option.save_draws)
     if not (mixbench_out / "run.json").exists():
         write_run_info(mixbench_out, [cell])
     benchmark.group = f"{cell.scenario_label}: {cell.method}"

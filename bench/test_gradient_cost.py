@@ -47,7 +47,7 @@ def _size_id(n: int) -> str:
 def pytest_generate_tests(metafunc):
     if "gradient_case" not in metafunc.fixturenames:
         return
-    selected = {b.strip() for b in metafunc.config.getoption("--backends").split(",") if b.strip()}
+    selected = set(metafunc.config.option.backends)  # a list, as mixbench run parses it
     cases = [(backend, engine, precision, K, N)
              for backend, engine, precision in ENGINES if backend in selected
              for K in GRADIENT_KS for N in GRADIENT_NS]

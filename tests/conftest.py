@@ -21,6 +21,13 @@ AGREEMENT_SPECS = {
 }
 
 
+def pytest_configure(config):
+    # Cell processes import the engines: without bytecode each would compile them from source.
+    from bench.bytecode import ensure_bytecode
+
+    ensure_bytecode()
+
+
 def make_data(spec: MixtureSpec, n: int = 200, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n, spec.D))

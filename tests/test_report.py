@@ -1,14 +1,24 @@
-"""The report: built from a real pytest-benchmark session's JSON and from harness runs."""
+"""The report: built from a real pytest-benchmark session's JSON and from harness runs; its
+findings traced to its tables, its numbers in one format, its figures' arithmetic, its glossary,
+and the HTML page as a browser lays it out."""
 
 import json
+import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report import load_inputs, write_report
+from bench.figures import component_lines, point_from_row, running_error, wilson_interval
+from bench.findings import findings
+from bench.glossary import WORDS, describe
+from bench.report import build_report, load_inputs, write_report
+from bench.tables import assign_fit_ids, fit_summary, fmt, problems_table, report_tables, split_wide, Table
 from tests.fake_backends import MARKER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +32,8 @@ def bench_session(tmp_path_factory):
     json_path, out = tmp / "bench.json", tmp / "run"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_fits.py", "-q", "-p", "no:cacheprovider",
-         "--backends", f"{QUICK},{RAISING}", "--methods", "nuts,map", "--seeds", "0,1", "--n-obs", "200",
-         f"--benchmark-json={json_path}", f"--mixbench-out={out}"],
+         "--backends", f"{QUICK},{RAISING}", "--methods", "nuts,map", "--seeds", "0-1", "--N", "200",
+         f"--benchmark-json={json_path}", f"--out={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, MARKER_ENV: ""},
     )
     return result, json_path, out
@@ -54,13 +64,16 @@ def test_report_from_the_saved_json_contains_every_cell(bench_session, tmp_path)
     frame, _, _ = load_inputs([json_path])
     assert len(frame) == 8
     text = paths["markdown"].read_text()
-    # Ok cells in the recovery table; unsupported and failed ones, with reasons, in theirs.
-    assert "truth x2" in text
+    # Ok cells in the findings and the recovery table; unsupported and failed ones, with reasons, in theirs.
+    assert f"Recovered the truth on every seed: {QUICK} / nuts (2 of 2, slope error" in text
     assert text.count("only runs nuts") == 4
     assert text.count("RuntimeError: the engine blew up") == 2
+    assert f"No draws from: {QUICK} / map (unsupported x2)" in text
     html = paths["html"].read_text()
-    assert html.count("<figure>") == 4 and "data:image/png;base64," in html
-    assert (tmp_path / "figures" / "slope_traces.png").is_file()  # found through the rows' run_dir
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["anytime_1.png", "data_fits_1.png", "landings.png", "recovery_error.png", "slope_traces.png",
+                       "time_split.png"]  # no VI, so no k-hat figure; traces found through the rows' run_dir
+    assert html.count("<figure ") == len(figures) and html.count("data:image/png;base64,") == len(figures)
 
 
 def test_report_merges_several_inputs_latest_row_wins(bench_session, tmp_path):
@@ -68,3 +81,288 @@ def test_report_merges_several_inputs_latest_row_wins(bench_session, tmp_path):
     frame, environments, _ = load_inputs([json_path, out])
     assert len(frame) == 8  # the same cells from both sources, counted once
     assert len(environments) == 2
+
+
+# --- hand-built rows with known answers -------------------------------------------------------
+
+TRUTH = {"truth.w[0,0]": 3.0, "truth.w[1,0]": -1.0, "truth.sigma": 0.1, "truth.pi[0]": 0.5, "truth.pi[1]": 0.5}
+
+
+def _row(backend, method, seed, mode="truth", status="ok", truth=True, **extra):
+    row = {"cell_id": f"{backend}.{method}.s{seed}", "scenario": "forum-small" if truth else "mydata",
+           "setup": "default", "backend": backend, "method": method, "seed": seed, "status": status, "N": 2000,
+           "K": 2, "D": 1, "data_file": None if truth else "/data/mydata.csv"}
+    if status != "ok":
+        return {**row, "reason": extra.get("reason", "not offered here")}
+    row.update({"engine": backend, "precision": "float64", "mode": mode, "permutation": "0,1",
+                "reference_source": "truth" if truth else "map", "chains_disagree": False, "label_switches": 0,
+                "off_majority_frac": 0.0, "t_compile": 2.0 + 8 * (seed == 0), "t_warmup": 1.0, "t_sampling": 2.0,
+                "w_err_max": 0.002 if mode == "truth" else 1.5, "sigma_err_max": 0.001, "w_coverage": 1.0,
+                "mean.w[0,0]": 3.0, "mean.w[1,0]": -1.0, "mean.sigma": 0.1, "mean.pi[0]": 0.5, "mean.pi[1]": 0.5})
+    if not truth:
+        row.update(w_err_max=None, sigma_err_max=None, w_coverage=None)
+    else:
+        row.update(TRUTH)
+    if method == "nuts":
+        row.update(ess_bulk_min=1500.0, ess_bulk_per_s=500.0, ess_tail_per_s=400.0, rhat_max=1.002, divergences=0,
+                   grad_evals=20000)
+    else:
+        row.update(t_warmup=None, t_sampling=None, t_optimisation=0.5, khat=0.3)
+    row.update(extra)
+    return row
+
+
+def _known_rows(truth=True):
+    return [
+        _row("pymc", "nuts", 0, truth=truth), _row("pymc", "nuts", 1, truth=truth),
+        _row("numpyro", "advi-fullrank", 0, truth=truth),
+        _row("numpyro", "advi-fullrank", 1, mode="other", truth=truth, khat=1.4, converged=False),
+        _row("numpyro", "map", 0, mode="collapsed", truth=truth), _row("numpyro", "map", 1, mode="collapsed", truth=truth),
+        _row("stan", "pathfinder", 0, status="unsupported", truth=truth),
+        _row("stan", "pathfinder", 1, status="unsupported", truth=truth),
+    ]
+
+
+def _report_parts(rows):
+    frame = assign_fit_ids(pd.DataFrame(rows))
+    fits = fit_summary(frame)
+    tables = {t.key: t for t in [*report_tables(fits, frame), problems_table(frame)]}
+    return frame, fits, tables, findings(fits)
+
+
+def test_fit_ids_are_in_backend_then_method_order():
+    frame, fits, _, _ = _report_parts(_known_rows())
+    assert list(fits["fit"]) == ["F1", "F2", "F3", "F4"]
+    assert list(fits["backend"] + "/" + fits["method"]) == ["pymc/nuts", "numpyro/advi-fullrank", "numpyro/map",
+                                                            "stan/pathfinder"]
+
+
+def test_findings_say_who_recovered_how_often_and_what_it_cost():
+    _, _, _, found = _report_parts(_known_rows())
+    assert len(found) == 1
+    setup = found[0]
+    assert setup.title == "forum-small, N = 2,000: simulated, scored against the truth"
+    text = [s.text for s in setup.sentences]
+    assert text[0] == "Recovered the truth on every seed: pymc / nuts (2 of 2, slope error 0.002)."
+    assert "Reached the truth on some seeds only: numpyro / advi-fullrank (1 of 2; elsewhere: other 1)." in text
+    assert "Never reached the truth: numpyro / map (0 of 2: collapsed 2)." in text
+    # NUTS: warm-up 1 s + 1000 / 500 ESS per s = 3 s; compile over seeds 2 to 10 s.
+    assert any(t.startswith("Time to 1,000 effective draws after compiling") and "pymc / nuts 3 s" in t for t in text)
+    assert "Compiling took pymc / nuts 2 to 10 s, numpyro / advi-fullrank 2 to 10 s and numpyro / map 2 to 10 s" \
+        in " ".join(text)
+    assert ("Health flags: numpyro / advi-fullrank: khat on 1 of 2 seeds, not-converged on 1 of 2 seeds."
+            in text)
+    assert "No draws from: stan / pathfinder (unsupported x2)." in text
+
+
+def test_every_finding_is_traceable_to_its_table_rows():
+    """Each sentence cites a table and fit ids; those rows exist, and every number in the sentence
+    is in them (or is one of the report's fixed thresholds)."""
+    rows = _known_rows() + [_row("pymc", "nuts", 2, mode="other", lp_gap=35.25, divergences=3)]
+    _, _, tables, found = _report_parts(rows)
+    constants = {fmt(1000), "1.01", "400", "0.7"}
+    checked = 0
+    for sentence in found[0].sentences:
+        table = tables[sentence.table].frame
+        cited = table[table["fit"].isin(sentence.fits)]
+        assert sorted(cited["fit"].unique()) == sorted(sentence.fits), sentence
+        cells = " ".join(cited.map(fmt).astype(str).to_numpy().ravel())
+        for number in re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", sentence.text):
+            assert number in constants or re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d,]|\.\d)", cells), \
+                (number, sentence.text, cells)
+            checked += 1
+    assert checked > 20
+    assert any("up to 35.2 nats below the reference posterior" in s.text for s in found[0].sentences)
+
+
+def test_findings_without_truth_say_reference_not_truth(capsys):
+    from bench.summary import print_summary
+
+    rows = _known_rows(truth=False)
+    _, fits, tables, found = _report_parts(rows)
+    assert found[0].title == ("mydata, N = 2,000: no truth, scored against each fit's own reference point (map; see "
+                              "the glossary)")
+    assert found[0].sentences[0].text.startswith("Reached the reference point on every seed: pymc / nuts (2 of 2).")
+    shared = [dict(r, reference_source="reference", mode="reference" if r.get("mode") == "truth" else r.get("mode"))
+              if r["status"] == "ok" else r for r in rows]
+    title, first = _report_parts(shared)[3][0].title, _report_parts(shared)[3][0].sentences[0].text
+    assert title == "mydata, N = 2,000: no truth, scored against the reference posterior (one labelling for every fit)"
+    assert first.startswith("Reached the reference posterior's mode on every seed: pymc / nuts (2 of 2).")
+    assert not any("truth" in s.text for s in found[0].sentences)
+    assert "recovery" not in tables and "coverage" not in tables  # no truth, no recovery errors
+    print_summary(rows)
+    out = capsys.readouterr().out
+    assert "relabelled to each fit's own pivot (map)" in out and "relabelled to the truth" not in out
+
+
+def test_numbers_have_one_format():
+    assert [fmt(v) for v in (2210.4, 11362, 0.000051234, 12.345, 123.4, 0.5, 2.0, 0.0, math.nan, math.inf, None)] == \
+        ["2,210", "11,362", "0.0000512", "12.3", "123", "0.5", "2", "0", "-", "inf", "-"]
+    assert not any("e" in fmt(v) for v in np.geomspace(1e-9, 1e9, 50))
+
+
+def test_wide_tables_are_split_with_their_keys_repeated():
+    frame = pd.DataFrame({"backend": ["a", "b"], "engine": ["x", "y"], **{f"v{i}": [1.0, 2.0] for i in range(12)}})
+    parts = split_wide(Table("t", "T", "text", frame), max_values=7)
+    assert [p.title for p in parts] == ["T (1 of 2)", "T (2 of 2)"]
+    assert all(list(p.frame.columns[:2]) == ["backend", "engine"] and len(p.frame.columns) == 8 for p in parts)
+    assert split_wide(Table("t", "T", "", frame.iloc[:, :9]))[0].frame.shape == (2, 9)
+
+
+def test_optional_columns_appear_when_the_rows_carry_them(tmp_path):
+    plain = _known_rows()
+    extra = [dict(r, elpd_loo=-1510.5, w_w1_max=0.02, lp_gap=0.5, flags="divergences,rhat") if r["status"] == "ok"
+             else r for r in plain]
+    texts = {}
+    for name, rows in (("plain", plain), ("extra", extra)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        texts[name] = write_report([run], run)["markdown"].read_text()
+    for column in ("elpd_loo", "elpd_loo - best", "slope W1", "lp gap max"):
+        assert f"| {column} |" in texts["extra"] and f"| {column} |" not in texts["plain"]
+    assert "divergences x2, rhat x2" in texts["extra"]  # the rows' own flags column replaces the report's
+    assert "## Flagged fits" in texts["extra"] and "## Posterior means" in texts["plain"]
+
+
+def test_glossary_explains_every_column_and_every_mode_word(bench_session, tmp_path):
+    _, json_path, _ = bench_session
+    rows = [dict(r, elpd_loo=-900.0, elpd_loo_se=3.0, lp_gap=3.0, ref_distance_sd=0.5, chains_below=1,
+                 w_w1_max=0.01, b_w1_max=0.01, flags="poor-mode", bound_params="sigma upper", reference_name="ref-1")
+            for r in _known_rows() if r["status"] == "ok"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from tests.test_costs import _cost_json, _cell_rows
+
+    (run / "cells.jsonl").open("a").write("".join(json.dumps(r) + "\n" for r in _cell_rows()))
+    _, _, _, _, tables, environment = build_report([run, json_path, _cost_json(tmp_path / "c.json")], tmp_path / "f")
+    columns = {c for t in [*tables, environment] for c in t.frame.columns}
+    assert {"lp gap max", "elpd_loo - best", "slope W1", "K=2 N=1e3 ms", "overhead %", "landed collapsed",
+            "at a bound", "w[1,0]", "reference"} <= columns
+    assert [c for c in columns if describe(c) is None] == []
+    assert set(WORDS["mode words"]) == {"truth", "reference", "collapsed", "other", "mixed"}
+    text = write_report([run], tmp_path / "out")["markdown"].read_text()
+    glossary = text[text.index("## Glossary"):]
+    for word in WORDS["mode words"]:
+        assert f"| {word} |" in glossary
+
+
+# --- figure arithmetic ------------------------------------------------------------------------
+
+def test_wilson_interval_is_the_closed_form():
+    z = 1.6448536269514722  # standard normal 95th percentile: a two-sided 90% interval
+    for k, n in ((0, 2), (2, 2), (3, 10), (7, 7)):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert wilson_interval(k, n, 0.9) == pytest.approx((centre - half, centre + half), abs=1e-12)
+
+
+def test_running_error_relabels_each_draw_before_averaging():
+    target = np.array([[3.0], [-1.0]])
+    rng = np.random.default_rng(0)
+    w = target[None, None] + 0.01 * rng.standard_normal((2, 50, 2, 1))
+    w[1] = w[1][:, ::-1]  # chain 1 in the opposite labelling
+    w[0, 30:] = w[0, 30:, ::-1]  # chain 0 switches at draw 30
+    errors = running_error(w, target)
+    relabelled = np.where(np.abs(w - target) < 1, w, w[:, :, ::-1])  # undo the swaps by hand
+    expected = np.abs(np.cumsum(relabelled.sum(axis=0), axis=0) / (2 * np.arange(1, 51))[:, None, None] - target)
+    np.testing.assert_allclose(errors, expected.reshape(50, -1).max(axis=1))
+    assert errors[-1] < 0.01  # raw means would sit near 1, halfway between the slopes
+
+
+def test_component_lines_hold_other_covariates_at_their_means():
+    point = {"w": np.array([[2.0, 0.5], [-1.0, 1.0]]), "b": np.array([1.0, -1.0])}
+    offsets, slopes = component_lines(point, np.array([0.1, 0.4]))
+    np.testing.assert_allclose(offsets, [1.0 + 0.5 * 0.4, -1.0 + 1.0 * 0.4])
+    np.testing.assert_allclose(slopes, [2.0, -1.0])
+
+
+def test_point_from_row_reads_shared_and_per_component_sigma():
+    row = pd.Series({"mean.w[0,0]": 1.0, "mean.w[1,0]": 2.0, "mean.sigma[0]": 0.1, "mean.sigma[1]": 0.2,
+                     "mean.pi[0]": 0.4, "mean.pi[1]": 0.6, "mean.b[0]": -1.0, "mean.b[1]": 1.0})
+    point = point_from_row(row, "mean.", 2, 1)
+    np.testing.assert_allclose(point["sigma"], [0.1, 0.2])
+    np.testing.assert_allclose(point["b"], [-1.0, 1.0])
+    shared = point_from_row(pd.Series({**TRUTH}), "truth.", 2, 1)
+    np.testing.assert_allclose(shared["sigma"], [0.1, 0.1])
+    np.testing.assert_allclose(shared["b"], [0.0, 0.0])  # no intercepts
+    assert point_from_row(pd.Series({"mean.w[0,0]": 1.0}), "mean.", 2, 1) is None
+
+
+# --- the page in a browser --------------------------------------------------------------------
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || (e.target && e.target.tagName) || "error")), true);
+window.addEventListener("load", () => {
+  const vw = document.documentElement.clientWidth;
+  const wide = [];
+  for (const el of document.querySelectorAll("table, figure, img")) {
+    const r = el.getBoundingClientRect();
+    if (r.right > vw + 0.5 || (el.tagName === "TABLE" && el.scrollWidth > el.clientWidth + 1)) {
+      wide.push([el.tagName, el.id, Math.round(r.right)]);
+    }
+  }
+  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const out = {viewport: vw, page: document.documentElement.scrollWidth, wide: wide, broken: broken,
+               errors: window.__errors, tables: document.querySelectorAll("table").length,
+               images: document.images.length};
+  const pre = document.createElement("pre");
+  pre.id = "mixbench-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def browser_check(page: Path, width: int, tmp_path: Path) -> tuple[dict, list[str]]:
+    """Lay the page out in headless Chromium at ``width`` px: what is wider than the viewport,
+    images that did not decode, page errors, and the console messages Chromium logged."""
+    probe = tmp_path / f"probe-{page.stem}.html"
+    probe.write_text(page.read_text().replace("<body>", "<body>" + PROBE, 1))
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
+                           f"--window-size={width},900", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    found = re.search(r'<pre id="mixbench-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return json.loads(found.group(1)), console
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
+def test_html_report_fits_the_viewport_with_no_console_error(bench_session, tmp_path):
+    _, json_path, _ = bench_session
+    from tests.test_costs import _cost_json, _cell_rows
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [*_known_rows(), *_cell_rows()]
+    rows.append({**_known_rows()[-1], "cell_id": "long", "reason": "a long reason " + "without-any-break-" * 20})
+    (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report([run, json_path, _cost_json(tmp_path / "c.json")], tmp_path / "report")["html"]
+    for width in (1280, 1024):
+        result, console = browser_check(page, width, tmp_path)
+        assert result["viewport"] == width and result["tables"] >= 10 and result["images"] >= 6, result
+        assert result["wide"] == [] and result["page"] <= width, result
+        assert result["broken"] == [] and result["errors"] == [] and console == [], (result, console)
+    # The check can fail: a table wider than the page, and a console message, are caught.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><table id=w><tr>" + "<td>wide-cell-content</td>" * 80 + "</tr></table>"
+                   "<script>console.error('boom')</script></body></html>")
+    result, console = browser_check(bad, 1024, tmp_path)
+    assert result["wide"] and result["page"] > 1024 and any("boom" in line for line in console)
+
+
+def test_quickest_fit_is_named_with_its_flags_and_the_quickest_without():
+    rows = [_row("pymc", "nuts", 0), _row("pymc", "nuts", 1),
+            _row("numpyro", "pathfinder", 0, khat=1.4), _row("numpyro", "pathfinder", 1, khat=2.0)]
+    _, _, _, found = _report_parts(rows)
+    text = [s.text for s in found[0].sentences]
+    assert ("Quickest to reach the truth on every seed, compile apart: numpyro / pathfinder, 0.5 s to fit, "
+            "but with health flags (below).") in text
+    assert "Quickest to reach the truth on every seed without a health flag: pymc / nuts, 3 s to fit." in text
+    assert "Health flags: numpyro / pathfinder: khat on 2 of 2 seeds." in text

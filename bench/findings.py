@@ -1,0 +1,181 @@
+"""The report's first section: what the numbers say, in sentences generated from the per-fit
+summary (bench.tables.fit_summary).
+
+Per setup (one data set): which fits reached the target (the truth, or without one the reference
+point) and on how many seeds, which landed elsewhere and how far below in log density where the
+rows record it, what each cost (seconds to 1000 effective draws for NUTS, to the fit for the
+others), and the health flags. Every sentence names the table and the fit ids its numbers come
+from; every number in it is a cell of those rows (formatted by bench.tables.fmt).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.tables import ESS_TARGET, fmt
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    table: str  # the key of the table whose rows hold the numbers
+    fits: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SetupFindings:
+    title: str
+    sentences: tuple[Sentence, ...]
+
+
+def _name(fit: pd.Series) -> str:
+    return f"{fit['backend']} / {fit['method']}"
+
+
+def _listing(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _main_error(fit: pd.Series) -> tuple[str, float] | None:
+    for family, label in (("w", "slope"), ("b", "intercept")):
+        if _present(fit.get(f"{family}_err")):
+            return label, fit[f"{family}_err"]
+    return None
+
+
+def _range(low, high) -> str:
+    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)} to {fmt(high)}"
+
+
+def _away(fit: pd.Series) -> str:
+    """'other 1, collapsed 1' for the seeds that did not reach the target, and the gap."""
+    parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("other", "collapsed", "mixed")
+             if fit.get(f"landed_{mode}", 0)]
+    text = ", ".join(parts)
+    if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:
+        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the reference posterior in log density"
+    return text
+
+
+def _target(fits: pd.DataFrame) -> str:
+    if fits["truth"].all():
+        return "the truth"
+    targets = set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str))
+    return "the reference posterior's mode" if targets == {"reference"} else "the reference point"
+
+
+def _setup_title(fits: pd.DataFrame) -> str:
+    first = fits.iloc[0]
+    title = str(first["scenario"])
+    if first["setup"] != "default":
+        title += f" [{first['setup']}]"
+    if _present(first.get("N")):
+        title += f", N = {fmt(int(first['N']))}"
+    if fits["truth"].all():
+        return title + ": simulated, scored against the truth"
+    targets = sorted(set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str)) - {"-"})
+    if targets == ["reference"]:
+        return title + ": no truth, scored against the reference posterior (one labelling for every fit)"
+    target = f" ({', '.join(targets)}; see the glossary)" if targets else ""
+    return title + f": no truth, scored against each fit's own reference point{target}"
+
+
+def setup_findings(fits: pd.DataFrame) -> SetupFindings:
+    """The findings of the fits of one setup."""
+    sentences: list[Sentence] = []
+    truth = bool(fits["truth"].all())
+    target = _target(fits)
+    ran = fits[fits["seeds_ok"] > 0]
+
+    every = ran[ran["on_target"] == ran["seeds_ok"]]
+    if len(every):
+        items = []
+        for _, fit in every.iterrows():
+            detail = f"{int(fit['on_target'])} of {int(fit['seeds_ok'])}"
+            error = _main_error(fit) if truth else None
+            if error:
+                detail += f", {error[0]} error {fmt(error[1])}"
+            items.append(f"{_name(fit)} ({detail})")
+        verb = "Recovered the truth" if truth else f"Reached {target}"
+        sentences.append(Sentence(f"{verb} on every seed: {_listing(items)}.", "recovery" if truth else "modes",
+                                  tuple(every["fit"])))
+    some = ran[(ran["on_target"] > 0) & (ran["on_target"] < ran["seeds_ok"])]
+    if len(some):
+        items = [f"{_name(f)} ({int(f['on_target'])} of {int(f['seeds_ok'])}; elsewhere: {_away(f)})"
+                 for _, f in some.iterrows()]
+        sentences.append(Sentence(f"Reached {target} on some seeds only: {_listing(items)}.", "modes",
+                                  tuple(some["fit"])))
+    never = ran[ran["on_target"] == 0]
+    if len(never):
+        items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)})" for _, f in never.iterrows()]
+        sentences.append(Sentence(f"Never reached {target}: {_listing(items)}.", "modes", tuple(never["fit"])))
+
+    nuts = ran[ran["s_to_ess"].notna()].sort_values("s_to_ess")
+    if len(nuts):
+        items = [f"{_name(f)} {fmt(f['s_to_ess'])} s" for _, f in nuts.iterrows()]
+        sentences.append(Sentence(f"Time to {fmt(ESS_TARGET)} effective draws after compiling (warm-up, then "
+                                  f"sampling at the measured rate; bulk ESS of the slowest parameter): "
+                                  f"{_listing(items)}.", "cost", tuple(nuts["fit"])))
+    others = ran[ran["s_to_ess"].isna() & ran["s_to_fit"].notna()].sort_values("s_to_fit")
+    if len(others):
+        items = [f"{_name(f)} {fmt(f['s_to_fit'])} s" for _, f in others.iterrows()]
+        sentences.append(Sentence(f"Time to a fit by optimisation after compiling: {_listing(items)}.", "cost",
+                                  tuple(others["fit"])))
+    compiled = ran[ran["t_compile_max"].notna()].sort_values("t_compile_max")
+    if len(compiled):
+        items = [f"{_name(f)} {_range(f['t_compile_min'], f['t_compile_max'])} s" for _, f in compiled.iterrows()]
+        sentences.append(Sentence(f"Compiling took {_listing(items)} (over seeds: the first compiles, later ones "
+                                  "mostly load the cache).", "cost", tuple(compiled["fit"])))
+    good = ran[(ran["on_target"] == ran["seeds_ok"]) & ran["s_to_fit"].notna()].sort_values("s_to_fit")
+    if len(good) > 1:
+        best = good.iloc[0]
+        flagged = best["flags"] != "-"
+        sentences.append(Sentence(f"Quickest to reach {target} on every seed, compile apart: {_name(best)}, "
+                                  f"{fmt(best['s_to_fit'])} s to fit" + (", but with health flags (below)."
+                                                                         if flagged else "."),
+                                  "cost", (best["fit"],)))
+        clean = good[good["flags"] == "-"]
+        if flagged and len(clean):
+            best = clean.iloc[0]
+            sentences.append(Sentence(f"Quickest to reach {target} on every seed without a health flag: "
+                                      f"{_name(best)}, {fmt(best['s_to_fit'])} s to fit.", "cost", (best["fit"],)))
+
+    flagged = ran[ran["flags"].astype(str) != "-"]
+    if len(flagged):
+        items = []
+        for _, fit in flagged.iterrows():
+            counts = fit["flag_counts"] if isinstance(fit.get("flag_counts"), dict) else {}
+            flags = ", ".join(f"{flag} on {n} of {int(fit['seeds_ok'])} seeds" for flag, n in sorted(counts.items()))
+            items.append(f"{_name(fit)}: {flags or fit['flags']}")
+        sentences.append(Sentence(f"Health flags: {'; '.join(items)}.", "health", tuple(flagged["fit"])))
+    elif len(ran):
+        sentences.append(Sentence("No health flags on any fit (no divergences, R-hat at most 1.01, bulk ESS at "
+                                  "least 400, k-hat below 0.7 where measured).", "health", tuple(ran["fit"])))
+    disagree = ran[ran["seeds_disagree"] > 0]
+    if len(disagree):
+        items = [f"{_name(f)} ({int(f['seeds_disagree'])} of {int(f['seeds_ok'])})" for _, f in disagree.iterrows()]
+        sentences.append(Sentence(f"Chains in different labellings on some seeds: {_listing(items)}; the relabelled "
+                                  "numbers above are unaffected, raw R-hat and ESS are not.", "modes",
+                                  tuple(disagree["fit"])))
+    failed = fits[fits["cells"] > fits["seeds_ok"]]
+    if len(failed):
+        items = [f"{_name(f)} ({f['not_ok']})" for _, f in failed.iterrows()]
+        sentences.append(Sentence(f"No draws from: {_listing(items)}.", "problems", tuple(failed["fit"])))
+    return SetupFindings(_setup_title(fits), tuple(sentences))
+
+
+def findings(fits: pd.DataFrame) -> list[SetupFindings]:
+    """Findings per setup, in fit-id order."""
+    if fits.empty:
+        return []
+    order = fits.assign(_n=fits["fit"].str[1:].astype(int)).sort_values("_n")
+    keys = order[["scenario", "setup"]].drop_duplicates()
+    return [setup_findings(order[(order["scenario"] == s) & (order["setup"] == u)].drop(columns="_n"))
+            for s, u in keys.itertuples(index=False)]

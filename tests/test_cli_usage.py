@@ -1,0 +1,173 @@
+"""The command line as a user meets it: --help and --version, one vocabulary with the
+pytest-benchmark suite, progress on a terminal and in a pipe, and bytecode compiled once."""
+
+import argparse
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.bytecode import STAMP, ensure_bytecode
+from bench.cli import Progress, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["run"]
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"mixbench {version('mixbench')}"
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["list"]])
+def test_help_is_clean(command):
+    text = cli(*command, "--help").stdout
+    for noise in ("``", "SET_", "(default None)", "default: None", "%("):
+        assert noise not in text, (noise, text)
+    assert not re.search(r"[a-z]-\n\s+[a-z]", text), text  # no name broken at a hyphen
+
+
+def test_every_run_option_says_what_it_does_and_its_default():
+    for action in _run_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help and len(action.help) > 15, action.option_strings
+        needs_default = action.default not in (None, False) and not isinstance(action, argparse._StoreConstAction)
+        if needs_default:
+            assert "default" in action.help, action.option_strings
+
+
+def test_the_benchmark_suite_takes_the_options_of_mixbench_run():
+    """pytest bench/ --help lists every grid option of mixbench run under the same name and form."""
+    from bench.conftest import RUN_ONLY
+
+    text = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--help", "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
+    section = text[text.index("mixbench grid"):]
+    for action in _run_parser()._actions:
+        if action.dest in RUN_ONLY or not action.option_strings:
+            continue
+        for name in action.option_strings:
+            assert name in section, name
+    for gone in ("--n-obs", "--cell-time-limit", "--mixbench-out"):  # old names: accepted, not shown
+        assert gone not in text
+
+
+def test_the_benchmark_suite_builds_the_same_grid_as_mixbench_run():
+    from bench.cli import _cells_from_args
+
+    args = ["--backends", "tests.fake_backends:QuickBackend", "--methods", "nuts,map", "--seeds", "0-2",
+            "--N", "200,400", "--chains", "3"]
+    expected = sorted(c.id for c in _cells_from_args(build_parser().parse_args(["run", *args]))[0])
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--collect-only", "-q",
+                             "-p", "no:cacheprovider", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    collected = [line for line in result.stdout.splitlines() if "test_fit[" in line]
+    assert len(collected) == len(expected) == 12, result.stdout[-2000:]
+    old = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", "--backends", "tests.fake_backends:QuickBackend",
+                          "--n-obs", "300", "--cell-time-limit", "5"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert "N300" in old.stdout, old.stdout[-2000:]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_piped_progress_prints_a_line_at_least_every_30_seconds(tmp_path):
+    stream, clock = io.StringIO(), _Clock()
+    (tmp_path / "a.log").write_text("Building\rBuilding: 41.0s\r\x1b[32mBuilding: 42.5s\x1b[0m\r\n      | ^~~~~\n")
+    progress = Progress(1, stream=stream, log_dir=tmp_path, clock=clock)
+    progress("plan", {"todo": 1, "finished_before": 0})
+    progress("start", {"cell_id": "a"})
+    times = []
+    for step in range(1, 1801):  # 180 s of ticks every 0.1 s
+        clock.now = step / 10
+        before = stream.getvalue().count("\n")
+        progress("tick", {"cell_id": "a", "elapsed": clock.now})
+        if stream.getvalue().count("\n") > before:
+            times.append(clock.now)
+    progress("done", {"cell_id": "a", "status": "ok", "time_cell": 180.0})
+    gaps = [b - a for a, b in zip([0.0, *times], [*times, 180.0])]
+    assert len(times) >= 6 and max(gaps) < 30, gaps
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[1/1] a started" and lines[-1] == "[1/1] a ok in 180.0 s"
+    assert "still running" in lines[1] and lines[1].endswith(": Building: 42.5s")  # the log's last plain line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_terminal_progress_shows_every_cell_in_flight():
+    stream = _Terminal()
+    progress = Progress(3, stream=stream)
+    progress("start", {"cell_id": "a"})
+    progress("start", {"cell_id": "b"})
+    progress("tick", {"cell_id": "a", "elapsed": 12.0})
+    progress("tick", {"cell_id": "b", "elapsed": 3.0})
+    last = stream.getvalue().split("\r")[-1]
+    assert "a 12 s" in last and "b 3 s" in last  # both cells on the one line, not taking turns
+    progress("done", {"cell_id": "a", "status": "ok", "time_cell": 12.0})
+    progress("tick", {"cell_id": "b", "elapsed": 4.0})
+    last = stream.getvalue().split("\r")[-1]
+    assert "b 4 s" in last and "a 12 s" not in last and "[1/3 done]" in last
+
+
+def test_bytecode_is_compiled_once_per_set_of_installed_distributions(tmp_path, capfd):
+    site = tmp_path / "site-packages"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("X = 1\n")
+    (site / "pkg" / "old.py").write_text('PATTERN = "\\-"\n')  # an invalid escape: a SyntaxWarning when compiled
+    (site / "pkg-1.0.dist-info").mkdir()
+    out = io.StringIO()
+    assert ensure_bytecode(out, force=True, site_dirs=[site], project=False)
+    assert list((site / "pkg" / "__pycache__").glob("__init__.*.pyc")) and (site / STAMP).is_file()
+    assert "compiling the bytecode" in out.getvalue()
+    assert list((site / "pkg" / "__pycache__").glob("old.*.pyc")) and "Warning" not in capfd.readouterr().err
+    # Nothing installed since: no compile, no output.
+    again = io.StringIO()
+    assert not ensure_bytecode(again, force=True, site_dirs=[site], project=False) and again.getvalue() == ""
+    (site / "other-2.0.dist-info").mkdir()
+    (site / "other.py").write_text("Y = 2\n")
+    assert ensure_bytecode(io.StringIO(), force=True, site_dirs=[site], project=False)
+    assert list((site / "__pycache__").glob("other.*.pyc"))
+
+
+def test_bytecode_is_left_to_python_where_it_writes_its_own(tmp_path, monkeypatch):
+    flags = sys.flags
+    monkeypatch.setattr(sys, "flags", type("F", (), {"dont_write_bytecode": False})())
+    try:
+        assert not ensure_bytecode(io.StringIO(), site_dirs=[tmp_path], project=False)
+    finally:
+        monkeypatch.setattr(sys, "flags", flags)
+    assert not (tmp_path / STAMP).exists()
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv")
+def test_uv_run_prints_no_bytecode_line():
+    """uv's compile-bytecode setting would recompile site-packages and say so on every uv run."""
+    result = subprocess.run(["uv", "run", "--locked", "python", "-c", "pass"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Bytecode compiled" not in result.stderr, result.stderr

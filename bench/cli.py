@@ -465,8 +465,8 @@ def cmd_run(args) -> int:
                          retry_failed=args.retry_failed, fresh=args.fresh)
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
-    rows = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
-    rows = [r for r in rows if r["cell_id"] in ids]
+    result = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
+    rows = [r for r in result if r["cell_id"] in ids]
     print_summary(rows, cells)
     if result.unwritten:
         print(f"mixbench run: error: {len(result.unwritten)} row(s) could not be written to {out_dir / CELLS_FILE}; "
@@ -590,11 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("default", MixbenchWarning)
         shown = warnings.showwarning
+        said: set[str] = set()
 
         def one_line_warnings(message, category, filename, lineno, file=None, line=None):
-            # mixbench's own warnings as one line each; any other as Python shows it.
+            # mixbench's own warnings as one line each, each said once however many places meet
+            # the same damaged file; any other as Python shows it.
             if issubclass(category, MixbenchWarning):
-                print(f"mixbench: warning: {message}", file=sys.stderr, flush=True)
+                if str(message) not in said:
+                    said.add(str(message))
+                    print(f"mixbench: warning: {message}", file=sys.stderr, flush=True)
             else:
                 shown(message, category, filename, lineno, file, line)
 

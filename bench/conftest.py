@@ -26,7 +26,7 @@ from bench.harness import Cell
 from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.
-RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report"}
+RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report", "debug"}  # pytest has its own --debug
 # Earlier names of this suite's options, still accepted, not shown.
 OLD_NAMES = {"N": "--n-obs", "time_limit": "--cell-time-limit", "out": "--mixbench-out"}
 HELP = {"out": "where rows and the report go (default results/bench-<date>-<time>)"}

@@ -371,3 +371,18 @@ def test_quickest_fit_is_named_with_its_flags_and_the_quickest_without():
             "but with health flags (below).") in text
     assert "Quickest to reach the truth on every seed without a health flag: pymc / nuts, 3 s to fit." in text
     assert "Health flags: numpyro / pathfinder: khat on 2 of 2 seeds." in text
+
+
+def test_rows_scored_against_different_targets_are_different_setups(tmp_path):
+    """A run before a reference existed and one after it share the setup text; they are not
+    pooled into one fit."""
+    old = [r for r in _known_rows(truth=False) if r["backend"] == "pymc"]
+    new = [dict(r, cell_id=r["cell_id"] + ".ref", reference_source="reference", reference_name="ref-1",
+                mode="reference") for r in old]
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old + new))
+    frame, _, _ = load_inputs([tmp_path])
+    assert sorted(frame["setup"].unique()) == ["scored against own pivot", "scored against ref-1"]
+    fits = fit_summary(frame)
+    assert list(fits["seeds_ok"]) == [2, 2] and list(fits["target"]) == ["map", "reference"]
+    titles = [f.title for f in findings(fits)]
+    assert titles[1].endswith("no truth, scored against the reference posterior (one labelling for every fit)")

@@ -195,9 +195,15 @@ def figure_data_fits(frame: pd.DataFrame, fig_dir: Path) -> tuple[list[Figure], 
                 else "each component's weighted density pi_k Normal(b_k, sigma_k) (posterior means, one curve per seed)")
         fig.suptitle(f"The data and the fits: {_setup_title(scenario, setup)}", fontsize="medium")
         path = _save(fig, Path(fig_dir) / f"data_fits_{index}.png")
-        caption = (f"{_setup_title(scenario, setup)}: the data ({point_note}) with {what}{held}. Components are "
-                   "relabelled to the " + ("truth (dashed)." if truth is not None else
-                                           "fit's reference point, so colours match within a panel only."))
+        sources = set(col(rows, "reference_source").dropna().astype(str))
+        if truth is not None:
+            labelled = "Components are relabelled to the truth (dashed), so colours match across panels."
+        elif sources == {"reference"}:
+            labelled = ("Components are relabelled to the reference posterior's labelling, so colours match across "
+                        "panels.")
+        else:
+            labelled = "Each fit is relabelled to its own reference point, so colours match within a panel only."
+        caption = f"{_setup_title(scenario, setup)}: the data ({point_note}) with {what}{held}. {labelled}"
         figures.append(Figure(f"data-fits-{index}", f"The data and the fits: {_setup_title(scenario, setup)}",
                               caption, path))
     return figures, notes
@@ -341,10 +347,13 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
         truth = (col(rows, "reference_source") == "truth").all()
         if truth:
             measure, ylabel, log_y = "w_err_max", "max slope error of the posterior mean (log scale)", True
+            what = "The largest slope error of the posterior mean"
         elif num(rows, "elpd_loo").notna().any():
             measure, ylabel, log_y = "elpd_loo", "PSIS-LOO elpd of y, nats (higher is better)", False
+            what = "PSIS-LOO elpd (expected log predictive density of y)"
         elif num(rows, "w_w1_max").notna().any():
             measure, ylabel, log_y = "w_w1_max", "max slope W1 distance to the reference (log scale)", True
+            what = "The largest slope W1 distance to the reference posterior"
         else:
             notes.append(f"No anytime figure for {_setup_title(scenario, setup)}: without a truth it plots the "
                          "PSIS-LOO elpd or the W1 distance to a reference posterior, and these rows carry neither.")
@@ -394,7 +403,7 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
                "relabelled to the truth); other methods: their final fit (dots)." if measure == "w_err_max"
                else "Each seed's final fit (dots).")
         figures.append(Figure(f"anytime-{index}", f"Anytime: {_setup_title(scenario, setup)}",
-                              f"{ylabel.split(' (')[0].capitalize()} against wall time, as PPL Bench plots it; "
+                              f"{what} against wall time, as PPL Bench plots it; "
                               f"compile time is left out (its cold and warm values are in Cost: time). {how}",
                               path))
     return figures, notes

@@ -117,6 +117,19 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
         items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)})" for _, f in never.iterrows()]
         sentences.append(Sentence(f"Never reached {target}: {_listing(items)}.", "modes", tuple(never["fit"])))
 
+    if "w_w1" in ran and ran["w_w1"].notna().any():
+        close = ran[ran["w_w1"].notna()].sort_values("w_w1")
+        items = [f"{_name(f)} {fmt(f['w_w1'])}" for _, f in close.iterrows()]
+        sentences.append(Sentence(f"Slope W1 distance to the reference posterior (median over seeds, smaller is "
+                                  f"closer): {_listing(items)}.", "vi", tuple(close["fit"])))
+    if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
+        scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
+        items = [f"{_name(f)} {fmt(f['elpd_loo_diff'])}" for _, f in scored.iterrows()]
+        se = scored["elpd_loo_se"].max() if "elpd_loo_se" in scored else math.nan
+        noise = (f"; differences within a few standard errors (the largest here {fmt(se)}) are noise"
+                 if _present(se) else "")
+        sentences.append(Sentence(f"PSIS-LOO elpd against the best fit of these data (0 is the best; nats): "
+                                  f"{_listing(items)}{noise}.", "predictive", tuple(scored["fit"])))
     nuts = ran[ran["s_to_ess"].notna()].sort_values("s_to_ess")
     if len(nuts):
         items = [f"{_name(f)} {fmt(f['s_to_ess'])} s" for _, f in nuts.iterrows()]
@@ -162,7 +175,7 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     if len(disagree):
         items = [f"{_name(f)} ({int(f['seeds_disagree'])} of {int(f['seeds_ok'])})" for _, f in disagree.iterrows()]
         sentences.append(Sentence(f"Chains in different labellings on some seeds: {_listing(items)}; the relabelled "
-                                  "numbers above are unaffected, raw R-hat and ESS are not.", "modes",
+                                  "numbers above are unaffected, raw R-hat and ESS are not.", "switching",
                                   tuple(disagree["fit"])))
     failed = fits[fits["cells"] > fits["seeds_ok"]]
     if len(failed):

@@ -108,7 +108,25 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
              else pd.DataFrame({c: pd.Series(dtype=object) for c in ["cell_id", "status", *CELL_KEYS]}))
     setups = col(frame, "setup").astype(object)
     frame["setup"] = setups.where(setups.notna(), "default")
-    return assign_fit_ids(frame), environments, run_dirs
+    return assign_fit_ids(_split_by_target(frame)), environments, run_dirs
+
+
+def _split_by_target(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one setup scored against different targets (a reference posterior, the fits' own
+    pivots: runs before and after a reference existed) are different setups: say which in it."""
+    if frame.empty or "reference_source" not in frame:
+        return frame
+    name = col(frame, "reference_name")
+    source = col(frame, "reference_source").astype(object)
+    target = name.where(name.notna(), source.map(lambda s: "own pivot" if s in ("map", "chain0") else s))
+    ok = frame["status"] == "ok"
+    frame = frame.copy()
+    for _, group in frame[ok].groupby(["scenario", "setup"]):
+        kinds = target[group.index].dropna().astype(str)
+        if kinds.nunique() > 1:
+            frame.loc[kinds.index, "setup"] = [f"{s}, scored against {k}" if s != "default" else f"scored against {k}"
+                                               for s, k in zip(frame.loc[kinds.index, "setup"], kinds)]
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------

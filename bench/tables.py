@@ -274,14 +274,16 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               "interval (relabelled draws), mean over seeds.",
               _view(fits[fits["truth"]], [*key, ("w_cover", "slope cover"), ("b_cover", "intercept cover"),
                                          ("sigma_cover", "sigma cover"), ("pi_cover", "weight cover")])),
-        Table("modes", "Modes and label switching", "Seeds per landing mode, the labellings reached, and "
-              "switching within and between chains.",
+        Table("modes", "Modes", "Seeds per landing mode and, against a reference posterior, how far below it "
+              "in log density and how far from its mean the fits sit, and the seeds with a chain in a poorer mode.",
               _view(fits, [*key, ("seeds", "seeds ok"),
                            *[(f"landed_{m}", f"landed {m}") for m in MODE_WORDS if fits[f"landed_{m}"].any()],
                            ("lp_gap_max", "lp gap max"), ("ref_distance_max", "distance max sd"),
-                           ("seeds_poorer", "seeds poorer mode"), ("labellings", "labellings"),
-                           ("seeds_disagree", "chains disagree"), ("switches", "switches"),
-                           ("off_majority", "off majority")])),
+                           ("seeds_poorer", "seeds poorer mode")])),
+        Table("switching", "Label switching", "The labellings the seeds reached, and switching between and "
+              "within chains.",
+              _view(fits, [*key, ("labellings", "labellings"), ("seeds_disagree", "chains disagree"),
+                           ("switches", "switches"), ("off_majority", "off majority")])),
         Table("cost", "Cost: time", "Seconds. Compile apart, as its range over seeds: the first cell compiles, "
               "later ones mostly load what it cached. The rest are medians over seeds: s to fit is warm-up + "
               f"sampling or optimisation as run; s to {ESS_TARGET} ESS is warm-up + the sampling time {ESS_TARGET} "
@@ -296,7 +298,7 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
                            ("ess_bulk_per_grad", "ESS bulk/grad")])),
         Table("health", "Health", "R-hat over seeds (worst), divergences (sum), the optimiser's convergence, and "
               "the health flags raised, with how many seeds raised each.",
-              _view(fits, [*key, ("rhat_max", "R-hat max"), ("divergences", "divergences"),
+              _view(fits, [*key, ("seeds", "seeds ok"), ("rhat_max", "R-hat max"), ("divergences", "divergences"),
                            ("converged", "converged"), ("flags", "flags")])),
         Table("vi", "Approximation quality", "PSIS k-hat of the VI and Pathfinder draws (below 0.5 good, 0.7 or "
               "more: not usable as the posterior) and distances to the reference posterior, where measured.",

@@ -158,7 +158,10 @@ def test_findings_say_who_recovered_how_often_and_what_it_cost():
 def test_every_finding_is_traceable_to_its_table_rows():
     """Each sentence cites a table and fit ids; those rows exist, and every number in the sentence
     is in them (or is one of the report's fixed thresholds)."""
-    rows = _known_rows() + [_row("pymc", "nuts", 2, mode="other", lp_gap=35.25, divergences=3)]
+    rows = _known_rows() + [_row("pymc", "nuts", 2, mode="other", lp_gap=35.25, divergences=3),
+                            _row("numpyro", "nuts", 0, chains_disagree=True), _row("numpyro", "nuts", 1)]
+    for i, row in enumerate(r for r in rows if r["status"] == "ok"):
+        row.update(w_w1_max=0.01 * (i + 1), elpd_loo=-1500.0 - 2.5 * i, elpd_loo_se=20.0 + i)
     _, _, tables, found = _report_parts(rows)
     constants = {fmt(1000), "1.01", "400", "0.7"}
     checked = 0
@@ -167,11 +170,13 @@ def test_every_finding_is_traceable_to_its_table_rows():
         cited = table[table["fit"].isin(sentence.fits)]
         assert sorted(cited["fit"].unique()) == sorted(sentence.fits), sentence
         cells = " ".join(cited.map(fmt).astype(str).to_numpy().ravel())
-        for number in re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", sentence.text):
+        for number in re.findall(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?", sentence.text):
             assert number in constants or re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d,]|\.\d)", cells), \
                 (number, sentence.text, cells)
             checked += 1
-    assert checked > 20
+    assert checked > 30
+    keys = {s.table for s in found[0].sentences}
+    assert {"recovery", "modes", "switching", "cost", "health", "vi", "predictive", "problems"} <= keys, keys
     assert any("up to 35.2 nats below the reference posterior" in s.text for s in found[0].sentences)
 
 
@@ -366,3 +371,18 @@ def test_quickest_fit_is_named_with_its_flags_and_the_quickest_without():
             "but with health flags (below).") in text
     assert "Quickest to reach the truth on every seed without a health flag: pymc / nuts, 3 s to fit." in text
     assert "Health flags: numpyro / pathfinder: khat on 2 of 2 seeds." in text
+
+
+def test_rows_scored_against_different_targets_are_different_setups(tmp_path):
+    """A run before a reference existed and one after it share the setup text; they are not
+    pooled into one fit."""
+    old = [r for r in _known_rows(truth=False) if r["backend"] == "pymc"]
+    new = [dict(r, cell_id=r["cell_id"] + ".ref", reference_source="reference", reference_name="ref-1",
+                mode="reference") for r in old]
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old + new))
+    frame, _, _ = load_inputs([tmp_path])
+    assert sorted(frame["setup"].unique()) == ["scored against own pivot", "scored against ref-1"]
+    fits = fit_summary(frame)
+    assert list(fits["seeds_ok"]) == [2, 2] and list(fits["target"]) == ["map", "reference"]
+    titles = [f.title for f in findings(fits)]
+    assert titles[1].endswith("no truth, scored against the reference posterior (one labelling for every fit)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from backends import FitSettings, get_backend
 from bench.gradient import GRADIENT_KS, GRADIENT_NS, gradient_problem

@@ -63,7 +63,7 @@ def test_unknown_backend_scenario_and_method():
 
 
 def test_unknown_method_is_an_error_before_any_backend_work():
-    from backends.base import Backend, Fit
+    from backends.base import Backend
 
     class Dummy(Backend):
         name = "dummy"

@@ -22,7 +22,7 @@ from bench.costs import (
 from bench.gradient import finite_difference_gradient, gradient_problem, time_calls
 from bench.report import load_inputs, write_report
 from models import Dataset, log_density, random_point
-from tests.conftest import AGREEMENT_SPECS, make_data
+from tests.conftest import make_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = "tests.fake_backends:QuickBackend"

@@ -1,6 +1,5 @@
 """The same data through every backend's NUTS: the metrics agree on mode and recovery."""
 
-import numpy as np
 import pytest
 
 from backends import FitSettings, get_backend

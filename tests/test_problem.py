@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from scipy import stats
 
 from backends.base import Fit, canonical_datatree
 from bench.problem import Problem, batch_log_density
-from models import Dataset, MixtureSpec, NormalPrior, log_density, random_point
+from models import Dataset, MixtureSpec, log_density, random_point
 from models.oracle import log_likelihood_terms
 from models.standardize import Standardization
 from tests.conftest import AGREEMENT_SPECS, make_data

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from backends import FitSettings, get_backend
+from backends import FitSettings
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.stan import NO_CMDSTAN, cmdstan_path
 from bench.metrics import psis_khat

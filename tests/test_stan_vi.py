@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from backends import METHODS, FitSettings, get_backend
+from backends import METHODS, FitSettings
 from backends.stan import (
     NO_CMDSTAN,
     advi_log_densities,

@@ -153,6 +153,9 @@ class Fit:
     point_log_density: float | None = None
     start_log_densities: list[float] | None = None
     at_bound: list[str] | None = None
+    # "cold": this fit built (or loaded from a disk store) something it runs; "warm": everything
+    # it ran was already in this process's memory from an earlier fit; None: nothing ran.
+    compile: Literal["cold", "warm"] | None = None
 
     @property
     def ok(self) -> bool:
@@ -181,6 +184,18 @@ def machine_info() -> dict[str, str]:
         "processor": platform.processor() or "unknown",
         "cpu_count": str(os.cpu_count()),
     }
+
+
+# What the fit in progress in this process compiled: note_compile's states, None outside a fit.
+_compile_notes: list[str] | None = None
+
+
+def note_compile(state: Literal["cold", "warm"]) -> None:
+    """Say, where a backend looks up something it compiles, whether it was built (or loaded from
+    a store: "cold") or found in this process's memory ("warm"). ``Backend.fit`` records the fit
+    as cold when any lookup was cold, warm when all were warm."""
+    if _compile_notes is not None:
+        _compile_notes.append(state)
 
 
 @contextmanager
@@ -309,16 +324,23 @@ class Backend(ABC):
     ) -> Fit:
         if method not in METHODS:
             raise MixbenchError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
+        global _compile_notes
         settings = settings or FitSettings()
         dataset.check_against(spec)
         reason = self.unsupported_reason(spec, method, settings)
-        if reason is not None:
-            result = unsupported(self.name, method, reason)
-        elif method == "map":
-            result = self._multi_start_map(spec, dataset, settings, seed)
-        else:
-            check_batch_size(method, settings, dataset.N)  # one rule for every backend
-            result = self._fit(spec, dataset, method, settings, seed)
+        _compile_notes = []
+        try:
+            if reason is not None:
+                result = unsupported(self.name, method, reason)
+            elif method == "map":
+                result = self._multi_start_map(spec, dataset, settings, seed)
+            else:
+                check_batch_size(method, settings, dataset.N)  # one rule for every backend
+                result = self._fit(spec, dataset, method, settings, seed)
+            if result.compile is None and _compile_notes:
+                result.compile = "cold" if "cold" in _compile_notes else "warm"
+        finally:
+            _compile_notes = None
         result.settings = settings.to_dict()
         result.seed = seed
         result.versions = {**self.versions(), **result.versions}

@@ -45,6 +45,7 @@ from backends import laplace
 from backends.base import (METHODS, Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
+from backends.base import note_compile
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -428,6 +429,8 @@ def _phase(timings: dict[str, float], phase: str):
     finally:
         wall = time.perf_counter() - start
         compiling = min(_union_length(_compile_spans), wall)
+        # Any trace, compile or stored-program load inside the phase makes the fit cold.
+        note_compile("cold" if _compile_spans else "warm")
         _compile_spans = None
         timings["compile"] = timings.get("compile", 0.0) + compiling
         timings[phase] = timings.get(phase, 0.0) + wall - compiling
@@ -572,6 +575,7 @@ class NumPyroBackend(Backend):
                        x, y) -> "_NUTSPrograms":
         description = _NUTSPrograms.describe(spec, N, settings, chain_method, y.dtype)
         description_key = json.dumps(description, sort_keys=True)
+        note_compile("warm" if description_key in self._nuts_cache else "cold")
         if description_key not in self._nuts_cache:
             self._nuts_cache[description_key] = _NUTSPrograms(spec, settings, chain_method, x, y, description)
         return self._nuts_cache[description_key]

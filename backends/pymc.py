@@ -43,6 +43,7 @@ from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_data
                            stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
+from backends.base import note_compile
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -264,6 +265,7 @@ class _Compiled:
         PyMC's ValueGradFunction) kept on disk after its rewrites and loaded in later processes
         (backends/pytensor_store.py), its data then set to this entry's."""
         if name not in self._fns:
+            note_compile("cold")
             start = time.perf_counter()
             with _precision(self.precision):
                 if stored:
@@ -388,7 +390,9 @@ def compiled(spec: MixtureSpec, dataset: Dataset, precision: str = "float64") ->
     key = (spec, dataset.N, precision)
     if key in _CACHE:
         _CACHE.move_to_end(key)
+        note_compile("warm")
         return _CACHE[key].use(dataset)
+    note_compile("cold")
     with _precision(precision):
         model = build_model(spec, dataset.x, dataset.y)
     entry = _Compiled(spec=spec, model=model, precision=precision)
@@ -907,6 +911,7 @@ class PyMCBackend(Backend):
         timings: dict[str, float] = {}
         # find_MAP compiles its log density and gradient inside the call: compilation cannot be
         # timed apart and is part of "optimisation".
+        note_compile("cold")
         with stopwatch(timings, "optimisation"):
             point, raw = pm.find_MAP(start=start, model=model, seed=seed, progressbar=False,
                                      include_transformed=False, return_raw=True,

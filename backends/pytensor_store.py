@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from backends.base import package_versions
+from backends.base import note_compile, package_versions
 from backends.caches import (CacheWarning, cache_key, cache_root, discard_entry, evict, mark_used, private_dir,
                              source_digest, write_atomic)
 
@@ -72,6 +72,7 @@ def load_or_build(description: dict[str, Any], build: Callable[[], Any],
     An entry that fails to load is discarded (one CacheWarning) and built again. Raises
     MixbenchError when the store's directory is not private (caches.private_dir).
     """
+    note_compile("cold")  # loaded from disk or built: not in this process's memory
     key = function_key(description)
     path = store_dir() / f"{key}.pkl"
     try:

@@ -42,6 +42,7 @@ from backends.base import (
     start_seeds,
     stopwatch,
 )
+from backends.base import note_compile
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import proposal_group, psis_resample
 from models.data import Dataset
@@ -485,7 +486,9 @@ class StanBackend(Backend):
         key = (spec, dataset.digest())
         if key in self._pystan_models:
             self._pystan_models.move_to_end(key)
+            note_compile("warm")
             return self._pystan_models[key], True
+        note_compile("cold")
         code = program_code()
         name = httpstan.models.calculate_model_name(code)
         with _compile_lock(), _quiet():
@@ -512,7 +515,9 @@ class StanBackend(Backend):
         import cmdstanpy
 
         if self._cmdstan_model is not None:
+            note_compile("warm")
             return self._cmdstan_model, True
+        note_compile("cold")
         code = program_code()
         key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
         from backends.caches import private_dir

@@ -1,5 +1,19 @@
 """What executes cells. One small interface, so a grid too big for one machine can move to a
-cluster by adding an executor, not by changing the harness."""
+cluster by adding an executor, not by changing the harness.
+
+Three executors run any cell that has what ``ExecutableCell`` names (bench.harness.Cell does):
+
+- ``WarmProcessExecutor`` (the default): ``jobs`` worker processes, each kept for the cells of one
+  backend, so what a backend compiled for one cell (spec, data shape, settings) stays in memory
+  for the next cell of the same shape: its row says ``compile: warm``. A cell that crashes or runs
+  past the time limit takes only its own worker with it (killed with its process group); a fresh
+  one takes its place.
+- ``LocalProcessExecutor``: every cell in a fresh process (what mixbench did before warm workers;
+  the throughput benchmark compares the two). Every compile is cold.
+- ``bench.dask_executor.DaskExecutor``: the cells on a Dask cluster, or a LocalCluster.
+
+This module imports nothing from bench.harness: the harness hands it cells and takes back rows.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +22,86 @@ import multiprocessing.connection as mp_connection
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.harness import Cell, RunInterrupted, RunOptions, cell_ids, execute_cell
+from bench.stopping import RunInterrupted
 
 RowFn = Callable[[dict[str, Any]], None]
+ProgressFn = Callable[[str, dict[str, Any]], None]
 LOGS_DIR = "logs"
+EXECUTORS = ("warm", "fresh", "dask")
+
+
+class ExecutableCell(Protocol):
+    """What an executor needs of a cell (bench.harness.Cell is one)."""
+
+    @property
+    def id(self) -> str: ...
+
+    backend: str
+
+    def ids(self) -> dict[str, Any]:
+        """The identifying fields of the cell's rows."""
+
+    def execute(self, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
+        """Run the cell to its row; never raises."""
+
+    def files(self) -> dict[str, bytes]:
+        """The content of the files the cell reads, by the path it names them."""
+
+    def execute_with_files(self, files: dict[str, bytes], out_dir: Path, save_draws: bool = False) -> dict[str, Any]:
+        """``execute`` reading those files from ``files`` instead of this machine's disk."""
+
+
+class RunSettings(Protocol):
+    """What an executor reads of a run's options (bench.harness.RunOptions)."""
+
+    out_dir: Path
+    time_limit: float | None
+    save_draws: bool
 
 
 class CellExecutor(Protocol):
-    def run(self, cells: list[Cell], options: RunOptions, on_row: RowFn, progress=None) -> None:
-        """Run every cell, calling ``on_row`` with each row as soon as it exists."""
+    def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
+            progress: ProgressFn | None = None) -> None:
+        """Run every cell, calling ``on_row`` (in the calling thread, the run's only writer) with
+        each row as soon as it exists. A crash or time-out is a row. RunInterrupted leaves with
+        ``stopped``, the ids of the cells killed in flight."""
+
+
+def make_executor(kind: str = "warm", jobs: int = 1, scheduler: str | None = None) -> CellExecutor:
+    """The executor named ``kind`` (EXECUTORS); a ``scheduler`` address means dask."""
+    from models.errors import MixbenchError
+
+    if scheduler is not None:
+        if kind not in ("dask", "warm"):
+            raise MixbenchError(f"--scheduler: sends cells to a Dask cluster, not with --executor {kind}")
+        kind = "dask"
+    if kind == "warm":
+        return WarmProcessExecutor(jobs=jobs)
+    if kind == "fresh":
+        return LocalProcessExecutor(jobs=jobs)
+    if kind == "dask":
+        from bench.dask_executor import DaskExecutor
+
+        return DaskExecutor(address=scheduler, jobs=jobs)
+    raise MixbenchError(f"--executor: unknown {kind!r}; known: {', '.join(EXECUTORS)}")
 
 
 # What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the
-# forkserver start method a server process imports these once per run and each cell is forked
+# forkserver start method a server process imports these once per run and each worker is forked
 # from it: a fresh process that never ran an engine, without paying the imports again.
 COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arviz_stats", "backends",
                   "backends.base", "bench.harness", "bench.metrics", "bench.relabel", "models.scenarios")
 
 
-def preload_modules(cells: list[Cell]) -> list[str]:
+def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     """COMMON_MODULES and the modules of the cells' backends. Importing a backend module starts
     no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe."""
     from backends import BACKENDS
@@ -56,11 +125,20 @@ def _environ_changes() -> tuple[dict[str, str], list[str]]:
     return ({k: v for k, v in current.items() if base.get(k) != v}, [k for k in base if k not in current])
 
 
-def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: float | None = None,
-            environ_changes: tuple[dict[str, str], list[str]] | None = None) -> None:
+def _start_forkserver(context, cells) -> None:
+    global _server_environ
+    # Takes effect when the server starts (at the first process of the first run in this
+    # process); a server already running keeps what it imported.
+    context.set_forkserver_preload(preload_modules(cells))
+    if _server_environ is None:
+        _server_environ = dict(os.environ)
+
+
+def _enter_worker(launched: float | None, environ_changes, conn) -> float | None:
+    """What every cell process does first; returns its start-up seconds."""
     # The wall clock (shared by both processes) from the parent's start() to here: starting the
     # process and whatever it imports before it can run (all of it under spawn; under a
-    # forkserver, the server's start and imports for the run's first cell, a fork afterwards).
+    # forkserver, the server's start and imports for the run's first process, a fork afterwards).
     startup = time.time() - launched if launched is not None else None
     if environ_changes is not None:
         # A forkserver's children inherit the server's environment: apply what the parent has
@@ -73,17 +151,61 @@ def _worker(cell_dict: dict, out_dir: str, save_draws: bool, conn, launched: flo
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
     _die_with_parent(conn)
-    cell = Cell.from_dict(cell_dict)
+    return startup
+
+
+def _run_logged(cell, out_dir: str, save_draws: bool) -> dict[str, Any]:
+    """The cell's row, its engine's output (progress bars, compiler chatter) in its own log file
+    under ``out_dir/logs``, off the user's terminal."""
     log_dir = Path(out_dir) / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
-    # Engines write progress bars and compiler chatter: keep it per cell, off the user's terminal.
+    saved = os.dup(1), os.dup(2)
     with open(log_dir / f"{cell.id}.log", "w") as log:
+        sys.stdout.flush(), sys.stderr.flush()
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        row = execute_cell(cell, Path(out_dir), save_draws)
+        try:
+            return cell.execute(Path(out_dir), save_draws)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _worker(cell, out_dir: str, save_draws: bool, conn, launched: float | None = None,
+            environ_changes: tuple[dict[str, str], list[str]] | None = None) -> None:
+    """A fresh process's whole life: one cell."""
+    startup = _enter_worker(launched, environ_changes, conn)
+    row = _run_logged(cell, out_dir, save_draws)
     row["t_startup"] = startup
     conn.send(row)
     conn.close()
+
+
+def _warm_worker(tasks, results, out_dir: str, save_draws: bool, launched: float | None = None,
+                 environ_changes: tuple[dict[str, str], list[str]] | None = None) -> None:
+    """A warm worker's life: cells of one backend, one after another, until the parent sends
+    None or goes away. What the backend compiled stays in this process's memory between them."""
+    startup = _enter_worker(launched, environ_changes, results)
+    served = 0
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            break
+        if task is None:
+            break
+        cell, sent = task
+        row = _run_logged(cell, out_dir, save_draws)
+        served += 1
+        # The first cell pays the process's start; a later one only the hand-over of its cell.
+        row["t_startup"] = startup if served == 1 and startup is not None else time.time() - sent
+        row["worker_pid"] = os.getpid()
+        row["worker_cell"] = served  # 1 for the worker's first cell, 2 for its second, ...
+        results.send(row)
+    results.close()
 
 
 def _die_with_parent(conn) -> None:
@@ -107,8 +229,17 @@ def _die_with_parent(conn) -> None:
     threading.Thread(target=watch, name="mixbench-die-with-parent", daemon=True).start()
 
 
-def _dead_row(cell: Cell, status: str, error: str, elapsed: float) -> dict[str, Any]:
-    return {"cell_id": cell.id, **cell_ids(cell), "status": status, "error": error, "time_cell": elapsed}
+def dead_row(cell: ExecutableCell, status: str, error: str, elapsed: float) -> dict[str, Any]:
+    """The row of a cell whose process died ("crashed") or was stopped ("timeout")."""
+    return {"cell_id": cell.id, **cell.ids(), "status": status, "error": error, "time_cell": elapsed}
+
+
+def _exit_text(code: int | None) -> str:
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def time_limit_text(limit: float) -> str:
+    return f"exceeded the per-cell time limit of {limit:g} s"
 
 
 class LocalProcessExecutor:
@@ -135,16 +266,12 @@ class LocalProcessExecutor:
         self.start_method = start_method
         self._context = mp.get_context(start_method)
 
-    def run(self, cells: list[Cell], options: RunOptions, on_row: RowFn, progress=None) -> None:
-        global _server_environ
+    def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
+            progress: ProgressFn | None = None) -> None:
         if self.start_method == "forkserver" and cells:
-            # Takes effect when the server starts (at the first cell of the first run in this
-            # process); a server already running keeps what it imported.
-            self._context.set_forkserver_preload(preload_modules(cells))
-            if _server_environ is None:
-                _server_environ = dict(os.environ)
+            _start_forkserver(self._context, cells)
         pending = list(cells)
-        active: dict[int, tuple[Cell, Any, Any, float]] = {}
+        active: dict[int, tuple[Any, Any, Any, float]] = {}
         try:
             while pending or active:
                 while pending and len(active) < self.jobs:
@@ -153,7 +280,7 @@ class LocalProcessExecutor:
                     started = time.perf_counter()
                     proc = self._context.Process(
                         target=_worker,
-                        args=(cell.to_dict(), str(options.out_dir), options.save_draws, sender, time.time(),
+                        args=(cell, str(options.out_dir), options.save_draws, sender, time.time(),
                               _environ_changes() if self.start_method == "forkserver" else None),
                         name=f"mixbench-{cell.id}",
                     )
@@ -200,16 +327,158 @@ class LocalProcessExecutor:
                 return row
         if not proc.is_alive():
             proc.join()
-            code = proc.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            return _dead_row(cell, "crashed", f"cell process died ({how}) before writing its row", elapsed)
+            return dead_row(cell, "crashed", f"cell process died ({_exit_text(proc.exitcode)}) before writing its row",
+                            elapsed)
         if time_limit is not None and elapsed > time_limit:
             _kill(proc)
-            return _dead_row(cell, "timeout", f"exceeded the per-cell time limit of {time_limit:g} s", elapsed)
+            return dead_row(cell, "timeout", time_limit_text(time_limit), elapsed)
         return None
 
 
+@dataclass
+class _Warm:
+    """One warm worker as the parent sees it."""
+
+    backend: str
+    proc: Any
+    tasks: Any  # the parent's send end
+    results: Any  # the parent's receive end
+    cell: Any = None  # the cell it runs now, None when idle
+    started: float = 0.0
+
+
+class WarmProcessExecutor:
+    """``jobs`` worker processes, each serving the cells of one backend one after another.
+
+    A worker is forked (forkserver, as LocalProcessExecutor's cells) for the backend of the next
+    cell that has no idle worker of its own; it is kept while cells of its backend remain and
+    then ends, freeing its place for another backend's. Within a worker, what a backend compiled
+    for one (spec, data shape, settings) is reused by the next cell of the same shape (rows say
+    ``compile: warm``; the draws are the same as a cold run's at the same seed). Cells are handed
+    to a backend's worker in the grid's order.
+
+    A cell that runs past the time limit or whose worker dies costs only that worker: it is
+    killed with its process group (the engine's own processes too), the cell's row says timeout
+    or crashed, and the next cell of that backend gets a fresh worker. However ``run`` ends, every
+    worker is killed before it returns; a worker whose run is killed outright kills itself.
+    """
+
+    def __init__(self, jobs: int = 1, poll_interval: float = 0.2):
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.jobs = jobs
+        self.poll_interval = poll_interval
+        self._context = mp.get_context("forkserver")
+
+    def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
+            progress: ProgressFn | None = None) -> None:
+        if cells:
+            _start_forkserver(self._context, cells)
+        pending = list(cells)
+        workers: list[_Warm] = []
+        try:
+            while pending or any(w.cell is not None for w in workers):
+                self._dispatch(pending, workers, options, progress)
+                for worker in [w for w in workers if w.cell is not None]:
+                    row = self._poll(worker, options.time_limit)
+                    if row is not None:
+                        worker.cell = None
+                        if not worker.proc.is_alive() or row["status"] in ("crashed", "timeout"):
+                            _kill(worker.proc)
+                            workers.remove(worker)
+                        on_row(row)
+                if progress:
+                    for worker in workers:
+                        if worker.cell is not None:
+                            progress("tick", {"cell_id": worker.cell.id,
+                                              "elapsed": time.perf_counter() - worker.started})
+                busy = [w for w in workers if w.cell is not None]
+                waitables = [w.results for w in busy] + [w.proc.sentinel for w in busy]
+                if waitables:
+                    mp_connection.wait(waitables, timeout=self.poll_interval)
+        except RunInterrupted as exc:
+            exc.stopped = [w.cell.id for w in workers if w.cell is not None]
+            raise
+        finally:
+            for worker in workers:
+                if worker.cell is None:
+                    _send(worker.tasks, None)  # ends its loop; killed below if it does not
+            for worker in workers:
+                worker.proc.join(timeout=0 if worker.cell is not None else 5)
+                _kill(worker.proc)
+                worker.tasks.close()
+                worker.results.close()
+
+    def _dispatch(self, pending: list, workers: list[_Warm], options: RunSettings, progress) -> None:
+        # Idle workers take the next cell of their backend; one whose backend has none left ends.
+        for worker in [w for w in workers if w.cell is None]:
+            cell = next((c for c in pending if c.backend == worker.backend), None)
+            if cell is None:
+                _send(worker.tasks, None)
+                worker.proc.join(timeout=5)
+                _kill(worker.proc)
+                workers.remove(worker)
+            else:
+                pending.remove(cell)
+                self._hand(worker, cell, progress)
+        # Free places go to the first waiting cells whose backend has no worker yet, or whose
+        # workers are all busy.
+        while pending and len(workers) < self.jobs:
+            cell = pending.pop(0)
+            receiver, sender = self._context.Pipe(duplex=False)
+            task_receiver, task_sender = self._context.Pipe(duplex=False)
+            proc = self._context.Process(
+                target=_warm_worker,
+                args=(task_receiver, sender, str(options.out_dir), options.save_draws, time.time(),
+                      _environ_changes()),
+                name=f"mixbench-warm-{cell.backend}",
+            )
+            proc.start()
+            sender.close()
+            task_receiver.close()
+            worker = _Warm(backend=cell.backend, proc=proc, tasks=task_sender, results=receiver)
+            workers.append(worker)
+            self._hand(worker, cell, progress)
+
+    @staticmethod
+    def _hand(worker: _Warm, cell, progress) -> None:
+        worker.cell = cell
+        worker.started = time.perf_counter()
+        _send(worker.tasks, (cell, time.time()))
+        if progress:
+            progress("start", {"cell_id": cell.id})
+
+    @staticmethod
+    def _poll(worker: _Warm, time_limit: float | None) -> dict[str, Any] | None:
+        elapsed = time.perf_counter() - worker.started
+        if worker.results.poll():
+            try:
+                row = worker.results.recv()
+            except (EOFError, OSError):
+                row = None
+            if row is not None:
+                row["time_total"] = time.perf_counter() - worker.started
+                return row
+        if not worker.proc.is_alive():
+            worker.proc.join()
+            return dead_row(worker.cell, "crashed",
+                            f"cell process died ({_exit_text(worker.proc.exitcode)}) before writing its row", elapsed)
+        if time_limit is not None and elapsed > time_limit:
+            _kill(worker.proc)
+            return dead_row(worker.cell, "timeout", time_limit_text(time_limit), elapsed)
+        return None
+
+
+def _send(conn, message) -> None:
+    try:
+        conn.send(message)
+    except (BrokenPipeError, OSError):  # the worker is gone: its sentinel says so
+        pass
+
+
 def _kill(proc) -> None:
+    if proc.pid is None:
+        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -1,4 +1,5 @@
-"""The harness: a grid of cells, each fitted in its own process, each row written as it finishes.
+"""The harness: a grid of cells, each fitted in a worker process (bench.executors: warm workers by
+default, a fresh process per cell, or Dask), each row written as it finishes.
 
 A cell is (scenario or data file and its content digest, backend, method, seed, settings). Rows
 go to ``<out>/cells.jsonl`` the moment a cell finishes, one whole line under an exclusive file
@@ -18,20 +19,22 @@ import hashlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backends.base import FitSettings, check_batch_size, stopwatch
+from bench.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals  # noqa: F401 - re-exported
 from models.errors import MixbenchError, MixbenchWarning
+
+if TYPE_CHECKING:
+    from bench.executors import CellExecutor
 
 CELLS_FILE = "cells.jsonl"
 RUN_FILE = "run.json"
@@ -124,6 +127,66 @@ class Cell:
             data["covariates"] = tuple(data["covariates"])
         return cls(**data)
 
+    # What an executor needs of a cell (bench.executors.ExecutableCell): the executors run any
+    # object with these, so other kinds of grid (sweeps) use them unchanged.
+
+    def ids(self) -> dict[str, Any]:
+        """The identifying fields every row of this cell carries (an executor's crashed and
+        timed-out rows included)."""
+        return cell_ids(self)
+
+    def execute(self, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
+        """Run the cell to its row in this process (``execute_cell``)."""
+        return execute_cell(self, out_dir, save_draws)
+
+    def files(self) -> dict[str, bytes]:
+        """The content of every file the cell reads, by the path the cell names it: the data
+        file and the reference posterior's files. A worker on another machine gets these with
+        the cell (``execute_with_files``) instead of paths only this machine can read.
+        Raises MixbenchError when one cannot be read."""
+        out: dict[str, bytes] = {}
+        paths = [Path(self.scenario)] if self.is_data_file else []
+        if self.reference:
+            directory = Path(self.reference)
+            paths += sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else [directory]
+        for path in paths:
+            try:
+                out[str(path)] = path.read_bytes()
+            except OSError as exc:
+                raise MixbenchError(f"{path}: cannot be read to send to a worker ({exc.strerror or exc})") from None
+        return out
+
+    def execute_with_files(self, files: dict[str, bytes], out_dir: Path, save_draws: bool = False) -> dict[str, Any]:
+        """``execute`` with the files the cell reads taken from ``files`` (``Cell.files`` made on
+        the client) instead of this machine's disk. The data file's content is checked against
+        the cell's digest as any data file is (load_cell_data)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mixbench-cell-") as tmp:
+            local = {}
+            for number, (path, content) in enumerate(sorted(files.items())):
+                parent = Path(tmp) / str(number)
+                if self.reference and Path(path).parent == Path(self.reference):
+                    parent = Path(tmp) / "reference"
+                    local[self.reference] = str(parent)
+                parent.mkdir(exist_ok=True)
+                (parent / Path(path).name).write_bytes(content)
+                local.setdefault(path, str(parent / Path(path).name))
+            _local_copies.update(local)
+            try:
+                return execute_cell(self, out_dir, save_draws)
+            finally:
+                for path in local:
+                    _local_copies.pop(path, None)
+
+
+# Where this process finds the files a cell names, when they came with it (execute_with_files).
+_local_copies: dict[str, str] = {}
+
+
+def _local(path: str) -> str:
+    return _local_copies.get(str(path), str(path))
+
 
 def make_grid(
     scenarios: Iterable[str],
@@ -151,10 +214,10 @@ def load_cell_data(cell: Cell):
     if cell.is_data_file:
         from models.datafile import data_digest
 
-        if cell.data_digest is not None and data_digest(cell.scenario) != cell.data_digest:
+        if cell.data_digest is not None and data_digest(_local(cell.scenario)) != cell.data_digest:
             raise MixbenchError(f"data file {cell.scenario}: changed since the run was planned; "
                                 "rerun to fit its new content")
-        dataset = load_csv(cell.scenario, list(cell.covariates) if cell.covariates is not None else None,
+        dataset = load_csv(_local(cell.scenario), list(cell.covariates) if cell.covariates is not None else None,
                            cell.response)
         spec = MixtureSpec.from_dict({"D": dataset.D, **cell.spec})
     else:
@@ -205,7 +268,7 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
     ``warnings`` lists the MixbenchWarnings raised in the cell (a cache entry rebuilt, ...).
     """
     start = time.perf_counter()
-    row: dict[str, Any] = {"cell_id": cell.id, **cell_ids(cell)}
+    row: dict[str, Any] = {"cell_id": cell.id, **cell_ids(cell), "compile": "none"}
     notes: list[str] = []
     with _recording_warnings(notes):
         _execute(cell, row, out_dir, save_draws)
@@ -225,7 +288,7 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         with stopwatch(row, "t_data"):
             spec, dataset = load_cell_data(cell)
             problem = Problem.make(spec, dataset, standardize=cell.standardize)
-            reference = load_reference(cell.reference, problem) if cell.reference else None
+            reference = load_reference(_local(cell.reference), problem) if cell.reference else None
         row["N"] = dataset.N
         row["K"] = spec.K
         row["D"] = spec.D
@@ -236,6 +299,7 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         with stopwatch(row, "t_fit"):
             fit = backend.fit(spec, problem.fit_dataset, cell.method, settings, seed=cell.seed)
         fit = problem.to_data_scale(fit)
+        row["compile"] = fit.compile or "none"
         metrics_start = time.perf_counter()
         row.update({**evaluate(fit, truth=dataset.truth, reference=reference, problem=problem), **cell_ids(cell)})
         row["versions"] = fit.versions
@@ -557,69 +621,6 @@ def run_lock(out_dir: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stopping on a signal
-
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class RunInterrupted(BaseException):
-    """A run stopped by SIGINT, SIGTERM or SIGHUP. ``exit_code`` is the shell's convention,
-    128 + the signal number (130, 143, 129). ``kept``: rows written by this run before it
-    stopped; ``stopped``: ids of the cells killed in flight (they run again on resume).
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in between can
-    swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-        self.kept = 0
-        self.stopped: list[str] = []
-        self.rows_file: Path | None = None
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-_stop_depth = 0
-_stopping = False
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Within the block, SIGINT, SIGTERM and SIGHUP raise RunInterrupted (once: a second
-    signal while the first is handled is ignored, so that cleaning up cannot itself be cut
-    short). Outside the main thread signals cannot be caught and the block changes nothing."""
-    global _stop_depth, _stopping
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        global _stopping
-        if _stopping:
-            return
-        _stopping = True
-        raise RunInterrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    _stop_depth += 1
-    try:
-        yield
-    finally:
-        _stop_depth -= 1
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        if _stop_depth == 0:
-            _stopping = False
-
-
-# ---------------------------------------------------------------------------------------------
 # Running a grid
 
 
@@ -642,15 +643,19 @@ class RunRows(list):
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
-def run_grid(cells: list[Cell], options: RunOptions, executor=None, progress: ProgressFn | None = None) -> RunRows:
+def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | None" = None,
+             progress: ProgressFn | None = None) -> RunRows:
     """Run every cell not already finished in ``options.out_dir``; return all rows there.
+
+    ``executor``: what runs the cells (bench.executors); default a WarmProcessExecutor with one
+    worker.
 
     Raises MixbenchError when the output directory cannot be used (a file, not writable, another
     run holding it) and RunInterrupted on SIGINT, SIGTERM or SIGHUP, after killing the cells in
     flight. A row that cannot be written (OSError) is reported with a MixbenchWarning and kept in
     ``RunRows.unwritten``; the run goes on.
     """
-    from bench.executors import LocalProcessExecutor
+    from bench.executors import WarmProcessExecutor
     from bench.provenance import write_run_info
 
     from backends.caches import check_cache_dirs
@@ -665,7 +670,7 @@ def run_grid(cells: list[Cell], options: RunOptions, executor=None, progress: Pr
         write_run_info(out_dir, cells)
         done = store.finished_ids(options.retry_failed)
         todo = [c for c in _unique(cells) if c.id not in done]
-        executor = executor or LocalProcessExecutor()
+        executor = executor or WarmProcessExecutor()
         if progress:
             progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
         written: list[str] = []

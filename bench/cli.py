@@ -1,4 +1,5 @@
-"""The command line: ``mixbench run``, ``mixbench report``, ``mixbench list`` and ``mixbench reference``.
+"""The command line: ``mixbench run``, ``mixbench report``, ``mixbench compare``, ``mixbench list`` and
+``mixbench reference``.
 
 Every failure ends in one line on stderr and a non-zero exit, without a traceback (``--debug``
 shows it): 2 for bad input (MixbenchError: arguments, data, an output or cache directory that
@@ -93,6 +94,16 @@ def _positive_ints(value: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"must be positive integers, got {item!r}")
         numbers.append(int(number))
     return numbers
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return number
 
 
 def _positive_float(value: str) -> float:
@@ -263,7 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--out", metavar="DIR", type=Path, default=None,
                         help="output directory (default results/<scenario or data file name>); rerunning resumes")
     runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
-                        help="cells run in parallel, each in its own process (default 1)")
+                        help="cells run in parallel, each in its own process (default 1); with --executor dask "
+                             "and no --scheduler, the LocalCluster's workers")
+    runner.add_argument("--executor", choices=("warm", "fresh", "dask"), default=None,
+                        help="warm (default): worker processes kept for the cells of one backend, compiled "
+                             "programs reused; fresh: a new process per cell; dask: a Dask cluster (--scheduler, "
+                             "or a LocalCluster of --jobs workers)")
+    runner.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                        help="send the cells to the Dask cluster of this scheduler (README: Running on a Dask cluster)")
     runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=1800.0,
                         help="a cell still running after this is stopped and recorded as timeout (default 1800)")
     runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF under DIR/draws")
@@ -275,12 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="build the report from harness runs or pytest-benchmark JSON",
                             description="Build report.md, report.html and figures/ from results: merge "
-                                        "several inputs, the latest row of a cell wins.")
+                                        "several inputs; runs that share cells keep both runs' rows, labelled by run.")
     report.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="run directories, cells.jsonl files or pytest-benchmark JSON files")
     report.add_argument("--out", metavar="DIR", type=Path, default=None,
                         help="report directory (default: the first run directory, or the JSON file's directory)")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
+
+    compare = sub.add_parser("compare", help="what changed between two runs, cell by cell, beyond the noise",
+                             description="Match the cells of two runs (scenario, N, backend, method, seed) and "
+                                         "say what changed: recovery error, W1, landings, ESS/s, time per phase. "
+                                         "A change is called only when it exceeds the spread across seeds (the "
+                                         "rule is printed). Writes compare.md, compare.html and compare.png.")
+    compare.add_argument("run_a", type=Path, metavar="RUN_A", help="the baseline: a run directory, cells.jsonl or "
+                                                                   "pytest-benchmark JSON")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared with it")
+    compare.add_argument("--out", metavar="DIR", type=Path, default=None,
+                         help="where the comparison is written (default RUN_B's directory)")
+    compare.add_argument("--fail-if-worse", metavar="FRACTION", type=_non_negative_float, default=None,
+                         help="exit 1 when a change is called worse by more than this fraction of RUN_A's value "
+                              "(0.1: 10%%; 0: any called change), for CI")
+    compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -453,11 +486,12 @@ class Progress:
 
 def cmd_run(args) -> int:
     from bench.bytecode import ensure_bytecode
-    from bench.executors import LOGS_DIR, LocalProcessExecutor
+    from bench.executors import LOGS_DIR, make_executor
     from bench.harness import CELLS_FILE, RunOptions, run_grid
     from bench.summary import print_summary
 
     cells, label = _cells_from_args(args)
+    executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
@@ -465,7 +499,7 @@ def cmd_run(args) -> int:
                          retry_failed=args.retry_failed, fresh=args.fresh)
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
-    result = run_grid(cells, options, LocalProcessExecutor(jobs=args.jobs), progress)
+    result = run_grid(cells, options, executor, progress)
     rows = [r for r in result if r["cell_id"] in ids]
     print_summary(rows, cells)
     if result.unwritten:
@@ -558,6 +592,25 @@ def cmd_reference(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from bench.compare import compare, summary_lines, write_comparison
+    from bench.harness import prepare_out_dir
+
+    comparison = compare(args.run_a, args.run_b)
+    out = args.out or (args.run_b if args.run_b.is_dir() else args.run_b.parent)
+    prepare_out_dir(out)
+    paths = write_comparison(comparison, out)
+    print("\n".join(summary_lines(comparison)))
+    print(f"comparison: {paths['markdown']}  (html: {paths['html']})")
+    if args.fail_if_worse is not None:
+        worse = comparison.worse_beyond(args.fail_if_worse)
+        if worse:
+            print(f"mixbench compare: {len(worse)} change(s) worse by more than {args.fail_if_worse:.0%}",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.availability import describe
 
@@ -574,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import RunInterrupted, stop_on_signals
 
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference}[args.command]
+    handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
+               "compare": cmd_compare}[args.command]
     prefix = f"mixbench {args.command}"
 
     def fail(message: str, code: int, after_progress: bool = False) -> int:

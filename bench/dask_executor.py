@@ -194,14 +194,20 @@ class DaskExecutor:
                 row, outputs, log = future.result()
             except Exception as exc:  # noqa: BLE001 - the worker died (KilledWorker) or the task could not run
                 name = type(exc).__name__
-                why = "cell's worker died" if name == "KilledWorker" else f"cell could not run ({name}: {exc})"
+                why = ("cell process died (its Dask worker was lost)" if name == "KilledWorker"
+                       else f"cell could not run ({name}: {_first_line(exc)})")
                 return dead_row(cell, "crashed", f"{why} before writing its row", elapsed)
+            finally:
+                # Let go of the result at once: a finished result still held would be computed
+                # again if its worker died later.
+                future.release()
             self._write_back(cell, row, outputs, log, out_dir)
             row["time_total"] = time.perf_counter() - started
             return row
         if address not in workers:
             future.cancel()
-            return dead_row(cell, "crashed", "cell's worker died (it left the cluster) before writing its row", elapsed)
+            return dead_row(cell, "crashed", "cell process died (its Dask worker left the cluster) before writing its row",
+                            elapsed)
         if time_limit is not None and elapsed > time_limit:
             future.cancel()
             _restart(client, [address])
@@ -220,6 +226,10 @@ class DaskExecutor:
         log_dir = out_dir / LOGS_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"{cell.id}.log").write_text(log)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _restart(client, addresses: list[str]) -> None:

@@ -75,14 +75,17 @@ class CellExecutor(Protocol):
         ``stopped``, the ids of the cells killed in flight."""
 
 
-def make_executor(kind: str = "warm", jobs: int = 1, scheduler: str | None = None) -> CellExecutor:
-    """The executor named ``kind`` (EXECUTORS); a ``scheduler`` address means dask."""
+def make_executor(kind: str | None = None, jobs: int = 1, scheduler: str | None = None) -> CellExecutor:
+    """The executor named ``kind`` (EXECUTORS; None: dask with a ``scheduler`` address, else
+    warm). Raises MixbenchError for an unknown kind, or a scheduler with a local executor."""
     from models.errors import MixbenchError
 
     if scheduler is not None:
-        if kind not in ("dask", "warm"):
-            raise MixbenchError(f"--scheduler: sends cells to a Dask cluster, not with --executor {kind}")
-        kind = "dask"
+        if kind not in (None, "dask"):
+            raise MixbenchError(f"--scheduler: sends the cells to a Dask cluster; it does not go with --executor {kind}")
+        if not scheduler.strip():
+            raise MixbenchError("--scheduler: empty address (expected e.g. tcp://127.0.0.1:8786)")
+    kind = kind or ("dask" if scheduler is not None else "warm")
     if kind == "warm":
         return WarmProcessExecutor(jobs=jobs)
     if kind == "fresh":

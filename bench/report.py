@@ -78,8 +78,13 @@ def load_benchmark_json(path: Path) -> tuple[list[dict], dict]:
 
 
 def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]]:
-    """All rows (latest wins per cell id), the environments recorded, and run directories."""
-    rows: dict[str, dict] = {}
+    """All rows, the environments recorded, and run directories.
+
+    Within one input the latest row of a cell wins. Inputs that share cells are different runs
+    of them: every row of every input then keeps its run's label (``run``: the directory or file
+    name) in its setup, so both runs' rows stay, side by side, instead of one overwriting the other.
+    """
+    inputs: list[tuple[str, list[dict]]] = []
     environments: list[dict] = []
     run_dirs: list[Path] = []
     for path in map(Path, paths):
@@ -99,7 +104,19 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
             environments.append(env)
         else:
             raise MixbenchError(f"{path}: expected a run directory, a .jsonl rows file or a pytest-benchmark .json")
+        inputs.append((_run_label(path, [label for label, _ in inputs]), found))
+    seen: dict[str, int] = {}
+    for _, found in inputs:
+        for cell_id in {row["cell_id"] for row in found}:
+            seen[cell_id] = seen.get(cell_id, 0) + 1
+    overlap = any(count > 1 for count in seen.values())
+    rows: dict[str, dict] = {}
+    for label, found in inputs:
         for row in found:
+            if overlap:
+                setup = row.get("setup") or "default"
+                row = {**row, "run": label, "cell_id": f"{label}/{row['cell_id']}",
+                       "setup": f"run {label}" if setup == "default" else f"{setup}, run {label}"}
             rows[row["cell_id"]] = row
     if not rows and not any(env.get("cost_records") for env in environments):
         raise MixbenchError(f"no cell rows found in {', '.join(map(str, paths))}")
@@ -109,6 +126,17 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
     setups = col(frame, "setup").astype(object)
     frame["setup"] = setups.where(setups.notna(), "default")
     return assign_fit_ids(_split_by_target(frame)), environments, run_dirs
+
+
+def _run_label(path: Path, taken: list[str]) -> str:
+    """A run's name in a merged report: its directory's name (a rows file's directory, a JSON
+    file's stem), made unique among the inputs with #2, #3, ..."""
+    base = path.name if path.is_dir() else path.parent.name if path.suffix == ".jsonl" else path.stem
+    label, number = base, 1
+    while label in taken:
+        number += 1
+        label = f"{base}#{number}"
+    return label
 
 
 def _split_by_target(frame: pd.DataFrame) -> pd.DataFrame:

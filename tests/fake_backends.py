@@ -57,8 +57,11 @@ class QuickBackend(_Fake):
 
     name = "quick"
 
+    def scatter(self, settings) -> float:
+        return 0.01
+
     def _fit(self, spec, dataset, method, settings, seed):
-        _mark(f"quick:{seed}")
+        _mark(f"{self.name}:{seed}")
         rng = np.random.default_rng(seed)
         chains, draws = settings.chains, settings.draws
         posterior = {}
@@ -71,7 +74,7 @@ class QuickBackend(_Fake):
                 truth["b"] = np.full(shapes["b"], float(np.mean(dataset.y)))
         for name, value in truth.items():
             value = np.asarray(value, dtype=float)
-            noise = 0.01 * rng.standard_normal((chains, draws, *value.shape))
+            noise = self.scatter(settings) * rng.standard_normal((chains, draws, *value.shape))
             posterior[name] = value + noise
             if name == "pi":
                 posterior[name] = np.abs(posterior[name])
@@ -85,6 +88,16 @@ class QuickBackend(_Fake):
         return Fit(backend=self.name, method=method, status="ok", engine="quick", draws=draws_tree,
                    timings={"compile": 0.01, "warmup": 0.02, "sampling": 0.03, "extraction": 0.001},
                    grad_evals=7 * chains * draws * 2, divergences=0)
+
+
+class NoisyBackend(QuickBackend):
+    """QuickBackend whose scatter around the truth is ``settings.learning_rate`` (a setting it
+    otherwise ignores): a larger one is a deliberately worse fit, everything else unchanged."""
+
+    name = "noisy"
+
+    def scatter(self, settings) -> float:
+        return settings.learning_rate
 
 
 class RebuildingBackend(QuickBackend):

@@ -109,9 +109,13 @@ def test_changed_settings_make_new_cells(tmp_path, marker):
     assert executions(marker) == ["quick:0", "quick:0"]
 
 
-def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_it(tmp_path, marker):
+@pytest.mark.parametrize("executor, before", [("LocalProcessExecutor", [0, 1]), ("WarmProcessExecutor", [0, 1, 2])])
+def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_it(tmp_path, marker, executor, before):
+    # ``before``: the quick cells that finish before the sleeper starts. A warm worker serves its
+    # backend's cells first, so with one worker the quick cells all run before the sleeper.
     script = textwrap.dedent(f"""
         from pathlib import Path
+        from bench.executors import {executor}
         from bench.harness import Cell, RunOptions, make_grid, run_grid
         fake = "tests.fake_backends:"
         cells = make_grid(["forum-small"], [fake + "QuickBackend"], ["nuts"], [0, 1],
@@ -119,7 +123,8 @@ def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_i
         cells.append(Cell("forum-small", fake + "SpawningSleeperBackend", "nuts", 0, n=200))
         cells += make_grid(["forum-small"], [fake + "QuickBackend"], ["nuts"], [2],
                            settings={{"chains": 2, "draws": 100}}, n=200)
-        run_grid(cells, RunOptions(Path({str(tmp_path)!r}), time_limit=None))
+        if __name__ == "__main__":
+            run_grid(cells, RunOptions(Path({str(tmp_path)!r}), time_limit=None), {executor}())
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
     try:
@@ -132,7 +137,7 @@ def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_i
     cell_pids = recorded_pids(Path(os.environ[PIDS_ENV]))[-2:]
     assert wait_until(lambda: not any(alive(pid) for pid in cell_pids), timeout=10), cell_pids
     finished = read_rows(tmp_path / "cells.jsonl")
-    assert sorted(r["seed"] for r in finished) == [0, 1] and all(r["status"] == "ok" for r in finished)
+    assert sorted(r["seed"] for r in finished) == before and all(r["status"] == "ok" for r in finished)
 
     run_grid(quick_cells([0, 1, 2]), RunOptions(tmp_path))
     assert executions(marker).count("quick:2") == 1

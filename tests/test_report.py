@@ -76,11 +76,17 @@ def test_report_from_the_saved_json_contains_every_cell(bench_session, tmp_path)
     assert html.count("<figure ") == len(figures) and html.count("data:image/png;base64,") == len(figures)
 
 
-def test_report_merges_several_inputs_latest_row_wins(bench_session, tmp_path):
+def test_report_merging_two_runs_of_the_same_cells_keeps_both_labelled_by_run(bench_session, tmp_path):
     _, json_path, out = bench_session
     frame, environments, _ = load_inputs([json_path, out])
-    assert len(frame) == 8  # the same cells from both sources, counted once
+    assert len(frame) == 16  # the same 8 cells from both sources, each run's rows kept
+    assert sorted(frame["run"].value_counts().items()) == [("bench", 8), ("run", 8)]
+    assert frame["cell_id"].is_unique
+    assert set(frame["setup"]) == {"run bench", "run run"}
     assert len(environments) == 2
+    # Disjoint inputs are one run's rows spread over files: merged as they are, unlabelled.
+    frame, _, _ = load_inputs([json_path])
+    assert len(frame) == 8 and "run" not in frame
 
 
 # --- hand-built rows with known answers -------------------------------------------------------

@@ -1,0 +1,243 @@
+"""The warm local executor and the Dask executor keep every promise of the fresh-process one:
+the same rows for raising, timed-out and dying cells, a killed worker costs only its cell, a
+rerun resumes; warm workers reuse what a backend compiled without changing its draws; a run goes
+through a real ``dask scheduler`` with two ``dask worker`` processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.dask_executor import DaskExecutor
+from bench.executors import LocalProcessExecutor, WarmProcessExecutor, make_executor
+from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
+from models.errors import MixbenchError
+from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids
+
+FAKE = "tests.fake_backends:"
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def quick(seeds):
+    return make_grid(["forum-small"], [FAKE + "QuickBackend"], ["nuts"], seeds,
+                     settings={"chains": 2, "draws": 100}, n=200)
+
+
+def misbehaving_grid():
+    return [*quick([0]),
+            Cell("forum-small", FAKE + "RaisingBackend", "nuts", 0, n=200),
+            Cell("forum-small", FAKE + "SleepingBackend", "nuts", 0, n=200),
+            Cell("forum-small", FAKE + "DyingBackend", "nuts", 0, n=200),
+            *quick([1, 2])]
+
+
+def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+@pytest.fixture
+def marker(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "executions.txt"
+    pids = tmp_path / "pids.txt"
+    monkeypatch.setenv(MARKER_ENV, str(path))
+    monkeypatch.setenv(PIDS_ENV, str(pids))
+    return path
+
+
+# What must match between executors: everything a row says about its cell's outcome. Timings,
+# process ids and the executors' own bookkeeping differ by nature.
+COMPARED = ("status", "error", "reason", "compile", "rhat_max", "ess_bulk_min", "w_err_max", "mean.w[0,0]",
+            "mean.w[1,0]", "slope_trace_file")
+
+
+def outcome(rows):
+    """What each row says, the error of a crashed cell to its common start (how a worker's death
+    is seen differs: a process's exit code, or Dask's report of a lost worker)."""
+    out = {r["cell_id"]: {k: r.get(k) for k in COMPARED} for r in rows}
+    for row in out.values():
+        if row["status"] == "crashed":
+            assert row["error"].startswith("cell process died (") and row["error"].endswith("before writing its row")
+            row["error"] = "cell process died"
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh_rows(tmp_path_factory):
+    """The oracle: the fresh-process executor's rows for the misbehaving grid."""
+    out = tmp_path_factory.mktemp("fresh")
+    return outcome(run_grid(misbehaving_grid(), RunOptions(out, time_limit=12.0), LocalProcessExecutor(jobs=2)))
+
+
+@pytest.mark.parametrize("kind", ["warm", "dask"])
+def test_executor_gives_exactly_the_fresh_process_rows(kind, tmp_path, fresh_rows):
+    executor = WarmProcessExecutor(jobs=2) if kind == "warm" else DaskExecutor(jobs=2)
+    rows = run_grid(misbehaving_grid(), RunOptions(tmp_path, time_limit=12.0), executor)
+    assert len(read_rows(tmp_path / "cells.jsonl")) == 6
+    assert outcome(rows) == fresh_rows
+    by_backend = {r["backend"].split(":")[1]: r for r in rows}
+    assert by_backend["RaisingBackend"]["error"] == "RuntimeError: the engine blew up"
+    assert by_backend["SleepingBackend"]["status"] == "timeout"
+    assert by_backend["DyingBackend"]["status"] == "crashed"
+    # Rows, slope traces and logs are all under the run's directory, written by this process.
+    for row in rows:
+        # (A Dask cell whose worker died or was restarted leaves no log: it was on the worker.)
+        assert (tmp_path / "logs" / f"{row['cell_id']}.log").is_file() or row["status"] == "crashed" or \
+            (kind == "dask" and row["status"] == "timeout")
+    for row in [r for r in rows if r["status"] == "ok"]:
+        trace = np.load(tmp_path / row["slope_trace_file"])
+        assert trace.shape == (2, 100, 2, 1)
+        assert row["run_dir"] == str(tmp_path.resolve())
+    if kind == "warm":
+        # Three quick cells on two workers: whichever worker took the first kept its backend's
+        # next cells while it was free, counting them 1, 2, ...
+        ok = [r for r in rows if r["status"] == "ok"]
+        served: dict[int, list[int]] = {}
+        for row in ok:
+            served.setdefault(row["worker_pid"], []).append(row["worker_cell"])
+        assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in served.values())
+        assert max(r["worker_cell"] for r in ok) >= 2
+
+
+@pytest.mark.parametrize("kind", ["warm", "dask"])
+def test_a_killed_worker_loses_only_its_cell_and_a_rerun_resumes(kind, tmp_path, marker):
+    cells = [*quick([0]), Cell("forum-small", FAKE + "SleepingBackend", "nuts", 0, n=200), *quick([1])]
+    executor = WarmProcessExecutor(jobs=2) if kind == "warm" else DaskExecutor(jobs=2)
+    killed = []
+
+    def kill_the_sleeper():
+        if wait_until(lambda: "sleeping:0" in executions(marker), timeout=120):
+            pid = recorded_pids(Path(os.environ[PIDS_ENV]))[executions(marker).index("sleeping:0")]
+            os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_sleeper)
+    killer.start()
+    rows = {r["cell_id"]: r for r in run_grid(cells, RunOptions(tmp_path, time_limit=None), executor)}
+    killer.join()
+    assert killed, "the sleeping cell never started"
+    statuses = sorted((r["backend"].split(":")[1], r["seed"], r["status"]) for r in rows.values())
+    assert statuses == [("QuickBackend", 0, "ok"), ("QuickBackend", 1, "ok"), ("SleepingBackend", 0, "crashed")]
+    assert "died" in rows[cells[1].id]["error"]
+
+    run_grid([*cells, *quick([2])], RunOptions(tmp_path, time_limit=None), executor)
+    assert sorted(executions(marker)) == ["quick:0", "quick:1", "quick:2", "sleeping:0"]
+    assert len(read_rows(tmp_path / "cells.jsonl")) == 4
+
+
+def test_warm_worker_reuses_its_compile_and_draws_equal_a_cold_run(tmp_path):
+    """NumPyro NUTS, two seeds in one warm worker: the second reuses the first's programs (warm)
+    and its draws are exactly those of the same seed in a fresh process (cold)."""
+    settings = {"chains": 1, "warmup": 100, "draws": 100}
+    cells = make_grid(["forum-small"], ["numpyro"], ["nuts"], [0, 1], settings=settings, n=200)
+    warm = {r["seed"]: r for r in run_grid(cells, RunOptions(tmp_path / "warm"), WarmProcessExecutor(jobs=1))}
+    cold = {r["seed"]: r for r in run_grid(cells[1:], RunOptions(tmp_path / "cold"), LocalProcessExecutor(jobs=1))}
+    assert [warm[0]["status"], warm[1]["status"], cold[1]["status"]] == ["ok", "ok", "ok"]
+    assert (warm[0]["compile"], warm[1]["compile"], cold[1]["compile"]) == ("cold", "warm", "cold")
+    assert warm[0]["worker_pid"] == warm[1]["worker_pid"] and warm[1]["worker_cell"] == 2
+    assert warm[1]["t_compile"] < warm[0]["t_compile"]
+    warm_trace = np.load(tmp_path / "warm" / warm[1]["slope_trace_file"])
+    cold_trace = np.load(tmp_path / "cold" / cold[1]["slope_trace_file"])
+    np.testing.assert_array_equal(warm_trace, cold_trace)
+    assert not np.array_equal(warm_trace, np.load(tmp_path / "warm" / warm[0]["slope_trace_file"]))
+
+
+def test_a_data_file_reaches_a_dask_worker_as_content_checked_by_its_digest(tmp_path):
+    """The worker reads the cell's data from what the client sent, not from the client's path:
+    the file is gone from disk before the cell runs, and the rows match a local run's."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=200)
+    y = np.where(rng.random(200) < 0.5, 2 * x, -2 * x) + 0.3 * rng.normal(size=200)
+    data = tmp_path / "mine.csv"
+    data.write_text("x,y\n" + "\n".join(f"{a:.6f},{b:.6f}" for a, b in zip(x, y)) + "\n")
+    cell = Cell(str(data), FAKE + "QuickBackend", "nuts", 0, settings={"chains": 2, "draws": 50})
+    files = cell.files()
+    assert files == {str(data): data.read_bytes()}
+    data.rename(tmp_path / "moved.csv")
+    row = cell.execute_with_files(files, tmp_path / "out")
+    assert row["status"] == "ok" and row["N"] == 200 and row["scenario"] == "mine"
+    edited = {str(data): files[str(data)].replace(b"x,y", b"x,y", 1) + b"0.1,0.2\n"}
+    row = cell.execute_with_files(edited, tmp_path / "out")
+    assert row["status"] == "failed" and "changed since the run was planned" in row["error"]
+
+
+def test_make_executor_names_and_refusals():
+    assert isinstance(make_executor(), WarmProcessExecutor)
+    assert isinstance(make_executor("fresh", jobs=3), LocalProcessExecutor)
+    executor = make_executor(None, scheduler="tcp://127.0.0.1:8786")
+    assert isinstance(executor, DaskExecutor) and executor.address == "tcp://127.0.0.1:8786"
+    with pytest.raises(MixbenchError, match="does not go with --executor fresh"):
+        make_executor("fresh", scheduler="tcp://127.0.0.1:8786")
+
+
+def test_cli_refuses_an_unreachable_scheduler_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--backends", FAKE + "QuickBackend",
+                           "--reference", "none", "--scheduler", f"tcp://127.0.0.1:{free_port()}",
+                           "--out", str(tmp_path), "--no-report"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot connect to a Dask scheduler" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_real_grid_through_dask_scheduler_and_two_dask_workers(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on the loopback address, as the README
+    starts them; ``mixbench run --scheduler`` sends a small real grid (NumPyro NUTS, two seeds)."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([BIN / "dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--no-dashboard"], cwd=ROOT, env=env, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "run"
+        run = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--scheduler", address,
+                              "--backends", "numpyro", "--methods", "nuts,map", "--seeds", "0,1", "--N", "200",
+                              "--chains", "1", "--warmup", "100", "--draws", "100", "--map-starts", "2",
+                              "--reference", "none", "--out", str(out), "--no-report"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        rows = read_rows(out / "cells.jsonl")
+        assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), [(r["cell_id"], r.get("error")) for r in rows]
+        assert {r["worker"].rsplit(":", 1)[0] for r in rows} == {"tcp://127.0.0.1"}
+        assert len({r["worker_pid"] for r in rows}) == 2  # both workers took cells
+        assert all(r["worker_pid"] not in {p.pid for p in procs} for r in rows)  # nannies' children
+        for row in rows:
+            assert (out / row["slope_trace_file"]).is_file() and (out / "logs" / f"{row['cell_id']}.log").is_file()
+        nuts = sorted((r for r in rows if r["method"] == "nuts"), key=lambda r: r["seed"])
+        assert nuts[0]["w_err_max"] < 0.5 and nuts[1]["w_err_max"] < 0.5
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert not any(alive(p.pid) for p in procs)

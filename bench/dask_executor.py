@@ -34,6 +34,8 @@ from bench.stopping import RunInterrupted
 # A dying cell must not be retried on another worker (Dask's default retries it, killing up to
 # three more workers): its death is its row.
 DASK_CONFIG = {"distributed.scheduler.allowed-failures": 0}
+# Seconds to reach the scheduler, and for a first worker to join it.
+CONNECT_TIMEOUT = 30.0
 
 
 # Cells this worker process has run (worker_cell in the rows, as the warm local executor's).
@@ -89,13 +91,13 @@ class DaskExecutor:
     """
 
     def __init__(self, address: str | None = None, jobs: int = 1, poll_interval: float = 0.2,
-                 connect_timeout: float = 30.0):
+                 connect_timeout: float | None = None):
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         self.address = address
         self.jobs = jobs
         self.poll_interval = poll_interval
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
 
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:

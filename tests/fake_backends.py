@@ -60,6 +60,9 @@ class QuickBackend(_Fake):
     def scatter(self, settings) -> float:
         return 0.01
 
+    def shift(self, name, settings) -> float:
+        return 0.0
+
     def _fit(self, spec, dataset, method, settings, seed):
         _mark(f"{self.name}:{seed}")
         rng = np.random.default_rng(seed)
@@ -75,7 +78,7 @@ class QuickBackend(_Fake):
         for name, value in truth.items():
             value = np.asarray(value, dtype=float)
             noise = self.scatter(settings) * rng.standard_normal((chains, draws, *value.shape))
-            posterior[name] = value + noise
+            posterior[name] = value + self.shift(name, settings) + noise
             if name == "pi":
                 posterior[name] = np.abs(posterior[name])
                 posterior[name] /= posterior[name].sum(axis=-1, keepdims=True)
@@ -90,14 +93,14 @@ class QuickBackend(_Fake):
                    grad_evals=7 * chains * draws * 2, divergences=0)
 
 
-class NoisyBackend(QuickBackend):
-    """QuickBackend whose scatter around the truth is ``settings.learning_rate`` (a setting it
-    otherwise ignores): a larger one is a deliberately worse fit, everything else unchanged."""
+class BiasedBackend(QuickBackend):
+    """QuickBackend whose slopes sit ``settings.learning_rate`` (a setting it otherwise ignores)
+    above the truth: a larger one is a deliberately worse fit, every other draw unchanged."""
 
-    name = "noisy"
+    name = "biased"
 
-    def scatter(self, settings) -> float:
-        return settings.learning_rate
+    def shift(self, name, settings) -> float:
+        return settings.learning_rate if name == "w" else 0.0
 
 
 class RebuildingBackend(QuickBackend):

@@ -6,8 +6,8 @@
 The grid options are those of ``mixbench run``, copied from its parser: the same names, the same
 forms (``--seeds 0-9`` or ``0,1,2``, ``--N 1000,10000``), the same defaults and checks, and the
 grid is built by the same function, so a command moves between the two unchanged. Options that
-only make sense for ``mixbench run`` (``--jobs``, ``--retry-failed``, ``--fresh``, ``--no-report``)
-are left out; ``--out`` defaults to ``results/bench-<date>-<time>``.
+only make sense for ``mixbench run`` (``--jobs``, ``--executor``, ``--scheduler``, ``--retry-failed``,
+``--fresh``, ``--no-report``) are left out; ``--out`` defaults to ``results/bench-<date>-<time>``.
 
 Each cell is one benchmark (pedantic, one round), grouped by scenario and method, with its harness
 row in ``extra_info``; ``--benchmark-autosave`` and ``--benchmark-compare`` work as usual.
@@ -26,7 +26,8 @@ from bench.harness import Cell
 from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.
-RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report", "debug"}  # pytest has its own --debug
+RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report", "debug",  # pytest has its own --debug
+            "executor", "scheduler"}  # each benchmark is one cell in its own process (bench/test_fits.py)
 # Earlier names of this suite's options, still accepted, not shown.
 OLD_NAMES = {"N": "--n-obs", "time_limit": "--cell-time-limit", "out": "--mixbench-out"}
 HELP = {"out": "where rows and the report go (default results/bench-<date>-<time>)"}

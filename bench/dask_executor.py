@@ -178,6 +178,8 @@ class DaskExecutor:
                              return_when="FIRST_COMPLETED")
                     except TimeoutError:  # none finished within the interval: time limits, progress
                         pass
+                else:  # every worker gone (restarting): wait for the nannies
+                    time.sleep(self.poll_interval)
         except RunInterrupted as exc:
             exc.stopped = [cell.id for cell, _, _ in busy.values()]
             raise

@@ -8,9 +8,9 @@ its description (a built-in scenario and seeds) or, for a data file, with the fi
 (checked against the cell's digest on the worker, bench.harness.Cell.files) and that of its
 reference posterior: a worker needs no access to the client's disk.
 
-The client hands each worker one cell at a time, preferring a cell of the backend the worker ran
-last, so a worker process is reused for the cells of one backend and its compiled programs stay
-warm (rows say ``compile: warm``). So it knows which worker runs which cell: a cell still running
+The client hands each worker one cell at a time, preferring a cell of the shape, then of the
+backend, the worker ran last (bench.executors.next_cell), so a worker process is reused for the
+cells of one backend and its compiled programs stay warm (rows say ``compile: warm``). So it knows which worker runs which cell: a cell still running
 after the time limit has its worker restarted by the worker's nanny (the cell's row says
 timeout), and a worker that dies (its nanny starts a new one) makes its cell a ``crashed`` row;
 the run goes on with the other cells. Workers must run one task at a time (``--nthreads 1``):
@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.executors import LOGS_DIR, ExecutableCell, ProgressFn, RowFn, RunSettings, dead_row, time_limit_text
+from bench.executors import (LOGS_DIR, ExecutableCell, ProgressFn, RowFn, RunSettings, dead_row, next_cell, shape_of,
+                             time_limit_text)
 from bench.stopping import RunInterrupted
 
 # A dying cell must not be retried on another worker (Dask's default retries it, killing up to
@@ -137,7 +138,7 @@ class DaskExecutor:
 
         pending = list(cells)
         busy: dict[str, tuple[Any, Any, float]] = {}  # worker address -> (cell, future, started)
-        last_backend: dict[str, str] = {}
+        last: dict[str, Any] = {}  # worker address -> the cell it ran last
         out_dir = Path(options.out_dir)
         deadline = time.monotonic() + self.connect_timeout
         while not self._workers(client):
@@ -153,15 +154,14 @@ class DaskExecutor:
                 for address in [a for a in workers if a not in busy]:
                     if not pending:
                         break
-                    backend = last_backend.get(address)
-                    cell = next((c for c in pending if c.backend == backend), pending[0])
+                    cell = next_cell(pending, last.get(address), {shape_of(c) for c, _, _ in busy.values()})
                     pending.remove(cell)
                     files = cell.files()
                     future = client.submit(run_cell_on_worker, cell, files, options.save_draws, time.time(),
                                            key=f"mixbench-{cell.id}-{uuid.uuid4().hex[:8]}", pure=False,
                                            workers=[address], allow_other_workers=False)
                     busy[address] = (cell, future, time.perf_counter())
-                    last_backend[address] = cell.backend
+                    last[address] = cell
                     if progress:
                         progress("start", {"cell_id": cell.id})
                 for address, (cell, future, started) in list(busy.items()):

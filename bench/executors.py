@@ -46,6 +46,11 @@ class ExecutableCell(Protocol):
 
     backend: str
 
+    @property
+    def shape(self) -> str:
+        """The cell without its seed (optional): a worker gets the next cell of its last one's
+        shape first, where what it compiled is reused."""
+
     def ids(self) -> dict[str, Any]:
         """The identifying fields of the cell's rows."""
 
@@ -232,6 +237,29 @@ def _die_with_parent(conn) -> None:
     threading.Thread(target=watch, name="mixbench-die-with-parent", daemon=True).start()
 
 
+def shape_of(cell) -> str:
+    return getattr(cell, "shape", None) or cell.backend
+
+
+def next_cell(pending: list, last, running: set[str]):
+    """The cell a free worker takes from ``pending``: one of the shape it ran ``last`` (everything
+    it compiled is reused); else one of its backend (the engine is loaded) whose shape no other
+    worker is ``running`` now, else any of its backend; else the first cell of a shape not running
+    (so that two workers do not both compile one thing, and the seeds of a shape follow each other
+    on one worker); else the first."""
+    tiers = []
+    if last is not None:
+        tiers += [lambda c: shape_of(c) == shape_of(last),
+                  lambda c: c.backend == last.backend and shape_of(c) not in running,
+                  lambda c: c.backend == last.backend]
+    tiers.append(lambda c: shape_of(c) not in running)
+    for tier in tiers:
+        cell = next((c for c in pending if tier(c)), None)
+        if cell is not None:
+            return cell
+    return pending[0]
+
+
 def dead_row(cell: ExecutableCell, status: str, error: str, elapsed: float) -> dict[str, Any]:
     """The row of a cell whose process died ("crashed") or was stopped ("timeout")."""
     return {"cell_id": cell.id, **cell.ids(), "status": status, "error": error, "time_cell": elapsed}
@@ -347,6 +375,7 @@ class _Warm:
     tasks: Any  # the parent's send end
     results: Any  # the parent's receive end
     cell: Any = None  # the cell it runs now, None when idle
+    last: Any = None  # the cell it ran last
     started: float = 0.0
 
 
@@ -357,8 +386,9 @@ class WarmProcessExecutor:
     cell that has no idle worker of its own; it is kept while cells of its backend remain and
     then ends, freeing its place for another backend's. Within a worker, what a backend compiled
     for one (spec, data shape, settings) is reused by the next cell of the same shape (rows say
-    ``compile: warm``; the draws are the same as a cold run's at the same seed). Cells are handed
-    to a backend's worker in the grid's order.
+    ``compile: warm``; the draws are the same as a cold run's at the same seed). A free worker
+    takes the next cell of its last cell's shape first (``next_cell``), so the seeds of one shape
+    follow each other on one worker.
 
     A cell that runs past the time limit or whose worker dies costs only that worker: it is
     killed with its process group (the engine's own processes too), the cell's row says timeout
@@ -413,9 +443,12 @@ class WarmProcessExecutor:
                 worker.results.close()
 
     def _dispatch(self, pending: list, workers: list[_Warm], options: RunSettings, progress) -> None:
-        # Idle workers take the next cell of their backend; one whose backend has none left ends.
+        # Idle workers take the next cell of their backend (of their last cell's shape first, see
+        # next_cell); one whose backend has none left ends.
         for worker in [w for w in workers if w.cell is None]:
-            cell = next((c for c in pending if c.backend == worker.backend), None)
+            mine = [c for c in pending if c.backend == worker.backend]
+            running = {shape_of(w.cell) for w in workers if w.cell is not None}
+            cell = next_cell(mine, worker.last, running) if mine else None
             if cell is None:
                 _send(worker.tasks, None)
                 worker.proc.join(timeout=5)
@@ -427,7 +460,8 @@ class WarmProcessExecutor:
         # Free places go to the first waiting cells whose backend has no worker yet, or whose
         # workers are all busy.
         while pending and len(workers) < self.jobs:
-            cell = pending.pop(0)
+            cell = next_cell(pending, None, {shape_of(w.cell) for w in workers if w.cell is not None})
+            pending.remove(cell)
             receiver, sender = self._context.Pipe(duplex=False)
             task_receiver, task_sender = self._context.Pipe(duplex=False)
             proc = self._context.Process(
@@ -445,7 +479,7 @@ class WarmProcessExecutor:
 
     @staticmethod
     def _hand(worker: _Warm, cell, progress) -> None:
-        worker.cell = cell
+        worker.cell = worker.last = cell
         worker.started = time.perf_counter()
         _send(worker.tasks, (cell, time.time()))
         if progress:

@@ -130,6 +130,12 @@ class Cell:
     # What an executor needs of a cell (bench.executors.ExecutableCell): the executors run any
     # object with these, so other kinds of grid (sweeps) use them unchanged.
 
+    @property
+    def shape(self) -> str:
+        """The cell without its seed: cells of one shape fit the same spec, data and settings,
+        so a warm worker reuses for the next what it compiled for the first."""
+        return f"{self.scenario_label}.{self.backend}.{self.method}.{self.variant}"
+
     def ids(self) -> dict[str, Any]:
         """The identifying fields every row of this cell carries (an executor's crashed and
         timed-out rows included)."""

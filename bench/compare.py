@@ -8,12 +8,17 @@ same grid under different settings are compared seed by seed.
 
 The verdict, per (scenario, backend, method) and metric, over the seeds both runs have:
 
-    delta = mean(B) - mean(A);  spread = max(sd(A), sd(B)), the sample standard deviations across seeds
-    called when |delta| > NOISE_FACTOR x spread  and  |delta| > MIN_RELATIVE x |mean(A)|
+    delta = mean(B) - mean(A);  spread = sd(A), run A's sample standard deviation across seeds
+    called when the seeds do not overlap (every seed of B beyond every seed of A, strictly),
+           |delta| > NOISE_FACTOR x spread  and  |delta| > MIN_RELATIVE x |mean(A)|
 
-(and at least MIN_SEEDS seeds), "worse" or "better" by the metric's direction. The second
-condition keeps a change of a metric constant across seeds (spread 0) from being called for a
-rounding difference. The rule is printed in every comparison.
+(and at least MIN_SEEDS seeds), "worse" or "better" by the metric's direction. Separation keeps
+one outlying seed from making a call; the baseline's spread measures the noise a change has to
+exceed (a worse setting often makes a run noisier too, so B's own spread would hide the change);
+the relative floor keeps a metric constant across seeds (spread 0) from being called for a
+rounding difference. With no change, complete separation of n seeds against n happens with
+probability 2 / C(2n, n) (10% at 3 seeds, 3% at 4, 1e-5 at 10): use several seeds. The rule is
+printed in every comparison.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from models.errors import MixbenchError
 
 NOISE_FACTOR = 2.0
 MIN_RELATIVE = 0.05
-MIN_SEEDS = 2
+MIN_SEEDS = 3
 
 # metric -> (what it is, +1 when higher is better, -1 when lower is better).
 METRICS: dict[str, tuple[str, int]] = {
@@ -62,9 +67,9 @@ GROUP = ["scenario", "N", "backend", "method"]
 
 
 def rule_text() -> str:
-    return (f"A change is called when |mean(B) - mean(A)| over the seeds both runs have exceeds "
-            f"{NOISE_FACTOR:g} x the larger of the two runs' standard deviations across those seeds, and "
-            f"{MIN_RELATIVE:.0%} of |mean(A)|; with fewer than {MIN_SEEDS} seeds nothing is called.")
+    return (f"A change is called when, over the seeds both runs have, every seed of B lies beyond every seed "
+            f"of A and |mean(B) - mean(A)| exceeds {NOISE_FACTOR:g} x run A's standard deviation across "
+            f"those seeds and {MIN_RELATIVE:.0%} of |mean(A)|; with fewer than {MIN_SEEDS} seeds nothing is called.")
 
 
 def load_run(path: Path) -> pd.DataFrame:
@@ -150,10 +155,11 @@ def verdicts(merged: pd.DataFrame) -> list[Verdict]:
             a, b = a[both], b[both]
             mean_a, mean_b = float(a.mean()), float(b.mean())
             delta = mean_b - mean_a
-            spread = float(max(a.std(ddof=1), b.std(ddof=1))) if len(a) >= 2 else math.nan
+            spread = float(a.std(ddof=1)) if len(a) >= 2 else math.nan
+            separated = b.min() > a.max() or b.max() < a.min()
             if len(a) < MIN_SEEDS:
                 call = "n/a"
-            elif abs(delta) > NOISE_FACTOR * spread and abs(delta) > MIN_RELATIVE * abs(mean_a):
+            elif separated and abs(delta) > NOISE_FACTOR * spread and abs(delta) > MIN_RELATIVE * abs(mean_a):
                 call = "better" if delta * direction > 0 else "worse"
             else:
                 call = "same"
@@ -211,7 +217,7 @@ def _label(path: Path) -> str:
 def verdict_table(comparison: Comparison, calls: tuple[str, ...] | None = None) -> pd.DataFrame:
     rows = [{"scenario": v.scenario, "backend": v.backend, "method": v.method, "metric": v.metric,
              "seeds": v.seeds, "A": v.mean_a, "B": v.mean_b, "B - A": v.delta, "change": f"{v.relative:+.0%}"
-             if math.isfinite(v.relative) else "new", "spread (sd)": v.spread, "verdict": v.call}
+             if math.isfinite(v.relative) else "from 0", "spread (sd of A)": v.spread, "verdict": v.call}
             for v in comparison.verdicts if calls is None or v.call in calls]
     return pd.DataFrame(rows)
 
@@ -228,8 +234,9 @@ def summary_lines(comparison: Comparison) -> list[str]:
     for word, found in (("Worse", worse), ("Better", better)):
         for v in found:
             lines.append(f"{word}: {v.scenario} / {v.backend} / {v.method}: {v.metric} ({METRICS[v.metric][0]}) "
-                         f"{_num(v.mean_a)} -> {_num(v.mean_b)} ({v.relative:+.0%}; spread {_num(v.spread)}, "
-                         f"{v.seeds} seeds)")
+                         f"{_num(v.mean_a)} -> {_num(v.mean_b)} ("
+                         + (f"{v.relative:+.0%}" if math.isfinite(v.relative) else "from 0")
+                         + f"; spread of A {_num(v.spread)}, {v.seeds} seeds)")
     if not worse and not better:
         lines.append("No change beyond the noise.")
     return lines
@@ -240,7 +247,7 @@ def _num(value: float) -> str:
 
 
 def figure(comparison: Comparison, path: Path) -> Path | None:
-    """Every verdict as its change in units of the noise (delta / spread), one row per
+    """Every verdict as its change in units of the noise (delta / run A's spread), one row per
     (backend, method, metric), coloured by the call: the threshold lines are the rule's."""
     found = [v for v in comparison.verdicts if v.call != "n/a" and math.isfinite(v.spread)]
     if not found:
@@ -264,8 +271,8 @@ def figure(comparison: Comparison, path: Path) -> Path | None:
     ax.axvline(0, color="#333", linewidth=0.6)
     ax.set_yticks(ys, [f"{v.backend} / {v.method}: {v.metric}" for v in found], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"change B - A in spreads (sd across seeds), > 0 better; called beyond ±{NOISE_FACTOR:g} "
-                  "(clipped at ±20)", fontsize=8)
+    ax.set_xlabel(f"change B - A in run A's sd across seeds, > 0 better; a call needs beyond ±{NOISE_FACTOR:g} "
+                  "and no overlap of seeds (clipped at ±20)", fontsize=8)
     ax.set_title(f"{comparison.label_a} -> {comparison.label_b}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -50,7 +50,7 @@ def test_compare_calls_the_deliberately_worse_setting_and_nothing_else(runs, tmp
     out = capsys.readouterr()
     assert code == 1 and "worse by more than 50%" in out.err
     assert "Worse: forum-small / tests.fake_backends:BiasedBackend / nuts: w_err_max" in out.out
-    assert f"exceeds {NOISE_FACTOR:g} x the larger of the two runs' standard deviations" in out.out
+    assert f"exceeds {NOISE_FACTOR:g} x run A's standard deviation" in out.out
     text = (tmp_path / "compare.md").read_text()
     assert "## Changes called" in text and "compare.png" in text and (tmp_path / "compare.png").is_file()
     assert "data:image/png;base64," in (tmp_path / "compare.html").read_text()
@@ -76,19 +76,27 @@ def _frame(values_a, values_b, metric="w_err_max"):
 
 
 def test_the_verdict_rule_by_hand():
-    # sd(A) = 0.1, sd(B) = 0.1 (both 1, 1.1, 1.2 shifted): spread 0.1; a shift of 0.25 exceeds 2 x 0.1.
+    # sd(A) = 0.1; B is beyond every seed of A and 0.25 above it, more than 2 x 0.1.
     (v,) = verdicts(_frame([1.0, 1.1, 1.2], [1.25, 1.35, 1.45]))
     assert v.spread == pytest.approx(0.1) and v.delta == pytest.approx(0.25) and v.call == "worse"
-    # A shift of 0.15 does not.
+    # Shifted by 0.15: the seeds overlap (1.15 < 1.2).
     (v,) = verdicts(_frame([1.0, 1.1, 1.2], [1.15, 1.25, 1.35]))
     assert v.call == "same"
+    # Separated, but the shift (1.2) is within 2 x sd(A) = 2.
+    (v,) = verdicts(_frame([1.0, 2.0, 3.0], [3.1, 3.2, 3.3]))
+    assert v.call == "same"
+    # A worse setting that also makes B noisy (a real advi run at 300 iterations): still called.
+    (v,) = verdicts(_frame([0.0059, 0.0116, 0.0027], [0.196, 1.430, 0.504]))
+    assert v.call == "worse" and v.spread == pytest.approx(0.004508, abs=1e-6)
     # Higher is better for ESS per second.
     (v,) = verdicts(_frame([10.0, 10.0, 10.0], [20.0, 20.0, 20.0], metric="ess_bulk_per_s"))
     assert v.spread == 0 and v.call == "better" and METRICS["ess_bulk_per_s"][1] == 1
     # Constant across seeds, changed by less than 5%: not called.
-    (v,) = verdicts(_frame([100.0, 100.0], [103.0, 103.0], metric="t_sampling"))
+    (v,) = verdicts(_frame([100.0, 100.0, 100.0], [103.0, 103.0, 103.0], metric="t_sampling"))
     assert v.call == "same"
-    # One seed: no spread, no verdict.
+    # Two seeds: too few to call anything.
+    (v,) = verdicts(_frame([1.0, 1.1], [9.0, 9.1]))
+    assert v.call == "n/a"
     (v,) = verdicts(_frame([1.0], [9.0]))
     assert v.call == "n/a" and math.isnan(v.spread)
 

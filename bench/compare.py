@@ -271,8 +271,8 @@ def figure(comparison: Comparison, path: Path) -> Path | None:
     ax.axvline(0, color="#333", linewidth=0.6)
     ax.set_yticks(ys, [f"{v.backend} / {v.method}: {v.metric}" for v in found], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"change B - A in run A's sd across seeds, > 0 better; a call needs beyond ±{NOISE_FACTOR:g} "
-                  "and no overlap of seeds (clipped at ±20)", fontsize=8)
+    ax.set_xlabel(f"B - A in run A's sd across seeds (> 0 better; calls need beyond ±{NOISE_FACTOR:g}; "
+                  "clipped at ±20)", fontsize=8)
     ax.set_title(f"{comparison.label_a} -> {comparison.label_b}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

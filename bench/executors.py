@@ -206,10 +206,11 @@ def _warm_worker(tasks, results, out_dir: str, save_draws: bool, launched: float
         if task is None:
             break
         cell, sent = task
+        received = time.time()
         row = _run_logged(cell, out_dir, save_draws)
         served += 1
         # The first cell pays the process's start; a later one only the hand-over of its cell.
-        row["t_startup"] = startup if served == 1 and startup is not None else time.time() - sent
+        row["t_startup"] = startup if served == 1 and startup is not None else received - sent
         row["worker_pid"] = os.getpid()
         row["worker_cell"] = served  # 1 for the worker's first cell, 2 for its second, ...
         results.send(row)

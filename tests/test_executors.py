@@ -148,6 +148,9 @@ def test_warm_worker_reuses_its_compile_and_draws_equal_a_cold_run(tmp_path):
     assert (warm[0]["compile"], warm[1]["compile"], cold[1]["compile"]) == ("cold", "warm", "cold")
     assert warm[0]["worker_pid"] == warm[1]["worker_pid"] and warm[1]["worker_cell"] == 2
     assert warm[1]["t_compile"] < warm[0]["t_compile"]
+    # A reused worker's start-up is only its cell's hand-over, part of the cell's total.
+    assert 0 <= warm[1]["t_startup"] < 0.5 * warm[1]["time_cell"]
+    assert warm[1]["t_startup"] + warm[1]["time_cell"] <= warm[1]["time_total"]
     warm_trace = np.load(tmp_path / "warm" / warm[1]["slope_trace_file"])
     cold_trace = np.load(tmp_path / "cold" / cold[1]["slope_trace_file"])
     np.testing.assert_array_equal(warm_trace, cold_trace)

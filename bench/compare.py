@@ -197,7 +197,9 @@ def compare(path_a: Path, path_b: Path) -> Comparison:
     cells = merged[ids].copy()
     for metric in METRICS:
         if f"{metric}_a" in merged and f"{metric}_b" in merged:
-            cells[f"Δ {metric}"] = _numbers(merged[f"{metric}_b"]) - _numbers(merged[f"{metric}_a"])
+            change = _numbers(merged[f"{metric}_b"]) - _numbers(merged[f"{metric}_a"])
+            if np.isfinite(change).any():  # a metric neither run measured is left out
+                cells[f"Δ {metric}"] = change
     setup_a = merged["setup_a"] if "setup_a" in merged else merged.get("setup")
     setup_b = merged["setup_b"] if "setup_b" in merged else merged.get("setup")
     setups = sorted({(str(x), str(y)) for x, y in zip(setup_a, setup_b)})

@@ -82,7 +82,7 @@ def test_report_merging_two_runs_of_the_same_cells_keeps_both_labelled_by_run(be
     assert len(frame) == 16  # the same 8 cells from both sources, each run's rows kept
     assert sorted(frame["run"].value_counts().items()) == [("bench", 8), ("run", 8)]
     assert frame["cell_id"].is_unique
-    assert set(frame["setup"]) == {"run bench", "run run"}
+    assert set(frame["setup"]) == {"N=200, run bench", "N=200, run run"}
     assert len(environments) == 2
     # Disjoint inputs are one run's rows spread over files: merged as they are, unlabelled.
     frame, _, _ = load_inputs([json_path])

@@ -76,36 +76,55 @@ def figure_frequency_curves(freq: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     if not axes:
         return []
     ax_x = axes[0]
-    panels = _ordered(freq[axes[1]].unique(), axes[1]) if len(axes) > 1 else [None]
+    second = axes[1] if len(axes) > 1 else None
     plt = _plt()
-    fig, grid = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.6, 3.8), layout="constrained",
-                             squeeze=False, sharey=True)
+    method_lines = sorted(freq["line"].unique())
+    backends = sorted(freq["backend"].unique())
+    seconds = _ordered(freq[second].unique(), second) if second else [None]
+    columns = min(len(method_lines), 4)
+    rows_n = -(-len(method_lines) // columns)
+    fig, grid = plt.subplots(rows_n, columns, figsize=(3.8 * columns + 2.8, 3.3 * rows_n + 0.6),
+                             layout="constrained", squeeze=False, sharey=True)
     xs = _ordered(freq[ax_x].unique(), ax_x)
     position = {x: i for i, x in enumerate(xs)}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    series = [(b, v) for b in backends for v in seconds]
+    # Series side by side around each x, so that equal shares do not hide each other.
+    offsets = {key: (i - (len(series) - 1) / 2) * min(0.08, 0.4 / max(len(series), 1)) for i, key in enumerate(series)}
     handles = {}
-    for panel, value in zip(grid.flat, panels):
-        rows = freq if value is None else freq[freq[axes[1]] == value]
-        for index, ((backend, line), group) in enumerate(rows.groupby(["backend", "line"], sort=True)):
-            group = group.assign(_x=group[ax_x].map(position)).sort_values("_x")
-            colour = colours[index % len(colours)]
-            (handle,) = panel.plot(group["_x"], group["truth_frac"], "o-", color=colour, lw=1.4, ms=4)
-            panel.fill_between(group["_x"], group["truth_lo"], group["truth_hi"], color=colour, alpha=0.15, lw=0)
-            handles[f"{backend} / {line}"] = handle
+    for panel, method_line in zip(grid.flat, method_lines):
+        for (backend, value) in series:
+            group = freq[(freq["line"] == method_line) & (freq["backend"] == backend)]
+            if value is not None:
+                group = group[group[second] == value]
+            if group.empty:
+                continue
+            group = group.assign(_x=group[ax_x].map(position) + offsets[(backend, value)]).sort_values("_x")
+            colour = colours[backends.index(backend) % len(colours)]
+            style = styles[seconds.index(value) % len(styles)]
+            lower = group["truth_frac"] - group["truth_lo"]
+            upper = group["truth_hi"] - group["truth_frac"]
+            handle = panel.errorbar(group["_x"], group["truth_frac"], yerr=[lower, upper], fmt="o", ls=style,
+                                    color=colour, lw=1.3, ms=4, capsize=2, elinewidth=0.8)
+            label = backend if value is None else f"{backend}, {second} = {_value_text(value)}"
+            handles[label] = handle
         panel.axhline(0.9, color="0.4", lw=0.8, ls="--")
         panel.set_xticks(range(len(xs)), [_value_text(v) for v in xs], fontsize="small")
         panel.set_xlabel(f"{ax_x} (harder to the right)", fontsize="small")
         panel.set_ylim(-0.03, 1.03)
         panel.grid(alpha=0.3)
-        if value is not None:
-            panel.set_title(f"{axes[1]} = {_value_text(value)}", fontsize="small")
-    grid[0, 0].set_ylabel("share of seeds in the truth's mode", fontsize="small")
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small",
-               title="backend / method line")
+        panel.set_title(method_line, fontsize="small")
+    for panel in list(grid.flat)[len(method_lines):]:
+        panel.set_visible(False)
+    for panel in grid[:, 0]:
+        panel.set_ylabel("share of seeds in the truth's mode", fontsize="small")
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small")
     path = _save(fig, Path(fig_dir) / "sweep_curves.png")
     return [Figure("sweep-curves", "Sweep: landing frequency curves",
-                   f"Share of seeds landing in the truth's mode against {ax_x} (points), with the Wilson "
-                   f"{LEVEL:.0%} band; dashed: the 90% a setting must keep to count as held.", path)]
+                   f"Share of seeds landing in the truth's mode against {ax_x}, one panel per method line, one "
+                   f"series per backend{' and ' + second if second else ''}; bars: Wilson {LEVEL:.0%} intervals "
+                   "(series set side by side); dashed: the 90% a setting must keep to count as held.", path)]
 
 
 def sweep_figures(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:

@@ -257,3 +257,39 @@ def test_a_small_real_sweep_end_to_end_and_resume_after_a_kill(tmp_path):
     freq = landing_frequencies(pd.DataFrame(list(rows.values())))
     easy = freq[freq["sep"] == 4.0]
     assert len(easy) == 4 and (easy["truth_k"] == 3).all() and (easy["truth_n"] == 3).all()
+
+
+def test_sweep_tables_show_shares_and_every_column_is_in_the_glossary(hand_rows):
+    from bench.glossary import describe
+    from bench.sweep import sweep_tables
+
+    tables = {t.key: t for t in sweep_tables(hand_rows)}
+    assert set(tables) == {"sweep-landings", "sweep-switching", "sweep-breaking"}
+    landed = tables["sweep-landings"].frame.set_index(["sep", "line"])
+    lo, hi = wilson_by_hand(6, 9)
+    assert landed.loc[("1", "nuts"), "other"] == f"6/9 0.67 [{lo:.2f}, {hi:.2f}]"
+    assert landed.loc[("1", "nuts"), "seeds"] == 9
+    breaking = tables["sweep-breaking"].frame.set_index("line")
+    assert breaking.loc["nuts", "hardest sep held"] == "2" and breaking.loc["nuts", "broke at sep"] == "1"
+    assert breaking.loc["nuts ordering=slope", "broke at sep"] == "never"
+    assert "Fixed: K = 2; D = 1; w_min = 0.5; sigma_ratio = 1; N = 500." in tables["sweep-breaking"].text
+    columns = {c for t in tables.values() for c in t.frame.columns}
+    assert [c for c in columns if describe(c) is None] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--vary: give at least one axis"),
+    (["--vary", "sep=0.1"], "sep: 0.1 needs sigma"),
+    (["--vary", "sep=2", "--methods", "nuts,hmc"], "method: unknown 'hmc'"),
+    (["--vary", "sep=2", "--methods", "nuts:ordering"], "expected FIELD=VALUE"),
+    (["--vary", "sep=2", "--spec", "D=2"], "'D' cannot be overridden"),
+    (["--vary", "sep=2", "--vary", "K=5", "--vary", "N=40"], "K: 5 components for N = 40 observations"),
+    (["--vary", "sep=2", "--backends", "julia"], "backend: unknown 'julia'"),
+])
+def test_bad_sweep_arguments_are_one_line_errors(args, message, capsys, tmp_path):
+    from bench.cli import main
+
+    code = main(["sweep", *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("mixbench sweep: error:") and message in err[0]
+    assert not (tmp_path / "out").exists()  # refused before any cell ran

@@ -360,8 +360,8 @@ def _add_sweep_parser(sub) -> None:
     sweep.add_argument("--reference", choices=("none", "auto", "make"), default="none",
                        help="reference posterior per data set (default none: the truth is the labelling target)")
     _add_reference_options(sweep)
-    settings = sweep.add_argument_group("fit settings (defaults: run's, except "
-                                        + ", ".join(f"{k} {v}" for k, v in SWEEP_SETTINGS.items()) + ")")
+    changed = ", ".join(f"{k} {v}" for k, v in SWEEP_SETTINGS.items())
+    settings = sweep.add_argument_group("fit settings (defaults: mixbench run's" + (f", except {changed})" if changed else ")"))
     defaults = FitSettings()
     for f in fields(FitSettings):
         if f.name not in _SETTING_HELP:

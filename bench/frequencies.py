@@ -120,6 +120,8 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         disagree = int((col(several, "chains_disagree") == True).sum())  # noqa: E712 (NaN-safe)
         record.update({f"disagree_{part}": v for part, v in _share(disagree, len(several)).items()})
         record["seeds"] = n
+        # The report's fit ids (bench.tables.assign_fit_ids) of the point's cells, when assigned.
+        record["fits"] = " ".join(sorted(set(col(group, "fit").dropna().astype(str)), key=_fit_order))
         err = num(ok, "w_err_max").dropna()
         record["w_err"] = float(err.median()) if len(err) else math.nan
         phases = pd.concat([num(ok, f"t_{p}") for p in ("warmup", "sampling", "optimisation")], axis=1)
@@ -127,6 +129,10 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         record["s_to_fit"] = float(cost.median()) if len(cost) else math.nan
         records.append(record)
     return pd.DataFrame(records)
+
+
+def _fit_order(fit: str) -> tuple:
+    return (int(fit[1:]),) if fit[1:].isdigit() else (0, fit)
 
 
 def share_text(record: pd.Series | dict, name: str) -> str:
@@ -171,5 +177,7 @@ def breaking_points(freq: pd.DataFrame, axis: str | None = None, hold: float = H
         record["truth_there"] = share_text(held, "truth") if held is not None else "-"
         record["broke_at"] = broke[axis] if broke is not None else math.nan
         record["truth_at_break"] = share_text(broke, "truth") if broke is not None else "-"
+        record["fits_held"] = held["fits"] if held is not None else ""
+        record["fits_broke"] = broke["fits"] if broke is not None else ""
         records.append(record)
     return pd.DataFrame(records)

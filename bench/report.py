@@ -166,7 +166,9 @@ def build_report(paths: list[Path], fig_dir: Path):
     figures, notes = report_figures(frame, run_dirs or [fig_dir.parent], fig_dir) if len(frame) else ([], [])
     figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
-    return (_headline(frame, paths), findings(fits), figures, notes, tables,
+    from bench.sweep import sweep_findings
+
+    return (_headline(frame, paths), sweep_findings(frame) + findings(fits), figures, notes, tables,
             environment_table(frame, environments))
 
 

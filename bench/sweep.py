@@ -182,8 +182,12 @@ def sweep_tables(frame) -> list[Table]:
         points = breaking_points(freq, axis)
         harder = "smaller" if AXES[axis].harder == "lower" else "larger"
         out = pd.DataFrame({other: [f"{float(v):g}" for v in points[other]] for other in varied[1:]})
-        out.insert(0, "backend", points["backend"].values)
-        out.insert(1, "line", points["line"].values)
+        if points["fits_held"].astype(bool).any() or points["fits_broke"].astype(bool).any():
+            # The fit (or fits, with a data set per seed) at the hardest setting held, else where it
+            # broke: the findings and the per-fit tables name it.
+            out.insert(0, "fit", [h or b for h, b in zip(points["fits_held"], points["fits_broke"])])
+        out.insert(len(out.columns) - len(varied[1:]), "backend", points["backend"].values)
+        out.insert(len(out.columns) - len(varied[1:]), "line", points["line"].values)
         out[f"hardest {axis} held"] = [("none" if h == "none" else f"{float(v):g}")
                                        for h, v in zip(points["held"], points["hardest_held"])]
         out["truth there"] = points["truth_there"].values
@@ -197,3 +201,33 @@ def sweep_tables(frame) -> list[Table]:
                             "broke. never: no setting fell below; none: the easiest already did." + fixed,
                             out.reset_index(drop=True)))
     return tables
+
+
+def sweep_findings(frame):
+    """The findings' sweep section (bench.findings.SetupFindings): per line and setting of the
+    other varied axes, where it held and where it broke, naming the breaking-point table and the
+    fits at those settings."""
+    from bench.findings import Sentence, SetupFindings
+
+    freq = landing_frequencies(frame)
+    varied = varied_axes(freq) if not freq.empty else []
+    if not varied:
+        return []
+    axis = varied[0]
+    sentences = []
+    for _, point in breaking_points(freq, axis).iterrows():
+        where = ", ".join(f"{a} = {float(point[a]):g}" for a in varied[1:])
+        name = f"{point['backend']} / {point['line']}" + (f" ({where})" if where else "")
+        if point["held"] == "all":
+            text = (f"{name} kept at least 90% of seeds in the truth's mode down to the hardest {axis} tried, "
+                    f"{float(point['hardest_held']):g} ({point['truth_there']}).")
+        elif point["held"] == "none":
+            text = (f"{name} fell below 90% of seeds in the truth's mode already at the easiest {axis}, "
+                    f"{float(point['broke_at']):g} ({point['truth_at_break']}).")
+        else:
+            text = (f"{name} held to {axis} = {float(point['hardest_held']):g} ({point['truth_there']}) and broke at "
+                    f"{float(point['broke_at']):g} ({point['truth_at_break']}).")
+        fits = tuple(f for f in f"{point['fits_held']} {point['fits_broke']}".split() if f)
+        sentences.append(Sentence(text, "sweep-breaking", fits))
+    title = f"Sweep: where each method breaks along {axis} (k/n seeds, share, Wilson {LEVEL:.0%} interval)"
+    return [SetupFindings(title, tuple(sentences))]

@@ -249,6 +249,7 @@ def test_a_small_real_sweep_end_to_end_and_resume_after_a_kill(tmp_path):
     for title in ("## Sweep: where the seeds land", "## Sweep: label switching and cost", "## Sweep: breaking points"):
         assert title in report
     assert "Sweep: breaking points" in stdout
+    assert "### Sweep: where each method breaks along sep" in report  # the findings lead with it
     assert (out / "figures" / "sweep_phase.png").stat().st_size > 10_000
     assert (out / "figures" / "sweep_curves.png").is_file()
     assert 'id="fig-sweep-phase"' in (out / "report.html").read_text()

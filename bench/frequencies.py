@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bench.tables import TARGET_MODES, col, num

@@ -27,10 +27,11 @@ from models.errors import MixbenchError
 from models.families import AXES, DEFAULT_N, FamilyPoint, check_axis
 
 # The fit settings of `mixbench run` (2 chains x (1000 + 1000) NUTS draws, 10000 VI iterations,
-# 1000 VI draws), so a sweep's rows compare with a run's. Measured on two cores, 192 cells of the
-# issue's sweep (3 seeds) took 180 s at 500 + 500 draws and 5000 VI iterations and HALF_TIME s at
-# these: a cell at N <= 1000 costs mostly its process start, and the 640 cells of the 10-seed
-# sweep take about FULL_TIME minutes with --jobs 2.
+# 1000 VI draws), so a sweep's rows compare with a run's. Measured on two cores shared with other
+# jobs (load average 3-7), --jobs 2, the README's sweep with 3 seeds (192 cells, N = 200 and 1000)
+# took 180 s at 500 + 500 draws and 5000 VI iterations and 358 s at these: a cell at N <= 1000
+# costs mostly its process start and, once per program shape, NumPyro's compile. The 640 cells of
+# its 10-seed version: about 20 minutes, and 2-3 more for the report.
 SWEEP_SETTINGS: dict[str, Any] = {}
 # Spec fields a line or --spec may override: the family point owns K, D, intercepts and the truth.
 OVERRIDABLE = ("ordering", "sigma", "likelihood", "pi_alpha")

@@ -6,8 +6,8 @@ forum thread's model), with these axes:
 - ``sep``: separation, the smallest gap between neighbouring component lines relative to their
   noise: min over neighbours j, k of RMS_x(line_j(x) - line_k(x)) / sqrt((sigma_j^2 + sigma_k^2) / 2),
   with x ~ U(-1, 1)^D as the scenarios simulate it, where RMS_x(x . dw) = |dw| / sqrt(3)
-  (Var U(-1, 1) = 1/3). The same quantity as the separation of two Gaussian means in units of
-  their pooled sd (Dasgupta 1999, c-separation, per dimension).
+  (Var U(-1, 1) = 1/3): for lines, what the distance between two Gaussian means in units of
+  their pooled sd is for a Gaussian mixture.
 - ``w_min``: the smallest mixing weight, given to component 0; the others share the rest equally
   (at most 1/K; 1/K is balanced).
 - ``K``: components (2-5); ``D``: covariates (1-5); ``sigma_ratio``: largest over smallest

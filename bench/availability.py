@@ -29,6 +29,8 @@ def describe() -> str:
         spec = scenario.spec
         lines.append(f"  {name:<13} N={scenario.N:<7} K={spec.K} D={spec.D}  {scenario.description}{mark}")
     lines.append("  or --data FILE.csv: your own data (no truth; metrics against a pivot)")
+    lines.append("  or a point of the scenario family lines, e.g. lines-K2-D1-sep2-wmin0.5-sr1 "
+                 "(mixbench sweep varies its axes: K, D, sep, w_min, sigma_ratio, N)")
 
     cmdstan = cmdstan_info()
     lines.append("")

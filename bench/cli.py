@@ -1,5 +1,5 @@
-"""The command line: ``mixbench run``, ``mixbench report``, ``mixbench compare``, ``mixbench list`` and
-``mixbench reference``.
+"""The command line: ``mixbench run``, ``mixbench sweep``, ``mixbench report``, ``mixbench compare``,
+``mixbench list`` and ``mixbench reference``.
 
 Every failure ends in one line on stderr and a non-zero exit, without a traceback (``--debug``
 shows it): 2 for bad input (MixbenchError: arguments, data, an output or cache directory that
@@ -203,6 +203,16 @@ def _spec_overrides(args) -> dict:
     return check_spec_fields(spec, "spec")
 
 
+def _add_executor_options(group) -> None:
+    """--executor and --scheduler (run and sweep share them)."""
+    group.add_argument("--executor", choices=("warm", "fresh", "dask"), default=None,
+                        help="warm (default): worker processes kept for the cells of one backend, compiled "
+                             "programs reused; fresh: a new process per cell; dask: a Dask cluster (--scheduler, "
+                             "or a LocalCluster of --jobs workers)")
+    group.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                        help="send the cells to the Dask cluster of this scheduler (README: Running on a Dask cluster)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mixbench", description="Bayesian mixtures of linear regressions in PyMC, "
                            "NumPyro and Stan: recovery, label switching and cost, measured.")
@@ -276,12 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
                         help="cells run in parallel, each in its own process (default 1); with --executor dask "
                              "and no --scheduler, the LocalCluster's workers")
-    runner.add_argument("--executor", choices=("warm", "fresh", "dask"), default=None,
-                        help="warm (default): worker processes kept for the cells of one backend, compiled "
-                             "programs reused; fresh: a new process per cell; dask: a Dask cluster (--scheduler, "
-                             "or a LocalCluster of --jobs workers)")
-    runner.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
-                        help="send the cells to the Dask cluster of this scheduler (README: Running on a Dask cluster)")
+    _add_executor_options(runner)
     runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=1800.0,
                         help="a cell still running after this is stopped and recorded as timeout (default 1800)")
     runner.add_argument("--save-draws", action="store_true", help="save each cell's draws as netCDF under DIR/draws")
@@ -314,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exit 1 when a change is called worse by more than this fraction of RUN_A's value "
                               "(0.1: 10%%; 0: any called change), for CI")
     compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
+
+    _add_sweep_parser(sub)
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -352,6 +359,73 @@ def build_parser() -> argparse.ArgumentParser:
     rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
                        help="write the reference here (default: the cache)")
     return parser
+
+
+def _add_sweep_parser(sub) -> None:
+    from bench.sweep import SWEEP_SETTINGS
+    from models.families import AXES
+
+    sweep = sub.add_parser("sweep", help="landing frequencies over a scenario family's difficulty axes",
+                           description="Fit every point of a scenario family (the product of the --vary axes) x "
+                                       "backends x method lines x seeds as cells (isolated, resumable), then report "
+                                       "landing frequencies with Wilson 90% intervals, breaking points, phase "
+                                       "diagrams and frequency curves.")
+    sweep.add_argument("--family", choices=("lines",), default="lines",
+                       help="scenario family (lines: K regression lines, no intercepts; README: Where each method "
+                            "breaks)")
+    sweep.add_argument("--vary", metavar="AXIS=V1,V2", action="append", default=[],
+                       help="an axis and its values, repeatable; one value fixes it. Axes: "
+                            + "; ".join(f"{a.name}: {a.text} (default {'1/K' if a.name == 'w_min' else a.default})"
+                                        for a in AXES.values()))
+    sweep.add_argument("--backends", metavar="NAME,NAME", type=_csv_list, default=["numpyro", "stan"],
+                       help="backends, comma-separated (default numpyro,stan)")
+    sweep.add_argument("--methods", metavar="LINE,LINE", type=_csv_list,
+                       default=["nuts", "nuts:ordering=slope", "advi-fullrank", "pathfinder"],
+                       help="method lines: a method, optionally with spec overrides after a colon "
+                            "(nuts:ordering=slope; several joined by ';') (default "
+                            "nuts,nuts:ordering=slope,advi-fullrank,pathfinder)")
+    sweep.add_argument("--spec", dest="sweep_spec", metavar="FIELD=VALUE", action="append", default=[],
+                       help="a spec override for every line, repeatable: ordering, sigma, likelihood, pi_alpha")
+    sweep.add_argument("--seeds", metavar="SEEDS", type=_seeds, default=list(range(10)),
+                       help="inference seeds: a list 0,1,2 or a range 0-9 (default 0-9)")
+    data = sweep.add_mutually_exclusive_group()
+    data.add_argument("--data-seed", metavar="SEED", type=int, default=0,
+                      help="seed of each point's one simulated data set, shared by every seed (default 0)")
+    data.add_argument("--data-per-seed", action="store_true",
+                      help="each seed fits its own data set (data seed = seed): frequencies over data sets and "
+                           "inference together (each data set is a setup of its own in the report)")
+    sweep.add_argument("--reference", choices=("none", "auto", "make"), default="none",
+                       help="reference posterior per data set (default none: the truth is the labelling target)")
+    _add_reference_options(sweep)
+    changed = ", ".join(f"{k} {v}" for k, v in SWEEP_SETTINGS.items())
+    settings = sweep.add_argument_group("fit settings (defaults: mixbench run's" + (f", except {changed})" if changed else ")"))
+    defaults = FitSettings()
+    for f in fields(FitSettings):
+        if f.name not in _SETTING_HELP:
+            continue
+        default = SWEEP_SETTINGS.get(f.name, getattr(defaults, f.name))
+        kind = {int: _positive_int, float: _positive_float}.get(type(getattr(defaults, f.name)), str)
+        if f.name == "warmup":
+            kind = int
+        if f.name == "advi_eta":
+            kind = _positive_float
+        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
+        settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
+                              metavar=metavar,
+                              help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
+    runner = sweep.add_argument_group("running")
+    runner.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="output directory (default results/sweep-<family>); rerunning resumes")
+    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
+                        help="cells run in parallel (default 1); with --executor dask and no --scheduler, the LocalCluster's workers")
+    _add_executor_options(runner)
+    runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=600.0,
+                        help="a cell still running after this is stopped and recorded as timeout (default 600)")
+    runner.add_argument("--retry-failed", action="store_true",
+                        help="rerun failed, crashed and timed-out cells (default: keep their rows)")
+    runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
+    runner.add_argument("--no-report", action="store_true", help="skip writing report.md and report.html")
+    runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
 
 def check_backend_name(name: str) -> None:
@@ -515,6 +589,70 @@ def cmd_run(args) -> int:
     return 0
 
 
+def sweep_cells_from_args(args) -> list:
+    """The sweep's cells, every argument checked before any cell runs."""
+    from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points
+
+    for name in args.backends:
+        check_backend_name(name)
+    if not args.vary:
+        raise MixbenchError("--vary: give at least one axis, e.g. --vary sep=0.5,1,2,4")
+    lines = [parse_method_line(text, METHODS) for text in args.methods]
+    if len({line.label for line in lines}) != len(lines):
+        raise MixbenchError("--methods: a method line is repeated")
+    spec = dict(_override(text, "--spec") for text in args.sweep_spec)
+    given = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
+    settings = {**SWEEP_SETTINGS, **given}
+    fit_settings = FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    points = sweep_points(parse_vary(args.vary))
+    from bench.harness import check_fit_size
+
+    for point, n in points:
+        for line in lines:
+            check_fit_size(point.K, n, line.method, fit_settings)
+    return plan_cells(points, args.backends, lines, args.seeds, settings, spec,
+                      data_per_seed=args.data_per_seed, data_seed=args.data_seed)
+
+
+def cmd_sweep(args) -> int:
+    from bench.bytecode import ensure_bytecode
+    from bench.executors import LOGS_DIR, make_executor
+    from bench.harness import CELLS_FILE, RunOptions, run_grid
+
+    cells = sweep_cells_from_args(args)
+    executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
+    ensure_bytecode()
+    if args.reference != "none":
+        cells = attach_references(cells, args.reference, _reference_settings(args))
+    out_dir = args.out or Path("results") / f"sweep-{args.family}"
+    options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, retry_failed=args.retry_failed,
+                         fresh=args.fresh)
+    start = time.perf_counter()
+    print(f"sweep: {len(cells)} cells into {out_dir}", file=sys.stderr, flush=True)
+    result = run_grid(cells, options, executor, Progress(len(cells), log_dir=out_dir / LOGS_DIR))
+    print(f"sweep: finished in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    if result.unwritten:
+        print(f"mixbench sweep: error: {len(result.unwritten)} row(s) could not be written to {out_dir / CELLS_FILE}; "
+              "free space and rerun to run those cells again", file=sys.stderr)
+        return 1
+    import pandas as pd
+
+    from bench.report import markdown_table
+    from bench.sweep import sweep_tables
+
+    ids = {c.id for c in cells}
+    for table in sweep_tables(pd.DataFrame([r for r in result if r["cell_id"] in ids])):
+        if table.key == "sweep-breaking":
+            print(f"\n{table.title}\n\n{markdown_table(table.frame)}")
+    if not args.no_report:
+        from bench.report import write_report
+
+        paths = write_report([out_dir], out_dir)
+        print(f"report: {paths['markdown']}  (html: {paths['html']})")
+    print(f"rows: {out_dir / CELLS_FILE}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from bench.harness import prepare_out_dir
     from bench.report import write_report
@@ -628,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
-               "compare": cmd_compare}[args.command]
+               "compare": cmd_compare, "sweep": cmd_sweep}[args.command]
     prefix = f"mixbench {args.command}"
 
     def fail(message: str, code: int, after_progress: bool = False) -> int:

@@ -126,12 +126,35 @@ COLUMNS: dict[str, str] = {
     "in fit, unattributed s": "backend-call seconds outside the timed phases (the engine's own bookkeeping)",
     "overhead s": "total less fit: what the suite adds around the fit, seconds",
     "overhead %": "overhead as a percentage of the fit",
+    # sweeps (bench.sweep, bench.frequencies): shares of seeds as 'k/n share [Wilson 90% interval]'
+    "line": "a method line of a sweep: the method and the spec fields its cells override (nuts ordering=slope)",
+    "D": "covariates",
+    "sep": "separation of a family point: the smallest RMS gap between neighbouring component lines over their "
+           "pooled sigma (models.families)",
+    "w_min": "the smallest mixing weight of a family point",
+    "sigma_ratio": "largest over smallest per-component sigma of a family point",
+    "seeds": "cells counted at the sweep point (unsupported cells excluded)",
+    "truth": "seeds landing in the truth's mode (mode truth, or reference with a reference posterior): k/n, "
+             "share, Wilson 90% interval",
+    "other": "seeds landing in another mode: k/n, share, Wilson 90% interval",
+    "collapsed": "seeds whose components coincided or one emptied: k/n, share, Wilson 90% interval",
+    "mixed": "seeds whose chains landed in different modes: k/n, share, Wilson 90% interval",
+    "failed": "seeds without draws (failed, crashed, timed out): k/n, share, Wilson 90% interval",
+    "switch": "NUTS fits with a label switch within a chain (label_switches > 0): k/n, share, Wilson 90% interval",
+    "disagree": "fits of two chains or more whose chains hold different labellings: k/n, share, Wilson 90% interval",
+    "truth there": "the truth share at the hardest setting held: k/n, share, Wilson 90% interval",
+    "truth at break": "the truth share at the first setting below 90%: k/n, share, Wilson 90% interval",
     # environment
     "what": "a machine property or a package",
     "version / value": "its version or value",
 }
 
 PATTERNS: list[tuple[str, str, str]] = [  # (regex, how the glossary names the family, meaning)
+    (r"hardest \S+ held", "hardest AXIS held",
+     "walking the axis from easiest to hardest, the hardest setting where at least 90% of seeds landed in the "
+     "truth's mode before the first below 90% (none: the easiest already fell below)"),
+    (r"broke at \S+", "broke at AXIS", "the first setting, walking from easiest to hardest, where fewer than 90% of "
+     "seeds landed in the truth's mode (never: none did)"),
     (r"K=\d+ N=\S+ ms", "K=k N=n ms",
      "milliseconds per log density + gradient at K components and N observations (median over pytest-benchmark "
      "rounds)"),

@@ -371,7 +371,11 @@ def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, A
 
 
 def cell_ids(cell: Cell) -> dict[str, Any]:
+    from models.families import point_params
+
     return {
+        # A scenario family's point (models.families): its axes as columns, for sweeps.
+        **({} if cell.is_data_file else point_params(cell.scenario)),
         "scenario": cell.scenario_label,
         "data_file": cell.scenario if cell.is_data_file else None,
         "backend": cell.backend,

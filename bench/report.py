@@ -180,6 +180,10 @@ def build_report(paths: list[Path], fig_dir: Path):
     frame, environments, run_dirs = load_inputs(paths)
     fits = fit_summary(frame) if len(frame) else pd.DataFrame()
     tables = report_tables(fits, frame)
+    from bench.sweep import sweep_tables
+    from bench.sweep_figures import sweep_figures
+
+    tables = sweep_tables(frame) + tables  # a sweep's frequencies and breaking points lead
     from bench.costs import cost_sections
 
     cost_tables, cost_figures = cost_sections(frame, environments, fig_dir)
@@ -188,8 +192,11 @@ def build_report(paths: list[Path], fig_dir: Path):
         tables += [t for t in (flagged_table(frame), means_table(frame), problems_table(frame)) if not t.empty]
     tables = [part for table in tables for part in split_wide(table)]
     figures, notes = report_figures(frame, run_dirs or [fig_dir.parent], fig_dir) if len(frame) else ([], [])
+    figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
-    return (_headline(frame, paths), findings(fits), figures, notes, tables,
+    from bench.sweep import sweep_findings
+
+    return (_headline(frame, paths), sweep_findings(frame) + findings(fits), figures, notes, tables,
             environment_table(frame, environments))
 
 

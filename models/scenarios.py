@@ -75,9 +75,15 @@ DEFAULT_SCENARIO = "forum-small"
 
 
 def get_scenario(name: str) -> Scenario:
-    try:
+    """A built-in scenario, or a point of a scenario family by its name (models.families)."""
+    from models.families import parse_point
+
+    if name in SCENARIOS:
         return SCENARIOS[name]
-    except KeyError:
-        raise MixbenchError(
-            f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}"
-        ) from None
+    point = parse_point(name)
+    if point is not None:
+        return point.scenario()
+    raise MixbenchError(
+        f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}, or a family point such as "
+        "lines-K2-D1-sep2-wmin0.5-sr1"
+    )

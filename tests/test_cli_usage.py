@@ -34,7 +34,7 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"mixbench {version('mixbench')}"
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["compare"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["sweep"], ["report"], ["compare"], ["list"]])
 def test_help_is_clean(command):
     text = cli(*command, "--help").stdout
     for noise in ("``", "SET_", "(default None)", "default: None", "%("):

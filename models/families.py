@@ -1,0 +1,224 @@
+"""Scenario families: simulated scenarios with named difficulty axes, one stable name per point.
+
+The family ``lines`` is a mixture of K regression lines on D covariates, no intercepts (the
+forum thread's model), with these axes:
+
+- ``sep``: separation, the smallest gap between neighbouring component lines relative to their
+  noise: min over neighbours j, k of RMS_x(line_j(x) - line_k(x)) / sqrt((sigma_j^2 + sigma_k^2) / 2),
+  with x ~ U(-1, 1)^D as the scenarios simulate it, where RMS_x(x . dw) = |dw| / sqrt(3)
+  (Var U(-1, 1) = 1/3): for lines, what the distance between two Gaussian means in units of
+  their pooled sd is for a Gaussian mixture.
+- ``w_min``: the smallest mixing weight, given to component 0; the others share the rest equally
+  (at most 1/K; 1/K is balanced).
+- ``K``: components (2-5); ``D``: covariates (1-5); ``sigma_ratio``: largest over smallest
+  per-component sigma (1: one shared sigma).
+- ``N``: observations; carried by the cell (``Cell.n``), not by the point's name.
+
+The truth: first slopes evenly spaced on [-2, 2] (component k: -2 + 4 k / (K - 1)), so the slope
+scale stays O(1) under the thread's Normal(0, 2) slope prior whatever the difficulty; covariates
+beyond the first carry the same slope in every component (0.5, -0.5, ...): they add parameters
+without adding separation. The noise sets the separation: sigma_k = s * sigma_ratio^(k / (K - 1)),
+with s solved so the hardest neighbour pair (the last, noisiest) sits at exactly ``sep``.
+
+The fitted spec is the thread's (Dirichlet(1), Normal(0, 2) slopes) with a Uniform(0, 10) sigma
+prior instead of Uniform(0, 1), so the noisier points stay inside the prior's support; shared
+sigma when sigma_ratio = 1, one per component otherwise.
+
+A point's name spells every axis but N: ``lines-K2-D1-sep2-wmin0.5-sr1``; ``get_scenario``
+accepts it anywhere a built-in scenario name is accepted, so cells (bench.harness) carry a family
+point exactly like a built-in scenario.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.errors import MixbenchError
+from models.spec import MixtureSpec, SigmaPrior
+
+SIGMA_UPPER = 10.0  # the family's Uniform(0, SIGMA_UPPER) sigma prior
+# A point whose noisiest sigma exceeds this share of the prior's upper bound is refused: the
+# prior, not the data, would then decide where sigma lands.
+SIGMA_MAX_SHARE = 0.5
+SLOPE_SPAN = 2.0  # first slopes on [-SLOPE_SPAN, SLOPE_SPAN]
+DEFAULT_N = 1000
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    kind: type
+    default: float | int
+    harder: str  # "lower" or "higher": which direction makes the problem harder
+    low: float
+    high: float
+    text: str
+
+
+# The axes of the family, in the order the point's name spells them. N is an axis of every
+# sweep (Cell.n) and listed here so a sweep can vary it like the others.
+AXES: dict[str, Axis] = {a.name: a for a in [
+    Axis("K", int, 2, "higher", 2, 5, "mixture components"),
+    Axis("D", int, 1, "higher", 1, 5, "covariates"),
+    Axis("sep", float, 4.0, "lower", 1e-3, 1e3,
+         "separation: smallest RMS gap between neighbouring lines over their pooled sigma"),
+    Axis("w_min", float, math.nan, "lower", 1e-3, 1.0, "smallest mixing weight (default 1/K: balanced)"),
+    Axis("sigma_ratio", float, 1.0, "higher", 1.0, 100.0, "largest / smallest per-component sigma"),
+    Axis("N", int, DEFAULT_N, "lower", 10, 10_000_000, "observations"),
+]}
+NAME_AXES = ("K", "D", "sep", "w_min", "sigma_ratio")
+_NAME_KEYS = {"K": "K", "D": "D", "sep": "sep", "w_min": "wmin", "sigma_ratio": "sr"}
+FAMILY = "lines"
+_NAME_RE = re.compile(r"^lines-K(?P<K>\d+)-D(?P<D>\d+)-sep(?P<sep>[0-9.e+-]+)-wmin(?P<w_min>[0-9.e+-]+)"
+                      r"-sr(?P<sigma_ratio>[0-9.e+-]+)$")
+
+
+def _number_text(value: float) -> str:
+    """A short stable spelling: 2 -> '2', 0.25 -> '0.25', 1/3 -> '0.333333'."""
+    return f"{float(value):.6g}"
+
+
+def check_axis(name: str, value) -> float | int:
+    """``value`` as the axis's type, checked against its range. Raises MixbenchError (one line
+    naming the axis) for an unknown axis, a non-number or a value out of range."""
+    if name not in AXES:
+        raise MixbenchError(f"axis: unknown {name!r}; the {FAMILY} family has {', '.join(AXES)}")
+    axis = AXES[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MixbenchError(f"{name}: not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise MixbenchError(f"{name}: must be finite, got {value!r}")
+    if axis.kind is int:
+        if not number.is_integer():
+            raise MixbenchError(f"{name}: must be an integer, got {value!r}")
+        number = int(number)
+    if not axis.low <= number <= axis.high:
+        raise MixbenchError(f"{name}: must lie in [{_number_text(axis.low)}, {_number_text(axis.high)}], "
+                            f"got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class FamilyPoint:
+    """One point of the ``lines`` family: every axis but N (see the module docstring)."""
+
+    K: int = 2
+    D: int = 1
+    sep: float = 4.0
+    w_min: float | None = None  # None: 1/K
+    sigma_ratio: float = 1.0
+
+    def __post_init__(self):
+        for name in NAME_AXES:
+            value = getattr(self, name)
+            if name == "w_min" and value is None:
+                continue
+            object.__setattr__(self, name, check_axis(name, value))
+        if self.w_min is None:
+            object.__setattr__(self, "w_min", 1.0 / self.K)
+        elif self.w_min > 1.0 / self.K + 1e-12:
+            raise MixbenchError(f"w_min: the smallest of {self.K} weights is at most 1/K = "
+                                f"{_number_text(1 / self.K)}, got {_number_text(self.w_min)}")
+        largest = float(np.max(self.sigmas))
+        if largest > SIGMA_MAX_SHARE * SIGMA_UPPER:
+            least = self.sep * largest / (SIGMA_MAX_SHARE * SIGMA_UPPER)
+            raise MixbenchError(f"sep: {_number_text(self.sep)} needs sigma = {largest:.3g}, beyond half the "
+                                f"family's Uniform(0, {SIGMA_UPPER:g}) prior; use sep >= {least:.3g} at "
+                                f"K = {self.K}, sigma_ratio = {_number_text(self.sigma_ratio)}")
+
+    @property
+    def name(self) -> str:
+        parts = [f"{_NAME_KEYS[a]}{_number_text(getattr(self, a)) if a not in ('K', 'D') else getattr(self, a)}"
+                 for a in NAME_AXES]
+        return "-".join([FAMILY, *parts])
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        """The point's axes as row columns (bench.harness.cell_ids)."""
+        return {a: getattr(self, a) for a in NAME_AXES}
+
+    @property
+    def slopes(self) -> np.ndarray:
+        """First slopes of the components, (K,): evenly spaced on [-SLOPE_SPAN, SLOPE_SPAN]."""
+        return np.linspace(-SLOPE_SPAN, SLOPE_SPAN, self.K)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """Per-component sigma, (K,): s * sigma_ratio^(k / (K - 1)), the last neighbour pair at ``sep``."""
+        growth = self.sigma_ratio ** (np.arange(self.K) / (self.K - 1))
+        gap = (self.slopes[1] - self.slopes[0]) / math.sqrt(3.0)  # RMS over x ~ U(-1, 1)
+        pooled = math.sqrt((growth[-2] ** 2 + growth[-1] ** 2) / 2.0)
+        return gap / (self.sep * pooled) * growth
+
+    @property
+    def weights(self) -> np.ndarray:
+        rest = (1.0 - self.w_min) / (self.K - 1)
+        return np.array([self.w_min] + [rest] * (self.K - 1))
+
+    @property
+    def spec(self) -> MixtureSpec:
+        return MixtureSpec(K=self.K, D=self.D, intercept=False,
+                           sigma="shared" if self.sigma_ratio == 1.0 else "per-component",
+                           sigma_prior=SigmaPrior("uniform", SIGMA_UPPER))
+
+    @property
+    def truth(self) -> dict[str, np.ndarray]:
+        w = np.zeros((self.K, self.D))
+        w[:, 0] = self.slopes
+        for d in range(1, self.D):
+            w[:, d] = 0.5 * (-1) ** (d - 1)  # the same in every component: no separation
+        sigma = self.sigmas
+        return {"w": w, "sigma": np.asarray(sigma[0]) if self.sigma_ratio == 1.0 else sigma,
+                "pi": self.weights}
+
+    def separation(self) -> float:
+        """The separation the truth has, computed from it (equals ``sep``; tests check it)."""
+        return separation(self.truth, self.D)
+
+    def scenario(self):
+        from models.scenarios import Scenario
+
+        return Scenario(self.name, f"{FAMILY} family: K = {self.K}, D = {self.D}, separation "
+                        f"{_number_text(self.sep)}, smallest weight {_number_text(self.w_min)}, sigma ratio "
+                        f"{_number_text(self.sigma_ratio)}", DEFAULT_N, self.spec, self.truth)
+
+
+def separation(params: dict[str, np.ndarray], D: int) -> float:
+    """min over components adjacent in their first slope of RMS gap / pooled sigma, for
+    x ~ U(-1, 1)^D: sqrt(|dw|^2 / 3 + db^2) / sqrt((sigma_j^2 + sigma_k^2) / 2)."""
+    w = np.asarray(params["w"], dtype=float).reshape(-1, D)
+    K = w.shape[0]
+    b = np.asarray(params.get("b", np.zeros(K)), dtype=float)
+    sigma = np.broadcast_to(np.asarray(params["sigma"], dtype=float), (K,))
+    order = np.argsort(w[:, 0])
+    gaps = []
+    for j, k in zip(order[:-1], order[1:]):
+        rms = math.sqrt(float(np.sum((w[j] - w[k]) ** 2)) / 3.0 + float(b[j] - b[k]) ** 2)
+        gaps.append(rms / math.sqrt((sigma[j] ** 2 + sigma[k] ** 2) / 2.0))
+    return min(gaps)
+
+
+def parse_point(name: str) -> FamilyPoint | None:
+    """The family point a scenario name spells, or None when it is not a family name.
+    Raises MixbenchError for a family name whose values are out of range."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    values = match.groupdict()
+    return FamilyPoint(K=int(values["K"]), D=int(values["D"]), sep=float(values["sep"]),
+                       w_min=float(values["w_min"]), sigma_ratio=float(values["sigma_ratio"]))
+
+
+def point_params(scenario: str) -> dict[str, float | int]:
+    """The axes of a family point named ``scenario`` as row columns; {} for any other name."""
+    try:
+        point = parse_point(scenario)
+    except MixbenchError:
+        return {}
+    return point.params if point is not None else {}

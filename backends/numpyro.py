@@ -42,7 +42,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends import laplace
-from backends.base import (METHODS, Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
+from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
@@ -106,7 +106,7 @@ class OrderedNormal(dist.Distribution):
         return jnp.where(ordered, lp, -jnp.inf)
 
 
-# How the likelihood is written (bench/ppl_formulations.py compares them; docs/performance.md):
+# How the likelihood is written (bench/experiments/ppl_formulations.py compares them; docs/performance.md):
 # NumPyro's MixtureSameFamily, or the log-sum-exp of the component log densities as a factor.
 LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
 
@@ -457,12 +457,16 @@ class NumPyroBackend(Backend):
     def versions(self) -> dict[str, str]:
         return package_versions("numpyro", "jax", "jaxlib", "blackjax")
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if spec.likelihood != "mixture":
-            return (f"likelihood {spec.likelihood!r}: the forum replay likelihoods are implemented "
-                    "in the pymc backend only")
-        if method not in METHODS:
-            return f"method {method!r} is not in the shared vocabulary"
+    # The method table (Backend's contract); the model implements the correct mixture only.
+    methods = {
+        "nuts": "_fit_nuts",
+        **dict.fromkeys(("advi-meanfield", "advi-fullrank", "advi-minibatch-meanfield",
+                         "advi-minibatch-fullrank", "map"), "_fit_svi"),
+        "pathfinder": "_fit_pathfinder",
+        "laplace": "_fit_laplace",
+    }
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method == "nuts" and settings.sampler not in (None, "numpyro"):
             return f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro's own NUTS only"
         if method.startswith("advi") or method == "map":
@@ -472,8 +476,7 @@ class NumPyroBackend(Backend):
         return None
 
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         dataset.check_against(spec)
         params = spec.check_params(params)
         with _precision("float64"):
@@ -486,8 +489,7 @@ class NumPyroBackend(Backend):
         sites (trace order), at ``settings.precision``, compiled before returning."""
         from backends.gradients import fixed_point
 
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         if settings.sampler not in (None, ENGINE):
             raise MixbenchError(f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro only")
         dataset.check_against(spec)
@@ -506,15 +508,6 @@ class NumPyroBackend(Backend):
 
         return f, np.asarray(flat0, dtype=np.float64)
 
-    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        if method == "nuts":
-            return self._fit_nuts(spec, dataset, settings, seed)
-        if method == "pathfinder":
-            return self._fit_pathfinder(spec, dataset, settings, seed)
-        if method == "laplace":
-            return self._fit_laplace(spec, dataset, settings, seed)
-        return self._fit_svi(spec, dataset, method, settings, seed)
-
     # -- NUTS ------------------------------------------------------------------------------------
 
     @staticmethod
@@ -524,7 +517,8 @@ class NumPyroBackend(Backend):
             return "parallel"
         return "sequential"
 
-    def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                  seed: int) -> Fit:
         timings: dict[str, float] = {}
         chain_method = self.chain_method(settings)
         with _precision(settings.precision):
@@ -587,9 +581,6 @@ class NumPyroBackend(Backend):
         return self._programs[key]
 
     def _fit_svi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        if method.startswith("advi-minibatch") and settings.batch_size > dataset.N:
-            raise MixbenchError(
-                f"settings.batch_size: {settings.batch_size} exceeds the {dataset.N} observations")
         timings: dict[str, float] = {"compile": 0.0}
         init_key, svi_key, draw_key = random.split(random.PRNGKey(seed), 3)
         with _precision(settings.precision):
@@ -633,7 +624,8 @@ class NumPyroBackend(Backend):
 
     # -- Laplace (AutoLaplaceApproximation) -----------------------------------------------------
 
-    def _fit_laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_laplace(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                     seed: int) -> Fit:
         """The Laplace approximation on NumPyro's unconstrained space (the sites' ``biject_to``
         inverses, flattened in trace order), by NumPyro's AutoLaplaceApproximation and
         backends/laplace.py.
@@ -712,7 +704,8 @@ class NumPyroBackend(Backend):
 
     # -- Pathfinder (BlackJAX's building blocks on the model's potential) ------------------------
 
-    def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                        seed: int) -> Fit:
         """Multi-path Pathfinder as Stan and pymc-extras run it: settings.pathfinder_paths single paths
         from their own uniform initial points, each drawing from its best normal approximation;
         by default the pooled draws are importance-resampled (backends/importance.py)."""

@@ -39,13 +39,13 @@ from pytensor.graph.replace import graph_replace
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 from backends import laplace
-from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions, start_seeds,
+from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from models.data import Dataset
 from models.errors import MixbenchError
-from models.spec import MixtureSpec
+from models.spec import LIKELIHOODS, MixtureSpec
 
 SAMPLERS = ("nutpie", "pymc", "numpyro")
 VI_METHODS = {
@@ -94,7 +94,7 @@ def _ordered_initval(prior, K: int) -> np.ndarray:
     return (prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)).astype(pytensor.config.floatX)
 
 
-# How the (correct) mixture likelihood is written (bench/ppl_formulations.py compares them;
+# How the (correct) mixture likelihood is written (bench/experiments/ppl_formulations.py compares them;
 # docs/performance.md): the CustomDist below, PyMC's NormalMixture, or a Potential holding the
 # same log-sum-exp (full data only: a Potential takes no total_size).
 LIKELIHOOD_FORMS = ("custom_dist", "normal_mixture", "potential")
@@ -495,18 +495,6 @@ def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
 # Timing helpers
 # --------------------------------------------------------------------------------------------
 
-def _concurrent_seconds(per_chain: np.ndarray, cores: int) -> float:
-    """Wall seconds of a phase whose per-chain durations are ``per_chain``.
-
-    Chains running at once overlap: with a core per chain the phase lasts as long as its
-    slowest chain; with fewer cores chains queue, and the total work is shared by the cores.
-    """
-    per_chain = np.asarray(per_chain, float)
-    if cores >= len(per_chain):
-        return float(per_chain.max())
-    return float(per_chain.sum() / cores)
-
-
 class _NutpieClock:
     """Per-chain warm-up / sampling split of a nutpie run, from its progress callback.
 
@@ -600,7 +588,17 @@ class PyMCBackend(Backend):
         return package_versions("pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro",
                                 "jax", "numpy", "scipy")
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+    # The method table and the likelihoods this backend's model implements (Backend's contract).
+    methods = {
+        "nuts": "_nuts",
+        **dict.fromkeys(VI_METHODS, "_advi"),
+        "pathfinder": "_pathfinder",
+        "map": "_map",
+        "laplace": "_laplace",
+    }
+    likelihoods = LIKELIHOODS  # the forum replay likelihoods too: they replay PyMC code
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method == "nuts" and (settings.sampler or "nutpie") not in SAMPLERS:
             raise MixbenchError(
                 f"settings.sampler: the PyMC backend runs {', '.join(SAMPLERS)}, got {settings.sampler!r}"
@@ -637,22 +635,14 @@ class PyMCBackend(Backend):
         return f, x0
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        # Every method runs at the fit's precision with PyMC's chatter off; the table dispatches.
         with _precision(settings.precision), _quiet("pymc"):
-            if method == "nuts":
-                return self._nuts(spec, dataset, settings, seed)
-            if method in VI_METHODS:
-                return self._advi(spec, dataset, method, settings, seed)
-            if method == "pathfinder":
-                return self._pathfinder(spec, dataset, settings, seed)
-            if method == "map":
-                return self._map(spec, dataset, settings, seed)
-            if method == "laplace":
-                return self._laplace(spec, dataset, settings, seed)
-        raise MixbenchError(f"method: {method!r} is not handled by the PyMC backend")
+            return super()._fit(spec, dataset, method, settings, seed)
 
     # ---- NUTS ------------------------------------------------------------------------------
 
-    def _nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+              seed: int) -> Fit:
         sampler = settings.sampler or "nutpie"
         entry = compiled(spec, dataset, settings.precision)
         cores = settings.chains if settings.parallel_chains else 1
@@ -693,8 +683,8 @@ class PyMCBackend(Backend):
         )
         wall = time.perf_counter() - start
         warmup, sampling = clock.split(tune, tune + settings.draws, wall)
-        timings["warmup"] = _concurrent_seconds(warmup, cores)
-        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        timings["warmup"] = chain_seconds(warmup, cores)
+        timings["sampling"] = chain_seconds(sampling, cores)
         # Thread start-up and nutpie's conversion of its arrow trace, outside every chain's runtime.
         timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
         return trace, trace["warmup_sample_stats"]
@@ -721,8 +711,8 @@ class PyMCBackend(Backend):
         warmup = (warmup_stats.perf_counter_diff.sum("draw").values if warmup_stats is not None
                   else np.zeros(settings.chains))
         sampling = trace.sample_stats.perf_counter_diff.sum("draw").values
-        timings["warmup"] = _concurrent_seconds(warmup, cores)
-        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        timings["warmup"] = chain_seconds(warmup, cores)
+        timings["sampling"] = chain_seconds(sampling, cores)
         timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
         if warmup_stats is None:
             warmup_stats = trace.sample_stats.isel(draw=slice(0, 0))
@@ -789,7 +779,8 @@ class PyMCBackend(Backend):
                    log_p=log_p, log_jacobian=log_jacobian, log_q=np.asarray(log_q, float),
                    loss=np.asarray(inference.hist, float))
 
-    def _pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _pathfinder(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                    seed: int) -> Fit:
         from pymc.blocking import DictToArrayBijection
         from pymc_extras.inference.pathfinder.lbfgs import LBFGSConfig, LBFGSStatus
         from pymc_extras.inference.pathfinder.multipath import multipath_pathfinder
@@ -894,7 +885,8 @@ class PyMCBackend(Backend):
                 coords={**coords, "unconstrained_bis": labels}))
         return draws, log_p, log_jacobian
 
-    def _map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _map(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+             seed: int) -> Fit:
         from pymc.initial_point import make_initial_point_fn
 
         entry = compiled(spec, dataset, settings.precision)
@@ -923,7 +915,8 @@ class PyMCBackend(Backend):
                    iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
                    point=canonical, point_log_density=log_density)
 
-    def _laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _laplace(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                 seed: int) -> Fit:
         """The Laplace approximation on PyMC's unconstrained space (the value variables, in
         ``model.value_vars`` order), by backends/laplace.py on pymc-extras' compiled loss,
         gradient and Hessian (``_Compiled.laplace_objective``).

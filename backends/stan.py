@@ -38,6 +38,7 @@ from backends.base import (
     Fit,
     FitSettings,
     canonical_datatree,
+    chain_seconds,
     package_versions,
     start_seeds,
     stopwatch,
@@ -219,20 +220,16 @@ def _column(columns: Sequence[str], values: np.ndarray, name: str) -> np.ndarray
     return values[..., list(columns).index(name)]
 
 
-def _nuts_phase_timings(chain_times: list[dict[str, float]], concurrency: str | None) -> dict[str, float]:
-    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks.
-
-    Chains side by side: a phase lasts as long as its slowest chain. One after another: the
-    chains' times add up. Chains queued behind fewer workers: neither holds, so the phases are
-    not observable and are left out (the per-chain times stay in the draws' attrs).
-    """
+def _nuts_phase_timings(chain_times: list[dict[str, float]], cores: int) -> dict[str, float]:
+    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks, combined by the
+    one rule for chains sharing ``cores`` (``backends.base.chain_seconds``); left out when a
+    chain's clock lacks a phase (the per-chain times stay in the draws' attrs)."""
     phases = {"Warm-up", "Sampling"}
-    if concurrency is None or not chain_times or not all(phases <= set(t) for t in chain_times):
+    if not chain_times or not all(phases <= set(t) for t in chain_times):
         return {}
-    combine = max if concurrency == "parallel" else sum
     return {
-        "warmup": float(combine(t["Warm-up"] for t in chain_times)),
-        "sampling": float(combine(t["Sampling"] for t in chain_times)),
+        "warmup": chain_seconds([t["Warm-up"] for t in chain_times], cores),
+        "sampling": chain_seconds([t["Sampling"] for t in chain_times], cores),
     }
 
 
@@ -457,11 +454,18 @@ class StanBackend(Backend):
             return forced
         return "cmdstanpy" if cmdstan_path() is not None else "pystan"
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if spec.likelihood != "mixture":
-            return f"likelihood {spec.likelihood!r}: the forum-replay likelihoods are implemented in the pymc backend only"
-        if method.startswith("advi-minibatch"):
-            return "Stan has no minibatch variational inference"
+    # The method table (Backend's contract); stan/mixture.stan implements the correct mixture only.
+    # Stan has no minibatch variational inference: those methods are absent from the table.
+    methods = {
+        "nuts": "_nuts",
+        "advi-meanfield": "_advi_cmdstan",
+        "advi-fullrank": "_advi_cmdstan",
+        "pathfinder": "_pathfinder_cmdstan",
+        "map": "_map_cmdstan",
+        "laplace": "_laplace_cmdstan",
+    }
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if settings.precision != "float64":
             return f"precision {settings.precision}: Stan computes in float64 only"
         engine = self.engine_for(settings)
@@ -533,10 +537,7 @@ class StanBackend(Backend):
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray],
                     engine: str | None = None) -> float:
         """Log prior + log likelihood at a constrained point, computed by Stan (no Jacobian)."""
-        if spec.likelihood != "mixture":
-            raise MixbenchError(
-                f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only"
-            )
+        self.check_likelihood(spec)
         engine = engine or self.engine_for()
         if engine not in ENGINES:
             raise MixbenchError(f"engine: must be cmdstanpy or pystan, got {engine!r}")
@@ -565,8 +566,7 @@ class StanBackend(Backend):
         from backends.gradients import fixed_point
         from backends.stan_gradient import load
 
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         if settings.precision != "float64":
             raise MixbenchError(f"precision {settings.precision}: Stan computes in float64 only")
         if (settings.sampler or "pystan") != "pystan":
@@ -584,25 +584,13 @@ class StanBackend(Backend):
     # --- fits ----------------------------------------------------------------------------------
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        seed = _check_seed(seed)
-        engine = self.engine_for(settings)
-        runners = {
-            "nuts": self._nuts_pystan if engine == "pystan" else self._nuts_cmdstan,
-            "advi-meanfield": self._advi_cmdstan,
-            "advi-fullrank": self._advi_cmdstan,
-            "pathfinder": self._pathfinder_cmdstan,
-            "map": self._map_cmdstan,
-            "laplace": self._laplace_cmdstan,
-        }
-        try:
-            if method.startswith("advi-"):
-                return runners[method](spec, dataset, method, settings, seed)
-            return runners[method](spec, dataset, settings, seed)
-        except (RuntimeError, ValueError) as exc:
-            if isinstance(exc, MixbenchError):
-                raise
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            return Fit(backend=self.name, method=method, status="failed", engine=engine, reason=reason[:2000])
+        return super()._fit(spec, dataset, method, settings, _check_seed(seed))
+
+    def _nuts(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        """NUTS on the engine ``settings.sampler`` names (CmdStan when installed, else pystan)."""
+        if self.engine_for(settings) == "pystan":
+            return self._nuts_pystan(spec, dataset, method, settings, seed)
+        return self._nuts_cmdstan(spec, dataset, method, settings, seed)
 
     def _result(self, method: str, engine: str, stan_version: str | None = None, **fields) -> Fit:
         """An ok Fit; ``stan_version`` is the Stan that ran as its output reports it (CmdStan's
@@ -615,7 +603,7 @@ class StanBackend(Backend):
         return Fit(backend=self.name, method=method, status="ok", engine=engine, precision="float64",
                    versions=versions, **fields)
 
-    def _nuts_pystan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts_pystan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.pystan_model(spec, dataset)
@@ -637,17 +625,14 @@ class StanBackend(Backend):
             values = np.stack([p[1] for p in parsed])
             chain_times = [p[2] for p in parsed]
             # httpstan's worker pool has one process per CPU: more chains than that queue.
-            if not settings.parallel_chains:
-                concurrency = "sequential"
-            else:
-                concurrency = "parallel" if settings.chains <= (os.cpu_count() or 1) else None
-            fit = self._nuts_result(spec, settings, "pystan", columns, values, chain_times, concurrency,
+            cores = min(settings.chains, os.cpu_count() or 1) if settings.parallel_chains else 1
+            fit = self._nuts_result(spec, settings, "pystan", columns, values, chain_times, cores,
                                     compiled, run_seconds)
         fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
         return fit
 
     def _nuts_result(self, spec, settings: FitSettings, engine: str, columns: list[str], values: np.ndarray,
-                     chain_times: list[dict[str, float]], concurrency: str | None, compiled: bool,
+                     chain_times: list[dict[str, float]], cores: int, compiled: bool,
                      run_seconds: float, stan_version: str | None = None) -> Fit:
         """Draws (chain, warm-up + sampling, column) -> a NUTS Fit with canonical draws."""
         expected = settings.warmup + settings.draws
@@ -666,13 +651,13 @@ class StanBackend(Backend):
                                    sample_stats_from_flat(columns, kept), attrs={"/": attrs})
         return self._result(
             "nuts", engine, stan_version=stan_version, draws=draws,
-            timings=_nuts_phase_timings(chain_times, concurrency),
+            timings=_nuts_phase_timings(chain_times, cores),
             # One gradient per leapfrog step, warm-up included.
             grad_evals=int(_column(columns, values, "n_leapfrog__").sum()),
             divergences=int(_column(columns, kept, "divergent__").sum()),
         )
 
-    def _nuts_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
@@ -693,8 +678,8 @@ class StanBackend(Backend):
                 # cmdstanpy reads each chain's "Elapsed Time" block from its CSV.
                 chain_times = [{phase: t[key] for key, phase in (("warmup", "Warm-up"), ("sampling", "Sampling"))
                                 if key in t} for t in run.time]
-                concurrency = "parallel" if settings.parallel_chains else "sequential"
-                fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, concurrency,
+                cores = settings.chains if settings.parallel_chains else 1
+                fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, cores,
                                         compiled, run_seconds, stan_version=csv_stan_version(run))
         fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
         return fit
@@ -775,7 +760,7 @@ class StanBackend(Backend):
         fit.timings = timings
         return fit
 
-    def _pathfinder_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _pathfinder_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
@@ -834,7 +819,7 @@ class StanBackend(Backend):
             raise RuntimeError(f"L-BFGS start (seed {seed}) ran past optimize_timeout = "
                                f"{settings.optimize_timeout:g} s and was stopped") from None
 
-    def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _map_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """One start of MAP (Backend.fit runs settings.map_starts of them and keeps the best)."""
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
@@ -860,7 +845,7 @@ class StanBackend(Backend):
                             iterations=len(trace) - 1, loss=-_column(columns, trace, "lp__"),
                             stan_version=stan_version)
 
-    def _laplace_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _laplace_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the
         Jacobian-adjusted density, covariance the inverse negative Hessian (Stan's finite
         differences of gradients), drawn by ``laplace_sample``. The mode is the best of

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from scipy.stats import wasserstein_distance
 
-from backends.base import Fit
+from backends.base import TIMING_PHASES, Fit
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.predictive import LOO_FIELDS, loo_metrics
@@ -42,7 +42,6 @@ from bench.relabel import (
 FAMILIES = ("w", "b", "sigma", "pi")
 # Methods whose draws are a Markov chain: switching, ESS and R-hat only mean something there.
 MCMC_METHODS = frozenset({"nuts"})
-TIMING_PHASES = ("compile", "warmup", "sampling", "optimisation", "extraction")
 NAN = float("nan")
 
 # Canonical dims of a parameter point, used to turn a MAP point into a one-draw DataTree.
@@ -178,6 +177,7 @@ ROW_FIELDS: dict[str, str] = {
     # What was fitted
     "status": "the fit's status: ok, unsupported or failed",
     "reason": "why the fit is not ok (NaN when ok)",
+    "traceback": "a failed fit: the engine's traceback (NaN otherwise)",
     "backend": "backend name (pymc, numpyro, stan)",
     "engine": "engine that ran the method (e.g. nutpie, numpyro, pystan)",
     "method": "method name from the shared vocabulary (nuts, advi-meanfield, ...)",
@@ -188,8 +188,12 @@ ROW_FIELDS: dict[str, str] = {
     "t_compile": "seconds compiling the model (NaN when the engine does not separate it)",
     "t_warmup": "seconds of NUTS warm-up (NaN when absent or not separated)",
     "t_sampling": "seconds of NUTS sampling after warm-up (NaN when absent or not separated)",
+    "t_warmup_and_sampling": "seconds of NUTS warm-up and sampling where the engine times them only "
+                             "together (PyMC's numpyro sampler; NaN otherwise)",
     "t_optimisation": "seconds of VI / MAP optimisation (NaN for NUTS)",
     "t_extraction": "seconds turning the engine's output into draws",
+    "t_overhead": "seconds of the engine call outside every chain's own clock (start-up, the engine's "
+                  "trace conversion; NaN when not measured)",
     "grad_evals": "gradient evaluations reported by the engine (NaN when unknown)",
     "divergences": "divergent transitions (the fit's count, else summed from sample_stats.diverging)",
     "converged": "the engine's own convergence flag (NaN when it gives none)",
@@ -687,6 +691,7 @@ def _identity(fit: Fit) -> dict[str, Any]:
     row = {
         "status": fit.status,
         "reason": fit.reason,
+        "traceback": fit.traceback,
         "backend": fit.backend,
         "engine": fit.engine,
         "method": fit.method,

@@ -273,7 +273,7 @@ def test_log_density_outside_support_and_forum_likelihood(backend):
     point = {"w": np.array([[1.0], [0.5]]), "sigma": 0.3, "pi": np.array([0.5, 0.5])}
     assert backend.log_density(spec, data, point) == -np.inf
     assert log_density(spec, x, y, point) == -np.inf
-    with pytest.raises(MixbenchError, match="pymc backend only"):
+    with pytest.raises(MixbenchError, match="not implemented in the stan backend"):
         backend.log_density(spec.with_(likelihood="forum-original"), data, point)
 
 

@@ -1,6 +1,6 @@
 """pytest-benchmark suite options, the cell grid, and the report written when the session ends.
 
-    uv run pytest bench/test_fits.py --scenario forum --backends pymc,numpyro,stan --methods nuts \
+    uv run pytest bench/benchmarks/test_fits.py --scenario forum --backends pymc,numpyro,stan --methods nuts \
         --seeds 0-1 --benchmark-json=results/forum-bench.json
 
 The grid options are those of ``mixbench run``, copied from its parser: the same names, the same

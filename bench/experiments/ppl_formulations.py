@@ -8,8 +8,8 @@ point) must equal the backend's default form's to 1e-8 (the default is checked a
 oracle by tests/test_log_density.py). Times are milliseconds per log density + gradient, median
 of repeats (bench.gradient.time_calls), on the gradient-cost problem (bench/gradient.py).
 
-    uv run python -m bench.ppl_formulations                 # N = 1e4, 1e5; K = 2; float64
-    uv run python -m bench.ppl_formulations --N 100000 --K 2,3 --precision float64,float32
+    uv run python -m bench.experiments.ppl_formulations                 # N = 1e4, 1e5; K = 2; float64
+    uv run python -m bench.experiments.ppl_formulations --N 100000 --K 2,3 --precision float64,float32
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _ints(value: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ppl_formulations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.ppl_formulations", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="pymc,numpyro")
     parser.add_argument("--N", type=_ints, default=[10_000, 100_000])
     parser.add_argument("--K", type=_ints, default=[2])

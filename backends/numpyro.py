@@ -2,9 +2,9 @@
 the Laplace approximation (AutoLaplaceApproximation) and BlackJAX's Pathfinder on it.
 
 JAX fixes two things per process before its first computation: how many CPU devices exist
-(parallel chains need one device each) and whether 64-bit floats are allowed. Both are set when
-this module is imported; a float32 fit then runs inside ``jax.enable_x64(False)`` with its data
-cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
+(parallel chains need one device each) and whether 64-bit floats are allowed. Both are set for
+the whole process when the first backend loads (backends/jax_setup.py); a float32 fit then runs
+inside ``jax.enable_x64(False)`` with its data cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
 float32 too, not only the data.
 
 Every fit runs as programs compiled ahead of time and stored whole (backends/jax_programs.py):
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ import numpyro
 import numpyro.distributions as dist
 import xarray as xr
 from jax import lax, random
-from jax._src import xla_bridge  # only to ask whether JAX has started its backends
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers, optim
 from numpyro.distributions import constraints
@@ -45,18 +43,17 @@ from backends import laplace
 from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
+from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
 # Importing JAX and NumPyro starts nothing; the first computation does (importing BlackJAX does
-# too, hence its lazy imports below). Until then the device count can still be chosen: one CPU
-# device per core lets chains run in parallel (pmap). If JAX has already started in this process,
-# chains that do not fit on its devices run one after another, and the fit records it.
-if not xla_bridge.backends_are_initialized():
-    numpyro.set_host_device_count(os.cpu_count() or 1)
-jax.config.update("jax_enable_x64", True)
+# too, hence its lazy imports below). The device count and x64 are set for the whole process by
+# backends.jax_setup (get_backend calls it before any backend loads; this covers a direct import).
+# If JAX has already started, chains that do not fit on its devices run one after another.
+configure_jax()
 
 from backends.caches import enable_jax_compilation_cache  # noqa: E402
 

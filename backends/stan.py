@@ -445,6 +445,7 @@ class StanBackend(Backend):
         out = package_versions("cmdstanpy", "pystan", "httpstan")
         out["stan (httpstan)"] = pystan_stan_version()
         out["cmdstan"] = cmdstan_version() or "not installed"
+        out["cmdstan path"] = str(cmdstan_path() or "not installed")
         return out
 
     def engine_for(self, settings: FitSettings | None = None) -> str:

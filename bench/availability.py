@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends import BACKENDS, METHODS, FitSettings, get_backend
-from bench.provenance import cmdstan_info, pystan_stan_version
+from backends.stan import cmdstan_path, cmdstan_version, pystan_stan_version
 from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
 
 
@@ -30,11 +30,10 @@ def describe() -> str:
         lines.append(f"  {name:<13} N={scenario.N:<7} K={spec.K} D={spec.D}  {scenario.description}{mark}")
     lines.append("  or --data FILE.csv: your own data (no truth; metrics against a pivot)")
 
-    cmdstan = cmdstan_info()
     lines.append("")
     lines.append("Engines found on this machine:")
-    if cmdstan["cmdstan_path"]:
-        lines.append(f"  CmdStan {cmdstan['cmdstan_version']} at {cmdstan['cmdstan_path']} (stan backend uses cmdstanpy)")
+    if cmdstan_path():
+        lines.append(f"  CmdStan {cmdstan_version()} at {cmdstan_path()} (stan backend uses cmdstanpy)")
     else:
         lines.append("  CmdStan: not found (stan backend uses pystan: NUTS only)")
         lines.append("    Install it for Stan's ADVI, Pathfinder, MAP and Laplace (and CmdStan's NUTS):")

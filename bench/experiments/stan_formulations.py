@@ -89,7 +89,7 @@ def compare(names: list[str], options: list[str], Ns: list[int], Ks: list[int], 
                 model = StanGradient(library, data)
                 checks = check_against_oracle(model, spec, dataset, reference)
                 x0 = model.unconstrain(stan_parameters(spec, truth))
-                timing = time_calls(lambda x: model.log_density_gradient(x), x0, repeats=repeats)
+                timing = time_calls(model.log_density_gradient, x0, repeats=repeats)
                 row = {"formulation": name, "stanc": option, "K": K, "N": N, **checks, **timing.to_dict(),
                        "ms_per_gradient": 1e3 * timing.median}
                 rows.append(row)

@@ -196,6 +196,48 @@ def machine_info() -> dict[str, str]:
     }
 
 
+# Per-draw arrays of an approximation's Fit, stored in the draws' sample_stats over (chain, draw).
+VI_DRAW_ARRAYS: tuple[str, ...] = ("log_p", "log_q", "log_jacobian")
+
+
+def store_vi_arrays(fit: Fit) -> None:
+    """Put the Fit's VI arrays into its DataTree, the same way for every backend.
+
+    ``log_p``, ``log_q`` and ``log_jacobian`` (shape (draw,), chain 0) become variables of group
+    ``sample_stats`` with dims (chain, draw); ``loss`` (shape (iteration,)) becomes variable
+    ``loss`` of group ``optimisation`` with dim ``iteration``. Arrays that are None are left out;
+    the arrays on the Fit stay as they are. Done by ``Backend.fit`` for every ok fit with draws.
+
+    Raises
+    ------
+    MixbenchError
+        A per-draw array whose length differs from the draws' (a backend bug).
+    """
+    tree = fit.draws
+    n_draws = tree["posterior"].sizes["draw"]
+    arrays = {}
+    for name in VI_DRAW_ARRAYS:
+        values = getattr(fit, name)
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=float).reshape(-1)
+        if values.size != n_draws or tree["posterior"].sizes["chain"] != 1:
+            raise MixbenchError(f"{fit.backend}/{fit.method}: {name} has {values.size} entries for "
+                                f"{tree['posterior'].sizes['chain']} chain(s) of {n_draws} draws")
+        arrays[name] = (("chain", "draw"), values[None])
+    if arrays:
+        coords = {"chain": tree["posterior"]["chain"].values, "draw": tree["posterior"]["draw"].values}
+        if "sample_stats" in tree.children:
+            stats = tree["sample_stats"].to_dataset().drop_vars(list(arrays), errors="ignore")
+            tree["sample_stats"] = xr.DataTree(stats.assign(arrays))
+        else:
+            tree["sample_stats"] = xr.DataTree(xr.Dataset(arrays, coords=coords))
+    if fit.loss is not None:
+        loss = np.asarray(fit.loss, dtype=float).reshape(-1)
+        tree["optimisation"] = xr.DataTree(xr.Dataset({"loss": (("iteration",), loss)},
+                                                      coords={"iteration": np.arange(loss.size)}))
+
+
 def check_timings(timings: dict[str, float]) -> dict[str, float]:
     """``timings`` as floats, or MixbenchError naming a phase outside TIMING_PHASES or a bad value.
 
@@ -477,6 +519,8 @@ class Backend(ABC):
             check_batch_size(method, settings, dataset.N)  # one rule for every backend
             result = self._run(spec, dataset, method, settings, seed)
         result.timings = check_timings(result.timings)
+        if result.ok and result.draws is not None:
+            store_vi_arrays(result)
         result.settings = settings.to_dict()
         result.seed = seed
         result.versions = {**self.versions(), **result.versions}

@@ -853,8 +853,8 @@ class PyMCBackend(Backend):
         """Unconstrained draws (one row each) -> canonical DataTree, log p, log |Jacobian|.
 
         log p is the full-data model's log density with the Jacobian, whatever model (minibatch
-        or not) the approximation was fitted to. Its cost is timed as "log_p", apart from the
-        method's own extraction of draws. The tree also carries the unconstrained draws
+        or not) the approximation was fitted to; its cost is part of extraction, as in every
+        backend. The tree also carries the unconstrained draws
         (group unconstrained_posterior) and, when given, the approximation's parameters (group
         approximation), both over the dim "unconstrained" labelled value_var[i].
         """
@@ -867,7 +867,7 @@ class PyMCBackend(Backend):
             stacked = {name: np.stack([out[j] for out in outputs])[None]
                        for j, name in enumerate(entry.output_names)}
             posterior = _canonical(spec, stacked, (1, flat.shape[0]))
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             log_p_jacobian = entry.log_p_jacobian()
             log_p, log_jacobian = np.array([log_p_jacobian(*point) for point in points], float).T
         stats = {"log_p": log_p[None], "log_jacobian": log_jacobian[None], **(stats or {})}
@@ -907,7 +907,7 @@ class PyMCBackend(Backend):
             canonical = _canonical(spec, {n: point[n] for n in entry.output_names}, ())
             draws = canonical_datatree(spec, {k: np.asarray(v)[None, None] for k, v in canonical.items()},
                                        attrs={"/": {"backend": self.name, "engine": "pymc+find_MAP"}})
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             log_density = self.log_density(spec, dataset, canonical)
         return Fit(backend=self.name, method="map", status="ok", engine="pymc+find_MAP", draws=draws,
                    timings=timings, precision=settings.precision,
@@ -979,7 +979,7 @@ class PyMCBackend(Backend):
         draws.attrs.update({"method": "laplace", "optimizer": "scipy trust-exact",
                             "laplace_starts": len(seeds), "laplace_best_start": search.best,
                             "laplace_start_seeds": seeds, "newton_decrement": decrement})
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             point_log_density = self.log_density(spec, dataset, point)
         return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
                    log_jacobian=log_jacobian, log_q=log_q, point=point, point_log_density=point_log_density,

@@ -127,6 +127,11 @@ def test_same_seed_same_draws(name, method, fits):
     for var in SPEC.param_shapes():
         np.testing.assert_array_equal(first.draws["posterior"][var].values, again.draws["posterior"][var].values,
                                       err_msg=f"{name}/{method}: {var}")
+    for field in ("log_p", "log_q", "log_jacobian", "loss", "start_log_densities"):
+        a, b = getattr(first, field), getattr(again, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a, float), np.asarray(b, float), err_msg=f"{name}/{method}: {field}")
 
 
 @pytest.mark.parametrize("name, method", [p for p in PAIRS if p.values[1] in APPROXIMATIONS])

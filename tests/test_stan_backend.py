@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 from backends import FitSettings
-from backends.stan import (
-    NO_CMDSTAN,
-    cmdstan_path,
-    flat_to_canonical,
-    parse_flat_name,
-    program_code,
-    pystan_stan_version,
-    stan_data,
-    stan_parameters,
-)
+from backends.stan import NO_CMDSTAN, cmdstan_path, pystan_stan_version
+from models.stan_model import flat_to_canonical, parse_flat_name, program_code, stan_data, stan_parameters
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, assert_canonical_draws, make_data
 

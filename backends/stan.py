@@ -43,6 +43,7 @@ from backends.base import (
     start_seeds,
     stopwatch,
 )
+from backends.caches import build_lock
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import proposal_group, psis_resample
 from models.data import Dataset
@@ -60,7 +61,6 @@ from models.stan_model import (
 ENGINES = ("cmdstanpy", "pystan")
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench" / "stan"
 
 # Stan's per-draw sampler columns -> ArviZ sample_stats names.
 SAMPLE_STATS = {
@@ -142,21 +142,9 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-@contextlib.contextmanager
 def _compile_lock():
-    """Serialise builds across processes: parallel harness workers would otherwise compile the
-    same program into the same cache side by side."""
-    import fcntl
-
-    from backends.caches import private_dir
-
-    private_dir(CACHE_DIR)  # executables are loaded from here: only from a private directory
-    with open(CACHE_DIR / "compile.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Serialise Stan builds across processes (backends.caches owns the lock and the store)."""
+    return build_lock("stan")
 
 
 @contextlib.contextmanager
@@ -416,16 +404,16 @@ class StanBackend(Backend):
         return model, compiled
 
     def cmdstan_model(self) -> tuple[Any, bool]:
-        """The CmdStan executable, compiled once into CACHE_DIR per program and CmdStan version."""
+        """The CmdStan executable, compiled once into the "stan" cache store per program and CmdStan version."""
         import cmdstanpy
 
         if self._cmdstan_model is not None:
             return self._cmdstan_model, True
         code = program_code()
         key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
-        from backends.caches import private_dir
+        from backends.caches import private_dir, store_dir
 
-        directory = private_dir(CACHE_DIR / key)
+        directory = private_dir(store_dir("stan") / key)
         source = directory / "mixture.stan"
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)

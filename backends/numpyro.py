@@ -26,6 +26,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+# numpyro itself before any of its submodules: imported the other way round after arviz_base,
+# numpyro.distributions is left without its `distribution` attribute, which numpyro.factor needs.
+import numpyro  # noqa: F401
 import numpyro.distributions as dist
 import xarray as xr
 from jax import lax, random
@@ -676,6 +679,11 @@ class _NUTSPrograms:
     one program (sequential). Written this way, not through ``MCMC``, so that the programs can
     be stored whole (backends/jax_programs.py): ``MCMC`` builds fresh closures on every call and
     has to trace and lower them again in every process.
+
+    Pinned to the public call by tests/test_numpyro_backend.py (the same key gives MCMC's draws).
+    Remove it for ``MCMC`` once NumPyro can keep its compiled sampler across processes
+    (pyro-ppl/numpyro#1249, open) or once warm workers reuse one process per backend, so that
+    JAX's persistent cache alone brings a second identical run's compile under a second a fit.
     """
 
     def __init__(self, spec: MixtureSpec, settings: FitSettings, chain_method: str, x, y, description: dict):

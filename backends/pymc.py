@@ -320,7 +320,14 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
 def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
     """``pm.init_nuts(init="jitter+adapt_diag")``, step for step, on the entry's stored
     log density and gradient instead of one compiled afresh: jittered initial points (retried
-    until finite), a diagonal mass matrix adapted from their mean, and the NUTS step."""
+    until finite), a diagonal mass matrix adapted from their mean, and the NUTS step.
+
+    A private path (PyMC's ``_init_jitter``): pinned to the public ``pm.sample`` by
+    tests/test_pymc_backend.py (same seed, same draws). pm.sample compiles its own
+    logp_dlogp_function on every call and takes none from outside (no upstream issue asks for
+    it; pymc-devs/pymc#7578 added ``compile_kwargs`` only). Remove it for pm.sample once warm
+    workers keep one compiled model per process, which makes that compile a one-off.
+    """
     from pymc.blocking import DictToArrayBijection
     from pymc.sampling.mcmc import _init_jitter
     from pymc.step_methods.hmc import quadpotential

@@ -258,6 +258,11 @@ async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) 
     fit on disk and serves the cached output to any later identical request, so a repeated run
     would take no time and prove nothing. Here a cached fit is deleted and the run redone, and
     every fit is deleted once read.
+
+    A private path (httpstan's REST calls), pinned to a public engine by
+    tests/test_stan_cmdstan.py (pystan's draws equal CmdStan's, cmdstanpy's public ``sample``, at
+    the same seed). Remove it for ``Model.sample`` once pystan can turn httpstan's fit cache off
+    or names the cached fit so it can be deleted (no upstream issue filed yet).
     """
     import stan.common
 

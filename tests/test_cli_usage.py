@@ -54,7 +54,7 @@ def test_every_run_option_says_what_it_does_and_its_default():
 
 def test_the_benchmark_suite_takes_the_options_of_mixbench_run():
     """pytest bench/ --help lists every grid option of mixbench run under the same name and form."""
-    from bench.conftest import RUN_ONLY
+    from bench.benchmarks.conftest import RUN_ONLY
 
     text = subprocess.run([sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "--help", "-p", "no:cacheprovider"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120).stdout

@@ -290,9 +290,23 @@ def chain_seconds(per_chain, cores: int) -> float:
 
 
 def failed(backend: str, method: str, exc: BaseException, engine: str | None = None) -> Fit:
-    """The failed Fit an engine's exception becomes: its message on one line and its traceback.
+    """The failed Fit an engine's exception becomes: the one failure policy of every backend.
 
-    Call inside the ``except`` block (the traceback is the one being handled).
+    Parameters
+    ----------
+    backend, method : str
+        What failed.
+    exc : BaseException
+        The engine's exception; call inside its ``except`` block (the traceback recorded is the
+        one being handled).
+    engine : str, optional
+        The engine that raised, when known.
+
+    Returns
+    -------
+    Fit
+        Status ``failed``; ``reason`` is ``"<type>: <message>"`` with the whole message on one line
+        (at most 2000 characters), ``traceback`` the formatted traceback.
     """
     message = " ".join(str(exc).split())
     reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -69,7 +69,13 @@ def cache_root() -> Path:
 
 def store_dir(name: str) -> Path:
     """The directory of store ``name`` (one of ``STORES``) under ``cache_root()``, as the
-    environment says now (not at import: a process may point XDG_CACHE_HOME elsewhere)."""
+    environment says now (not at import: a process may point XDG_CACHE_HOME elsewhere).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of ``STORES`` (a bug: every store is declared there).
+    """
     if name not in STORES:
         raise ValueError(f"cache store: unknown {name!r}; known: {', '.join(STORES)}")
     return cache_root() / name

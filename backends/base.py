@@ -238,6 +238,48 @@ def store_vi_arrays(fit: Fit) -> None:
                                                       coords={"iteration": np.arange(loss.size)}))
 
 
+def approximation_group(labels: list[str], mean, std=None, cov=None) -> xr.DataTree:
+    """The fitted approximation's parameters as the DataTree group every backend stores them in.
+
+    Parameters
+    ----------
+    labels : list of str, length d
+        The engine's unconstrained coordinates, e.g. ``"sigma_log__[0]"`` (their names differ by
+        engine: each has its own unconstrained parametrisation).
+    mean : array_like, shape (d,)
+        The approximation's mean (a Laplace approximation's mode) on that space.
+    std : array_like, shape (d,), optional
+        Mean-field standard deviations.
+    cov : array_like, shape (d, d), optional
+        Full-rank (or Laplace) covariance.
+
+    Returns
+    -------
+    xarray.DataTree
+        Variables ``mean`` (and ``std`` and/or ``cov``) over dims ``unconstrained`` (and
+        ``unconstrained_bis`` for the covariance's columns), both labelled by ``labels``; assign it
+        to ``draws["approximation"]``.
+
+    Raises
+    ------
+    ValueError
+        An array whose shape does not match ``labels``.
+    """
+    d = len(labels)
+    data = {"mean": (("unconstrained",), np.asarray(mean, dtype=float))}
+    if std is not None:
+        data["std"] = (("unconstrained",), np.asarray(std, dtype=float))
+    if cov is not None:
+        data["cov"] = (("unconstrained", "unconstrained_bis"), np.asarray(cov, dtype=float))
+    for name, (_, values) in data.items():
+        if values.shape != (d,) * values.ndim:
+            raise ValueError(f"approximation {name}: shape {values.shape} does not match {d} coordinates")
+    coords = {"unconstrained": list(labels)}
+    if cov is not None:
+        coords["unconstrained_bis"] = list(labels)
+    return xr.DataTree(xr.Dataset(data, coords=coords))
+
+
 def check_timings(timings: dict[str, float]) -> dict[str, float]:
     """``timings`` as floats, or MixbenchError naming a phase outside TIMING_PHASES or a bad value.
 
@@ -418,6 +460,8 @@ class Backend(ABC):
     name: str = ""
     methods: ClassVar[dict[str, str]] = {}
     likelihoods: ClassVar[tuple[str, ...]] = ("mixture",)
+    # Whether ADVI and Laplace fits store the approximation's parameters (``approximation_group``).
+    stores_approximation: ClassVar[bool] = True
 
     @abstractmethod
     def versions(self) -> dict[str, str]:

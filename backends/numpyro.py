@@ -41,7 +41,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends import laplace
-from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
+from backends.base import (Backend, Fit, FitSettings, approximation_group, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.jax_setup import configure as configure_jax
@@ -168,6 +168,19 @@ def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
         return -potential_energy(model, (x, y), {}, z), _log_jacobian(spec, z)
 
     return _stored(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64), "draw_diagnostics", spec)
+
+
+def _svi_approximation(spec: MixtureSpec, guide, params: dict) -> dict[str, np.ndarray]:
+    """A fitted ADVI guide's parameters on the unconstrained space, in ``_layout`` order: mean and
+    std (AutoNormal, one normal per site), or mean, std and cov = L L' (AutoMultivariateNormal,
+    which packs the sites in trace order, the order of ``_layout``), as PyMC's ADVI gives them."""
+    layout = _layout(spec)
+    if isinstance(guide, AutoNormal):
+        return {"mean": np.concatenate([np.ravel(params[f"{s.name}_auto_loc"]) for s in layout]),
+                "std": np.concatenate([np.ravel(params[f"{s.name}_auto_scale"]) for s in layout])}
+    tril = np.asarray(params["auto_scale_tril"], dtype=float)
+    cov = tril @ tril.T
+    return {"mean": np.asarray(params["auto_loc"], dtype=float), "std": np.sqrt(np.diag(cov)), "cov": cov}
 
 
 def _as_json(arrays: dict) -> str:
@@ -502,6 +515,8 @@ class NumPyroBackend(Backend):
             z, log_q = program.draw(params, draw_key, *_device_data(dataset, "float64"), settings.vi_draws)
             draws, log_p, log_jacobian = self._approximation_draws(
                 spec, dataset, z, self._attrs(method, settings, attrs))
+            draws["approximation"] = approximation_group(_unconstrained_labels(spec),
+                                                         **_svi_approximation(spec, program.guide, params))
         return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
                    log_q=np.asarray(log_q), **common)
 
@@ -570,9 +585,7 @@ class NumPyroBackend(Backend):
             draws["unconstrained_posterior"] = xr.DataTree(xr.Dataset(
                 {"z": (("chain", "draw", "unconstrained"), flat[None])},
                 coords={"chain": [0], "draw": np.arange(settings.vi_draws), "unconstrained": labels}))
-            draws["approximation"] = xr.DataTree(xr.Dataset(
-                {"mean": (("unconstrained",), mean), "cov": (("unconstrained", "unconstrained_bis"), cov)},
-                coords={"unconstrained": labels, "unconstrained_bis": labels}))
+            draws["approximation"] = approximation_group(labels, mean, cov=cov)
             point = _canonical(spec, _constrain(spec, _unflatten(spec, jnp.asarray(mean))), ())
             point_log_density = self.log_density(spec, dataset, point)
         return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,

@@ -36,7 +36,7 @@ from pytensor.graph.replace import graph_replace
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 from backends import laplace
-from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, chain_seconds, package_versions, start_seeds,
+from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_group, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
@@ -737,10 +737,7 @@ class PyMCBackend(Backend):
             {"z": (("chain", "draw", "unconstrained"), flat[None].astype(float))},
             coords={"chain": [0], "draw": np.arange(flat.shape[0]), **coords}))
         if approximation:
-            draws["approximation"] = xr.DataTree(xr.Dataset(
-                {k: (("unconstrained", "unconstrained_bis")[: np.ndim(v)], np.asarray(v, float))
-                 for k, v in approximation.items()},
-                coords={**coords, "unconstrained_bis": labels}))
+            draws["approximation"] = approximation_group(labels, **approximation)
         return draws, log_p, log_jacobian
 
     def _map(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,

@@ -362,6 +362,10 @@ class StanBackend(Backend):
         "laplace": "_laplace_cmdstan",
     }
 
+    # CmdStan writes the draws of its approximations, not their parameters (ADVI's first row is
+    # the mean mapped to the constrained space; laplace_sample gives no Hessian).
+    stores_approximation = False
+
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if settings.precision != "float64":
             return f"precision {settings.precision}: Stan computes in float64 only"

@@ -154,6 +154,22 @@ def test_log_p_less_log_jacobian_is_the_oracle(name, method, fits, data):
         np.testing.assert_array_equal(stats[name].values[0], np.asarray(getattr(fit, name), float))
     if fit.loss is not None:
         np.testing.assert_array_equal(fit.draws["optimisation"]["loss"].values, np.asarray(fit.loss, float))
+    # The approximation's parameters, where the engine reports them, in one group of one shape.
+    if method.startswith("advi") or method == "laplace":
+        backend = get_backend(name)
+        assert ("approximation" in fit.draws.children) == backend.stores_approximation
+        if backend.stores_approximation:
+            approx = fit.draws["approximation"]
+            d = approx.sizes["unconstrained"]
+            assert approx["mean"].dims == ("unconstrained",)
+            assert d == SPEC.K * SPEC.D + SPEC.n_sigma + SPEC.K - 1  # w, sigma, pi's free simplex coordinates
+            expected = {"laplace": {"mean", "cov"}, "advi-meanfield": {"mean", "std"},
+                        "advi-minibatch-meanfield": {"mean", "std"}}.get(method, {"mean", "std", "cov"})
+            assert set(approx.data_vars) == expected
+            if "cov" in expected:
+                cov = approx["cov"].values
+                np.testing.assert_allclose(cov, cov.T, atol=1e-12)
+                assert np.all(np.linalg.eigvalsh(cov) > 0)
 
 
 # --- the failure policy ---------------------------------------------------------------------------

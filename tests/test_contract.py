@@ -149,9 +149,9 @@ def test_log_p_less_log_jacobian_is_the_oracle(name, method, fits, data):
     np.testing.assert_allclose(np.asarray(fit.log_p) - np.asarray(fit.log_jacobian), oracle, rtol=1e-6, atol=1e-6)
     # Stored the same way by every backend: sample_stats over (chain, draw), as on the Fit.
     stats = fit.draws["sample_stats"]
-    for name in ("log_p", "log_q", "log_jacobian"):
-        assert stats[name].dims == ("chain", "draw")
-        np.testing.assert_array_equal(stats[name].values[0], np.asarray(getattr(fit, name), float))
+    for array in ("log_p", "log_q", "log_jacobian"):
+        assert stats[array].dims == ("chain", "draw")
+        np.testing.assert_array_equal(stats[array].values[0], np.asarray(getattr(fit, array), float))
     if fit.loss is not None:
         np.testing.assert_array_equal(fit.draws["optimisation"]["loss"].values, np.asarray(fit.loss, float))
     # The approximation's parameters, where the engine reports them, in one group of one shape.

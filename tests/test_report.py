@@ -66,7 +66,7 @@ def test_report_from_the_saved_json_contains_every_cell(bench_session, tmp_path)
     text = paths["markdown"].read_text()
     # Ok cells in the findings and the recovery table; unsupported and failed ones, with reasons, in theirs.
     assert f"Recovered the truth on every seed: {QUICK} / nuts (2 of 2, slope error" in text
-    assert text.count("quick backend (it runs: nuts)") == 4
+    assert text.count("backend (it runs: nuts)") == 4
     assert text.count("RuntimeError: the engine blew up") == 2
     assert f"No draws from: {QUICK} / map (unsupported x2)" in text
     html = paths["html"].read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from backends.base import METHODS, Backend, Fit, FitSettings
+from backends.jax_setup import configure as configure_jax
 from models.errors import MixbenchError
 
 # name -> (module, class). Imported lazily: loading JAX, PyTensor and Stan costs seconds each.
@@ -27,6 +28,7 @@ def get_backend(name: str) -> Backend:
     else:
         raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKENDS)}")
     if name not in _instances:
+        configure_jax()  # process-wide JAX settings, the same whichever backends this process loads
         try:
             backend = getattr(import_module(module), cls)()
         except (ImportError, AttributeError) as exc:

@@ -9,11 +9,12 @@ import math
 import os
 import platform
 import time
+import traceback
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import xarray as xr
@@ -36,6 +37,16 @@ METHODS: tuple[str, ...] = (
 )
 
 Status = Literal["ok", "unsupported", "failed"]
+
+# The timing phases a Fit may report, in seconds (the shared list: ``Backend.fit`` refuses any
+# other name, so no phase is silently dropped on its way to a row's ``t_<phase>``). NUTS fills
+# compile / warmup / sampling / extraction; VI and MAP compile / optimisation / extraction.
+# warmup_and_sampling: an engine that runs both as one call it times as a whole (PyMC's numpyro
+# sampler); overhead: wall time of the engine call outside every chain's own clock (thread or
+# process start-up, the engine's trace conversion).
+TIMING_PHASES: tuple[str, ...] = (
+    "compile", "warmup", "sampling", "warmup_and_sampling", "optimisation", "extraction", "overhead",
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,8 @@ class Fit:
     # "cold": this fit built (or loaded from a disk store) something it runs; "warm": everything
     # it ran was already in this process's memory from an earlier fit; None: nothing ran.
     compile: Literal["cold", "warm"] | None = None
+    # A failed fit: the engine's traceback (the reason holds its message on one line).
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -196,6 +209,166 @@ def note_compile(state: Literal["cold", "warm"]) -> None:
     as cold when any lookup was cold, warm when all were warm."""
     if _compile_notes is not None:
         _compile_notes.append(state)
+
+
+# Per-draw arrays of an approximation's Fit, stored in the draws' sample_stats over (chain, draw).
+VI_DRAW_ARRAYS: tuple[str, ...] = ("log_p", "log_q", "log_jacobian")
+
+
+def store_vi_arrays(fit: Fit) -> None:
+    """Put the Fit's VI arrays into its DataTree, the same way for every backend.
+
+    ``log_p``, ``log_q`` and ``log_jacobian`` (shape (draw,), chain 0) become variables of group
+    ``sample_stats`` with dims (chain, draw); ``loss`` (shape (iteration,)) becomes variable
+    ``loss`` of group ``optimisation`` with dim ``iteration``. Arrays that are None are left out;
+    the arrays on the Fit stay as they are. Done by ``Backend.fit`` for every ok fit with draws.
+
+    Raises
+    ------
+    MixbenchError
+        A per-draw array whose length differs from the draws' (a backend bug).
+    """
+    tree = fit.draws
+    n_draws = tree["posterior"].sizes["draw"]
+    arrays = {}
+    for name in VI_DRAW_ARRAYS:
+        values = getattr(fit, name)
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=float).reshape(-1)
+        if values.size != n_draws or tree["posterior"].sizes["chain"] != 1:
+            raise MixbenchError(f"{fit.backend}/{fit.method}: {name} has {values.size} entries for "
+                                f"{tree['posterior'].sizes['chain']} chain(s) of {n_draws} draws")
+        arrays[name] = (("chain", "draw"), values[None])
+    if arrays:
+        coords = {"chain": tree["posterior"]["chain"].values, "draw": tree["posterior"]["draw"].values}
+        if "sample_stats" in tree.children:
+            stats = tree["sample_stats"].to_dataset().drop_vars(list(arrays), errors="ignore")
+            tree["sample_stats"] = xr.DataTree(stats.assign(arrays))
+        else:
+            tree["sample_stats"] = xr.DataTree(xr.Dataset(arrays, coords=coords))
+    if fit.loss is not None:
+        loss = np.asarray(fit.loss, dtype=float).reshape(-1)
+        tree["optimisation"] = xr.DataTree(xr.Dataset({"loss": (("iteration",), loss)},
+                                                      coords={"iteration": np.arange(loss.size)}))
+
+
+def approximation_group(labels: list[str], mean, std=None, cov=None) -> xr.DataTree:
+    """The fitted approximation's parameters as the DataTree group every backend stores them in.
+
+    Parameters
+    ----------
+    labels : list of str, length d
+        The engine's unconstrained coordinates, e.g. ``"sigma_log__[0]"`` (their names differ by
+        engine: each has its own unconstrained parametrisation).
+    mean : array_like, shape (d,)
+        The approximation's mean (a Laplace approximation's mode) on that space.
+    std : array_like, shape (d,), optional
+        Mean-field standard deviations.
+    cov : array_like, shape (d, d), optional
+        Full-rank (or Laplace) covariance.
+
+    Returns
+    -------
+    xarray.DataTree
+        Variables ``mean`` (and ``std`` and/or ``cov``) over dims ``unconstrained`` (and
+        ``unconstrained_bis`` for the covariance's columns), both labelled by ``labels``; assign it
+        to ``draws["approximation"]``.
+
+    Raises
+    ------
+    ValueError
+        An array whose shape does not match ``labels``.
+    """
+    d = len(labels)
+    data = {"mean": (("unconstrained",), np.asarray(mean, dtype=float))}
+    if std is not None:
+        data["std"] = (("unconstrained",), np.asarray(std, dtype=float))
+    if cov is not None:
+        data["cov"] = (("unconstrained", "unconstrained_bis"), np.asarray(cov, dtype=float))
+    for name, (_, values) in data.items():
+        if values.shape != (d,) * values.ndim:
+            raise ValueError(f"approximation {name}: shape {values.shape} does not match {d} coordinates")
+    coords = {"unconstrained": list(labels)}
+    if cov is not None:
+        coords["unconstrained_bis"] = list(labels)
+    return xr.DataTree(xr.Dataset(data, coords=coords))
+
+
+def check_timings(timings: dict[str, float]) -> dict[str, float]:
+    """``timings`` as floats, or MixbenchError naming a phase outside TIMING_PHASES or a bad value.
+
+    Raises
+    ------
+    MixbenchError
+        A phase name not in ``TIMING_PHASES`` (a backend bug: the row would drop it), or a
+        negative or non-finite number of seconds.
+    """
+    unknown = sorted(set(timings) - set(TIMING_PHASES))
+    if unknown:
+        raise MixbenchError(f"timings: unknown phase(s) {', '.join(unknown)}; known: {', '.join(TIMING_PHASES)}")
+    out = {}
+    for phase, seconds in timings.items():
+        seconds = float(seconds)
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise MixbenchError(f"timings[{phase!r}]: must be a finite number of seconds >= 0, got {seconds!r}")
+        out[phase] = seconds
+    return out
+
+
+def chain_seconds(per_chain, cores: int) -> float:
+    """Wall seconds of a phase whose per-chain durations are ``per_chain``: the one rule for chains.
+
+    Parameters
+    ----------
+    per_chain : array_like, shape (chains,)
+        Seconds each chain spent in the phase, by its own clock.
+    cores : int
+        Chains the engine ran at once (1: one after another).
+
+    Returns
+    -------
+    float
+        With a core per chain the phase lasts as long as its slowest chain; with fewer cores the
+        chains queue and their total work is shared by the cores (sum / cores; exact for one core,
+        an estimate between the two when chains queue behind a few workers).
+
+    Raises
+    ------
+    ValueError
+        ``cores`` < 1 or no chain.
+    """
+    per_chain = np.asarray(per_chain, float)
+    if cores < 1 or per_chain.size == 0:
+        raise ValueError(f"chain_seconds: need cores >= 1 and at least one chain, got {cores} and {per_chain.size}")
+    if cores >= per_chain.size:
+        return float(per_chain.max())
+    return float(per_chain.sum() / cores)
+
+
+def failed(backend: str, method: str, exc: BaseException, engine: str | None = None) -> Fit:
+    """The failed Fit an engine's exception becomes: the one failure policy of every backend.
+
+    Parameters
+    ----------
+    backend, method : str
+        What failed.
+    exc : BaseException
+        The engine's exception; call inside its ``except`` block (the traceback recorded is the
+        one being handled).
+    engine : str, optional
+        The engine that raised, when known.
+
+    Returns
+    -------
+    Fit
+        Status ``failed``; ``reason`` is ``"<type>: <message>"`` with the whole message on one line
+        (at most 2000 characters), ``traceback`` the formatted traceback.
+    """
+    message = " ".join(str(exc).split())
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return Fit(backend=backend, method=method, status="failed", engine=engine, reason=reason[:2000],
+               traceback=traceback.format_exc())
 
 
 @contextmanager
@@ -282,21 +455,70 @@ def bound_hits(spec: MixtureSpec, point: dict[str, np.ndarray], rtol: float = 1e
 
 
 class Backend(ABC):
-    """One probabilistic programming backend implementing the spec."""
+    """One probabilistic programming backend: an adapter from the spec to its engines.
+
+    A backend declares what it runs in two class attributes, and ``fit`` alone answers for
+    anything outside them (there is no catch-all branch in any backend):
+
+    ``methods``
+        method (from ``METHODS``) -> name of the method of this class that runs it, called as
+        ``run(spec, dataset, method, settings, seed) -> Fit`` on validated input.
+    ``likelihoods``
+        the ``MixtureSpec.likelihood`` variants the backend's model implements.
+
+    Settings a declared method cannot honour (a precision, a sampler, an optimiser) are refused
+    by ``refuses``. Output contract: timings name phases of ``TIMING_PHASES`` only; an engine's
+    exception becomes a failed Fit with its message and traceback (``failed``); a
+    ``MixbenchError`` (bad input) propagates.
+    """
 
     name: str = ""
+    methods: ClassVar[dict[str, str]] = {}
+    likelihoods: ClassVar[tuple[str, ...]] = ("mixture",)
+    # Whether ADVI and Laplace fits store the approximation's parameters (``approximation_group``).
+    stores_approximation: ClassVar[bool] = True
 
     @abstractmethod
     def versions(self) -> dict[str, str]:
-        """Versions of the backend's packages and engines."""
-
-    @abstractmethod
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        """None if this backend can run ``method`` for ``spec`` with ``settings``, else why not."""
+        """Versions of the backend's packages and engines (name -> version string)."""
 
     @abstractmethod
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
         """The backend's own model log density at a constrained point (oracle convention)."""
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        """Why this backend cannot run a declared ``method`` with ``settings``, or None.
+
+        A hook for settings-dependent limits (the table and the likelihoods are checked before it).
+        May raise MixbenchError for settings that are wrong for this backend whatever the method.
+        """
+        return None
+
+    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+        """None if this backend can run ``method`` for ``spec`` with ``settings``, else why not.
+
+        The method table first, then the likelihood variant, then ``refuses``.
+        """
+        if method not in self.methods:
+            declared = ", ".join(self.methods) or "none"
+            return f"method {method!r} is not implemented by the {self.name} backend (it runs: {declared})"
+        reason = self.likelihood_reason(spec)
+        if reason is not None:
+            return reason
+        return self.refuses(spec, method, settings)
+
+    def likelihood_reason(self, spec: MixtureSpec) -> str | None:
+        """Why ``spec.likelihood`` is outside this backend's model, or None (the one guard for it)."""
+        if spec.likelihood in self.likelihoods:
+            return None
+        return (f"likelihood {spec.likelihood!r} is not implemented in the {self.name} backend "
+                f"(its model implements: {', '.join(self.likelihoods)})")
+
+    def check_likelihood(self, spec: MixtureSpec) -> None:
+        """MixbenchError when ``spec.likelihood`` is outside this backend's model."""
+        reason = self.likelihood_reason(spec)
+        if reason is not None:
+            raise MixbenchError(reason)
 
     def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
         """(f, x0): f(theta) -> (log density, gradient) on the engine's unconstrained space, and x0.
@@ -310,9 +532,18 @@ class Backend(ABC):
         # Optional for plug-in backends: only the gradient-cost benchmark needs it.
         raise MixbenchError(f"backend {self.name!r}: has no gradient function (needed by the gradient-cost benchmark)")
 
-    @abstractmethod
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        """Run ``method``; only called for supported pairs on validated input."""
+        """Run a declared ``method`` through the table; only called for supported pairs on valid input."""
+        return getattr(self, self.methods[method])(spec, dataset, method, settings, seed)
+
+    def _run(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        """``_fit`` under the failure policy: an engine exception becomes a failed Fit."""
+        try:
+            return self._fit(spec, dataset, method, settings, seed)
+        except MixbenchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any engine error is the fit's failure, recorded whole
+            return failed(self.name, method, exc)
 
     def fit(
         self,
@@ -322,6 +553,32 @@ class Backend(ABC):
         settings: FitSettings | None = None,
         seed: int = 0,
     ) -> Fit:
+        """Fit ``spec`` to ``dataset`` with ``method``: ok, unsupported (with a reason) or failed.
+
+        Parameters
+        ----------
+        spec, dataset
+            The model and its data (N observations, D covariates).
+        method : str
+            One of ``METHODS``.
+        settings : FitSettings, optional
+            Defaults to ``FitSettings()``.
+        seed : int
+            Seeds everything random in the fit.
+
+        Returns
+        -------
+        Fit
+            Status ``unsupported`` for a method outside ``methods``, a likelihood outside
+            ``likelihoods`` or settings ``refuses`` names; ``failed`` with the engine's message
+            (``reason``) and ``traceback`` when the engine raised; timings in ``TIMING_PHASES``.
+
+        Raises
+        ------
+        MixbenchError
+            An unknown method, data that do not match the spec, a batch larger than the data, or
+            a timing phase outside the shared list (a backend bug).
+        """
         if method not in METHODS:
             raise MixbenchError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
         global _compile_notes
@@ -336,11 +593,14 @@ class Backend(ABC):
                 result = self._multi_start_map(spec, dataset, settings, seed)
             else:
                 check_batch_size(method, settings, dataset.N)  # one rule for every backend
-                result = self._fit(spec, dataset, method, settings, seed)
+                result = self._run(spec, dataset, method, settings, seed)
             if result.compile is None and _compile_notes:
                 result.compile = "cold" if "cold" in _compile_notes else "warm"
         finally:
             _compile_notes = None
+        result.timings = check_timings(result.timings)
+        if result.ok and result.draws is not None:
+            store_vi_arrays(result)
         result.settings = settings.to_dict()
         result.seed = seed
         result.versions = {**self.versions(), **result.versions}
@@ -355,7 +615,7 @@ class Backend(ABC):
         summed too, so cost stays what the whole fit paid. A failed start counts as -inf; the fit
         fails only when every start does, with the first start's reason.
         """
-        starts = [self._fit(spec, dataset, "map", settings, s) for s in start_seeds(seed, settings.map_starts)]
+        starts = [self._run(spec, dataset, "map", settings, s) for s in start_seeds(seed, settings.map_starts)]
         found = [f.point_log_density if f.ok and f.point_log_density is not None else -math.inf
                  for f in starts]
         ok = [i for i, f in enumerate(starts) if f.ok]

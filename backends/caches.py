@@ -30,6 +30,7 @@ discarded and rebuilt, with one CacheWarning.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,6 +65,36 @@ class CacheWarning(MixbenchWarning, RuntimeWarning):
 def cache_root() -> Path:
     """mixbench's cache directory: ``$XDG_CACHE_HOME/mixbench``, else ``~/.cache/mixbench``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench"
+
+
+def store_dir(name: str) -> Path:
+    """The directory of store ``name`` (one of ``STORES``) under ``cache_root()``, as the
+    environment says now (not at import: a process may point XDG_CACHE_HOME elsewhere).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of ``STORES`` (a bug: every store is declared there).
+    """
+    if name not in STORES:
+        raise ValueError(f"cache store: unknown {name!r}; known: {', '.join(STORES)}")
+    return cache_root() / name
+
+
+@contextlib.contextmanager
+def build_lock(name: str):
+    """Hold the exclusive lock of store ``name`` while building into it: parallel workers would
+    otherwise compile the same program into the same place side by side. The store is made
+    private (``private_dir``) first, since what is built there is loaded as code."""
+    import fcntl
+
+    directory = private_dir(store_dir(name))
+    with open(directory / "compile.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield directory
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_private(path: Path) -> None:

@@ -2,9 +2,9 @@
 the Laplace approximation (AutoLaplaceApproximation) and BlackJAX's Pathfinder on it.
 
 JAX fixes two things per process before its first computation: how many CPU devices exist
-(parallel chains need one device each) and whether 64-bit floats are allowed. Both are set when
-this module is imported; a float32 fit then runs inside ``jax.enable_x64(False)`` with its data
-cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
+(parallel chains need one device each) and whether 64-bit floats are allowed. Both are set for
+the whole process when the first backend loads (backends/jax_setup.py); a float32 fit then runs
+inside ``jax.enable_x64(False)`` with its data cast to float32, so every array JAX creates in it (initial points, momenta, step sizes) is
 float32 too, not only the data.
 
 Every fit runs as programs compiled ahead of time and stored whole (backends/jax_programs.py):
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -27,14 +26,14 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
+# numpyro itself before any of its submodules: imported the other way round after arviz_base,
+# numpyro.distributions is left without its `distribution` attribute, which numpyro.factor needs.
+import numpyro  # noqa: F401
 import numpyro.distributions as dist
 import xarray as xr
 from jax import lax, random
-from jax._src import xla_bridge  # only to ask whether JAX has started its backends
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers, optim
-from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoLaplaceApproximation, AutoMultivariateNormal, AutoNormal
@@ -42,22 +41,24 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends import laplace
-from backends.base import (METHODS, Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions,
+from backends.base import (Backend, Fit, FitSettings, approximation_group, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.base import note_compile
+from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
+from models.numpyro_model import mixture_model
+from models.numpyro_model import canonical_values as _canonical
+from models.numpyro_model import site_values as _sites_from_params
 from models.spec import MixtureSpec
 
 # Importing JAX and NumPyro starts nothing; the first computation does (importing BlackJAX does
-# too, hence its lazy imports below). Until then the device count can still be chosen: one CPU
-# device per core lets chains run in parallel (pmap). If JAX has already started in this process,
-# chains that do not fit on its devices run one after another, and the fit records it.
-if not xla_bridge.backends_are_initialized():
-    numpyro.set_host_device_count(os.cpu_count() or 1)
-jax.config.update("jax_enable_x64", True)
+# too, hence its lazy imports below). The device count and x64 are set for the whole process by
+# backends.jax_setup (get_backend calls it before any backend loads; this covers a direct import).
+# If JAX has already started, chains that do not fit on its devices run one after another.
+configure_jax()
 
 from backends.caches import enable_jax_compilation_cache  # noqa: E402
 
@@ -70,126 +71,12 @@ ENGINE = "numpyro"
 # The sources every stored program of this backend is built from (backends/jax_programs.py):
 # an edit to any of them retires the programs stored before it.
 SOURCES = (Path(__file__), Path(__file__).with_name("jax_programs.py"),
-           Path(__file__).parents[1] / "models" / "spec.py")
+           Path(__file__).parents[1] / "models" / "spec.py", Path(__file__).parents[1] / "models" / "numpyro_model.py")
 
 
 def _stored(fun: Callable, program: str, spec: MixtureSpec, static_argnums: tuple[int, ...] = (), **settings) -> StoredJit:
     """``jax.jit(fun)`` kept on disk; ``fun`` may close over ``spec`` and ``settings`` only."""
     return StoredJit(fun, {"program": program, "spec": spec.to_dict(), **settings}, SOURCES, static_argnums)
-
-
-# ----------------------------------------------------------------------------------------------
-# The model
-
-
-class OrderedNormal(dist.Distribution):
-    """``size`` iid Normal(loc, scale) values sorted ascending.
-
-    Sorting iid draws gives the iid prior restricted to the ordered region, which holds 1/K! of
-    its mass: the density there is K! prod_k phi(x_k), exactly the spec's ordered prior.
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.ordered_vector
-    reparametrized_params = ["loc", "scale"]
-
-    def __init__(self, loc, scale, size: int, *, validate_args=None):
-        self.loc, self.scale, self.size = loc, scale, size
-        super().__init__(batch_shape=(), event_shape=(size,), validate_args=validate_args)
-
-    def sample(self, key, sample_shape=()):
-        draws = self.loc + self.scale * random.normal(key, sample_shape + self.event_shape)
-        return jnp.sort(draws, axis=-1)
-
-    def log_prob(self, value):
-        lp = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1) + math.lgamma(self.size + 1)
-        ordered = jnp.all(jnp.diff(value, axis=-1) > 0, axis=-1)
-        return jnp.where(ordered, lp, -jnp.inf)
-
-
-# How the likelihood is written (bench/ppl_formulations.py compares them; docs/performance.md):
-# NumPyro's MixtureSameFamily, or the log-sum-exp of the component log densities as a factor.
-LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
-
-
-def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True,
-                  form: str = "mixture_same_family"):
-    """y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k), priors and ordering from ``spec``.
-
-    ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
-    N / batch. ``total_size=False`` undoes that scaling (scale batch / N), replaying the forum
-    thread's minibatch without total_size: the batch weighted as if it were the whole data.
-
-    Ordered by slope, the first slope column is its own ordered site ``w_first`` and the other
-    columns ``w_rest``; ``w`` is then a deterministic site joining them.
-    """
-    K, D, N = spec.K, spec.D, y.shape[0]
-    pi = numpyro.sample("pi", dist.Dirichlet(jnp.asarray(spec.alpha, dtype=y.dtype)))
-    s = spec.slope_prior
-    if spec.ordering == "slope":
-        columns = [numpyro.sample("w_first", OrderedNormal(s.mu, s.sigma, K))[:, None]]
-        if D > 1:
-            columns.append(numpyro.sample("w_rest", dist.Normal(s.mu, s.sigma).expand((K, D - 1)).to_event(2)))
-        w = numpyro.deterministic("w", jnp.concatenate(columns, axis=1))
-    elif D > 0:
-        w = numpyro.sample("w", dist.Normal(s.mu, s.sigma).expand((K, D)).to_event(2))
-    if spec.intercept:
-        p = spec.intercept_prior
-        prior = (OrderedNormal(p.mu, p.sigma, K) if spec.ordering == "intercept"
-                 else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
-        b = numpyro.sample("b", prior)
-    sp = spec.sigma_prior
-    sigma_prior = dist.Uniform(0.0, sp.scale) if sp.family == "uniform" else dist.HalfNormal(sp.scale)
-    if spec.sigma == "per-component":
-        sigma_prior = sigma_prior.expand((K,)).to_event(1)
-    sigma = numpyro.sample("sigma", sigma_prior)
-
-    with numpyro.plate("obs", N, subsample_size=subsample_size) as idx:
-        xb, yb = (x, y) if subsample_size is None else (x[idx], y[idx])
-        mu = jnp.zeros((yb.shape[0], K), dtype=y.dtype)
-        if D > 0:
-            mu = mu + xb @ w.T
-        if spec.intercept:
-            mu = mu + b
-        unscaled = subsample_size is not None and not total_size
-        with handlers.scale(scale=subsample_size / N) if unscaled else nullcontext():
-            if form == "mixture_same_family":
-                # log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per observation,
-                # one (batch, K) array, the oracle's formula; and y stays an observed site.
-                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
-                numpyro.sample("y", likelihood, obs=yb)
-            elif form == "logsumexp_factor":
-                terms = jnp.log(pi) + dist.Normal(mu, sigma).log_prob(yb[:, None])
-                numpyro.factor("y", jax.nn.logsumexp(terms, axis=-1))
-            else:
-                raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
-
-
-def _sites_from_params(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical parameters -> the model's latent sites."""
-    sites = {"pi": params["pi"], "sigma": params["sigma"]}
-    if spec.intercept:
-        sites["b"] = params["b"]
-    if spec.ordering == "slope":
-        sites["w_first"] = params["w"][:, 0]
-        if spec.D > 1:
-            sites["w_rest"] = params["w"][:, 1:]
-    elif spec.D > 0:
-        sites["w"] = params["w"]
-    return sites
-
-
-def _canonical(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Constrained site values with leading dims ``lead`` -> canonical names (float64 NumPy)."""
-    sites = {k: np.asarray(v, dtype=np.float64) for k, v in sites.items()}
-    out = {name: sites[name] for name in spec.param_shapes() if name in sites}
-    if "w" not in out:
-        if spec.ordering == "slope":
-            columns = [sites["w_first"][..., None]] + ([sites["w_rest"]] if spec.D > 1 else [])
-            out["w"] = np.concatenate(columns, axis=-1)
-        else:
-            out["w"] = np.zeros(lead + (spec.K, 0))
-    return out
 
 
 @dataclass(frozen=True)
@@ -282,6 +169,19 @@ def _draw_diagnostics_fn(spec: MixtureSpec) -> Callable:
         return -potential_energy(model, (x, y), {}, z), _log_jacobian(spec, z)
 
     return _stored(lambda z, x, y: lax.map(lambda zi: one(zi, x, y), z, batch_size=64), "draw_diagnostics", spec)
+
+
+def _svi_approximation(spec: MixtureSpec, guide, params: dict) -> dict[str, np.ndarray]:
+    """A fitted ADVI guide's parameters on the unconstrained space, in ``_layout`` order: mean and
+    std (AutoNormal, one normal per site), or mean, std and cov = L L' (AutoMultivariateNormal,
+    which packs the sites in trace order, the order of ``_layout``), as PyMC's ADVI gives them."""
+    layout = _layout(spec)
+    if isinstance(guide, AutoNormal):
+        return {"mean": np.concatenate([np.ravel(params[f"{s.name}_auto_loc"]) for s in layout]),
+                "std": np.concatenate([np.ravel(params[f"{s.name}_auto_scale"]) for s in layout])}
+    tril = np.asarray(params["auto_scale_tril"], dtype=float)
+    cov = tril @ tril.T
+    return {"mean": np.asarray(params["auto_loc"], dtype=float), "std": np.sqrt(np.diag(cov)), "cov": cov}
 
 
 def _as_json(arrays: dict) -> str:
@@ -460,12 +360,16 @@ class NumPyroBackend(Backend):
     def versions(self) -> dict[str, str]:
         return package_versions("numpyro", "jax", "jaxlib", "blackjax")
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if spec.likelihood != "mixture":
-            return (f"likelihood {spec.likelihood!r}: the forum replay likelihoods are implemented "
-                    "in the pymc backend only")
-        if method not in METHODS:
-            return f"method {method!r} is not in the shared vocabulary"
+    # The method table (Backend's contract); the model implements the correct mixture only.
+    methods = {
+        "nuts": "_fit_nuts",
+        **dict.fromkeys(("advi-meanfield", "advi-fullrank", "advi-minibatch-meanfield",
+                         "advi-minibatch-fullrank", "map"), "_fit_svi"),
+        "pathfinder": "_fit_pathfinder",
+        "laplace": "_fit_laplace",
+    }
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method == "nuts" and settings.sampler not in (None, "numpyro"):
             return f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro's own NUTS only"
         if method.startswith("advi") or method == "map":
@@ -475,8 +379,7 @@ class NumPyroBackend(Backend):
         return None
 
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         dataset.check_against(spec)
         params = spec.check_params(params)
         with _precision("float64"):
@@ -489,8 +392,7 @@ class NumPyroBackend(Backend):
         sites (trace order), at ``settings.precision``, compiled before returning."""
         from backends.gradients import fixed_point
 
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         if settings.sampler not in (None, ENGINE):
             raise MixbenchError(f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro only")
         dataset.check_against(spec)
@@ -509,15 +411,6 @@ class NumPyroBackend(Backend):
 
         return f, np.asarray(flat0, dtype=np.float64)
 
-    def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        if method == "nuts":
-            return self._fit_nuts(spec, dataset, settings, seed)
-        if method == "pathfinder":
-            return self._fit_pathfinder(spec, dataset, settings, seed)
-        if method == "laplace":
-            return self._fit_laplace(spec, dataset, settings, seed)
-        return self._fit_svi(spec, dataset, method, settings, seed)
-
     # -- NUTS ------------------------------------------------------------------------------------
 
     @staticmethod
@@ -527,7 +420,8 @@ class NumPyroBackend(Backend):
             return "parallel"
         return "sequential"
 
-    def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_nuts(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                  seed: int) -> Fit:
         timings: dict[str, float] = {}
         chain_method = self.chain_method(settings)
         with _precision(settings.precision):
@@ -591,9 +485,6 @@ class NumPyroBackend(Backend):
         return self._programs[key]
 
     def _fit_svi(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        if method.startswith("advi-minibatch") and settings.batch_size > dataset.N:
-            raise MixbenchError(
-                f"settings.batch_size: {settings.batch_size} exceeds the {dataset.N} observations")
         timings: dict[str, float] = {"compile": 0.0}
         init_key, svi_key, draw_key = random.split(random.PRNGKey(seed), 3)
         with _precision(settings.precision):
@@ -628,6 +519,8 @@ class NumPyroBackend(Backend):
             z, log_q = program.draw(params, draw_key, *_device_data(dataset, "float64"), settings.vi_draws)
             draws, log_p, log_jacobian = self._approximation_draws(
                 spec, dataset, z, self._attrs(method, settings, attrs))
+            draws["approximation"] = approximation_group(_unconstrained_labels(spec),
+                                                         **_svi_approximation(spec, program.guide, params))
         return Fit(status="ok", draws=draws, log_p=log_p, log_jacobian=log_jacobian,
                    log_q=np.asarray(log_q), **common)
 
@@ -637,7 +530,8 @@ class NumPyroBackend(Backend):
 
     # -- Laplace (AutoLaplaceApproximation) -----------------------------------------------------
 
-    def _fit_laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_laplace(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                     seed: int) -> Fit:
         """The Laplace approximation on NumPyro's unconstrained space (the sites' ``biject_to``
         inverses, flattened in trace order), by NumPyro's AutoLaplaceApproximation and
         backends/laplace.py.
@@ -695,9 +589,7 @@ class NumPyroBackend(Backend):
             draws["unconstrained_posterior"] = xr.DataTree(xr.Dataset(
                 {"z": (("chain", "draw", "unconstrained"), flat[None])},
                 coords={"chain": [0], "draw": np.arange(settings.vi_draws), "unconstrained": labels}))
-            draws["approximation"] = xr.DataTree(xr.Dataset(
-                {"mean": (("unconstrained",), mean), "cov": (("unconstrained", "unconstrained_bis"), cov)},
-                coords={"unconstrained": labels, "unconstrained_bis": labels}))
+            draws["approximation"] = approximation_group(labels, mean, cov=cov)
             point = _canonical(spec, _constrain(spec, _unflatten(spec, jnp.asarray(mean))), ())
             point_log_density = self.log_density(spec, dataset, point)
         return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
@@ -716,7 +608,8 @@ class NumPyroBackend(Backend):
 
     # -- Pathfinder (BlackJAX's building blocks on the model's potential) ------------------------
 
-    def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _fit_pathfinder(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                        seed: int) -> Fit:
         """Multi-path Pathfinder as Stan and pymc-extras run it: settings.pathfinder_paths single paths
         from their own uniform initial points, each drawing from its best normal approximation;
         by default the pooled draws are importance-resampled (backends/importance.py)."""
@@ -803,6 +696,11 @@ class _NUTSPrograms:
     one program (sequential). Written this way, not through ``MCMC``, so that the programs can
     be stored whole (backends/jax_programs.py): ``MCMC`` builds fresh closures on every call and
     has to trace and lower them again in every process.
+
+    Pinned to the public call by tests/test_numpyro_backend.py (the same key gives MCMC's draws).
+    Remove it for ``MCMC`` once NumPyro can keep its compiled sampler across processes
+    (pyro-ppl/numpyro#1249, open) or once warm workers reuse one process per backend, so that
+    JAX's persistent cache alone brings a second identical run's compile under a second a fit.
     """
 
     def __init__(self, spec: MixtureSpec, settings: FitSettings, chain_method: str, x, y, description: dict):

@@ -5,10 +5,8 @@ pm.fit's ADVI (mean-field or full-rank, on the full data or on minibatches), Pat
 from pymc-extras, MAP from pm.find_MAP, the Laplace approximation from pymc-extras' compiled
 log density, gradient and Hessian (``_laplace``).
 
-The likelihood is a pm.CustomDist whose log density is written out (log-sum-exp over
-components of the normal log densities), vectorised over observations. One CustomDist serves the
-correct mixture and the three forum-thread variants alike, it is exactly the oracle's formula,
-and as an observed variable it takes ``total_size`` for minibatches (a Potential would not).
+The model and its canonical <-> native parameter maps are models/pymc_model.py's, beside the
+NumPyro model and the Stan program; this module adapts them to the engines.
 
 What is compiled is kept on disk for later processes: the full-data model's functions after
 PyTensor's rewrites (backends/pytensor_store.py), nutpie's C callbacks (backends/nutpie_cache.py),
@@ -31,7 +29,6 @@ import pymc.variational as pmvi
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
-from pymc.distributions.transforms import ordered
 from pytensor.graph.replace import graph_replace
 
 # Numba is PyTensor's default linker: loading its dispatch modules (and Numba) belongs to this
@@ -39,14 +36,17 @@ from pytensor.graph.replace import graph_replace
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 from backends import laplace
-from backends.base import (Backend, Fit, FitSettings, bound_hits, canonical_datatree, package_versions, start_seeds,
+from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_group, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from backends.base import note_compile
 from models.data import Dataset
 from models.errors import MixbenchError
-from models.spec import MixtureSpec
+from models.pymc_model import build_model
+from models.pymc_model import canonical_values as _canonical
+from models.pymc_model import model_values as _model_values
+from models.spec import LIKELIHOODS, MixtureSpec
 
 SAMPLERS = ("nutpie", "pymc", "numpyro")
 VI_METHODS = {
@@ -59,155 +59,6 @@ OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmspro
               "momentum", "nesterov_momentum")
 PATHFINDER_MAXITER = 1000
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
-
-def _normal_terms(value, mu, sigma, log_sigma_bug: bool):
-    """Per-observation, per-component normal log densities (the thread's bug optional)."""
-    z2 = pt.sqr((value[..., None] - mu) / sigma)
-    log_sigma = pt.log(sigma) if log_sigma_bug else 2.0 * pt.log(sigma)
-    return -0.5 * (_LOG_2PI + log_sigma + z2)
-
-
-def _mixture_logp(log_sigma_bug: bool):
-    def logp(value, mu, sigma, log_pi):
-        return pt.logsumexp(log_pi + _normal_terms(value, mu, sigma, log_sigma_bug), axis=-1)
-    return logp
-
-
-def _batch_lse_logp(log_sigma_bug: bool):
-    # The thread's logp_gmix: each component's log density summed over the whole batch, then the
-    # log-sum-exp over components; its logp_normal counts log(sigma) once per batch.
-    def logp(value, mu, sigma, log_pi):
-        n = value.shape[0].astype(mu.dtype)
-        z2 = pt.sum(pt.sqr((value[:, None] - mu) / sigma), axis=0)
-        sigma_term = pt.log(sigma) if log_sigma_bug else 2.0 * n * pt.log(sigma)
-        batch = -0.5 * (n * _LOG_2PI + sigma_term + z2)
-        return pt.logsumexp(log_pi + batch)
-    return logp
-
-
-def _ordered_initval(prior, K: int) -> np.ndarray:
-    # The ordered transform needs a strictly increasing start; the prior mean repeated is not.
-    return (prior.mu + prior.sigma * np.linspace(-0.5, 0.5, K)).astype(pytensor.config.floatX)
-
-
-# How the (correct) mixture likelihood is written (bench/ppl_formulations.py compares them;
-# docs/performance.md): the CustomDist below, PyMC's NormalMixture, or a Potential holding the
-# same log-sum-exp (full data only: a Potential takes no total_size).
-LIKELIHOOD_FORMS = ("custom_dist", "normal_mixture", "potential")
-
-
-def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: int | None = None,
-                total_size: bool = True, form: str = "custom_dist") -> pm.Model:
-    """The PyMC model of ``spec`` on data (x, y); minibatches of ``batch_size`` when given.
-
-    Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering; none
-    when D = 0), b (intercepts, ordered under intercept ordering), sigma. w is always available
-    by name (a Deterministic under slope ordering). ``total_size=False`` leaves the minibatch
-    likelihood unscaled, as the forum thread did.
-    """
-    K, D = spec.K, spec.D
-    with pm.Model() as model:
-        x_data = pm.Data("x", x) if D else None
-        y_data = pm.Data("y", y)
-
-        log_pi = pt.log(pm.Dirichlet("pi", a=spec.alpha)) if K > 1 else pt.zeros(1)
-
-        sp = spec.slope_prior
-        w = None
-        if D and spec.ordering == "slope":
-            first = pm.Normal("w_first", sp.mu, sp.sigma, shape=K, transform=ordered,
-                              initval=_ordered_initval(sp, K))
-            columns = [first[:, None]]
-            if D > 1:
-                columns.append(pm.Normal("w_rest", sp.mu, sp.sigma, shape=(K, D - 1)))
-            w = pm.Deterministic("w", pt.concatenate(columns, axis=1))
-        elif D:
-            w = pm.Normal("w", sp.mu, sp.sigma, shape=(K, D))
-
-        b = None
-        if spec.intercept:
-            ip = spec.intercept_prior
-            if spec.ordering == "intercept":
-                b = pm.Normal("b", ip.mu, ip.sigma, shape=K, transform=ordered,
-                              initval=_ordered_initval(ip, K))
-            else:
-                b = pm.Normal("b", ip.mu, ip.sigma, shape=K)
-
-        shape = () if spec.sigma == "shared" else (K,)
-        if spec.sigma_prior.family == "uniform":
-            sigma = pm.Uniform("sigma", 0.0, spec.sigma_prior.scale, shape=shape)
-        else:
-            sigma = pm.HalfNormal("sigma", sigma=spec.sigma_prior.scale, shape=shape)
-
-        if spec.ordering != "none":
-            # The ordered prior is the iid prior restricted to one of K! regions (models/spec.py).
-            pm.Potential("log_order_constant", pt.constant(spec.log_order_constant))
-
-        if batch_size is None:
-            x_obs, y_obs = x_data, y_data
-        elif D:
-            x_obs, y_obs = pm.Minibatch(x_data, y_data, batch_size=batch_size)
-        else:
-            x_obs, y_obs = None, pm.Minibatch(y_data, batch_size=batch_size)
-
-        mu = pt.zeros_like(y_obs)[:, None] + (0.0 if b is None else b[None, :])
-        if w is not None:
-            mu = mu + pt.dot(x_obs, w.T)
-        sigma_k = pt.broadcast_to(sigma, (K,))
-
-        batch_lse = spec.likelihood in ("forum-original", "forum-batch-lse")
-        log_sigma_bug = spec.likelihood in ("forum-original", "forum-log-sigma")
-        if batch_lse:
-            logp, signature = _batch_lse_logp(log_sigma_bug), "(n,k),(k),(k)->(n)"
-        else:
-            logp, signature = _mixture_logp(log_sigma_bug), "(k),(k),(k)->()"
-        scale = len(y) if (batch_size is not None and total_size) else None
-        if form != "custom_dist" and (spec.likelihood != "mixture" or batch_size is not None):
-            raise MixbenchError(f"likelihood form {form!r}: only for the full-data mixture likelihood")
-        if form == "custom_dist":
-            pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=logp, signature=signature,
-                          observed=y_obs, total_size=scale)
-        elif form == "normal_mixture":
-            pm.NormalMixture("y_obs", w=pt.exp(log_pi), mu=mu, sigma=sigma_k, observed=y_obs)
-        elif form == "potential":
-            pm.Potential("y_obs", pt.sum(logp(y_obs, mu, sigma_k, log_pi)))
-        else:
-            raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
-    return model
-
-
-def _model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A canonical constrained point -> the model's free variables (by RV name)."""
-    params = spec.check_params(params)
-    values = {"sigma": params["sigma"]}
-    if spec.K > 1:
-        values["pi"] = params["pi"]
-    if spec.intercept:
-        values["b"] = params["b"]
-    if spec.D and spec.ordering == "slope":
-        values["w_first"] = params["w"][:, 0]
-        if spec.D > 1:
-            values["w_rest"] = params["w"][:, 1:]
-    elif spec.D:
-        values["w"] = params["w"]
-    return values
-
-
-def _canonical(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tuple[int, ...]) -> dict:
-    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, pi)."""
-    out = {
-        "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),
-        "sigma": np.asarray(values["sigma"], float).reshape((*lead, *spec.param_shapes()["sigma"])),
-        "pi": np.asarray(values["pi"], float) if spec.K > 1 else np.ones((*lead, 1)),
-    }
-    if spec.intercept:
-        out["b"] = np.asarray(values["b"], float)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +324,14 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
 def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
     """``pm.init_nuts(init="jitter+adapt_diag")``, step for step, on the entry's stored
     log density and gradient instead of one compiled afresh: jittered initial points (retried
-    until finite), a diagonal mass matrix adapted from their mean, and the NUTS step."""
+    until finite), a diagonal mass matrix adapted from their mean, and the NUTS step.
+
+    A private path (PyMC's ``_init_jitter``): pinned to the public ``pm.sample`` by
+    tests/test_pymc_backend.py (same seed, same draws). pm.sample compiles its own
+    logp_dlogp_function on every call and takes none from outside (no upstream issue asks for
+    it; pymc-devs/pymc#7578 added ``compile_kwargs`` only). Remove it for pm.sample once warm
+    workers keep one compiled model per process, which makes that compile a one-off.
+    """
     from pymc.blocking import DictToArrayBijection
     from pymc.sampling.mcmc import _init_jitter
     from pymc.step_methods.hmc import quadpotential
@@ -498,18 +356,6 @@ def _init_nuts(entry: _Compiled, chain_seeds: list[int], settings: FitSettings):
 # --------------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------------
-
-def _concurrent_seconds(per_chain: np.ndarray, cores: int) -> float:
-    """Wall seconds of a phase whose per-chain durations are ``per_chain``.
-
-    Chains running at once overlap: with a core per chain the phase lasts as long as its
-    slowest chain; with fewer cores chains queue, and the total work is shared by the cores.
-    """
-    per_chain = np.asarray(per_chain, float)
-    if cores >= len(per_chain):
-        return float(per_chain.max())
-    return float(per_chain.sum() / cores)
-
 
 class _NutpieClock:
     """Per-chain warm-up / sampling split of a nutpie run, from its progress callback.
@@ -604,7 +450,17 @@ class PyMCBackend(Backend):
         return package_versions("pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro",
                                 "jax", "numpy", "scipy")
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
+    # The method table and the likelihoods this backend's model implements (Backend's contract).
+    methods = {
+        "nuts": "_nuts",
+        **dict.fromkeys(VI_METHODS, "_advi"),
+        "pathfinder": "_pathfinder",
+        "map": "_map",
+        "laplace": "_laplace",
+    }
+    likelihoods = LIKELIHOODS  # the forum replay likelihoods too: they replay PyMC code
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method == "nuts" and (settings.sampler or "nutpie") not in SAMPLERS:
             raise MixbenchError(
                 f"settings.sampler: the PyMC backend runs {', '.join(SAMPLERS)}, got {settings.sampler!r}"
@@ -641,22 +497,14 @@ class PyMCBackend(Backend):
         return f, x0
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        # Every method runs at the fit's precision with PyMC's chatter off; the table dispatches.
         with _precision(settings.precision), _quiet("pymc"):
-            if method == "nuts":
-                return self._nuts(spec, dataset, settings, seed)
-            if method in VI_METHODS:
-                return self._advi(spec, dataset, method, settings, seed)
-            if method == "pathfinder":
-                return self._pathfinder(spec, dataset, settings, seed)
-            if method == "map":
-                return self._map(spec, dataset, settings, seed)
-            if method == "laplace":
-                return self._laplace(spec, dataset, settings, seed)
-        raise MixbenchError(f"method: {method!r} is not handled by the PyMC backend")
+            return super()._fit(spec, dataset, method, settings, seed)
 
     # ---- NUTS ------------------------------------------------------------------------------
 
-    def _nuts(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+              seed: int) -> Fit:
         sampler = settings.sampler or "nutpie"
         entry = compiled(spec, dataset, settings.precision)
         cores = settings.chains if settings.parallel_chains else 1
@@ -697,8 +545,8 @@ class PyMCBackend(Backend):
         )
         wall = time.perf_counter() - start
         warmup, sampling = clock.split(tune, tune + settings.draws, wall)
-        timings["warmup"] = _concurrent_seconds(warmup, cores)
-        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        timings["warmup"] = chain_seconds(warmup, cores)
+        timings["sampling"] = chain_seconds(sampling, cores)
         # Thread start-up and nutpie's conversion of its arrow trace, outside every chain's runtime.
         timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
         return trace, trace["warmup_sample_stats"]
@@ -725,8 +573,8 @@ class PyMCBackend(Backend):
         warmup = (warmup_stats.perf_counter_diff.sum("draw").values if warmup_stats is not None
                   else np.zeros(settings.chains))
         sampling = trace.sample_stats.perf_counter_diff.sum("draw").values
-        timings["warmup"] = _concurrent_seconds(warmup, cores)
-        timings["sampling"] = _concurrent_seconds(sampling, cores)
+        timings["warmup"] = chain_seconds(warmup, cores)
+        timings["sampling"] = chain_seconds(sampling, cores)
         timings["overhead"] = max(wall - timings["warmup"] - timings["sampling"], 0.0)
         if warmup_stats is None:
             warmup_stats = trace.sample_stats.isel(draw=slice(0, 0))
@@ -793,7 +641,8 @@ class PyMCBackend(Backend):
                    log_p=log_p, log_jacobian=log_jacobian, log_q=np.asarray(log_q, float),
                    loss=np.asarray(inference.hist, float))
 
-    def _pathfinder(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _pathfinder(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                    seed: int) -> Fit:
         from pymc.blocking import DictToArrayBijection
         from pymc_extras.inference.pathfinder.lbfgs import LBFGSConfig, LBFGSStatus
         from pymc_extras.inference.pathfinder.multipath import multipath_pathfinder
@@ -866,8 +715,8 @@ class PyMCBackend(Backend):
         """Unconstrained draws (one row each) -> canonical DataTree, log p, log |Jacobian|.
 
         log p is the full-data model's log density with the Jacobian, whatever model (minibatch
-        or not) the approximation was fitted to. Its cost is timed as "log_p", apart from the
-        method's own extraction of draws. The tree also carries the unconstrained draws
+        or not) the approximation was fitted to; its cost is part of extraction, as in every
+        backend. The tree also carries the unconstrained draws
         (group unconstrained_posterior) and, when given, the approximation's parameters (group
         approximation), both over the dim "unconstrained" labelled value_var[i].
         """
@@ -880,7 +729,7 @@ class PyMCBackend(Backend):
             stacked = {name: np.stack([out[j] for out in outputs])[None]
                        for j, name in enumerate(entry.output_names)}
             posterior = _canonical(spec, stacked, (1, flat.shape[0]))
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             log_p_jacobian = entry.log_p_jacobian()
             log_p, log_jacobian = np.array([log_p_jacobian(*point) for point in points], float).T
         stats = {"log_p": log_p[None], "log_jacobian": log_jacobian[None], **(stats or {})}
@@ -892,13 +741,11 @@ class PyMCBackend(Backend):
             {"z": (("chain", "draw", "unconstrained"), flat[None].astype(float))},
             coords={"chain": [0], "draw": np.arange(flat.shape[0]), **coords}))
         if approximation:
-            draws["approximation"] = xr.DataTree(xr.Dataset(
-                {k: (("unconstrained", "unconstrained_bis")[: np.ndim(v)], np.asarray(v, float))
-                 for k, v in approximation.items()},
-                coords={**coords, "unconstrained_bis": labels}))
+            draws["approximation"] = approximation_group(labels, **approximation)
         return draws, log_p, log_jacobian
 
-    def _map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _map(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+             seed: int) -> Fit:
         from pymc.initial_point import make_initial_point_fn
 
         entry = compiled(spec, dataset, settings.precision)
@@ -920,7 +767,7 @@ class PyMCBackend(Backend):
             canonical = _canonical(spec, {n: point[n] for n in entry.output_names}, ())
             draws = canonical_datatree(spec, {k: np.asarray(v)[None, None] for k, v in canonical.items()},
                                        attrs={"/": {"backend": self.name, "engine": "pymc+find_MAP"}})
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             log_density = self.log_density(spec, dataset, canonical)
         return Fit(backend=self.name, method="map", status="ok", engine="pymc+find_MAP", draws=draws,
                    timings=timings, precision=settings.precision,
@@ -928,7 +775,8 @@ class PyMCBackend(Backend):
                    iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
                    point=canonical, point_log_density=log_density)
 
-    def _laplace(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+    def _laplace(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
+                 seed: int) -> Fit:
         """The Laplace approximation on PyMC's unconstrained space (the value variables, in
         ``model.value_vars`` order), by backends/laplace.py on pymc-extras' compiled loss,
         gradient and Hessian (``_Compiled.laplace_objective``).
@@ -991,7 +839,7 @@ class PyMCBackend(Backend):
         draws.attrs.update({"method": "laplace", "optimizer": "scipy trust-exact",
                             "laplace_starts": len(seeds), "laplace_best_start": search.best,
                             "laplace_start_seeds": seeds, "newton_decrement": decrement})
-        with stopwatch(timings, "log_p"):
+        with stopwatch(timings, "extraction"):
             point_log_density = self.log_density(spec, dataset, point)
         return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
                    log_jacobian=log_jacobian, log_q=log_q, point=point, point_log_density=point_log_density,

@@ -38,27 +38,31 @@ from backends.base import (
     Fit,
     FitSettings,
     canonical_datatree,
+    chain_seconds,
     package_versions,
     start_seeds,
     stopwatch,
 )
 from backends.base import note_compile
+from backends.caches import build_lock
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import proposal_group, psis_resample
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
+from models.stan_model import (
+    flat_to_canonical,
+    in_support,
+    n_unconstrained,
+    program_code,
+    stan_data,
+    stan_parameters,
+)
 
-# stan/ at the repository root; a wheel carries the same file inside this package (pyproject.toml).
-_REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
-PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parent / "stan_programs" / "mixture.stan"
 ENGINES = ("cmdstanpy", "pystan")
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbench" / "stan"
 
-# Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
-STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "pi": "theta"}
 # Stan's per-draw sampler columns -> ArviZ sample_stats names.
 SAMPLE_STATS = {
     "lp__": "lp",
@@ -69,16 +73,8 @@ SAMPLE_STATS = {
     "divergent__": "diverging",
     "energy__": "energy",
 }
-_ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
 _NUTS_FUNCTION = "stan::services::sample::hmc_nuts_diag_e_adapt"
-# pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
-_FLAT_NAME = re.compile(r"(?P<base>[A-Za-z]\w*?)(?:\[(?P<brackets>\d+(?:,\s*\d+)*)\]|(?P<dots>(?:\.\d+)+))?")
 _ELAPSED = re.compile(r"([0-9.eE+-]+) seconds \((Warm-up|Sampling)\)")
-
-
-@lru_cache(maxsize=1)
-def program_code() -> str:
-    return PROGRAM_PATH.read_text()
 
 
 def cmdstan_path() -> str | None:
@@ -110,98 +106,6 @@ def cmdstan_version() -> str | None:
     return ".".join(map(str, version)) if version else "unknown"
 
 
-# --- data and parameters -------------------------------------------------------------------------
-
-def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
-    """The data block of stan/mixture.stan for ``spec`` and ``dataset``."""
-    dataset.check_against(spec)
-    return {
-        "N": dataset.N,
-        "K": spec.K,
-        "D": spec.D,
-        "x": dataset.x,
-        "y": dataset.y,
-        "has_intercept": int(spec.intercept),
-        "sigma_per_component": int(spec.sigma == "per-component"),
-        "alpha": spec.alpha,
-        "slope_mu": spec.slope_prior.mu,
-        "slope_sd": spec.slope_prior.sigma,
-        "intercept_mu": spec.intercept_prior.mu,
-        "intercept_sd": spec.intercept_prior.sigma,
-        "sigma_family": 1 if spec.sigma_prior.family == "uniform" else 2,
-        "sigma_scale": spec.sigma_prior.scale,
-        "ordering": _ORDERING_CODE[spec.ordering],
-    }
-
-
-def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
-    """A canonical constrained point -> the variables of the program's parameters block."""
-    p = spec.check_params(params)
-    w = p["w"]
-    by_slope, by_intercept = spec.ordering == "slope", spec.ordering == "intercept"
-    b = p["b"] if spec.intercept else np.zeros(0)
-    return {
-        "theta": p["pi"],
-        "w_first_ordered": w[:, 0] if by_slope else np.zeros(0),
-        "w_free": w[:, 1:] if by_slope else w,
-        "b_ordered": b if by_intercept else np.zeros(0),
-        "b_free": np.zeros(0) if by_intercept else b,
-        "sigma": np.atleast_1d(p["sigma"]),
-    }
-
-
-def in_support(spec: MixtureSpec, params: dict) -> bool:
-    """Whether a canonical point lies where the program's constraints can represent it."""
-    p = spec.check_params(params)
-    pi, sigma = p["pi"], np.atleast_1d(p["sigma"])
-    if np.any(pi < 0) or abs(pi.sum() - 1.0) > 1e-8:
-        return False
-    if np.any(sigma <= 0) or np.any(sigma >= spec.sigma_prior.upper):
-        return False
-    if spec.ordering != "none":
-        ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, 0]
-        if np.any(np.diff(ordered) <= 0):
-            return False
-    return True
-
-
-def parse_flat_name(name: str) -> tuple[str, tuple[int, ...]]:
-    """'w.1.2' or 'w[1,2]' -> ('w', (0, 1)); 'lp__' -> ('lp__', ())."""
-    match = _FLAT_NAME.fullmatch(name.strip())
-    if match is None:
-        raise ValueError(f"not a Stan output column name: {name!r}")
-    index = match["brackets"] or (match["dots"] or "")[1:].replace(".", ",")
-    return match["base"], tuple(int(i) - 1 for i in index.split(",")) if index else ()
-
-
-def _stan_shape(spec: MixtureSpec, canonical: str) -> tuple[int, ...]:
-    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "pi": (spec.K,)}[canonical]
-
-
-def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
-    """Stan output columns -> canonical arrays.
-
-    ``values`` has shape (chain, draw, column), ``columns`` names its last axis in either
-    engine's spelling. Returns {canonical name: array (chain, draw, *canonical shape)}.
-    """
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 3 or values.shape[2] != len(columns):
-        raise ValueError(f"values of shape {values.shape} do not match {len(columns)} columns")
-    where = {parse_flat_name(name): j for j, name in enumerate(columns)}
-    lead = values.shape[:2]
-    out = {}
-    for canonical, shape in spec.param_shapes().items():
-        stan_name, stan_shape = STAN_NAMES[canonical], _stan_shape(spec, canonical)
-        array = np.empty(lead + stan_shape)
-        for index in np.ndindex(*stan_shape):
-            key = (stan_name, index)
-            if key not in where:
-                raise ValueError(f"Stan output has no column for {stan_name}{[i + 1 for i in index]}")
-            array[(..., *index)] = values[..., where[key]]
-        out[canonical] = array.reshape(lead + shape)
-    return out
-
-
 def sample_stats_from_flat(columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
     """NUTS sampler columns (chain, draw, column) -> ArviZ-named sample_stats."""
     out = {}
@@ -220,20 +124,16 @@ def _column(columns: Sequence[str], values: np.ndarray, name: str) -> np.ndarray
     return values[..., list(columns).index(name)]
 
 
-def _nuts_phase_timings(chain_times: list[dict[str, float]], concurrency: str | None) -> dict[str, float]:
-    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks.
-
-    Chains side by side: a phase lasts as long as its slowest chain. One after another: the
-    chains' times add up. Chains queued behind fewer workers: neither holds, so the phases are
-    not observable and are left out (the per-chain times stay in the draws' attrs).
-    """
+def _nuts_phase_timings(chain_times: list[dict[str, float]], cores: int) -> dict[str, float]:
+    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks, combined by the
+    one rule for chains sharing ``cores`` (``backends.base.chain_seconds``); left out when a
+    chain's clock lacks a phase (the per-chain times stay in the draws' attrs)."""
     phases = {"Warm-up", "Sampling"}
-    if concurrency is None or not chain_times or not all(phases <= set(t) for t in chain_times):
+    if not chain_times or not all(phases <= set(t) for t in chain_times):
         return {}
-    combine = max if concurrency == "parallel" else sum
     return {
-        "warmup": float(combine(t["Warm-up"] for t in chain_times)),
-        "sampling": float(combine(t["Sampling"] for t in chain_times)),
+        "warmup": chain_seconds([t["Warm-up"] for t in chain_times], cores),
+        "sampling": chain_seconds([t["Sampling"] for t in chain_times], cores),
     }
 
 
@@ -243,21 +143,9 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-@contextlib.contextmanager
 def _compile_lock():
-    """Serialise builds across processes: parallel harness workers would otherwise compile the
-    same program into the same cache side by side."""
-    import fcntl
-
-    from backends.caches import private_dir
-
-    private_dir(CACHE_DIR)  # executables are loaded from here: only from a private directory
-    with open(CACHE_DIR / "compile.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Serialise Stan builds across processes (backends.caches owns the lock and the store)."""
+    return build_lock("stan")
 
 
 @contextlib.contextmanager
@@ -371,6 +259,11 @@ async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) 
     fit on disk and serves the cached output to any later identical request, so a repeated run
     would take no time and prove nothing. Here a cached fit is deleted and the run redone, and
     every fit is deleted once read.
+
+    A private path (httpstan's REST calls), pinned to a public engine by
+    tests/test_stan_cmdstan.py (pystan's draws equal CmdStan's, cmdstanpy's public ``sample``, at
+    the same seed). Remove it for ``Model.sample`` once pystan can turn httpstan's fit cache off
+    or names the cached fit so it can be deleted (no upstream issue filed yet).
     """
     import stan.common
 
@@ -449,6 +342,7 @@ class StanBackend(Backend):
         out = package_versions("cmdstanpy", "pystan", "httpstan")
         out["stan (httpstan)"] = pystan_stan_version()
         out["cmdstan"] = cmdstan_version() or "not installed"
+        out["cmdstan path"] = str(cmdstan_path() or "not installed")
         return out
 
     def engine_for(self, settings: FitSettings | None = None) -> str:
@@ -458,11 +352,22 @@ class StanBackend(Backend):
             return forced
         return "cmdstanpy" if cmdstan_path() is not None else "pystan"
 
-    def unsupported_reason(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if spec.likelihood != "mixture":
-            return f"likelihood {spec.likelihood!r}: the forum-replay likelihoods are implemented in the pymc backend only"
-        if method.startswith("advi-minibatch"):
-            return "Stan has no minibatch variational inference"
+    # The method table (Backend's contract); stan/mixture.stan implements the correct mixture only.
+    # Stan has no minibatch variational inference: those methods are absent from the table.
+    methods = {
+        "nuts": "_nuts",
+        "advi-meanfield": "_advi_cmdstan",
+        "advi-fullrank": "_advi_cmdstan",
+        "pathfinder": "_pathfinder_cmdstan",
+        "map": "_map_cmdstan",
+        "laplace": "_laplace_cmdstan",
+    }
+
+    # CmdStan writes the draws of its approximations, not their parameters (ADVI's first row is
+    # the mean mapped to the constrained space; laplace_sample gives no Hessian).
+    stores_approximation = False
+
+    def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if settings.precision != "float64":
             return f"precision {settings.precision}: Stan computes in float64 only"
         engine = self.engine_for(settings)
@@ -511,7 +416,7 @@ class StanBackend(Backend):
         return model, compiled
 
     def cmdstan_model(self) -> tuple[Any, bool]:
-        """The CmdStan executable, compiled once into CACHE_DIR per program and CmdStan version."""
+        """The CmdStan executable, compiled once into the "stan" cache store per program and CmdStan version."""
         import cmdstanpy
 
         if self._cmdstan_model is not None:
@@ -520,9 +425,9 @@ class StanBackend(Backend):
         note_compile("cold")
         code = program_code()
         key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
-        from backends.caches import private_dir
+        from backends.caches import private_dir, store_dir
 
-        directory = private_dir(CACHE_DIR / key)
+        directory = private_dir(store_dir("stan") / key)
         source = directory / "mixture.stan"
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)
@@ -538,10 +443,7 @@ class StanBackend(Backend):
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray],
                     engine: str | None = None) -> float:
         """Log prior + log likelihood at a constrained point, computed by Stan (no Jacobian)."""
-        if spec.likelihood != "mixture":
-            raise MixbenchError(
-                f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only"
-            )
+        self.check_likelihood(spec)
         engine = engine or self.engine_for()
         if engine not in ENGINES:
             raise MixbenchError(f"engine: must be cmdstanpy or pystan, got {engine!r}")
@@ -570,8 +472,7 @@ class StanBackend(Backend):
         from backends.gradients import fixed_point
         from backends.stan_gradient import load
 
-        if spec.likelihood != "mixture":
-            raise MixbenchError(f"likelihood: {spec.likelihood!r} is implemented in the pymc backend only")
+        self.check_likelihood(spec)
         if settings.precision != "float64":
             raise MixbenchError(f"precision {settings.precision}: Stan computes in float64 only")
         if (settings.sampler or "pystan") != "pystan":
@@ -589,25 +490,13 @@ class StanBackend(Backend):
     # --- fits ----------------------------------------------------------------------------------
 
     def _fit(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:
-        seed = _check_seed(seed)
-        engine = self.engine_for(settings)
-        runners = {
-            "nuts": self._nuts_pystan if engine == "pystan" else self._nuts_cmdstan,
-            "advi-meanfield": self._advi_cmdstan,
-            "advi-fullrank": self._advi_cmdstan,
-            "pathfinder": self._pathfinder_cmdstan,
-            "map": self._map_cmdstan,
-            "laplace": self._laplace_cmdstan,
-        }
-        try:
-            if method.startswith("advi-"):
-                return runners[method](spec, dataset, method, settings, seed)
-            return runners[method](spec, dataset, settings, seed)
-        except (RuntimeError, ValueError) as exc:
-            if isinstance(exc, MixbenchError):
-                raise
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            return Fit(backend=self.name, method=method, status="failed", engine=engine, reason=reason[:2000])
+        return super()._fit(spec, dataset, method, settings, _check_seed(seed))
+
+    def _nuts(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
+        """NUTS on the engine ``settings.sampler`` names (CmdStan when installed, else pystan)."""
+        if self.engine_for(settings) == "pystan":
+            return self._nuts_pystan(spec, dataset, method, settings, seed)
+        return self._nuts_cmdstan(spec, dataset, method, settings, seed)
 
     def _result(self, method: str, engine: str, stan_version: str | None = None, **fields) -> Fit:
         """An ok Fit; ``stan_version`` is the Stan that ran as its output reports it (CmdStan's
@@ -620,7 +509,7 @@ class StanBackend(Backend):
         return Fit(backend=self.name, method=method, status="ok", engine=engine, precision="float64",
                    versions=versions, **fields)
 
-    def _nuts_pystan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts_pystan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.pystan_model(spec, dataset)
@@ -642,17 +531,14 @@ class StanBackend(Backend):
             values = np.stack([p[1] for p in parsed])
             chain_times = [p[2] for p in parsed]
             # httpstan's worker pool has one process per CPU: more chains than that queue.
-            if not settings.parallel_chains:
-                concurrency = "sequential"
-            else:
-                concurrency = "parallel" if settings.chains <= (os.cpu_count() or 1) else None
-            fit = self._nuts_result(spec, settings, "pystan", columns, values, chain_times, concurrency,
+            cores = min(settings.chains, os.cpu_count() or 1) if settings.parallel_chains else 1
+            fit = self._nuts_result(spec, settings, "pystan", columns, values, chain_times, cores,
                                     compiled, run_seconds)
         fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
         return fit
 
     def _nuts_result(self, spec, settings: FitSettings, engine: str, columns: list[str], values: np.ndarray,
-                     chain_times: list[dict[str, float]], concurrency: str | None, compiled: bool,
+                     chain_times: list[dict[str, float]], cores: int, compiled: bool,
                      run_seconds: float, stan_version: str | None = None) -> Fit:
         """Draws (chain, warm-up + sampling, column) -> a NUTS Fit with canonical draws."""
         expected = settings.warmup + settings.draws
@@ -671,13 +557,13 @@ class StanBackend(Backend):
                                    sample_stats_from_flat(columns, kept), attrs={"/": attrs})
         return self._result(
             "nuts", engine, stan_version=stan_version, draws=draws,
-            timings=_nuts_phase_timings(chain_times, concurrency),
+            timings=_nuts_phase_timings(chain_times, cores),
             # One gradient per leapfrog step, warm-up included.
             grad_evals=int(_column(columns, values, "n_leapfrog__").sum()),
             divergences=int(_column(columns, kept, "divergent__").sum()),
         )
 
-    def _nuts_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _nuts_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
@@ -698,8 +584,8 @@ class StanBackend(Backend):
                 # cmdstanpy reads each chain's "Elapsed Time" block from its CSV.
                 chain_times = [{phase: t[key] for key, phase in (("warmup", "Warm-up"), ("sampling", "Sampling"))
                                 if key in t} for t in run.time]
-                concurrency = "parallel" if settings.parallel_chains else "sequential"
-                fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, concurrency,
+                cores = settings.chains if settings.parallel_chains else 1
+                fit = self._nuts_result(spec, settings, "cmdstanpy", columns, values, chain_times, cores,
                                         compiled, run_seconds, stan_version=csv_stan_version(run))
         fit.timings = {"compile": timings["compile"], **fit.timings, "extraction": timings["extraction"]}
         return fit
@@ -780,7 +666,7 @@ class StanBackend(Backend):
         fit.timings = timings
         return fit
 
-    def _pathfinder_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _pathfinder_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
@@ -839,7 +725,7 @@ class StanBackend(Backend):
             raise RuntimeError(f"L-BFGS start (seed {seed}) ran past optimize_timeout = "
                                f"{settings.optimize_timeout:g} s and was stopped") from None
 
-    def _map_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _map_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """One start of MAP (Backend.fit runs settings.map_starts of them and keeps the best)."""
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
@@ -865,7 +751,7 @@ class StanBackend(Backend):
                             iterations=len(trace) - 1, loss=-_column(columns, trace, "lp__"),
                             stan_version=stan_version)
 
-    def _laplace_cmdstan(self, spec, dataset, settings: FitSettings, seed: int) -> Fit:
+    def _laplace_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the
         Jacobian-adjusted density, covariance the inverse negative Hessian (Stan's finite
         differences of gradients), drawn by ``laplace_sample``. The mode is the best of
@@ -917,11 +803,6 @@ class StanBackend(Backend):
                     iterations=None)
         fit.timings = timings
         return fit
-
-
-def n_unconstrained(spec: MixtureSpec) -> int:
-    """Dimension of the program's unconstrained space (a K-simplex has K - 1 free coordinates)."""
-    return spec.K - 1 + spec.K * spec.D + (spec.K if spec.intercept else 0) + spec.n_sigma
 
 
 def advi_log_densities(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,9 +41,9 @@ def _httpstan_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    from backends.stan import CACHE_DIR
+    from backends.caches import store_dir
 
-    return CACHE_DIR / "gradient"
+    return store_dir("stan") / "gradient"
 
 
 # httpstan's build (httpstan/models.py): its macros and extra arguments, after Python's own
@@ -87,12 +87,11 @@ def library_key(code: str, stanc_args: Sequence[str]) -> str:
 
 def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool]:
     """The shared library of ``code`` compiled with ``stanc_args``; and whether it was cached."""
-    from backends.caches import private_dir
-    from backends.stan import _compile_lock
+    from backends.caches import build_lock, private_dir
 
     directory = cache_dir() / library_key(code, stanc_args)
     library = directory / "model.so"
-    with _compile_lock():
+    with build_lock("stan"):
         private_dir(directory)  # a library is loaded from here: only from a private directory
         if library.is_file():
             return library, True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends import BACKENDS, METHODS, FitSettings, get_backend
-from bench.provenance import cmdstan_info, pystan_stan_version
+from backends.stan import cmdstan_path, cmdstan_version, pystan_stan_version
 from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
 
 
@@ -32,11 +32,10 @@ def describe() -> str:
     lines.append("  or a point of the scenario family lines, e.g. lines-K2-D1-sep2-wmin0.5-sr1 "
                  "(mixbench sweep varies its axes: K, D, sep, w_min, sigma_ratio, N)")
 
-    cmdstan = cmdstan_info()
     lines.append("")
     lines.append("Engines found on this machine:")
-    if cmdstan["cmdstan_path"]:
-        lines.append(f"  CmdStan {cmdstan['cmdstan_version']} at {cmdstan['cmdstan_path']} (stan backend uses cmdstanpy)")
+    if cmdstan_path():
+        lines.append(f"  CmdStan {cmdstan_version()} at {cmdstan_path()} (stan backend uses cmdstanpy)")
     else:
         lines.append("  CmdStan: not found (stan backend uses pystan: NUTS only)")
         lines.append("    Install it for Stan's ADVI, Pathfinder, MAP and Laplace (and CmdStan's NUTS):")

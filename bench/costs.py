@@ -3,7 +3,7 @@ compiles, and the time the harness adds around a fit.
 
 Inputs are the harness rows (the report's frame) and the cost records that pytest-benchmark JSON
 files carry besides cells: benchmarks whose ``extra_info["kind"]`` is one of ``COST_KINDS``
-(``bench/test_gradient_cost.py``, ``bench/test_compile_cache.py``). ``cost_sections`` returns
+(``bench/benchmarks/test_gradient_cost.py``, ``bench/benchmarks/test_compile_cache.py``). ``cost_sections`` returns
 tables and figures in the shape ``bench.report.write_report`` lays out; a section without data
 is left out.
 """
@@ -248,13 +248,13 @@ def cost_sections(frame: pd.DataFrame, environments: list[dict], fig_dir: Path) 
     tables: list[Table] = [
         ("Gradient cost", "Milliseconds per log density + gradient (Jacobian included) at the truth, "
                           "in each engine's unconstrained space: the cost of one leapfrog step. "
-                          "Median over pytest-benchmark rounds (bench/test_gradient_cost.py).",
+                          "Median over pytest-benchmark rounds (bench/benchmarks/test_gradient_cost.py).",
          gradient_cost_table(gradients)),
         ("NUTS cost against N", "Cells fitted at several N: medians over seeds. ms/grad in NUTS is "
                                 "(warm-up + sampling) / gradient evaluations.", nuts_cost_curve_table(frame)),
         ("Compile: cold and warm", "Seconds compiling the model in a fresh process with empty caches "
                                    "(cold), then in another fresh process with the caches the first left "
-                                   "(warm) (bench/test_compile_cache.py).", compile_cache_table(compiles)),
+                                   "(warm) (bench/benchmarks/test_compile_cache.py).", compile_cache_table(compiles)),
         ("Harness overhead", "What the suite adds around a fit, seen from the parent process; "
                              "overhead % is relative to the fit (the backend call less its conversion).",
          harness_overhead_table(frame)),

@@ -190,7 +190,7 @@ def figure_data_fits(frame: pd.DataFrame, fig_dir: Path) -> tuple[list[Figure], 
         point_note = (f"{len(shown):,} of {dataset.N:,} points" if D else f"histogram of all {dataset.N:,} y")
         handles.append(plt.Line2D([], [], color="0.6", marker="o", ls="", label=f"data ({point_note})"))
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize="small")
-        held = f"; lines at the other covariates' means" if D > 1 else ""
+        held = "; lines at the other covariates' means" if D > 1 else ""
         what = ("each component's line y = b_k + w_k x (posterior means, one line per seed)" if D
                 else "each component's weighted density pi_k Normal(b_k, sigma_k) (posterior means, one curve per seed)")
         fig.suptitle(f"The data and the fits: {_setup_title(scenario, setup)}", fontsize="medium")

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from scipy.stats import wasserstein_distance
 
-from backends.base import Fit
+from backends.base import TIMING_PHASES, Fit
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.predictive import LOO_FIELDS, loo_metrics
@@ -42,7 +42,6 @@ from bench.relabel import (
 FAMILIES = ("w", "b", "sigma", "pi")
 # Methods whose draws are a Markov chain: switching, ESS and R-hat only mean something there.
 MCMC_METHODS = frozenset({"nuts"})
-TIMING_PHASES = ("compile", "warmup", "sampling", "optimisation", "extraction")
 NAN = float("nan")
 
 # Canonical dims of a parameter point, used to turn a MAP point into a one-draw DataTree.
@@ -178,6 +177,7 @@ ROW_FIELDS: dict[str, str] = {
     # What was fitted
     "status": "the fit's status: ok, unsupported or failed",
     "reason": "why the fit is not ok (NaN when ok)",
+    "traceback": "a failed fit: the engine's traceback (NaN otherwise)",
     "backend": "backend name (pymc, numpyro, stan)",
     "engine": "engine that ran the method (e.g. nutpie, numpyro, pystan)",
     "method": "method name from the shared vocabulary (nuts, advi-meanfield, ...)",
@@ -188,8 +188,12 @@ ROW_FIELDS: dict[str, str] = {
     "t_compile": "seconds compiling the model (NaN when the engine does not separate it)",
     "t_warmup": "seconds of NUTS warm-up (NaN when absent or not separated)",
     "t_sampling": "seconds of NUTS sampling after warm-up (NaN when absent or not separated)",
+    "t_warmup_and_sampling": "seconds of NUTS warm-up and sampling where the engine times them only "
+                             "together (PyMC's numpyro sampler; NaN otherwise)",
     "t_optimisation": "seconds of VI / MAP optimisation (NaN for NUTS)",
     "t_extraction": "seconds turning the engine's output into draws",
+    "t_overhead": "seconds of the engine call outside every chain's own clock (start-up, the engine's "
+                  "trace conversion; NaN when not measured)",
     "grad_evals": "gradient evaluations reported by the engine (NaN when unknown)",
     "divergences": "divergent transitions (the fit's count, else summed from sample_stats.diverging)",
     "converged": "the engine's own convergence flag (NaN when it gives none)",
@@ -687,6 +691,7 @@ def _identity(fit: Fit) -> dict[str, Any]:
     row = {
         "status": fit.status,
         "reason": fit.reason,
+        "traceback": fit.traceback,
         "backend": fit.backend,
         "engine": fit.engine,
         "method": fit.method,
@@ -844,83 +849,3 @@ def importance_proposal(draws: xr.DataTree) -> tuple[np.ndarray, np.ndarray] | N
     group = draws["importance_sampling"]
     return np.asarray(group["log_p"].values, dtype=float), np.asarray(group["log_q"].values, dtype=float)
 
-
-# ---------------------------------------------------------------------------------------------
-# Across the seeds of a VI method
-
-# "mixed": a fit with several chains landing in different modes.
-MODE_NAMES = ("truth", "reference", "collapsed", "other", "mixed")
-
-VI_SEED_FIELDS: dict[str, str] = {
-    "backend": "backend(s) of the fits, comma-separated when several",
-    "method": "method(s) of the fits, comma-separated when several",
-    "reference_source": "what every fit was relabelled against (see ROW_FIELDS); without truth, "
-                        "reference or pivot, the first ok fit's own map/chain0 ('first-fit-...')",
-    "n_fits": "fits given",
-    "n_ok": "fits with status ok",
-    **{f"n_{m}": f"ok fits landing in mode {m}" for m in MODE_NAMES},
-    **{f"frac_{m}": f"fraction of ok fits landing in mode {m}" for m in MODE_NAMES},
-    "n_labellings": "distinct majority labellings among ok fits that are not collapsed",
-    "top_labelling": "the most common of those labellings ('j0,j1,...', as ROW_FIELDS.permutation)",
-    "top_labelling_frac": "fraction of ok, not collapsed fits in the top labelling",
-    "labelling_counts": "every labelling reached and how often, 'j0,j1:count;...'",
-    "khat_median": "median PSIS k-hat over ok fits with log_p / log_q",
-    "n_khat_bad": "ok fits whose k-hat is at least khat_bad",
-}
-
-
-def fit_landing(fit: Fit, target: dict, target_name: str,
-                settings: MetricSettings = MetricSettings()) -> tuple[str, str]:
-    """(mode, majority labelling) of one fit's draws relabelled against ``target``."""
-    draws = fit_draws(fit)
-    if draws is None:
-        raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
-    rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
-    summary = mode_summary(chain_modes(rel.draws, rel.permutations, rel.reference, target_name, settings),
-                           target_name)
-    return summary["mode"], label_switching(rel.permutations, settings.switch_min_draws).overall_majority
-
-
-def evaluate_vi_seeds(
-    fits: list[Fit],
-    truth: dict | None = None,
-    reference: xr.DataTree | None = None,
-    pivot: dict | str | None = None,
-    settings: MetricSettings = MetricSettings(),
-) -> dict[str, Any]:
-    """How often the seeds of a method land in each mode and each labelling: keys ``VI_SEED_FIELDS``.
-
-    Every fit is relabelled against one point, resolved once (see ``resolve_target``); without
-    truth, pivot point or reference it is taken from the first ok fit.
-    """
-    row: dict[str, Any] = dict.fromkeys(VI_SEED_FIELDS, NAN)
-    row["backend"] = ",".join(sorted({f.backend for f in fits})) if fits else NAN
-    row["method"] = ",".join(sorted({f.method for f in fits})) if fits else NAN
-    ok = [f for f in fits if f.ok]
-    row["n_fits"], row["n_ok"] = len(fits), len(ok)
-    if ok:
-        if truth is None and not isinstance(pivot, dict) and reference is None:
-            target, source = resolve_target(None, pivot, fit_draws(ok[0]))
-            source = "first-fit-" + source
-        else:
-            target, source = labelling_target(truth, reference, pivot, fit_draws(ok[0]))
-        target_name = "truth" if truth is not None else "reference"
-        landings = [fit_landing(f, target, target_name, settings) for f in ok]
-        modes = Counter(mode for mode, _ in landings)
-        row["reference_source"] = source
-        for m in MODE_NAMES:
-            row[f"n_{m}"] = modes.get(m, 0)
-            row[f"frac_{m}"] = modes.get(m, 0) / len(ok)
-        labellings = Counter(perm for mode, perm in landings if mode != "collapsed")
-        row["n_labellings"] = len(labellings)
-        if labellings:
-            top = min(labellings, key=lambda p: (-labellings[p], p))
-            row["top_labelling"] = top
-            row["top_labelling_frac"] = labellings[top] / sum(labellings.values())
-            row["labelling_counts"] = ";".join(f"{p}:{n}" for p, n in sorted(labellings.items()))
-        khats = [psis_khat(f.log_p, f.log_q, settings.khat_constant_tol)
-                 for f in ok if f.log_p is not None and f.log_q is not None]
-        if khats:
-            row["khat_median"] = float(np.median(khats))
-            row["n_khat_bad"] = sum(k >= settings.khat_bad for k in khats)
-    return {key: _plain(row[key]) for key in VI_SEED_FIELDS}

@@ -6,32 +6,38 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from backends import get_backend
 from backends.base import machine_info, package_versions
-from backends.stan import cmdstan_path, cmdstan_version, pystan_stan_version
+from models.errors import MixbenchError
 
+# What every run uses whatever its backends; each backend names its own packages and engines
+# (``Backend.versions``).
 PACKAGES = (
-    "mixbench", "numpy", "scipy", "pandas", "xarray", "arviz", "arviz-base", "arviz-stats",
-    "pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro", "jax", "jaxlib", "blackjax",
-    "pystan", "httpstan", "cmdstanpy", "pytest-benchmark",
+    "mixbench", "numpy", "scipy", "pandas", "xarray", "arviz", "arviz-base", "arviz-stats", "pytest-benchmark",
 )
 
 
-def cmdstan_info() -> dict[str, str | None]:
-    """Where CmdStan is and which version, or None when no install is found."""
-    path = cmdstan_path()
-    return {"cmdstan_path": str(path) if path else None, "cmdstan_version": cmdstan_version()}
+def environment(backends: Iterable[str] = ()) -> dict[str, Any]:
+    """The machine, the interpreter, and the versions of the shared packages and of every backend in
+    ``backends`` (names as ``backends.get_backend`` takes them), as each backend reports them.
 
-
-def environment() -> dict[str, Any]:
+    A backend that cannot load is recorded with its error (``"<name> backend": "cannot load: ..."``),
+    not raised: the run's cells will report it themselves.
+    """
+    versions = package_versions(*PACKAGES)
+    for name in sorted(set(backends)):
+        try:
+            versions.update(get_backend(name).versions())
+        except MixbenchError as exc:
+            versions[f"{name} backend"] = f"cannot load: {exc}"
     return {
         "machine": machine_info(),
         "python_executable": sys.executable,
-        "versions": package_versions(*PACKAGES),
-        "pystan_stan_version": pystan_stan_version(),
-        **cmdstan_info(),
+        "versions": versions,
     }
 
 
@@ -41,7 +47,7 @@ def write_run_info(out_dir: Path, cells) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
         "n_cells": len(cells),
-        "environment": environment(),
+        "environment": environment(cell.backend for cell in cells),
     }
     path = Path(out_dir) / "run.json"
     # Whole or not at all: a full disk must not leave the previous record torn.

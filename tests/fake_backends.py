@@ -43,8 +43,7 @@ class _Fake(Backend):
     def versions(self):
         return {"fake": "1.0"}
 
-    def unsupported_reason(self, spec, method, settings):
-        return None if method == "nuts" else f"{self.name} only runs nuts"
+    methods = {"nuts": "_sample"}  # the method table: anything else is unsupported by Backend.fit
 
     def log_density(self, spec, dataset, params):
         from models.oracle import log_density
@@ -63,7 +62,7 @@ class QuickBackend(_Fake):
     def shift(self, name, settings) -> float:
         return 0.0
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         _mark(f"{self.name}:{seed}")
         rng = np.random.default_rng(seed)
         chains, draws = settings.chains, settings.draws
@@ -108,20 +107,20 @@ class RebuildingBackend(QuickBackend):
 
     name = "rebuilding"
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         import warnings
 
         from backends.caches import CacheWarning
 
         warnings.warn("cache entry /x/entry.pkl: failed to load (EOFError: torn); discarded, compiling it again",
                       CacheWarning, stacklevel=2)
-        return super()._fit(spec, dataset, method, settings, seed)
+        return super()._sample(spec, dataset, method, settings, seed)
 
 
 class RaisingBackend(_Fake):
     name = "raising"
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         _mark(f"raising:{seed}")
         raise RuntimeError("the engine blew up\nsecond line of the engine's message")
 
@@ -129,7 +128,7 @@ class RaisingBackend(_Fake):
 class SleepingBackend(_Fake):
     name = "sleeping"
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         _mark(f"sleeping:{seed}")
         time.sleep(3600)
 
@@ -139,7 +138,7 @@ class SpawningSleeperBackend(_Fake):
 
     name = "spawning-sleeper"
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         child = subprocess.Popen(["sleep", "3600"])
         _record_pid(child.pid)
         _mark(f"spawning-sleeper:{seed}")
@@ -151,7 +150,7 @@ class DyingBackend(_Fake):
 
     name = "dying"
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         _mark(f"dying:{seed}")
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -63,14 +63,14 @@ def test_unknown_backend_scenario_and_method():
 
 
 def test_unknown_method_is_an_error_before_any_backend_work():
-    from backends.base import Backend
+    from backends.base import METHODS, Backend
 
     class Dummy(Backend):
         name = "dummy"
         def versions(self): return {}
-        def unsupported_reason(self, spec, method, settings): return None
+        methods = dict.fromkeys(METHODS, "_run_any")
         def log_density(self, spec, dataset, params): return 0.0
-        def _fit(self, spec, dataset, method, settings, seed): raise AssertionError("must not run")
+        def _run_any(self, spec, dataset, method, settings, seed): raise AssertionError("must not run")
 
     spec = MixtureSpec()
     data = Dataset(np.zeros((3, 1)), np.zeros(3))
@@ -151,14 +151,14 @@ class _AnyMethod:
 
     @staticmethod
     def make():
-        from backends.base import Backend
+        from backends.base import METHODS, Backend
 
         class Plugin(Backend):
             name = "plugin"
             def versions(self): return {}
-            def unsupported_reason(self, spec, method, settings): return None
+            methods = dict.fromkeys(METHODS, "_run_any")
             def log_density(self, spec, dataset, params): return 0.0
-            def _fit(self, spec, dataset, method, settings, seed): raise AssertionError("must not run")
+            def _run_any(self, spec, dataset, method, settings, seed): raise AssertionError("must not run")
 
         return Plugin()
 

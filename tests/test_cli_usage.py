@@ -54,9 +54,9 @@ def test_every_run_option_says_what_it_does_and_its_default():
 
 def test_the_benchmark_suite_takes_the_options_of_mixbench_run():
     """pytest bench/ --help lists every grid option of mixbench run under the same name and form."""
-    from bench.conftest import RUN_ONLY
+    from bench.benchmarks.conftest import RUN_ONLY
 
-    text = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--help", "-p", "no:cacheprovider"],
+    text = subprocess.run([sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "--help", "-p", "no:cacheprovider"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
     section = text[text.index("mixbench grid"):]
     for action in _run_parser()._actions:
@@ -74,11 +74,11 @@ def test_the_benchmark_suite_builds_the_same_grid_as_mixbench_run():
     args = ["--backends", "tests.fake_backends:QuickBackend", "--methods", "nuts,map", "--seeds", "0-2",
             "--N", "200,400", "--chains", "3"]
     expected = sorted(c.id for c in _cells_from_args(build_parser().parse_args(["run", *args]))[0])
-    result = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--collect-only", "-q",
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "--collect-only", "-q",
                              "-p", "no:cacheprovider", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     collected = [line for line in result.stdout.splitlines() if "test_fit[" in line]
     assert len(collected) == len(expected) == 12, result.stdout[-2000:]
-    old = subprocess.run([sys.executable, "-m", "pytest", "bench/test_fits.py", "--collect-only", "-q",
+    old = subprocess.run([sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "--collect-only", "-q",
                           "-p", "no:cacheprovider", "--backends", "tests.fake_backends:QuickBackend",
                           "--n-obs", "300", "--cell-time-limit", "5"], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)

@@ -72,7 +72,8 @@ def test_raising_timed_out_and_killed_cells_are_rows_and_others_survive(tmp_path
 
     raised = rows[FAKE + "RaisingBackend"]
     assert raised["status"] == "failed"
-    assert raised["error"] == "RuntimeError: the engine blew up"
+    # Backend.fit's failure policy: the engine's message on one line, its traceback kept.
+    assert raised["reason"] == "RuntimeError: the engine blew up second line of the engine's message"
     assert "Traceback" in raised["traceback"]
 
     slept = rows[FAKE + "SleepingBackend"]
@@ -89,7 +90,7 @@ def test_raising_timed_out_and_killed_cells_are_rows_and_others_survive(tmp_path
 def test_unsupported_pair_is_a_row_with_its_reason(tmp_path, marker):
     cell = Cell("forum-small", FAKE + "QuickBackend", "map", 0, n=200)
     (row,) = run_grid([cell], RunOptions(tmp_path))
-    assert row["status"] == "unsupported" and row["reason"] == "quick only runs nuts"
+    assert row["status"] == "unsupported" and row["reason"] == "method 'map' is not implemented by the quick backend (it runs: nuts)"
     assert executions(marker) == []
 
 

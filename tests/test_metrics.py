@@ -13,11 +13,9 @@ from scipy import stats
 from backends.base import Fit, canonical_datatree
 from bench.metrics import (
     ROW_FIELDS,
-    VI_SEED_FIELDS,
     MetricSettings,
     count_switches,
     evaluate,
-    evaluate_vi_seeds,
     khat_label,
     label_switching,
     psis_khat,
@@ -435,30 +433,6 @@ def test_settings_are_frozen_and_checked():
         MetricSettings(switch_min_draws=0)
     with pytest.raises(ValueError, match="khat_good"):
         MetricSettings(khat_good=0.8, khat_bad=0.7)
-
-
-# --------------------------------------------------------------------------------------------
-# Across VI seeds
-
-
-def test_vi_seeds_landing_counts():
-    swapped = permute(noisy(FORUM, chains=1, draws=200, seed=3), 0, slice(None), [1, 0])
-    fits = [
-        vi_fit(tree(FORUM, noisy(FORUM, chains=1, draws=200, seed=1))),
-        vi_fit(tree(FORUM, noisy(FORUM, chains=1, draws=200, seed=2))),
-        vi_fit(tree(FORUM, swapped)),
-        vi_fit(tree(FORUM, noisy(FORUM, chains=1, draws=200, seed=4, w=[[1.0], [1.0]]))),
-        Fit(backend="test", method="advi-meanfield", status="failed", reason="nan loss"),
-    ]
-    out = evaluate_vi_seeds(fits, truth=FORUM.truth)
-    assert list(out) == list(VI_SEED_FIELDS)
-    assert (out["n_fits"], out["n_ok"]) == (5, 4)
-    assert (out["n_truth"], out["n_collapsed"], out["n_other"]) == (3, 1, 0)
-    assert out["frac_truth"] == pytest.approx(0.75)
-    assert out["n_labellings"] == 2
-    assert (out["top_labelling"], out["top_labelling_frac"]) == ("0,1", pytest.approx(2 / 3))
-    assert out["labelling_counts"] == "0,1:2;1,0:1"
-    assert out["method"] == "advi-meanfield" and out["reference_source"] == "truth"
 
 
 def test_perm_codes_order_the_identity_first():

@@ -118,7 +118,7 @@ def test_log_density_compiled_once_per_spec(backend):
 def test_forum_replay_likelihoods_are_unsupported_not_raised(backend, forum_data):
     spec = FORUM.spec.with_(likelihood="forum-original")
     fit = backend.fit(spec, forum_data, "nuts", NUTS_SETTINGS)
-    assert fit.status == "unsupported" and "pymc backend" in fit.reason
+    assert fit.status == "unsupported" and "not implemented in the numpyro backend" in fit.reason
     with pytest.raises(MixbenchError, match="likelihood"):
         backend.log_density(spec, forum_data, FORUM.truth)
 
@@ -203,3 +203,32 @@ def test_stored_program_that_fails_to_run_is_dropped_and_recompiled(program_stor
     assert fit.ok and fit.draws.attrs["programs"] == "compiled"
     assert fit.timings["compile"] > fit.timings["warmup"]  # the recompiles are charged to compile
     np.testing.assert_array_equal(fit.draws.posterior["w"].values, reference.draws.posterior["w"].values)
+
+
+def test_own_nuts_driver_gives_numpyro_mcmcs_draws_at_the_same_key(backend):
+    """The backend's stored NUTS programs (_NUTSPrograms) replace numpyro.infer.MCMC; pinned
+    here to MCMC itself: the same key gives the same chain, draw for draw."""
+    from functools import partial
+
+    from jax import random
+    from numpyro.infer import MCMC, NUTS
+
+    from backends.numpyro import _canonical, _device_data, _precision
+    from models.numpyro_model import mixture_model
+
+    data = FORUM.simulate(seed=2, N=200)
+    settings = FitSettings(chains=1, warmup=30, draws=20)
+    fit = backend.fit(FORUM.spec, data, "nuts", settings, seed=3)
+    assert fit.ok, fit.reason
+    with _precision("float64"):
+        x, y = _device_data(data, "float64")
+        kernel = NUTS(partial(mixture_model, FORUM.spec), target_accept_prob=settings.target_accept,
+                      max_tree_depth=settings.max_treedepth)
+        mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.draws, num_chains=1,
+                    progress_bar=False)
+        # The backend splits the fit's key into one per chain (random.split(PRNGKey(seed), chains)).
+        mcmc.run(random.split(random.PRNGKey(3), 1)[0], x, y)
+        public = _canonical(FORUM.spec, jax.device_get(mcmc.get_samples()), (settings.draws,))
+    for name, values in public.items():
+        np.testing.assert_allclose(fit.draws.posterior[name].values[0], values, rtol=1e-8, atol=1e-10,
+                                   err_msg=name)

@@ -284,3 +284,24 @@ def test_pymc_nuts_from_a_stored_function_matches_a_fresh_one(backend, fresh_fun
     _forget_compiled_models()
     again = backend.fit(sc.spec, data, "nuts", settings, seed=2)
     np.testing.assert_array_equal(again.draws.posterior["w"].values, first.draws.posterior["w"].values)
+
+
+def test_own_nuts_initialisation_gives_pm_samples_draws_at_the_same_seed(backend):
+    """_init_nuts rebuilds pm.sample's jitter+adapt_diag initialisation on the stored log density
+    (backends/pymc.py); pinned here to pm.sample itself: the same seed gives the same draws."""
+    import pymc as pm
+
+    from backends.pymc import compiled
+
+    sc = get_scenario("forum")
+    data = sc.simulate(4, N=100)
+    settings = FitSettings(chains=1, warmup=20, draws=20, sampler="pymc")
+    fit = backend.fit(sc.spec, data, "nuts", settings, seed=7)
+    assert fit.ok, fit.reason
+    with compiled(sc.spec, data).model:
+        trace = pm.sample(draws=20, tune=20, chains=1, cores=1, random_seed=7, nuts_sampler="pymc",
+                          target_accept=settings.target_accept, progressbar=False, quiet=True,
+                          compute_convergence_checks=False)
+    for name in ("w", "sigma", "pi"):
+        np.testing.assert_allclose(fit.draws.posterior[name].values, trace.posterior[name].values,
+                                   rtol=1e-10, err_msg=name)

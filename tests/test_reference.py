@@ -157,13 +157,12 @@ class PoorModeBackend(Backend):
     def versions(self):
         return {"poor-mode": "1"}
 
-    def unsupported_reason(self, spec, method, settings):
-        return None
+    methods = {"nuts": "_sample"}
 
     def log_density(self, spec, dataset, params):
         return log_density(spec, dataset.x, dataset.y, params)
 
-    def _fit(self, spec, dataset, method, settings, seed):
+    def _sample(self, spec, dataset, method, settings, seed):
         post = iid_draws(SEP.truth, chains=settings.chains, draws=settings.draws, sd=0.01, seed=seed)
         post["w"][3] = post["w"][3][:, ::-1]  # each intercept paired with the other line's slope
         stats = {"diverging": np.zeros((settings.chains, settings.draws), bool)}
@@ -174,8 +173,8 @@ class PoorModeBackend(Backend):
 class SwitchingBackend(PoorModeBackend):
     """Two chains whose draws disagree in place (not labelling): R-hat far above 1.01."""
 
-    def _fit(self, spec, dataset, method, settings, seed):
-        fit = super()._fit(spec, dataset, method, settings, seed)
+    def _sample(self, spec, dataset, method, settings, seed):
+        fit = super()._sample(spec, dataset, method, settings, seed)
         post = fit.draws["posterior"].to_dataset()
         b = post["b"].values.copy()
         b[0] += 0.05

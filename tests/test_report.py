@@ -31,7 +31,7 @@ def bench_session(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     json_path, out = tmp / "bench.json", tmp / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench/test_fits.py", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "-q", "-p", "no:cacheprovider",
          "--backends", f"{QUICK},{RAISING}", "--methods", "nuts,map", "--seeds", "0-1", "--N", "200",
          f"--benchmark-json={json_path}", f"--out={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, MARKER_ENV: ""},
@@ -66,7 +66,7 @@ def test_report_from_the_saved_json_contains_every_cell(bench_session, tmp_path)
     text = paths["markdown"].read_text()
     # Ok cells in the findings and the recovery table; unsupported and failed ones, with reasons, in theirs.
     assert f"Recovered the truth on every seed: {QUICK} / nuts (2 of 2, slope error" in text
-    assert text.count("only runs nuts") == 4
+    assert text.count("backend (it runs: nuts)") == 4
     assert text.count("RuntimeError: the engine blew up") == 2
     assert f"No draws from: {QUICK} / map (unsupported x2)" in text
     html = paths["html"].read_text()

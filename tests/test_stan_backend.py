@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 from backends import FitSettings
-from backends.stan import (
-    NO_CMDSTAN,
-    cmdstan_path,
-    flat_to_canonical,
-    parse_flat_name,
-    program_code,
-    pystan_stan_version,
-    stan_data,
-    stan_parameters,
-)
+from backends.stan import NO_CMDSTAN, cmdstan_path, pystan_stan_version
+from models.stan_model import flat_to_canonical, parse_flat_name, program_code, stan_data, stan_parameters
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, assert_canonical_draws, make_data
 
@@ -273,7 +265,7 @@ def test_log_density_outside_support_and_forum_likelihood(backend):
     point = {"w": np.array([[1.0], [0.5]]), "sigma": 0.3, "pi": np.array([0.5, 0.5])}
     assert backend.log_density(spec, data, point) == -np.inf
     assert log_density(spec, x, y, point) == -np.inf
-    with pytest.raises(MixbenchError, match="pymc backend only"):
+    with pytest.raises(MixbenchError, match="not implemented in the stan backend"):
         backend.log_density(spec.with_(likelihood="forum-original"), data, point)
 
 

@@ -48,20 +48,8 @@ def test_pystan_answers_only_nuts(backend, small_data, method):
         assert auto.status == "unsupported" and NO_CMDSTAN in auto.reason
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m.startswith("advi-minibatch")])
-def test_minibatch_vi_is_unsupported(backend, small_data, method):
-    spec, data = small_data
-    fit = backend.fit(spec, data, method)
-    assert fit.status == "unsupported" and "no minibatch" in fit.reason
-
-
-@pytest.mark.parametrize("likelihood", ["forum-original", "forum-batch-lse", "forum-log-sigma"])
-@pytest.mark.parametrize("method", ["nuts", "advi-fullrank", "map"])
-def test_forum_replay_likelihoods_are_unsupported(backend, small_data, likelihood, method):
-    spec, data = small_data
-    fit = backend.fit(spec.with_(likelihood=likelihood), data, method)
-    assert fit.status == "unsupported"
-    assert "implemented in the pymc backend only" in fit.reason
+# Minibatch methods and the forum replay likelihoods are outside Stan's tables: the support matrix
+# of tests/test_contract.py asserts their "unsupported" answers, generated from the registry.
 
 
 # --- the pieces VI results are built from -----------------------------------------------------------

@@ -1,5 +1,5 @@
 // Candidate formulation of the likelihood of stan/mixture.stan (same data, parameters, priors
-// and log density; only the likelihood block differs). Compared by bench/stan_formulations.py;
+// and log density; only the likelihood block differs). Compared by bench/experiments/stan_formulations.py;
 // the fastest one that matches the oracle is copied into stan/mixture.stan.
 //
 // matrix_max_shift: the N x K matrix of log(theta_k) + component log densities, then the

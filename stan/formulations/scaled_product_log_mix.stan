@@ -1,5 +1,5 @@
 // Candidate formulation of the likelihood of stan/mixture.stan (same data, parameters, priors
-// and log density; only the likelihood block differs). Compared by bench/stan_formulations.py;
+// and log density; only the likelihood block differs). Compared by bench/experiments/stan_formulations.py;
 // the fastest one that matches the oracle is copied into stan/mixture.stan.
 //
 // scaled_product_log_mix: scaled residuals from one matrix product as in scaled_product_lse,

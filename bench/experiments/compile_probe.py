@@ -1,7 +1,7 @@
-"""One compile measurement in a fresh process, for bench/test_compile_cache.py.
+"""One compile measurement in a fresh process, for bench/benchmarks/test_compile_cache.py.
 
-    uv run python -m bench.compile_probe --backend numpyro --engine numpyro
-    uv run python -m bench.compile_probe --backend pymc --method advi-fullrank
+    uv run python -m bench.experiments.compile_probe --backend numpyro --engine numpyro
+    uv run python -m bench.experiments.compile_probe --backend pymc --method advi-fullrank
 
 Fits the forum model on 1000 points with a short run of ``--method`` (NUTS: 1 chain, 50 + 50
 draws; VI: 200 iterations, 100 draws) and prints one JSON line: the fit's compile seconds (``Fit.timings["compile"]``, each backend's own account of
@@ -36,7 +36,7 @@ def probe(backend_name: str, engine: str | None, precision: str, N: int, method:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compile_probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.compile_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", required=True)
     parser.add_argument("--engine", default=None)
     parser.add_argument("--precision", default="float64")

@@ -1,6 +1,6 @@
 """pytest-benchmark suite options, the cell grid, and the report written when the session ends.
 
-    uv run pytest bench/test_fits.py --scenario forum --backends pymc,numpyro,stan --methods nuts \
+    uv run pytest bench/benchmarks/test_fits.py --scenario forum --backends pymc,numpyro,stan --methods nuts \
         --seeds 0-1 --benchmark-json=results/forum-bench.json
 
 The grid options are those of ``mixbench run``, copied from its parser: the same names, the same
@@ -27,7 +27,7 @@ from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.
 RUN_ONLY = {"help", "jobs", "retry_failed", "fresh", "no_report", "debug",  # pytest has its own --debug
-            "executor", "scheduler"}  # each benchmark is one cell in its own process (bench/test_fits.py)
+            "executor", "scheduler"}  # each benchmark is one cell in its own process (bench/benchmarks/test_fits.py)
 # Earlier names of this suite's options, still accepted, not shown.
 OLD_NAMES = {"N": "--n-obs", "time_limit": "--cell-time-limit", "out": "--mixbench-out"}
 HELP = {"out": "where rows and the report go (default results/bench-<date>-<time>)"}

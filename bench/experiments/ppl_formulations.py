@@ -8,8 +8,8 @@ point) must equal the backend's default form's to 1e-8 (the default is checked a
 oracle by tests/test_log_density.py). Times are milliseconds per log density + gradient, median
 of repeats (bench.gradient.time_calls), on the gradient-cost problem (bench/gradient.py).
 
-    uv run python -m bench.ppl_formulations                 # N = 1e4, 1e5; K = 2; float64
-    uv run python -m bench.ppl_formulations --N 100000 --K 2,3 --precision float64,float32
+    uv run python -m bench.experiments.ppl_formulations                 # N = 1e4, 1e5; K = 2; float64
+    uv run python -m bench.experiments.ppl_formulations --N 100000 --K 2,3 --precision float64,float32
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _agreement(f, reference, x0) -> float:
 def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[dict]:
     from backends import pymc as backend
     from backends.gradients import fixed_point
+    from models import pymc_model
 
     spec, dataset = gradient_problem(N, K)
     rows = []
@@ -51,9 +52,9 @@ def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[
         build = {"nutpie": backend._nutpie_gradient, "pymc": backend._pytensor_gradient,
                  "numpyro": backend._jax_gradient}[engine]
         functions = {}
-        for form in backend.LIKELIHOOD_FORMS:
+        for form in pymc_model.LIKELIHOOD_FORMS:
             with backend._precision(precision):
-                model = backend.build_model(spec, dataset.x, dataset.y, form=form)
+                model = pymc_model.build_model(spec, dataset.x, dataset.y, form=form)
                 entry = backend._Compiled(spec=spec, model=model, precision=precision).use(dataset)
                 x0 = entry.unconstrained_point(fixed_point(spec, dataset))
                 start = time.perf_counter()
@@ -74,6 +75,7 @@ def numpyro_cases(N: int, K: int, precision: str, repeats: int, log=print) -> li
 
     from backends import numpyro as backend
     from backends.base import FitSettings
+    from models import numpyro_model
     from backends.gradients import fixed_point  # noqa: F401  (the same point the backend uses)
     from backends.numpyro import NumPyroBackend
 
@@ -81,7 +83,7 @@ def numpyro_cases(N: int, K: int, precision: str, repeats: int, log=print) -> li
     # The backend's own function fixes the point and the data on the device.
     reference, x0 = NumPyroBackend().gradient_function(spec, dataset, FitSettings(precision=precision))
     rows = []
-    for form in backend.LIKELIHOOD_FORMS:
+    for form in numpyro_model.LIKELIHOOD_FORMS:
         fn = backend._value_and_grad_fn(spec, form)
         with backend._precision(precision):
             x, y = backend._device_data(dataset, precision)
@@ -132,7 +134,7 @@ def _ints(value: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ppl_formulations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.ppl_formulations", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="pymc,numpyro")
     parser.add_argument("--N", type=_ints, default=[10_000, 100_000])
     parser.add_argument("--K", type=_ints, default=[2])

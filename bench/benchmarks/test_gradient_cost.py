@@ -1,8 +1,8 @@
 """Gradient cost: one log density + gradient at a fixed point, per backend, engine and precision,
 at N = 1e3 ... 1e6 and K = 2, 3 (the problem is bench/gradient.py's).
 
-    uv run pytest bench/test_gradient_cost.py --benchmark-json=results/gradient-cost.json
-    uv run pytest bench/test_gradient_cost.py -k "N1e5 and K2" --backends stan,numpyro
+    uv run pytest bench/benchmarks/test_gradient_cost.py --benchmark-json=results/gradient-cost.json
+    uv run pytest bench/benchmarks/test_gradient_cost.py -k "N1e5 and K2" --backends stan,numpyro
     uv run mixbench report results/gradient-cost.json --out results/gradient-cost
 
 Each benchmark times the backend's ``gradient_function`` (compiled before timing starts, the

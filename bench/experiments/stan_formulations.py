@@ -6,8 +6,8 @@ Every program under ``stan/formulations/`` (same data, parameters, priors and lo
 the NumPy oracle, and timed: one log density + gradient (Jacobian included, as NUTS evaluates it)
 at the truth of the gradient-cost problem (``bench.gradient``), for each N and K.
 
-    uv run python -m bench.stan_formulations                       # N = 1e3, 1e4, 1e5; K = 2, 3
-    uv run python -m bench.stan_formulations --N 1000000 --K 2 --only vector_lse,scaled_product_lse
+    uv run python -m bench.experiments.stan_formulations                       # N = 1e3, 1e4, 1e5; K = 2, 3
+    uv run python -m bench.experiments.stan_formulations --N 1000000 --K 2 --only vector_lse,scaled_product_lse
 
 Prints a markdown table of milliseconds per gradient (median of repeats; the machine's other
 load shows in min/max in the JSON) and writes every measurement to ``--out``.
@@ -31,7 +31,7 @@ from bench.gradient import GRADIENT_KS, gradient_problem, time_calls
 from models.oracle import log_density
 from models.spec import random_point
 
-FORMULATIONS_DIR = Path(__file__).resolve().parents[1] / "stan" / "formulations"
+FORMULATIONS_DIR = Path(__file__).resolve().parents[2] / "stan" / "formulations"
 REFERENCE = "vector_lse"
 STANC_OPTIONS = {"O0": (), "O1": ("--O1",)}
 EXACT_RTOL = 1e-8
@@ -89,7 +89,7 @@ def compare(names: list[str], options: list[str], Ns: list[int], Ks: list[int], 
                 model = StanGradient(library, data)
                 checks = check_against_oracle(model, spec, dataset, reference)
                 x0 = model.unconstrain(stan_parameters(spec, truth))
-                timing = time_calls(lambda x: model.log_density_gradient(x), x0, repeats=repeats)
+                timing = time_calls(model.log_density_gradient, x0, repeats=repeats)
                 row = {"formulation": name, "stanc": option, "K": K, "N": N, **checks, **timing.to_dict(),
                        "ms_per_gradient": 1e3 * timing.median}
                 rows.append(row)
@@ -135,7 +135,7 @@ def _ints(value: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.stan_formulations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.stan_formulations", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="formulations, comma-separated (default: all on disk)")
     parser.add_argument("--stanc", default="O0,O1", help="stanc optimisation levels: O0,O1 (default both)")
     parser.add_argument("--N", type=_ints, default=[1_000, 10_000, 100_000], help="data sizes (default 1e3,1e4,1e5)")

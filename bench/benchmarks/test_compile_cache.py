@@ -1,10 +1,10 @@
 """Compile caches: a cold compile with empty caches, then a warm one that must find everything
 cached, each in a fresh process, per backend and engine (NUTS) and per VI method.
 
-    uv run pytest bench/test_compile_cache.py --benchmark-json=results/compile-cache.json
-    uv run pytest bench/test_compile_cache.py --backends numpyro
+    uv run pytest bench/benchmarks/test_compile_cache.py --benchmark-json=results/compile-cache.json
+    uv run pytest bench/benchmarks/test_compile_cache.py --backends numpyro
 
-Both runs are ``python -m bench.compile_probe`` (a short fit) with every cache pointed at
+Both runs are ``python -m bench.experiments.compile_probe`` (a short fit) with every cache pointed at
 one empty temporary directory: XDG_CACHE_HOME (mixbench's Stan and JAX caches, httpstan's model
 cache), PyTensor's compiledir (its C modules and its Numba cache) and NUMBA_CACHE_DIR. The
 benchmark times the warm process; extra_info (kind="compile-cache") carries both runs' compile
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # (backend, NUTS engine or None, method). Left out, because they compile inside the one call
 # they time, so no compile time can be told apart: PyMC's numpyro sampler (pm.sample) and PyMC's
 # MAP (pm.find_MAP); and Stan's VI and MAP, which need CmdStan.
@@ -58,7 +58,7 @@ def cache_env(root: Path) -> dict[str, str]:
 
 def run_probe(backend: str, engine: str | None, method: str, env: dict[str, str]) -> dict:
     start = time.perf_counter()
-    command = [sys.executable, "-m", "bench.compile_probe", "--backend", backend, "--method", method]
+    command = [sys.executable, "-m", "bench.experiments.compile_probe", "--backend", backend, "--method", method]
     command += ["--engine", engine] if engine else []
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     wall = time.perf_counter() - start

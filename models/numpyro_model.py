@@ -1,0 +1,137 @@
+"""The mixture of regressions as a NumPyro model, beside its PyMC model (models/pymc_model.py)
+and its Stan program (stan/mixture.stan, mapped by models/stan_model.py).
+
+``mixture_model`` is the model; ``site_values`` and ``canonical_values`` map a canonical point
+(models/spec.py's names and shapes) to the model's latent sites and back. Its log density is the
+oracle's (models/oracle.py): tests/test_models.py checks it at random points of many specs.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax import random
+from numpyro import handlers
+from numpyro.distributions import constraints
+
+from models.errors import MixbenchError
+from models.spec import MixtureSpec
+
+
+class OrderedNormal(dist.Distribution):
+    """``size`` iid Normal(loc, scale) values sorted ascending.
+
+    Sorting iid draws gives the iid prior restricted to the ordered region, which holds 1/K! of
+    its mass: the density there is K! prod_k phi(x_k), exactly the spec's ordered prior.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.ordered_vector
+    reparametrized_params = ["loc", "scale"]
+
+    def __init__(self, loc, scale, size: int, *, validate_args=None):
+        self.loc, self.scale, self.size = loc, scale, size
+        super().__init__(batch_shape=(), event_shape=(size,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        draws = self.loc + self.scale * random.normal(key, sample_shape + self.event_shape)
+        return jnp.sort(draws, axis=-1)
+
+    def log_prob(self, value):
+        lp = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1) + math.lgamma(self.size + 1)
+        ordered = jnp.all(jnp.diff(value, axis=-1) > 0, axis=-1)
+        return jnp.where(ordered, lp, -jnp.inf)
+
+
+# How the likelihood is written (bench/experiments/ppl_formulations.py compares them; docs/performance.md):
+# NumPyro's MixtureSameFamily, or the log-sum-exp of the component log densities as a factor.
+LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
+
+
+def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True,
+                  form: str = "mixture_same_family"):
+    """y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k), priors and ordering from ``spec``.
+
+    ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
+    N / batch. ``total_size=False`` undoes that scaling (scale batch / N), replaying the forum
+    thread's minibatch without total_size: the batch weighted as if it were the whole data.
+
+    Ordered by slope, the first slope column is its own ordered site ``w_first`` and the other
+    columns ``w_rest``; ``w`` is then a deterministic site joining them.
+    """
+    K, D, N = spec.K, spec.D, y.shape[0]
+    pi = numpyro.sample("pi", dist.Dirichlet(jnp.asarray(spec.alpha, dtype=y.dtype)))
+    s = spec.slope_prior
+    if spec.ordering == "slope":
+        columns = [numpyro.sample("w_first", OrderedNormal(s.mu, s.sigma, K))[:, None]]
+        if D > 1:
+            columns.append(numpyro.sample("w_rest", dist.Normal(s.mu, s.sigma).expand((K, D - 1)).to_event(2)))
+        w = numpyro.deterministic("w", jnp.concatenate(columns, axis=1))
+    elif D > 0:
+        w = numpyro.sample("w", dist.Normal(s.mu, s.sigma).expand((K, D)).to_event(2))
+    if spec.intercept:
+        p = spec.intercept_prior
+        prior = (OrderedNormal(p.mu, p.sigma, K) if spec.ordering == "intercept"
+                 else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
+        b = numpyro.sample("b", prior)
+    sp = spec.sigma_prior
+    sigma_prior = dist.Uniform(0.0, sp.scale) if sp.family == "uniform" else dist.HalfNormal(sp.scale)
+    if spec.sigma == "per-component":
+        sigma_prior = sigma_prior.expand((K,)).to_event(1)
+    sigma = numpyro.sample("sigma", sigma_prior)
+
+    with numpyro.plate("obs", N, subsample_size=subsample_size) as idx:
+        xb, yb = (x, y) if subsample_size is None else (x[idx], y[idx])
+        mu = jnp.zeros((yb.shape[0], K), dtype=y.dtype)
+        if D > 0:
+            mu = mu + xb @ w.T
+        if spec.intercept:
+            mu = mu + b
+        unscaled = subsample_size is not None and not total_size
+        with handlers.scale(scale=subsample_size / N) if unscaled else nullcontext():
+            if form == "mixture_same_family":
+                # log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per observation,
+                # one (batch, K) array, the oracle's formula; and y stays an observed site.
+                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
+                numpyro.sample("y", likelihood, obs=yb)
+            elif form == "logsumexp_factor":
+                terms = jnp.log(pi) + dist.Normal(mu, sigma).log_prob(yb[:, None])
+                numpyro.factor("y", jax.nn.logsumexp(terms, axis=-1))
+            else:
+                raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
+
+
+def site_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical parameters (models/spec.py's names and shapes) -> the model's latent sites:
+    the canonical -> native map."""
+    sites = {"pi": params["pi"], "sigma": params["sigma"]}
+    if spec.intercept:
+        sites["b"] = params["b"]
+    if spec.ordering == "slope":
+        sites["w_first"] = params["w"][:, 0]
+        if spec.D > 1:
+            sites["w_rest"] = params["w"][:, 1:]
+    elif spec.D > 0:
+        sites["w"] = params["w"]
+    return sites
+
+
+def canonical_values(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Constrained site values with leading dims ``lead`` -> canonical names (float64 NumPy): the
+    native -> canonical map; shapes (*lead, *spec.param_shapes()[name])."""
+    sites = {k: np.asarray(v, dtype=np.float64) for k, v in sites.items()}
+    out = {name: sites[name] for name in spec.param_shapes() if name in sites}
+    if "w" not in out:
+        if spec.ordering == "slope":
+            columns = [sites["w_first"][..., None]] + ([sites["w_rest"]] if spec.D > 1 else [])
+            out["w"] = np.concatenate(columns, axis=-1)
+        else:
+            out["w"] = np.zeros(lead + (spec.K, 0))
+    return out

@@ -1,0 +1,130 @@
+"""The mixture of regressions as a Stan program (stan/mixture.stan), beside its PyMC model
+(models/pymc_model.py) and its NumPyro model (models/numpyro_model.py): the program's text, its
+data block, and the canonical <-> native maps (``stan_parameters`` to the parameters block,
+``flat_to_canonical`` from either engine's output columns back to canonical arrays).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data import Dataset
+from models.spec import MixtureSpec
+
+# stan/ at the repository root; a wheel carries the same file inside this package (pyproject.toml).
+_REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
+PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parents[1] / "backends" / "stan_programs" / "mixture.stan"
+
+# Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
+STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "pi": "theta"}
+_ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
+# pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
+_FLAT_NAME = re.compile(r"(?P<base>[A-Za-z]\w*?)(?:\[(?P<brackets>\d+(?:,\s*\d+)*)\]|(?P<dots>(?:\.\d+)+))?")
+
+@lru_cache(maxsize=1)
+def program_code() -> str:
+    return PROGRAM_PATH.read_text()
+
+
+
+# --- data and parameters -------------------------------------------------------------------------
+
+def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
+    """The data block of stan/mixture.stan for ``spec`` and ``dataset``."""
+    dataset.check_against(spec)
+    return {
+        "N": dataset.N,
+        "K": spec.K,
+        "D": spec.D,
+        "x": dataset.x,
+        "y": dataset.y,
+        "has_intercept": int(spec.intercept),
+        "sigma_per_component": int(spec.sigma == "per-component"),
+        "alpha": spec.alpha,
+        "slope_mu": spec.slope_prior.mu,
+        "slope_sd": spec.slope_prior.sigma,
+        "intercept_mu": spec.intercept_prior.mu,
+        "intercept_sd": spec.intercept_prior.sigma,
+        "sigma_family": 1 if spec.sigma_prior.family == "uniform" else 2,
+        "sigma_scale": spec.sigma_prior.scale,
+        "ordering": _ORDERING_CODE[spec.ordering],
+    }
+
+
+def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
+    """A canonical constrained point -> the variables of the program's parameters block."""
+    p = spec.check_params(params)
+    w = p["w"]
+    by_slope, by_intercept = spec.ordering == "slope", spec.ordering == "intercept"
+    b = p["b"] if spec.intercept else np.zeros(0)
+    return {
+        "theta": p["pi"],
+        "w_first_ordered": w[:, 0] if by_slope else np.zeros(0),
+        "w_free": w[:, 1:] if by_slope else w,
+        "b_ordered": b if by_intercept else np.zeros(0),
+        "b_free": np.zeros(0) if by_intercept else b,
+        "sigma": np.atleast_1d(p["sigma"]),
+    }
+
+
+def in_support(spec: MixtureSpec, params: dict) -> bool:
+    """Whether a canonical point lies where the program's constraints can represent it."""
+    p = spec.check_params(params)
+    pi, sigma = p["pi"], np.atleast_1d(p["sigma"])
+    if np.any(pi < 0) or abs(pi.sum() - 1.0) > 1e-8:
+        return False
+    if np.any(sigma <= 0) or np.any(sigma >= spec.sigma_prior.upper):
+        return False
+    if spec.ordering != "none":
+        ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, 0]
+        if np.any(np.diff(ordered) <= 0):
+            return False
+    return True
+
+
+def parse_flat_name(name: str) -> tuple[str, tuple[int, ...]]:
+    """'w.1.2' or 'w[1,2]' -> ('w', (0, 1)); 'lp__' -> ('lp__', ())."""
+    match = _FLAT_NAME.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(f"not a Stan output column name: {name!r}")
+    index = match["brackets"] or (match["dots"] or "")[1:].replace(".", ",")
+    return match["base"], tuple(int(i) - 1 for i in index.split(",")) if index else ()
+
+
+def _stan_shape(spec: MixtureSpec, canonical: str) -> tuple[int, ...]:
+    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "pi": (spec.K,)}[canonical]
+
+
+def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
+    """Stan output columns -> canonical arrays.
+
+    ``values`` has shape (chain, draw, column), ``columns`` names its last axis in either
+    engine's spelling. Returns {canonical name: array (chain, draw, *canonical shape)}.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 3 or values.shape[2] != len(columns):
+        raise ValueError(f"values of shape {values.shape} do not match {len(columns)} columns")
+    where = {parse_flat_name(name): j for j, name in enumerate(columns)}
+    lead = values.shape[:2]
+    out = {}
+    for canonical, shape in spec.param_shapes().items():
+        stan_name, stan_shape = STAN_NAMES[canonical], _stan_shape(spec, canonical)
+        array = np.empty(lead + stan_shape)
+        for index in np.ndindex(*stan_shape):
+            key = (stan_name, index)
+            if key not in where:
+                raise ValueError(f"Stan output has no column for {stan_name}{[i + 1 for i in index]}")
+            array[(..., *index)] = values[..., where[key]]
+        out[canonical] = array.reshape(lead + shape)
+    return out
+
+
+def n_unconstrained(spec: MixtureSpec) -> int:
+    """Dimension of the program's unconstrained space (a K-simplex has K - 1 free coordinates)."""
+    return spec.K - 1 + spec.K * spec.D + (spec.K if spec.intercept else 0) + spec.n_sigma

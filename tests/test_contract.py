@@ -1,0 +1,210 @@
+"""The backend contract, generated from the registry: every registered backend x every method.
+
+A backend added to ``backends.BACKENDS`` is tested here without editing this file: its method
+table and likelihoods decide the support matrix; every method it declares (and can run here)
+must give canonical draws, the same draws for the same seed, timings from the shared phases,
+and, for approximations, log p - log Jacobian equal to the oracle's log density at every draw.
+Small problems and few draws keep this fast; the methods' accuracy is tested per backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from backends import BACKENDS, get_backend
+from backends.base import METHODS, TIMING_PHASES, Backend, FitSettings
+from models import Dataset, MixtureSpec, log_density
+from models.spec import LIKELIHOODS
+from tests.conftest import assert_canonical_draws
+
+# Tiny fits: the contract, not accuracy. map_starts=2 still exercises the multi-start path.
+SETTINGS = FitSettings(chains=2, warmup=30, draws=20, vi_iterations=60, vi_draws=25, batch_size=40,
+                       map_starts=2, pathfinder_paths=2)
+SPEC = MixtureSpec(K=2, D=1)
+# Methods whose Fit carries draws of an approximation with log p / log q / log Jacobian per draw:
+# all but the Markov chain and the point estimate (a method added to METHODS is covered unedited).
+APPROXIMATIONS = tuple(m for m in METHODS if m not in ("nuts", "map"))
+
+
+def _marks(name: str) -> list:
+    return [pytest.mark.stan] if name == "stan" else []
+
+
+BACKEND_PARAMS = [pytest.param(name, marks=_marks(name), id=name) for name in BACKENDS]
+PAIRS = [pytest.param(name, method, marks=_marks(name), id=f"{name}-{method}")
+         for name in BACKENDS for method in METHODS]
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, size=(80, 1))
+    z = rng.integers(0, 2, size=80)
+    y = np.where(z == 0, 1.0 + 2.0 * x[:, 0], -1.0 - 1.5 * x[:, 0]) + 0.3 * rng.standard_normal(80)
+    return Dataset(x=x, y=y)
+
+
+# --- the declared tables --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
+def test_method_table_names_runners_with_the_one_signature(name):
+    backend = get_backend(name)
+    assert isinstance(backend, Backend)
+    assert backend.methods and set(backend.methods) <= set(METHODS)
+    assert backend.likelihoods and set(backend.likelihoods) <= set(LIKELIHOODS)
+    for method, attr in backend.methods.items():
+        runner = getattr(backend, attr)
+        assert list(inspect.signature(runner).parameters) == ["spec", "dataset", "method", "settings", "seed"], (
+            f"{name}: {method} -> {attr}")
+
+
+@pytest.mark.parametrize("name", BACKEND_PARAMS)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_support_matrix_follows_the_tables(name, likelihood, data):
+    """Outside the table or the likelihoods: unsupported, with the reason, and nothing runs."""
+    backend = get_backend(name)
+    spec = SPEC.with_(likelihood=likelihood)
+    for method in METHODS:
+        reason = backend.unsupported_reason(spec, method, SETTINGS)
+        if method not in backend.methods:
+            assert reason == (f"method {method!r} is not implemented by the {name} backend "
+                              f"(it runs: {', '.join(backend.methods)})")
+        elif likelihood not in backend.likelihoods:
+            assert reason is not None and f"likelihood {likelihood!r} is not implemented in the {name}" in reason
+        else:
+            # Declared: only a settings or environment limit may refuse it, never the table.
+            assert reason is None or "is not implemented" not in reason
+        if method not in backend.methods or likelihood not in backend.likelihoods:
+            fit = backend.fit(spec, data, method, SETTINGS, seed=0)
+            assert (fit.status, fit.reason, fit.draws) == ("unsupported", reason, None)
+
+
+# --- what every declared method returns -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fits(data):
+    """(backend, method) -> (fit, refit with the same seed), computed once per pair."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(name: str, method: str):
+        if (name, method) not in cache:
+            backend = get_backend(name)
+            if backend.unsupported_reason(SPEC, method, SETTINGS) is not None:
+                pytest.skip(f"{name}/{method}: {backend.unsupported_reason(SPEC, method, SETTINGS)}")
+            first = backend.fit(SPEC, data, method, SETTINGS, seed=11)
+            again = backend.fit(SPEC, data, method, SETTINGS, seed=11)
+            cache[(name, method)] = (first, again)
+        return cache[(name, method)]
+
+    return get
+
+
+@pytest.mark.parametrize("name, method", PAIRS)
+def test_declared_method_gives_canonical_output(name, method, fits, data):
+    fit, _ = fits(name, method)
+    assert fit.status == "ok", fit.reason
+    assert (fit.backend, fit.method, fit.seed) == (name, method, 11)
+    assert set(fit.timings) <= set(TIMING_PHASES) and fit.timings
+    assert all(np.isfinite(v) and v >= 0 for v in fit.timings.values())
+    assert fit.versions and fit.settings == SETTINGS.to_dict()
+    if method == "nuts":
+        assert_canonical_draws(fit.draws, SPEC, SETTINGS.chains, SETTINGS.draws)
+    elif method == "map":
+        assert_canonical_draws(fit.draws, SPEC, 1, 1)
+        assert len(fit.start_log_densities) == SETTINGS.map_starts
+        assert fit.point_log_density == pytest.approx(log_density(SPEC, data.x, data.y, fit.point), rel=1e-6)
+    else:
+        assert_canonical_draws(fit.draws, SPEC, 1, SETTINGS.vi_draws)
+
+
+@pytest.mark.parametrize("name, method", PAIRS)
+def test_same_seed_same_draws(name, method, fits):
+    first, again = fits(name, method)
+    assert first.status == again.status == "ok", first.reason
+    for var in SPEC.param_shapes():
+        np.testing.assert_array_equal(first.draws["posterior"][var].values, again.draws["posterior"][var].values,
+                                      err_msg=f"{name}/{method}: {var}")
+    for field in ("log_p", "log_q", "log_jacobian", "loss", "start_log_densities"):
+        a, b = getattr(first, field), getattr(again, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a, float), np.asarray(b, float), err_msg=f"{name}/{method}: {field}")
+
+
+@pytest.mark.parametrize("name, method", [p for p in PAIRS if p.values[1] in APPROXIMATIONS])
+def test_log_p_less_log_jacobian_is_the_oracle(name, method, fits, data):
+    """Approximations record, per draw, the model's log density on the unconstrained space
+    (log p) and the transform's log |Jacobian|; their difference is the oracle's density there."""
+    fit, _ = fits(name, method)
+    assert fit.status == "ok", fit.reason
+    n = SETTINGS.vi_draws
+    for array in (fit.log_p, fit.log_q, fit.log_jacobian):
+        assert array is not None and np.shape(array) == (n,)
+    post = fit.draws["posterior"]
+    oracle = [log_density(SPEC, data.x, data.y, {v: post[v].values[0, i] for v in SPEC.param_shapes()})
+              for i in range(n)]
+    np.testing.assert_allclose(np.asarray(fit.log_p) - np.asarray(fit.log_jacobian), oracle, rtol=1e-6, atol=1e-6)
+    # Stored the same way by every backend: sample_stats over (chain, draw), as on the Fit.
+    stats = fit.draws["sample_stats"]
+    for array in ("log_p", "log_q", "log_jacobian"):
+        assert stats[array].dims == ("chain", "draw")
+        np.testing.assert_array_equal(stats[array].values[0], np.asarray(getattr(fit, array), float))
+    if fit.loss is not None:
+        np.testing.assert_array_equal(fit.draws["optimisation"]["loss"].values, np.asarray(fit.loss, float))
+    # The approximation's parameters, where the engine reports them, in one group of one shape.
+    if method.startswith("advi") or method == "laplace":
+        backend = get_backend(name)
+        assert ("approximation" in fit.draws.children) == backend.stores_approximation
+        if backend.stores_approximation:
+            approx = fit.draws["approximation"]
+            d = approx.sizes["unconstrained"]
+            assert approx["mean"].dims == ("unconstrained",)
+            assert d == SPEC.K * SPEC.D + SPEC.n_sigma + SPEC.K - 1  # w, sigma, pi's free simplex coordinates
+            expected = {"laplace": {"mean", "cov"}, "advi-meanfield": {"mean", "std"},
+                        "advi-minibatch-meanfield": {"mean", "std"}}.get(method, {"mean", "std", "cov"})
+            assert set(approx.data_vars) == expected
+            if "cov" in expected:
+                cov = approx["cov"].values
+                np.testing.assert_allclose(cov, cov.T, atol=1e-12)
+                assert np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+# --- the failure policy ---------------------------------------------------------------------------
+
+class _Exploding(Backend):
+    name = "exploding"
+    methods = {"nuts": "_nuts"}
+
+    def versions(self):
+        return {"exploding": "1"}
+
+    def log_density(self, spec, dataset, params):
+        return 0.0
+
+    def _nuts(self, spec, dataset, method, settings, seed):
+        raise ValueError("engine said no\n  at line 2")
+
+
+class _BadPhase(_Exploding):
+    def _nuts(self, spec, dataset, method, settings, seed):
+        from backends.base import Fit
+
+        return Fit(backend=self.name, method=method, status="failed", reason="x", timings={"warmup_and_io": 1.0})
+
+
+def test_an_engine_exception_is_a_failed_fit_with_message_and_traceback(data):
+    fit = _Exploding().fit(SPEC, data, "nuts", SETTINGS)
+    assert fit.status == "failed"
+    assert fit.reason == "ValueError: engine said no at line 2"
+    assert "Traceback" in fit.traceback and "engine said no" in fit.traceback
+    assert _Exploding().fit(SPEC, data, "advi-fullrank", SETTINGS).status == "unsupported"
+
+
+def test_a_timing_phase_outside_the_shared_list_is_an_error(data):
+    from models.errors import MixbenchError
+
+    with pytest.raises(MixbenchError, match="timings: unknown phase"):
+        _BadPhase().fit(SPEC, data, "nuts", SETTINGS)

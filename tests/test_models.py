@@ -1,0 +1,125 @@
+"""The model implementations side by side (models/pymc_model.py, models/numpyro_model.py,
+models/stan_model.py with stan/mixture.stan), each against the NumPy oracle (models/oracle.py)
+directly, without a backend: log density at random points of many specs, and each one's
+canonical <-> native parameter map as a round trip. (The backends' log densities, Stan's through
+its engines, are checked in tests/test_log_density.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import log_density, random_point
+from models.spec import LIKELIHOODS
+from tests.conftest import AGREEMENT_SPECS, make_data
+
+N_POINTS = 5
+
+
+def _points(spec, n=N_POINTS, seed=3):
+    rng = np.random.default_rng(seed)
+    return [random_point(spec, rng) for _ in range(n)]
+
+
+def _assert_same(a: dict, b: dict):
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(np.asarray(a[name], float), np.asarray(b[name], float), err_msg=name)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_pymc_model_is_the_oracle(agreement_spec, likelihood):
+    import pytensor
+    from pytensor.graph.replace import graph_replace
+
+    from models.pymc_model import build_model, model_values
+
+    spec = agreement_spec.with_(likelihood=likelihood)
+    x, y = make_data(spec, n=60)
+    model = build_model(spec, x, y)
+    # The density as a function of the constrained free variables: each value variable replaced
+    # by the forward transform of a constrained input (PyMC's own transforms).
+    inputs, replace = [], {}
+    for rv in model.free_RVs:
+        point = rv.type(name=rv.name)
+        transform = model.rvs_to_transforms.get(rv)
+        replace[model.rvs_to_values[rv]] = transform.forward(point, *rv.owner.inputs) if transform else point
+        inputs.append(point)
+    logp = pytensor.function(inputs, graph_replace(model.logp(jacobian=False), replace, strict=False),
+                             on_unused_input="ignore")
+    for point in _points(spec):
+        values = model_values(spec, point)
+        got = logp(*[values[rv.name] for rv in model.free_RVs])
+        assert float(got) == pytest.approx(log_density(spec, x, y, point), rel=1e-9, abs=1e-9)
+
+
+def test_pymc_parameter_map_round_trips(agreement_spec):
+    from models.pymc_model import canonical_values, model_values
+
+    for point in _points(agreement_spec):
+        native = model_values(agreement_spec, point)
+        if agreement_spec.ordering == "slope" and agreement_spec.D:
+            native["w"] = point["w"]  # the model's Deterministic, joined from w_first and w_rest
+        _assert_same(canonical_values(agreement_spec, native, ()), agreement_spec.check_params(point))
+
+
+def test_numpyro_model_is_the_oracle(agreement_spec):
+    from numpyro.infer.util import log_density as numpyro_log_density
+
+    from backends.jax_setup import configure
+    from models.numpyro_model import mixture_model, site_values
+
+    configure()  # 64-bit JAX, as every worker has it
+    spec = agreement_spec
+    x, y = make_data(spec, n=60)
+    for point in _points(spec):
+        sites = site_values(spec, spec.check_params(point))
+        got, _ = numpyro_log_density(mixture_model, (spec, x, y), {}, sites)
+        assert float(got) == pytest.approx(log_density(spec, x, y, point), rel=1e-9, abs=1e-9)
+
+
+def test_numpyro_parameter_map_round_trips(agreement_spec):
+    from models.numpyro_model import canonical_values, site_values
+
+    for point in _points(agreement_spec):
+        checked = agreement_spec.check_params(point)
+        sites = site_values(agreement_spec, checked)
+        _assert_same(canonical_values(agreement_spec, sites, ()), checked)
+
+
+def test_stan_parameter_maps_round_trip_in_either_engines_spelling(agreement_spec):
+    """Canonical -> Stan's output columns (as CmdStan or pystan name them, any order) -> canonical."""
+    from models.stan_model import STAN_NAMES, flat_to_canonical
+
+    spec = agreement_spec
+    rng = np.random.default_rng(0)
+    for point in _points(spec):
+        p = spec.check_params(point)
+        shapes = {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "pi": (spec.K,)}
+        for style in ("brackets", "dots"):
+            columns, values = [], []
+            for name in spec.param_shapes():
+                array = np.asarray(p[name], float).reshape(shapes[name])
+                for index in np.ndindex(*shapes[name]):
+                    one = [i + 1 for i in index]
+                    suffix = (f"[{','.join(map(str, one))}]" if style == "brackets"
+                              else "".join(f".{i}" for i in one))
+                    columns.append(STAN_NAMES[name] + suffix)
+                    values.append(array[index])
+            order = rng.permutation(len(columns))
+            back = flat_to_canonical(spec, [columns[i] for i in order], np.asarray(values)[order][None, None])
+            _assert_same({k: v[0, 0] for k, v in back.items()}, p)
+
+
+def test_every_model_implements_every_likelihood_its_backend_declares():
+    """The PyMC model writes the forum replay likelihoods; NumPyro's and Stan's the mixture only:
+    the backends' likelihood declarations must not claim more than their models hold."""
+    from backends import BACKENDS, get_backend
+
+    declared = {name: set(get_backend(name).likelihoods) for name in BACKENDS}
+    assert declared["pymc"] == set(LIKELIHOODS)
+    assert declared["numpyro"] == declared["stan"] == {"mixture"}
+
+
+assert AGREEMENT_SPECS  # the specs swept by the agreement_spec fixture (tests/conftest.py)

@@ -203,6 +203,25 @@ def _spec_overrides(args) -> dict:
     return check_spec_fields(spec, "spec")
 
 
+def _add_fit_settings(group, defaults_here: dict | None = None) -> None:
+    """One option per FitSettings field (run and sweep share them); ``defaults_here`` are the
+    command's own defaults where they differ from FitSettings'."""
+    defaults = FitSettings()
+    for f in fields(FitSettings):
+        if f.name not in _SETTING_HELP:
+            continue
+        default = (defaults_here or {}).get(f.name, getattr(defaults, f.name))
+        kind = {int: _positive_int, float: _positive_float}.get(type(getattr(defaults, f.name)), str)
+        if f.name == "warmup":
+            kind = int
+        if f.name == "advi_eta":
+            kind = _positive_float
+        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
+                           metavar=metavar,
+                           help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
+
+
 def _add_executor_options(group) -> None:
     """--executor and --scheduler (run and sweep share them)."""
     group.add_argument("--executor", choices=("warm", "fresh", "dask"), default=None,
@@ -263,20 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "now if not cached, with a truth too; none; or a reference directory or a draws file (.nc/.csv)")
     _add_reference_options(ref)
     settings = run.add_argument_group("fit settings")
-    defaults = FitSettings()
-    for f in fields(FitSettings):
-        if f.name not in _SETTING_HELP:
-            continue
-        default = getattr(defaults, f.name)
-        kind = {int: _positive_int, float: _positive_float}.get(type(default), str)
-        if f.name == "warmup":
-            kind = int
-        if f.name == "advi_eta":
-            kind = _positive_float
-        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
-        settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
-                              metavar=metavar,
-                              help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
+    _add_fit_settings(settings)
     settings.add_argument("--no-total-size", dest="set_minibatch_total_size", action="store_const", const=False,
                           default=None, help="minibatch ADVI without total_size, the forum thread's bug "
                                              "(default: with total_size)")
@@ -399,20 +405,7 @@ def _add_sweep_parser(sub) -> None:
     _add_reference_options(sweep)
     changed = ", ".join(f"{k} {v}" for k, v in SWEEP_SETTINGS.items())
     settings = sweep.add_argument_group("fit settings (defaults: mixbench run's" + (f", except {changed})" if changed else ")"))
-    defaults = FitSettings()
-    for f in fields(FitSettings):
-        if f.name not in _SETTING_HELP:
-            continue
-        default = SWEEP_SETTINGS.get(f.name, getattr(defaults, f.name))
-        kind = {int: _positive_int, float: _positive_float}.get(type(getattr(defaults, f.name)), str)
-        if f.name == "warmup":
-            kind = int
-        if f.name == "advi_eta":
-            kind = _positive_float
-        metavar = _SETTING_METAVAR.get(f.name, {int: "INT", float: "X"}.get(type(default), "VALUE"))
-        settings.add_argument(f"--{f.name.replace('_', '-')}", dest=f"set_{f.name}", type=kind, default=None,
-                              metavar=metavar,
-                              help=f"{_SETTING_HELP[f.name]} (default {_SETTING_DEFAULT.get(f.name, default)})")
+    _add_fit_settings(settings, SWEEP_SETTINGS)
     runner = sweep.add_argument_group("running")
     runner.add_argument("--out", metavar="DIR", type=Path, default=None,
                         help="output directory (default results/sweep-<family>); rerunning resumes")

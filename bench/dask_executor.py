@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.executors import (LOGS_DIR, ExecutableCell, ProgressFn, RowFn, RunSettings, dead_row, next_cell, shape_of,
-                             time_limit_text)
+from bench.executors import (LOGS_DIR, ExecutableCell, ProgressFn, RowFn, RunSettings, dead_row, next_cell,
+                             output_to, shape_of, time_limit_text)
 from bench.stopping import RunInterrupted
 
 # A dying cell must not be retried on another worker (Dask's default retries it, killing up to
@@ -49,21 +48,11 @@ def run_cell_on_worker(cell: ExecutableCell, files: dict[str, bytes], save_draws
     log (the engine's output while it ran)."""
     with tempfile.TemporaryDirectory(prefix="mixbench-dask-") as out, tempfile.TemporaryFile() as log:
         received = time.time()
-        sys.stdout.flush(), sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
+        with output_to(log):
             if files:
                 row = cell.execute_with_files(files, Path(out), save_draws)
             else:
                 row = cell.execute(Path(out), save_draws)
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
         outputs = {str(p.relative_to(out)): p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
         log.seek(0)
         text = log.read().decode("utf-8", errors="replace")

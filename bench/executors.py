@@ -17,6 +17,7 @@ This module imports nothing from bench.harness: the harness hands it cells and t
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -25,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,24 +163,31 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
     return startup
 
 
+@contextlib.contextmanager
+def output_to(log) -> Iterator[None]:
+    """File descriptors 1 and 2 (so an engine's own C/C++ output too) go to the open file
+    ``log`` inside the block, and back afterwards."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def _run_logged(cell, out_dir: str, save_draws: bool) -> dict[str, Any]:
     """The cell's row, its engine's output (progress bars, compiler chatter) in its own log file
     under ``out_dir/logs``, off the user's terminal."""
     log_dir = Path(out_dir) / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
-    saved = os.dup(1), os.dup(2)
-    with open(log_dir / f"{cell.id}.log", "w") as log:
-        sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            return cell.execute(Path(out_dir), save_draws)
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+    with open(log_dir / f"{cell.id}.log", "w") as log, output_to(log):
+        return cell.execute(Path(out_dir), save_draws)
 
 
 def _worker(cell, out_dir: str, save_draws: bool, conn, launched: float | None = None,

@@ -66,7 +66,7 @@ AXES: dict[str, Axis] = {a.name: a for a in [
     Axis("D", int, 1, "higher", 1, 5, "covariates"),
     Axis("sep", float, 4.0, "lower", 1e-3, 1e3,
          "separation: smallest RMS gap between neighbouring lines over their pooled sigma"),
-    Axis("w_min", float, math.nan, "lower", 1e-3, 1.0, "smallest mixing weight (default 1/K: balanced)"),
+    Axis("w_min", float, math.nan, "lower", 1e-3, 1.0, "smallest mixing weight (1/K: balanced)"),
     Axis("sigma_ratio", float, 1.0, "higher", 1.0, 100.0, "largest / smallest per-component sigma"),
     Axis("N", int, DEFAULT_N, "lower", 10, 10_000_000, "observations"),
 ]}

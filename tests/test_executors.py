@@ -88,7 +88,10 @@ def test_executor_gives_exactly_the_fresh_process_rows(kind, tmp_path, fresh_row
     assert len(read_rows(tmp_path / "cells.jsonl")) == 6
     assert outcome(rows) == fresh_rows
     by_backend = {r["backend"].split(":")[1]: r for r in rows}
-    assert by_backend["RaisingBackend"]["error"] == "RuntimeError: the engine blew up"
+    raised = by_backend["RaisingBackend"]
+    assert raised["status"] == "failed"  # Backend.fit's failure policy: the engine's message, its traceback
+    assert raised["reason"] == "RuntimeError: the engine blew up second line of the engine's message"
+    assert "Traceback" in raised["traceback"]
     assert by_backend["SleepingBackend"]["status"] == "timeout"
     assert by_backend["DyingBackend"]["status"] == "crashed"
     # Rows, slope traces and logs are all under the run's directory, written by this process.

@@ -207,7 +207,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_a_real_grid_through_dask_scheduler_and_two_dask_workers(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on the loopback address, as the README
     starts them; ``mixbench run --scheduler`` sends a small real grid (NumPyro NUTS, two seeds)."""
@@ -222,6 +221,10 @@ def test_a_real_grid_through_dask_scheduler_and_two_dask_workers(tmp_path):
             procs.append(subprocess.Popen([BIN / "dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
                                            "--no-dashboard"], cwd=ROOT, env=env, start_new_session=True,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:  # both workers up before the grid, so both take cells
+            client.wait_for_workers(2, timeout=120)
         out = tmp_path / "run"
         run = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--scheduler", address,
                               "--backends", "numpyro", "--methods", "nuts,map", "--seeds", "0,1", "--N", "200",

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.frequencies import LEVEL, wilson_interval
 from bench.harness import load_slope_trace
 from bench.tables import KHAT_BAD, col, num
 
 MODE_COLOURS = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
                 "mixed": "tab:purple"}
-WILSON_LEVEL = 0.9
 MAX_POINTS = 2000  # data points drawn per panel
 DPI = 100
 
@@ -213,14 +213,6 @@ def figure_data_fits(frame: pd.DataFrame, fig_dir: Path) -> tuple[list[Figure], 
 # Landings with Wilson intervals
 
 
-def wilson_interval(k: int, n: int, level: float = WILSON_LEVEL) -> tuple[float, float]:
-    """Wilson score interval for a binomial share k / n (Wilson 1927), via scipy.stats.binomtest."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def figure_landings(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     ok = _ok(frame)
     ok = ok[col(ok, "mode").notna()]
@@ -244,7 +236,7 @@ def figure_landings(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     ax.set_yticks(range(len(fits)), [g["fit_label"].iloc[0] for _, g in fits], fontsize="small")
     ax.set_ylim(len(fits) - 0.5, -0.5)
     ax.set_xlim(-0.02, 1.12)
-    ax.set_xlabel(f"share of seeds landing in the mode (point: k of n seeds; bar: Wilson {WILSON_LEVEL:.0%} interval)")
+    ax.set_xlabel(f"share of seeds landing in the mode (point: k of n seeds; bar: Wilson {LEVEL:.0%} interval)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(title="mode", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.set_title("Where the seeds land", fontsize="medium")
@@ -252,7 +244,7 @@ def figure_landings(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     fewest = min(len(group) for _, group in fits)
     low, _ = wilson_interval(fewest, fewest)
     return [Figure("landings", "Where the seeds land",
-                   f"Share of each fit's seeds per mode with its Wilson {WILSON_LEVEL:.0%} interval. With few seeds "
+                   f"Share of each fit's seeds per mode with its Wilson {LEVEL:.0%} interval. With few seeds "
                    f"the intervals are wide: {fewest} of {fewest} seeds in one mode is consistent with a share as "
                    f"low as {low:.2f}.", path)]
 

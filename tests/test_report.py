@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.figures import component_lines, point_from_row, running_error, wilson_interval
+from bench.figures import component_lines, point_from_row, running_error
+from bench.frequencies import wilson_interval
 from bench.findings import findings
 from bench.glossary import WORDS, describe
 from bench.report import build_report, load_inputs, write_report

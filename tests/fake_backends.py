@@ -170,3 +170,13 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` every ``interval`` s for up to ``timeout`` s; its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

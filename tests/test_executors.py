@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from bench.dask_executor import DaskExecutor
 from bench.executors import LocalProcessExecutor, WarmProcessExecutor, make_executor
 from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
 from models.errors import MixbenchError
-from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids
+from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids, wait_until
 
 FAKE = "tests.fake_backends:"
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +36,6 @@ def misbehaving_grid():
             Cell("forum-small", FAKE + "SleepingBackend", "nuts", 0, n=200),
             Cell("forum-small", FAKE + "DyingBackend", "nuts", 0, n=200),
             *quick([1, 2])]
-
-
-def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture

@@ -20,19 +20,10 @@ import pytest
 from bench.executors import LocalProcessExecutor
 from bench.harness import (Cell, RowStore, RunOptions, execute_cell, make_grid, read_rows, run_grid, run_lock)
 from models.errors import MixbenchError, MixbenchWarning
-from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids
+from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids, wait_until
 
 FAKE = "tests.fake_backends:"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture

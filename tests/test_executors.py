@@ -178,6 +178,27 @@ def test_make_executor_names_and_refusals():
         make_executor("fresh", scheduler="tcp://127.0.0.1:8786")
 
 
+def test_busy_workers_are_never_taken_for_gone_whatever_the_client_cached(monkeypatch):
+    """The executor asks the scheduler which workers exist, not the client's cached identity: the
+    client's own periodic refresh (no per-worker entries) can land between scheduler_info's fetch
+    and its read, and a busy worker then looked gone (its cell became a crashed row)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        expected = set(cluster.scheduler.workers)
+        fetch = client._update_scheduler_info
+
+        async def fetch_then_periodic_refresh(n_workers=0):
+            await fetch(n_workers=n_workers)
+            await fetch(n_workers=0)  # the client's periodic refresh, landing in between
+
+        monkeypatch.setattr(client, "_update_scheduler_info", fetch_then_periodic_refresh)
+        assert set(client.scheduler_info(n_workers=-1)["workers"]) != expected  # the race, reproduced
+        assert DaskExecutor._workers(client) == expected
+
+
 def test_cli_refuses_an_unreachable_scheduler_in_one_line(tmp_path, monkeypatch, capsys):
     from bench import dask_executor
     from bench.cli import main

@@ -49,6 +49,22 @@ TIMING_PHASES: tuple[str, ...] = (
 )
 
 
+def settings_from_dict(cls, data: dict[str, Any], what: str):
+    """A settings dataclass ``cls`` from a dict (a row's or a file's).
+
+    Raises
+    ------
+    MixbenchError
+        ``data`` names a field ``cls`` does not have (``what`` names the settings in the message),
+        or the dataclass's own checks refuse a value.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MixbenchError(f"{what}: unknown field(s) {', '.join(unknown)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """Every knob of a fit, recorded with its result. Defaults follow the forum thread."""
@@ -119,11 +135,7 @@ class FitSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FitSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MixbenchError(f"settings: unknown field(s) {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "settings")
 
 
 @dataclass

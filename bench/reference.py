@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from backends.base import FitSettings, canonical_datatree, package_versions
+from backends.base import FitSettings, canonical_datatree, package_versions, settings_from_dict
 from bench.problem import Problem
 from bench.relabel import apply_permutations, posterior_dataset, relabel
 from models.errors import MixbenchError
@@ -100,11 +100,7 @@ class ReferenceSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReferenceSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MixbenchError(f"reference settings: unknown field(s) {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "reference settings")
 
 
 @dataclass(eq=False)

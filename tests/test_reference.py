@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from backends.base import Backend, Fit, canonical_datatree
+from backends.base import Backend, Fit, FitSettings, canonical_datatree
 from bench.problem import Problem
 from bench.reference import (
     ReferenceSettings,
@@ -241,3 +241,10 @@ def test_a_real_nuts_reference_is_accepted_and_matches_the_data(data):
         assert ref.point["b"][k] == pytest.approx(intercept, abs=4 * sd_b)
         assert ref.point["w"][k, 0] == pytest.approx(slope, abs=4 * float(ref.posterior["w"].isel(component=k).std()))
     assert ref.info["made_by"]["engine"] and ref.info["diagnostics"]["rhat_max"] <= 1.01
+
+
+@pytest.mark.parametrize("cls, what", [(FitSettings, "settings"), (ReferenceSettings, "reference settings")])
+def test_settings_from_a_dict_name_an_unknown_field_and_keep_the_known(cls, what):
+    with pytest.raises(MixbenchError, match=rf"^{what}: unknown field\(s\) bogus, zz$"):
+        cls.from_dict({"chains": 2, "zz": 1, "bogus": 0})
+    assert cls.from_dict({"chains": 3}) == cls(chains=3)

@@ -25,8 +25,10 @@ def _mark(name: str) -> None:
     process's id, so tests can check that none outlives its run."""
     marker = os.environ.get(MARKER_ENV)
     if marker:
+        # Name and pid on one line, in one write: two cells marking at once cannot pair a name
+        # with the other cell's pid (the pids file alone is written in its own order).
         with open(marker, "a") as fh:
-            fh.write(name + "\n")
+            fh.write(f"{name} {os.getpid()}\n")
     _record_pid(os.getpid())
 
 
@@ -156,7 +158,16 @@ class DyingBackend(_Fake):
 
 
 def executions(marker: Path) -> list[str]:
-    return marker.read_text().split() if marker.exists() else []
+    """The names of the executions marked so far, in order."""
+    return [line.split()[0] for line in marker.read_text().splitlines() if line.strip()] if marker.exists() else []
+
+
+def execution_pid(marker: Path, name: str) -> int:
+    """The process id of the first execution marked ``name``."""
+    for line in marker.read_text().splitlines():
+        if line.split()[:1] == [name]:
+            return int(line.split()[1])
+    raise LookupError(f"no execution {name!r} in {marker}")
 
 
 def recorded_pids(path: Path) -> list[int]:

@@ -18,7 +18,7 @@ from bench.dask_executor import DaskExecutor
 from bench.executors import LocalProcessExecutor, WarmProcessExecutor, make_executor
 from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
 from models.errors import MixbenchError
-from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids, wait_until
+from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, execution_pid, executions, wait_until
 
 FAKE = "tests.fake_backends:"
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_a_killed_worker_loses_only_its_cell_and_a_rerun_resumes(kind, tmp_path,
 
     def kill_the_sleeper():
         if wait_until(lambda: "sleeping:0" in executions(marker), timeout=120):
-            pid = recorded_pids(Path(os.environ[PIDS_ENV]))[executions(marker).index("sleeping:0")]
+            pid = execution_pid(marker, "sleeping:0")
             os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
             killed.append(pid)
 

@@ -184,7 +184,10 @@ def alive(pid: int) -> bool:
 
 
 def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``condition`` every ``interval`` s for up to ``timeout`` s; its last value."""
+    """Poll ``condition`` every ``interval`` s for up to ``timeout`` s; its last value.
+
+    Returns as soon as the condition holds: ``timeout`` only bounds a hang, so callers give one
+    that a loaded machine meets many times over (60 s for processes to exit after a kill)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():

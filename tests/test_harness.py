@@ -36,7 +36,7 @@ def marker(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(PIDS_ENV, str(pids))
     yield path
     survivors = lambda: [pid for pid in recorded_pids(pids) if alive(pid)]  # noqa: E731
-    assert wait_until(lambda: not survivors(), timeout=10), f"cell processes outlived the test: {survivors()}"
+    assert wait_until(lambda: not survivors(), timeout=60), f"cell processes outlived the test: {survivors()}"
 
 
 def quick_cells(seeds, **kw):
@@ -127,7 +127,7 @@ def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_i
         proc.wait()
     # The cell (in a session of its own) and the process it started notice and go too.
     cell_pids = recorded_pids(Path(os.environ[PIDS_ENV]))[-2:]
-    assert wait_until(lambda: not any(alive(pid) for pid in cell_pids), timeout=10), cell_pids
+    assert wait_until(lambda: not any(alive(pid) for pid in cell_pids), timeout=60), cell_pids
     finished = read_rows(tmp_path / "cells.jsonl")
     assert sorted(r["seed"] for r in finished) == before and all(r["status"] == "ok" for r in finished)
 
@@ -351,7 +351,7 @@ def test_signal_stops_the_run_cleanly(tmp_path, marker, capsys, signum, to_group
     # Nothing outlives the run: not the cell, not the process it started, not the fork server.
     cell_pids = recorded_pids(Path(os.environ[PIDS_ENV]))
     assert len(cell_pids) == 3 and not [pid for pid in cell_pids if alive(pid)]
-    assert wait_until(lambda: not _processes_in_session(proc.pid), timeout=10), _processes_in_session(proc.pid)
+    assert wait_until(lambda: not _processes_in_session(proc.pid), timeout=60), _processes_in_session(proc.pid)
 
 
 def test_a_rebuilt_cache_entry_is_one_warning_in_the_row_and_on_the_terminal(tmp_path, marker, capsys):

@@ -223,8 +223,9 @@ def _rows(out) -> dict[str, dict]:
 def test_a_small_real_sweep_end_to_end_and_resume_after_a_kill(tmp_path):
     out = tmp_path / "sweep"
     first = _sweep_process(out, "--no-report")
-    deadline = time.monotonic() + 240
-    while len(_rows(out)) < 4 and first.poll() is None and time.monotonic() < deadline:
+    # Waits for the condition (four rows, or the sweep ending early, which the assertion below
+    # reports), however long a loaded machine takes: 24 cells cannot all finish before four do.
+    while len(_rows(out)) < 4 and first.poll() is None:
         time.sleep(0.2)
     assert first.poll() is None, f"the sweep ended before it could be killed: {first.communicate()}"
     os.kill(first.pid, signal.SIGTERM)

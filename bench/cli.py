@@ -681,6 +681,11 @@ def attach_references(cells: list, choice: str, settings) -> list:
             found[key] = str(ref.path) if ref is not None else None
             if ref is not None:
                 print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
+                for line in ref.lacks():
+                    print(f"  {line}", file=sys.stderr, flush=True)
+            elif choice != "none":
+                print(f"reference: none for {problem.dataset.name} (scored against its truth)", file=sys.stderr,
+                      flush=True)
         out.append(dataclasses.replace(cell, reference=found[key]))
     return out
 
@@ -688,7 +693,8 @@ def attach_references(cells: list, choice: str, settings) -> list:
 def cmd_reference(args) -> int:
     from bench.harness import Cell, load_cell_data
     from bench.problem import Problem
-    from bench.reference import (cache_dir_for, make_reference, reference_from_draws, write_reference)
+    from bench.reference import (INFO_FILE, cache_dir_for, load_reference, make_reference, reference_from_draws,
+                                 write_reference)
     from models.datafile import load_csv
     from models.scenarios import DEFAULT_SCENARIO
 
@@ -712,13 +718,25 @@ def cmd_reference(args) -> int:
         source = hashlib.sha256(args.draws_file.read_bytes()).hexdigest()
         directory = args.out or cache_dir_for(problem, settings, source=source)
     else:
-        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
         directory = args.out or cache_dir_for(problem, settings)
+        try:
+            cached = load_reference(directory, problem) if (directory / INFO_FILE).is_file() else None
+        except MixbenchError:  # --out names a reference of other data or spec: replaced below
+            cached = None
+        if cached is not None and cached.accepted and cached.info.get("made_by", {}).get("settings") == settings.to_dict():
+            # The same data, spec, scale and settings (the cache key): NUTS would give the same draws.
+            print(cached.describe())
+            print(f"cached, not rerun: {directory} (made {cached.info.get('created')})")
+            return 0
+        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     write_reference(reference, directory)
     print(reference.describe())
+    for line in reference.lacks():
+        print(line)
     print(f"written: {directory}")
     if not reference.accepted:
-        print("not accepted: runs refuse it; try more draws (--draws) or chains", file=sys.stderr)
+        print("provisional: runs use it as the labelling target and for W1 only, and keep looking for an "
+              "accepted one", file=sys.stderr)
         return 1
     return 0
 

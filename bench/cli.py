@@ -683,9 +683,6 @@ def attach_references(cells: list, choice: str, settings) -> list:
                 print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
                 for line in ref.lacks():
                     print(f"  {line}", file=sys.stderr, flush=True)
-            elif choice != "none":
-                print(f"reference: none for {problem.dataset.name} (scored against its truth)", file=sys.stderr,
-                      flush=True)
         out.append(dataclasses.replace(cell, reference=found[key]))
     return out
 

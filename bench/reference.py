@@ -602,8 +602,9 @@ def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceS
             return other
         if str(choice) == "auto" and has_truth:
             return None
-        if cached is not None:
+        if cached is not None and "causes" in cached.info:
             return cached
+        # None cached, or one refused by an older mixbench without saying why: made (again) now.
         reference = make_reference(problem, settings, progress=progress)
         write_reference(reference, directory)
         return reference

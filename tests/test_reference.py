@@ -226,6 +226,13 @@ def test_a_reference_failing_its_checks_is_kept_as_provisional_with_its_cause(tm
     first = resolve_reference("auto", problem, settings)
     assert first.status == "provisional"
     assert resolve_reference("auto", problem, settings).info["created"] == first.info["created"]
+    # One refused by an older mixbench, which did not say why, is made again, with its causes.
+    info_path = first.path / "info.json"
+    old = json.loads(info_path.read_text())
+    del old["causes"], old["status"]
+    info_path.write_text(json.dumps(old))
+    remade = resolve_reference("auto", problem, settings)
+    assert remade.causes == ref.causes and "causes" in json.loads(info_path.read_text())
     # With a truth, auto takes no provisional reference.
     assert resolve_reference("auto", problem, settings, has_truth=True) is None
 

@@ -166,3 +166,38 @@ def test_without_a_reference_no_fit_is_said_to_reach_one(tmp_path, data_file, re
     assert "where each fit landed is not judged" in report
     assert "reached the reference" not in report.lower() and "reached the" not in report.split("## ")[1].lower()
     assert not references.exists()  # none made, none read
+
+
+@pytest.mark.slow
+def test_the_default_run_on_an_over_fitted_k_runs_every_cell(tmp_path, references, capsys):
+    """Real NumPyro reference (default settings): K = 3 fitted to two well separated lines of 20
+    points each. The third component holds about two points and follows its prior, so the
+    reference fails its checks; the run still exits 0 with every cell's row, names the cause and
+    claims no landing."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, 40)
+    y = np.where(np.arange(40) < 20, 3 * x + 4, -x - 4) + 0.3 * rng.standard_normal(40)
+    path = tmp_path / "two-lines.csv"
+    pd.DataFrame({"x": x, "y": y}).to_csv(path, index=False)
+    run_dir = tmp_path / "run"
+    assert main(["run", "--data", str(path), "--K", "3", "--intercept", "--sigma", "per-component",
+                 "--backends", "numpyro", "--methods", "nuts,map", "--seeds", "0", "--chains", "2",
+                 "--warmup", "300", "--draws", "300", "--out", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    rows = read_rows(run_dir / "cells.jsonl")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    assert {r["reference_status"] for r in rows} == {"provisional"}
+    (made,) = list(references.iterdir())
+    info = json.loads((made / "info.json").read_text())
+    assert not info["accepted"] and info["status"] == "provisional" and info["causes"]
+    # The empty component's weight, recomputed from the reference's own draws.
+    import xarray as xr
+
+    with xr.open_datatree(made / "draws.nc", engine="h5netcdf") as tree:
+        pi = np.asarray(tree["posterior"]["pi"].mean(("chain", "draw")).values)
+    (empty,) = [c for c in info["causes"] if c["cause"] == "empty_component"]
+    assert f"about {pi.min() * 40:.1f} of 40 points" in empty["evidence"] and "--K 2" in empty["advice"]
+    assert "empty_component:" in err and "provisional reference (failed:" in err
+    report = (run_dir / "report.md").read_text()
+    assert "The reference posterior is provisional" in report and "Cause (empty_component)" in report
+    assert "reached the reference" not in report.lower()

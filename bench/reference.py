@@ -1,15 +1,19 @@
 """Reference posteriors: what every fit of a data set is labelled, placed and measured against.
 
-After posteriordb (``reference_posteriors/draws/info/*.info.json`` and
-``doc/REFERENCE_POSTERIOR_DEFINITION.md``), a reference posterior is a named artefact, a directory
-of two files:
+In posteriordb's layout (``reference_posteriors/draws/info/*.info.json`` and
+``doc/REFERENCE_POSTERIOR_DEFINITION.md``; bench.posteriordb), a reference posterior is a named
+artefact, a directory of two files:
 
-- ``draws.nc``: the draws (ArviZ DataTree, canonical names and dims, the data's scale), relabelled
-  into one canonical labelling, with ``sample_stats.lp``, the oracle's log density of each draw
-  (models/oracle.py, of the model as fitted; see bench.problem);
-- ``info.json``: how it was made (backend, engine, NUTS settings, seed, or the user's file and its
-  SHA-256), the data set's digest, the spec and the standardisation it belongs to, its
-  diagnostics and the checks they passed, versions, and when.
+- ``draws.json.zip``: the draws (the data's scale), relabelled into one canonical labelling, as a
+  list of chains, each mapping ``w[k,d]``, ``b[k]``, ``sigma[k]``, ``pi[k]`` (1-based) to its draws,
+  with ``lp``, the oracle's log density of each draw (models/oracle.py, of the model as fitted;
+  see bench.problem);
+- ``info.json``: posteriordb's fields (``inference`` with ``method`` and ``method_arguments``,
+  ``diagnostics`` with per-scalar ``r_hat`` and ESS, ``checks_made``, ``versions``) and mixbench's
+  (how it was made: backend, engine, NUTS settings, seed, or the user's file and its SHA-256; the
+  data set's digest, the spec and the standardisation it belongs to; status, causes, when).
+
+References written before format 2 (``draws.nc``, an ArviZ DataTree, and ``info.json``) are read.
 
 It is made by a long multi-chain NUTS run with one backend (``ReferenceSettings``), or read from
 draws a user supplies (netCDF or CSV, e.g. posteriordb's reference draws). A made reference is
@@ -53,14 +57,20 @@ import xarray as xr
 
 from backends.base import FitSettings, canonical_datatree, package_versions, settings_from_dict
 from bench.problem import Problem
+from bench.posteriordb import info_fields, read_draws_zip, write_draws_zip
 from bench.reference_advice import diagnose
 from bench.relabel import apply_permutations, posterior_dataset, relabel
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: posteriordb's layout (draws.json.zip, info.json with its fields); 1: draws.nc, still read."""
+READS_VERSIONS = (1, 2)
+CACHE_KEY_VERSION = 1  # unchanged by format 2, so references cached before it are found and read
 INFO_FILE = "info.json"
 DRAWS_FILE = "draws.nc"
+DRAWS_ZIP = "draws.json.zip"
+LP_COLUMN = "lp"  # the oracle's log density of each draw, beside the parameters in draws.json.zip
 REFERENCE_CHOICES = ("auto", "make", "none")
 FAMILIES = ("w", "b", "sigma", "pi")
 TAIL_PROB = (0.05, 0.95)
@@ -373,7 +383,13 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     if not path.is_file():
         raise MixbenchError(f"reference draws {path}: not found")
     shapes = spec.param_shapes()
-    if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
+    if path.name.lower().endswith((".json.zip", ".json")):
+        arrays = read_draws_zip(path)
+        arrays.pop(LP_COLUMN, None)
+        if "pi" in arrays and arrays["pi"].ndim == 2:  # posteriordb's scalar theta: the first of two weights
+            arrays["pi"] = arrays["pi"][..., None]
+        _fill_empty(arrays, shapes)
+    elif path.suffix.lower() in (".nc", ".netcdf", ".h5"):
         try:
             with xr.open_datatree(path, engine="h5netcdf") as opened:
                 tree = opened.load()
@@ -394,7 +410,7 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
             raise MixbenchError(f"reference draws {path}: malformed CSV ({str(exc).splitlines()[0]})") from None
         arrays = _arrays_from_columns(frame, spec, path)
     else:
-        raise MixbenchError(f"reference draws {path}: expected a .nc or .csv file")
+        raise MixbenchError(f"reference draws {path}: expected a .nc, .csv or posteriordb .json.zip file")
     if "pi" not in arrays:
         raise MixbenchError(f"reference draws {path}: no weights (pi)")
     if arrays["pi"].shape[-1] == spec.K - 1:
@@ -410,6 +426,13 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     if np.any(np.abs(arrays["pi"].sum(axis=-1) - 1.0) > 1e-6) or np.any(arrays["pi"] < 0):
         raise MixbenchError(f"reference draws {path}: the weights (pi) are not on the simplex")
     return canonical_datatree(spec, {name: arrays[name] for name in shapes})
+
+
+def _fill_empty(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Parameters without a scalar (the slopes of D = 0) have no column in a draws file."""
+    lead = next(iter(arrays.values())).shape[:2]
+    arrays.update({name: np.zeros((*lead, *shape)) for name, shape in shapes.items()
+                   if name not in arrays and 0 in shape})
 
 
 def _arrays_from_columns(frame: pd.DataFrame, spec: MixtureSpec, path: Path) -> dict[str, np.ndarray]:
@@ -479,8 +502,12 @@ def write_reference(reference: Reference, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
     try:
-        reference.draws.to_netcdf(tmp / DRAWS_FILE, engine="h5netcdf")
-        (tmp / INFO_FILE).write_text(json.dumps(reference.info, indent=2, default=str))
+        arrays = {name: np.asarray(values.transpose("chain", "draw", ...).values, dtype=float)
+                  for name, values in reference.posterior.data_vars.items()}
+        arrays[LP_COLUMN] = reference.lp
+        write_draws_zip(arrays, tmp / DRAWS_ZIP)
+        info = {**reference.info, **info_fields(reference.draws, reference.info), "format_version": FORMAT_VERSION}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -503,16 +530,17 @@ def load_reference(directory: str | Path, problem: Problem | None = None) -> Ref
     Every refusal is a one-line MixbenchError naming the artefact and the mismatch.
     """
     directory = Path(directory)
-    info_path, draws_path = directory / INFO_FILE, directory / DRAWS_FILE
+    info_path = directory / INFO_FILE
+    draws_path = directory / DRAWS_ZIP if (directory / DRAWS_ZIP).is_file() else directory / DRAWS_FILE
     if not directory.is_dir() or not info_path.is_file() or not draws_path.is_file():
-        raise MixbenchError(f"reference {directory}: not a reference directory (needs {INFO_FILE} and {DRAWS_FILE})")
+        raise MixbenchError(f"reference {directory}: not a reference directory (needs {INFO_FILE} and {DRAWS_ZIP})")
     try:
         info = json.loads(info_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MixbenchError(f"reference {directory}: {INFO_FILE} is unreadable ({type(exc).__name__})") from None
-    if info.get("format_version") != FORMAT_VERSION:
+    if info.get("format_version") not in READS_VERSIONS:
         raise MixbenchError(f"reference {directory}: format version {info.get('format_version')!r}, "
-                            f"this mixbench reads {FORMAT_VERSION}")
+                            f"this mixbench reads {', '.join(map(str, READS_VERSIONS))}")
     if problem is not None:
         identity = problem.identity()
         made_for = info.get("data", {}).get("digest")
@@ -526,6 +554,19 @@ def load_reference(directory: str | Path, problem: Problem | None = None) -> Ref
         if json.dumps(info.get("standardization"), sort_keys=True) != json.dumps(identity["standardization"], sort_keys=True):
             raise MixbenchError(f"reference {directory}: made {'with' if info.get('standardization') else 'without'} "
                                 f"--standardize, this run is {'with' if identity['standardization'] else 'without'}")
+    if draws_path.name == DRAWS_ZIP:
+        arrays = read_draws_zip(draws_path)
+        lp = arrays.pop(LP_COLUMN, None)
+        if lp is None:
+            raise MixbenchError(f"reference {directory}: {DRAWS_ZIP} has no {LP_COLUMN!r} column")
+        try:
+            spec = MixtureSpec.from_dict(info.get("spec") or {})
+            _fill_empty(arrays, spec.param_shapes())
+            tree = canonical_datatree(spec, arrays)
+        except (MixbenchError, ValueError, TypeError) as exc:
+            raise MixbenchError(f"reference {directory}: its draws do not fit its spec "
+                                f"({str(exc).splitlines()[0]})") from None
+        return Reference(_with_lp(tree, lp, None), info, directory)
     try:
         # Loaded whole and the file closed: a reference stays readable (and replaceable) while runs use it.
         with xr.open_datatree(draws_path, engine="h5netcdf") as opened:
@@ -545,7 +586,7 @@ def cache_dir_for(problem: Problem, settings: ReferenceSettings, source: str | N
     """Where the cached reference of this problem (and these settings, or this user file) lives."""
     from backends.caches import cache_key
 
-    parts = {"format": FORMAT_VERSION, **problem.identity(),
+    parts = {"format": CACHE_KEY_VERSION, **problem.identity(),
              **({"source_sha256": source} if source else {"settings": settings.to_dict()})}
     return references_dir() / f"{problem.dataset.name}-{cache_key(parts)[:16]}"
 
@@ -568,7 +609,7 @@ def accepted_reference(problem: Problem) -> Reference | None:
             info = json.loads(info_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if (info.get("accepted") and info.get("format_version") == FORMAT_VERSION
+        if (info.get("accepted") and info.get("format_version") in READS_VERSIONS
                 and info.get("made_by", {}).get("kind") == "nuts"
                 and info.get("data", {}).get("digest") == identity["data_digest"]
                 and not _spec_differences(info.get("spec") or {}, identity["spec"])

@@ -121,7 +121,7 @@ def test_draws_files_that_do_not_fit_the_spec_are_refused(tmp_path):
     with pytest.raises(MixbenchError, match=r"no column 'b\[0\]'"):
         read_draws_file(to_csv(post, tmp_path / "b.csv"), SPEC)
     (tmp_path / "x.txt").write_text("w\n1\n")
-    with pytest.raises(MixbenchError, match="expected a .nc or .csv"):
+    with pytest.raises(MixbenchError, match="expected a .nc, .csv or posteriordb"):
         read_draws_file(tmp_path / "x.txt", SPEC)
 
 

@@ -191,10 +191,7 @@ def test_the_default_run_on_an_over_fitted_k_runs_every_cell(tmp_path, reference
     info = json.loads((made / "info.json").read_text())
     assert not info["accepted"] and info["status"] == "provisional" and info["causes"]
     # The empty component's weight, recomputed from the reference's own draws.
-    import xarray as xr
-
-    with xr.open_datatree(made / "draws.nc", engine="h5netcdf") as tree:
-        pi = np.asarray(tree["posterior"]["pi"].mean(("chain", "draw")).values)
+    pi = np.asarray(bench.reference.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
     (empty,) = [c for c in info["causes"] if c["cause"] == "empty_component"]
     assert f"about {pi.min() * 40:.1f} of 40 points" in empty["evidence"] and "--K 2" in empty["advice"]
     assert "empty_component:" in err and "provisional reference (failed:" in err

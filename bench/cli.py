@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref = run.add_argument_group("reference posterior (labelling target, modes, W1; mixbench reference makes one)")
     ref.add_argument("--reference", default="auto", metavar="auto|make|none|PATH",
                      help="auto (default): the cached reference, made now for data without a truth; make: made "
-                          "now if not cached, with a truth too; none; or a reference directory or a draws file (.nc/.csv)")
+                          "now if not cached, with a truth too; none; or a reference directory or a draws file "
+                          "(.nc/.csv/posteriordb .json.zip)")
     _add_reference_options(ref)
     settings = run.add_argument_group("fit settings")
     _add_fit_settings(settings)
@@ -360,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     rmake = reference.add_argument_group("how it is made")
     _add_reference_options(rmake, prefix="--")
     rmake.add_argument("--draws-file", metavar="FILE", type=Path, default=None,
-                       help="use these draws (netCDF with a posterior group, or CSV with columns w[k,d], b[k], "
-                            "sigma or sigma[k], pi[k]; optional chain column) instead of running NUTS")
+                       help="use these draws (netCDF with a posterior group, CSV with columns w[k,d], b[k], "
+                            "sigma or sigma[k], pi[k] and an optional chain column, or posteriordb's .json.zip) "
+                            "instead of running NUTS")
     rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
                        help="write the reference here (default: the cache)")
     return parser

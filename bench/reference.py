@@ -377,7 +377,9 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     with (chain, draw, ...) dims. CSV: one column per scalar, named ``w[k,d]``, ``b[k]``,
     ``sigma`` or ``sigma[k]``, ``pi[k]`` (0-based), and an optional ``chain`` column. The last
     weight may be left out (it is 1 minus the others: posteriordb's ``theta`` of a two-component
-    mixture is ``pi[0]``).
+    mixture is ``pi[0]``). posteriordb draws (``.json.zip`` or ``.json``, bench.posteriordb): a
+    list of chains of 1-based scalar names, ``mu`` read as ``b`` and a scalar ``theta`` as the
+    first weight.
     """
     path = Path(path)
     if not path.is_file():

@@ -734,7 +734,8 @@ def cmd_reference(args) -> int:
         print(line)
     print(f"written: {directory}")
     if not reference.accepted:
-        print("provisional: runs use it as the labelling target and for W1 only, and keep looking for an "
+        print("provisional: runs use it as the labelling target and to measure W1 and landings against, "
+              "each named provisional, and keep looking for an "
               "accepted one", file=sys.stderr)
         return 1
     return 0

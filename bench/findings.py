@@ -224,7 +224,8 @@ def _provisional_sentence(ran: pd.DataFrame) -> Sentence:
     causes = causes if isinstance(causes, list) else []
     why = " ".join(f"Cause ({c.get('cause')}): {c.get('evidence')}. Fix: {c.get('advice')}." for c in causes)
     return Sentence(f"The reference posterior is provisional: it failed {first.get('reference_failed') or 'its checks'}; "
-                    f"it serves as the labelling target and for W1, and no fit is said to have reached it. {why}".strip(),
+                    f"it serves as the labelling target and W1 and landings are measured against it, but no fit is "
+                    f"said to have reached it. {why}".strip(),
                     "modes", tuple(ran["fit"]))
 
 

@@ -23,7 +23,8 @@ checks the same). Chains stuck in a mode far below the best chain (by mean log d
 ``drop_gap_nats``) are left out first and listed in the info: a mode e^-50 below the best holds
 no posterior mass worth drawing. A reference that fails a check is kept as provisional
 (``status``), with the failed checks and their causes and advice (bench.reference_advice): runs
-still use it, as the labelling target and for W1, and every row and report says it is provisional.
+still use it, as the labelling target and to measure W1 and landings against, and every row
+and report says it is provisional: no fit is said to have reached it.
 It is never taken for an accepted one: a run looks for an accepted reference of the same problem
 (made with any settings) before it uses a provisional one.
 
@@ -167,7 +168,8 @@ class Reference:
         if self.accepted:
             return []
         lines = [f"provisional reference (failed: {'; '.join(self.failed_checks)}): used as the labelling "
-                 "target and for W1 only; no fit is said to have reached it"]
+                 "target and to measure W1 and landings against, each named provisional; no fit is said to "
+                 "have reached it"]
         lines += [f"  {c['cause']}: {c['evidence']}. Fix: {c['advice']}" for c in self.causes]
         return lines
 

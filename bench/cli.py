@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref = run.add_argument_group("reference posterior (labelling target, modes, W1; mixbench reference makes one)")
     ref.add_argument("--reference", default="auto", metavar="auto|make|none|PATH",
                      help="auto (default): the cached reference, made now for data without a truth; make: made "
-                          "now if not cached, with a truth too; none; or a reference directory or a draws file (.nc/.csv)")
+                          "now if not cached, with a truth too; none; or a reference directory or a draws file "
+                          "(.nc/.csv/posteriordb .json.zip)")
     _add_reference_options(ref)
     settings = run.add_argument_group("fit settings")
     _add_fit_settings(settings)
@@ -360,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     rmake = reference.add_argument_group("how it is made")
     _add_reference_options(rmake, prefix="--")
     rmake.add_argument("--draws-file", metavar="FILE", type=Path, default=None,
-                       help="use these draws (netCDF with a posterior group, or CSV with columns w[k,d], b[k], "
-                            "sigma or sigma[k], pi[k]; optional chain column) instead of running NUTS")
+                       help="use these draws (netCDF with a posterior group, CSV with columns w[k,d], b[k], "
+                            "sigma or sigma[k], pi[k] and an optional chain column, or posteriordb's .json.zip) "
+                            "instead of running NUTS")
     rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
                        help="write the reference here (default: the cache)")
     return parser
@@ -681,6 +683,8 @@ def attach_references(cells: list, choice: str, settings) -> list:
             found[key] = str(ref.path) if ref is not None else None
             if ref is not None:
                 print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
+                for line in ref.lacks():
+                    print(f"  {line}", file=sys.stderr, flush=True)
         out.append(dataclasses.replace(cell, reference=found[key]))
     return out
 
@@ -688,7 +692,8 @@ def attach_references(cells: list, choice: str, settings) -> list:
 def cmd_reference(args) -> int:
     from bench.harness import Cell, load_cell_data
     from bench.problem import Problem
-    from bench.reference import (cache_dir_for, make_reference, reference_from_draws, write_reference)
+    from bench.reference import (INFO_FILE, cache_dir_for, load_reference, make_reference, reference_from_draws,
+                                 write_reference)
     from models.datafile import load_csv
     from models.scenarios import DEFAULT_SCENARIO
 
@@ -712,13 +717,26 @@ def cmd_reference(args) -> int:
         source = hashlib.sha256(args.draws_file.read_bytes()).hexdigest()
         directory = args.out or cache_dir_for(problem, settings, source=source)
     else:
-        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
         directory = args.out or cache_dir_for(problem, settings)
+        try:
+            cached = load_reference(directory, problem) if (directory / INFO_FILE).is_file() else None
+        except MixbenchError:  # --out names a reference of other data or spec: replaced below
+            cached = None
+        if cached is not None and cached.accepted and cached.info.get("made_by", {}).get("settings") == settings.to_dict():
+            # The same data, spec, scale and settings (the cache key): NUTS would give the same draws.
+            print(cached.describe())
+            print(f"cached, not rerun: {directory} (made {cached.info.get('created')})")
+            return 0
+        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     write_reference(reference, directory)
     print(reference.describe())
+    for line in reference.lacks():
+        print(line)
     print(f"written: {directory}")
     if not reference.accepted:
-        print("not accepted: runs refuse it; try more draws (--draws) or chains", file=sys.stderr)
+        print("provisional: runs use it as the labelling target and to measure W1 and landings against, "
+              "each named provisional, and keep looking for an "
+              "accepted one", file=sys.stderr)
         return 1
     return 0
 

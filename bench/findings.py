@@ -1,8 +1,9 @@
 """The report's first section: what the numbers say, in sentences generated from the per-fit
 summary (bench.tables.fit_summary).
 
-Per setup (one data set): which fits reached the target (the truth, or without one the reference
-point) and on how many seeds, which landed elsewhere and how far below in log density where the
+Per setup (one data set): which fits reached the target (the truth, or without one an accepted
+reference posterior; a provisional reference, one that failed its checks, is named as such and
+never said to be reached; without either, nothing is said to be reached) and on how many seeds, which landed elsewhere and how far below in log density where the
 rows record it, what each cost (seconds to 1000 effective draws for NUTS, to the fit for the
 others), and the health flags. Every sentence names the table and the fit ids its numbers come
 from; every number in it is a cell of those rows (formatted by bench.tables.fmt).
@@ -60,15 +61,31 @@ def _away(fit: pd.Series) -> str:
              if fit.get(f"landed_{mode}", 0)]
     text = ", ".join(parts)
     if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:
-        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the reference posterior in log density"
+        which = "provisional reference" if fit.get("target") == "provisional reference" else "reference posterior"
+        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the {which} in log density"
     return text
 
 
-def _target(fits: pd.DataFrame) -> str:
+def _kind(fits: pd.DataFrame) -> str:
+    """What the fits were scored against: truth, reference (accepted), provisional or pivot."""
     if fits["truth"].all():
-        return "the truth"
+        return "truth"
     targets = set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str))
-    return "the reference posterior's mode" if targets == {"reference"} else "the reference point"
+    return {frozenset({"reference"}): "reference",
+            frozenset({"provisional reference"}): "provisional"}.get(frozenset(targets), "pivot")
+
+
+# Per kind of target: (every seed, some seeds, no seed) sentence openings, and the target's name.
+_LANDING_WORDS = {
+    "truth": ("Recovered the truth on every seed", "Reached the truth on some seeds only",
+              "Never reached the truth", "the truth"),
+    "reference": ("Reached the reference posterior's mode on every seed",
+                  "Reached the reference posterior's mode on some seeds only",
+                  "Never reached the reference posterior's mode", "the reference posterior's mode"),
+    "provisional": ("In the provisional reference's mode (not a verified answer: the reference failed its "
+                    "checks) on every seed", "In the provisional reference's mode on some seeds only",
+                    "Never in the provisional reference's mode", "the provisional reference's mode"),
+}
 
 
 def _setup_title(fits: pd.DataFrame) -> str:
@@ -83,44 +100,34 @@ def _setup_title(fits: pd.DataFrame) -> str:
     targets = sorted(set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str)) - {"-"})
     if targets == ["reference"]:
         return title + ": no truth, scored against the reference posterior (one labelling for every fit)"
+    if targets == ["provisional reference"]:
+        return (title + ": no truth, scored against a provisional reference posterior (it failed its checks; "
+                "one labelling for every fit)")
     target = f" ({', '.join(targets)}; see the glossary)" if targets else ""
-    return title + f": no truth, scored against each fit's own reference point{target}"
+    return title + f": no truth and no reference posterior, each fit relabelled to its own pivot{target}"
 
 
 def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     """The findings of the fits of one setup."""
     sentences: list[Sentence] = []
     truth = bool(fits["truth"].all())
-    target = _target(fits)
+    kind = _kind(fits)
     ran = fits[fits["seeds_ok"] > 0]
-
-    every = ran[ran["on_target"] == ran["seeds_ok"]]
-    if len(every):
-        items = []
-        for _, fit in every.iterrows():
-            detail = f"{int(fit['on_target'])} of {int(fit['seeds_ok'])}"
-            error = _main_error(fit) if truth else None
-            if error:
-                detail += f", {error[0]} error {fmt(error[1])}"
-            items.append(f"{_name(fit)} ({detail})")
-        verb = "Recovered the truth" if truth else f"Reached {target}"
-        sentences.append(Sentence(f"{verb} on every seed: {_listing(items)}.", "recovery" if truth else "modes",
-                                  tuple(every["fit"])))
-    some = ran[(ran["on_target"] > 0) & (ran["on_target"] < ran["seeds_ok"])]
-    if len(some):
-        items = [f"{_name(f)} ({int(f['on_target'])} of {int(f['seeds_ok'])}; elsewhere: {_away(f)})"
-                 for _, f in some.iterrows()]
-        sentences.append(Sentence(f"Reached {target} on some seeds only: {_listing(items)}.", "modes",
-                                  tuple(some["fit"])))
-    never = ran[ran["on_target"] == 0]
-    if len(never):
-        items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)})" for _, f in never.iterrows()]
-        sentences.append(Sentence(f"Never reached {target}: {_listing(items)}.", "modes", tuple(never["fit"])))
+    if kind == "provisional":
+        sentences.append(_provisional_sentence(ran))
+    if kind == "pivot":
+        if len(ran):
+            sentences.append(Sentence("No truth and no reference posterior: where each fit landed is not judged "
+                                      "(each was relabelled to its own pivot).", "modes", tuple(ran["fit"])))
+    else:
+        sentences += _landing_sentences(ran, kind, truth)
+    target = _LANDING_WORDS.get(kind, ("", "", "", ""))[3]
 
     if "w_w1" in ran and ran["w_w1"].notna().any():
         close = ran[ran["w_w1"].notna()].sort_values("w_w1")
         items = [f"{_name(f)} {fmt(f['w_w1'])}" for _, f in close.iterrows()]
-        sentences.append(Sentence(f"Slope W1 distance to the reference posterior (median over seeds, smaller is "
+        which = "the provisional reference" if kind == "provisional" else "the reference posterior"
+        sentences.append(Sentence(f"Slope W1 distance to {which} (median over seeds, smaller is "
                                   f"closer): {_listing(items)}.", "vi", tuple(close["fit"])))
     if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
         scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
@@ -147,7 +154,7 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
         sentences.append(Sentence(f"Compiling took {_listing(items)} (over seeds: the first compiles, later ones "
                                   "mostly load the cache).", "cost", tuple(compiled["fit"])))
     good = ran[(ran["on_target"] == ran["seeds_ok"]) & ran["s_to_fit"].notna()].sort_values("s_to_fit")
-    if len(good) > 1:
+    if len(good) > 1 and kind in ("truth", "reference"):
         best = good.iloc[0]
         flagged = best["flags"] != "-"
         sentences.append(Sentence(f"Quickest to reach {target} on every seed, compile apart: {_name(best)}, "
@@ -182,6 +189,44 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
         items = [f"{_name(f)} ({f['not_ok']})" for _, f in failed.iterrows()]
         sentences.append(Sentence(f"No draws from: {_listing(items)}.", "problems", tuple(failed["fit"])))
     return SetupFindings(_setup_title(fits), tuple(sentences))
+
+
+def _landing_sentences(ran: pd.DataFrame, kind: str, truth: bool) -> list[Sentence]:
+    every_words, some_words, never_words, _ = _LANDING_WORDS[kind]
+    sentences = []
+    every = ran[ran["on_target"] == ran["seeds_ok"]]
+    if len(every):
+        items = []
+        for _, fit in every.iterrows():
+            detail = f"{int(fit['on_target'])} of {int(fit['seeds_ok'])}"
+            error = _main_error(fit) if truth else None
+            if error:
+                detail += f", {error[0]} error {fmt(error[1])}"
+            items.append(f"{_name(fit)} ({detail})")
+        sentences.append(Sentence(f"{every_words}: {_listing(items)}.", "recovery" if truth else "modes",
+                                  tuple(every["fit"])))
+    some = ran[(ran["on_target"] > 0) & (ran["on_target"] < ran["seeds_ok"])]
+    if len(some):
+        items = [f"{_name(f)} ({int(f['on_target'])} of {int(f['seeds_ok'])}; elsewhere: {_away(f)})"
+                 for _, f in some.iterrows()]
+        sentences.append(Sentence(f"{some_words}: {_listing(items)}.", "modes", tuple(some["fit"])))
+    never = ran[ran["on_target"] == 0]
+    if len(never):
+        items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)})" for _, f in never.iterrows()]
+        sentences.append(Sentence(f"{never_words}: {_listing(items)}.", "modes", tuple(never["fit"])))
+    return sentences
+
+
+def _provisional_sentence(ran: pd.DataFrame) -> Sentence:
+    """What the provisional reference failed, why, and what would fix it (bench.reference_advice)."""
+    first = ran.iloc[0] if len(ran) else pd.Series(dtype=object)
+    causes = first.get("reference_causes")
+    causes = causes if isinstance(causes, list) else []
+    why = " ".join(f"Cause ({c.get('cause')}): {c.get('evidence')}. Fix: {c.get('advice')}." for c in causes)
+    return Sentence(f"The reference posterior is provisional: it failed {first.get('reference_failed') or 'its checks'}; "
+                    f"it serves as the labelling target and W1 and landings are measured against it, but no fit is "
+                    f"said to have reached it. {why}".strip(),
+                    "modes", tuple(ran["fit"]))
 
 
 def findings(fits: pd.DataFrame) -> list[SetupFindings]:

@@ -186,6 +186,9 @@ WORDS: dict[str, dict[str, str]] = {
         "chain0": "the mean of the fit's chain 0",
         "reference": "the reference posterior's mean in its canonical labelling, shared by every fit of the data "
                      "set (mixbench reference)",
+        "provisional reference": "a reference posterior that failed its checks (R-hat, ESS, divergences), used "
+                                 "as the labelling target and to measure W1 and landings against: no fit is said to have reached it; "
+                                 "the findings say why it failed and what would fix it",
         "reference-map, reference-chain0": "a pivot taken from reference draws given without their log densities",
     },
     "k-hat words": {

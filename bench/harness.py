@@ -311,6 +311,10 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         row["versions"] = fit.versions
         if reference is not None:
             row["reference_name"] = reference.name
+            row["reference_status"] = reference.status
+            if not reference.accepted:
+                row["reference_failed"] = "; ".join(reference.failed_checks)
+                row["reference_causes"] = reference.causes
         if fit.ok:
             row.update(posterior_means(fit, dataset.truth, reference))
         row["time_metrics"] = time.perf_counter() - metrics_start

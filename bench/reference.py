@@ -1,15 +1,19 @@
 """Reference posteriors: what every fit of a data set is labelled, placed and measured against.
 
-After posteriordb (``reference_posteriors/draws/info/*.info.json`` and
-``doc/REFERENCE_POSTERIOR_DEFINITION.md``), a reference posterior is a named artefact, a directory
-of two files:
+In posteriordb's layout (``reference_posteriors/draws/info/*.info.json`` and
+``doc/REFERENCE_POSTERIOR_DEFINITION.md``; bench.posteriordb), a reference posterior is a named
+artefact, a directory of two files:
 
-- ``draws.nc``: the draws (ArviZ DataTree, canonical names and dims, the data's scale), relabelled
-  into one canonical labelling, with ``sample_stats.lp``, the oracle's log density of each draw
-  (models/oracle.py, of the model as fitted; see bench.problem);
-- ``info.json``: how it was made (backend, engine, NUTS settings, seed, or the user's file and its
-  SHA-256), the data set's digest, the spec and the standardisation it belongs to, its
-  diagnostics and the checks they passed, versions, and when.
+- ``draws.json.zip``: the draws (the data's scale), relabelled into one canonical labelling, as a
+  list of chains, each mapping ``w[k,d]``, ``b[k]``, ``sigma[k]``, ``pi[k]`` (1-based) to its draws,
+  with ``lp``, the oracle's log density of each draw (models/oracle.py, of the model as fitted;
+  see bench.problem);
+- ``info.json``: posteriordb's fields (``inference`` with ``method`` and ``method_arguments``,
+  ``diagnostics`` with per-scalar ``r_hat`` and ESS, ``checks_made``, ``versions``) and mixbench's
+  (how it was made: backend, engine, NUTS settings, seed, or the user's file and its SHA-256; the
+  data set's digest, the spec and the standardisation it belongs to; status, causes, when).
+
+References written before format 2 (``draws.nc``, an ArviZ DataTree, and ``info.json``) are read.
 
 It is made by a long multi-chain NUTS run with one backend (``ReferenceSettings``), or read from
 draws a user supplies (netCDF or CSV, e.g. posteriordb's reference draws). A made reference is
@@ -17,8 +21,12 @@ accepted only if, after relabelling, R-hat <= 1.01, bulk and tail ESS >= 400 for
 no more than a set share of transitions diverged (Vehtari et al. 2021's thresholds; posteriordb
 checks the same). Chains stuck in a mode far below the best chain (by mean log density, over
 ``drop_gap_nats``) are left out first and listed in the info: a mode e^-50 below the best holds
-no posterior mass worth drawing. A rejected reference is kept with its reasons, and reading it
-fails with them.
+no posterior mass worth drawing. A reference that fails a check is kept as provisional
+(``status``), with the failed checks and their causes and advice (bench.reference_advice): runs
+still use it, as the labelling target and to measure W1 and landings against, and every row
+and report says it is provisional: no fit is said to have reached it.
+It is never taken for an accepted one: a run looks for an accepted reference of the same problem
+(made with any settings) before it uses a provisional one.
 
 Canonical labelling: each draw is relabelled against the draw with the highest log density
 (bench.relabel), then components are sorted by the posterior mean of the spec's ordering
@@ -50,13 +58,20 @@ import xarray as xr
 
 from backends.base import FitSettings, canonical_datatree, package_versions, settings_from_dict
 from bench.problem import Problem
+from bench.posteriordb import info_fields, read_draws_zip, write_draws_zip
+from bench.reference_advice import diagnose
 from bench.relabel import apply_permutations, posterior_dataset, relabel
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: posteriordb's layout (draws.json.zip, info.json with its fields); 1: draws.nc, still read."""
+READS_VERSIONS = (1, 2)
+CACHE_KEY_VERSION = 1  # unchanged by format 2, so references cached before it are found and read
 INFO_FILE = "info.json"
 DRAWS_FILE = "draws.nc"
+DRAWS_ZIP = "draws.json.zip"
+LP_COLUMN = "lp"  # the oracle's log density of each draw, beside the parameters in draws.json.zip
 REFERENCE_CHOICES = ("auto", "make", "none")
 FAMILIES = ("w", "b", "sigma", "pi")
 TAIL_PROB = (0.05, 0.95)
@@ -131,6 +146,34 @@ class Reference:
         return bool(self.info.get("accepted"))
 
     @property
+    def status(self) -> str:
+        """"accepted", or "provisional": it failed a check (``failed_checks``, ``causes``)."""
+        return "accepted" if self.accepted else "provisional"
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return list(self.info.get("rejected_because") or [])
+
+    @property
+    def causes(self) -> list[dict[str, str]]:
+        """Why it failed and what would fix it (bench.reference_advice); empty when accepted."""
+        if self.accepted:
+            return []
+        return list(self.info.get("causes") or [
+            {"cause": "unknown", "evidence": "made before mixbench diagnosed failed references",
+             "advice": "make it again (mixbench reference) to see why"}])
+
+    def lacks(self) -> list[str]:
+        """Lines for people: what a provisional reference lacks and what would fix it."""
+        if self.accepted:
+            return []
+        lines = [f"provisional reference (failed: {'; '.join(self.failed_checks)}): used as the labelling "
+                 "target and to measure W1 and landings against, each named provisional; no fit is said to "
+                 "have reached it"]
+        lines += [f"  {c['cause']}: {c['evidence']}. Fix: {c['advice']}" for c in self.causes]
+        return lines
+
+    @property
     def name(self) -> str:
         return str(self.info.get("name", "reference"))
 
@@ -143,7 +186,7 @@ class Reference:
                else f"user draws from {made.get('source_file')}")
         return (f"{self.name}: {how}; R-hat max {_fmt(d.get('rhat_max'))}, ESS bulk/tail min "
                 f"{_fmt(d.get('ess_bulk_min'))}/{_fmt(d.get('ess_tail_min'))}, divergences "
-                f"{d.get('divergences')}; {'accepted' if self.accepted else 'NOT accepted: ' + '; '.join(self.info.get('rejected_because', []))}")
+                f"{d.get('divergences')}; {'accepted' if self.accepted else 'provisional, NOT accepted: ' + '; '.join(self.failed_checks)}")
 
 
 def _fmt(value) -> str:
@@ -212,12 +255,18 @@ def _checks(diag: dict, divergences: int, n_transitions: int, chains_used: int,
         "chains": bool(chains_used >= settings.min_chains),
     }
     reasons = []
+
+    def failed(label: str, value, bound: str) -> str:
+        if value is None or math.isnan(value):
+            return f"{label} not computable (needs 2 chains of 4 draws or more)"
+        return f"{label} {_fmt(value)} {bound}"
+
     if not checks["rhat"]:
-        reasons.append(f"R-hat {_fmt(diag['rhat_max'])} > {settings.rhat_max}")
+        reasons.append(failed("R-hat", diag["rhat_max"], f"> {settings.rhat_max}"))
     if not checks["ess_bulk"]:
-        reasons.append(f"bulk ESS {_fmt(diag['ess_bulk_min'])} < {settings.ess_min:g}")
+        reasons.append(failed("bulk ESS", diag["ess_bulk_min"], f"< {settings.ess_min:g}"))
     if not checks["ess_tail"]:
-        reasons.append(f"tail ESS {_fmt(diag['ess_tail_min'])} < {settings.ess_min:g}")
+        reasons.append(failed("tail ESS", diag["ess_tail_min"], f"< {settings.ess_min:g}"))
     if not checks["divergences"]:
         reasons.append(f"{divergences} of {n_transitions} transitions divergent")
     if not checks["chains"]:
@@ -269,8 +318,9 @@ def make_reference(problem: Problem, settings: ReferenceSettings = ReferenceSett
                    name: str | None = None, progress: Callable[[str], None] | None = None) -> Reference:
     """Run NUTS with ``settings.backend`` on the problem, check it, and return the reference.
 
-    The result may be rejected (``accepted`` False, with ``info["rejected_because"]``); writing
-    and reading it then fails with the reasons. Raises MixbenchError when the run itself fails.
+    The result may fail its checks: it is then provisional (``accepted`` False, with
+    ``info["rejected_because"]`` and ``info["causes"]``, see bench.reference_advice). Raises
+    MixbenchError when the run itself fails.
     """
     from backends import get_backend
 
@@ -302,6 +352,8 @@ def make_reference(problem: Problem, settings: ReferenceSettings = ReferenceSett
     divergences = int(diverging[keep].sum()) if diverging is not None else 0
     n_transitions = len(keep) * ds.sizes["draw"]
     checks, reasons = _checks(diag, divergences, n_transitions, len(keep), settings)
+    causes = diagnose(draws, lp, relabelled, checks, diag, divergences, problem.spec, problem.dataset.x,
+                      problem.dataset.y, problem.standardization is not None, settings.draws, settings.ess_min)
     info = _base_info(problem, name)
     info.update({
         "made_by": {"kind": "nuts", "backend": settings.backend, "engine": fit.engine, "method": "nuts",
@@ -312,7 +364,9 @@ def make_reference(problem: Problem, settings: ReferenceSettings = ReferenceSett
                         "chain_mean_lp": [float(v) for v in chain_lp]},
         "checks": checks,
         "accepted": not reasons,
+        "status": "accepted" if not reasons else "provisional",
         "rejected_because": reasons,
+        "causes": causes,
     })
     out = _with_lp(relabelled, kept_lp, diverging[keep] if diverging is not None else None)
     return Reference(out, info)
@@ -325,13 +379,21 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     with (chain, draw, ...) dims. CSV: one column per scalar, named ``w[k,d]``, ``b[k]``,
     ``sigma`` or ``sigma[k]``, ``pi[k]`` (0-based), and an optional ``chain`` column. The last
     weight may be left out (it is 1 minus the others: posteriordb's ``theta`` of a two-component
-    mixture is ``pi[0]``).
+    mixture is ``pi[0]``). posteriordb draws (``.json.zip`` or ``.json``, bench.posteriordb): a
+    list of chains of 1-based scalar names, ``mu`` read as ``b`` and a scalar ``theta`` as the
+    first weight.
     """
     path = Path(path)
     if not path.is_file():
         raise MixbenchError(f"reference draws {path}: not found")
     shapes = spec.param_shapes()
-    if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
+    if path.name.lower().endswith((".json.zip", ".json")):
+        arrays = read_draws_zip(path)
+        arrays.pop(LP_COLUMN, None)
+        if "pi" in arrays and arrays["pi"].ndim == 2:  # posteriordb's scalar theta: the first of two weights
+            arrays["pi"] = arrays["pi"][..., None]
+        _fill_empty(arrays, shapes)
+    elif path.suffix.lower() in (".nc", ".netcdf", ".h5"):
         try:
             with xr.open_datatree(path, engine="h5netcdf") as opened:
                 tree = opened.load()
@@ -352,7 +414,7 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
             raise MixbenchError(f"reference draws {path}: malformed CSV ({str(exc).splitlines()[0]})") from None
         arrays = _arrays_from_columns(frame, spec, path)
     else:
-        raise MixbenchError(f"reference draws {path}: expected a .nc or .csv file")
+        raise MixbenchError(f"reference draws {path}: expected a .nc, .csv or posteriordb .json.zip file")
     if "pi" not in arrays:
         raise MixbenchError(f"reference draws {path}: no weights (pi)")
     if arrays["pi"].shape[-1] == spec.K - 1:
@@ -368,6 +430,13 @@ def read_draws_file(path: str | Path, spec: MixtureSpec) -> xr.DataTree:
     if np.any(np.abs(arrays["pi"].sum(axis=-1) - 1.0) > 1e-6) or np.any(arrays["pi"] < 0):
         raise MixbenchError(f"reference draws {path}: the weights (pi) are not on the simplex")
     return canonical_datatree(spec, {name: arrays[name] for name in shapes})
+
+
+def _fill_empty(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Parameters without a scalar (the slopes of D = 0) have no column in a draws file."""
+    lead = next(iter(arrays.values())).shape[:2]
+    arrays.update({name: np.zeros((*lead, *shape)) for name, shape in shapes.items()
+                   if name not in arrays and 0 in shape})
 
 
 def _arrays_from_columns(frame: pd.DataFrame, spec: MixtureSpec, path: Path) -> dict[str, np.ndarray]:
@@ -420,6 +489,7 @@ def reference_from_draws(problem: Problem, path: str | Path, name: str | None = 
         "checks": checks,
         "checks_note": "recorded, not enforced: the draws were supplied by the user",
         "accepted": True,
+        "status": "accepted",
         "rejected_because": [],
         "warnings": reasons,
     })
@@ -436,8 +506,12 @@ def write_reference(reference: Reference, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
     try:
-        reference.draws.to_netcdf(tmp / DRAWS_FILE, engine="h5netcdf")
-        (tmp / INFO_FILE).write_text(json.dumps(reference.info, indent=2, default=str))
+        arrays = {name: np.asarray(values.transpose("chain", "draw", ...).values, dtype=float)
+                  for name, values in reference.posterior.data_vars.items()}
+        arrays[LP_COLUMN] = reference.lp
+        write_draws_zip(arrays, tmp / DRAWS_ZIP)
+        info = {**reference.info, **info_fields(reference.draws, reference.info), "format_version": FORMAT_VERSION}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -453,22 +527,24 @@ def _spec_differences(a: dict, b: dict) -> list[str]:
     return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
 
-def load_reference(directory: str | Path, problem: Problem | None = None, require_accepted: bool = True) -> Reference:
-    """Read a reference artefact; with ``problem``, refuse one made for other data, spec or scale.
+def load_reference(directory: str | Path, problem: Problem | None = None) -> Reference:
+    """Read a reference artefact, accepted or provisional (``Reference.status``); with ``problem``,
+    refuse one made for other data, spec or scale.
 
     Every refusal is a one-line MixbenchError naming the artefact and the mismatch.
     """
     directory = Path(directory)
-    info_path, draws_path = directory / INFO_FILE, directory / DRAWS_FILE
+    info_path = directory / INFO_FILE
+    draws_path = directory / DRAWS_ZIP if (directory / DRAWS_ZIP).is_file() else directory / DRAWS_FILE
     if not directory.is_dir() or not info_path.is_file() or not draws_path.is_file():
-        raise MixbenchError(f"reference {directory}: not a reference directory (needs {INFO_FILE} and {DRAWS_FILE})")
+        raise MixbenchError(f"reference {directory}: not a reference directory (needs {INFO_FILE} and {DRAWS_ZIP})")
     try:
         info = json.loads(info_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MixbenchError(f"reference {directory}: {INFO_FILE} is unreadable ({type(exc).__name__})") from None
-    if info.get("format_version") != FORMAT_VERSION:
+    if info.get("format_version") not in READS_VERSIONS:
         raise MixbenchError(f"reference {directory}: format version {info.get('format_version')!r}, "
-                            f"this mixbench reads {FORMAT_VERSION}")
+                            f"this mixbench reads {', '.join(map(str, READS_VERSIONS))}")
     if problem is not None:
         identity = problem.identity()
         made_for = info.get("data", {}).get("digest")
@@ -482,9 +558,19 @@ def load_reference(directory: str | Path, problem: Problem | None = None, requir
         if json.dumps(info.get("standardization"), sort_keys=True) != json.dumps(identity["standardization"], sort_keys=True):
             raise MixbenchError(f"reference {directory}: made {'with' if info.get('standardization') else 'without'} "
                                 f"--standardize, this run is {'with' if identity['standardization'] else 'without'}")
-    if require_accepted and not info.get("accepted"):
-        raise MixbenchError(f"reference {directory}: not accepted ({'; '.join(info.get('rejected_because', []))}); "
-                            "make one with more draws (--reference-draws) or run with --reference none")
+    if draws_path.name == DRAWS_ZIP:
+        arrays = read_draws_zip(draws_path)
+        lp = arrays.pop(LP_COLUMN, None)
+        if lp is None:
+            raise MixbenchError(f"reference {directory}: {DRAWS_ZIP} has no {LP_COLUMN!r} column")
+        try:
+            spec = MixtureSpec.from_dict(info.get("spec") or {})
+            _fill_empty(arrays, spec.param_shapes())
+            tree = canonical_datatree(spec, arrays)
+        except (MixbenchError, ValueError, TypeError) as exc:
+            raise MixbenchError(f"reference {directory}: its draws do not fit its spec "
+                                f"({str(exc).splitlines()[0]})") from None
+        return Reference(_with_lp(tree, lp, None), info, directory)
     try:
         # Loaded whole and the file closed: a reference stays readable (and replaceable) while runs use it.
         with xr.open_datatree(draws_path, engine="h5netcdf") as opened:
@@ -504,33 +590,68 @@ def cache_dir_for(problem: Problem, settings: ReferenceSettings, source: str | N
     """Where the cached reference of this problem (and these settings, or this user file) lives."""
     from backends.caches import cache_key
 
-    parts = {"format": FORMAT_VERSION, **problem.identity(),
+    parts = {"format": CACHE_KEY_VERSION, **problem.identity(),
              **({"source_sha256": source} if source else {"settings": settings.to_dict()})}
     return references_dir() / f"{problem.dataset.name}-{cache_key(parts)[:16]}"
 
 
+def _cached(directory: Path, problem: Problem) -> Reference | None:
+    return load_reference(directory, problem) if (directory / INFO_FILE).is_file() else None
+
+
+def accepted_reference(problem: Problem) -> Reference | None:
+    """An accepted cached reference of this problem made with any settings (newest first), or None.
+
+    A reference made with other settings (more draws, another seed) describes the same posterior;
+    an accepted one is preferred over a provisional one of the settings asked for.
+    """
+    root = references_dir()
+    identity = problem.identity()
+    found = []
+    for info_path in root.glob(f"{problem.dataset.name}-*/{INFO_FILE}"):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if (info.get("accepted") and info.get("format_version") in READS_VERSIONS
+                and info.get("made_by", {}).get("kind") == "nuts"
+                and info.get("data", {}).get("digest") == identity["data_digest"]
+                and not _spec_differences(info.get("spec") or {}, identity["spec"])
+                and json.dumps(info.get("standardization"), sort_keys=True)
+                == json.dumps(identity["standardization"], sort_keys=True)):
+            found.append((str(info.get("created")), info_path.parent))
+    return load_reference(max(found)[1], problem) if found else None
+
+
 def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceSettings = ReferenceSettings(),
                       has_truth: bool = False, progress: Callable[[str], None] | None = None) -> Reference | None:
-    """The reference a run uses.
+    """The reference a run uses: accepted where one exists, else provisional (``Reference.status``).
 
-    choice: "none"; "auto" (the cached one, made now when the data has no truth and none is
-    cached; with a truth only a cached one); "make" (the cached one, else made now); or a path:
-    a reference directory (checked against the problem) or a draws file (.nc / .csv, see
-    ``read_draws_file``), turned into a cached reference.
+    choice: "none"; "auto" (a cached one, made now when the data has no truth and none is
+    cached; with a truth only a cached accepted one); "make" (a cached one, else made now); or a
+    path: a reference directory (checked against the problem) or a draws file (.nc / .csv, see
+    ``read_draws_file``), turned into a cached reference. For auto and make, the cached reference
+    of ``settings`` when accepted, else an accepted one made with other settings
+    (``accepted_reference``), else the provisional one of ``settings`` (made again it would give the
+    same draws: same settings, same seed), else a new one.
     """
     if str(choice) == "none":
         return None
     if str(choice) in ("auto", "make"):
         directory = cache_dir_for(problem, settings)
-        if (directory / INFO_FILE).is_file():
-            return load_reference(directory, problem)
+        cached = _cached(directory, problem)
+        if cached is not None and cached.accepted:
+            return cached
+        other = accepted_reference(problem)
+        if other is not None:
+            return other
         if str(choice) == "auto" and has_truth:
             return None
+        if cached is not None and "causes" in cached.info:
+            return cached
+        # None cached, or one refused by an older mixbench without saying why: made (again) now.
         reference = make_reference(problem, settings, progress=progress)
         write_reference(reference, directory)
-        if not reference.accepted:
-            raise MixbenchError(f"reference {directory}: not accepted ({'; '.join(reference.info['rejected_because'])}); "
-                                "make one with more draws (--reference-draws) or run with --reference none")
         return reference
     path = Path(choice)
     if path.is_dir():
@@ -538,8 +659,9 @@ def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceS
     if path.is_file():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         directory = cache_dir_for(problem, settings, source=digest)
-        if (directory / INFO_FILE).is_file():
-            return load_reference(directory, problem)
+        cached = _cached(directory, problem)
+        if cached is not None:
+            return cached
         reference = reference_from_draws(problem, path)
         write_reference(reference, directory)
         return reference

@@ -50,6 +50,8 @@ def labelling_target_text(rows: list[dict]) -> str:
     if sources == ["truth"]:
         return "the truth"
     if sources == ["reference"]:
+        if any(r.get("reference_status") == "provisional" for r in rows if r.get("status") == "ok"):
+            return "a provisional reference posterior (it failed its checks): one labelling for every row"
         return "the reference posterior: one labelling for every row"
     if not sources:
         return "their target"

@@ -130,6 +130,18 @@ def _median(values: pd.Series) -> float:
 # One record per fit
 
 
+def _reference_status(ok: pd.DataFrame) -> dict:
+    """A provisional reference (bench.reference: it failed its checks) as the fit's target, with
+    what it failed and why; nothing for an accepted one or none."""
+    status = col(ok, "reference_status")
+    provisional = ok[(status == "provisional").to_numpy()]
+    if not len(provisional):
+        return {}
+    first = provisional.iloc[0]
+    return {"target": "provisional reference", "reference_failed": first.get("reference_failed"),
+            "reference_causes": first.get("reference_causes")}
+
+
 def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per fit id: its identity, landings, recovery, cost and health over its seeds.
     Medians over the ok seeds unless a name says otherwise."""
@@ -147,6 +159,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "cells": len(group), "seeds_ok": len(ok), "truth": bool(truth),
             "target": "truth" if truth else _counts_text(col(ok, "reference_source")).split(" x")[0],
             "reference_name": _counts_text(col(ok, "reference_name")).split(" x")[0] if len(ok) else "-",
+            **_reference_status(ok),
             "not_ok": _counts_text(col(group[group["status"] != "ok"], "status")),
         }
         modes = col(ok, "mode")

@@ -121,7 +121,7 @@ def test_draws_files_that_do_not_fit_the_spec_are_refused(tmp_path):
     with pytest.raises(MixbenchError, match=r"no column 'b\[0\]'"):
         read_draws_file(to_csv(post, tmp_path / "b.csv"), SPEC)
     (tmp_path / "x.txt").write_text("w\n1\n")
-    with pytest.raises(MixbenchError, match="expected a .nc or .csv"):
+    with pytest.raises(MixbenchError, match="expected a .nc, .csv or posteriordb"):
         read_draws_file(tmp_path / "x.txt", SPEC)
 
 
@@ -170,6 +170,16 @@ class PoorModeBackend(Backend):
                    draws=canonical_datatree(spec, post, stats))
 
 
+class IidBackend(PoorModeBackend):
+    """Independent draws around the truth in one labelling: every chain alike."""
+
+    def _sample(self, spec, dataset, method, settings, seed):
+        post = iid_draws(SEP.truth, chains=settings.chains, draws=settings.draws, sd=0.01, seed=seed)
+        stats = {"diverging": np.zeros((settings.chains, settings.draws), bool)}
+        return Fit(backend=self.name, method=method, status="ok", engine="fake",
+                   draws=canonical_datatree(spec, post, stats))
+
+
 class SwitchingBackend(PoorModeBackend):
     """Two chains whose draws disagree in place (not labelling): R-hat far above 1.01."""
 
@@ -196,19 +206,100 @@ def test_a_chain_in_a_poor_mode_is_dropped_and_recorded(data):
     assert gap > 1000
 
 
-def test_a_reference_failing_its_checks_is_kept_but_refused(tmp_path, data):
+def test_a_reference_failing_its_checks_is_kept_as_provisional_with_its_cause(tmp_path, data):
     problem = Problem.make(SPEC, data)
     settings = ReferenceSettings(backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
                                  ess_min=100)
     ref = make_reference(problem, settings)
-    assert not ref.accepted and ref.info["checks"]["rhat"] is False
-    path = write_reference(ref, tmp_path / "rejected")
-    with pytest.raises(MixbenchError) as exc:
-        load_reference(path, problem)
-    assert "not accepted (R-hat" in _one_line(exc)
-    # Made on first need, a rejected reference stops the run with the same one line.
-    with pytest.raises(MixbenchError, match="not accepted"):
-        resolve_reference("auto", problem, settings)
+    assert not ref.accepted and ref.status == "provisional" and ref.info["checks"]["rhat"] is False
+    assert ref.failed_checks[0].startswith("R-hat ") and "R-hat -" not in ref.failed_checks[0]
+    # Chain 0's intercepts sit 0.05 above the others' (5 draw sds of 0.01): two places, not too few draws.
+    (cause,) = [c for c in ref.causes if c["cause"] == "modes"]
+    assert "relabelled means of b[" in cause["evidence"] and "more draws will not merge" in cause["advice"]
+    assert not any(c["cause"] == "few_draws" for c in ref.causes)
+    path = write_reference(ref, tmp_path / "provisional")
+    again = load_reference(path, problem)  # read back as what it is, never as accepted
+    assert again.status == "provisional" and again.causes == ref.causes
+    assert any("more draws will not merge" in line for line in again.lacks())
+    # Made on first need, a provisional reference does not stop the run: it is returned as such,
+    # and a second resolve reads it from the cache instead of making it again.
+    first = resolve_reference("auto", problem, settings)
+    assert first.status == "provisional"
+    assert resolve_reference("auto", problem, settings).info["created"] == first.info["created"]
+    # One refused by an older mixbench, which did not say why, is made again, with its causes.
+    info_path = first.path / "info.json"
+    old = json.loads(info_path.read_text())
+    del old["causes"], old["status"]
+    info_path.write_text(json.dumps(old))
+    remade = resolve_reference("auto", problem, settings)
+    assert remade.causes == ref.causes and "causes" in json.loads(info_path.read_text())
+    # With a truth, auto takes no provisional reference.
+    assert resolve_reference("auto", problem, settings, has_truth=True) is None
+
+
+def test_an_accepted_reference_of_other_settings_wins_over_a_cached_provisional_one(data):
+    """The cached-refused-reference bug: a run with --reference-draws 2000 made an accepted one, and
+    later runs without the flag must use it, not the earlier provisional one."""
+    problem = Problem.make(SPEC, data)
+    failing = ReferenceSettings(backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
+                                ess_min=100)
+    passing = ReferenceSettings(backend="tests.test_reference:PoorModeBackend", chains=4, warmup=0, draws=2000,
+                                ess_min=100)
+    provisional = resolve_reference("auto", problem, failing)
+    accepted = resolve_reference("make", problem, passing)
+    assert provisional.status == "provisional" and accepted.accepted and accepted.path != provisional.path
+    used = resolve_reference("auto", problem, failing)
+    assert used.accepted and used.path == accepted.path
+
+
+def _tree(post):
+    return canonical_datatree(SPEC, post)
+
+
+def test_too_few_draws_advises_how_many(data):
+    """iid draws: R-hat passes, ESS about the draw count falls short of a high bar: only more
+    draws are advised, scaled by ess_min / ESS."""
+    problem = Problem.make(SPEC, data)
+    settings = ReferenceSettings(backend="tests.test_reference:IidBackend", chains=2, warmup=0, draws=300,
+                                 ess_min=2000)
+    ref = make_reference(problem, settings)
+    (cause,) = ref.causes
+    ess = min(ref.info["diagnostics"]["ess_bulk_min"], ref.info["diagnostics"]["ess_tail_min"])
+    needed = int(np.ceil(300 * 2000 / ess * 1.2 / 500) * 500)
+    assert cause["cause"] == "few_draws" and f"--reference-draws {needed}" in cause["advice"]
+    assert ref.info["checks"]["rhat"] and not ref.info["checks"]["ess_bulk"]
+
+
+def test_prior_scale_and_degenerate_components_are_named(data):
+    """Draws of intercepts 20 prior sds from the prior mean (data shifted by +40), and a component
+    whose sigma sits at 1e-6 on tied points: each cause named, with advice to match."""
+    shifted = Dataset(x=np.vstack([data.x, data.x[:3]]), y=np.r_[data.y, data.y[:3]] + 40.0)
+    problem = Problem.make(SPEC, shifted)
+    truth = {**SEP.truth, "b": np.asarray(SEP.truth["b"]) + 40.0, "sigma": np.array([1e-6, 0.5])}
+    post = iid_draws(truth, chains=2, draws=200, sd=1e-8)
+    draws = _tree(post)
+    lp, _ = problem.draw_log_densities(draws, per_chain=200)
+    from bench.reference import canonical_relabel, diagnostics
+    from bench.reference_advice import diagnose
+
+    kept, _ = canonical_relabel(draws, lp, SPEC)
+    causes = {c["cause"]: c for c in diagnose(draws, lp, kept, {"rhat": False}, diagnostics(kept), 0, SPEC,
+                                              shifted.x, shifted.y, False, 200, 400)}
+    assert "--standardize" in causes["prior_scale"]["advice"]
+    assert "prior sds from the prior mean 0" in causes["prior_scale"]["evidence"]
+    assert "6 tied points" in causes["degenerate"]["evidence"]  # 3 points, each twice
+    assert "improper" in causes["degenerate"]["advice"]
+    # Standardised, the priors are on the data's scale: no prior-scale cause.
+    assert "prior_scale" not in {c["cause"] for c in diagnose(draws, lp, kept, {"rhat": False}, diagnostics(kept),
+                                                              0, SPEC, shifted.x, shifted.y, True, 200, 400)}
+
+
+def test_a_missing_diagnostic_is_said_so_not_printed_as_a_dash():
+    from bench.reference import _checks
+
+    diag = {"rhat_max": float("nan"), "ess_bulk_min": 500.0, "ess_tail_min": 500.0}
+    _, reasons = _checks(diag, 0, 100, 1, ReferenceSettings(min_chains=1))
+    assert reasons == ["R-hat not computable (needs 2 chains of 4 draws or more)"]
 
 
 def test_auto_makes_once_then_reads_the_cache(data):

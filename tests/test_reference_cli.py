@@ -84,3 +84,117 @@ def test_a_reference_for_other_data_is_refused_by_run(tmp_path, data_file, refer
     err = result.stderr.strip()
     assert result.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "made for data digest" in err
+
+
+QUICK = "tests.fake_backends:QuickBackend"
+REAL_MAKE = bench.reference.make_reference
+
+
+def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
+    """The reference NUTS run replaced by a fake backend's (tests.test_reference), keeping the
+    settings it was asked for (so the cache keys are the real ones); calls are counted."""
+    import dataclasses
+
+    def make(problem, settings, **kwargs):
+        calls.append(settings)
+        fake = dataclasses.replace(settings, backend=backend, chains=4, warmup=0, ess_min=100,
+                                   draws=min(settings.draws, 1000))
+        made = REAL_MAKE(problem, fake, **kwargs)
+        made.info["made_by"]["settings"] = settings.to_dict()  # it stands in for the run asked for
+        return made
+
+    monkeypatch.setattr(bench.reference, "make_reference", make)
+
+
+def test_a_reference_that_fails_its_checks_stops_nothing(tmp_path, data_file, references, monkeypatch, capsys):
+    """The default run (--reference auto) on data whose reference fails: exit 0, every cell's row,
+    the provisional reference's failed checks and cause in the console and report, no claim that
+    any fit reached it. A later accepted reference (made with more draws) replaces it in later runs."""
+    calls: list = []
+    _fake_reference(monkeypatch, "tests.test_reference:SwitchingBackend", calls)
+    run_dir = tmp_path / "run"
+    args = ["run", "--data", str(data_file), *SPEC_ARGS, "--backends", QUICK, "--seeds", "0,1", "--chains", "2",
+            "--draws", "100", "--out", str(run_dir)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "provisional reference (failed: R-hat" in captured.err
+    assert "modes: chains sit in several real modes" in captured.err and "Fix: more draws will not merge" in captured.err
+    assert "a provisional reference posterior (it failed its checks): one labelling for every row" in captured.out
+    rows = read_rows(run_dir / "cells.jsonl")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    assert {r["reference_status"] for r in rows} == {"provisional"}
+    assert all(r["reference_failed"].startswith("R-hat") for r in rows)
+    report = (run_dir / "report.md").read_text()
+    assert "The reference posterior is provisional: it failed R-hat" in report
+    assert "Cause (modes)" in report and "scored against a provisional reference posterior" in report
+    assert "reached the reference" not in report.lower() and "reached the reference" not in captured.out.lower()
+    assert len(calls) == 1
+
+    # `mixbench reference --draws 2000` then makes an accepted one (here a fake that passes) ...
+    _fake_reference(monkeypatch, "tests.test_reference:PoorModeBackend", calls)
+    assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--draws", "2000"]) == 0
+    assert "accepted" in capsys.readouterr().out and len(calls) == 2
+    # ... and the same default run uses it, not the provisional one it made first, and makes none.
+    assert main(args) == 0
+    assert len(calls) == 2
+    rows = [r for r in read_rows(run_dir / "cells.jsonl") if r.get("reference_status") == "accepted"]
+    assert len(rows) == 2 and "provisional" not in capsys.readouterr().err
+
+
+def test_mixbench_reference_reuses_an_identical_accepted_reference(data_file, references, monkeypatch, capsys):
+    calls: list = []
+    _fake_reference(monkeypatch, "tests.test_reference:PoorModeBackend", calls)
+    args = ["reference", "--data", str(data_file), *SPEC_ARGS, "--draws", "1000"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    (made,) = list(references.iterdir())
+    created = json.loads((made / "info.json").read_text())["created"]
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert len(calls) == 1 and f"cached, not rerun: {made}" in again
+    assert first.splitlines()[0] == again.splitlines()[0]  # the same description: what it found
+    assert json.loads((made / "info.json").read_text())["created"] == created
+    # Other settings are another reference: made.
+    assert main([*args[:-1], "1200"]) == 0 and len(calls) == 2
+
+
+def test_without_a_reference_no_fit_is_said_to_reach_one(tmp_path, data_file, references, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "--data", str(data_file), *SPEC_ARGS, "--backends", QUICK, "--seeds", "0", "--chains", "2",
+                 "--draws", "100", "--reference", "none", "--out", str(run_dir)]) == 0
+    report = (run_dir / "report.md").read_text()
+    assert "where each fit landed is not judged" in report
+    assert "reached the reference" not in report.lower() and "reached the" not in report.split("## ")[1].lower()
+    assert not references.exists()  # none made, none read
+
+
+@pytest.mark.slow
+def test_the_default_run_on_an_over_fitted_k_runs_every_cell(tmp_path, references, capsys):
+    """Real NumPyro reference (default settings): K = 3 fitted to two well separated lines of 20
+    points each. The third component holds about two points and follows its prior, so the
+    reference fails its checks; the run still exits 0 with every cell's row, names the cause and
+    claims no landing."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, 40)
+    y = np.where(np.arange(40) < 20, 3 * x + 4, -x - 4) + 0.3 * rng.standard_normal(40)
+    path = tmp_path / "two-lines.csv"
+    pd.DataFrame({"x": x, "y": y}).to_csv(path, index=False)
+    run_dir = tmp_path / "run"
+    assert main(["run", "--data", str(path), "--K", "3", "--intercept", "--sigma", "per-component",
+                 "--backends", "numpyro", "--methods", "nuts,map", "--seeds", "0", "--chains", "2",
+                 "--warmup", "300", "--draws", "300", "--out", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    rows = read_rows(run_dir / "cells.jsonl")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    assert {r["reference_status"] for r in rows} == {"provisional"}
+    (made,) = list(references.iterdir())
+    info = json.loads((made / "info.json").read_text())
+    assert not info["accepted"] and info["status"] == "provisional" and info["causes"]
+    # The empty component's weight, recomputed from the reference's own draws.
+    pi = np.asarray(bench.reference.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
+    (empty,) = [c for c in info["causes"] if c["cause"] == "empty_component"]
+    assert f"about {pi.min() * 40:.1f} of 40 points" in empty["evidence"] and "--K 2" in empty["advice"]
+    assert "empty_component:" in err and "provisional reference (failed:" in err
+    report = (run_dir / "report.md").read_text()
+    assert "The reference posterior is provisional" in report and "Cause (empty_component)" in report
+    assert "reached the reference" not in report.lower()

@@ -192,15 +192,29 @@ def test_findings_without_truth_say_reference_not_truth(capsys):
 
     rows = _known_rows(truth=False)
     _, fits, tables, found = _report_parts(rows)
-    assert found[0].title == ("mydata, N = 2,000: no truth, scored against each fit's own reference point (map; see "
-                              "the glossary)")
-    assert found[0].sentences[0].text.startswith("Reached the reference point on every seed: pymc / nuts (2 of 2).")
+    assert found[0].title == ("mydata, N = 2,000: no truth and no reference posterior, each fit relabelled to its "
+                              "own pivot (map; see the glossary)")
+    # Nothing to have reached: no fit is said to have reached anything.
+    assert found[0].sentences[0].text.startswith("No truth and no reference posterior: where each fit landed is "
+                                                 "not judged")
+    assert not any("reached" in s.text.lower() for s in found[0].sentences)
     shared = [dict(r, reference_source="reference", mode="reference" if r.get("mode") == "truth" else r.get("mode"))
               if r["status"] == "ok" else r for r in rows]
     title, first = _report_parts(shared)[3][0].title, _report_parts(shared)[3][0].sentences[0].text
     assert title == "mydata, N = 2,000: no truth, scored against the reference posterior (one labelling for every fit)"
     assert first.startswith("Reached the reference posterior's mode on every seed: pymc / nuts (2 of 2).")
-    assert not any("truth" in s.text for s in found[0].sentences)
+    assert not any("truth" in s.text for s in found[0].sentences[1:])
+    # Against a provisional reference: its failed checks and cause lead, and nothing is "reached".
+    cause = {"cause": "modes", "evidence": "chains sit in several real modes: x", "advice": "fit fewer components"}
+    provisional = [dict(r, reference_status="provisional", reference_failed="R-hat 1.05 > 1.01",
+                        reference_causes=[cause]) if r["status"] == "ok" else r for r in shared]
+    found_p = _report_parts(provisional)[3][0]
+    assert found_p.title == ("mydata, N = 2,000: no truth, scored against a provisional reference posterior (it "
+                             "failed its checks; one labelling for every fit)")
+    assert found_p.sentences[0].text.startswith("The reference posterior is provisional: it failed R-hat 1.05 > 1.01;")
+    assert "Cause (modes): chains sit in several real modes: x. Fix: fit fewer components." in found_p.sentences[0].text
+    assert found_p.sentences[1].text.startswith("In the provisional reference's mode (not a verified answer")
+    assert not any("reached the" in s.text.lower() for s in found_p.sentences)
     assert "recovery" not in tables and "coverage" not in tables  # no truth, no recovery errors
     print_summary(rows)
     out = capsys.readouterr().out

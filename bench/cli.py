@@ -23,6 +23,7 @@ from pathlib import Path
 
 from backends.base import METHODS, FitSettings
 from models.errors import MixbenchError, MixbenchWarning
+from models.priors import SIGMA_PRIOR_HELP
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -154,8 +155,7 @@ def _add_prior_options(group) -> None:
                        help="a TOML or JSON file of spec fields (priors included); the options here override it")
     group.add_argument("--slope-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every slope (default 0,2)")
     group.add_argument("--intercept-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every intercept (default 0,2)")
-    group.add_argument("--sigma-prior", default=None, metavar="FAMILY:SCALE",
-                       help="uniform:UPPER (Uniform(0, UPPER)) or halfnormal:SCALE (default uniform:1)")
+    group.add_argument("--sigma-prior", default=None, metavar="FAMILY:PARAMS", help=SIGMA_PRIOR_HELP)
     group.add_argument("--pi-alpha", default=None, metavar="A[,A2,...]", help="Dirichlet concentration(s) of the weights (default 1)")
     group.add_argument("--standardize", action="store_true",
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")

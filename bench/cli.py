@@ -467,6 +467,22 @@ def _cells_from_args(args) -> tuple[list, str]:
     return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
 
 
+def data_prior_note(cells) -> str | None:
+    """The prior-scale check (models/prior_check.py) of a run's data file, one line, or None: for
+    built-in scenarios (their priors fit their data) and when the priors fit the data."""
+    from bench.harness import load_cell_data
+    from models.prior_check import prior_scale_note
+    from models.standardize import Standardization
+
+    cell = next((c for c in cells if c.is_data_file), None)
+    if cell is None:
+        return None
+    spec, dataset = load_cell_data(cell)
+    if cell.standardize:
+        dataset = Standardization.of(dataset, spec).dataset(dataset)
+    return prior_scale_note(spec, dataset, standardized=cell.standardize)
+
+
 def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -> None:
     """The harness's size checks (K against N, minibatch against N), before any cell runs."""
     from bench.harness import check_fit_size
@@ -558,12 +574,15 @@ def cmd_run(args) -> int:
     from bench.summary import print_summary
 
     cells, label = _cells_from_args(args)
+    note = data_prior_note(cells)
+    if note:
+        print(f"mixbench run: {note}", file=sys.stderr)  # the run goes on: a warning, not a refusal
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
-                         retry_failed=args.retry_failed, fresh=args.fresh)
+                         retry_failed=args.retry_failed, fresh=args.fresh, notes=(note,) if note else ())
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     result = run_grid(cells, options, executor, progress)

@@ -20,24 +20,25 @@ def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarra
     return mu
 
 
-def sigma_log_prior(prior: SigmaPrior, sigma: np.ndarray) -> np.ndarray:
-    """Elementwise log density of ``prior`` at each sigma (any shape), -inf outside its support.
-
-    SciPy's (shape, scale) forms (models/spec.py ``SigmaPrior``): uniform(0, scale),
-    halfnorm(scale), gamma(shape, scale = 1/rate), invgamma(shape, scale), lognorm(s = shape,
-    scale = exp(mu)).
-    """
-    sigma = np.asarray(sigma, dtype=float)
+def sigma_prior_distribution(prior: SigmaPrior):
+    """``prior`` as a frozen SciPy distribution, in SciPy's (shape, scale) forms
+    (models/spec.py ``SigmaPrior``): uniform(0, scale), halfnorm(scale), gamma(shape, scale =
+    1/rate), invgamma(shape, scale), lognorm(s = shape, scale = exp(mu))."""
     family, scale, shape = prior.family, prior.scale, prior.shape
     if family == "uniform":
-        return stats.uniform.logpdf(sigma, 0.0, scale)
+        return stats.uniform(0.0, scale)
     if family == "halfnormal":
-        return stats.halfnorm.logpdf(sigma, scale=scale)
+        return stats.halfnorm(scale=scale)
     if family == "gamma":
-        return stats.gamma.logpdf(sigma, shape, scale=scale)
+        return stats.gamma(shape, scale=scale)
     if family == "invgamma":
-        return stats.invgamma.logpdf(sigma, shape, scale=scale)
-    return stats.lognorm.logpdf(sigma, shape, scale=scale)
+        return stats.invgamma(shape, scale=scale)
+    return stats.lognorm(shape, scale=scale)
+
+
+def sigma_log_prior(prior: SigmaPrior, sigma: np.ndarray) -> np.ndarray:
+    """Elementwise log density of ``prior`` at each sigma (any shape), -inf outside its support."""
+    return sigma_prior_distribution(prior).logpdf(np.asarray(sigma, dtype=float))
 
 
 def log_prior(spec: MixtureSpec, params: dict) -> float:

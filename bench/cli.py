@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="built-in scenario (default forum-small; mixbench list shows them all)")
     source.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
                         help="fit a CSV file instead: a header row, then numbers; covariate columns and a "
-                             "response column (README: Your own data)")
+                             "response column (README: Your own data). Before fitting, a response whose mean or "
+                             "sd is more than 5 prior-predictive sds from the priors' (or below a sigma prior's "
+                             "1%% quantile) is named in one line with the fix; the run goes on")
     run.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
                      help="with --data: the covariate columns, in order (default every column but the response)")
     run.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from backends.base import METHODS, FitSettings
 from models.errors import MixbenchError, MixbenchWarning
+from models.priors import SIGMA_PRIOR_HELP
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -154,8 +155,7 @@ def _add_prior_options(group) -> None:
                        help="a TOML or JSON file of spec fields (priors included); the options here override it")
     group.add_argument("--slope-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every slope (default 0,2)")
     group.add_argument("--intercept-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every intercept (default 0,2)")
-    group.add_argument("--sigma-prior", default=None, metavar="FAMILY:SCALE",
-                       help="uniform:UPPER (Uniform(0, UPPER)) or halfnormal:SCALE (default uniform:1)")
+    group.add_argument("--sigma-prior", default=None, metavar="FAMILY:PARAMS", help=SIGMA_PRIOR_HELP)
     group.add_argument("--pi-alpha", default=None, metavar="A[,A2,...]", help="Dirichlet concentration(s) of the weights (default 1)")
     group.add_argument("--standardize", action="store_true",
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="built-in scenario (default forum-small; mixbench list shows them all)")
     source.add_argument("--data", metavar="FILE.csv", type=Path, default=None,
                         help="fit a CSV file instead: a header row, then numbers; covariate columns and a "
-                             "response column (README: Your own data)")
+                             "response column (README: Your own data). Before fitting, a response whose mean or "
+                             "sd is more than 5 prior-predictive sds from the priors' (or below a sigma prior's "
+                             "1%% quantile) is named in one line with the fix; the run goes on")
     run.add_argument("--covariates", metavar="COL,COL", type=_csv_list, default=None,
                      help="with --data: the covariate columns, in order (default every column but the response)")
     run.add_argument("--response", metavar="COL", default="y", help="with --data: the response column (default y)")
@@ -469,6 +471,22 @@ def _cells_from_args(args) -> tuple[list, str]:
     return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
 
 
+def data_prior_note(cells) -> str | None:
+    """The prior-scale check (models/prior_check.py) of a run's data file, one line, or None: for
+    built-in scenarios (their priors fit their data) and when the priors fit the data."""
+    from bench.harness import load_cell_data
+    from models.prior_check import prior_scale_note
+    from models.standardize import Standardization
+
+    cell = next((c for c in cells if c.is_data_file), None)
+    if cell is None:
+        return None
+    spec, dataset = load_cell_data(cell)
+    if cell.standardize:
+        dataset = Standardization.of(dataset, spec).dataset(dataset)
+    return prior_scale_note(spec, dataset, standardized=cell.standardize)
+
+
 def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -> None:
     """The harness's size checks (K against N, minibatch against N), before any cell runs."""
     from bench.harness import check_fit_size
@@ -560,12 +578,15 @@ def cmd_run(args) -> int:
     from bench.summary import print_summary
 
     cells, label = _cells_from_args(args)
+    note = data_prior_note(cells)
+    if note:
+        print(f"mixbench run: {note}", file=sys.stderr)  # the run goes on: a warning, not a refusal
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
-                         retry_failed=args.retry_failed, fresh=args.fresh)
+                         retry_failed=args.retry_failed, fresh=args.fresh, notes=(note,) if note else ())
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     result = run_grid(cells, options, executor, progress)

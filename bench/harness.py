@@ -645,6 +645,7 @@ class RunOptions:
     save_draws: bool = False
     retry_failed: bool = False
     fresh: bool = False  # discard the rows already in out_dir instead of resuming
+    notes: tuple[str, ...] = ()  # said about the whole run (the prior-scale check), kept in run.json
 
 
 class RunRows(list):
@@ -681,7 +682,7 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
         if options.fresh:
             store.path.unlink(missing_ok=True)
         store.repair()
-        write_run_info(out_dir, cells)
+        write_run_info(out_dir, cells, options.notes)
         done = store.finished_ids(options.retry_failed)
         todo = [c for c in _unique(cells) if c.id not in done]
         executor = executor or WarmProcessExecutor()

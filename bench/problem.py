@@ -23,7 +23,7 @@ from scipy import special, stats
 from backends.base import Fit
 from bench.relabel import posterior_dataset
 from models.data import Dataset
-from models.oracle import log_density, log_likelihood_terms
+from models.oracle import log_density, log_likelihood_terms, sigma_log_prior
 from models.spec import MixtureSpec
 from models.standardize import Standardization
 
@@ -58,11 +58,7 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
             lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
             if spec.intercept:
                 lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
-            own = p["sigma"].reshape(S, -1)
-            if spec.sigma_prior.family == "uniform":
-                lp += stats.uniform.logpdf(own, 0.0, spec.sigma_prior.scale).sum(axis=1)
-            else:
-                lp += stats.halfnorm.logpdf(own, scale=spec.sigma_prior.scale).sum(axis=1)
+            lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
             if spec.ordering != "none":
                 ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
                 lp = np.where(np.any(np.diff(ordered, axis=1) <= 0, axis=1), -np.inf, lp + spec.log_order_constant)

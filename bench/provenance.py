@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,15 @@ def environment(backends: Iterable[str] = ()) -> dict[str, Any]:
     }
 
 
-def write_run_info(out_dir: Path, cells) -> dict[str, Any]:
-    """Write ``run.json`` (machine, versions, command, grid) beside the rows."""
+def write_run_info(out_dir: Path, cells, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Write ``run.json`` (machine, versions, command, grid, and ``notes`` on the whole run, which
+    the report shows under its headline) beside the rows."""
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
         "n_cells": len(cells),
         "environment": environment(cell.backend for cell in cells),
+        "notes": list(notes),
     }
     path = Path(out_dir) / "run.json"
     # Whole or not at all: a full disk must not leave the previous record torn.

@@ -196,7 +196,10 @@ def build_report(paths: list[Path], fig_dir: Path):
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
     from bench.sweep import sweep_findings
 
-    return (_headline(frame, paths), sweep_findings(frame) + findings(fits), figures, notes, tables,
+    # Notes on a whole run (models/prior_check.py's prior-scale check) follow the headline.
+    run_notes = list(dict.fromkeys(note for env in environments for note in env.get("notes") or ()))
+    headline = " ".join([_headline(frame, paths), *(f"Warning: {note}" for note in run_notes)])
+    return (headline, sweep_findings(frame) + findings(fits), figures, notes, tables,
             environment_table(frame, environments))
 
 

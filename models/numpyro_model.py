@@ -82,7 +82,16 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
                  else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
         b = numpyro.sample("b", prior)
     sp = spec.sigma_prior
-    sigma_prior = dist.Uniform(0.0, sp.scale) if sp.family == "uniform" else dist.HalfNormal(sp.scale)
+    if sp.family == "uniform":
+        sigma_prior = dist.Uniform(0.0, sp.scale)
+    elif sp.family == "halfnormal":
+        sigma_prior = dist.HalfNormal(sp.scale)
+    elif sp.family == "gamma":
+        sigma_prior = dist.Gamma(sp.shape, 1.0 / sp.scale)
+    elif sp.family == "invgamma":
+        sigma_prior = dist.InverseGamma(sp.shape, sp.scale)
+    else:
+        sigma_prior = dist.LogNormal(np.log(sp.scale), sp.shape)
     if spec.sigma == "per-component":
         sigma_prior = sigma_prior.expand((K,)).to_event(1)
     sigma = numpyro.sample("sigma", sigma_prior)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from models.spec import MixtureSpec
+from models.spec import MixtureSpec, SigmaPrior
 
 
 def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarray:
@@ -18,6 +18,27 @@ def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarra
     if spec.intercept:
         mu = mu + np.asarray(params["b"])[None, :]
     return mu
+
+
+def sigma_prior_distribution(prior: SigmaPrior):
+    """``prior`` as a frozen SciPy distribution, in SciPy's (shape, scale) forms
+    (models/spec.py ``SigmaPrior``): uniform(0, scale), halfnorm(scale), gamma(shape, scale =
+    1/rate), invgamma(shape, scale), lognorm(s = shape, scale = exp(mu))."""
+    family, scale, shape = prior.family, prior.scale, prior.shape
+    if family == "uniform":
+        return stats.uniform(0.0, scale)
+    if family == "halfnormal":
+        return stats.halfnorm(scale=scale)
+    if family == "gamma":
+        return stats.gamma(shape, scale=scale)
+    if family == "invgamma":
+        return stats.invgamma(shape, scale=scale)
+    return stats.lognorm(shape, scale=scale)
+
+
+def sigma_log_prior(prior: SigmaPrior, sigma: np.ndarray) -> np.ndarray:
+    """Elementwise log density of ``prior`` at each sigma (any shape), -inf outside its support."""
+    return sigma_prior_distribution(prior).logpdf(np.asarray(sigma, dtype=float))
 
 
 def log_prior(spec: MixtureSpec, params: dict) -> float:
@@ -29,11 +50,7 @@ def log_prior(spec: MixtureSpec, params: dict) -> float:
     lp += stats.norm.logpdf(params["w"], spec.slope_prior.mu, spec.slope_prior.sigma).sum()
     if spec.intercept:
         lp += stats.norm.logpdf(params["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum()
-    sigma = params["sigma"]
-    if spec.sigma_prior.family == "uniform":
-        lp += stats.uniform.logpdf(sigma, 0.0, spec.sigma_prior.scale).sum()
-    else:
-        lp += stats.halfnorm.logpdf(sigma, scale=spec.sigma_prior.scale).sum()
+    lp += sigma_log_prior(spec.sigma_prior, params["sigma"]).sum()
     if spec.ordering != "none":
         ordered = params["b"] if spec.ordering == "intercept" else params["w"][:, 0]
         if np.any(np.diff(ordered) <= 0):

@@ -14,11 +14,17 @@ priors truncated at 0, a Beta(5, 5) weight, i.e. Dirichlet(5, 5))::
     pi_alpha = 5.0
     intercept_prior = { mu = 0.0, sigma = 2.0 }
     sigma_prior = { family = "halfnormal", scale = 2.0 }
+
+``sigma_prior`` holds ``SigmaPrior``'s fields, SciPy's (shape, scale) with scale in sigma's units:
+``{ family = "gamma", shape = 2.0, scale = 2.0 }`` is Gamma(shape 2, rate 0.5),
+``{ family = "invgamma", shape = 3.0, scale = 1.0 }`` InverseGamma(3, 1) and
+``{ family = "lognormal", shape = 1.0, scale = 1.0 }`` LogNormal(mu = log(scale) = 0, s = 1).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -46,13 +52,45 @@ def normal_prior_text(option: str, text: str) -> dict[str, float]:
     return {"mu": prior.mu, "sigma": prior.sigma}
 
 
+SIGMA_PRIOR_HELP = (
+    "uniform:UPPER (Uniform(0, UPPER)), halfnormal:SCALE, gamma:RATE (Gamma(shape 2, RATE), "
+    "Chung et al. 2013's boundary-avoiding prior) or gamma:SHAPE,RATE, invgamma:A,B "
+    "(InverseGamma(shape A, scale B)), lognormal:MU,S (log sigma ~ Normal(MU, S)); default uniform:1. "
+    "Tied y values (m equal points) make the posterior improper at sigma = 0 unless the prior "
+    "density vanishes there faster than sigma^(m-2): Uniform and HalfNormal never do (m >= 2), "
+    "Gamma(shape a) only for m < a + 1 (shape 2: at most 2 ties); InverseGamma and LogNormal "
+    "always do, and remove the collapsed mode")
+
+
 def sigma_prior_text(option: str, text: str) -> dict[str, Any]:
-    """'uniform:U' (Uniform(0, U)) or 'halfnormal:S' (HalfNormal(S)) -> {"family", "scale"}."""
-    family, sep, scale = str(text).partition(":")
-    if not sep:
-        raise MixbenchError(f"{option}: expected uniform:UPPER or halfnormal:SCALE, got {text!r}")
-    prior = SigmaPrior(family.strip().lower(), _number(option, scale))
-    return {"family": prior.family, "scale": prior.scale}
+    """The --sigma-prior text -> SigmaPrior fields {"family", "scale"[, "shape"]} (models/spec.py).
+
+    Textbook parameters in, SciPy's (shape, scale) out: 'uniform:U' -> Uniform(0, U);
+    'halfnormal:S'; 'gamma:RATE' (shape 2) or 'gamma:SHAPE,RATE' -> scale 1/RATE; 'invgamma:A,B'
+    -> shape A, scale B; 'lognormal:MU,S' -> shape S, scale exp(MU). Raises MixbenchError (one
+    line) on anything else.
+    """
+    family, sep, rest = str(text).partition(":")
+    family = family.strip().lower()
+    values = [_number(option, part.strip()) for part in rest.split(",")] if sep else []
+    counts = {"uniform": (1,), "halfnormal": (1,), "gamma": (1, 2), "invgamma": (2,), "lognormal": (2,)}
+    if not sep or (family in counts and len(values) not in counts[family]):
+        raise MixbenchError(f"{option}: expected uniform:UPPER, halfnormal:SCALE, gamma:[SHAPE,]RATE, "
+                            f"invgamma:A,B or lognormal:MU,S, got {text!r}")
+    if family == "gamma":
+        shape, rate = ([2.0] + values)[-2:]
+        if not (math.isfinite(rate) and rate > 0):
+            raise MixbenchError(f"{option}: the gamma rate must be a positive finite number, got {rate!r}")
+        prior = SigmaPrior(family, 1.0 / rate, shape)
+    elif family == "invgamma":
+        prior = SigmaPrior(family, values[1], values[0])
+    elif family == "lognormal":
+        if not abs(values[0]) < 700:  # exp(MU) must be a finite double
+            raise MixbenchError(f"{option}: the lognormal MU must be finite and within +-700, got {values[0]!r}")
+        prior = SigmaPrior(family, math.exp(values[0]), values[1])
+    else:
+        prior = SigmaPrior(family, *values[:1])
+    return prior.to_dict()
 
 
 def pi_alpha_text(option: str, text: str) -> float | list[float]:
@@ -89,7 +127,7 @@ def check_spec_fields(fields: dict[str, Any], where: str) -> dict[str, Any]:
             prior = kind(**value)
         except MixbenchError as exc:
             raise MixbenchError(f"{where}: {name}: {exc}") from None
-        out[name] = {k: getattr(prior, k) for k in kind.__dataclass_fields__}
+        out[name] = prior.to_dict() if kind is SigmaPrior else {k: getattr(prior, k) for k in kind.__dataclass_fields__}
     if isinstance(out.get("pi_alpha"), tuple):
         out["pi_alpha"] = list(out["pi_alpha"])
     return out

@@ -99,10 +99,21 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
                 b = pm.Normal("b", ip.mu, ip.sigma, shape=K)
 
         shape = () if spec.sigma == "shared" else (K,)
-        if spec.sigma_prior.family == "uniform":
-            sigma = pm.Uniform("sigma", 0.0, spec.sigma_prior.scale, shape=shape)
+        sp = spec.sigma_prior
+        if sp.family == "uniform":
+            sigma = pm.Uniform("sigma", 0.0, sp.scale, shape=shape)
+        elif sp.family == "halfnormal":
+            sigma = pm.HalfNormal("sigma", sigma=sp.scale, shape=shape)
+        elif sp.family in ("gamma", "invgamma"):
+            # A Python float that fits float32 exactly (3.0) becomes a float32 constant, and
+            # gammaln(shape) would be folded in float32 (6.7e-8 off): keep every argument float64.
+            a, s = np.float64(sp.shape), np.float64(sp.scale)
+            if sp.family == "gamma":
+                sigma = pm.Gamma("sigma", alpha=a, beta=1.0 / s, shape=shape)
+            else:
+                sigma = pm.InverseGamma("sigma", alpha=a, beta=s, shape=shape)
         else:
-            sigma = pm.HalfNormal("sigma", sigma=spec.sigma_prior.scale, shape=shape)
+            sigma = pm.LogNormal("sigma", mu=np.log(sp.scale), sigma=np.float64(sp.shape), shape=shape)
 
         if spec.ordering != "none":
             # The ordered prior is the iid prior restricted to one of K! regions (models/spec.py).

@@ -3,8 +3,8 @@
     y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k)
 
 with pi ~ Dirichlet(alpha), w_kd ~ Normal(mu, s), b_k ~ Normal(mu, s) (when there are intercepts),
-sigma shared by all components or one per component, with a Uniform(0, upper) or HalfNormal(s)
-prior. The defaults are the forum thread's: Dirichlet(1), Normal(0, 2), Uniform(0, 1).
+sigma shared by all components or one per component, with a Uniform(0, upper), HalfNormal(s),
+Gamma, InverseGamma or LogNormal prior (``SigmaPrior``). The defaults are the forum thread's: Dirichlet(1), Normal(0, 2), Uniform(0, 1).
 
 An optional ordering constraint (components ordered by intercept or by their first slope) makes
 components identifiable. Under it the prior on the ordered vector is the iid prior restricted to
@@ -64,24 +64,84 @@ class NormalPrior:
         object.__setattr__(self, "sigma", _positive_finite("Normal prior sigma", self.sigma))
 
 
+SIGMA_FAMILIES = ("uniform", "halfnormal", "gamma", "invgamma", "lognormal")
+# Families whose density vanishes at sigma = 0 faster than any power of sigma: the only ones that
+# keep the posterior proper when m >= 2 observations tie (see SigmaPrior).
+ZERO_AVOIDING = ("invgamma", "lognormal")
+
+
 @dataclass(frozen=True)
 class SigmaPrior:
-    """Prior on the noise scale: ``uniform`` on (0, scale) or ``halfnormal`` with scale ``scale``."""
+    """Prior on each noise scale sigma, every family written as (shape, scale) as SciPy writes it,
+    ``scale`` in sigma's units:
 
-    family: Literal["uniform", "halfnormal"] = "uniform"
+    - ``uniform``: Uniform(0, scale);  ``halfnormal``: HalfNormal(scale);
+    - ``gamma``: Gamma(shape, rate = 1/scale), shape 2 by default: the boundary-avoiding prior of
+      Chung, Rabe-Hesketh, Dorie, Gelman & Liu (2013), Psychometrika 78(4), density ~ sigma at 0;
+    - ``invgamma``: InverseGamma(shape a, scale b = scale), density b^a / Gamma(a) s^(-a-1) e^(-b/s);
+    - ``lognormal``: LogNormal(mu = log(scale), s = shape), i.e. log sigma ~ Normal(mu, s).
+
+    Tied data: with m observations at one value, a component's location sitting on them and its
+    sigma -> 0 gives a likelihood ~ sigma^(-m) (times a location width ~ sigma once the location is
+    integrated out: sigma^(1 - m)). A prior density ~ sigma^(a - 1) near 0 leaves
+    sigma^(a - m) d sigma, integrable only when a - m > -1, i.e. a > m - 1: Uniform and
+    HalfNormal (a = 1) do not keep the posterior proper for m >= 2 ties, nor does Gamma(2, rate)
+    (a = 2) for m >= 3 (with 8 ties the mass near 0 grows like sigma^-6). InverseGamma (e^(-b/s))
+    and LogNormal (e^(-(log s)^2 / 2 s^2)) vanish faster than any power, so any number of ties
+    leaves a proper posterior and a finite mode away from 0 (``ZERO_AVOIDING``).
+    """
+
+    family: Literal["uniform", "halfnormal", "gamma", "invgamma", "lognormal"] = "uniform"
     scale: float = 1.0
+    shape: float | None = None
 
     def __post_init__(self):
-        if self.family not in ("uniform", "halfnormal"):
+        if self.family not in SIGMA_FAMILIES:
             raise MixbenchError(
-                f"sigma prior family: must be 'uniform' or 'halfnormal', got {self.family!r}"
+                f"sigma prior family: must be one of {', '.join(SIGMA_FAMILIES)}, got {self.family!r}"
             )
         object.__setattr__(self, "scale", _positive_finite("sigma prior scale", self.scale))
+        shape = self.shape
+        if self.family in ("uniform", "halfnormal"):
+            if shape is not None:
+                raise MixbenchError(f"sigma prior shape: a {self.family} prior has none, got {shape!r}")
+            return
+        if shape is None:
+            if self.family != "gamma":
+                raise MixbenchError(f"sigma prior shape: required for a {self.family} prior")
+            shape = 2.0
+        object.__setattr__(self, "shape", _positive_finite("sigma prior shape", shape))
 
     @property
     def upper(self) -> float:
-        """Upper bound of sigma's support (inf for HalfNormal)."""
+        """Upper bound of sigma's support (inf for every family but Uniform)."""
         return self.scale if self.family == "uniform" else math.inf
+
+    @property
+    def zero_avoiding(self) -> bool:
+        """Whether the density vanishes at 0 faster than any power (proper posterior on ties)."""
+        return self.family in ZERO_AVOIDING
+
+    def describe(self) -> str:
+        """The prior in the textbook parameters the CLI takes, e.g. 'Gamma(shape 2, rate 0.5)'."""
+        s, a = self.scale, self.shape
+        if self.family == "uniform":
+            return f"Uniform(0, {s:g})"
+        if self.family == "halfnormal":
+            return f"HalfNormal({s:g})"
+        if self.family == "gamma":
+            return f"Gamma(shape {a:g}, rate {1 / s:g})"
+        if self.family == "invgamma":
+            return f"InverseGamma({a:g}, {s:g})"
+        return f"LogNormal({math.log(s):g}, {a:g})"
+
+    def to_dict(self) -> dict:
+        """Fields as a plain dict; ``shape`` only where the family has one, so the specs of older
+        runs keep their identity."""
+        out = {"family": self.family, "scale": self.scale}
+        if self.shape is not None:
+            out["shape"] = self.shape
+        return out
 
 
 @dataclass(frozen=True)
@@ -194,7 +254,9 @@ class MixtureSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["sigma_prior"] = self.sigma_prior.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "MixtureSpec":

@@ -24,6 +24,7 @@ PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).reso
 # Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
 STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "pi": "theta"}
 _ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
+SIGMA_FAMILY_CODE = {"uniform": 1, "halfnormal": 2, "gamma": 3, "invgamma": 4, "lognormal": 5}
 # pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
 _FLAT_NAME = re.compile(r"(?P<base>[A-Za-z]\w*?)(?:\[(?P<brackets>\d+(?:,\s*\d+)*)\]|(?P<dots>(?:\.\d+)+))?")
 
@@ -51,8 +52,9 @@ def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
         "slope_sd": spec.slope_prior.sigma,
         "intercept_mu": spec.intercept_prior.mu,
         "intercept_sd": spec.intercept_prior.sigma,
-        "sigma_family": 1 if spec.sigma_prior.family == "uniform" else 2,
+        "sigma_family": SIGMA_FAMILY_CODE[spec.sigma_prior.family],
         "sigma_scale": spec.sigma_prior.scale,
+        "sigma_shape": spec.sigma_prior.shape or 0.0,
         "ordering": _ORDERING_CODE[spec.ordering],
     }
 

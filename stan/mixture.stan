@@ -28,8 +28,12 @@ data {
   real<lower=0> slope_sd;
   real intercept_mu;
   real<lower=0> intercept_sd;
-  int<lower=1, upper=2> sigma_family;      // 1: uniform(0, sigma_scale); 2: halfnormal(sigma_scale)
+  // sigma's prior (models/spec.py SigmaPrior, SciPy's shape/scale forms): 1: uniform(0, sigma_scale);
+  // 2: halfnormal(sigma_scale); 3: gamma(sigma_shape, rate 1 / sigma_scale);
+  // 4: inv_gamma(sigma_shape, sigma_scale); 5: lognormal(log(sigma_scale), sigma_shape)
+  int<lower=1, upper=5> sigma_family;
   real<lower=0> sigma_scale;
+  real<lower=0> sigma_shape;               // unused (0) for families 1 and 2
   int<lower=0, upper=2> ordering;          // 0: none; 1: by intercept; 2: by first slope
 }
 
@@ -121,8 +125,14 @@ model {
   }
   if (sigma_family == 1) {
     target += uniform_lpdf(sigma | 0, sigma_scale);
-  } else {
+  } else if (sigma_family == 2) {
     target += normal_lpdf(sigma | 0, sigma_scale) + n_sigma * log2();
+  } else if (sigma_family == 3) {
+    target += gamma_lpdf(sigma | sigma_shape, 1 / sigma_scale);
+  } else if (sigma_family == 4) {
+    target += inv_gamma_lpdf(sigma | sigma_shape, sigma_scale);
+  } else {
+    target += lognormal_lpdf(sigma | log(sigma_scale), sigma_shape);
   }
   target += log_order_constant;
 

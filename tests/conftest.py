@@ -20,6 +20,19 @@ AGREEMENT_SPECS = {
                                          sigma_prior=SigmaPrior("uniform", 2.5)),
 }
 
+# The zero-avoiding and boundary-avoiding sigma priors (models/spec.py SigmaPrior), swept with the
+# agreement specs by the model_spec fixture (tests/test_models.py, tests/test_log_density.py).
+SCALE_PRIOR_SPECS = {
+    "K2-D1-gamma": MixtureSpec(K=2, D=1, sigma_prior=SigmaPrior("gamma", 0.5)),
+    "K3-D2-percomp-gamma3": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                        sigma_prior=SigmaPrior("gamma", 0.8, 3.0)),
+    "K2-D0-percomp-invgamma": MixtureSpec(K=2, D=0, intercept=True, sigma="per-component",
+                                          sigma_prior=SigmaPrior("invgamma", 1.5, 3.0)),
+    "K2-D1-order-slope-lognormal": MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", ordering="slope",
+                                               sigma_prior=SigmaPrior("lognormal", 0.6, 0.8)),
+}
+MODEL_SPECS = {**AGREEMENT_SPECS, **SCALE_PRIOR_SPECS}
+
 
 def pytest_configure(config):
     # Cell processes import the engines: without bytecode each would compile them from source.
@@ -46,6 +59,11 @@ def backend(request):
 @pytest.fixture(params=list(AGREEMENT_SPECS), ids=list(AGREEMENT_SPECS))
 def agreement_spec(request) -> MixtureSpec:
     return AGREEMENT_SPECS[request.param]
+
+
+@pytest.fixture(params=list(MODEL_SPECS), ids=list(MODEL_SPECS))
+def model_spec(request) -> MixtureSpec:
+    return MODEL_SPECS[request.param]
 
 
 def assert_canonical_draws(draws, spec: MixtureSpec, chains: int, n_draws: int) -> None:

@@ -36,7 +36,8 @@ def test_spec_errors(changes, match):
 def test_prior_errors():
     one_line_error(NormalPrior, 0.0, -1.0, match="Normal prior sigma: must be a positive")
     one_line_error(NormalPrior, float("nan"), 1.0, match="Normal prior mu: must be finite")
-    one_line_error(SigmaPrior, "gamma", 1.0, match="sigma prior family")
+    one_line_error(SigmaPrior, "weibull", 1.0, match="sigma prior family")
+    one_line_error(SigmaPrior, "lognormal", 1.0, match="sigma prior shape: required")
     one_line_error(SigmaPrior, "uniform", float("inf"), match="sigma prior scale")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from models import log_density, random_point
 from models.spec import LIKELIHOODS
-from tests.conftest import AGREEMENT_SPECS, make_data
+from tests.conftest import MODEL_SPECS, make_data
 
 N_POINTS = 5
 
@@ -29,13 +29,13 @@ def _assert_same(a: dict, b: dict):
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_pymc_model_is_the_oracle(agreement_spec, likelihood):
+def test_pymc_model_is_the_oracle(model_spec, likelihood):
     import pytensor
     from pytensor.graph.replace import graph_replace
 
     from models.pymc_model import build_model, model_values
 
-    spec = agreement_spec.with_(likelihood=likelihood)
+    spec = model_spec.with_(likelihood=likelihood)
     x, y = make_data(spec, n=60)
     model = build_model(spec, x, y)
     # The density as a function of the constrained free variables: each value variable replaced
@@ -54,24 +54,24 @@ def test_pymc_model_is_the_oracle(agreement_spec, likelihood):
         assert float(got) == pytest.approx(log_density(spec, x, y, point), rel=1e-9, abs=1e-9)
 
 
-def test_pymc_parameter_map_round_trips(agreement_spec):
+def test_pymc_parameter_map_round_trips(model_spec):
     from models.pymc_model import canonical_values, model_values
 
-    for point in _points(agreement_spec):
-        native = model_values(agreement_spec, point)
-        if agreement_spec.ordering == "slope" and agreement_spec.D:
+    for point in _points(model_spec):
+        native = model_values(model_spec, point)
+        if model_spec.ordering == "slope" and model_spec.D:
             native["w"] = point["w"]  # the model's Deterministic, joined from w_first and w_rest
-        _assert_same(canonical_values(agreement_spec, native, ()), agreement_spec.check_params(point))
+        _assert_same(canonical_values(model_spec, native, ()), model_spec.check_params(point))
 
 
-def test_numpyro_model_is_the_oracle(agreement_spec):
+def test_numpyro_model_is_the_oracle(model_spec):
     from numpyro.infer.util import log_density as numpyro_log_density
 
     from backends.jax_setup import configure
     from models.numpyro_model import mixture_model, site_values
 
     configure()  # 64-bit JAX, as every worker has it
-    spec = agreement_spec
+    spec = model_spec
     x, y = make_data(spec, n=60)
     for point in _points(spec):
         sites = site_values(spec, spec.check_params(point))
@@ -79,20 +79,20 @@ def test_numpyro_model_is_the_oracle(agreement_spec):
         assert float(got) == pytest.approx(log_density(spec, x, y, point), rel=1e-9, abs=1e-9)
 
 
-def test_numpyro_parameter_map_round_trips(agreement_spec):
+def test_numpyro_parameter_map_round_trips(model_spec):
     from models.numpyro_model import canonical_values, site_values
 
-    for point in _points(agreement_spec):
-        checked = agreement_spec.check_params(point)
-        sites = site_values(agreement_spec, checked)
-        _assert_same(canonical_values(agreement_spec, sites, ()), checked)
+    for point in _points(model_spec):
+        checked = model_spec.check_params(point)
+        sites = site_values(model_spec, checked)
+        _assert_same(canonical_values(model_spec, sites, ()), checked)
 
 
-def test_stan_parameter_maps_round_trip_in_either_engines_spelling(agreement_spec):
+def test_stan_parameter_maps_round_trip_in_either_engines_spelling(model_spec):
     """Canonical -> Stan's output columns (as CmdStan or pystan name them, any order) -> canonical."""
     from models.stan_model import STAN_NAMES, flat_to_canonical
 
-    spec = agreement_spec
+    spec = model_spec
     rng = np.random.default_rng(0)
     for point in _points(spec):
         p = spec.check_params(point)
@@ -122,4 +122,4 @@ def test_every_model_implements_every_likelihood_its_backend_declares():
     assert declared["numpyro"] == declared["stan"] == {"mixture"}
 
 
-assert AGREEMENT_SPECS  # the specs swept by the agreement_spec fixture (tests/conftest.py)
+assert MODEL_SPECS  # the specs swept by the model_spec fixture (tests/conftest.py)

@@ -57,7 +57,10 @@ def test_low_dim_gauss_mix_from_a_toml_spec_file(tmp_path):
     ("K = ", ".toml", "malformed TOML"),
     ("{", ".json", "malformed JSON"),
     ("K = 2\ncomponents = 3\n", ".toml", "unknown spec field(s) components"),
-    ("sigma_prior = { family = 'gamma', scale = 1.0 }", ".toml", "sigma prior family"),
+    ("sigma_prior = { family = 'weibull', scale = 1.0 }", ".toml", "sigma prior family"),
+    ("sigma_prior = { family = 'invgamma', scale = 1.0 }", ".toml", "sigma prior shape: required for a invgamma"),
+    ("sigma_prior = { family = 'halfnormal', scale = 1.0, shape = 2.0 }", ".toml", "a halfnormal prior has none"),
+    ("sigma_prior = { family = 'lognormal', scale = 1.0, shape = -1.0 }", ".toml", "sigma prior shape: must be a positive"),
     ("slope_prior = { mu = 0.0, sd = 1.0 }", ".toml", "slope_prior has unknown key(s) sd"),
     ("slope_prior = 3", ".toml", "slope_prior must be a table"),
     ("K = 2", ".yaml", "expected a .toml or .json file"),
@@ -77,10 +80,29 @@ def test_prior_options_parse_and_check():
     for call, text, needle in ((normal_prior_text, "0", "expected MU,SD"),
                                (normal_prior_text, "0,-1", "must be a positive"),
                                (sigma_prior_text, "50", "expected uniform:UPPER"),
-                               (sigma_prior_text, "gamma:2", "sigma prior family"),
+                               (sigma_prior_text, "weibull:2", "sigma prior family"),
+                               (sigma_prior_text, "invgamma:3", "expected uniform:UPPER"),
+                               (sigma_prior_text, "gamma:1,2,3", "expected uniform:UPPER"),
+                               (sigma_prior_text, "gamma:0", "gamma rate must be a positive"),
+                               (sigma_prior_text, "lognormal:800,1", "lognormal MU must be finite"),
                                (pi_alpha_text, "0", "must be positive")):
         with pytest.raises(MixbenchError, match=needle):
             call("--opt", text)
+
+
+@pytest.mark.parametrize("text, table, prior", [
+    ("gamma:0.5", "{ family = 'gamma', scale = 2.0 }", SigmaPrior("gamma", 2.0, 2.0)),
+    ("gamma:3,4", "{ family = 'gamma', shape = 3.0, scale = 0.25 }", SigmaPrior("gamma", 0.25, 3.0)),
+    ("invgamma:3,1.5", "{ family = 'invgamma', shape = 3.0, scale = 1.5 }", SigmaPrior("invgamma", 1.5, 3.0)),
+    ("lognormal:0,0.5", "{ family = 'lognormal', shape = 0.5, scale = 1.0 }", SigmaPrior("lognormal", 1.0, 0.5)),
+])
+def test_zero_avoiding_sigma_priors_from_the_option_and_from_a_spec_file(tmp_path, text, table, prior):
+    """The option takes textbook parameters (Gamma rate, InverseGamma (a, b), LogNormal (mu, s));
+    the spec file SigmaPrior's (shape, scale): both give the same prior."""
+    assert SigmaPrior(**sigma_prior_text("--sigma-prior", text)) == prior
+    path = tmp_path / "spec.toml"
+    path.write_text(f"sigma_prior = {table}\n")
+    assert MixtureSpec.from_dict(load_spec_file(path)) == MixtureSpec(sigma_prior=prior)
 
 
 def test_cli_priors_override_the_spec_file_and_reach_the_cell(tmp_path):

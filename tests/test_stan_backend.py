@@ -10,7 +10,7 @@ import pytest
 from backends import FitSettings
 from backends.stan import NO_CMDSTAN, cmdstan_path, pystan_stan_version
 from models.stan_model import flat_to_canonical, parse_flat_name, program_code, stan_data, stan_parameters
-from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
+from models import Dataset, MixbenchError, MixtureSpec, SigmaPrior, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, assert_canonical_draws, make_data
 
 BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
@@ -251,7 +251,11 @@ def test_stan_data_codes_the_spec():
     data = stan_data(spec, Dataset(x=x, y=y))
     assert (data["N"], data["K"], data["D"]) == (20, 3, 2)
     assert data["has_intercept"] == 1 and data["sigma_per_component"] == 1
-    assert data["sigma_family"] == 2 and data["sigma_scale"] == 0.7
+    assert data["sigma_family"] == 2 and data["sigma_scale"] == 0.7 and data["sigma_shape"] == 0.0
+    for prior, code in ((SigmaPrior("gamma", 2.0), 3), (SigmaPrior("invgamma", 1.5, 3.0), 4),
+                        (SigmaPrior("lognormal", 0.5, 0.8), 5)):
+        coded = stan_data(spec.with_(sigma_prior=prior), Dataset(x=x, y=y))
+        assert (coded["sigma_family"], coded["sigma_scale"], coded["sigma_shape"]) == (code, prior.scale, prior.shape)
     np.testing.assert_array_equal(data["alpha"], [1.0, 2.0, 3.5])
     assert stan_data(AGREEMENT_SPECS["K3-D1-order-slope"], Dataset(x=x[:, :1], y=y))["ordering"] == 2
     with pytest.raises(MixbenchError, match="covariate"):

@@ -43,7 +43,7 @@ from backends.base import (
     start_seeds,
     stopwatch,
 )
-from backends.base import note_compile
+from backends.base import SAMPLERS, note_compile
 from backends.caches import build_lock
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import proposal_group, psis_resample
@@ -59,7 +59,7 @@ from models.stan_model import (
     stan_parameters,
 )
 
-ENGINES = ("cmdstanpy", "pystan")
+ENGINES = SAMPLERS["stan"]
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
 

@@ -421,16 +421,12 @@ def _add_sweep_parser(sub) -> None:
     runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
 
-def check_backend_name(name: str) -> None:
-    """A registered backend, or a plug-in named 'package.module:Class' (see backends.get_backend)."""
-    if name not in BACKEND_NAMES and ":" not in name:
-        raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKEND_NAMES)} (or module:Class)")
-
-
 def _cells_from_args(args) -> tuple[list, str]:
     from bench.harness import make_grid
     from models.scenarios import DEFAULT_SCENARIO, get_scenario
     from models.spec import MixtureSpec
+
+    from bench.preflight import check_backend_name, check_engine_names
 
     for name in args.backends:
         check_backend_name(name)
@@ -439,6 +435,7 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")
     settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    check_engine_names(args.backends, settings)
     spec = _spec_overrides(args)
     common = dict(settings=settings, spec=spec, data_seed=args.data_seed, standardize=args.standardize)
     if args.data is not None:
@@ -448,7 +445,7 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError("--N: only applies to a built-in scenario (a data file's N is its number of rows)")
         dataset = load_csv(args.data, args.covariates, args.response)  # a malformed file fails now
         fitted = MixtureSpec.from_dict({"D": dataset.D, **spec})
-        _check_sizes(fitted.K, [dataset.N], args.methods, settings)
+        _check_sizes(fitted, [dataset.N], args.methods, settings)
         scenario, label = str(args.data.resolve()), args.data.stem
         common.update(covariates=tuple(dataset.covariates), response=args.response,
                       data_digest=data_digest(args.data))
@@ -458,7 +455,7 @@ def _cells_from_args(args) -> tuple[list, str]:
         scenario = label = args.scenario or DEFAULT_SCENARIO
         built_in = get_scenario(scenario)
         fitted = MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
-        _check_sizes(fitted.K, args.N or [built_in.N], args.methods, settings)
+        _check_sizes(fitted, args.N or [built_in.N], args.methods, settings)
         if args.N:
             # One cell per size: rows carry N, and the report draws the cost curve over N.
             cells = [cell for n in args.N
@@ -467,14 +464,17 @@ def _cells_from_args(args) -> tuple[list, str]:
     return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
 
 
-def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -> None:
-    """The harness's size checks (K against N, minibatch against N), before any cell runs."""
+def _check_sizes(spec, sizes: list[int], methods: list[str], settings: dict) -> None:
+    """The harness's size checks (K against N, minibatch against N) and the memory a fit's draws
+    need, before any cell runs."""
     from bench.harness import check_fit_size
+    from bench.preflight import check_memory
 
     fit_settings = FitSettings.from_dict(settings)
     for n in sizes:
         for method in methods:
-            check_fit_size(K, n, method, fit_settings)
+            check_fit_size(spec.K, n, method, fit_settings)
+            check_memory(spec, n, method, fit_settings)
 
 
 class Progress:
@@ -584,6 +584,7 @@ def cmd_run(args) -> int:
 
 def sweep_cells_from_args(args) -> list:
     """The sweep's cells, every argument checked before any cell runs."""
+    from bench.preflight import check_backend_name, check_engine_names
     from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points
 
     for name in args.backends:
@@ -596,13 +597,19 @@ def sweep_cells_from_args(args) -> list:
     spec = dict(_override(text, "--spec") for text in args.sweep_spec)
     given = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     settings = {**SWEEP_SETTINGS, **given}
-    fit_settings = FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    check_engine_names(args.backends, settings)
     points = sweep_points(parse_vary(args.vary))
-    from bench.harness import check_fit_size
+    from models.scenarios import get_scenario
+    from models.spec import MixtureSpec
 
     for point, n in points:
         for line in lines:
-            check_fit_size(point.K, n, line.method, fit_settings)
+            try:  # the spec values of every line at every point (ordering=sideways fails here)
+                fitted = MixtureSpec.from_dict({**get_scenario(point.name).spec.to_dict(), **spec, **line.spec})
+            except MixbenchError as exc:
+                raise MixbenchError(f"--spec/--methods {line.label}: {exc}") from None
+            _check_sizes(fitted, [n], [line.method], settings)
     return plan_cells(points, args.backends, lines, args.seeds, settings, spec,
                       data_per_seed=args.data_per_seed, data_seed=args.data_seed)
 

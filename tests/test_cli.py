@@ -47,6 +47,48 @@ def test_bad_arguments(args, needle):
     assert_one_line_error(run_cli(*args), needle)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--backends", "numpyro", "--methods", "advi-meanfield", "--optimizer", "foo"], "--optimizer: unknown 'foo'"),
+    (["run", "--sampler", "foo"], "--sampler: unknown 'foo'; known: cmdstanpy, numpyro, nutpie, pymc, pystan"),
+    (["run", "--backends", "numpyro", "--sampler", "nutpie"], "--sampler: unknown 'nutpie'; known: numpyro"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--spec", "ordering=sideways"], "ordering: must be one of"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--methods", "nuts:sigma=each"], "sigma: must be one of"),
+    (["run", "--backends", "numpyro", "--draws", "10000000000"], "GiB available here"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--vi-draws", "100000000000"], "GiB available here"),
+    (["run", "--scheduler", "notaurl"], "--scheduler: 'notaurl' is not a scheduler address"),
+    (["run", "--scheduler", "tcp://host:99999"], "is not a scheduler address"),
+    (["sweep", "--vary", "sep=1", "--scheduler", "tcp://"], "is not a scheduler address"),
+    (["run", "--backends", "os:abort"], "backend: 'os:abort' is not a mixbench Backend subclass"),
+    (["run", "--backends", "tests.fake_backends:Nope"], "backend: cannot load 'tests.fake_backends:Nope'"),
+    (["run", "--data", "results"], "data file results: is a directory"),
+])
+def test_option_values_checked_before_any_cell(tmp_path, args, needle):
+    """Each is refused in one line, exit 2, and nothing was run: the output folder has no rows."""
+    assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "out")), needle)
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
+def test_fit_bytes_counts_draws_parameters_and_log_likelihood():
+    from backends.base import FitSettings
+    from bench.preflight import LOO_MAX_VALUES, fit_bytes
+    from models.spec import MixtureSpec
+
+    spec = MixtureSpec(K=3, D=2, intercept=True, sigma="per-component")  # 6 w + 3 b + 3 sigma + 3 pi
+    settings = FitSettings(chains=4, draws=500, vi_draws=700, map_starts=5)
+    assert fit_bytes(spec, 100, "nuts", settings) == 8 * (2000 * 15 + 2000 * 100 + 100 * 3)
+    assert fit_bytes(spec, 100, "advi-fullrank", settings) == 8 * (700 * 15 + 700 * 100 + 100 * 3)
+    assert fit_bytes(spec, 10**6, "map", settings) == 8 * (5 * 15 + 5 * 10**6 + 10**6 * 3)
+    assert fit_bytes(spec, 10**6, "nuts", settings) == 8 * (2000 * 15 + int(LOO_MAX_VALUES) + 10**6 * 3)
+
+
+def test_engine_name_tables_match_the_backends():
+    from backends import base, numpyro, pymc, stan
+
+    assert set(numpyro._OPTIMIZERS) == set(base.OPTIMIZERS["numpyro"])
+    assert pymc.OPTIMIZERS == base.OPTIMIZERS["pymc"] and pymc.SAMPLERS == base.SAMPLERS["pymc"]
+    assert stan.ENGINES == base.SAMPLERS["stan"] and numpyro.ENGINE in base.SAMPLERS["numpyro"]
+
+
 def test_malformed_data_file(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\nfoo,3\n")

@@ -564,6 +564,12 @@ def cmd_run(args) -> int:
     out_dir = args.out or Path("results") / label
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh)
+    if args.data is not None:
+        from bench.harness import prepare_out_dir
+        from bench.run_files import keep_data_copy
+
+        # The run folder keeps the data its rows were fitted to: its report reads nothing outside it.
+        keep_data_copy(args.data, prepare_out_dir(out_dir), cells[0].data_digest)
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     result = run_grid(cells, options, executor, progress)

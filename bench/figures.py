@@ -104,26 +104,22 @@ def component_lines(point: dict[str, np.ndarray], x_mean: np.ndarray) -> tuple[n
     return offset, w[:, 0]
 
 
-def _load_data(rows: pd.DataFrame):
-    from bench.harness import Cell, load_cell_data
+def _load_data(rows: pd.DataFrame, run_dirs: list[Path]):
+    from bench.run_files import cell_data
 
-    cells = [c for c in col(rows, "cell") if isinstance(c, dict)]
-    if not cells:
+    found = [(c, n) for c, n in zip(col(rows, "cell"), col(rows, "N")) if isinstance(c, dict)]
+    if not found:
         return None, "the rows do not record their cell"
-    try:
-        spec, dataset = load_cell_data(Cell.from_dict(cells[0]))
-    except Exception as exc:  # a moved data file: the figure is left out, the report says why
-        return None, f"the data could not be loaded again ({str(exc).splitlines()[0]})"
-    return (spec, dataset), ""
+    return cell_data(*found[0], run_dirs)
 
 
-def figure_data_fits(frame: pd.DataFrame, fig_dir: Path) -> tuple[list[Figure], list[str]]:
+def figure_data_fits(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Per data set: the data and every ok seed's posterior-mean components, one panel per fit."""
     from scipy.stats import norm
 
     figures, notes = [], []
     for index, (scenario, setup, rows) in enumerate(_setups(_ok(frame)), start=1):
-        loaded, why = _load_data(rows)
+        loaded, why = _load_data(rows, run_dirs)
         if loaded is None:
             notes.append(f"No data figure for {_setup_title(scenario, setup)}: {why}.")
             continue
@@ -321,14 +317,9 @@ def running_error(w: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _trace_file(row: pd.Series, run_dirs: list[Path]) -> Path | None:
-    name = row.get("slope_trace_file")
-    if not isinstance(name, str):
-        return None
-    recorded = [Path(row["run_dir"])] if isinstance(row.get("run_dir"), str) else []
-    for run_dir in [*run_dirs, *recorded]:
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    return None
+    from bench.run_files import file_in_runs
+
+    return file_in_runs(row.get("slope_trace_file"), run_dirs)
 
 
 def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
@@ -538,7 +529,7 @@ def figure_recovery(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 
 def report_figures(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Every figure the data allow, in reading order, and notes on figures left out."""
-    data_figures, notes = figure_data_fits(frame, fig_dir)
+    data_figures, notes = figure_data_fits(frame, run_dirs, fig_dir)
     anytime, anytime_notes = figure_anytime(frame, run_dirs, fig_dir)
     notes += anytime_notes
     figures = [*data_figures, *figure_landings(frame, fig_dir), *figure_vi_quality(frame, fig_dir),

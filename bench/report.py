@@ -191,7 +191,7 @@ def build_report(paths: list[Path], fig_dir: Path):
     if len(frame):
         tables += [t for t in (flagged_table(frame), means_table(frame), problems_table(frame)) if not t.empty]
     tables = [part for table in tables for part in split_wide(table)]
-    figures, notes = report_figures(frame, run_dirs or [fig_dir.parent], fig_dir) if len(frame) else ([], [])
+    figures, notes = report_figures(frame, run_dirs, fig_dir) if len(frame) else ([], [])
     figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
     from bench.sweep import sweep_findings
@@ -211,11 +211,17 @@ def _glossary_tables(tables: list[Table]) -> tuple[pd.DataFrame, list[tuple[str,
 # Markdown
 
 
+def markdown_text(text) -> str:
+    """Text from rows (names, errors) made inert in Markdown, as report.html escapes it: Markdown
+    renders HTML it contains."""
+    return html.escape(str(text), quote=False)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_none_\n"
-    cells = frame.map(fmt).astype(str).map(lambda s: s.replace("|", "\\|").replace("\n", " "))
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+    cells = frame.map(fmt).astype(str).map(lambda s: markdown_text(s).replace("|", "\\|").replace("\n", " "))
+    lines = ["| " + " | ".join(markdown_text(str(c)).replace("|", "\\|") for c in frame.columns) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -223,21 +229,21 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def _markdown(headline, found: list[SetupFindings], figures, notes, tables, environment, glossary, words,
               titles: dict[str, str]) -> str:
-    md = ["# mixbench report", "", headline, "", "## Findings", ""]
+    md = ["# mixbench report", "", markdown_text(headline), "", "## Findings", ""]
     if not found:
         md += ["_No fits: the inputs hold cost benchmarks only._", ""]
     for setup in found:
-        md += [f"### {setup.title}", ""]
-        md += [f"- {s.text} ({titles.get(s.table, s.table)}: {', '.join(s.fits)})" for s in setup.sentences]
+        md += [f"### {markdown_text(setup.title)}", ""]
+        md += [markdown_text(f"- {s.text} ({titles.get(s.table, s.table)}: {', '.join(s.fits)})") for s in setup.sentences]
         md.append("")
     md += ["## Figures", ""]
     for figure in figures:
-        md += [f"![{figure.title}]({FIGURES_DIR}/{figure.path.name})", ""]
+        md += [f"![{markdown_text(figure.title)}]({FIGURES_DIR}/{figure.path.name})", ""]
         if figure.caption:
-            md += [f"_{figure.caption}_", ""]
-    md += [f"_{note}_\n" for note in notes]
+            md += [f"_{markdown_text(figure.caption)}_", ""]
+    md += [f"_{markdown_text(note)}_\n" for note in notes]
     for table in tables:
-        md += [f"## {table.title}", ""] + ([table.text, ""] if table.text else []) + [markdown_table(table.frame)]
+        md += [f"## {markdown_text(table.title)}", ""] + ([markdown_text(table.text), ""] if table.text else []) + [markdown_table(table.frame)]
     md += ["## Glossary", "", markdown_table(glossary)]
     for group, frame in words:
         md += [f"### {group.capitalize()}", "", markdown_table(frame)]

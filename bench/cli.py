@@ -562,6 +562,7 @@ def cmd_run(args) -> int:
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
+    _writing_under.append(out_dir)
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh)
     if args.data is not None:
@@ -631,6 +632,7 @@ def cmd_sweep(args) -> int:
     if args.reference != "none":
         cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / f"sweep-{args.family}"
+    _writing_under.append(out_dir)
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, retry_failed=args.retry_failed,
                          fresh=args.fresh)
     start = time.perf_counter()
@@ -667,6 +669,7 @@ def cmd_report(args) -> int:
         if not path.exists():
             raise MixbenchError(f"{path}: not found")
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
+    _writing_under.append(out)
     prepare_out_dir(out)
     paths = write_report(args.paths, out)
     print(f"report: {paths['markdown']}  (html: {paths['html']})")
@@ -742,6 +745,7 @@ def cmd_compare(args) -> int:
 
     comparison = compare(args.run_a, args.run_b)
     out = args.out or (args.run_b if args.run_b.is_dir() else args.run_b.parent)
+    _writing_under.append(out)
     prepare_out_dir(out)
     paths = write_comparison(comparison, out)
     print("\n".join(summary_lines(comparison)))
@@ -762,15 +766,23 @@ def cmd_list(args) -> int:
     return 0
 
 
+# The directory the command writes into, once known: an OSError raised by a write on an open file
+# (a full disk) carries no file name, and the line should still say where.
+_writing_under: list[Path] = []
+
+
 def _os_error_text(exc: OSError) -> str:
     text = exc.strerror or str(exc)
-    return f"{exc.filename}: {text}" if exc.filename else text
+    if exc.filename:
+        return f"{exc.filename}: {text}"
+    return f"{_writing_under[-1]}: {text} (while writing there)" if _writing_under else text
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench.harness import RunInterrupted, stop_on_signals
 
     args = build_parser().parse_args(argv)
+    _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
                "compare": cmd_compare, "sweep": cmd_sweep}[args.command]
     prefix = f"mixbench {args.command}"

@@ -125,7 +125,7 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
              else pd.DataFrame({c: pd.Series(dtype=object) for c in ["cell_id", "status", *CELL_KEYS]}))
     setups = col(frame, "setup").astype(object)
     frame["setup"] = setups.where(setups.notna(), "default")
-    return assign_fit_ids(_split_by_target(frame)), environments, run_dirs
+    return assign_fit_ids(_split_by_target(_split_by_data(frame))), environments, run_dirs
 
 
 def _run_label(path: Path, taken: list[str]) -> str:
@@ -137,6 +137,23 @@ def _run_label(path: Path, taken: list[str]) -> str:
         number += 1
         label = f"{base}#{number}"
     return label
+
+
+def _split_by_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one data file fitted to different contents (the file was edited between runs:
+    its digest, models.datafile.data_digest, differs) are different setups, never seeds of one
+    fit: say which content in it."""
+    if frame.empty or "cell" not in frame:
+        return frame
+    digest = frame["cell"].map(lambda c: c.get("data_digest") if isinstance(c, dict) else None)
+    frame = frame.copy()
+    for _, group in frame.groupby(["scenario", "setup"]):
+        kinds = digest[group.index].dropna().astype(str)
+        if kinds.nunique() > 1:
+            frame.loc[kinds.index, "setup"] = [
+                (f"{s}, " if s != "default" else "") + f"data {d} (the data file changed between runs)"
+                for s, d in zip(frame.loc[kinds.index, "setup"], kinds)]
+    return frame
 
 
 def _split_by_target(frame: pd.DataFrame) -> pd.DataFrame:

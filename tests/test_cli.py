@@ -301,6 +301,18 @@ def test_report_on_a_full_disk(run_dir, capsys, monkeypatch):
     assert_error(code, err, 1, "mixbench report: error: report.md: No space left on device")
 
 
+def test_a_full_disk_without_a_file_name_names_the_output_directory(run_dir, tmp_path, capsys, monkeypatch):
+    """A write on an open file that fails (ENOSPC) carries no file name: the line names the
+    directory the command was writing into."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    code, err, _ = in_process(capsys, "report", str(run_dir), "--out", str(tmp_path / "rep"))
+    assert_error(code, err, 1, f"mixbench report: error: {tmp_path / 'rep'}: No space left on device "
+                               "(while writing there)")
+
+
 def test_run_on_a_full_disk_goes_on_and_says_which_rows_are_missing(tmp_path, capsys, monkeypatch):
     import bench.harness as harness
 

@@ -1,5 +1,6 @@
 """A results folder from someone else is data only: the report reads nothing outside the run
-folders it is given, simulates no more than the bound, and escapes names in report.md."""
+folders it is given, simulates no more than the bound, and escapes names in report.md; the data
+a run fitted is kept in its folder, and rows of an edited data file's old content kept apart."""
 
 import json
 import shutil
@@ -97,3 +98,30 @@ def test_a_data_file_run_keeps_its_data_and_reports_from_the_copy(tmp_path, monk
     data.rename(tmp_path / "moved.csv")
     md = write_report([out], out)["markdown"].read_text()
     assert "data_fits_1.png" in md and "No data figure" not in md
+
+
+def test_rows_of_an_edited_data_file_are_kept_apart_from_the_new_ones(tmp_path, capsys):
+    """Edit the data and rerun into the same folder: the new content's cell runs, the old row
+    stays, and the report shows two setups of one seed each (not one fit with 2 of 2 seeds)."""
+    from bench.cli import main
+    from bench.report import load_inputs
+    from models.datafile import data_digest
+
+    data = tmp_path / "lines.csv"
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 200)
+    data.write_text("x,y\n" + "".join(f"{a},{b}\n" for a, b in zip(x, 3 * x + 0.1 * rng.normal(size=200))))
+    out = tmp_path / "run"
+    args = ["run", "--data", str(data), "--backends", QUICK, "--chains", "2", "--draws", "100", "--reference", "none",
+            "--out", str(out), "--no-report"]
+    assert main(args) == 0
+    old = data_digest(data)
+    data.write_text(data.read_text() + "0.5,1.5\n")
+    assert main(args) == 0
+    new = data_digest(data)
+    frame, _, _ = load_inputs([out])
+    assert len(frame) == 2 and frame["fit"].nunique() == 2
+    assert sorted(frame["setup"]) == sorted(f"chains=2, draws=100, data {d} (the data file changed between runs)"
+                                            for d in (old, new))
+    md = write_report([out], out)["markdown"].read_text()
+    assert f"data {old}" in md and f"data {new}" in md

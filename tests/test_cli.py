@@ -345,3 +345,15 @@ def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
     code, err, _ = in_process(capsys, "report", str(run_dir))
     assert_error(code, err, 1, "mixbench report: internal error: RuntimeError: something nobody foresaw "
                                "(rerun with --debug for the traceback)")
+
+
+def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monkeypatch):
+    import backends.stan
+    import bench.availability as availability
+
+    monkeypatch.setattr(backends.stan, "cmdstan_path", lambda: None)
+    monkeypatch.setattr(availability, "cmdstan_path", lambda: None)
+    text = availability.describe()
+    assert text.count("cmdstanpy.install_cmdstan") == 1 and "CmdStan: not found" in text
+    assert text.count("needs CmdStan (not found here; see Engines above)") == 5  # ADVI x2, Pathfinder, MAP, Laplace
+    assert "scored against its reference posterior" in text and "pivot" not in text

@@ -356,7 +356,7 @@ table.tbl th, table.tbl td {{ border-bottom: 1px solid #e3e3e3; padding: 0.25em 
 table.tbl th {{ background: #f3f3f3; text-align: left; }}
 table.tbl th.num {{ text-align: right; }}
 table.tbl td.num {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
-table.tbl td.txt {{ overflow-wrap: anywhere; }}
+table.tbl td.txt {{ overflow-wrap: break-word; hyphens: manual; }}
 tr:target {{ background: #fff3c4; }}
 figure {{ margin: 1.2em 0; }} img {{ max-width: 100%; height: auto; }}
 figcaption {{ color: #555; font-size: 0.9em; max-width: 60em; }}

@@ -118,3 +118,51 @@ def test_a_cut_off_stan_gradient_library_is_rebuilt_not_loaded(tmp_path, monkeyp
         rebuilt, cached = build_library(program_code())
     assert rebuilt == library and not cached and library.stat().st_size == size
     assert build_library(program_code()) == (library, True)
+
+
+def _cut(path: Path) -> int:
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size // 3])
+    return size
+
+
+@pytest.mark.slow
+def test_a_cut_off_httpstan_extension_module_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    """pystan's compiled model (httpstan's extension module) cut off: discarded with one warning,
+    built again, and the model samples."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from backends.stan import StanBackend, _httpstan_libraries
+    from models import Dataset, MixtureSpec
+    from models.stan_model import program_code
+    from tests.conftest import make_data
+
+    import httpstan.models
+
+    spec = MixtureSpec(K=2, D=1)
+    x, y = make_data(spec, n=50, seed=1)
+    _, compiled = StanBackend().pystan_model(spec, Dataset(x=x, y=y))
+    [library] = _httpstan_libraries(httpstan.models.calculate_model_name(program_code()))
+    assert not compiled and Path(f"{library}.sha256").is_file()
+    size = _cut(library)
+    with pytest.warns(CacheWarning, match="cut off"):
+        model, compiled = StanBackend().pystan_model(spec, Dataset(x=x, y=y))
+    assert not compiled and library.stat().st_size == size and artefacts.intact(library)
+    assert model.sample(num_chains=1, num_samples=20, num_warmup=20).to_frame().shape[0] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.cmdstan
+def test_a_cut_off_cmdstan_executable_is_rebuilt_not_run(tmp_path, monkeypatch):
+    from backends.stan import StanBackend, cmdstan_path
+
+    if cmdstan_path() is None:
+        pytest.skip("needs CmdStan")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, compiled = StanBackend().cmdstan_model()
+    exe = Path(first.exe_file)
+    assert not compiled and Path(f"{exe}.sha256").is_file()
+    size = _cut(exe)
+    with pytest.warns(CacheWarning, match="cut off"):
+        second, compiled = StanBackend().cmdstan_model()
+    assert not compiled and Path(second.exe_file) == exe and exe.stat().st_size == size
+    assert StanBackend().cmdstan_model()[1]  # and now served from the cache

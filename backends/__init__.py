@@ -18,25 +18,33 @@ BACKENDS: dict[str, tuple[str, str]] = {
 _instances: dict[str, Backend] = {}
 
 
-def get_backend(name: str) -> Backend:
-    """A registered backend by name, or any Backend subclass named as 'package.module:Class'
-    (how third-party backends, and the harness tests' fakes, plug in without editing this file)."""
+def backend_class(name: str) -> type[Backend]:
+    """The Backend subclass a registered name or a plug-in 'package.module:Class' names, looked up
+    without calling anything in it (a name such as os:abort must not run). Raises MixbenchError
+    for an unknown name, a module or class that cannot be loaded, or a class that is not a Backend."""
     if name in BACKENDS:
         module, cls = BACKENDS[name]
     elif ":" in name:
         module, cls = name.split(":", 1)
     else:
-        raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKENDS)}")
+        raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKENDS)} (or package.module:Class)")
+    try:
+        found = getattr(import_module(module), cls)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MixbenchError(f"backend: cannot load {name!r} ({exc})") from None
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        raise MixbenchError(f"backend: {name!r} is not a mixbench Backend subclass")
+    return found
+
+
+def get_backend(name: str) -> Backend:
+    """A registered backend by name, or any Backend subclass named as 'package.module:Class'
+    (how third-party backends, and the harness tests' fakes, plug in without editing this file)."""
     if name not in _instances:
+        cls = backend_class(name)
         configure_jax()  # process-wide JAX settings, the same whichever backends this process loads
-        try:
-            backend = getattr(import_module(module), cls)()
-        except (ImportError, AttributeError) as exc:
-            raise MixbenchError(f"backend: cannot load {name!r} ({exc})") from None
-        if not isinstance(backend, Backend):
-            raise MixbenchError(f"backend: {name!r} is not a mixbench Backend")
-        _instances[name] = backend
+        _instances[name] = cls()
     return _instances[name]
 
 
-__all__ = ["BACKENDS", "METHODS", "Backend", "Fit", "FitSettings", "get_backend"]
+__all__ = ["BACKENDS", "METHODS", "Backend", "Fit", "FitSettings", "backend_class", "get_backend"]

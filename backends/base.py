@@ -48,6 +48,19 @@ TIMING_PHASES: tuple[str, ...] = (
     "compile", "warmup", "sampling", "warmup_and_sampling", "optimisation", "extraction", "overhead",
 )
 
+# The NUTS engines (``FitSettings.sampler``) and VI optimisers (``FitSettings.optimizer``) each
+# built-in backend takes, here so that the command line checks a value before any cell runs,
+# without importing the engines. The backends read their own entries.
+SAMPLERS: dict[str, tuple[str, ...]] = {
+    "pymc": ("nutpie", "pymc", "numpyro"), "numpyro": ("numpyro",), "stan": ("cmdstanpy", "pystan"),
+}
+OPTIMIZERS: dict[str, tuple[str, ...]] = {
+    "pymc": ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd", "momentum",
+             "nesterov_momentum"),
+    "numpyro": ("adam", "sgd", "adagrad", "clipped_adam", "rmsprop", "momentum"),
+    "stan": (),  # Stan's ADVI adapts its own step-size sequence
+}
+
 
 def settings_from_dict(cls, data: dict[str, Any], what: str):
     """A settings dataclass ``cls`` from a dict (a row's or a file's).

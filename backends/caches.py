@@ -136,7 +136,11 @@ def private_dir(path: Path) -> Path:
 
 def check_cache_dirs() -> None:
     """Check the cache root and every store under it that exists (``STORES``), creating
-    nothing: a run refuses, in one line, before any cell loads from an unsafe directory."""
+    nothing: a run refuses, in one line, before any cell loads from an unsafe directory. The
+    engines' own caches too (backends.engine_caches)."""
+    from backends.engine_caches import check_engine_caches
+
+    check_engine_caches()
     root = cache_root()
     if not root.exists():
         return

@@ -35,7 +35,7 @@ from pytensor.graph.replace import graph_replace
 # import, not to the first compile that would otherwise load them.
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
-from backends import laplace
+from backends import base, laplace
 from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_group, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
@@ -48,15 +48,14 @@ from models.pymc_model import canonical_values as _canonical
 from models.pymc_model import model_values as _model_values
 from models.spec import LIKELIHOODS, MixtureSpec
 
-SAMPLERS = ("nutpie", "pymc", "numpyro")
+SAMPLERS = base.SAMPLERS["pymc"]
 VI_METHODS = {
     "advi-meanfield": ("advi", False),
     "advi-fullrank": ("fullrank_advi", False),
     "advi-minibatch-meanfield": ("advi", True),
     "advi-minibatch-fullrank": ("fullrank_advi", True),
 }
-OPTIMIZERS = ("adam", "adamax", "adagrad", "adagrad_window", "adadelta", "rmsprop", "sgd",
-              "momentum", "nesterov_momentum")
+OPTIMIZERS = base.OPTIMIZERS["pymc"]
 PATHFINDER_MAXITER = 1000
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -43,7 +43,8 @@ from backends.base import (
     start_seeds,
     stopwatch,
 )
-from backends.base import note_compile
+from backends import artefacts
+from backends.base import SAMPLERS, note_compile
 from backends.caches import build_lock
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import proposal_group, psis_resample
@@ -59,7 +60,7 @@ from models.stan_model import (
     stan_parameters,
 )
 
-ENGINES = ("cmdstanpy", "pystan")
+ENGINES = SAMPLERS["stan"]
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
 
@@ -146,6 +147,25 @@ def _check_seed(seed: int) -> int:
 def _compile_lock():
     """Serialise Stan builds across processes (backends.caches owns the lock and the store)."""
     return build_lock("stan")
+
+
+def _httpstan_libraries(name: str) -> list[Path]:
+    """The compiled extension modules httpstan keeps for program ``name``."""
+    import httpstan.cache
+
+    return sorted(httpstan.cache.model_directory(name).glob("*.so"))
+
+
+def _httpstan_build_intact(name: str) -> bool:
+    """Whether httpstan's build of ``name`` is the one recorded when it was built
+    (backends.artefacts); if not, its directory is deleted so that it is built again."""
+    import httpstan.cache
+
+    libraries = _httpstan_libraries(name)
+    if libraries and all(artefacts.intact(library) for library in libraries):
+        return True
+    httpstan.cache.delete_model_directory(name)
+    return False
 
 
 @contextlib.contextmanager
@@ -386,7 +406,6 @@ class StanBackend(Backend):
         """The pystan model for this spec and data, and whether its program was already compiled."""
         import httpstan.cache
         import httpstan.models
-        import stan
 
         key = (spec, dataset.digest())
         if key in self._pystan_models:
@@ -396,24 +415,35 @@ class StanBackend(Backend):
         note_compile("cold")
         code = program_code()
         name = httpstan.models.calculate_model_name(code)
-        with _compile_lock(), _quiet():
-            compiled = name in httpstan.cache.list_model_names()
-            try:
-                model = stan.build(code, data=stan_data(spec, dataset))
-            except Exception:
-                if not compiled:
-                    raise
-                # A build killed part-way leaves httpstan an entry it cannot load (its server then
-                # answers 500 for every later build): discard it and build once more.
-                warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
-                              RuntimeWarning, stacklevel=2)
-                httpstan.cache.delete_model_directory(name)
-                compiled = False
-                model = stan.build(code, data=stan_data(spec, dataset))
+        with _compile_lock():
+            compiled = name in httpstan.cache.list_model_names() and _httpstan_build_intact(name)
+            with _quiet():
+                model, compiled = self._pystan_build(name, code, spec, dataset, compiled)
+            if not compiled:
+                for library in _httpstan_libraries(name):
+                    artefacts.record(library)
         self._pystan_models[key] = model
         while len(self._pystan_models) > 8:
             self._pystan_models.popitem(last=False)
         return model, compiled
+
+    @staticmethod
+    def _pystan_build(name: str, code: str, spec: MixtureSpec, dataset: Dataset, compiled: bool) -> tuple[Any, bool]:
+        """pystan's build of the program with this data, and whether httpstan's cached build served."""
+        import httpstan.cache
+        import stan
+
+        try:
+            return stan.build(code, data=stan_data(spec, dataset)), compiled
+        except Exception:
+            if not compiled:
+                raise
+            # A build killed part-way leaves httpstan an entry it cannot load (its server then
+            # answers 500 for every later build): discard it and build once more.
+            warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
+                          RuntimeWarning, stacklevel=2)
+            httpstan.cache.delete_model_directory(name)
+            return stan.build(code, data=stan_data(spec, dataset)), False
 
     def cmdstan_model(self) -> tuple[Any, bool]:
         """The CmdStan executable, compiled once into the "stan" cache store per program and CmdStan version."""
@@ -432,9 +462,12 @@ class StanBackend(Backend):
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)
         exe = source.with_suffix(".exe" if os.name == "nt" else "")
-        with _compile_lock(), _quiet():
-            compiled = exe.exists()
-            exe_path = cmdstanpy.compile_stan_file(source)
+        with _compile_lock():
+            compiled = artefacts.intact(exe)  # a cut-off or foreign executable is discarded, not run
+            with _quiet():
+                exe_path = cmdstanpy.compile_stan_file(source)
+            if not compiled:
+                artefacts.record(Path(exe_path))
             self._cmdstan_model = cmdstanpy.CmdStanModel(stan_file=source, exe_file=exe_path)
         return self._cmdstan_model, compiled
 

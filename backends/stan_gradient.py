@@ -87,13 +87,14 @@ def library_key(code: str, stanc_args: Sequence[str]) -> str:
 
 def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool]:
     """The shared library of ``code`` compiled with ``stanc_args``; and whether it was cached."""
+    from backends import artefacts
     from backends.caches import build_lock, private_dir
 
     directory = cache_dir() / library_key(code, stanc_args)
     library = directory / "model.so"
     with build_lock("stan"):
         private_dir(directory)  # a library is loaded from here: only from a private directory
-        if library.is_file():
+        if artefacts.intact(library):  # a cut-off or foreign library is discarded, not loaded
             return library, True
         with tempfile.TemporaryDirectory(prefix="mixbench-stanc-") as tmp:
             source = Path(tmp) / "model.stan"
@@ -112,6 +113,7 @@ def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool
             (directory / "stanc_args.txt").write_text(" ".join(stanc_args) + "\n")
             # Moved in whole, so another process never loads a half-written library.
             shutil.move(str(partial), str(library))
+            artefacts.record(library)
     return library, False
 
 

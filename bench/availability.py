@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends import BACKENDS, METHODS, FitSettings, get_backend
-from backends.stan import cmdstan_path, cmdstan_version, pystan_stan_version
+from backends.stan import NO_CMDSTAN, cmdstan_path, cmdstan_version, pystan_stan_version
 from models.scenarios import DEFAULT_SCENARIO, SCENARIOS
 
 
@@ -28,7 +28,8 @@ def describe() -> str:
         mark = " (default)" if name == DEFAULT_SCENARIO else ""
         spec = scenario.spec
         lines.append(f"  {name:<13} N={scenario.N:<7} K={spec.K} D={spec.D}  {scenario.description}{mark}")
-    lines.append("  or --data FILE.csv: your own data (no truth; metrics against a pivot)")
+    lines.append("  or --data FILE.csv: your own data (no truth; scored against its reference posterior, a long "
+                 "NUTS run made once and cached: mixbench reference)")
     lines.append("  or a point of the scenario family lines, e.g. lines-K2-D1-sep2-wmin0.5-sr1 "
                  "(mixbench sweep varies its axes: K, D, sep, w_min, sigma_ratio, N)")
 
@@ -49,5 +50,7 @@ def describe() -> str:
     for backend, methods in matrix.items():
         lines.append(f"  {backend}:")
         for method, reason in methods.items():
+            if reason is not None and NO_CMDSTAN in reason:
+                reason = "needs CmdStan (not found here; see Engines above)"  # said once, above
             lines.append(f"    {method:<{width}}  {'yes' if reason is None else 'no: ' + reason}")
     return "\n".join(lines)

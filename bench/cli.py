@@ -425,16 +425,12 @@ def _add_sweep_parser(sub) -> None:
     runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
 
-def check_backend_name(name: str) -> None:
-    """A registered backend, or a plug-in named 'package.module:Class' (see backends.get_backend)."""
-    if name not in BACKEND_NAMES and ":" not in name:
-        raise MixbenchError(f"backend: unknown {name!r}; known: {', '.join(BACKEND_NAMES)} (or module:Class)")
-
-
 def _cells_from_args(args) -> tuple[list, str]:
     from bench.harness import make_grid
     from models.scenarios import DEFAULT_SCENARIO, get_scenario
     from models.spec import MixtureSpec
+
+    from bench.preflight import check_backend_name, check_engine_names
 
     for name in args.backends:
         check_backend_name(name)
@@ -443,6 +439,7 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")
     settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    check_engine_names(args.backends, settings)
     spec = _spec_overrides(args)
     common = dict(settings=settings, spec=spec, data_seed=args.data_seed, standardize=args.standardize)
     if args.data is not None:
@@ -452,7 +449,7 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError("--N: only applies to a built-in scenario (a data file's N is its number of rows)")
         dataset = load_csv(args.data, args.covariates, args.response)  # a malformed file fails now
         fitted = MixtureSpec.from_dict({"D": dataset.D, **spec})
-        _check_sizes(fitted.K, [dataset.N], args.methods, settings)
+        _check_sizes(fitted, [dataset.N], args.methods, settings)
         scenario, label = str(args.data.resolve()), args.data.stem
         common.update(covariates=tuple(dataset.covariates), response=args.response,
                       data_digest=data_digest(args.data))
@@ -462,7 +459,7 @@ def _cells_from_args(args) -> tuple[list, str]:
         scenario = label = args.scenario or DEFAULT_SCENARIO
         built_in = get_scenario(scenario)
         fitted = MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
-        _check_sizes(fitted.K, args.N or [built_in.N], args.methods, settings)
+        _check_sizes(fitted, args.N or [built_in.N], args.methods, settings)
         if args.N:
             # One cell per size: rows carry N, and the report draws the cost curve over N.
             cells = [cell for n in args.N
@@ -487,14 +484,17 @@ def data_prior_note(cells) -> str | None:
     return prior_scale_note(spec, dataset, standardized=cell.standardize)
 
 
-def _check_sizes(K: int, sizes: list[int], methods: list[str], settings: dict) -> None:
-    """The harness's size checks (K against N, minibatch against N), before any cell runs."""
+def _check_sizes(spec, sizes: list[int], methods: list[str], settings: dict) -> None:
+    """The harness's size checks (K against N, minibatch against N) and the memory a fit's draws
+    need, before any cell runs."""
     from bench.harness import check_fit_size
+    from bench.preflight import check_memory
 
     fit_settings = FitSettings.from_dict(settings)
     for n in sizes:
         for method in methods:
-            check_fit_size(K, n, method, fit_settings)
+            check_fit_size(spec.K, n, method, fit_settings)
+            check_memory(spec, n, method, fit_settings)
 
 
 class Progress:
@@ -585,8 +585,15 @@ def cmd_run(args) -> int:
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label
+    _writing_under.append(out_dir)
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh, notes=(note,) if note else ())
+    if args.data is not None:
+        from bench.harness import prepare_out_dir
+        from bench.run_files import keep_data_copy
+
+        # The run folder keeps the data its rows were fitted to: its report reads nothing outside it.
+        keep_data_copy(args.data, prepare_out_dir(out_dir), cells[0].data_digest)
     ids = {c.id for c in cells}
     progress = Progress(len(cells), log_dir=out_dir / LOGS_DIR)
     result = run_grid(cells, options, executor, progress)
@@ -607,6 +614,7 @@ def cmd_run(args) -> int:
 
 def sweep_cells_from_args(args) -> list:
     """The sweep's cells, every argument checked before any cell runs."""
+    from bench.preflight import check_backend_name, check_engine_names
     from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points
 
     for name in args.backends:
@@ -619,13 +627,19 @@ def sweep_cells_from_args(args) -> list:
     spec = dict(_override(text, "--spec") for text in args.sweep_spec)
     given = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     settings = {**SWEEP_SETTINGS, **given}
-    fit_settings = FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
+    check_engine_names(args.backends, settings)
     points = sweep_points(parse_vary(args.vary))
-    from bench.harness import check_fit_size
+    from models.scenarios import get_scenario
+    from models.spec import MixtureSpec
 
     for point, n in points:
         for line in lines:
-            check_fit_size(point.K, n, line.method, fit_settings)
+            try:  # the spec values of every line at every point (ordering=sideways fails here)
+                fitted = MixtureSpec.from_dict({**get_scenario(point.name).spec.to_dict(), **spec, **line.spec})
+            except MixbenchError as exc:
+                raise MixbenchError(f"--spec/--methods {line.label}: {exc}") from None
+            _check_sizes(fitted, [n], [line.method], settings)
     return plan_cells(points, args.backends, lines, args.seeds, settings, spec,
                       data_per_seed=args.data_per_seed, data_seed=args.data_seed)
 
@@ -641,6 +655,7 @@ def cmd_sweep(args) -> int:
     if args.reference != "none":
         cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / f"sweep-{args.family}"
+    _writing_under.append(out_dir)
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, retry_failed=args.retry_failed,
                          fresh=args.fresh)
     start = time.perf_counter()
@@ -677,6 +692,7 @@ def cmd_report(args) -> int:
         if not path.exists():
             raise MixbenchError(f"{path}: not found")
     out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent)
+    _writing_under.append(out)
     prepare_out_dir(out)
     paths = write_report(args.paths, out)
     print(f"report: {paths['markdown']}  (html: {paths['html']})")
@@ -768,6 +784,7 @@ def cmd_compare(args) -> int:
 
     comparison = compare(args.run_a, args.run_b)
     out = args.out or (args.run_b if args.run_b.is_dir() else args.run_b.parent)
+    _writing_under.append(out)
     prepare_out_dir(out)
     paths = write_comparison(comparison, out)
     print("\n".join(summary_lines(comparison)))
@@ -788,15 +805,23 @@ def cmd_list(args) -> int:
     return 0
 
 
+# The directory the command writes into, once known: an OSError raised by a write on an open file
+# (a full disk) carries no file name, and the line should still say where.
+_writing_under: list[Path] = []
+
+
 def _os_error_text(exc: OSError) -> str:
     text = exc.strerror or str(exc)
-    return f"{exc.filename}: {text}" if exc.filename else text
+    if exc.filename:
+        return f"{exc.filename}: {text}"
+    return f"{_writing_under[-1]}: {text} (while writing there)" if _writing_under else text
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench.harness import RunInterrupted, stop_on_signals
 
     args = build_parser().parse_args(argv)
+    _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
                "compare": cmd_compare, "sweep": cmd_sweep}[args.command]
     prefix = f"mixbench {args.command}"

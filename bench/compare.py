@@ -286,7 +286,7 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     """compare.md, compare.html (figure embedded) and compare.png in ``out_dir``."""
     import base64
 
-    from bench.report import HTML_PAGE, markdown_table
+    from bench.report import HTML_PAGE, markdown_table, markdown_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     called = verdict_table(comparison, ("worse", "better"))
     everything = verdict_table(comparison)
     title = f"mixbench compare: {comparison.label_a} -> {comparison.label_b}"
-    md = [f"# {title}", "", *[f"- {line}" for line in summary_lines(comparison)], ""]
+    md = [f"# {markdown_text(title)}", "", *[f"- {markdown_text(line)}" for line in summary_lines(comparison)], ""]
     if fig_path is not None:
         md += [f"![changes in units of the noise]({fig_path.name})", ""]
     md += ["## Changes called", "", markdown_table(called), "## Every metric", "", markdown_table(everything),

@@ -222,8 +222,6 @@ class DaskExecutor:
             path = out_dir / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        if "run_dir" in row:
-            row["run_dir"] = str(out_dir.resolve())
         log_dir = out_dir / LOGS_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"{cell.id}.log").write_text(log)

@@ -89,8 +89,9 @@ def make_executor(kind: str | None = None, jobs: int = 1, scheduler: str | None 
     if scheduler is not None:
         if kind not in (None, "dask"):
             raise MixbenchError(f"--scheduler: sends the cells to a Dask cluster; it does not go with --executor {kind}")
-        if not scheduler.strip():
-            raise MixbenchError("--scheduler: empty address (expected e.g. tcp://127.0.0.1:8786)")
+        from bench.preflight import check_scheduler
+
+        check_scheduler(scheduler)
     kind = kind or ("dask" if scheduler is not None else "warm")
     if kind == "warm":
         return WarmProcessExecutor(jobs=jobs)

@@ -104,26 +104,22 @@ def component_lines(point: dict[str, np.ndarray], x_mean: np.ndarray) -> tuple[n
     return offset, w[:, 0]
 
 
-def _load_data(rows: pd.DataFrame):
-    from bench.harness import Cell, load_cell_data
+def _load_data(rows: pd.DataFrame, run_dirs: list[Path]):
+    from bench.run_files import cell_data
 
-    cells = [c for c in col(rows, "cell") if isinstance(c, dict)]
-    if not cells:
+    found = [(c, n) for c, n in zip(col(rows, "cell"), col(rows, "N")) if isinstance(c, dict)]
+    if not found:
         return None, "the rows do not record their cell"
-    try:
-        spec, dataset = load_cell_data(Cell.from_dict(cells[0]))
-    except Exception as exc:  # a moved data file: the figure is left out, the report says why
-        return None, f"the data could not be loaded again ({str(exc).splitlines()[0]})"
-    return (spec, dataset), ""
+    return cell_data(*found[0], run_dirs)
 
 
-def figure_data_fits(frame: pd.DataFrame, fig_dir: Path) -> tuple[list[Figure], list[str]]:
+def figure_data_fits(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Per data set: the data and every ok seed's posterior-mean components, one panel per fit."""
     from scipy.stats import norm
 
     figures, notes = [], []
     for index, (scenario, setup, rows) in enumerate(_setups(_ok(frame)), start=1):
-        loaded, why = _load_data(rows)
+        loaded, why = _load_data(rows, run_dirs)
         if loaded is None:
             notes.append(f"No data figure for {_setup_title(scenario, setup)}: {why}.")
             continue
@@ -268,6 +264,7 @@ def figure_vi_quality(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(fits) + 1.6), layout="constrained")
     ax.axvspan(lo, 0.5, color="tab:green", alpha=0.06)
     ax.axvspan(KHAT_BAD, hi, color="tab:red", alpha=0.06)
+    ax.axvspan(0.5, KHAT_BAD, color="tab:orange", alpha=0.08, label=f"0.5 to {KHAT_BAD}: usable, with care")
     ax.axvline(0.5, color="tab:green", ls="--", lw=1, label="0.5: good below")
     ax.axvline(KHAT_BAD, color="tab:red", ls="--", lw=1, label=f"{KHAT_BAD}: not the posterior at or above")
     for i, (_, group) in enumerate(fits):
@@ -321,14 +318,19 @@ def running_error(w: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _trace_file(row: pd.Series, run_dirs: list[Path]) -> Path | None:
-    name = row.get("slope_trace_file")
-    if not isinstance(name, str):
-        return None
-    recorded = [Path(row["run_dir"])] if isinstance(row.get("run_dir"), str) else []
-    for run_dir in [*run_dirs, *recorded]:
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    return None
+    from bench.run_files import file_in_runs
+
+    return file_in_runs(row.get("slope_trace_file"), run_dirs)
+
+
+def _log_ticks(axis) -> None:
+    """Labels at 1, 2 and 5 of each decade, as plain numbers: a range inside one or two decades
+    otherwise shows a single '10^0'."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
@@ -385,6 +387,9 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
+        _log_ticks(ax.xaxis)
+        if log_y:
+            _log_ticks(ax.yaxis)
         ax.set_xlabel("wall time after compiling, s (log scale): warm-up + sampling, or optimisation")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.25)
@@ -439,8 +444,9 @@ def figure_time_split(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
                                       gridspec_kw={"width_ratios": [1, 2]})
     labels = list(med["fit_label"])
     y = np.arange(len(med))
-    left.barh(y, med["t_compile"], color="0.45", label="compile")
+    left.barh(y, med["t_compile"], color="tab:purple", label="compile")
     left.set_xlabel("compile, s (linear)")
+    left.xaxis.set_major_locator(_plt().MaxNLocator(3))  # a narrow panel: few labels, none overlapping
     start = np.zeros(len(med))
     colours = {"t_warmup": "tab:blue", "t_sampling": "tab:cyan", "t_optimisation": "tab:orange",
                "t_extraction": "tab:gray"}
@@ -450,7 +456,7 @@ def figure_time_split(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
     right.set_xlabel("the rest, s (linear; its own scale)")
     left.set_yticks(y, labels, fontsize="small")
     left.invert_yaxis()
-    handles = [plt.Rectangle((0, 0), 1, 1, color="0.45", label="compile")]
+    handles = [plt.Rectangle((0, 0), 1, 1, color="tab:purple", label="compile")]
     handles += [plt.Rectangle((0, 0), 1, 1, color=colours[p], label=p[2:]) for p in phases]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
     fig.suptitle("Where the time goes (medians over seeds)", fontsize="medium")
@@ -538,7 +544,7 @@ def figure_recovery(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 
 def report_figures(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Every figure the data allow, in reading order, and notes on figures left out."""
-    data_figures, notes = figure_data_fits(frame, fig_dir)
+    data_figures, notes = figure_data_fits(frame, run_dirs, fig_dir)
     anytime, anytime_notes = figure_anytime(frame, run_dirs, fig_dir)
     notes += anytime_notes
     figures = [*data_figures, *figure_landings(frame, fig_dir), *figure_vi_quality(frame, fig_dir),

@@ -366,7 +366,6 @@ def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, A
     trace_path = draws_dir / f"{cell.id}.slopes.npy"
     np.save(trace_path, w.astype(np.float32))
     paths["slope_trace_file"] = str(trace_path.relative_to(out_dir))
-    paths["run_dir"] = str(Path(out_dir).resolve())  # lets a report built from elsewhere find the files
     if save_draws:
         nc_path = draws_dir / f"{cell.id}.nc"
         fit.draws.to_netcdf(nc_path, engine="h5netcdf")

@@ -125,7 +125,7 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
              else pd.DataFrame({c: pd.Series(dtype=object) for c in ["cell_id", "status", *CELL_KEYS]}))
     setups = col(frame, "setup").astype(object)
     frame["setup"] = setups.where(setups.notna(), "default")
-    return assign_fit_ids(_split_by_target(frame)), environments, run_dirs
+    return assign_fit_ids(_split_by_target(_split_by_data(frame))), environments, run_dirs
 
 
 def _run_label(path: Path, taken: list[str]) -> str:
@@ -137,6 +137,23 @@ def _run_label(path: Path, taken: list[str]) -> str:
         number += 1
         label = f"{base}#{number}"
     return label
+
+
+def _split_by_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one data file fitted to different contents (the file was edited between runs:
+    its digest, models.datafile.data_digest, differs) are different setups, never seeds of one
+    fit: say which content in it."""
+    if frame.empty or "cell" not in frame:
+        return frame
+    digest = frame["cell"].map(lambda c: c.get("data_digest") if isinstance(c, dict) else None)
+    frame = frame.copy()
+    for _, group in frame.groupby(["scenario", "setup"]):
+        kinds = digest[group.index].dropna().astype(str)
+        if kinds.nunique() > 1:
+            frame.loc[kinds.index, "setup"] = [
+                (f"{s}, " if s != "default" else "") + f"data {d} (the data file changed between runs)"
+                for s, d in zip(frame.loc[kinds.index, "setup"], kinds)]
+    return frame
 
 
 def _split_by_target(frame: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +208,7 @@ def build_report(paths: list[Path], fig_dir: Path):
     if len(frame):
         tables += [t for t in (flagged_table(frame), means_table(frame), problems_table(frame)) if not t.empty]
     tables = [part for table in tables for part in split_wide(table)]
-    figures, notes = report_figures(frame, run_dirs or [fig_dir.parent], fig_dir) if len(frame) else ([], [])
+    figures, notes = report_figures(frame, run_dirs, fig_dir) if len(frame) else ([], [])
     figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
     from bench.sweep import sweep_findings
@@ -214,11 +231,17 @@ def _glossary_tables(tables: list[Table]) -> tuple[pd.DataFrame, list[tuple[str,
 # Markdown
 
 
+def markdown_text(text) -> str:
+    """Text from rows (names, errors) made inert in Markdown, as report.html escapes it: Markdown
+    renders HTML it contains."""
+    return html.escape(str(text), quote=False)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_none_\n"
-    cells = frame.map(fmt).astype(str).map(lambda s: s.replace("|", "\\|").replace("\n", " "))
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+    cells = frame.map(fmt).astype(str).map(lambda s: markdown_text(s).replace("|", "\\|").replace("\n", " "))
+    lines = ["| " + " | ".join(markdown_text(str(c)).replace("|", "\\|") for c in frame.columns) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -226,21 +249,21 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def _markdown(headline, found: list[SetupFindings], figures, notes, tables, environment, glossary, words,
               titles: dict[str, str]) -> str:
-    md = ["# mixbench report", "", headline, "", "## Findings", ""]
+    md = ["# mixbench report", "", markdown_text(headline), "", "## Findings", ""]
     if not found:
         md += ["_No fits: the inputs hold cost benchmarks only._", ""]
     for setup in found:
-        md += [f"### {setup.title}", ""]
-        md += [f"- {s.text} ({titles.get(s.table, s.table)}: {', '.join(s.fits)})" for s in setup.sentences]
+        md += [f"### {markdown_text(setup.title)}", ""]
+        md += [markdown_text(f"- {s.text} ({titles.get(s.table, s.table)}: {', '.join(s.fits)})") for s in setup.sentences]
         md.append("")
     md += ["## Figures", ""]
     for figure in figures:
-        md += [f"![{figure.title}]({FIGURES_DIR}/{figure.path.name})", ""]
+        md += [f"![{markdown_text(figure.title)}]({FIGURES_DIR}/{figure.path.name})", ""]
         if figure.caption:
-            md += [f"_{figure.caption}_", ""]
-    md += [f"_{note}_\n" for note in notes]
+            md += [f"_{markdown_text(figure.caption)}_", ""]
+    md += [f"_{markdown_text(note)}_\n" for note in notes]
     for table in tables:
-        md += [f"## {table.title}", ""] + ([table.text, ""] if table.text else []) + [markdown_table(table.frame)]
+        md += [f"## {markdown_text(table.title)}", ""] + ([markdown_text(table.text), ""] if table.text else []) + [markdown_table(table.frame)]
     md += ["## Glossary", "", markdown_table(glossary)]
     for group, frame in words:
         md += [f"### {group.capitalize()}", "", markdown_table(frame)]
@@ -336,7 +359,7 @@ table.tbl th, table.tbl td {{ border-bottom: 1px solid #e3e3e3; padding: 0.25em 
 table.tbl th {{ background: #f3f3f3; text-align: left; }}
 table.tbl th.num {{ text-align: right; }}
 table.tbl td.num {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
-table.tbl td.txt {{ overflow-wrap: anywhere; }}
+table.tbl td.txt {{ overflow-wrap: break-word; hyphens: manual; }}
 tr:target {{ background: #fff3c4; }}
 figure {{ margin: 1.2em 0; }} img {{ max-width: 100%; height: auto; }}
 figcaption {{ color: #555; font-size: 0.9em; max-width: 60em; }}

@@ -17,6 +17,8 @@ from models.errors import MixbenchError
 def read_data_bytes(path: str | Path) -> bytes:
     """The bytes of a data file; MixbenchError (one line) when it is missing or cannot be read."""
     path = Path(path)
+    if path.is_dir():
+        raise MixbenchError(f"data file {path}: is a directory, not a CSV file")
     if not path.is_file():
         raise MixbenchError(f"data file {path}: not found")
     try:

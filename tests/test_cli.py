@@ -1,6 +1,5 @@
 """The command line: one-line errors with a non-zero exit for bad input, and working commands."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +44,48 @@ def assert_one_line_error(result, needle: str):
 ])
 def test_bad_arguments(args, needle):
     assert_one_line_error(run_cli(*args), needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--backends", "numpyro", "--methods", "advi-meanfield", "--optimizer", "foo"], "--optimizer: unknown 'foo'"),
+    (["run", "--sampler", "foo"], "--sampler: unknown 'foo'; known: cmdstanpy, numpyro, nutpie, pymc, pystan"),
+    (["run", "--backends", "numpyro", "--sampler", "nutpie"], "--sampler: unknown 'nutpie'; known: numpyro"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--spec", "ordering=sideways"], "ordering: must be one of"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--methods", "nuts:sigma=each"], "sigma: must be one of"),
+    (["run", "--backends", "numpyro", "--draws", "10000000000"], "GiB available here"),
+    (["sweep", "--vary", "sep=1", "--seeds", "0", "--vi-draws", "100000000000"], "GiB available here"),
+    (["run", "--scheduler", "notaurl"], "--scheduler: 'notaurl' is not a scheduler address"),
+    (["run", "--scheduler", "tcp://host:99999"], "is not a scheduler address"),
+    (["sweep", "--vary", "sep=1", "--scheduler", "tcp://"], "is not a scheduler address"),
+    (["run", "--backends", "os:abort"], "backend: 'os:abort' is not a mixbench Backend subclass"),
+    (["run", "--backends", "tests.fake_backends:Nope"], "backend: cannot load 'tests.fake_backends:Nope'"),
+    (["run", "--data", "results"], "data file results: is a directory"),
+])
+def test_option_values_checked_before_any_cell(tmp_path, args, needle):
+    """Each is refused in one line, exit 2, and nothing was run: the output folder has no rows."""
+    assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "out")), needle)
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
+def test_fit_bytes_counts_draws_parameters_and_log_likelihood():
+    from backends.base import FitSettings
+    from bench.preflight import LOO_MAX_VALUES, fit_bytes
+    from models.spec import MixtureSpec
+
+    spec = MixtureSpec(K=3, D=2, intercept=True, sigma="per-component")  # 6 w + 3 b + 3 sigma + 3 pi
+    settings = FitSettings(chains=4, draws=500, vi_draws=700, map_starts=5)
+    assert fit_bytes(spec, 100, "nuts", settings) == 8 * (2000 * 15 + 2000 * 100 + 100 * 3)
+    assert fit_bytes(spec, 100, "advi-fullrank", settings) == 8 * (700 * 15 + 700 * 100 + 100 * 3)
+    assert fit_bytes(spec, 10**6, "map", settings) == 8 * (5 * 15 + 5 * 10**6 + 10**6 * 3)
+    assert fit_bytes(spec, 10**6, "nuts", settings) == 8 * (2000 * 15 + int(LOO_MAX_VALUES) + 10**6 * 3)
+
+
+def test_engine_name_tables_match_the_backends():
+    from backends import base, numpyro, pymc, stan
+
+    assert set(numpyro._OPTIMIZERS) == set(base.OPTIMIZERS["numpyro"])
+    assert pymc.OPTIMIZERS == base.OPTIMIZERS["pymc"] and pymc.SAMPLERS == base.SAMPLERS["pymc"]
+    assert stan.ENGINES == base.SAMPLERS["stan"] and numpyro.ENGINE in base.SAMPLERS["numpyro"]
 
 
 def test_malformed_data_file(tmp_path):
@@ -157,9 +198,6 @@ def finished_run(tmp_path_factory):
 def run_dir(finished_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
-    for row_file in [copy / "cells.jsonl"]:  # point the rows at the copy's own files
-        rows = [json.loads(line) for line in row_file.read_text().splitlines()]
-        row_file.write_text("".join(json.dumps({**r, "run_dir": str(copy)}) + "\n" for r in rows))
     return copy
 
 
@@ -263,6 +301,18 @@ def test_report_on_a_full_disk(run_dir, capsys, monkeypatch):
     assert_error(code, err, 1, "mixbench report: error: report.md: No space left on device")
 
 
+def test_a_full_disk_without_a_file_name_names_the_output_directory(run_dir, tmp_path, capsys, monkeypatch):
+    """A write on an open file that fails (ENOSPC) carries no file name: the line names the
+    directory the command was writing into."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    code, err, _ = in_process(capsys, "report", str(run_dir), "--out", str(tmp_path / "rep"))
+    assert_error(code, err, 1, f"mixbench report: error: {tmp_path / 'rep'}: No space left on device "
+                               "(while writing there)")
+
+
 def test_run_on_a_full_disk_goes_on_and_says_which_rows_are_missing(tmp_path, capsys, monkeypatch):
     import bench.harness as harness
 
@@ -295,3 +345,15 @@ def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
     code, err, _ = in_process(capsys, "report", str(run_dir))
     assert_error(code, err, 1, "mixbench report: internal error: RuntimeError: something nobody foresaw "
                                "(rerun with --debug for the traceback)")
+
+
+def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monkeypatch):
+    import backends.stan
+    import bench.availability as availability
+
+    monkeypatch.setattr(backends.stan, "cmdstan_path", lambda: None)
+    monkeypatch.setattr(availability, "cmdstan_path", lambda: None)
+    text = availability.describe()
+    assert text.count("cmdstanpy.install_cmdstan") == 1 and "CmdStan: not found" in text
+    assert text.count("needs CmdStan (not found here; see Engines above)") == 5  # ADVI x2, Pathfinder, MAP, Laplace
+    assert "scored against its reference posterior" in text and "pivot" not in text

@@ -92,7 +92,6 @@ def test_executor_gives_exactly_the_fresh_process_rows(kind, tmp_path, fresh_row
     for row in [r for r in rows if r["status"] == "ok"]:
         trace = np.load(tmp_path / row["slope_trace_file"])
         assert trace.shape == (2, 100, 2, 1)
-        assert row["run_dir"] == str(tmp_path.resolve())
     if kind == "warm":
         # Three quick cells on two workers: whichever worker took the first kept its backend's
         # next cells while it was free, counting them 1, 2, ...

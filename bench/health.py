@@ -72,9 +72,14 @@ def bound_params(draws: xr.DataTree, problem: Problem, settings) -> list[str]:
     return out
 
 
-def health(row: dict[str, Any], raw: xr.DataTree, problem: Problem | None, *, mcmc: bool, single_point: bool,
-           converged: bool | None, settings) -> dict[str, Any]:
-    """The HEALTH_FIELDS of a row whose other metrics are filled in."""
+def health(row: dict[str, Any], raw: xr.DataTree, relabelled: xr.DataTree, problem: Problem | None, *, mcmc: bool,
+           single_point: bool, converged: bool | None, settings) -> dict[str, Any]:
+    """The HEALTH_FIELDS of a row whose other metrics are filled in.
+
+    Bounds are judged on the relabelled draws: a median over raw labels pools different
+    components whenever chains (or draws) hold them under different labels. Stuck chains are
+    judged on the raw draws: whether a chain moved is a fact of what was sampled.
+    """
     flags = []
     stuck = stuck_chains(raw, settings.stuck_repeat_frac) if mcmc else math.nan
     if mcmc and stuck:
@@ -89,7 +94,7 @@ def health(row: dict[str, Any], raw: xr.DataTree, problem: Problem | None, *, mc
         nan_ess = all(math.isnan(_number(v)) for v in (row.get("ess_bulk_min"), row.get("ess_tail_min")))
         if low or nan_ess:
             flags.append("ess")
-    bounds = bound_params(raw, problem, settings) if problem is not None else []
+    bounds = bound_params(relabelled, problem, settings) if problem is not None else []
     # The backend names a MAP on any bound of the support (weights at 0 and ordering ties too).
     if bounds or (single_point and row.get("at_bound")):
         flags.append("map-at-bound" if single_point else "sigma-at-bound")

@@ -35,6 +35,8 @@ from bench.relabel import (
     map_pivot,
     perm_codes,
     perm_label,
+    Relabelling,
+    apply_permutations,
     posterior_dataset,
     relabel,
 )
@@ -260,6 +262,8 @@ ROW_FIELDS: dict[str, str] = {
     **LOO_FIELDS,
     # Health
     **HEALTH_FIELDS,
+    "metric_errors": "metrics that raised, 'metric: error' separated by '; ' (empty when none): their "
+                     "columns are NaN and the row keeps its status",
 }
 
 
@@ -749,15 +753,37 @@ def evaluate(
     densities (modes by log density), PSIS-LOO and the prior-bound flags, which are NaN without it.
     A fit that is not ok gives its identity and status with NaN everywhere else.
     """
+    return score_fit(fit, truth, reference, pivot, settings, problem)[0]
+
+
+def score_fit(fit: Fit, truth: dict | None = None, reference=None, pivot: dict | str | None = None,
+              settings: MetricSettings = MetricSettings(), problem=None) -> tuple[dict[str, Any], dict[str, float]]:
+    """(the ``evaluate`` row, the relabelled posterior means) from one relabelling of the fit.
+
+    The means are flat columns ``mean.w[0,0]``, ``truth.w[0,0]``, ... for the run's summary
+    table; empty for a fit that is not ok.
+    """
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS, NAN)
     row.update(_identity(fit))
+    means: dict[str, float] = {}
     if fit.ok:
         draws = fit_draws(fit)
         if draws is None:
             raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
-        row.update(_evaluate_draws(fit, draws, truth, reference, pivot, settings, problem))
+        scoring = prepare(fit, draws, truth, reference, pivot, settings, problem)
+        row.update(scoring.sizes())
+        errors = []
+        for name, metric in METRICS:
+            # One metric that raises must not throw the finished fit away: its columns stay NaN
+            # and the row says which metric failed and why.
+            try:
+                row.update(metric(scoring, row))
+            except Exception as exc:  # noqa: BLE001  (any failure of a metric is recorded, not raised)
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        row["metric_errors"] = "; ".join(errors)
+        means = posterior_means(scoring)
     row = {key: _plain(row[key]) for key in ROW_FIELDS}
-    return row
+    return row, means
 
 
 def _reference_parts(reference) -> tuple[xr.DataTree | None, np.ndarray | None, dict | None]:
@@ -778,63 +804,167 @@ def labelling_target(truth: dict | None, reference, pivot, draws: xr.DataTree) -
     return resolve_target(truth, pivot, draws, ref_draws)
 
 
-def _evaluate_draws(fit, draws, truth, reference, pivot, settings, problem=None) -> dict[str, Any]:
-    ref_draws, ref_lp, _ = _reference_parts(reference)
+@dataclass(frozen=True)
+class Scoring:
+    """One fit relabelled once against its data set's one target: what every metric reads.
+
+    ``rel`` is the fit's single relabelling; ``ref_draws`` the reference posterior's draws in
+    the same labelling (None without a reference). Raw draws are kept only for what is
+    label-invariant or about the labelling itself (log densities, PSIS-LOO, stuck chains, the
+    ``*_raw`` columns).
+    """
+
+    fit: Fit
+    raw: xr.DataTree
+    rel: Relabelling
+    target: dict[str, np.ndarray]
+    source: str
+    truth: dict | None
+    ref_draws: xr.DataTree | None
+    ref_lp: np.ndarray | None
+    problem: Any
+    settings: MetricSettings
+    mcmc: bool
+    single_point: bool
+
+    @property
+    def target_name(self) -> str:
+        return "truth" if self.truth is not None else "reference"
+
+    def sizes(self) -> dict[str, Any]:
+        ds = posterior_dataset(self.raw)
+        return {"n_chains": ds.sizes["chain"], "n_draws": ds.sizes["draw"],
+                "nonfinite_draws": self.rel.nonfinite_draws, "relabel_converged": self.rel.converged,
+                "reference_source": self.source, "divergences": _divergences(self.fit, self.raw)}
+
+
+def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: MetricSettings, problem) -> Scoring:
+    """Relabel the fit once, and put the reference's draws in the same labelling."""
+    ref_draws, ref_lp, ref_point = _reference_parts(reference)
     target, source = labelling_target(truth, reference, pivot, draws)
-    target_name = "truth" if truth is not None else "reference"
     rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
-    target = rel.reference  # conformed to the draws' shapes
-    ds = posterior_dataset(draws)
-    mcmc = is_mcmc(fit)
-    single_point = ds.sizes["chain"] * ds.sizes["draw"] == 1
-    row: dict[str, Any] = {
-        "n_chains": ds.sizes["chain"],
-        "n_draws": ds.sizes["draw"],
-        "divergences": _divergences(fit, draws),
-        "nonfinite_draws": rel.nonfinite_draws,
-        "relabel_converged": rel.converged,
-        "reference_source": source,
-    }
-    ref_rel = None
     if ref_draws is not None:
-        ref_rel = relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
-    if ref_rel is not None and ref_lp is not None and problem is not None:
-        summary = ReferenceSummary.of(ref_rel.draws, ref_lp)
-        landings = place_chains(rel.draws, rel.permutations, draws, problem, summary, settings,
-                                lambda mean, sd: is_collapsed(mean, sd, settings))
-        row.update(landing_summary(landings, summary, settings))
-    else:
-        modes = chain_modes(rel.draws, rel.permutations, target, target_name, settings)
-        row.update(mode_summary(modes, target_name))
-    sw = label_switching(rel.permutations, settings.switch_min_draws)
-    row.update({
+        ref_draws = _reference_in_target_labelling(ref_draws, ref_point, source, rel.reference, settings)
+    ds = posterior_dataset(draws)
+    return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
+                   ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
+                   single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1)
+
+
+def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
+                                   settings: MetricSettings) -> xr.DataTree:
+    """The reference draws labelled like the target.
+
+    A Reference is stored in one canonical labelling (bench.reference) and its point is its mean
+    in that labelling, so it needs at most one permutation for all its draws: none when the
+    target is that point, else the one that matches its point to the target. Bare draws (no
+    point) are relabelled draw by draw.
+    """
+    if ref_point is None:
+        return relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter).draws
+    if source == "reference":
+        return ref_draws
+    perm = relabel(point_tree(ref_point), target, settings.relabel_scale_floor,
+                   settings.relabel_max_iter).permutations[0, 0]
+    ds = posterior_dataset(ref_draws)
+    perms = np.broadcast_to(perm, (ds.sizes["chain"], ds.sizes["draw"], perm.size))
+    return apply_permutations(ref_draws, perms)
+
+
+def posterior_means(scoring: Scoring) -> dict[str, float]:
+    """Relabelled posterior mean of every scalar parameter, plus the truth, as flat columns
+    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table."""
+    ds = posterior_dataset(scoring.rel.draws)
+    means = ds.mean(dim=SAMPLE_DIMS)
+    truth = conform_point(scoring.truth, ds) if scoring.truth is not None else None
+    out = {}
+    for name in FAMILIES:
+        if name not in means:
+            continue
+        values = np.asarray(means[name].values)
+        for index in np.ndindex(values.shape):
+            label = f"{name}[{','.join(map(str, index))}]" if index else name
+            out[f"mean.{label}"] = float(values[index])
+            if truth is not None:
+                out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The metrics: each reads the one Scoring (and the row so far) and returns its columns.
+
+
+def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.ref_draws is not None and s.ref_lp is not None and s.problem is not None:
+        summary = ReferenceSummary.of(s.ref_draws, s.ref_lp)
+        landings = place_chains(s.rel.draws, s.rel.permutations, s.raw, s.problem, summary, s.settings,
+                                lambda mean, sd: is_collapsed(mean, sd, s.settings))
+        return landing_summary(landings, summary, s.settings)
+    modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, s.target_name, s.settings)
+    return mode_summary(modes, s.target_name)
+
+
+def _switching_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    sw = label_switching(s.rel.permutations, s.settings.switch_min_draws)
+    return {
         "permutation": sw.overall_majority,
-        "label_switches": int(sw.switches.sum()) if mcmc else NAN,
-        "chains_switching": int(np.count_nonzero(sw.switches)) if mcmc else NAN,
+        "label_switches": int(sw.switches.sum()) if s.mcmc else NAN,
+        "chains_switching": int(np.count_nonzero(sw.switches)) if s.mcmc else NAN,
         "off_majority_frac": sw.off_majority_frac,
         "chains_off_majority": sw.chains_off_majority,
         "chains_disagree": sw.chains_disagree,
-    })
-    if truth is not None:
-        row.update(recovery(rel.draws, truth, settings.interval_prob))
-        row.update(recovery(draws, truth, settings.interval_prob, suffix="_raw"))
-    if mcmc:
-        row.update(efficiency(rel.draws, draws, fit.timings.get("sampling"), fit.grad_evals))
-    proposal = importance_proposal(draws)
-    if proposal is not None:
-        row["khat"] = psis_khat(*proposal, settings.khat_constant_tol)
-        row["khat_label"] = khat_label(row["khat"], settings)
-    elif fit.log_p is not None and fit.log_q is not None:
-        row["khat"] = psis_khat(fit.log_p, fit.log_q, settings.khat_constant_tol)
-        row["khat_label"] = khat_label(row["khat"], settings)
-    if ref_rel is not None:
-        row.update(wasserstein_marginals(rel.draws, ref_rel.draws))
-    if problem is not None:
-        row.update(loo_metrics(fit, draws, problem, mcmc=mcmc, max_values=settings.loo_max_values,
-                               max_draws=settings.loo_max_draws, max_obs=settings.loo_max_obs))
-    row.update(health(row, draws, problem, mcmc=mcmc, single_point=single_point, converged=fit.converged,
-                      settings=settings))
-    return row
+    }
+
+
+def _recovery_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.truth is None:
+        return {}
+    return {**recovery(s.rel.draws, s.truth, s.settings.interval_prob),
+            **recovery(s.raw, s.truth, s.settings.interval_prob, suffix="_raw")}
+
+
+def _efficiency_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if not s.mcmc:
+        return {}
+    return efficiency(s.rel.draws, s.raw, s.fit.timings.get("sampling"), s.fit.grad_evals)
+
+
+def _khat_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    proposal = importance_proposal(s.raw)
+    if proposal is None and (s.fit.log_p is None or s.fit.log_q is None):
+        return {}
+    khat = psis_khat(*(proposal or (s.fit.log_p, s.fit.log_q)), s.settings.khat_constant_tol)
+    return {"khat": khat, "khat_label": khat_label(khat, s.settings)}
+
+
+def _w1_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    return {} if s.ref_draws is None else wasserstein_marginals(s.rel.draws, s.ref_draws)
+
+
+def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.problem is None:
+        return {}
+    st = s.settings
+    return loo_metrics(s.fit, s.raw, s.problem, mcmc=s.mcmc, max_values=st.loo_max_values,
+                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs)
+
+
+def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    return health(row, s.raw, s.rel.draws, s.problem, mcmc=s.mcmc, single_point=s.single_point,
+                  converged=s.fit.converged, settings=s.settings)
+
+
+# Every per-fit judgment, in the order they run; health reads the columns of the others.
+METRICS: list[tuple[str, Any]] = [
+    ("landing", _landing_metric),
+    ("switching", _switching_metric),
+    ("recovery", _recovery_metric),
+    ("efficiency", _efficiency_metric),
+    ("khat", _khat_metric),
+    ("w1", _w1_metric),
+    ("loo", _loo_metric),
+    ("health", _health_metric),
+]
 
 
 def importance_proposal(draws: xr.DataTree) -> tuple[np.ndarray, np.ndarray] | None:

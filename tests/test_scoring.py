@@ -104,3 +104,53 @@ def test_a_metric_that_raises_leaves_its_columns_empty_and_the_row_ok(monkeypatc
     monkeypatch.undo()
     clean = evaluate(fit, truth=FORUM.truth, problem=problem, settings=FAST)
     assert clean["metric_errors"] == "" and math.isfinite(clean["elpd_loo"])
+
+
+def _resampled_fit(n_pool=800, n_draws=400, keep_pool=True):
+    """A Pathfinder-like fit of the forum data: a pool of proposal draws from q (normal around
+    the truth), log p = log q + a tame perturbation, resampled with replacement by PSIS weights."""
+    from backends.importance import GROUP, keep_proposal, proposal_group, psis_resample
+
+    data = FORUM.simulate(0, N=60)
+    problem = Problem.make(FORUM.spec, data)
+    rng = np.random.default_rng(4)
+    sd = {"w": 0.03, "sigma": 0.01, "pi": 0.05}
+    pool = {k: np.asarray(v, float)[None, None] + sd[k] * rng.standard_normal((1, n_pool) + np.shape(v))
+            for k, v in FORUM.truth.items()}
+    pool["pi"] = np.abs(pool["pi"]) / np.abs(pool["pi"]).sum(-1, keepdims=True)
+    log_q = rng.normal(0.0, 1.0, n_pool)
+    log_p = log_q + 0.3 * rng.standard_normal(n_pool)
+    chosen, _ = psis_resample(log_p, log_q, n_draws, seed=0)
+    pool_tree = canonical_datatree(FORUM.spec, pool)
+    draws = canonical_datatree(FORUM.spec, {k: v[:, chosen] for k, v in pool.items()})
+    draws[GROUP] = proposal_group(log_p, log_q, np.zeros(n_pool, int), chosen)
+    if keep_pool:
+        keep_proposal(draws, pool_tree)
+    fit = Fit(backend="t", method="pathfinder", status="ok", draws=draws, log_p=log_p[chosen], log_q=log_q[chosen])
+    points = [{k: v[0, s] for k, v in pool.items()} for s in range(n_pool)]
+    log_lik = np.array([problem.pointwise_log_likelihood(p) for p in points])  # (pool, obs)
+    return fit, problem, log_p - log_q, chosen, log_lik
+
+
+def _weighted_loo(log_r: np.ndarray, log_lik: np.ndarray) -> float:
+    """Importance-sampling LOO, unsmoothed: p(y_i | y_-i) = sum_s r_s / sum_s r_s / p(y_i | theta_s)."""
+    from scipy.special import logsumexp
+
+    return float(np.sum(logsumexp(log_r)[None] - logsumexp(log_r[:, None] - log_lik, axis=0)))
+
+
+def test_loo_of_resampled_draws_is_the_weighted_estimate_from_the_proposal():
+    fit, problem, log_r, _, log_lik = _resampled_fit()
+    row = evaluate(fit, problem=problem)
+    assert row["loo_method"] == "psis-loo-proposal" and row["loo_draws"] == 800
+    assert row["metric_errors"] == ""
+    # Pareto smoothing changes a few tail weights only when they are this tame.
+    assert row["elpd_loo"] == pytest.approx(_weighted_loo(log_r, log_lik), abs=0.05)
+
+
+def test_loo_of_resampled_draws_without_their_proposal_weighs_distinct_draws_by_their_count():
+    fit, problem, _, chosen, log_lik = _resampled_fit(keep_pool=False)
+    row = evaluate(fit, problem=problem)
+    distinct, counts = np.unique(chosen, return_counts=True)
+    assert row["loo_method"] == "psis-loo-resampled" and row["loo_draws"] == distinct.size
+    assert row["elpd_loo"] == pytest.approx(_weighted_loo(np.log(counts), log_lik[distinct]), abs=0.05)

@@ -24,6 +24,10 @@ FLAGS: dict[str, str] = {
     "sigma-at-bound": "a sigma's draws pile at a prior bound: median within bound_rtol of Uniform's upper "
                       "end, or below zero_rtol x the prior's scale (bound_params says which)",
     "map-at-bound": "a MAP point's sigma at a prior bound (as sigma-at-bound, for one point)",
+    "degenerate-component": "a component's sigma collapsed onto a few tied points (sigma below 0.1 x the data's "
+                            "resolution; see degenerate): the likelihood is unbounded there and, under a sigma "
+                            "prior with positive density at 0, the posterior is improper. Fix: a zero-avoiding "
+                            "prior on sigma (InverseGamma, LogNormal) or jitter the ties",
     "collapsed": "components coincide or one emptied (mode collapsed)",
     "mixed-modes": "chains landed in different modes",
     "poor-mode": "a chain or the fit sits in another mode far below the reference (lp_gap above lp_gap_tol)",
@@ -98,6 +102,8 @@ def health(row: dict[str, Any], raw: xr.DataTree, relabelled: xr.DataTree, probl
     # The backend names a MAP on any bound of the support (weights at 0 and ordering ties too).
     if bounds or (single_point and row.get("at_bound")):
         flags.append("map-at-bound" if single_point else "sigma-at-bound")
+    if _positive(row.get("chains_degenerate")):
+        flags.append("degenerate-component")
     if row.get("mode") == "collapsed" or _positive(row.get("chains_collapsed")):
         flags.append("collapsed")
     if row.get("mode") == "mixed":

@@ -132,8 +132,10 @@ def gap_tolerance(ref: ReferenceSummary, settings) -> float:
     return max(settings.lp_gap_nats, settings.lp_gap_sd * ref.lp_sd)
 
 
-def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings) -> dict[str, Any]:
-    """The LANDING_FIELDS and the mode columns of the row."""
+def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings,
+                    excluded: set[int] = frozenset()) -> dict[str, Any]:
+    """The LANDING_FIELDS and the mode columns of the row. ``excluded`` chains (degenerate ones)
+    are never counted above the reference."""
     tol = gap_tolerance(ref, settings)
     kinds = {land.mode for land in landings}
     lps = [land.lp_mean for land in landings]
@@ -147,6 +149,7 @@ def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings) ->
         "lp_gap_chains": ";".join(f"{land.lp_gap:.4g}" for land in landings),
         "ref_distance_sd": max(land.distance_sd for land in landings),
         "chains_below": sum(land.mode != "reference" and land.lp_gap > tol for land in landings),
-        "chains_above": sum(land.mode != "reference" and land.lp_gap < -tol for land in landings),
+        "chains_above": sum(land.mode != "reference" and land.lp_gap < -tol and land.chain not in excluded
+                            for land in landings),
         "lp_gap_tol": tol,
     }

@@ -16,6 +16,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import arviz_stats as azs
@@ -24,6 +25,7 @@ import xarray as xr
 from scipy.stats import wasserstein_distance
 
 from backends.base import TIMING_PHASES, Fit
+from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.predictive import LOO_FIELDS, loo_metrics
@@ -262,6 +264,12 @@ ROW_FIELDS: dict[str, str] = {
     **LOO_FIELDS,
     # Health
     **HEALTH_FIELDS,
+    "degenerate": "components whose sigma collapsed onto tied points (sigma below 0.1 x the data's resolution, "
+                  "the smallest gap between distinct y; backends.degenerate), with the points each holds, e.g. "
+                  "'chain 1: sigma[1] = 1.9e-14 on 10 points'; empty when none",
+    "chains_degenerate": "chains (a point counts as one) holding a degenerate component",
+    "map_starts_degenerate": "multi-start MAP: the starts passed over because their optimum holds a degenerate "
+                             "component (empty when none)",
     "metric_errors": "metrics that raised, 'metric: error' separated by '; ' (empty when none): their "
                      "columns are NaN and the row keeps its status",
 }
@@ -831,6 +839,22 @@ class Scoring:
     def target_name(self) -> str:
         return "truth" if self.truth is not None else "reference"
 
+    @cached_property
+    def degenerate(self) -> dict[int, list[tuple[int, float, int]]]:
+        """Per chain, its degenerate components (backends.degenerate) at the chain's relabelled
+        medians (the point itself for MAP); empty without the data."""
+        if self.problem is None:
+            return {}
+        ds = posterior_dataset(self.rel.draws)
+        data = self.problem.dataset
+        out = {}
+        for c in range(ds.sizes["chain"]):
+            point = {n: np.asarray(ds[n].isel(chain=c).median("draw").values, dtype=float) for n in ds.data_vars}
+            hits = degenerate_components(data.x, data.y, point)
+            if hits:
+                out[c] = hits
+        return out
+
     def sizes(self) -> dict[str, Any]:
         ds = posterior_dataset(self.raw)
         return {"n_chains": ds.sizes["chain"], "n_draws": ds.sizes["draw"],
@@ -899,9 +923,19 @@ def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
         summary = ReferenceSummary.of(s.ref_draws, s.ref_lp)
         landings = place_chains(s.rel.draws, s.rel.permutations, s.raw, s.problem, summary, s.settings,
                                 lambda mean, sd: is_collapsed(mean, sd, s.settings))
-        return landing_summary(landings, summary, s.settings)
+        # A degenerate chain's density is high only because the likelihood is unbounded at tied
+        # points: it is never the reference missing a better mode.
+        return landing_summary(landings, summary, s.settings, excluded=set(s.degenerate))
     modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, s.target_name, s.settings)
     return mode_summary(modes, s.target_name)
+
+
+def _degenerate_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    single = s.single_point
+    text = "; ".join(("" if single else f"chain {c}: ") + f"sigma[{k}] = {sigma:.3g} on {n} points"
+                     for c, hits in s.degenerate.items() for k, sigma, n in hits)
+    return {"degenerate": text, "chains_degenerate": len(s.degenerate) if s.problem is not None else NAN,
+            "map_starts_degenerate": "; ".join(s.fit.degenerate_starts or [])}
 
 
 def _switching_metric(s: Scoring, row: dict) -> dict[str, Any]:
@@ -956,6 +990,7 @@ def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
 
 # Every per-fit judgment, in the order they run; health reads the columns of the others.
 METRICS: list[tuple[str, Any]] = [
+    ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),

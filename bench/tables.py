@@ -203,7 +203,10 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     if len(fits):
         # elpd sums over observations (thousands of nats): the difference to the best fit of the
         # same data is what compares, as arviz-stats' compare shows it.
-        best = fits.groupby(["scenario", "setup"])["elpd_loo"].transform("max")
+        # A fit with a degenerate component is never the best: its elpd is high only because
+        # the likelihood is unbounded at tied points.
+        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f))
+        best = sound.groupby([fits["scenario"], fits["setup"]]).transform("max")
         fits["elpd_loo_diff"] = fits["elpd_loo"] - best
     return fits
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import bench.metrics as metrics
@@ -154,3 +155,105 @@ def test_loo_of_resampled_draws_without_their_proposal_weighs_distinct_draws_by_
     distinct, counts = np.unique(chosen, return_counts=True)
     assert row["loo_method"] == "psis-loo-resampled" and row["loo_draws"] == distinct.size
     assert row["elpd_loo"] == pytest.approx(_weighted_loo(np.log(counts), log_lik[distinct]), abs=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# Degenerate components: tied data
+
+
+def _tied_data():
+    """Two clusters (-2 and 2, sd 0.5, 60 points each, recorded to 0.01) and 10 identical
+    readings at 2.005 (off the 0.01 grid, so exactly 10 are tied): under the default
+    Uniform(0, 1) sigma prior a component on the ties has an unbounded density."""
+    from models import Dataset
+
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.normal(-2, 0.5, 60).round(2), rng.normal(2, 0.5, 60).round(2), np.full(10, 2.005)]
+    spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component")
+    return spec, Dataset(x=np.zeros((y.size, 0)), y=y)
+
+
+def test_degenerate_rule_on_tied_points():
+    from backends.degenerate import data_resolution, degenerate_components
+
+    _, data = _tied_data()
+    assert data_resolution(data.y) == pytest.approx(0.01)  # the recording step (no grid point sits at 2.00 or 2.01)
+    spike = {"w": np.zeros((2, 0)), "b": np.array([0.0, 2.005]), "sigma": np.array([0.99, 1e-4]),
+             "pi": np.array([0.9, 0.1])}
+    assert degenerate_components(data.x, data.y, spike) == [(1, 1e-4, 10)]  # below 0.1 x resolution
+    # Above the resolution rule, but every point it holds is tied at its centre.
+    assert degenerate_components(data.x[-10:], data.y[-10:], {**spike, "sigma": np.array([0.99, 0.0047])},
+                                 resolution=0.01) == [(1, 0.0047, 10)]
+    sound = {**spike, "b": np.array([-2.0, 2.0]), "sigma": np.array([0.5, 0.5])}
+    assert degenerate_components(data.x, data.y, sound) == []
+
+
+def test_map_keeps_the_best_non_degenerate_optimum_and_records_the_spike(monkeypatch):
+    """One start begins on the ties and shrinks sigma onto them: its log density is the highest
+    of all starts, yet the fit keeps the best other optimum, whose log likelihood is EM's (from
+    20 starts, EM discarding its own degenerate ones)."""
+    from backends import get_backend
+    from backends.base import FitSettings
+    from models.oracle import log_likelihood
+    from tests.em import em_mixture
+
+    spec, data = _tied_data()
+    monkeypatch.setenv("MIXBENCH_TEST_SPIKE", "2.005")
+    monkeypatch.setenv("MIXBENCH_TEST_SPIKE_SEED", "11")
+    fit = get_backend("tests.fake_backends:OptimisingMapBackend").fit(spec, data, "map", FitSettings(map_starts=6),
+                                                                       seed=11)
+    assert fit.ok
+    assert fit.start_log_densities[0] == max(fit.start_log_densities)  # the spike: highest density
+    assert len(fit.degenerate_starts) == 1 and fit.degenerate_starts[0].startswith("start 0: sigma[")
+    assert fit.degenerate_starts[0].endswith("on 10 points")
+    em = em_mixture(data.x, data.y, K=2, intercept=True, shared_sigma=False, starts=20, seed=0)
+    assert log_likelihood(spec, data.x, data.y, fit.point) == pytest.approx(em.log_likelihood, abs=0.5)
+    row = evaluate(fit, problem=Problem.make(spec, data), settings=FAST)
+    assert row["map_starts_degenerate"] == fit.degenerate_starts[0]
+    assert row["chains_degenerate"] == 0 and "degenerate-component" not in row["flags"]
+
+
+def test_a_degenerate_chain_is_flagged_with_its_points_never_above_the_reference_nor_best_by_elpd():
+    """NUTS-like draws: chain 0 in the sound mode, chain 1 with sigma[1] at 1e-13 on the ties.
+    The flag names the component and its 10 points, the chain is not 'above-reference'."""
+    from bench.reference import Reference
+    from bench.tables import assign_fit_ids, fit_summary
+
+    spec, data = _tied_data()
+    problem = Problem.make(spec, data)
+    rng = np.random.default_rng(3)
+    S = 300
+
+    def chain(b, sigma, pi, sd):
+        return {"w": np.zeros((1, S, 2, 0)), "b": np.array(b)[None, None] + sd * rng.standard_normal((1, S, 2)),
+                "sigma": np.abs(np.array(sigma)[None, None] * (1 + 0.01 * rng.standard_normal((1, S, 2)))),
+                "pi": np.broadcast_to(np.array(pi), (1, S, 2)).copy()}
+
+    sound = chain([-2.0, 2.0], [0.5, 0.5], [0.46, 0.54], 0.05)
+    spike = chain([0.0, 2.005], [0.99, 1e-13], [0.92, 0.08], 1e-15)
+    post = {k: np.concatenate([sound[k], spike[k]]) for k in sound}
+    ref_post = {k: np.concatenate([chain([-2.0, 2.0], [0.5, 0.5], [0.46, 0.54], 0.05)[k] for _ in range(2)])
+                for k in sound}
+    ref_draws = canonical_datatree(spec, ref_post)
+    lp, _ = problem.draw_log_densities(ref_draws, per_chain=S)
+    import xarray as xr
+    tree = xr.DataTree.from_dict({"posterior": ref_draws["posterior"].to_dataset(),
+                                  "sample_stats": xr.Dataset({"lp": (("chain", "draw"), lp)})})
+    reference = Reference(tree, {"name": "hand-built", "accepted": True})
+    fit = Fit(backend="t", method="nuts", status="ok", draws=canonical_datatree(spec, post), timings={"sampling": 1.0})
+    row = evaluate(fit, reference=reference, problem=problem, settings=FAST)
+    assert row["degenerate"] == "chain 1: sigma[1] = 1e-13 on 10 points"
+    assert row["chains_degenerate"] == 1 and "degenerate-component" in row["flags"].split(",")
+    assert float(row["lp_gap_chains"].split(";")[1]) < -row["lp_gap_tol"]  # far above by density ...
+    assert row["chains_above"] == 0 and "above-reference" not in row["flags"]  # ... yet not above
+    sound_fit = Fit(backend="u", method="nuts", status="ok", draws=canonical_datatree(spec, sound),
+                    timings={"sampling": 1.0})
+    sound_row = evaluate(sound_fit, reference=reference, problem=problem, settings=FAST)
+    spike_fit = Fit(backend="v", method="nuts", status="ok", draws=canonical_datatree(spec, spike),
+                    timings={"sampling": 1.0})
+    spike_row = evaluate(spike_fit, reference=reference, problem=problem, settings=FAST)
+    assert spike_row["elpd_loo"] > sound_row["elpd_loo"] + 10  # the spike predicts its own ties ...
+    rows = [{**r, "scenario": "tied", "setup": "default"} for r in (row, sound_row, spike_row)]
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
+    assert fits.loc["u", "elpd_loo_diff"] == 0  # ... yet the sound fit is the best
+    assert fits.loc["v", "elpd_loo_diff"] == pytest.approx(spike_row["elpd_loo"] - sound_row["elpd_loo"])

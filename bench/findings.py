@@ -56,7 +56,7 @@ def _range(low, high) -> str:
 
 def _away(fit: pd.Series) -> str:
     """'other 1, collapsed 1' for the seeds that did not reach the target, and the gap."""
-    parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("other", "collapsed", "mixed")
+    parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("biased", "other", "collapsed", "mixed")
              if fit.get(f"landed_{mode}", 0)]
     text = ", ".join(parts)
     if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:

@@ -115,6 +115,18 @@ class MetricSettings:
     """With a reference posterior: a chain is in the reference's mode when every relabelled mean
     lies within this many reference posterior sds of the reference's mean (bench.landing)."""
 
+    point_lp_gap_nats: float = 2.0
+    """A single point (MAP, a Laplace mode) reached the reference's mode only if its log density is
+    within this of the best optimum known for the data set (the reference's highest draw, or the
+    point when higher). The highest of a few thousand draws of a d-dimensional near-normal
+    posterior lies about a nat below its mode for the small d here, so 2 nats passes every true
+    optimum and fails a point 8 nats down, which the 10-nat chain tolerance let through."""
+
+    point_distance_sd: float = 2.0
+    """... and every relabelled coordinate within this many reference posterior sds of the
+    reference's mean. A posterior's mode and mean differ by a fraction of an sd, up to about one
+    for skewed scales and weights on small data; a point further off is not at the mode."""
+
     lp_gap_nats: float = 10.0
     """A chain in another mode whose mean log density is more than max(lp_gap_nats, lp_gap_sd x
     the sd of the reference's log densities) below the reference's sits in a poorer mode. For a
@@ -158,6 +170,7 @@ class MetricSettings:
         for name in ("truth_location_atol", "truth_sigma_rtol", "truth_weight_atol",
                      "collapse_location_atol", "collapse_sigma_rtol", "collapse_sd_multiple",
                      "collapse_weight_min", "relabel_scale_floor", "khat_constant_tol", "mode_distance_sd",
+                     "point_lp_gap_nats", "point_distance_sd",
                      "lp_gap_nats", "lp_gap_sd", "rhat_max", "ess_min_per_chain", "stuck_repeat_frac",
                      "bound_rtol", "zero_rtol", "loo_max_values"):
             value = getattr(self, name)
@@ -215,7 +228,7 @@ ROW_FIELDS: dict[str, str] = {
                         "do not line up across fits); reference-map or reference-chain0 (a pivot taken "
                         "from reference draws given without their log densities)",
     "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.landing), "
-            "collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
+            "biased (its mode, but off in location or scale), collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
             "collapsed or other likewise; mixed when chains land in different modes",
     "permutation": "overall majority labelling, 'j0,j1,...': fit component j_k plays the target's k",
     "chains_on_target": "chains in the reference posterior's mode (without one: the truth's, or the pivot's)",

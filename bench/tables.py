@@ -25,7 +25,7 @@ from backends.base import METHODS
 
 CELL_KEYS = ["scenario", "setup", "backend", "method"]
 FIT_KEYS = ["fit", "backend", "method"]  # the columns every per-fit table starts with
-MODE_WORDS = ("truth", "reference", "collapsed", "other", "mixed")
+MODE_WORDS = ("truth", "reference", "biased", "collapsed", "other", "mixed")
 TARGET_MODES = ("truth", "reference")
 ESS_TARGET = 1000  # "seconds to 1000 effective draws"
 # Health thresholds of the report's own flags (used where rows carry no flags column).

@@ -119,9 +119,12 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
 
     if "w_w1" in ran and ran["w_w1"].notna().any():
         close = ran[ran["w_w1"].notna()].sort_values("w_w1")
-        items = [f"{_name(f)} {fmt(f['w_w1'])}" for _, f in close.iterrows()]
+        items = [f"{_name(f)} {fmt(f['w_w1'])}" + (f" (floor {fmt(f['w_w1_floor'])})"
+                                                   if _present(f.get("w_w1_floor")) else "")
+                 for _, f in close.iterrows()]
         sentences.append(Sentence(f"Slope W1 distance to the reference posterior (median over seeds, smaller is "
-                                  f"closer): {_listing(items)}.", "vi", tuple(close["fit"])))
+                                  f"closer; the floor is the W1 two exact samples of the fit's size have, so a W1 "
+                                  f"near it is noise): {_listing(items)}.", "vi", tuple(close["fit"])))
     if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
         scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
         items = [f"{_name(f)} {fmt(f['elpd_loo_diff'])}" for _, f in scored.iterrows()]

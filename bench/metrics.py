@@ -271,6 +271,10 @@ ROW_FIELDS: dict[str, str] = {
     **_family_fields("{f}_w1_max", "max over the {name} of the 1-Wasserstein distance between the "
                                    "fit's marginal and the reference posterior's, both relabelled"),
     **_family_fields("{f}_w1_mean", "mean of the same over the {name}"),
+    **_family_fields("{f}_w1_floor", "the W1 noise floor for the {name}: max over them of the W1 between two "
+                                     "disjoint random sets of the reference's draws, each of the fit's size (at most "
+                                     "half the reference's), i.e. what two exact samples of that size differ by "
+                                     "(Agrawal & Domke 2024); a W1 near it is noise"),
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Predictive accuracy (label-invariant, no truth needed)
@@ -673,15 +677,17 @@ def khat_label(khat: float, settings: MetricSettings = MetricSettings()) -> str 
     return "ok" if khat < settings.khat_bad else "bad"
 
 
-def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree) -> dict[str, float]:
-    """Per family: max and mean over its scalars of W1(fit marginal, reference marginal).
+def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree, seed: int = 0) -> dict[str, float]:
+    """Per family: max and mean over its scalars of W1(fit marginal, reference marginal), and the
+    noise floor beside them (``w1_floor``).
 
     Both trees should be relabelled against the same point before this is called.
     """
     ds, ref = posterior_dataset(draws), posterior_dataset(reference)
     out = {}
+    n_fit = ds.sizes["chain"] * ds.sizes["draw"]
     for f in FAMILIES:
-        dist = []
+        dist, floor = [], []
         if _present(ds, f) and _present(ref, f):
             x, y = _samples(ds, f), _samples(ref, f)
             if x.shape[1] != y.shape[1]:
@@ -690,9 +696,25 @@ def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree) -> dict[st
                 u, v = x[:, i], y[:, i]
                 ok = np.isfinite(u).all() and np.isfinite(v).all()
                 dist.append(float(wasserstein_distance(u, v)) if ok else NAN)
+            floor = w1_floor(y, n_fit, seed) if n_fit > 1 else []
         out[f"{f}_w1_max"] = float(np.max(dist)) if dist else NAN
         out[f"{f}_w1_mean"] = float(np.mean(dist)) if dist else NAN
+        out[f"{f}_w1_floor"] = _nanmax(floor) if len(floor) else NAN
     return out
+
+
+def w1_floor(samples: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Per column of ``samples`` (draws, scalars): W1 between two disjoint random subsets of its
+    draws, each of size min(n, draws // 2): the W1 that two exact samples of that size from the
+    same distribution have, the floor under which a fit's W1 says nothing (Agrawal & Domke 2024)."""
+    samples = np.asarray(samples, dtype=float)
+    size = min(int(n), samples.shape[0] // 2)
+    if size < 1:
+        return np.full(samples.shape[1], NAN)
+    order = np.random.default_rng(seed).permutation(samples.shape[0])
+    a, b = samples[order[:size]], samples[order[size:2 * size]]
+    return np.array([float(wasserstein_distance(a[:, i], b[:, i])) if np.isfinite(a[:, i]).all()
+                     and np.isfinite(b[:, i]).all() else NAN for i in range(samples.shape[1])])
 
 
 # ---------------------------------------------------------------------------------------------

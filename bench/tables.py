@@ -170,6 +170,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             record[f"{family}_err"] = _median(num(ok, f"{family}_err_max"))
             record[f"{family}_cover"] = num(ok, f"{family}_coverage").mean()
             record[f"{family}_w1"] = _median(num(ok, f"{family}_w1_max"))
+            record[f"{family}_w1_floor"] = _median(num(ok, f"{family}_w1_floor"))
         record["elpd_loo"] = _median(num(ok, "elpd_loo"))
         record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
         # Compile apart: the first cell of a setup compiles, later ones mostly load a cache, so
@@ -304,10 +305,14 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               _view(fits, [*key, ("seeds", "seeds ok"), ("rhat_max", "R-hat max"), ("divergences", "divergences"),
                            ("converged", "converged"), ("flags", "flags")])),
         Table("vi", "Approximation quality", "PSIS k-hat of the VI and Pathfinder draws (below 0.5 good, 0.7 or "
-              "more: not usable as the posterior) and distances to the reference posterior, where measured.",
+              "more: not usable as the posterior) and W1 distances to the reference posterior, where measured, "
+              "each beside its noise floor (the W1 two exact samples of the fit's size have).",
               _view(fits, [*key, ("khat", "k-hat"), ("khat_worst", "k-hat worst"),
-                           ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"), ("b_w1", "intercept W1"),
-                           ("sigma_w1", "sigma W1"), ("pi_w1", "weight W1")])),
+                           ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"),
+                           ("w_w1_floor", "slope W1 floor"), ("b_w1", "intercept W1"),
+                           ("b_w1_floor", "intercept W1 floor"), ("sigma_w1", "sigma W1"),
+                           ("sigma_w1_floor", "sigma W1 floor"), ("pi_w1", "weight W1"),
+                           ("pi_w1_floor", "weight W1 floor")])),
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
               "median over seeds, and its difference to the best fit of the same data.",
               _view(fits, [*key, ("elpd_loo", "elpd_loo"), ("elpd_loo_se", "elpd_loo se"),

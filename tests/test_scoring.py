@@ -257,3 +257,21 @@ def test_a_degenerate_chain_is_flagged_with_its_points_never_above_the_reference
     fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
     assert fits.loc["u", "elpd_loo_diff"] == 0  # ... yet the sound fit is the best
     assert fits.loc["v", "elpd_loo_diff"] == pytest.approx(spike_row["elpd_loo"] - sound_row["elpd_loo"])
+
+
+def test_w1_floor_of_a_known_normal_matches_two_exact_samples():
+    """200 scalars of N(0, 1) reference draws (4000 each), fit size 250: the floor per scalar is
+    one W1 between two exact samples of 250; its mean over scalars matches the expected W1 of two
+    such samples, here from 2000 simulated pairs (sd of the 200-scalar mean about 1.5%)."""
+    from scipy.stats import wasserstein_distance
+
+    from bench.metrics import w1_floor
+
+    rng = np.random.default_rng(0)
+    floors = w1_floor(rng.standard_normal((4000, 200)), 250, seed=1)
+    sim = rng.standard_normal((2000, 2, 250))
+    expected = np.mean([wasserstein_distance(a, b) for a, b in sim])
+    assert floors.shape == (200,)
+    assert np.mean(floors) == pytest.approx(expected, rel=0.06)
+    # It falls as 1/sqrt(n): a fit 4x larger has half the floor.
+    assert np.mean(w1_floor(rng.standard_normal((4000, 200)), 1000, seed=2)) == pytest.approx(expected / 2, rel=0.08)

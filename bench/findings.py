@@ -127,12 +127,21 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
                                   f"near it is noise): {_listing(items)}.", "vi", tuple(close["fit"])))
     if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
         scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
-        items = [f"{_name(f)} {fmt(f['elpd_loo_diff'])}" for _, f in scored.iterrows()]
-        se = scored["elpd_loo_se"].max() if "elpd_loo_se" in scored else math.nan
-        noise = (f"; differences within a few standard errors (the largest here {fmt(se)}) are noise"
-                 if _present(se) else "")
-        sentences.append(Sentence(f"PSIS-LOO elpd against the best fit of these data (0 is the best; nats): "
-                                  f"{_listing(items)}{noise}.", "predictive", tuple(scored["fit"])))
+        best = scored[scored["elpd_loo_diff"] == 0]
+        items = []
+        for _, f in scored.iterrows():
+            if f["elpd_loo_diff"] == 0:
+                continue
+            se = f.get("elpd_loo_diff_se")
+            if _present(se):
+                verdict = "noise" if abs(f["elpd_loo_diff"]) <= 2 * se else "real"
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (se {fmt(se)}: {verdict})")
+            else:
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: observations subsampled)")
+        head = f"PSIS-LOO elpd: the best fit of these data is {_listing([_name(f) for _, f in best.iterrows()])}"
+        rest = (f"; the others' differences to it in nats, each with the standard error of the paired pointwise "
+                f"differences, noise only within 2 of it: {_listing(items)}" if items else "")
+        sentences.append(Sentence(head + rest + ".", "predictive", tuple(scored["fit"])))
     nuts = ran[ran["s_to_ess"].notna()].sort_values("s_to_ess")
     if len(nuts):
         items = [f"{_name(f)} {fmt(f['s_to_ess'])} s" for _, f in nuts.iterrows()]

@@ -58,6 +58,8 @@ LOO_FIELDS: dict[str, str] = {
                   "without their proposal: distinct draws weighted by how often each was chosen)",
     "loo_draws": "draws the PSIS-LOO estimate used (thinned evenly)",
     "loo_obs": "observations Pareto-smoothed: all of them, or a seeded random subsample (loo_subsample)",
+    "elpd_loo_pointwise": "the pointwise elpd_loo of every observation, ';'-separated, for paired differences "
+                          "between fits (Vehtari, Gelman & Gabry 2017); empty when observations were subsampled",
     "elpd_loo_subsample_se": "standard error of elpd_loo due to subsampling observations (0 without subsampling)",
 }
 
@@ -149,6 +151,7 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         "loo_draws": int(log_lik.shape[0] * log_lik.shape[1]),
         "loo_obs": int(result.subsample_size) if subsample else int(n_obs),
         "elpd_loo_subsample_se": float(result.subsampling_se) if subsample else 0.0,
+        "elpd_loo_pointwise": "" if subsample else ";".join(repr(float(v)) for v in np.ravel(result.elpd_i.values)),
     })
     if not math.isfinite(out["elpd_loo"]):
         out["elpd_loo"] = NAN

@@ -134,6 +134,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per fit id: its identity, landings, recovery, cost and health over its seeds.
     Medians over the ok seeds unless a name says otherwise."""
     records = []
+    pointwise: dict[str, np.ndarray | None] = {}
     for fit_id, group in frame.groupby("fit", sort=False):
         ok = group[group["status"] == "ok"]
         first = group.iloc[0]
@@ -173,6 +174,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             record[f"{family}_w1_floor"] = _median(num(ok, f"{family}_w1_floor"))
         record["elpd_loo"] = _median(num(ok, "elpd_loo"))
         record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
+        pointwise[fit_id] = _median_seed_pointwise(ok)
         # Compile apart: the first cell of a setup compiles, later ones mostly load a cache, so
         # a median would mix the two; its range says which is which.
         compile_s = num(ok, "t_compile")
@@ -209,7 +211,36 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f))
         best = sound.groupby([fits["scenario"], fits["setup"]]).transform("max")
         fits["elpd_loo_diff"] = fits["elpd_loo"] - best
+        best_fit = sound.groupby([fits["scenario"], fits["setup"]]).transform(
+            lambda s_: fits.loc[s_.idxmax(), "fit"] if s_.notna().any() else None)
+        fits["elpd_loo_best"] = best_fit
+        fits["elpd_loo_diff_se"] = [paired_elpd_se(pointwise.get(f), pointwise.get(b)) if isinstance(b, str) else math.nan
+                                    for f, b in zip(fits["fit"], best_fit)]
     return fits
+
+
+def _median_seed_pointwise(ok: pd.DataFrame) -> np.ndarray | None:
+    """The pointwise elpd_loo of the seed whose elpd_loo is the median's (the lower middle one),
+    None when no seed recorded it."""
+    elpd = num(ok, "elpd_loo")
+    texts = col(ok, "elpd_loo_pointwise")
+    usable = elpd.notna() & texts.map(lambda t: isinstance(t, str) and t != "")
+    if not usable.any():
+        return None
+    ordered = elpd[usable].sort_values()
+    pick = ordered.index[(len(ordered) - 1) // 2]
+    return np.array([float(v) for v in texts[pick].split(";")])
+
+
+def paired_elpd_se(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Standard error of elpd_loo(a) - elpd_loo(b) from the pointwise differences,
+    sqrt(n var(a_i - b_i)) (Vehtari, Gelman & Gabry 2017, eq. 24; arviz-stats' ``compare`` dse);
+    0 for a fit against itself, NaN when either lacks pointwise values or they differ in length."""
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return math.nan
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    valid = diff[np.isfinite(diff)]
+    return float(np.sqrt(valid.size * np.var(valid))) if valid.size else math.nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,9 +345,11 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
                            ("sigma_w1_floor", "sigma W1 floor"), ("pi_w1", "weight W1"),
                            ("pi_w1_floor", "weight W1 floor")])),
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
-              "median over seeds, and its difference to the best fit of the same data.",
+              "median over seeds, its difference to the best fit of the same data (never one with a degenerate "
+              "component) and the standard error of that difference from the paired pointwise differences "
+              "(the median seed of each fit; arviz-stats' compare dse).",
               _view(fits, [*key, ("elpd_loo", "elpd_loo"), ("elpd_loo_se", "elpd_loo se"),
-                           ("elpd_loo_diff", "elpd_loo - best")])),
+                           ("elpd_loo_diff", "elpd_loo - best"), ("elpd_loo_diff_se", "se of the difference")])),
     ]
     return [t for t in tables if not t.empty]
 

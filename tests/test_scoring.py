@@ -275,3 +275,44 @@ def test_w1_floor_of_a_known_normal_matches_two_exact_samples():
     assert np.mean(floors) == pytest.approx(expected, rel=0.06)
     # It falls as 1/sqrt(n): a fit 4x larger has half the floor.
     assert np.mean(w1_floor(rng.standard_normal((4000, 200)), 1000, seed=2)) == pytest.approx(expected / 2, rel=0.08)
+
+
+def test_paired_elpd_se_equals_arviz_stats_compare():
+    """Two NUTS-like fits of the same 120 points (one with slopes a bit off): the summary's
+    difference and its se equal arviz-stats' compare on the same pointwise log likelihoods."""
+    import arviz_stats as azs
+    import xarray as xr
+
+    from bench.findings import setup_findings
+    from bench.tables import assign_fit_ids, fit_summary
+
+    data = FORUM.simulate(3, N=120)
+    problem = Problem.make(FORUM.spec, data)
+    rng = np.random.default_rng(9)
+    posts, trees = {}, {}
+    for name, shift in (("good", 0.0), ("off", 0.08)):
+        post = {k: np.asarray(v, float)[None, None] + 0.02 * rng.standard_normal((2, 300) + np.shape(v))
+                for k, v in FORUM.truth.items()}
+        post["w"] = post["w"] + shift
+        post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+        posts[name] = post
+        draws = canonical_datatree(FORUM.spec, post)
+        index = [(c, d) for c in range(2) for d in range(300)]
+        log_lik = problem.pointwise_draws(draws, index).reshape(2, 300, -1)
+        trees[name] = xr.DataTree.from_dict({
+            "posterior": draws["posterior"].to_dataset(),
+            "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)})})
+    table = azs.compare({name: azs.loo(tree, pointwise=True) for name, tree in trees.items()}, round_to="none")
+    rows = []
+    for name, post in posts.items():
+        fit = Fit(backend=name, method="nuts", status="ok", draws=canonical_datatree(FORUM.spec, post),
+                  timings={"sampling": 1.0})
+        rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem), "scenario": "s", "setup": "default"})
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
+    assert table.index[0] == "good" and fits.loc["good", "elpd_loo_diff"] == 0
+    assert fits.loc["off", "elpd_loo_diff"] == pytest.approx(table.loc["off", "elpd_diff"], rel=1e-6)
+    assert fits.loc["off", "elpd_loo_diff_se"] == pytest.approx(table.loc["off", "dse"], rel=1e-6)
+    # The findings name the best fit and judge the difference against its own se.
+    text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
+    verdict = "noise" if abs(table.loc["off", "elpd_diff"]) <= 2 * table.loc["off", "dse"] else "real"
+    assert "the best fit of these data is good / nuts" in text and f": {verdict})" in text

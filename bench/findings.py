@@ -59,9 +59,19 @@ def _away(fit: pd.Series) -> str:
     parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("biased", "other", "collapsed", "mixed")
              if fit.get(f"landed_{mode}", 0)]
     text = ", ".join(parts)
+    gaps = _gaps(fit)
+    return f"{text}; {gaps}" if gaps else text
+
+
+def _gaps(fit: pd.Series) -> str:
+    """The largest gap to the reference posterior in log density in each direction, over every
+    chain of every seed: '' when there is none."""
+    parts = []
     if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:
-        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the reference posterior in log density"
-    return text
+        parts.append(f"up to {fmt(fit['lp_gap_max'])} nats below")
+    if _present(fit.get("lp_gap_min")) and fit["lp_gap_min"] < 0:
+        parts.append(f"up to {fmt(-fit['lp_gap_min'])} nats above")
+    return " and ".join(parts) + " the reference posterior in log density" if parts else ""
 
 
 def _target(fits: pd.DataFrame) -> str:
@@ -102,6 +112,9 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
             error = _main_error(fit) if truth else None
             if error:
                 detail += f", {error[0]} error {fmt(error[1])}"
+            gaps = _gaps(fit)
+            if gaps:
+                detail += f"; {gaps}"
             items.append(f"{_name(fit)} ({detail})")
         verb = "Recovered the truth" if truth else f"Reached {target}"
         sentences.append(Sentence(f"{verb} on every seed: {_listing(items)}.", "recovery" if truth else "modes",
@@ -183,6 +196,24 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     elif len(ran):
         sentences.append(Sentence("No health flags on any fit (no divergences, R-hat at most 1.01, bulk ESS at "
                                   "least 400, k-hat below 0.7 where measured).", "health", tuple(ran["fit"])))
+    counts = ran["flag_counts"].map(lambda c: c if isinstance(c, dict) else {}) if "flag_counts" in ran else None
+    degenerate = ran[counts.map(lambda c: "degenerate-component" in c)] if counts is not None else ran.iloc[:0]
+    if len(degenerate):
+        items = [f"{_name(f)} ({f['flag_counts']['degenerate-component']} of {int(f['seeds_ok'])} seeds)"
+                 for _, f in degenerate.iterrows()]
+        sentences.append(Sentence(
+            f"A component collapsed onto tied points (degenerate-component; the row's degenerate column gives the "
+            f"points it holds) in {_listing(items)}: with tied y the likelihood grows without bound as that sigma "
+            "goes to 0, and under a sigma prior with positive density at 0 the posterior is improper, so its high "
+            "log density and elpd are not a better fit (it is never ranked best). Fix: a zero-avoiding prior on "
+            "sigma (InverseGamma or LogNormal) or jitter the ties within their recording step.", "health",
+            tuple(degenerate["fit"])))
+    biased = ran[counts.map(lambda c: "biased" in c)] if counts is not None else ran.iloc[:0]
+    if len(biased):
+        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds)" for _, f in biased.iterrows()]
+        sentences.append(Sentence(
+            f"In the reference posterior's mode but off in location or scale (biased: an accuracy finding, not "
+            f"another mode): {_listing(items)}.", "health", tuple(biased["fit"])))
     disagree = ran[ran["seeds_disagree"] > 0]
     if len(disagree):
         items = [f"{_name(f)} ({int(f['seeds_disagree'])} of {int(f['seeds_ok'])})" for _, f in disagree.iterrows()]

@@ -163,6 +163,11 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         # from its mean in its sds, and how many seeds hold a chain in a poorer mode.
         gap = num(ok, "lp_gap")
         record["lp_gap_max"] = gap.max() if gap.notna().any() else math.nan
+        # The other extreme: the chain furthest above the reference (most negative gap), which
+        # lp_gap (the chain furthest below) leaves out.
+        chain_gaps = [float(g) for text in col(ok, "lp_gap_chains") if isinstance(text, str) and text
+                      for g in text.split(";")]
+        record["lp_gap_min"] = min(chain_gaps) if chain_gaps else math.nan
         distance = num(ok, "ref_distance_sd")
         record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
         below = num(ok, "chains_below")

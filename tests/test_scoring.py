@@ -257,6 +257,11 @@ def test_a_degenerate_chain_is_flagged_with_its_points_never_above_the_reference
     fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
     assert fits.loc["u", "elpd_loo_diff"] == 0  # ... yet the sound fit is the best
     assert fits.loc["v", "elpd_loo_diff"] == pytest.approx(spike_row["elpd_loo"] - sound_row["elpd_loo"])
+    from bench.findings import setup_findings
+
+    text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
+    assert "the best fit of these data is u / nuts" in text
+    assert "collapsed onto tied points" in text and "improper" in text and "InverseGamma" in text
 
 
 def test_w1_floor_of_a_known_normal_matches_two_exact_samples():
@@ -316,3 +321,16 @@ def test_paired_elpd_se_equals_arviz_stats_compare():
     text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
     verdict = "noise" if abs(table.loc["off", "elpd_diff"]) <= 2 * table.loc["off", "dse"] else "real"
     assert "the best fit of these data is good / nuts" in text and f": {verdict})" in text
+
+
+def test_findings_name_the_largest_gap_in_each_direction():
+    """A fit whose chains sit 0.08 nats below and 224 nats above: both extremes are in the sentence."""
+    from bench.findings import setup_findings
+    from bench.tables import assign_fit_ids, fit_summary
+
+    row = {"scenario": "s", "setup": "default", "backend": "numpyro", "method": "nuts", "status": "ok",
+           "mode": "mixed", "lp_gap": 0.08, "lp_gap_chains": "0.08;-224", "reference_source": "reference",
+           "flags": "above-reference,mixed-modes", "chains_disagree": False, "N": 100}
+    fits = fit_summary(assign_fit_ids(pd.DataFrame([row])))
+    text = " ".join(s.text for s in setup_findings(fits).sentences)
+    assert "up to 0.08 nats below and up to 224 nats above the reference posterior" in text

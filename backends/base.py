@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 from arviz_base import from_dict
 
+from backends.degenerate import data_resolution, degenerate_components
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -188,6 +189,9 @@ class Fit:
     point: dict[str, np.ndarray] | None = None
     point_log_density: float | None = None
     start_log_densities: list[float] | None = None
+    # Multi-start MAP: the starts whose optimum has a degenerate component (backends.degenerate),
+    # e.g. "start 3: sigma[1] = 0.0047 on 8 points"; they are passed over for the best start.
+    degenerate_starts: list[str] | None = None
     at_bound: list[str] | None = None
     # "cold": this fit built (or loaded from a disk store) something it runs; "warm": everything
     # it ran was already in this process's memory from an earlier fit; None: nothing ran.
@@ -632,7 +636,9 @@ class Backend(ABC):
         return result
 
     def _multi_start_map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
-        """``settings.map_starts`` single-start MAP runs of ``_fit``; the highest log density wins.
+        """``settings.map_starts`` single-start MAP runs of ``_fit``; the highest log density wins
+        among the starts without a degenerate component (backends.degenerate; all starts when every
+        one has one).
 
         Every start's final log density (oracle convention) is kept in ``start_log_densities``.
         Timings: compile as the first start paid it (later starts reuse the compiled program),
@@ -646,8 +652,20 @@ class Backend(ABC):
         ok = [i for i, f in enumerate(starts) if f.ok]
         if not ok:
             return starts[0]
+        # A start whose optimum sits on a degenerate component (sigma collapsed onto tied points)
+        # has the highest density only because the likelihood is unbounded there: it is kept
+        # out of the choice while any other start is ok, and recorded.
+        resolution = data_resolution(dataset.y)
+        degenerate = {}
+        for i in ok:
+            hits = degenerate_components(dataset.x, dataset.y, starts[i].point, resolution=resolution) \
+                if starts[i].point is not None else []
+            if hits:
+                degenerate[i] = "; ".join(f"start {i}: sigma[{k}] = {s:.3g} on {n} points" for k, s, n in hits)
+        eligible = [i for i in ok if i not in degenerate] or ok
+        finite = [i for i in eligible if math.isfinite(found[i])]
         # Every start ok but none finite (all on a bound of the support): the first is reported.
-        best_index = int(np.argmax(found)) if math.isfinite(max(found)) else ok[0]
+        best_index = max(finite, key=lambda i: found[i]) if finite else eligible[0]
         best = starts[best_index]
         timings: dict[str, float] = {}
         for i, start in enumerate(starts):
@@ -657,6 +675,7 @@ class Backend(ABC):
                 timings[phase] = timings.get(phase, 0.0) + seconds
         best.timings = timings
         best.start_log_densities = [float(v) for v in found]
+        best.degenerate_starts = list(degenerate.values())
         for name in ("iterations", "grad_evals"):
             counts = [getattr(f, name) for f in starts if f.ok]
             if all(c is not None for c in counts):

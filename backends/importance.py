@@ -7,8 +7,9 @@ Pareto-smoothed (PSIS, Vehtari et al. 2024, here by arviz-stats' ``psislw``); th
 are a categorical sample with replacement from the pool under the smoothed weights. A path that
 ended in a poor mode has weights e^-(its gap) and drops out.
 
-The pool itself is kept with the fit (``proposal_group``), so the PSIS k-hat of the proposal, the
-diagnostic of how far the resampled draws can be trusted, can be computed downstream.
+The pool itself is kept with the fit (``proposal_group``, and its draws with ``keep_proposal``),
+so the PSIS k-hat of the proposal, the diagnostic of how far the resampled draws can be trusted,
+and PSIS-LOO weighted by p/q can be computed downstream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import xarray as xr
 from scipy.special import softmax
 
 GROUP = "importance_sampling"
+# The proposal draws themselves (canonical posterior variables, one chain over the pool, in the
+# order of GROUP's ``proposal`` dim): PSIS-LOO weighs them by p/q rather than leave out points
+# from the resampled draws, whose repeats break the Pareto tail fit.
+PROPOSAL_GROUP = "importance_proposal"
 
 
 def psis_log_weights(log_p: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, float]:
@@ -68,3 +73,10 @@ def proposal_group(log_p: np.ndarray, log_q: np.ndarray, path: np.ndarray, chose
     if chosen is not None:
         data["times_chosen"] = ("proposal", np.bincount(chosen, minlength=np.size(log_p)))
     return xr.DataTree(xr.Dataset(data, coords={"proposal": np.arange(np.size(log_p))}, attrs=attrs))
+
+
+def keep_proposal(draws: xr.DataTree, pool: xr.DataTree) -> None:
+    """Store the pool's canonical posterior (a DataTree like ``draws``, one chain over the pool)
+    in ``draws`` as group PROPOSAL_GROUP."""
+    posterior = pool["posterior"].to_dataset()
+    draws[PROPOSAL_GROUP] = xr.DataTree(posterior.assign_coords(draw=np.arange(posterior.sizes["draw"])))

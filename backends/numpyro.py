@@ -43,7 +43,7 @@ from numpyro.infer.util import potential_energy
 from backends import laplace
 from backends.base import (Backend, Fit, FitSettings, approximation_group, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
-from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
+from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
 from backends.base import note_compile
 from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
@@ -668,6 +668,8 @@ class NumPyroBackend(Backend):
                 draws[IMPORTANCE_GROUP] = proposal_group(
                     pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=len(finite),
                     resampled_with_replacement=1, pareto_k=float(pareto_k))
+                pool_canonical = _canonical(spec, _constrain_fn(spec)(pool), (pool_log_q.size,))
+                keep_proposal(draws, canonical_datatree(spec, {k: v[None] for k, v in pool_canonical.items()}))
         return Fit(status="ok", draws=draws, log_p=pool_log_p[chosen], log_jacobian=pool_log_jacobian[chosen],
                    log_q=pool_log_q[chosen], **common)
 

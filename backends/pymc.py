@@ -38,7 +38,7 @@ import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 from backends import base, laplace
 from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_group, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
-from backends.importance import GROUP as IMPORTANCE_GROUP, proposal_group, psis_resample
+from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from backends.base import note_compile
 from models.data import Dataset
@@ -701,6 +701,9 @@ class PyMCBackend(Backend):
             draws[IMPORTANCE_GROUP] = proposal_group(
                 pool_log_p, pool_log_q, pool_path, chosen, method="psis", paths=int(paths.shape[0]),
                 resampled_with_replacement=1, pareto_k=float(pareto_k))
+            # The proposal's own draws, for PSIS-LOO weighted by p/q; constraining them is extraction.
+            pool_draws, _, _ = self._approximation_draws(spec, entry, pool, layout, timings, "pymc-extras+pathfinder")
+            keep_proposal(draws, pool_draws)
         statuses = set(result.lbfgs_status)
         return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
                    draws=draws, timings=timings, precision=settings.precision,

@@ -47,7 +47,7 @@ from backends import artefacts
 from backends.base import SAMPLERS, note_compile
 from backends.caches import build_lock
 from backends.importance import GROUP as IMPORTANCE_GROUP
-from backends.importance import proposal_group, psis_resample
+from backends.importance import keep_proposal, proposal_group, psis_resample
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -735,8 +735,10 @@ class StanBackend(Backend):
                     keep, _ = psis_resample(log_p_all, log_q_all, settings.vi_draws, seed)
                     path = (_column(columns, pooled, "path__").astype(int) - 1 if "path__" in columns
                             else np.repeat(np.arange(paths), settings.vi_draws)[: len(pooled)])
-                    fit.draws = _take_draws(fit.draws, keep)
+                    pool = fit.draws
+                    fit.draws = _take_draws(pool, keep)
                     fit.draws[IMPORTANCE_GROUP] = proposal_group(log_p_all, log_q_all, path, keep)
+                    keep_proposal(fit.draws, pool)
                     fit.log_p, fit.log_q, fit.log_jacobian = (a[keep] for a in (fit.log_p, fit.log_q, fit.log_jacobian))
         fit.timings = timings
         return fit

@@ -13,7 +13,6 @@ returns a list of ``Figure`` (none when the data do not allow it).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 
 from bench.frequencies import LEVEL, wilson_interval
 from bench.harness import load_slope_trace
+from bench.relabel import permutations_for
 from bench.tables import KHAT_BAD, col, num
 
 MODE_COLOURS = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
@@ -297,19 +297,11 @@ def figure_vi_quality(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 # Anytime: error against wall time
 
 
-def best_permutations(w: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per draw, the component order that brings its slopes closest to ``target`` (squared
-    distance): w (..., K, D), target (K, D) -> (..., K) permutations."""
-    K = target.shape[0]
-    perms = np.array(list(itertools.permutations(range(K))))
-    cost = ((w[..., perms, :] - target[None]) ** 2).sum(axis=(-1, -2))  # (..., P)
-    return perms[np.argmin(cost, axis=-1)]
-
-
 def running_error(w: np.ndarray, target: np.ndarray) -> np.ndarray:
     """max |running posterior mean - target| over slopes after each draw, chains pooled:
-    w (chain, draw, K, D) raw slopes, relabelled per draw to ``target`` (K, D); returns (draw,)."""
-    perms = best_permutations(w, target)
+    w (chain, draw, K, D) raw slopes, relabelled per draw to ``target`` (K, D) by the metrics'
+    rule (bench.relabel.permutations_for, on the slopes the trace holds); returns (draw,)."""
+    perms = permutations_for(np.asarray(w, dtype=float), np.asarray(target, dtype=float))[0]
     relabelled = np.take_along_axis(w, perms[..., None], axis=-2)
     sums = np.cumsum(relabelled.sum(axis=0), axis=0)  # (draw, K, D)
     counts = w.shape[0] * np.arange(1, w.shape[1] + 1)

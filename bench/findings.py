@@ -57,13 +57,23 @@ def _range(low, high) -> str:
 
 def _away(fit: pd.Series) -> str:
     """'other 1, collapsed 1' for the seeds that did not reach the target, and the gap."""
-    parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("other", "collapsed", "mixed")
+    parts = [f"{mode} {int(fit[f'landed_{mode}'])}" for mode in ("biased", "other", "collapsed", "mixed")
              if fit.get(f"landed_{mode}", 0)]
     text = ", ".join(parts)
+    gaps = _gaps(fit)
+    return f"{text}; {gaps}" if gaps else text
+
+
+def _gaps(fit: pd.Series) -> str:
+    """The largest gap to the reference posterior in log density in each direction, over every
+    chain of every seed: '' when there is none."""
+    parts = []
     if _present(fit.get("lp_gap_max")) and fit["lp_gap_max"] > 0:
-        which = "provisional reference" if fit.get("target") == "provisional reference" else "reference posterior"
-        text += f"; up to {fmt(fit['lp_gap_max'])} nats below the {which} in log density"
-    return text
+        parts.append(f"up to {fmt(fit['lp_gap_max'])} nats below")
+    if _present(fit.get("lp_gap_min")) and fit["lp_gap_min"] < 0:
+        parts.append(f"up to {fmt(-fit['lp_gap_min'])} nats above")
+    which = "provisional reference" if fit.get("target") == "provisional reference" else "reference posterior"
+    return " and ".join(parts) + f" the {which} in log density" if parts else ""
 
 
 def _kind(fits: pd.DataFrame) -> str:
@@ -125,18 +135,30 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
 
     if "w_w1" in ran and ran["w_w1"].notna().any():
         close = ran[ran["w_w1"].notna()].sort_values("w_w1")
-        items = [f"{_name(f)} {fmt(f['w_w1'])}" for _, f in close.iterrows()]
+        items = [f"{_name(f)} {fmt(f['w_w1'])}" + (f" (floor {fmt(f['w_w1_floor'])})"
+                                                   if _present(f.get("w_w1_floor")) else "")
+                 for _, f in close.iterrows()]
         which = "the provisional reference" if kind == "provisional" else "the reference posterior"
         sentences.append(Sentence(f"Slope W1 distance to {which} (median over seeds, smaller is "
-                                  f"closer): {_listing(items)}.", "vi", tuple(close["fit"])))
+                                  f"closer; the floor is the W1 two exact samples of the fit's size have, so a W1 "
+                                  f"near it is noise): {_listing(items)}.", "vi", tuple(close["fit"])))
     if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
         scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
-        items = [f"{_name(f)} {fmt(f['elpd_loo_diff'])}" for _, f in scored.iterrows()]
-        se = scored["elpd_loo_se"].max() if "elpd_loo_se" in scored else math.nan
-        noise = (f"; differences within a few standard errors (the largest here {fmt(se)}) are noise"
-                 if _present(se) else "")
-        sentences.append(Sentence(f"PSIS-LOO elpd against the best fit of these data (0 is the best; nats): "
-                                  f"{_listing(items)}{noise}.", "predictive", tuple(scored["fit"])))
+        best = scored[scored["elpd_loo_diff"] == 0]
+        items = []
+        for _, f in scored.iterrows():
+            if f["elpd_loo_diff"] == 0:
+                continue
+            se = f.get("elpd_loo_diff_se")
+            if _present(se):
+                verdict = "noise" if abs(f["elpd_loo_diff"]) <= 2 * se else "real"
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (se {fmt(se)}: {verdict})")
+            else:
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: observations subsampled)")
+        head = f"PSIS-LOO elpd: the best fit of these data is {_listing([_name(f) for _, f in best.iterrows()])}"
+        rest = (f"; the others' differences to it in nats, each with the standard error of the paired pointwise "
+                f"differences, noise only within 2 of it: {_listing(items)}" if items else "")
+        sentences.append(Sentence(head + rest + ".", "predictive", tuple(scored["fit"])))
     nuts = ran[ran["s_to_ess"].notna()].sort_values("s_to_ess")
     if len(nuts):
         items = [f"{_name(f)} {fmt(f['s_to_ess'])} s" for _, f in nuts.iterrows()]
@@ -178,6 +200,24 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     elif len(ran):
         sentences.append(Sentence("No health flags on any fit (no divergences, R-hat at most 1.01, bulk ESS at "
                                   "least 400, k-hat below 0.7 where measured).", "health", tuple(ran["fit"])))
+    counts = ran["flag_counts"].map(lambda c: c if isinstance(c, dict) else {}) if "flag_counts" in ran else None
+    degenerate = ran[counts.map(lambda c: "degenerate-component" in c)] if counts is not None else ran.iloc[:0]
+    if len(degenerate):
+        items = [f"{_name(f)} ({f['flag_counts']['degenerate-component']} of {int(f['seeds_ok'])} seeds)"
+                 for _, f in degenerate.iterrows()]
+        sentences.append(Sentence(
+            f"A component collapsed onto tied points (degenerate-component; the row's degenerate column gives the "
+            f"points it holds) in {_listing(items)}: with tied y the likelihood grows without bound as that sigma "
+            "goes to 0, and under a sigma prior with positive density at 0 the posterior is improper, so its high "
+            "log density and elpd are not a better fit (it is never ranked best). Fix: a zero-avoiding prior on "
+            "sigma (InverseGamma or LogNormal) or jitter the ties within their recording step.", "health",
+            tuple(degenerate["fit"])))
+    biased = ran[counts.map(lambda c: "biased" in c)] if counts is not None else ran.iloc[:0]
+    if len(biased):
+        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds)" for _, f in biased.iterrows()]
+        sentences.append(Sentence(
+            f"In the reference posterior's mode but off in location or scale (biased: an accuracy finding, not "
+            f"another mode): {_listing(items)}.", "health", tuple(biased["fit"])))
     disagree = ran[ran["seeds_disagree"] > 0]
     if len(disagree):
         items = [f"{_name(f)} ({int(f['seeds_disagree'])} of {int(f['seeds_ok'])})" for _, f in disagree.iterrows()]
@@ -202,6 +242,9 @@ def _landing_sentences(ran: pd.DataFrame, kind: str, truth: bool) -> list[Senten
             error = _main_error(fit) if truth else None
             if error:
                 detail += f", {error[0]} error {fmt(error[1])}"
+            gaps = _gaps(fit)
+            if gaps:
+                detail += f"; {gaps}"
             items.append(f"{_name(fit)} ({detail})")
         sentences.append(Sentence(f"{every_words}: {_listing(items)}.", "recovery" if truth else "modes",
                                   tuple(every["fit"])))

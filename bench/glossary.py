@@ -23,6 +23,8 @@ def _row(field: str, fallback: str) -> str:
 def _family(kind: str, family: str, label: str) -> tuple[str, str]:
     if kind == "err":
         return (f"{label} err", f"median over seeds of: {_row(f'{family}_err_max', 'max |posterior mean - truth|')}")
+    if kind == "w1_floor":
+        return (f"{label} W1 floor", f"median over seeds of: {_row(f'{family}_w1_floor', 'the W1 noise floor')}")
     if kind == "cover":
         return (f"{label} cover", f"mean over seeds of: {_row(f'{family}_coverage', 'coverage of the truth')}")
     return (f"{label} W1", f"median over seeds of: {_row(f'{family}_w1_max', '1-Wasserstein distance to the reference')}")
@@ -54,6 +56,7 @@ COLUMNS: dict[str, str] = {
     **dict(_family("err", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("cover", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1", f, label) for f, label in _FAMILIES.items()),
+    **dict(_family("w1_floor", f, label) for f, label in _FAMILIES.items()),
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},
@@ -98,8 +101,11 @@ COLUMNS: dict[str, str] = {
     "seeds k-hat bad": f"seeds with k-hat {KHAT_BAD} or more",
     "elpd_loo": "median over seeds of: " + _row("elpd_loo", "PSIS-LOO expected log predictive density, nats"),
     "elpd_loo se": "median over seeds of: " + _row("elpd_loo_se", "standard error of elpd_loo"),
-    "elpd_loo - best": "elpd_loo minus the largest elpd_loo of the fits of the same data, nats: 0 for the best, "
-                       "negative for the others (compare with a few elpd_loo se)",
+    "elpd_loo - best": "elpd_loo minus the largest elpd_loo of the fits of the same data (never one with a "
+                       "degenerate component), nats: 0 for the best, negative for the others",
+    "se of the difference": "standard error of 'elpd_loo - best' from the paired pointwise differences, "
+                            "sqrt(n var(elpd_i - best_i)) (Vehtari, Gelman & Gabry 2017; arviz-stats compare's dse), "
+                            "on each fit's median seed; a difference within about 2 of it is noise",
     # flagged fits (one row per seed)
     "mode": _row("mode", "where the chains landed"),
     "lp gap nats": _row("lp_gap", "the reference posterior's log density minus the fit's, nats"),

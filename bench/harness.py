@@ -242,29 +242,6 @@ def load_cell_data(cell: Cell):
     return spec, dataset
 
 
-def posterior_means(fit, truth: dict | None, reference=None) -> dict[str, float]:
-    """Relabelled posterior mean of every scalar parameter, plus the truth, as flat columns
-    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table. Relabelled to the same
-    target as the metrics: the truth, else the reference posterior, else the fit's own pivot."""
-    from bench.metrics import fit_draws, labelling_target
-    from bench.relabel import posterior_dataset, relabel
-
-    draws = fit_draws(fit)
-    target, _ = labelling_target(truth, reference, None, draws)
-    means = posterior_dataset(relabel(draws, target).draws).mean(dim=("chain", "draw"))
-    out = {}
-    for name in ("w", "b", "sigma", "pi"):
-        if name not in means:
-            continue
-        values = np.asarray(means[name].values)
-        for index in np.ndindex(values.shape):
-            label = f"{name}[{','.join(map(str, index))}]" if index else name
-            out[f"mean.{label}"] = float(values[index])
-            if truth is not None:
-                out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
-    return out
-
-
 def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
     """Run one cell to a row. Never raises: an exception becomes a failed row with its error.
 
@@ -287,7 +264,7 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
 def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: bool) -> None:
     try:
         from backends import get_backend
-        from bench.metrics import evaluate
+        from bench.metrics import score_fit
         from bench.problem import Problem
         from bench.reference import load_reference
 
@@ -307,7 +284,8 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         fit = problem.to_data_scale(fit)
         row["compile"] = fit.compile or "none"
         metrics_start = time.perf_counter()
-        row.update({**evaluate(fit, truth=dataset.truth, reference=reference, problem=problem), **cell_ids(cell)})
+        scored, means = score_fit(fit, truth=dataset.truth, reference=reference, problem=problem)
+        row.update({**scored, **cell_ids(cell), **means})
         row["versions"] = fit.versions
         if reference is not None:
             row["reference_name"] = reference.name
@@ -315,8 +293,6 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
             if not reference.accepted:
                 row["reference_failed"] = "; ".join(reference.failed_checks)
                 row["reference_causes"] = reference.causes
-        if fit.ok:
-            row.update(posterior_means(fit, dataset.truth, reference))
         row["time_metrics"] = time.perf_counter() - metrics_start
         if fit.ok and fit.draws is not None and out_dir is not None:
             row.update(_keep_draws(cell, fit, out_dir, save_draws))

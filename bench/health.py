@@ -24,8 +24,14 @@ FLAGS: dict[str, str] = {
     "sigma-at-bound": "a sigma's draws pile at a prior bound: median within bound_rtol of Uniform's upper "
                       "end, or below zero_rtol x the prior's scale (bound_params says which)",
     "map-at-bound": "a MAP point's sigma at a prior bound (as sigma-at-bound, for one point)",
+    "degenerate-component": "a component's sigma collapsed onto a few tied points (sigma below 0.1 x the data's "
+                            "resolution; see degenerate): the likelihood is unbounded there and, under a sigma "
+                            "prior with positive density at 0, the posterior is improper. Fix: a zero-avoiding "
+                            "prior on sigma (InverseGamma, LogNormal) or jitter the ties",
     "collapsed": "components coincide or one emptied (mode collapsed)",
     "mixed-modes": "chains landed in different modes",
+    "biased": "in the reference's mode but off in location or scale: a chain beyond mode_distance_sd reference "
+              "sds, a point beyond point_lp_gap_nats below the best optimum or point_distance_sd sds away",
     "poor-mode": "a chain or the fit sits in another mode far below the reference (lp_gap above lp_gap_tol)",
     "above-reference": "a chain sits in another mode far above the reference: the reference missed it",
     "khat": "PSIS k-hat of the approximation at or above khat_bad",
@@ -72,9 +78,14 @@ def bound_params(draws: xr.DataTree, problem: Problem, settings) -> list[str]:
     return out
 
 
-def health(row: dict[str, Any], raw: xr.DataTree, problem: Problem | None, *, mcmc: bool, single_point: bool,
-           converged: bool | None, settings) -> dict[str, Any]:
-    """The HEALTH_FIELDS of a row whose other metrics are filled in."""
+def health(row: dict[str, Any], raw: xr.DataTree, relabelled: xr.DataTree, problem: Problem | None, *, mcmc: bool,
+           single_point: bool, converged: bool | None, settings) -> dict[str, Any]:
+    """The HEALTH_FIELDS of a row whose other metrics are filled in.
+
+    Bounds are judged on the relabelled draws: a median over raw labels pools different
+    components whenever chains (or draws) hold them under different labels. Stuck chains are
+    judged on the raw draws: whether a chain moved is a fact of what was sampled.
+    """
     flags = []
     stuck = stuck_chains(raw, settings.stuck_repeat_frac) if mcmc else math.nan
     if mcmc and stuck:
@@ -89,14 +100,18 @@ def health(row: dict[str, Any], raw: xr.DataTree, problem: Problem | None, *, mc
         nan_ess = all(math.isnan(_number(v)) for v in (row.get("ess_bulk_min"), row.get("ess_tail_min")))
         if low or nan_ess:
             flags.append("ess")
-    bounds = bound_params(raw, problem, settings) if problem is not None else []
+    bounds = bound_params(relabelled, problem, settings) if problem is not None else []
     # The backend names a MAP on any bound of the support (weights at 0 and ordering ties too).
     if bounds or (single_point and row.get("at_bound")):
         flags.append("map-at-bound" if single_point else "sigma-at-bound")
+    if _positive(row.get("chains_degenerate")):
+        flags.append("degenerate-component")
     if row.get("mode") == "collapsed" or _positive(row.get("chains_collapsed")):
         flags.append("collapsed")
     if row.get("mode") == "mixed":
         flags.append("mixed-modes")
+    if _positive(row.get("chains_biased")):
+        flags.append("biased")
     if _positive(row.get("chains_below")):
         flags.append("poor-mode")
     if _positive(row.get("chains_above")):

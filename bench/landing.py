@@ -6,7 +6,14 @@ reference posterior (bench.reference), both relabelled to the same target:
 - collapsed: components coincide or one has emptied (``metrics.is_collapsed``), as without a
   reference;
 - reference: every relabelled posterior mean lies within ``mode_distance_sd`` reference posterior
-  sds of the reference's mean;
+  sds of the reference's mean. A single point (MAP, a Laplace mode) must do more, since a point
+  at the mode has no spread to excuse a miss: its log density within ``point_lp_gap_nats`` of
+  the best optimum known for the data set (the reference's highest draw, or the point itself when
+  higher) and its distance within ``point_distance_sd`` reference sds;
+- biased: in the reference's mode (every relabelled component at most a third as far, in
+  reference sds, from its own reference component's location as from any other's, and none
+  collapsed) but off in
+  location or scale beyond those limits: an accuracy finding, not another mode;
 - other: anywhere else.
 
 Beside the class each chain gets
@@ -44,6 +51,9 @@ LANDING_FIELDS: dict[str, str] = {
     "lp_gap_chains": "the same gap for every chain, 'g0;g1;...'",
     "ref_distance_sd": "largest |relabelled mean - reference mean| / reference sd over every scalar, for the "
                        "chain furthest away",
+    "chains_biased": "chains (a point counts as one) in the reference's mode but off in location or scale: "
+                     "beyond mode_distance_sd reference sds (a point: beyond point_lp_gap_nats below the best "
+                     "optimum or point_distance_sd sds away); NaN without a reference",
     "chains_below": "chains in another mode more than the gap tolerance below the reference (a poorer mode)",
     "chains_above": "chains in another mode more than the gap tolerance above the reference (the reference "
                     "missed a better mode)",
@@ -75,7 +85,7 @@ class Landing:
     """Where one chain landed."""
 
     chain: int
-    mode: str  # reference, collapsed or other
+    mode: str  # reference, biased, collapsed or other
     permutation: str
     majority_frac: float
     distance_sd: float
@@ -95,6 +105,30 @@ def distance_sd(mean: dict, ref: ReferenceSummary, floor: float) -> float:
     return worst
 
 
+def components_matched(mean: dict, ref: ReferenceSummary, floor: float) -> bool:
+    """Every component's location (slopes, intercept) at most a third as far, in reference sds,
+    from its own reference component's as from any other's: the chain holds the reference's
+    partition. A third, not a half: lines between the reference's (another mode) sit about
+    halfway."""
+    blocks, ref_blocks, scales = [], [], []
+    for name in ("w", "b"):
+        if name in ref.mean and np.size(ref.mean[name]):
+            K = np.shape(ref.mean[name])[0]
+            blocks.append(np.asarray(mean[name], dtype=float).reshape(K, -1))
+            ref_blocks.append(np.asarray(ref.mean[name], dtype=float).reshape(K, -1))
+            scales.append(np.maximum(np.asarray(ref.sd[name], dtype=float).reshape(K, -1), floor))
+    if not blocks:
+        return True
+    loc, ref_loc, sd = (np.concatenate(b, axis=1) for b in (blocks, ref_blocks, scales))
+    dist = np.sqrt((((loc[:, None, :] - ref_loc[None]) / sd[None]) ** 2).sum(axis=-1))  # (k, j)
+    K = loc.shape[0]
+    if K < 2:
+        return True
+    own = dist[np.arange(K), np.arange(K)]
+    others = np.where(np.eye(K, dtype=bool), np.inf, dist).min(axis=1)
+    return bool(np.all(own <= others / 3))
+
+
 def place_chains(relabelled: xr.DataTree, permutations: np.ndarray, raw: xr.DataTree, problem: Problem,
                  ref: ReferenceSummary, settings, collapsed_fn) -> list[Landing]:
     """A Landing per chain. ``collapsed_fn(mean, sd)`` says whether components coincide."""
@@ -112,12 +146,18 @@ def place_chains(relabelled: xr.DataTree, permutations: np.ndarray, raw: xr.Data
         lp_mean = float(finite_lp.mean()) if finite_lp.size else -math.inf
         gap = (ref.lp_max if single else ref.lp_mean) - lp_mean
         dist = distance_sd(mean, ref, settings.relabel_scale_floor)
+        if single:
+            on_mode = max(gap, 0.0) <= settings.point_lp_gap_nats and dist <= settings.point_distance_sd
+        else:
+            on_mode = dist <= settings.mode_distance_sd
         if not all(np.all(np.isfinite(v)) for v in mean.values()):
             mode = "other"
         elif collapsed_fn(mean, sd):
             mode = "collapsed"
-        elif dist <= settings.mode_distance_sd:
+        elif on_mode:
             mode = "reference"
+        elif components_matched(mean, ref, settings.relabel_scale_floor):
+            mode = "biased"
         else:
             mode = "other"
         values, counts = np.unique(codes[c], return_counts=True)
@@ -132,21 +172,25 @@ def gap_tolerance(ref: ReferenceSummary, settings) -> float:
     return max(settings.lp_gap_nats, settings.lp_gap_sd * ref.lp_sd)
 
 
-def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings) -> dict[str, Any]:
-    """The LANDING_FIELDS and the mode columns of the row."""
+def landing_summary(landings: list[Landing], ref: ReferenceSummary, settings,
+                    excluded: set[int] = frozenset()) -> dict[str, Any]:
+    """The LANDING_FIELDS and the mode columns of the row. ``excluded`` chains (degenerate ones)
+    are never counted above the reference."""
     tol = gap_tolerance(ref, settings)
     kinds = {land.mode for land in landings}
     lps = [land.lp_mean for land in landings]
     return {
         "mode": kinds.pop() if len(kinds) == 1 else "mixed",
         "chains_on_target": sum(land.mode == "reference" for land in landings),
+        "chains_biased": sum(land.mode == "biased" for land in landings),
         "chains_collapsed": sum(land.mode == "collapsed" for land in landings),
         "chains_other": sum(land.mode == "other" for land in landings),
         "lp_mean": float(np.mean(lps)) if lps else NAN,
         "lp_gap": max(land.lp_gap for land in landings),
         "lp_gap_chains": ";".join(f"{land.lp_gap:.4g}" for land in landings),
         "ref_distance_sd": max(land.distance_sd for land in landings),
-        "chains_below": sum(land.mode != "reference" and land.lp_gap > tol for land in landings),
-        "chains_above": sum(land.mode != "reference" and land.lp_gap < -tol for land in landings),
+        "chains_below": sum(land.mode not in ("reference", "biased") and land.lp_gap > tol for land in landings),
+        "chains_above": sum(land.mode != "reference" and land.lp_gap < -tol and land.chain not in excluded
+                            for land in landings),
         "lp_gap_tol": tol,
     }

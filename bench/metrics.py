@@ -16,6 +16,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import arviz_stats as azs
@@ -24,6 +25,7 @@ import xarray as xr
 from scipy.stats import wasserstein_distance
 
 from backends.base import TIMING_PHASES, Fit
+from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.predictive import LOO_FIELDS, loo_metrics
@@ -35,6 +37,8 @@ from bench.relabel import (
     map_pivot,
     perm_codes,
     perm_label,
+    Relabelling,
+    apply_permutations,
     posterior_dataset,
     relabel,
 )
@@ -111,6 +115,18 @@ class MetricSettings:
     """With a reference posterior: a chain is in the reference's mode when every relabelled mean
     lies within this many reference posterior sds of the reference's mean (bench.landing)."""
 
+    point_lp_gap_nats: float = 2.0
+    """A single point (MAP, a Laplace mode) reached the reference's mode only if its log density is
+    within this of the best optimum known for the data set (the reference's highest draw, or the
+    point when higher). The highest of a few thousand draws of a d-dimensional near-normal
+    posterior lies about a nat below its mode for the small d here, so 2 nats passes every true
+    optimum and fails a point 8 nats down, which the 10-nat chain tolerance let through."""
+
+    point_distance_sd: float = 2.0
+    """... and every relabelled coordinate within this many reference posterior sds of the
+    reference's mean. A posterior's mode and mean differ by a fraction of an sd, up to about one
+    for skewed scales and weights on small data; a point further off is not at the mode."""
+
     lp_gap_nats: float = 10.0
     """A chain in another mode whose mean log density is more than max(lp_gap_nats, lp_gap_sd x
     the sd of the reference's log densities) below the reference's sits in a poorer mode. For a
@@ -154,6 +170,7 @@ class MetricSettings:
         for name in ("truth_location_atol", "truth_sigma_rtol", "truth_weight_atol",
                      "collapse_location_atol", "collapse_sigma_rtol", "collapse_sd_multiple",
                      "collapse_weight_min", "relabel_scale_floor", "khat_constant_tol", "mode_distance_sd",
+                     "point_lp_gap_nats", "point_distance_sd",
                      "lp_gap_nats", "lp_gap_sd", "rhat_max", "ess_min_per_chain", "stuck_repeat_frac",
                      "bound_rtol", "zero_rtol", "loo_max_values"):
             value = getattr(self, name)
@@ -211,7 +228,7 @@ ROW_FIELDS: dict[str, str] = {
                         "do not line up across fits); reference-map or reference-chain0 (a pivot taken "
                         "from reference draws given without their log densities)",
     "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.landing), "
-            "collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
+            "biased (its mode, but off in location or scale), collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
             "collapsed or other likewise; mixed when chains land in different modes",
     "permutation": "overall majority labelling, 'j0,j1,...': fit component j_k plays the target's k",
     "chains_on_target": "chains in the reference posterior's mode (without one: the truth's, or the pivot's)",
@@ -254,12 +271,24 @@ ROW_FIELDS: dict[str, str] = {
     **_family_fields("{f}_w1_max", "max over the {name} of the 1-Wasserstein distance between the "
                                    "fit's marginal and the reference posterior's, both relabelled"),
     **_family_fields("{f}_w1_mean", "mean of the same over the {name}"),
+    **_family_fields("{f}_w1_floor", "the W1 noise floor for the {name}: max over them of the W1 between two "
+                                     "disjoint random sets of the reference's draws, each of the fit's size (at most "
+                                     "half the reference's), i.e. what two exact samples of that size differ by "
+                                     "(Agrawal & Domke 2024); a W1 near it is noise"),
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Predictive accuracy (label-invariant, no truth needed)
     **LOO_FIELDS,
     # Health
     **HEALTH_FIELDS,
+    "degenerate": "components whose sigma collapsed onto tied points (sigma below 0.1 x the data's resolution, "
+                  "the smallest gap between distinct y; backends.degenerate), with the points each holds, e.g. "
+                  "'chain 1: sigma[1] = 1.9e-14 on 10 points'; empty when none",
+    "chains_degenerate": "chains (a point counts as one) holding a degenerate component",
+    "map_starts_degenerate": "multi-start MAP: the starts passed over because their optimum holds a degenerate "
+                             "component (empty when none)",
+    "metric_errors": "metrics that raised, 'metric: error' separated by '; ' (empty when none): their "
+                     "columns are NaN and the row keeps its status",
 }
 
 
@@ -648,15 +677,17 @@ def khat_label(khat: float, settings: MetricSettings = MetricSettings()) -> str 
     return "ok" if khat < settings.khat_bad else "bad"
 
 
-def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree) -> dict[str, float]:
-    """Per family: max and mean over its scalars of W1(fit marginal, reference marginal).
+def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree, seed: int = 0) -> dict[str, float]:
+    """Per family: max and mean over its scalars of W1(fit marginal, reference marginal), and the
+    noise floor beside them (``w1_floor``).
 
     Both trees should be relabelled against the same point before this is called.
     """
     ds, ref = posterior_dataset(draws), posterior_dataset(reference)
     out = {}
+    n_fit = ds.sizes["chain"] * ds.sizes["draw"]
     for f in FAMILIES:
-        dist = []
+        dist, floor = [], []
         if _present(ds, f) and _present(ref, f):
             x, y = _samples(ds, f), _samples(ref, f)
             if x.shape[1] != y.shape[1]:
@@ -665,9 +696,25 @@ def wasserstein_marginals(draws: xr.DataTree, reference: xr.DataTree) -> dict[st
                 u, v = x[:, i], y[:, i]
                 ok = np.isfinite(u).all() and np.isfinite(v).all()
                 dist.append(float(wasserstein_distance(u, v)) if ok else NAN)
+            floor = w1_floor(y, n_fit, seed) if n_fit > 1 else []
         out[f"{f}_w1_max"] = float(np.max(dist)) if dist else NAN
         out[f"{f}_w1_mean"] = float(np.mean(dist)) if dist else NAN
+        out[f"{f}_w1_floor"] = _nanmax(floor) if len(floor) else NAN
     return out
+
+
+def w1_floor(samples: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Per column of ``samples`` (draws, scalars): W1 between two disjoint random subsets of its
+    draws, each of size min(n, draws // 2): the W1 that two exact samples of that size from the
+    same distribution have, the floor under which a fit's W1 says nothing (Agrawal & Domke 2024)."""
+    samples = np.asarray(samples, dtype=float)
+    size = min(int(n), samples.shape[0] // 2)
+    if size < 1:
+        return np.full(samples.shape[1], NAN)
+    order = np.random.default_rng(seed).permutation(samples.shape[0])
+    a, b = samples[order[:size]], samples[order[size:2 * size]]
+    return np.array([float(wasserstein_distance(a[:, i], b[:, i])) if np.isfinite(a[:, i]).all()
+                     and np.isfinite(b[:, i]).all() else NAN for i in range(samples.shape[1])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,15 +796,37 @@ def evaluate(
     densities (modes by log density), PSIS-LOO and the prior-bound flags, which are NaN without it.
     A fit that is not ok gives its identity and status with NaN everywhere else.
     """
+    return score_fit(fit, truth, reference, pivot, settings, problem)[0]
+
+
+def score_fit(fit: Fit, truth: dict | None = None, reference=None, pivot: dict | str | None = None,
+              settings: MetricSettings = MetricSettings(), problem=None) -> tuple[dict[str, Any], dict[str, float]]:
+    """(the ``evaluate`` row, the relabelled posterior means) from one relabelling of the fit.
+
+    The means are flat columns ``mean.w[0,0]``, ``truth.w[0,0]``, ... for the run's summary
+    table; empty for a fit that is not ok.
+    """
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS, NAN)
     row.update(_identity(fit))
+    means: dict[str, float] = {}
     if fit.ok:
         draws = fit_draws(fit)
         if draws is None:
             raise ValueError(f"fit {fit.backend}/{fit.method}: status ok but neither draws nor a point")
-        row.update(_evaluate_draws(fit, draws, truth, reference, pivot, settings, problem))
+        scoring = prepare(fit, draws, truth, reference, pivot, settings, problem)
+        row.update(scoring.sizes())
+        errors = []
+        for name, metric in METRICS:
+            # One metric that raises must not throw the finished fit away: its columns stay NaN
+            # and the row says which metric failed and why.
+            try:
+                row.update(metric(scoring, row))
+            except Exception as exc:  # noqa: BLE001  (any failure of a metric is recorded, not raised)
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        row["metric_errors"] = "; ".join(errors)
+        means = posterior_means(scoring)
     row = {key: _plain(row[key]) for key in ROW_FIELDS}
-    return row
+    return row, means
 
 
 def _reference_parts(reference) -> tuple[xr.DataTree | None, np.ndarray | None, dict | None]:
@@ -778,63 +847,194 @@ def labelling_target(truth: dict | None, reference, pivot, draws: xr.DataTree) -
     return resolve_target(truth, pivot, draws, ref_draws)
 
 
-def _evaluate_draws(fit, draws, truth, reference, pivot, settings, problem=None) -> dict[str, Any]:
-    ref_draws, ref_lp, _ = _reference_parts(reference)
+@dataclass(frozen=True)
+class Scoring:
+    """One fit relabelled once against its data set's one target: what every metric reads.
+
+    ``rel`` is the fit's single relabelling; ``ref_draws`` the reference posterior's draws in
+    the same labelling (None without a reference). Raw draws are kept only for what is
+    label-invariant or about the labelling itself (log densities, PSIS-LOO, stuck chains, the
+    ``*_raw`` columns).
+    """
+
+    fit: Fit
+    raw: xr.DataTree
+    rel: Relabelling
+    target: dict[str, np.ndarray]
+    source: str
+    truth: dict | None
+    ref_draws: xr.DataTree | None
+    ref_lp: np.ndarray | None
+    problem: Any
+    settings: MetricSettings
+    mcmc: bool
+    single_point: bool
+
+    @property
+    def target_name(self) -> str:
+        return "truth" if self.truth is not None else "reference"
+
+    @cached_property
+    def degenerate(self) -> dict[int, list[tuple[int, float, int]]]:
+        """Per chain, its degenerate components (backends.degenerate) at the chain's relabelled
+        medians (the point itself for MAP); empty without the data."""
+        if self.problem is None:
+            return {}
+        ds = posterior_dataset(self.rel.draws)
+        data = self.problem.dataset
+        out = {}
+        for c in range(ds.sizes["chain"]):
+            point = {n: np.asarray(ds[n].isel(chain=c).median("draw").values, dtype=float) for n in ds.data_vars}
+            hits = degenerate_components(data.x, data.y, point)
+            if hits:
+                out[c] = hits
+        return out
+
+    def sizes(self) -> dict[str, Any]:
+        ds = posterior_dataset(self.raw)
+        return {"n_chains": ds.sizes["chain"], "n_draws": ds.sizes["draw"],
+                "nonfinite_draws": self.rel.nonfinite_draws, "relabel_converged": self.rel.converged,
+                "reference_source": self.source, "divergences": _divergences(self.fit, self.raw)}
+
+
+def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: MetricSettings, problem) -> Scoring:
+    """Relabel the fit once, and put the reference's draws in the same labelling."""
+    ref_draws, ref_lp, ref_point = _reference_parts(reference)
     target, source = labelling_target(truth, reference, pivot, draws)
-    target_name = "truth" if truth is not None else "reference"
     rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
-    target = rel.reference  # conformed to the draws' shapes
-    ds = posterior_dataset(draws)
-    mcmc = is_mcmc(fit)
-    single_point = ds.sizes["chain"] * ds.sizes["draw"] == 1
-    row: dict[str, Any] = {
-        "n_chains": ds.sizes["chain"],
-        "n_draws": ds.sizes["draw"],
-        "divergences": _divergences(fit, draws),
-        "nonfinite_draws": rel.nonfinite_draws,
-        "relabel_converged": rel.converged,
-        "reference_source": source,
-    }
-    ref_rel = None
     if ref_draws is not None:
-        ref_rel = relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
-    if ref_rel is not None and ref_lp is not None and problem is not None:
-        summary = ReferenceSummary.of(ref_rel.draws, ref_lp)
-        landings = place_chains(rel.draws, rel.permutations, draws, problem, summary, settings,
-                                lambda mean, sd: is_collapsed(mean, sd, settings))
-        row.update(landing_summary(landings, summary, settings))
-    else:
-        modes = chain_modes(rel.draws, rel.permutations, target, target_name, settings)
-        row.update(mode_summary(modes, target_name))
-    sw = label_switching(rel.permutations, settings.switch_min_draws)
-    row.update({
+        ref_draws = _reference_in_target_labelling(ref_draws, ref_point, source, rel.reference, settings)
+    ds = posterior_dataset(draws)
+    return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
+                   ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
+                   single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1)
+
+
+def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
+                                   settings: MetricSettings) -> xr.DataTree:
+    """The reference draws labelled like the target.
+
+    A Reference is stored in one canonical labelling (bench.reference) and its point is its mean
+    in that labelling, so it needs at most one permutation for all its draws: none when the
+    target is that point, else the one that matches its point to the target. Bare draws (no
+    point) are relabelled draw by draw.
+    """
+    if ref_point is None:
+        return relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter).draws
+    if source == "reference":
+        return ref_draws
+    perm = relabel(point_tree(ref_point), target, settings.relabel_scale_floor,
+                   settings.relabel_max_iter).permutations[0, 0]
+    ds = posterior_dataset(ref_draws)
+    perms = np.broadcast_to(perm, (ds.sizes["chain"], ds.sizes["draw"], perm.size))
+    return apply_permutations(ref_draws, perms)
+
+
+def posterior_means(scoring: Scoring) -> dict[str, float]:
+    """Relabelled posterior mean of every scalar parameter, plus the truth, as flat columns
+    (``mean.w[0,0]``, ``truth.w[0,0]``, ...) for the run's summary table."""
+    ds = posterior_dataset(scoring.rel.draws)
+    means = ds.mean(dim=SAMPLE_DIMS)
+    truth = conform_point(scoring.truth, ds) if scoring.truth is not None else None
+    out = {}
+    for name in FAMILIES:
+        if name not in means:
+            continue
+        values = np.asarray(means[name].values)
+        for index in np.ndindex(values.shape):
+            label = f"{name}[{','.join(map(str, index))}]" if index else name
+            out[f"mean.{label}"] = float(values[index])
+            if truth is not None:
+                out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The metrics: each reads the one Scoring (and the row so far) and returns its columns.
+
+
+def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.ref_draws is not None and s.ref_lp is not None and s.problem is not None:
+        summary = ReferenceSummary.of(s.ref_draws, s.ref_lp)
+        landings = place_chains(s.rel.draws, s.rel.permutations, s.raw, s.problem, summary, s.settings,
+                                lambda mean, sd: is_collapsed(mean, sd, s.settings))
+        # A degenerate chain's density is high only because the likelihood is unbounded at tied
+        # points: it is never the reference missing a better mode.
+        return landing_summary(landings, summary, s.settings, excluded=set(s.degenerate))
+    modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, s.target_name, s.settings)
+    return mode_summary(modes, s.target_name)
+
+
+def _degenerate_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    single = s.single_point
+    text = "; ".join(("" if single else f"chain {c}: ") + f"sigma[{k}] = {sigma:.3g} on {n} points"
+                     for c, hits in s.degenerate.items() for k, sigma, n in hits)
+    return {"degenerate": text, "chains_degenerate": len(s.degenerate) if s.problem is not None else NAN,
+            "map_starts_degenerate": "; ".join(s.fit.degenerate_starts or [])}
+
+
+def _switching_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    sw = label_switching(s.rel.permutations, s.settings.switch_min_draws)
+    return {
         "permutation": sw.overall_majority,
-        "label_switches": int(sw.switches.sum()) if mcmc else NAN,
-        "chains_switching": int(np.count_nonzero(sw.switches)) if mcmc else NAN,
+        "label_switches": int(sw.switches.sum()) if s.mcmc else NAN,
+        "chains_switching": int(np.count_nonzero(sw.switches)) if s.mcmc else NAN,
         "off_majority_frac": sw.off_majority_frac,
         "chains_off_majority": sw.chains_off_majority,
         "chains_disagree": sw.chains_disagree,
-    })
-    if truth is not None:
-        row.update(recovery(rel.draws, truth, settings.interval_prob))
-        row.update(recovery(draws, truth, settings.interval_prob, suffix="_raw"))
-    if mcmc:
-        row.update(efficiency(rel.draws, draws, fit.timings.get("sampling"), fit.grad_evals))
-    proposal = importance_proposal(draws)
-    if proposal is not None:
-        row["khat"] = psis_khat(*proposal, settings.khat_constant_tol)
-        row["khat_label"] = khat_label(row["khat"], settings)
-    elif fit.log_p is not None and fit.log_q is not None:
-        row["khat"] = psis_khat(fit.log_p, fit.log_q, settings.khat_constant_tol)
-        row["khat_label"] = khat_label(row["khat"], settings)
-    if ref_rel is not None:
-        row.update(wasserstein_marginals(rel.draws, ref_rel.draws))
-    if problem is not None:
-        row.update(loo_metrics(fit, draws, problem, mcmc=mcmc, max_values=settings.loo_max_values,
-                               max_draws=settings.loo_max_draws, max_obs=settings.loo_max_obs))
-    row.update(health(row, draws, problem, mcmc=mcmc, single_point=single_point, converged=fit.converged,
-                      settings=settings))
-    return row
+    }
+
+
+def _recovery_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.truth is None:
+        return {}
+    return {**recovery(s.rel.draws, s.truth, s.settings.interval_prob),
+            **recovery(s.raw, s.truth, s.settings.interval_prob, suffix="_raw")}
+
+
+def _efficiency_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if not s.mcmc:
+        return {}
+    return efficiency(s.rel.draws, s.raw, s.fit.timings.get("sampling"), s.fit.grad_evals)
+
+
+def _khat_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    proposal = importance_proposal(s.raw)
+    if proposal is None and (s.fit.log_p is None or s.fit.log_q is None):
+        return {}
+    khat = psis_khat(*(proposal or (s.fit.log_p, s.fit.log_q)), s.settings.khat_constant_tol)
+    return {"khat": khat, "khat_label": khat_label(khat, s.settings)}
+
+
+def _w1_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    return {} if s.ref_draws is None else wasserstein_marginals(s.rel.draws, s.ref_draws)
+
+
+def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.problem is None:
+        return {}
+    st = s.settings
+    return loo_metrics(s.fit, s.raw, s.problem, mcmc=s.mcmc, max_values=st.loo_max_values,
+                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs)
+
+
+def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    return health(row, s.raw, s.rel.draws, s.problem, mcmc=s.mcmc, single_point=s.single_point,
+                  converged=s.fit.converged, settings=s.settings)
+
+
+# Every per-fit judgment, in the order they run; health reads the columns of the others.
+METRICS: list[tuple[str, Any]] = [
+    ("degenerate", _degenerate_metric),
+    ("landing", _landing_metric),
+    ("switching", _switching_metric),
+    ("recovery", _recovery_metric),
+    ("efficiency", _efficiency_metric),
+    ("khat", _khat_metric),
+    ("w1", _w1_metric),
+    ("loo", _loo_metric),
+    ("health", _health_metric),
+]
 
 
 def importance_proposal(draws: xr.DataTree) -> tuple[np.ndarray, np.ndarray] | None:

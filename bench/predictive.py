@@ -9,8 +9,13 @@ the same data, as PPL Bench compares PPLs by held-out predictive log likelihood.
 - An approximation's own draws (ADVI, Pathfinder without resampling), with log p and log q per
   draw: ``azs.loo_approximate_posterior``, whose weights p/q correct for sampling from q
   (Magnusson et al. 2019).
-- Draws importance-resampled towards the posterior (Pathfinder's default): ``azs.loo`` with
-  r_eff = 1.
+- Draws importance-resampled towards the posterior (Pathfinder's default): never from the
+  resampled draws themselves, whose repeats make the Pareto tail fit fail ("All tail values are
+  the same") and count one proposal draw as many. With the proposal kept (group
+  ``importance_proposal``, backends.importance), ``azs.loo_approximate_posterior`` on the
+  proposal draws with their log p and log q: the weighted form, each LOO weight being
+  (p/q)(theta_s) / p(y_i | theta_s). Without it, the distinct resampled draws weighted by how
+  often each was chosen (the resampled draws' own weighted form, log p - log q = log count).
 - A single point (MAP): no posterior to leave a point out of; NaN.
 
 The pointwise log likelihood is the oracle's (bench.problem), on the data's scale. Its size is
@@ -35,6 +40,7 @@ import xarray as xr
 
 from backends.base import Fit
 from bench.problem import Problem, thin_indices
+from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
 from bench.relabel import posterior_dataset
 
 NAN = float("nan")
@@ -46,10 +52,14 @@ LOO_FIELDS: dict[str, str] = {
     "p_loo": "effective number of parameters from PSIS-LOO",
     "loo_khat_max": "largest Pareto k-hat over observations (above about 0.7 the estimate is unreliable)",
     "loo_n_bad": "observations whose Pareto k-hat exceeds arviz-stats' threshold min(1 - 1/log10(S), 0.7)",
-    "loo_method": "psis-loo (MCMC or resampled draws) or psis-loo-approximate (an approximation's own "
-                  "draws, weighted by p/q)",
+    "loo_method": "psis-loo (MCMC draws, or an approximation's own draws without log q), psis-loo-approximate "
+                  "(an approximation's own draws, weighted by p/q), psis-loo-proposal (importance-resampled "
+                  "draws: their proposal, weighted by p/q) or psis-loo-resampled (importance-resampled draws "
+                  "without their proposal: distinct draws weighted by how often each was chosen)",
     "loo_draws": "draws the PSIS-LOO estimate used (thinned evenly)",
     "loo_obs": "observations Pareto-smoothed: all of them, or a seeded random subsample (loo_subsample)",
+    "elpd_loo_pointwise": "the pointwise elpd_loo of every observation, ';'-separated, for paired differences "
+                          "between fits (Vehtari, Gelman & Gabry 2017); empty when observations were subsampled",
     "elpd_loo_subsample_se": "standard error of elpd_loo due to subsampling observations (0 without subsampling)",
 }
 
@@ -58,21 +68,50 @@ def _draw_budget(n_obs: int, max_values: float, min_draws: int, max_draws: int) 
     return int(min(max_draws, max(min_draws, max_values // max(n_obs, 1))))
 
 
+def _weighting(fit: Fit, draws: xr.DataTree, mcmc: bool) -> tuple[xr.Dataset, np.ndarray | None, np.ndarray | None, str]:
+    """(posterior draws the estimate uses, log p, log q per draw or None, loo_method)."""
+    ds = posterior_dataset(draws)
+    if PROPOSAL_GROUP in draws.children and IMPORTANCE_GROUP in draws.children:
+        group = draws[IMPORTANCE_GROUP]
+        proposal = draws[PROPOSAL_GROUP].to_dataset().transpose("chain", "draw", ...)
+        return (proposal, np.asarray(group["log_p"].values, dtype=float),
+                np.asarray(group["log_q"].values, dtype=float), "psis-loo-proposal")
+    if IMPORTANCE_GROUP in draws.children:
+        distinct, counts = _distinct_draws(ds)
+        return distinct, np.log(counts), np.zeros(counts.size), "psis-loo-resampled"
+    chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
+    if (not mcmc and fit.log_p is not None and fit.log_q is not None and np.size(fit.log_p) == n_draws
+            and chains == 1):
+        return ds, np.asarray(fit.log_p, dtype=float), np.asarray(fit.log_q, dtype=float), "psis-loo-approximate"
+    return ds, None, None, "psis-loo"
+
+
+def _distinct_draws(ds: xr.Dataset) -> tuple[xr.Dataset, np.ndarray]:
+    """The distinct draws of a one-chain posterior as one chain, and how often each occurs."""
+    flat = np.concatenate([np.asarray(ds[n].values, dtype=float).reshape(ds.sizes["chain"] * ds.sizes["draw"], -1)
+                           for n in ds.data_vars], axis=1)
+    _, first, counts = np.unique(flat, axis=0, return_index=True, return_counts=True)
+    stacked = ds.stack(sample=("chain", "draw")).isel(sample=first).drop_vars(["sample", "chain", "draw"])
+    out = stacked.rename({"sample": "draw"}).expand_dims(chain=[0]).assign_coords(draw=np.arange(first.size))
+    return out.transpose("chain", "draw", ...), counts.astype(float)
+
+
 def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
                 max_values: float = 2e7, min_draws: int = 100, max_draws: int = 1000,
                 max_obs: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The LOO_FIELDS of one fit (NaN where they cannot be computed)."""
     out: dict[str, Any] = dict.fromkeys(LOO_FIELDS, NAN)
-    ds = posterior_dataset(draws)
-    chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
-    if chains * n_draws < 2 or problem.spec.likelihood != "mixture":
+    raw = posterior_dataset(draws)
+    if raw.sizes["chain"] * raw.sizes["draw"] < 2 or problem.spec.likelihood != "mixture":
         # One point has no posterior to leave an observation out of; the forum thread's batch
         # likelihoods have no per-observation terms.
         return out
+    ds, log_p, log_q, method = _weighting(fit, draws, mcmc)
+    chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
     budget = _draw_budget(problem.dataset.N, max_values, min_draws, max_draws)
     keep = thin_indices(n_draws, max(budget // chains, 1))
     index = [(c, int(d)) for c in range(chains) for d in keep]
-    log_lik = problem.pointwise_draws(draws, index).reshape(chains, keep.size, -1)
+    log_lik = problem.pointwise_draws(xr.DataTree.from_dict({"posterior": ds}), index).reshape(chains, keep.size, -1)
     if not np.isfinite(log_lik).all():
         # A draw with a non-finite parameter or density: leave it out of the estimate.
         good = np.isfinite(log_lik).all(axis=2)
@@ -80,33 +119,28 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
             return out
         cols = good.all(axis=0)
         log_lik, keep = log_lik[:, cols], keep[cols]
+    coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
     tree = xr.DataTree.from_dict({
         "posterior": ds.isel(draw=keep),
-        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)},
-                                     coords={"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)}, coords=coords),
     })
-    resampled = "importance_sampling" in draws.children
-    approximate = (not mcmc and not resampled and fit.log_p is not None and fit.log_q is not None
-                   and np.size(fit.log_p) == n_draws and chains == 1)
     n_obs = log_lik.shape[2]
     subsample = n_obs > max_obs
     weights = {}
-    if approximate:
-        coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
-        weights = {name: xr.DataArray(np.asarray(values, dtype=float)[keep][None], dims=("chain", "draw"),
-                                      coords=coords)
-                   for name, values in (("log_p", fit.log_p), ("log_q", fit.log_q))}
+    if log_p is not None:
+        weights = {name: xr.DataArray(values[keep][None], dims=("chain", "draw"), coords=coords)
+                   for name, values in (("log_p", log_p), ("log_q", log_q))}
     with warnings.catch_warnings():
         # arviz-stats warns about high Pareto k; the row carries k-hat itself.
         warnings.simplefilter("ignore")
         if subsample:
             result = azs.loo_subsample(tree, observations=max_obs, pointwise=True, seed=seed, method="lpd",
                                        reff=None if mcmc else 1.0, **weights)
-        elif approximate:
+        elif weights:
             result = azs.loo_approximate_posterior(tree, pointwise=True, **weights)
         else:
             result = azs.loo(tree, pointwise=True, reff=None if mcmc else 1.0)
-    out["loo_method"] = "psis-loo-approximate" if approximate else "psis-loo"
+    out["loo_method"] = method
     pareto_k = np.asarray(result.pareto_k.values, dtype=float)
     out.update({
         "elpd_loo": float(result.elpd),
@@ -117,6 +151,7 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         "loo_draws": int(log_lik.shape[0] * log_lik.shape[1]),
         "loo_obs": int(result.subsample_size) if subsample else int(n_obs),
         "elpd_loo_subsample_se": float(result.subsampling_se) if subsample else 0.0,
+        "elpd_loo_pointwise": "" if subsample else ";".join(repr(float(v)) for v in np.ravel(result.elpd_i.values)),
     })
     if not math.isfinite(out["elpd_loo"]):
         out["elpd_loo"] = NAN

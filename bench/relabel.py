@@ -210,17 +210,11 @@ def _permute_features(feats: np.ndarray, perms: np.ndarray) -> np.ndarray:
     return np.take_along_axis(feats, perms[..., None], axis=2)
 
 
-def relabel(
-    draws: xr.DataTree,
-    reference: dict,
-    scale_floor: float = DEFAULT_SCALE_FLOOR,
-    max_iter: int = DEFAULT_MAX_ITER,
-) -> Relabelling:
-    """Relabel every draw to best match ``reference`` (a point: canonical names, no chain/draw)."""
-    ds = posterior_dataset(draws)
-    reference = conform_point(reference, ds)
-    feats, names = draw_features(ds)
-    ref = point_features(reference, ds)
+def permutations_for(feats: np.ndarray, ref: np.ndarray, scale_floor: float = DEFAULT_SCALE_FLOOR,
+                     max_iter: int = DEFAULT_MAX_ITER) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
+    """The relabelling rule on bare arrays: feats (chain, draw, component, feature), ref
+    (component, feature) -> (permutations, final scales (component, feature), draws left at
+    identity, refinements run, whether they settled). See the module docstring."""
     scales = np.broadcast_to(feature_scales(feats, scale_floor), ref.shape)
     perms, nonfinite = best_permutations(assignment_costs(feats, ref, scales))
     iterations, converged = 0, False
@@ -232,6 +226,21 @@ def relabel(
             converged = True
             break
         perms = new
+    return perms, scales, nonfinite, iterations, converged
+
+
+def relabel(
+    draws: xr.DataTree,
+    reference: dict,
+    scale_floor: float = DEFAULT_SCALE_FLOOR,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> Relabelling:
+    """Relabel every draw to best match ``reference`` (a point: canonical names, no chain/draw)."""
+    ds = posterior_dataset(draws)
+    reference = conform_point(reference, ds)
+    feats, names = draw_features(ds)
+    ref = point_features(reference, ds)
+    perms, scales, nonfinite, iterations, converged = permutations_for(feats, ref, scale_floor, max_iter)
     return Relabelling(
         draws=apply_permutations(draws, perms),
         permutations=perms,

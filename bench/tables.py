@@ -25,7 +25,7 @@ from backends.base import METHODS
 
 CELL_KEYS = ["scenario", "setup", "backend", "method"]
 FIT_KEYS = ["fit", "backend", "method"]  # the columns every per-fit table starts with
-MODE_WORDS = ("truth", "reference", "collapsed", "other", "mixed")
+MODE_WORDS = ("truth", "reference", "biased", "collapsed", "other", "mixed")
 TARGET_MODES = ("truth", "reference")
 ESS_TARGET = 1000  # "seconds to 1000 effective draws"
 # Health thresholds of the report's own flags (used where rows carry no flags column).
@@ -146,6 +146,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per fit id: its identity, landings, recovery, cost and health over its seeds.
     Medians over the ok seeds unless a name says otherwise."""
     records = []
+    pointwise: dict[str, np.ndarray | None] = {}
     for fit_id, group in frame.groupby("fit", sort=False):
         ok = group[group["status"] == "ok"]
         first = group.iloc[0]
@@ -175,6 +176,11 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         # from its mean in its sds, and how many seeds hold a chain in a poorer mode.
         gap = num(ok, "lp_gap")
         record["lp_gap_max"] = gap.max() if gap.notna().any() else math.nan
+        # The other extreme: the chain furthest above the reference (most negative gap), which
+        # lp_gap (the chain furthest below) leaves out.
+        chain_gaps = [float(g) for text in col(ok, "lp_gap_chains") if isinstance(text, str) and text
+                      for g in text.split(";")]
+        record["lp_gap_min"] = min(chain_gaps) if chain_gaps else math.nan
         distance = num(ok, "ref_distance_sd")
         record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
         below = num(ok, "chains_below")
@@ -183,8 +189,10 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             record[f"{family}_err"] = _median(num(ok, f"{family}_err_max"))
             record[f"{family}_cover"] = num(ok, f"{family}_coverage").mean()
             record[f"{family}_w1"] = _median(num(ok, f"{family}_w1_max"))
+            record[f"{family}_w1_floor"] = _median(num(ok, f"{family}_w1_floor"))
         record["elpd_loo"] = _median(num(ok, "elpd_loo"))
         record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
+        pointwise[fit_id] = _median_seed_pointwise(ok)
         # Compile apart: the first cell of a setup compiles, later ones mostly load a cache, so
         # a median would mix the two; its range says which is which.
         compile_s = num(ok, "t_compile")
@@ -216,9 +224,41 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     if len(fits):
         # elpd sums over observations (thousands of nats): the difference to the best fit of the
         # same data is what compares, as arviz-stats' compare shows it.
-        best = fits.groupby(["scenario", "setup"])["elpd_loo"].transform("max")
+        # A fit with a degenerate component is never the best: its elpd is high only because
+        # the likelihood is unbounded at tied points.
+        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f))
+        best = sound.groupby([fits["scenario"], fits["setup"]]).transform("max")
         fits["elpd_loo_diff"] = fits["elpd_loo"] - best
+        best_fit = sound.groupby([fits["scenario"], fits["setup"]]).transform(
+            lambda s_: fits.loc[s_.idxmax(), "fit"] if s_.notna().any() else None)
+        fits["elpd_loo_best"] = best_fit
+        fits["elpd_loo_diff_se"] = [paired_elpd_se(pointwise.get(f), pointwise.get(b)) if isinstance(b, str) else math.nan
+                                    for f, b in zip(fits["fit"], best_fit)]
     return fits
+
+
+def _median_seed_pointwise(ok: pd.DataFrame) -> np.ndarray | None:
+    """The pointwise elpd_loo of the seed whose elpd_loo is the median's (the lower middle one),
+    None when no seed recorded it."""
+    elpd = num(ok, "elpd_loo")
+    texts = col(ok, "elpd_loo_pointwise")
+    usable = elpd.notna() & texts.map(lambda t: isinstance(t, str) and t != "")
+    if not usable.any():
+        return None
+    ordered = elpd[usable].sort_values()
+    pick = ordered.index[(len(ordered) - 1) // 2]
+    return np.array([float(v) for v in texts[pick].split(";")])
+
+
+def paired_elpd_se(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Standard error of elpd_loo(a) - elpd_loo(b) from the pointwise differences,
+    sqrt(n var(a_i - b_i)) (Vehtari, Gelman & Gabry 2017, eq. 24; arviz-stats' ``compare`` dse);
+    0 for a fit against itself, NaN when either lacks pointwise values or they differ in length."""
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return math.nan
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    valid = diff[np.isfinite(diff)]
+    return float(np.sqrt(valid.size * np.var(valid))) if valid.size else math.nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,14 +354,20 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               _view(fits, [*key, ("seeds", "seeds ok"), ("rhat_max", "R-hat max"), ("divergences", "divergences"),
                            ("converged", "converged"), ("flags", "flags")])),
         Table("vi", "Approximation quality", "PSIS k-hat of the VI and Pathfinder draws (below 0.5 good, 0.7 or "
-              "more: not usable as the posterior) and distances to the reference posterior, where measured.",
+              "more: not usable as the posterior) and W1 distances to the reference posterior, where measured, "
+              "each beside its noise floor (the W1 two exact samples of the fit's size have).",
               _view(fits, [*key, ("khat", "k-hat"), ("khat_worst", "k-hat worst"),
-                           ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"), ("b_w1", "intercept W1"),
-                           ("sigma_w1", "sigma W1"), ("pi_w1", "weight W1")])),
+                           ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"),
+                           ("w_w1_floor", "slope W1 floor"), ("b_w1", "intercept W1"),
+                           ("b_w1_floor", "intercept W1 floor"), ("sigma_w1", "sigma W1"),
+                           ("sigma_w1_floor", "sigma W1 floor"), ("pi_w1", "weight W1"),
+                           ("pi_w1_floor", "weight W1 floor")])),
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
-              "median over seeds, and its difference to the best fit of the same data.",
+              "median over seeds, its difference to the best fit of the same data (never one with a degenerate "
+              "component) and the standard error of that difference from the paired pointwise differences "
+              "(the median seed of each fit; arviz-stats' compare dse).",
               _view(fits, [*key, ("elpd_loo", "elpd_loo"), ("elpd_loo_se", "elpd_loo se"),
-                           ("elpd_loo_diff", "elpd_loo - best")])),
+                           ("elpd_loo_diff", "elpd_loo - best"), ("elpd_loo_diff_se", "se of the difference")])),
     ]
     return [t for t in tables if not t.empty]
 

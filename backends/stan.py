@@ -143,9 +143,10 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _compile_lock():
-    """Serialise Stan builds across processes (backends.caches owns the lock and the store)."""
-    return build_lock("stan")
+def _compile_lock(key: str):
+    """One process at a time builds the program ``key`` (backends.caches owns the lock and the
+    store); other programs build meanwhile."""
+    return build_lock("stan", key)
 
 
 @contextlib.contextmanager
@@ -396,7 +397,7 @@ class StanBackend(Backend):
         note_compile("cold")
         code = program_code()
         name = httpstan.models.calculate_model_name(code)
-        with _compile_lock(), _quiet():
+        with _compile_lock(f"httpstan-{name.replace('/', '-')}"), _quiet():
             compiled = name in httpstan.cache.list_model_names()
             try:
                 model = stan.build(code, data=stan_data(spec, dataset))
@@ -432,7 +433,7 @@ class StanBackend(Backend):
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)
         exe = source.with_suffix(".exe" if os.name == "nt" else "")
-        with _compile_lock(), _quiet():
+        with _compile_lock(f"cmdstan-{key}"), _quiet():
             compiled = exe.exists()
             exe_path = cmdstanpy.compile_stan_file(source)
             self._cmdstan_model = cmdstanpy.CmdStanModel(stan_file=source, exe_file=exe_path)

@@ -89,9 +89,10 @@ def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool
     """The shared library of ``code`` compiled with ``stanc_args``; and whether it was cached."""
     from backends.caches import build_lock, private_dir
 
-    directory = cache_dir() / library_key(code, stanc_args)
+    key = library_key(code, stanc_args)
+    directory = cache_dir() / key
     library = directory / "model.so"
-    with build_lock("stan"):
+    with build_lock("stan", f"gradient-{key}"):
         private_dir(directory)  # a library is loaded from here: only from a private directory
         if library.is_file():
             return library, True

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import xarray as xr
@@ -386,14 +386,29 @@ def failed(backend: str, method: str, exc: BaseException, engine: str | None = N
                traceback=traceback.format_exc())
 
 
+# Told the phase a fit enters (a stopwatch's) and None when it leaves it: a worker tells its run,
+# whose progress line then says what each cell is doing (Stan compiling for a minute, say).
+_phase_listener: Callable[[str | None], None] | None = None
+
+
+def set_phase_listener(listener: Callable[[str | None], None] | None) -> None:
+    """Call ``listener(phase)`` when a ``stopwatch`` block starts and ``listener(None)`` when it ends."""
+    global _phase_listener
+    _phase_listener = listener
+
+
 @contextmanager
 def stopwatch(timings: dict[str, float], phase: str):
     """Add the wall time of the block to ``timings[phase]``."""
+    if _phase_listener is not None:
+        _phase_listener(phase)
     start = time.perf_counter()
     try:
         yield
     finally:
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+        if _phase_listener is not None:
+            _phase_listener(None)
 
 
 def canonical_datatree(

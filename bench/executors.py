@@ -160,23 +160,30 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
     _die_with_parent(conn)
-    # The run does not count waiting for another process's build against the cell's time limit.
+    # The run does not count waiting for another process's build against the cell's time limit,
+    # and its progress line says what the cell is doing.
+    from backends.base import set_phase_listener
     from backends.caches import set_wait_listener
 
     set_wait_listener(lambda event: _send(conn, (WAIT_MESSAGE, event)))
+    set_phase_listener(lambda phase: _send(conn, (PHASE_MESSAGE, phase)))
     return startup
 
 
-# A worker's message, beside its rows, that it starts or stops waiting for another process's build.
+# A worker's messages beside its rows: it starts or stops waiting for another process's build;
+# its fit enters a timing phase (backends.base.stopwatch) or leaves it (None).
 WAIT_MESSAGE = "compile_wait"
+PHASE_MESSAGE = "phase"
 
 
 @dataclass
 class WaitClock:
-    """The waits a cell's worker reported (``WAIT_MESSAGE``), as the parent times them."""
+    """What a cell's worker reported beside its row: its waits for another process's build
+    (``WAIT_MESSAGE``), as the parent times them, and the phase its fit is in."""
 
     waited: float = 0.0
     since: float | None = None
+    phase: str | None = None
 
     def note(self, event: str) -> None:
         now = time.perf_counter()
@@ -185,6 +192,10 @@ class WaitClock:
         elif event == "end" and self.since is not None:
             self.waited += now - self.since
             self.since = None
+
+    def doing(self) -> str | None:
+        """What the cell is doing, for the progress line: waiting for a build, or its phase."""
+        return "compile_wait" if self.since is not None else self.phase
 
     def seconds(self) -> float:
         """Seconds waited so far, the wait in progress included."""
@@ -198,8 +209,10 @@ def receive_row(conn, clock: WaitClock) -> dict[str, Any] | None:
         message = conn.recv()
         if isinstance(message, tuple) and message and message[0] == WAIT_MESSAGE:
             clock.note(message[1])
-            continue
-        return message
+        elif isinstance(message, tuple) and message and message[0] == PHASE_MESSAGE:
+            clock.phase = message[1]
+        else:
+            return message
     return None
 
 
@@ -382,8 +395,9 @@ class LocalProcessExecutor:
                         del active[pid], clocks[pid]
                         on_row(row)
                 if progress:
-                    for cell, _, _, started in active.values():
-                        progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started})
+                    for pid, (cell, _, _, started) in active.items():
+                        progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started,
+                                          "doing": clocks[pid].doing()})
                 # Woken as soon as a row arrives or a worker dies, so the row's hand-over adds
                 # no polling delay to time_total; the interval only paces progress and time-outs.
                 waitables = [r for _, _, r, _ in active.values()] + [p.sentinel for _, p, _, _ in active.values()]
@@ -482,7 +496,8 @@ class WarmProcessExecutor:
                     for worker in workers:
                         if worker.cell is not None:
                             progress("tick", {"cell_id": worker.cell.id,
-                                              "elapsed": time.perf_counter() - worker.started})
+                                              "elapsed": time.perf_counter() - worker.started,
+                                              "doing": worker.clock.doing()})
                 busy = [w for w in workers if w.cell is not None]
                 waitables = [w.results for w in busy] + [w.proc.sentinel for w in busy]
                 if waitables:

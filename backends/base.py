@@ -14,12 +14,13 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import xarray as xr
 from arviz_base import from_dict
 
+from backends.caches import waited_seconds
 from backends.degenerate import data_resolution, degenerate_components
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -44,9 +45,11 @@ Status = Literal["ok", "unsupported", "failed"]
 # compile / warmup / sampling / extraction; VI and MAP compile / optimisation / extraction.
 # warmup_and_sampling: an engine that runs both as one call it times as a whole (PyMC's numpyro
 # sampler); overhead: wall time of the engine call outside every chain's own clock (thread or
-# process start-up, the engine's trace conversion).
+# process start-up, the engine's trace conversion); compile_wait: time spent waiting for another
+# process to finish building the same program (taken out of compile; not counted against a
+# cell's time limit).
 TIMING_PHASES: tuple[str, ...] = (
-    "compile", "warmup", "sampling", "warmup_and_sampling", "optimisation", "extraction", "overhead",
+    "compile", "compile_wait", "warmup", "sampling", "warmup_and_sampling", "optimisation", "extraction", "overhead",
 )
 
 # The NUTS engines (``FitSettings.sampler``) and VI optimisers (``FitSettings.optimizer``) each
@@ -400,14 +403,29 @@ def failed(backend: str, method: str, exc: BaseException, engine: str | None = N
                traceback=traceback.format_exc())
 
 
+# Told the phase a fit enters (a stopwatch's) and None when it leaves it: a worker tells its run,
+# whose progress line then says what each cell is doing (Stan compiling for a minute, say).
+_phase_listener: Callable[[str | None], None] | None = None
+
+
+def set_phase_listener(listener: Callable[[str | None], None] | None) -> None:
+    """Call ``listener(phase)`` when a ``stopwatch`` block starts and ``listener(None)`` when it ends."""
+    global _phase_listener
+    _phase_listener = listener
+
+
 @contextmanager
 def stopwatch(timings: dict[str, float], phase: str):
     """Add the wall time of the block to ``timings[phase]``."""
+    if _phase_listener is not None:
+        _phase_listener(phase)
     start = time.perf_counter()
     try:
         yield
     finally:
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+        if _phase_listener is not None:
+            _phase_listener(None)
 
 
 def canonical_datatree(
@@ -615,6 +633,7 @@ class Backend(ABC):
         dataset.check_against(spec)
         reason = self.unsupported_reason(spec, method, settings)
         _compile_notes = []
+        waited_before = waited_seconds()
         try:
             if reason is not None:
                 result = unsupported(self.name, method, reason)
@@ -627,6 +646,13 @@ class Backend(ABC):
                 result.compile = "cold" if "cold" in _compile_notes else "warm"
         finally:
             _compile_notes = None
+        waited = waited_seconds() - waited_before
+        if waited > 0:
+            # Waiting for another process's build of the same program (backends.caches.build_lock)
+            # is not this fit's compile: its own phase, which the run does not count against the
+            # cell's time limit.
+            result.timings["compile"] = max(result.timings.get("compile", 0.0) - waited, 0.0)
+            result.timings["compile_wait"] = waited
         result.timings = check_timings(result.timings)
         if result.ok and result.draws is not None:
             store_vi_arrays(result)

@@ -38,7 +38,9 @@ import platform
 import shutil
 import stat
 import tempfile
+import time
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,16 +83,51 @@ def store_dir(name: str) -> Path:
     return cache_root() / name
 
 
+# Seconds this process has waited, in all, for other processes' builds (``build_lock``), and
+# who is told when a wait starts and ends (a worker tells its run, which does not count the wait
+# against the cell's time limit).
+_waited = 0.0
+_wait_listener: Callable[[str], None] | None = None
+
+
+def waited_seconds() -> float:
+    """Seconds this process has spent, in all, waiting for another process's build of a program
+    it needed (``build_lock``). Backend.fit reports the part spent during a fit as its
+    ``compile_wait`` phase."""
+    return _waited
+
+
+def set_wait_listener(listener: Callable[[str], None] | None) -> None:
+    """Call ``listener("start")`` when this process begins waiting for another's build and
+    ``listener("end")`` when it stops (None: nobody)."""
+    global _wait_listener
+    _wait_listener = listener
+
+
 @contextlib.contextmanager
-def build_lock(name: str):
-    """Hold the exclusive lock of store ``name`` while building into it: parallel workers would
-    otherwise compile the same program into the same place side by side. The store is made
+def build_lock(name: str, key: str):
+    """Hold the exclusive lock of program ``key`` of store ``name`` while building it: two
+    processes building one program would otherwise compile it side by side into one place, while
+    different programs build in parallel. Waiting for another process that holds the lock is
+    added to ``waited_seconds`` (a wait, not a compile). Yields the store's directory, made
     private (``private_dir``) first, since what is built there is loaded as code."""
     import fcntl
 
+    global _waited
     directory = private_dir(store_dir(name))
-    with open(directory / "compile.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(private_dir(store_dir("locks")) / f"{name}-{key}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if _wait_listener is not None:
+                _wait_listener("start")
+            start = time.perf_counter()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            finally:
+                _waited += time.perf_counter() - start
+                if _wait_listener is not None:
+                    _wait_listener("end")
         try:
             yield directory
         finally:

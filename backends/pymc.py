@@ -2,8 +2,9 @@
 
 NUTS runs through nutpie (default), PyMC's own sampler or PyMC's NumPyro/JAX sampler. VI is
 pm.fit's ADVI (mean-field or full-rank, on the full data or on minibatches), Pathfinder comes
-from pymc-extras, MAP from pm.find_MAP, the Laplace approximation from pymc-extras' compiled
-log density, gradient and Hessian (``_laplace``).
+from pymc-extras, MAP is pm.find_MAP's L-BFGS-B and the Laplace approximation a trust-region
+search, both on pymc-extras' compiled log density and derivatives, compiled once per model so
+that every start of a multi-start search reuses them (``_map``, ``_laplace``).
 
 The model and its canonical <-> native parameter maps are models/pymc_model.py's, beside the
 NumPyro model and the Stan program; this module adapts them to the engines.
@@ -29,6 +30,7 @@ import pymc.variational as pmvi
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
+from scipy import optimize
 from pytensor.graph.replace import graph_replace
 
 # Numba is PyTensor's default linker: loading its dispatch modules (and Numba) belongs to this
@@ -201,26 +203,47 @@ class _Compiled:
         function.trust_input = True
         return function
 
-    def laplace_objective(self):
-        """f(flat value vars) -> (-log density with the Jacobian, its gradient, its Hessian).
-
-        pymc-extras' ``scipy_optimize_funcs_from_loss``, the fused function its ``fit_laplace``
-        compiles, given the log density *with* the Jacobian: fit_laplace itself maximises
-        ``model.logp(jacobian=False)``, the constrained-space MAP, not the unconstrained mode a
-        Laplace approximation on the unconstrained space is centred at. The flat vector is the
-        value variables in ``model.value_vars`` order, each raveled.
-        """
+    def _scipy_objective(self, name: str, jacobian: bool, hessian: bool):
+        """pymc-extras' ``scipy_optimize_funcs_from_loss`` on -log density (with or without the
+        Jacobian): the fused f(flat value vars) -> (loss, gradient[, Hessian]) that its
+        ``find_MAP`` and ``fit_laplace`` compile. Built once per entry, so every start of a
+        multi-start search runs on it. The flat vector is the value variables in
+        ``model.value_vars`` order, each raveled."""
         def build():
             from pymc_extras.inference.laplace_approx.scipy_interface import scipy_optimize_funcs_from_loss
 
             model = self.model
             start = model.initial_point()
             f_fused, _ = scipy_optimize_funcs_from_loss(
-                loss=-model.logp(jacobian=True), inputs=model.value_vars,
+                loss=-model.logp(jacobian=jacobian), inputs=model.value_vars,
                 initial_point_dict={v.name: start[v.name] for v in model.value_vars},
-                use_grad=True, use_hess=True, use_hessp=False)
+                use_grad=True, use_hess=hessian, use_hessp=False)
             return f_fused
-        return self._get("laplace_objective", build)
+        return self._get(name, build)
+
+    def jittered_start(self):
+        """f(seed) -> {value variable name: value}: PyMC's initial point jittered in the
+        unconstrained space, as NUTS starts (the plain initial point puts every unordered
+        component at the same place, a saddle that a gradient method never leaves)."""
+        from pymc.initial_point import make_initial_point_fn
+
+        return self._get("jittered_start", lambda: make_initial_point_fn(
+            model=self.model, jitter_rvs=set(self.model.free_RVs), return_transformed=True), stored=False)
+
+    def map_objective(self):
+        """f(flat value vars) -> (-log density without the Jacobian, its gradient): what
+        ``pm.find_MAP`` minimises (the constrained-space mode, searched on the unconstrained
+        space), compiled once instead of inside every ``find_MAP`` call."""
+        return self._scipy_objective("map_objective", jacobian=False, hessian=False)
+
+    def laplace_objective(self):
+        """f(flat value vars) -> (-log density with the Jacobian, its gradient, its Hessian).
+
+        Given the log density *with* the Jacobian: pymc-extras' ``fit_laplace`` itself maximises
+        ``model.logp(jacobian=False)``, the constrained-space MAP, not the unconstrained mode a
+        Laplace approximation on the unconstrained space is centred at.
+        """
+        return self._scipy_objective("laplace_objective", jacobian=True, hessian=True)
 
     def nutpie(self):
         """nutpie's compiled model, holding the current data (nutpie copies shared data in)."""
@@ -748,33 +771,49 @@ class PyMCBackend(Backend):
 
     def _map(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
              seed: int) -> Fit:
-        from pymc.initial_point import make_initial_point_fn
-
+        """One L-BFGS-B start of what ``pm.find_MAP`` does (SciPy on -log density without the
+        Jacobian, over the unconstrained value variables, at most ``vi_iterations`` function
+        evaluations), on a function compiled once per model (``_Compiled.map_objective``):
+        ``find_MAP`` compiles its log density, gradient and output function inside every call,
+        which made each of the multi-start MAP's starts pay the compile again."""
+        engine = "pymc+L-BFGS-B"
         entry = compiled(spec, dataset, settings.precision)
         model = entry.model
-        # From the model's initial point jittered in the unconstrained space, as NUTS starts: the
-        # plain initial point puts every unordered component at the same place, a saddle that a
-        # gradient method never leaves.
-        start = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs),
-                                      return_transformed=False)(seed)
+        dtype = pytensor.config.floatX
+        names = [v.name for v in model.value_vars]
         timings: dict[str, float] = {}
-        # find_MAP compiles its log density and gradient inside the call: compilation cannot be
-        # timed apart and is part of "optimisation".
-        note_compile("cold")
-        with stopwatch(timings, "optimisation"):
-            point, raw = pm.find_MAP(start=start, model=model, seed=seed, progressbar=False,
-                                     include_transformed=False, return_raw=True,
-                                     maxeval=settings.vi_iterations)
+        with stopwatch(timings, "compile"):
+            first = "map_objective" not in entry._fns
+            function = entry.map_objective()
+            constrain = entry.constrain()
+            make_start = entry.jittered_start()
+        point = make_start(seed)
+        x0 = np.concatenate([np.ravel(point[n]) for n in names]).astype(np.float64)
+        if first:
+            with stopwatch(timings, "compile"):
+                # Numba compiles the function's code on its first call: charged here, not to the search.
+                function(x0.astype(dtype))
+
+        def loss_and_gradient(x):
+            loss, grad = function(x.astype(dtype))
+            return float(loss), np.asarray(grad, np.float64)
+
+        with stopwatch(timings, "optimisation"), np.errstate(all="ignore"):
+            raw = optimize.minimize(loss_and_gradient, x0, jac=True, method="L-BFGS-B",
+                                    options={"maxfun": settings.vi_iterations})
         with stopwatch(timings, "extraction"):
-            canonical = _canonical(spec, {n: point[n] for n in entry.output_names}, ())
+            values, start = [], 0
+            for name in names:
+                size = int(np.size(point[name]))
+                values.append(raw.x[start:start + size].reshape(np.shape(point[name])).astype(dtype))
+                start += size
+            canonical = _canonical(spec, dict(zip(entry.output_names, constrain(*values))), ())
             draws = canonical_datatree(spec, {k: np.asarray(v)[None, None] for k, v in canonical.items()},
-                                       attrs={"/": {"backend": self.name, "engine": "pymc+find_MAP"}})
-        with stopwatch(timings, "extraction"):
+                                       attrs={"/": {"backend": self.name, "engine": engine}})
             log_density = self.log_density(spec, dataset, canonical)
-        return Fit(backend=self.name, method="map", status="ok", engine="pymc+find_MAP", draws=draws,
-                   timings=timings, precision=settings.precision,
-                   converged=bool(raw.success) if raw is not None else False,
-                   iterations=int(raw.nit) if raw is not None else settings.vi_iterations,
+        return Fit(backend=self.name, method="map", status="ok", engine=engine, draws=draws,
+                   timings=timings, precision=settings.precision, converged=bool(raw.success),
+                   iterations=int(raw.nit), grad_evals=int(raw.njev),
                    point=canonical, point_log_density=log_density)
 
     def _laplace(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
@@ -794,8 +833,6 @@ class PyMCBackend(Backend):
         ``grad_evals``: summed over starts. Fails when every start fails or when the negative
         Hessian at the best mode is not positive definite.
         """
-        from pymc.initial_point import make_initial_point_fn
-
         engine = "pymc-extras+laplace"
         entry = compiled(spec, dataset, settings.precision)
         model = entry.model
@@ -807,7 +844,7 @@ class PyMCBackend(Backend):
             # Numba compiles the function's code on its first call: charged here, not to the search.
             initial = model.initial_point()
             objective(np.concatenate([np.ravel(initial[n]) for n in names]))
-        make_start = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs), return_transformed=True)
+            make_start = entry.jittered_start()
         seeds = start_seeds(seed, settings.map_starts)
         with stopwatch(timings, "optimisation"):
             starts = [np.concatenate([np.ravel(p[n]) for n in names]) for p in map(make_start, seeds)]

@@ -144,9 +144,10 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _compile_lock():
-    """Serialise Stan builds across processes (backends.caches owns the lock and the store)."""
-    return build_lock("stan")
+def _compile_lock(key: str):
+    """One process at a time builds the program ``key`` (backends.caches owns the lock and the
+    store); other programs build meanwhile."""
+    return build_lock("stan", key)
 
 
 def _httpstan_libraries(name: str) -> list[Path]:
@@ -415,7 +416,7 @@ class StanBackend(Backend):
         note_compile("cold")
         code = program_code()
         name = httpstan.models.calculate_model_name(code)
-        with _compile_lock():
+        with _compile_lock(f"httpstan-{name.replace('/', '-')}"):
             compiled = name in httpstan.cache.list_model_names() and _httpstan_build_intact(name)
             with _quiet():
                 model, compiled = self._pystan_build(name, code, spec, dataset, compiled)
@@ -462,7 +463,7 @@ class StanBackend(Backend):
         if not source.exists():  # written once, so the executable stays newer than its source
             source.write_text(code)
         exe = source.with_suffix(".exe" if os.name == "nt" else "")
-        with _compile_lock():
+        with _compile_lock(f"cmdstan-{key}"):
             compiled = artefacts.intact(exe)  # a cut-off or foreign executable is discarded, not run
             with _quiet():
                 exe_path = cmdstanpy.compile_stan_file(source)

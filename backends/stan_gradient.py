@@ -90,9 +90,10 @@ def build_library(code: str, stanc_args: Sequence[str] = ()) -> tuple[Path, bool
     from backends import artefacts
     from backends.caches import build_lock, private_dir
 
-    directory = cache_dir() / library_key(code, stanc_args)
+    key = library_key(code, stanc_args)
+    directory = cache_dir() / key
     library = directory / "model.so"
-    with build_lock("stan"):
+    with build_lock("stan", f"gradient-{key}"):
         private_dir(directory)  # a library is loaded from here: only from a private directory
         if artefacts.intact(library):  # a cut-off or foreign library is discarded, not loaded
             return library, True

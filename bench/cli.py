@@ -11,6 +11,7 @@ written) or an internal error, 128 + the signal number when SIGINT (130), SIGTER
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -292,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     runner = run.add_argument_group("running")
     runner.add_argument("--out", metavar="DIR", type=Path, default=None,
                         help="output directory (default results/<scenario or data file name>); rerunning resumes")
-    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1,
-                        help="cells run in parallel, each in its own process (default 1); with --executor dask "
-                             "and no --scheduler, the LocalCluster's workers")
+    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=None,
+                        help="cells run in parallel, each in its own process (default: the cores this "
+                             "process may use, at most the number of cells); with --executor dask and no "
+                             "--scheduler, the LocalCluster's workers")
     _add_executor_options(runner)
     runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=1800.0,
                         help="a cell still running after this is stopped and recorded as timeout (default 1800)")
@@ -497,11 +499,16 @@ def _check_sizes(spec, sizes: list[int], methods: list[str], settings: dict) -> 
             check_memory(spec, n, method, fit_settings)
 
 
+# How the progress line names a cell's timing phase (backends.base.TIMING_PHASES) while it runs.
+DOING = {"compile": "compiling", "compile_wait": "waiting for another process's build", "warmup": "warming up",
+         "optimisation": "optimising", "extraction": "extracting"}
+
+
 class Progress:
     """What the run is doing, on stderr.
 
-    On a terminal: one status line, rewritten in place, naming every cell in flight and its time
-    so far (all of them, so two cells in flight do not take turns on the line). Piped (a log
+    On a terminal: one status line, rewritten in place, naming every cell in flight, what its
+    worker says it is doing (compiling, warming up; ``DOING``) and its time so far (all of them, so two cells in flight do not take turns on the line). Piped (a log
     file, CI): a line when a cell starts and when it ends, and while cells run a line at least
     every ``heartbeat_s`` seconds (a long compile shows up as a run that is alive), with the last
     line the cell's engine wrote to its log when it wrote one.
@@ -515,7 +522,12 @@ class Progress:
         self.live = stream.isatty()
         self.log_dir, self.clock = log_dir, clock
         self.running: dict[str, float] = {}  # cell id -> seconds so far
+        self.doing: dict[str, str | None] = {}  # cell id -> what its worker says it does now
         self.last_line = clock()
+
+    def _doing(self, cell_id: str) -> str:
+        doing = self.doing.get(cell_id)
+        return f"{doing} " if doing else ""
 
     def _print(self, text: str, end: str = "\n") -> None:
         print(text, end=end, file=self.stream, flush=True)
@@ -548,18 +560,21 @@ class Progress:
                 self._print(f"[{self.done + len(self.running)}/{self.total}] {info['cell_id']} started")
         elif event == "tick":
             self.running[info["cell_id"]] = info["elapsed"]
+            self.doing[info["cell_id"]] = DOING.get(info.get("doing"), info.get("doing"))
             if self.live:
                 width = shutil.get_terminal_size((100, 20)).columns
-                cells = ", ".join(f"{cell} {seconds:.0f} s" for cell, seconds in self.running.items())
+                cells = ", ".join(f"{cell} {self._doing(cell)}{seconds:.0f} s" for cell, seconds in self.running.items())
                 text = f"[{self.done}/{self.total} done] running {cells}"
                 print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
             elif self.clock() - self.last_line >= self.heartbeat_s:
                 for cell, seconds in self.running.items():
                     tail = self._log_tail(cell)
-                    self._print(f"  ... {cell} still running, {seconds:.0f} s" + (f": {tail}" if tail else ""))
+                    self._print(f"  ... {cell} still running, {self._doing(cell)}{seconds:.0f} s"
+                                + (f": {tail}" if tail else ""))
         elif event == "done":
             self.done += 1
             self.running.pop(info["cell_id"], None)
+            self.doing.pop(info["cell_id"], None)
             status = info.get("status")
             detail = f": {info.get('error') or info.get('reason')}" if status != "ok" else ""
             line = f"[{self.done}/{self.total}] {info['cell_id']} {status} in {info.get('time_cell', 0):.1f} s{detail}"
@@ -571,7 +586,13 @@ class Progress:
                 self._print(f"  warning: {note}")
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cmd_run(args) -> int:
+    from backends import compile_rank
     from bench.bytecode import ensure_bytecode
     from bench.executors import LOGS_DIR, make_executor
     from bench.harness import CELLS_FILE, RunOptions, run_grid
@@ -581,7 +602,11 @@ def cmd_run(args) -> int:
     note = data_prior_note(cells)
     if note:
         print(f"mixbench run: {note}", file=sys.stderr)  # the run goes on: a warning, not a refusal
-    executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
+    # The longest cold compile first (Stan), so that it overlaps the other cells (stable: within
+    # a backend the grid's order stays).
+    cells = sorted(cells, key=lambda cell: compile_rank(cell.backend))
+    jobs = args.jobs or max(1, min(available_cores(), len(cells)))
+    executor = make_executor(args.executor, jobs=jobs, scheduler=args.scheduler)
     ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
     cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / label

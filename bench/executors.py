@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,7 +161,65 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
     # Own process group, so a time-out kills the engine's own workers (httpstan, chains) too.
     os.setsid()
     _die_with_parent(conn)
+    # The run does not count waiting for another process's build against the cell's time limit,
+    # and its progress line says what the cell is doing.
+    from backends.base import set_phase_listener
+    from backends.caches import set_wait_listener
+
+    set_wait_listener(lambda event: _send(conn, (WAIT_MESSAGE, event)))
+    set_phase_listener(lambda phase: _send(conn, (PHASE_MESSAGE, phase)))
     return startup
+
+
+# A worker's messages beside its rows: it starts or stops waiting for another process's build;
+# its fit enters a timing phase (backends.base.stopwatch) or leaves it (None).
+WAIT_MESSAGE = "compile_wait"
+PHASE_MESSAGE = "phase"
+
+
+@dataclass
+class WaitClock:
+    """What a cell's worker reported beside its row: its waits for another process's build
+    (``WAIT_MESSAGE``), as the parent times them, and the phase its fit is in."""
+
+    waited: float = 0.0
+    since: float | None = None
+    phase: str | None = None
+
+    def note(self, event: str) -> None:
+        now = time.perf_counter()
+        if event == "start" and self.since is None:
+            self.since = now
+        elif event == "end" and self.since is not None:
+            self.waited += now - self.since
+            self.since = None
+
+    def doing(self) -> str | None:
+        """What the cell is doing, for the progress line: waiting for a build, or its phase."""
+        return "compile_wait" if self.since is not None else self.phase
+
+    def seconds(self) -> float:
+        """Seconds waited so far, the wait in progress included."""
+        return self.waited + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+
+def receive_row(conn, clock: WaitClock) -> dict[str, Any] | None:
+    """The row waiting on ``conn``, if any, after noting every wait message before it in
+    ``clock``. Raises EOFError or OSError as ``conn.recv`` does."""
+    while conn.poll():
+        message = conn.recv()
+        if isinstance(message, tuple) and message and message[0] == WAIT_MESSAGE:
+            clock.note(message[1])
+        elif isinstance(message, tuple) and message and message[0] == PHASE_MESSAGE:
+            clock.phase = message[1]
+        else:
+            return message
+    return None
+
+
+def over_limit(elapsed: float, clock: WaitClock, time_limit: float | None) -> bool:
+    """Whether a cell ``elapsed`` seconds in has used its time limit, its waits not counted."""
+    return time_limit is not None and elapsed - clock.seconds() > time_limit
 
 
 @contextlib.contextmanager
@@ -313,6 +371,7 @@ class LocalProcessExecutor:
             _start_forkserver(self._context, cells)
         pending = list(cells)
         active: dict[int, tuple[Any, Any, Any, float]] = {}
+        clocks: dict[int, WaitClock] = {}
         try:
             while pending or active:
                 while pending and len(active) < self.jobs:
@@ -328,16 +387,18 @@ class LocalProcessExecutor:
                     proc.start()
                     sender.close()
                     active[proc.pid] = (cell, proc, receiver, started)
+                    clocks[proc.pid] = WaitClock()
                     if progress:
                         progress("start", {"cell_id": cell.id})
                 for pid, (cell, proc, receiver, started) in list(active.items()):
-                    row = self._poll(cell, proc, receiver, started, options.time_limit)
+                    row = self._poll(cell, proc, receiver, started, options.time_limit, clocks[pid])
                     if row is not None:
-                        del active[pid]
+                        del active[pid], clocks[pid]
                         on_row(row)
                 if progress:
-                    for cell, _, _, started in active.values():
-                        progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started})
+                    for pid, (cell, _, _, started) in active.items():
+                        progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started,
+                                          "doing": clocks[pid].doing()})
                 # Woken as soon as a row arrives or a worker dies, so the row's hand-over adds
                 # no polling delay to time_total; the interval only paces progress and time-outs.
                 waitables = [r for _, _, r, _ in active.values()] + [p.sentinel for _, p, _, _ in active.values()]
@@ -351,13 +412,14 @@ class LocalProcessExecutor:
                 _kill(proc)
                 receiver.close()
 
-    def _poll(self, cell, proc, receiver, started, time_limit) -> dict[str, Any] | None:
+    def _poll(self, cell, proc, receiver, started, time_limit, clock: WaitClock) -> dict[str, Any] | None:
         elapsed = time.perf_counter() - started
-        if receiver.poll():
-            try:
-                row = receiver.recv()
-            except EOFError:
-                row = None
+        ended = False
+        try:
+            row = receive_row(receiver, clock)
+        except EOFError:
+            row, ended = None, True
+        if row is not None or ended:
             if row is not None:
                 # The cell's whole cost seen from here: process start to row received.
                 row["time_total"] = time.perf_counter() - started
@@ -370,7 +432,7 @@ class LocalProcessExecutor:
             proc.join()
             return dead_row(cell, "crashed", f"cell process died ({_exit_text(proc.exitcode)}) before writing its row",
                             elapsed)
-        if time_limit is not None and elapsed > time_limit:
+        if over_limit(elapsed, clock, time_limit):
             _kill(proc)
             return dead_row(cell, "timeout", time_limit_text(time_limit), elapsed)
         return None
@@ -387,6 +449,7 @@ class _Warm:
     cell: Any = None  # the cell it runs now, None when idle
     last: Any = None  # the cell it ran last
     started: float = 0.0
+    clock: WaitClock = field(default_factory=WaitClock)  # its cell's waits for other builds
 
 
 class WarmProcessExecutor:
@@ -434,7 +497,8 @@ class WarmProcessExecutor:
                     for worker in workers:
                         if worker.cell is not None:
                             progress("tick", {"cell_id": worker.cell.id,
-                                              "elapsed": time.perf_counter() - worker.started})
+                                              "elapsed": time.perf_counter() - worker.started,
+                                              "doing": worker.clock.doing()})
                 busy = [w for w in workers if w.cell is not None]
                 waitables = [w.results for w in busy] + [w.proc.sentinel for w in busy]
                 if waitables:
@@ -491,6 +555,7 @@ class WarmProcessExecutor:
     def _hand(worker: _Warm, cell, progress) -> None:
         worker.cell = worker.last = cell
         worker.started = time.perf_counter()
+        worker.clock = WaitClock()
         _send(worker.tasks, (cell, time.time()))
         if progress:
             progress("start", {"cell_id": cell.id})
@@ -498,19 +563,18 @@ class WarmProcessExecutor:
     @staticmethod
     def _poll(worker: _Warm, time_limit: float | None) -> dict[str, Any] | None:
         elapsed = time.perf_counter() - worker.started
-        if worker.results.poll():
-            try:
-                row = worker.results.recv()
-            except (EOFError, OSError):
-                row = None
-            if row is not None:
-                row["time_total"] = time.perf_counter() - worker.started
-                return row
+        try:
+            row = receive_row(worker.results, worker.clock)
+        except (EOFError, OSError):
+            row = None
+        if row is not None:
+            row["time_total"] = time.perf_counter() - worker.started
+            return row
         if not worker.proc.is_alive():
             worker.proc.join()
             return dead_row(worker.cell, "crashed",
                             f"cell process died ({_exit_text(worker.proc.exitcode)}) before writing its row", elapsed)
-        if time_limit is not None and elapsed > time_limit:
+        if over_limit(elapsed, worker.clock, time_limit):
             _kill(worker.proc)
             return dead_row(worker.cell, "timeout", time_limit_text(time_limit), elapsed)
         return None

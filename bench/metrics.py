@@ -203,6 +203,8 @@ ROW_FIELDS: dict[str, str] = {
     "n_chains": "chains in the draws (1 for VI and MAP)",
     "n_draws": "draws per chain",
     "t_compile": "seconds compiling the model (NaN when the engine does not separate it)",
+    "t_compile_wait": "seconds waiting for another process's build of the same program (not compile; not "
+                      "counted against --time-limit)",
     "t_warmup": "seconds of NUTS warm-up (NaN when absent or not separated)",
     "t_sampling": "seconds of NUTS sampling after warm-up (NaN when absent or not separated)",
     "t_warmup_and_sampling": "seconds of NUTS warm-up and sampling where the engine times them only "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, Fit, canonical_datatree
+from backends.base import Backend, Fit, canonical_datatree, stopwatch
 
 MARKER_ENV = "MIXBENCH_TEST_MARKER"
 PIDS_ENV = "MIXBENCH_TEST_PIDS"
@@ -117,6 +117,25 @@ class RebuildingBackend(QuickBackend):
         warnings.warn("cache entry /x/entry.pkl: failed to load (EOFError: torn); discarded, compiling it again",
                       CacheWarning, stacklevel=2)
         return super()._sample(spec, dataset, method, settings, seed)
+
+
+RELEASE_ENV = "MIXBENCH_TEST_RELEASE"
+
+
+class CompilingBackend(QuickBackend):
+    """QuickBackend whose fit first "compiles" (a compile stopwatch) until the file named by
+    $MIXBENCH_TEST_RELEASE exists (for at most 120 s, so a test that never releases it fails
+    instead of hanging)."""
+
+    name = "compiling"
+
+    def _sample(self, spec, dataset, method, settings, seed):
+        timings = {}
+        with stopwatch(timings, "compile"):
+            wait_until(lambda: Path(os.environ[RELEASE_ENV]).exists(), timeout=120)
+        fit = super()._sample(spec, dataset, method, settings, seed)
+        fit.timings["compile"] = timings["compile"]
+        return fit
 
 
 class RaisingBackend(_Fake):

@@ -1,17 +1,23 @@
 """The cache helpers (backends/caches.py): bounded stores, source digests; entries loaded only from
-private directories, and an entry that fails to load discarded and rebuilt with one warning."""
+private directories, and an entry that fails to load discarded and rebuilt with one warning; one
+build lock per program, a wait for another process's build timed as its own phase."""
 
+import multiprocessing as mp
 import os
 import stat
+import time
 import warnings
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
-from backends.caches import (CacheWarning, cache_root, check_cache_dirs, evict, mark_used, private_dir,
-                             source_digest)
+from backends.base import Backend, Fit, stopwatch
+from backends.caches import (CacheWarning, build_lock, cache_root, check_cache_dirs, evict, mark_used, private_dir,
+                             set_wait_listener, source_digest)
+from bench.executors import WAIT_MESSAGE, WaitClock, over_limit, receive_row
 from models.errors import MixbenchError
+from models.scenarios import get_scenario
 
 
 def _entry(directory, name, size, mtime):
@@ -211,3 +217,108 @@ def test_a_run_with_an_unsafe_cache_is_refused_before_any_cell(cache_home, tmp_p
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"mixbench run: error: cache directory {root}: writable by group (mode 0775)")
     assert executions(marker) == []
+
+
+# --- build locks: one per program, a wait for another process's build is its own phase --------
+
+BUILD_SECONDS = 0.5  # the fake compile
+
+
+class _BuildingBackend(Backend):
+    """A fit that builds program ``key`` once into the "stan" store under its build lock (the
+    fake compile sleeps BUILD_SECONDS), as the Stan backend builds its executable. ``holding`` is
+    set once the lock is held; the build then waits for ``release`` (when given)."""
+
+    name = "building"
+    methods = {"nuts": "_sample"}
+
+    def __init__(self, key: str, holding=None, release=None):
+        self.key, self.holding, self.release = key, holding, release
+
+    def versions(self):
+        return {}
+
+    def log_density(self, spec, dataset, params):
+        return 0.0
+
+    def _sample(self, spec, dataset, method, settings, seed):
+        timings = {}
+        with stopwatch(timings, "compile"), build_lock("stan", self.key) as directory:
+            if self.holding is not None:
+                self.holding.set()
+            if self.release is not None:
+                self.release.wait()
+            program = directory / self.key
+            if not program.exists():
+                time.sleep(BUILD_SECONDS)
+                program.write_text("built")
+        return Fit(backend=self.name, method=method, status="ok", timings=timings)
+
+
+def _fit_timings(backend: Backend) -> dict[str, float]:
+    scenario = get_scenario("forum-small")
+    return backend.fit(scenario.spec, scenario.simulate(0, N=20), "nuts").timings
+
+
+def _hold_and_build(cache: str, key: str, holding, release, results) -> None:
+    os.environ["XDG_CACHE_HOME"] = cache
+    results.put(_fit_timings(_BuildingBackend(key, holding, release)))
+
+
+@pytest.fixture
+def builder(cache_home):
+    """Start another process whose fit holds the build lock of a program (its first argument)
+    until this process starts waiting for a build lock; yields the start function, then the other
+    process's fit timings are in ``results``."""
+    context = mp.get_context("spawn")
+    holding, release, results = context.Event(), context.Event(), context.Queue()
+    processes = []
+
+    def start(key: str):
+        process = context.Process(target=_hold_and_build,
+                                  args=(str(cache_home), key, holding, release, results))
+        process.start()
+        processes.append(process)
+        holding.wait()
+        # Release the other build as soon as this process waits: a wrongly shared lock then shows
+        # as a wait instead of a deadlock.
+        set_wait_listener(lambda event: release.set() if event == "start" else None)
+        return release, results
+
+    yield start
+    set_wait_listener(None)
+    release.set()
+    for process in processes:
+        process.join()
+
+
+def test_builds_of_different_programs_do_not_wait_for_each_other(builder):
+    release, results = builder("program-a")
+    timings = _fit_timings(_BuildingBackend("program-b"))
+    assert "compile_wait" not in timings and not release.is_set()
+    assert timings["compile"] >= BUILD_SECONDS  # it built program-b itself
+
+
+def test_a_wait_for_another_build_of_the_same_program_is_its_own_phase(builder):
+    release, results = builder("program-a")
+    waiter = _fit_timings(_BuildingBackend("program-a"))
+    built = results.get()
+    # The other process compiled (BUILD_SECONDS, after this one began waiting); this one waited
+    # that long and then found the program built: its compile is the lock's bookkeeping only.
+    assert built["compile"] >= BUILD_SECONDS and "compile_wait" not in built
+    assert waiter["compile_wait"] >= BUILD_SECONDS
+    assert waiter["compile"] < BUILD_SECONDS
+
+
+def test_the_time_limit_leaves_out_the_waits_a_worker_reports():
+    receiver, sender = mp.Pipe(duplex=False)
+    clock = WaitClock()
+    sender.send((WAIT_MESSAGE, "start"))
+    assert receive_row(receiver, clock) is None and clock.since is not None
+    clock.since -= 100.0  # as if the wait had lasted 100 s so far
+    assert not over_limit(elapsed=120.0, clock=clock, time_limit=30.0)
+    assert over_limit(elapsed=140.0, clock=clock, time_limit=30.0)
+    sender.send((WAIT_MESSAGE, "end"))
+    sender.send({"status": "ok"})
+    assert receive_row(receiver, clock) == {"status": "ok"}
+    assert clock.since is None and clock.waited >= 100.0

@@ -3,6 +3,7 @@ pytest-benchmark suite, progress on a terminal and in a pipe, and bytecode compi
 
 import argparse
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench.bytecode import STAMP, ensure_bytecode
-from bench.cli import Progress, build_parser
+from bench.cli import Progress, build_parser, main
+from models.errors import MixbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +134,39 @@ def test_terminal_progress_shows_every_cell_in_flight():
     progress("tick", {"cell_id": "b", "elapsed": 4.0})
     last = stream.getvalue().split("\r")[-1]
     assert "b 4 s" in last and "a 12 s" not in last and "[1/3 done]" in last
+
+
+def test_terminal_progress_says_what_a_cell_is_doing():
+    stream = _Terminal()
+    progress = Progress(2, stream=stream)
+    progress("start", {"cell_id": "stan"})
+    progress("start", {"cell_id": "pymc"})
+    progress("tick", {"cell_id": "stan", "elapsed": 41.0, "doing": "compile"})
+    progress("tick", {"cell_id": "pymc", "elapsed": 3.0, "doing": "compile_wait"})
+    last = stream.getvalue().split("\r")[-1]
+    assert "stan compiling 41 s" in last and "pymc waiting for another process's build 3 s" in last
+    progress("tick", {"cell_id": "stan", "elapsed": 62.0, "doing": None})
+    assert "stan 62 s" in stream.getvalue().split("\r")[-1]
+
+
+def test_run_starts_the_longest_compile_first_with_a_worker_per_core(monkeypatch, tmp_path):
+    import bench.harness
+
+    seen = {}
+
+    def fake_run_grid(cells, options, executor, progress):
+        seen.update(backends=[c.backend for c in cells], jobs=executor.jobs)
+        raise MixbenchError("stop here")
+
+    monkeypatch.setattr(bench.harness, "run_grid", fake_run_grid)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
+    args = ["run", "--backends", "numpyro,pymc,stan", "--seeds", "0,1", "--reference", "none",
+            "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert seen == {"backends": ["stan", "stan", "pymc", "pymc", "numpyro", "numpyro"], "jobs": 6}
+    assert main([*args, "--jobs", "1"]) == 2 and seen["jobs"] == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert main(args) == 2 and seen["jobs"] == 2
 
 
 def test_bytecode_is_compiled_once_per_set_of_installed_distributions(tmp_path, capfd):

@@ -18,7 +18,7 @@ from bench.dask_executor import DaskExecutor
 from bench.executors import LocalProcessExecutor, WarmProcessExecutor, make_executor
 from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
 from models.errors import MixbenchError
-from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, execution_pid, executions, wait_until
+from tests.fake_backends import MARKER_ENV, PIDS_ENV, RELEASE_ENV, alive, execution_pid, executions, wait_until
 
 FAKE = "tests.fake_backends:"
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,24 @@ def test_a_data_file_reaches_a_dask_worker_as_content_checked_by_its_digest(tmp_
     edited = {str(data): files[str(data)].replace(b"x,y", b"x,y", 1) + b"0.1,0.2\n"}
     row = cell.execute_with_files(edited, tmp_path / "out")
     assert row["status"] == "failed" and "changed since the run was planned" in row["error"]
+
+
+@pytest.mark.parametrize("kind", ["warm", "fresh"])
+def test_the_progress_hears_what_a_cell_is_compiling(kind, tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    monkeypatch.setenv(RELEASE_ENV, str(release))
+    doing = []
+
+    def progress(event, info):
+        if event == "tick":
+            doing.append(info["doing"])
+            if info["doing"] == "compile":
+                release.touch()  # the cell's compile ends once the run has heard of it
+
+    cells = [Cell("forum-small", FAKE + "CompilingBackend", "nuts", 0, n=200, settings={"chains": 2, "draws": 100})]
+    rows = run_grid(cells, RunOptions(out_dir=tmp_path / "out"), make_executor(kind), progress)
+    assert [r["status"] for r in rows] == ["ok"]
+    assert "compile" in doing
 
 
 def test_make_executor_names_and_refusals():

@@ -214,7 +214,11 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
             tuple(degenerate["fit"])))
     biased = ran[counts.map(lambda c: "biased" in c)] if counts is not None else ran.iloc[:0]
     if len(biased):
-        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds)" for _, f in biased.iterrows()]
+        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds"
+                 + (f"; its point up to {fmt(f['point_gap_best_max'])} nats below the best optimum any fit of "
+                    f"these data found ({f['point_best']})" if _present(f.get("point_gap_best_max"))
+                    and f["point_gap_best_max"] > 0 else "") + ")"
+                 for _, f in biased.iterrows()]
         sentences.append(Sentence(
             f"In the reference posterior's mode but off in location or scale (biased: an accuracy finding, not "
             f"another mode): {_listing(items)}.", "health", tuple(biased["fit"])))

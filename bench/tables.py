@@ -181,6 +181,11 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         chain_gaps = [float(g) for text in col(ok, "lp_gap_chains") if isinstance(text, str) and text
                       for g in text.split(";")]
         record["lp_gap_min"] = min(chain_gaps) if chain_gaps else math.nan
+        # A MAP or Laplace point against the best optimum any fit of the data found (bench.landing).
+        below_best = num(ok, "point_gap_best")
+        record["point_gap_best_max"] = below_best.max() if below_best.notna().any() else math.nan
+        record["point_best"] = (col(ok, "point_best")[below_best.idxmax()] if below_best.notna().any()
+                                else None)
         distance = num(ok, "ref_distance_sd")
         record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
         below = num(ok, "chains_below")

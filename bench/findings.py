@@ -154,7 +154,7 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
                 verdict = "noise" if abs(f["elpd_loo_diff"]) <= 2 * se else "real"
                 items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (se {fmt(se)}: {verdict})")
             else:
-                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: observations subsampled)")
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: its pointwise values do not pair with the best fit's)")
         head = f"PSIS-LOO elpd: the best fit of these data is {_listing([_name(f) for _, f in best.iterrows()])}"
         rest = (f"; the others' differences to it in nats, each with the standard error of the paired pointwise "
                 f"differences, noise only within 2 of it: {_listing(items)}" if items else "")

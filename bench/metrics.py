@@ -28,7 +28,7 @@ from backends.base import TIMING_PHASES, Fit
 from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
-from bench.predictive import LOO_FIELDS, loo_metrics
+from bench.predictive import LOO_FIELDS, loo_metrics, subsample_seed
 from bench.relabel import (
     SAMPLE_DIMS,
     chain_mean_pivot,
@@ -1035,8 +1035,9 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.problem is None:
         return {}
     st = s.settings
+    data = s.problem.dataset
     return loo_metrics(s.fit, s.raw, s.problem, mcmc=s.mcmc, max_values=st.loo_max_values,
-                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs)
+                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs, seed=subsample_seed(data.x, data.y))
 
 
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def build_report(paths: list[Path], fig_dir: Path):
     # Notes on a whole run (models/prior_check.py's prior-scale check) follow the headline.
     run_notes = list(dict.fromkeys(note for env in environments for note in env.get("notes") or ()))
     headline = " ".join([_headline(frame, paths), *(f"Warning: {note}" for note in run_notes)])
-    return (headline, sweep_findings(frame) + findings(fits), figures, notes, tables,
+    return (headline, sweep_findings(frame) + findings(fits, tuple(run_notes)), figures, notes, tables,
             environment_table(frame, environments))
 
 

@@ -430,3 +430,25 @@ def test_the_printed_summary_for_k3_d2_fits_100_columns(capsys):
     shown = [c for h in headers for c in h[4:]]
     assert sorted(shown) == sorted(names + ["compile", "s", "warm-up", "s", "sampling", "s", "cell", "s"])
     assert sum(line.split()[0] == "stan" for line in lines) == len(headers)  # each block has every row
+
+
+def test_findings_name_the_prior_scale_as_the_cause_of_at_bound_fits():
+    """With the run's prior-scale warning, the at-bound and collapsed fits get a sentence naming it
+    as their cause; a fit without those flags is not named, and without the warning nothing is said."""
+    from bench.findings import setup_findings
+    from bench.tables import assign_fit_ids, fit_summary
+
+    base = {"scenario": "d.csv", "setup": "default", "method": "nuts", "status": "ok", "mode": "reference",
+            "reference_source": "reference", "chains_disagree": False, "N": 150}
+    rows = [{**base, "backend": "stan", "flags": "sigma-at-bound,rhat"},
+            {**base, "backend": "pymc", "method": "map", "flags": "map-at-bound"},
+            {**base, "backend": "numpyro", "flags": "rhat"}]
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows)))
+    note = ("prior scale: the response's mean 100 is 9 prior-predictive sds from the priors' 0; fit with "
+            "--standardize")
+    texts = [s.text for s in setup_findings(fits, (note,)).sentences]
+    cause = [t for t in texts if t.startswith("Cause of the at-bound")]
+    assert cause == [f"Cause of the at-bound and collapsed fits, pymc / map (map-at-bound) and stan / nuts "
+                     f"(sigma-at-bound): the data are not on the priors' scale, as the run's prior-scale check said "
+                     f"({note})"]
+    assert not any(t.startswith("Cause of") for t in (s.text for s in setup_findings(fits).sentences))

@@ -346,15 +346,17 @@ def test_paired_elpd_se_with_subsampled_observations_estimates_the_full_one():
     data = FORUM.simulate(4, N=3000)
     problem = Problem.make(FORUM.spec, data)
     rng = np.random.default_rng(10)
+    fits = {}
+    for name, shift in (("good", 0.0), ("off", 0.03)):
+        post = {k: np.asarray(v, float)[None, None] + 0.005 * rng.standard_normal((1, 200) + np.shape(v))
+                for k, v in FORUM.truth.items()}
+        post["w"] = post["w"] + shift
+        post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+        fits[name] = Fit(backend=name, method="advi-fullrank", status="ok", draws=canonical_datatree(FORUM.spec, post))
     fits_by_size = {}
     for max_obs in (300, 5000):
         rows = []
-        for name, shift in (("good", 0.0), ("off", 0.03)):
-            post = {k: np.asarray(v, float)[None, None] + 0.005 * rng.standard_normal((1, 200) + np.shape(v))
-                    for k, v in FORUM.truth.items()}
-            post["w"] = post["w"] + shift
-            post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
-            fit = Fit(backend=name, method="advi-fullrank", status="ok", draws=canonical_datatree(FORUM.spec, post))
+        for fit in fits.values():
             rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem,
                                     settings=MetricSettings(loo_max_obs=max_obs)),
                          "scenario": "s", "setup": "default", "N": 3000})

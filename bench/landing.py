@@ -222,6 +222,7 @@ def points_against_best_optimum(frame, gap_nats: float):
         return frame
     frame = frame.copy()
     lp = pd.to_numeric(frame["point_lp"], errors="coerce")
+    lp = lp.where(np.isfinite(lp))  # a point off the support has no optimum to compare
     flags = frame["flags"].fillna("").astype(str) if "flags" in frame else pd.Series("", index=frame.index)
     degenerate = (flags.str.contains("degenerate-component")
                   | (pd.to_numeric(frame.get("chains_degenerate"), errors="coerce").fillna(0) > 0))

@@ -966,11 +966,16 @@ def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
         if s.fit.point is not None:
             # A point (MAP; Laplace's mode beside its draws) is judged as a point.
             point = landings[0] if s.single_point else _place_point(s, summary)
+            # point_lp from the same evaluation as the gap (the oracle's, as every fit's), not the
+            # engine's: CmdStan's density is -inf at a point on the support's bound.
             out.update({"point_mode": point.mode, "point_lp_gap": point.lp_gap,
-                        "point_distance_sd": point.distance_sd})
+                        "point_distance_sd": point.distance_sd, "point_lp": point.lp_mean})
         return out
     modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, s.target_name, s.settings)
-    return mode_summary(modes, s.target_name)
+    out = mode_summary(modes, s.target_name)
+    if s.fit.point is not None and s.problem is not None:
+        out["point_lp"] = s.problem.log_density(s.fit.point)
+    return out
 
 
 def _place_point(s: Scoring, summary: ReferenceSummary):
@@ -979,11 +984,6 @@ def _place_point(s: Scoring, summary: ReferenceSummary):
     rel = relabel(tree, s.target, s.settings.relabel_scale_floor, s.settings.relabel_max_iter)
     return place_chains(rel.draws, rel.permutations, tree, s.problem, summary, s.settings,
                         lambda mean, sd: is_collapsed(mean, sd, s.settings))[0]
-
-
-def _point_metric(s: Scoring, row: dict) -> dict[str, Any]:
-    # The point's log density, which the report compares across every fit of the data set.
-    return {} if s.fit.point_log_density is None else {"point_lp": float(s.fit.point_log_density)}
 
 
 def _degenerate_metric(s: Scoring, row: dict) -> dict[str, Any]:
@@ -1049,7 +1049,6 @@ def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
 METRICS: list[tuple[str, Any]] = [
     ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
-    ("point", _point_metric),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),
     ("efficiency", _efficiency_metric),

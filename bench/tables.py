@@ -274,7 +274,7 @@ def paired_elpd_se(a, b) -> float:
     valid = diff[np.isfinite(diff)]
     if not valid.size:
         return math.nan
-    n = a[1] if valid.size < a[1] else valid.size
+    n = a[1] if np.size(a[0]) < a[1] else valid.size
     subsampling = a[2] ** 2 + b[2] ** 2 if a is not b else 0.0
     return float(np.sqrt(n * np.var(valid) + subsampling))
 

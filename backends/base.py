@@ -21,7 +21,7 @@ import xarray as xr
 from arviz_base import from_dict
 
 from backends.caches import waited_seconds
-from backends.degenerate import data_resolution, degenerate_components
+from backends.degenerate import best_start
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -675,23 +675,11 @@ class Backend(ABC):
         starts = [self._run(spec, dataset, "map", settings, s) for s in start_seeds(seed, settings.map_starts)]
         found = [f.point_log_density if f.ok and f.point_log_density is not None else -math.inf
                  for f in starts]
-        ok = [i for i, f in enumerate(starts) if f.ok]
-        if not ok:
+        if not any(f.ok for f in starts):
             return starts[0]
-        # A start whose optimum sits on a degenerate component (sigma collapsed onto tied points)
-        # has the highest density only because the likelihood is unbounded there: it is kept
-        # out of the choice while any other start is ok, and recorded.
-        resolution = data_resolution(dataset.y)
-        degenerate = {}
-        for i in ok:
-            hits = degenerate_components(dataset.x, dataset.y, starts[i].point, resolution=resolution) \
-                if starts[i].point is not None else []
-            if hits:
-                degenerate[i] = "; ".join(f"start {i}: sigma[{k}] = {s:.3g} on {n} points" for k, s, n in hits)
-        eligible = [i for i in ok if i not in degenerate] or ok
-        finite = [i for i in eligible if math.isfinite(found[i])]
-        # Every start ok but none finite (all on a bound of the support): the first is reported.
-        best_index = max(finite, key=lambda i: found[i]) if finite else eligible[0]
+        # An ok start without a point (a plug-in backend's) is judged on its density alone: {}.
+        points = [(f.point or {}) if f.ok else None for f in starts]
+        best_index, degenerate = best_start(found, points, dataset.x, dataset.y)
         best = starts[best_index]
         timings: dict[str, float] = {}
         for i, start in enumerate(starts):
@@ -701,7 +689,7 @@ class Backend(ABC):
                 timings[phase] = timings.get(phase, 0.0) + seconds
         best.timings = timings
         best.start_log_densities = [float(v) for v in found]
-        best.degenerate_starts = list(degenerate.values())
+        best.degenerate_starts = degenerate
         for name in ("iterations", "grad_evals"):
             counts = [getattr(f, name) for f in starts if f.ok]
             if all(c is not None for c in counts):

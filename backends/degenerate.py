@@ -60,3 +60,31 @@ def degenerate_components(x: np.ndarray, y: np.ndarray, point: dict, frac: float
         if sigma[k] < frac * resolution or tied:
             out.append((k, float(sigma[k]), n_held))
     return out
+
+
+def best_start(log_densities: list[float], points: list[dict | None], x: np.ndarray,
+               y: np.ndarray) -> tuple[int | None, list[str]]:
+    """The multi-start rule of MAP and Laplace: (index of the start kept, the degenerate starts).
+
+    ``log_densities``: each start's final log density (-inf for a failed start); ``points``: each
+    start's optimum, canonical parameters on the data's scale (None for a failed start, {} for one
+    that gave no point: judged on its density alone). A start
+    whose optimum holds a degenerate component has the highest density only because the
+    likelihood is unbounded there: it is kept out of the choice while any other start succeeded,
+    and described, e.g. "start 3: sigma[1] = 0.0047 on 8 points". The highest finite density
+    wins among the rest (the first of them when none is finite: every start on a bound of the
+    support); None when every start failed.
+    """
+    ok = [i for i, p in enumerate(points) if p is not None]
+    if not ok:
+        return None, []
+    resolution = data_resolution(y)
+    degenerate = {}
+    for i in ok:
+        hits = degenerate_components(x, y, points[i], resolution=resolution) if points[i] else []
+        if hits:
+            degenerate[i] = "; ".join(f"start {i}: sigma[{k}] = {s:.3g} on {n} points" for k, s, n in hits)
+    eligible = [i for i in ok if i not in degenerate] or ok
+    finite = [i for i in eligible if np.isfinite(log_densities[i])]
+    best = max(finite, key=lambda i: log_densities[i]) if finite else eligible[0]
+    return best, list(degenerate.values())

@@ -56,21 +56,14 @@ class Objective:
 
 @dataclass
 class ModeSearch:
-    """Every start's outcome. ``log_densities``: each start's final log density with the Jacobian
-    (-inf for a start that failed), in start order; ``best``: the index of the highest."""
+    """Every start's outcome. ``modes``: each start's optimum (None for a start that failed);
+    ``log_densities``: each start's final log density with the Jacobian (-inf for a start that
+    failed), in start order. Which start is kept is backends.degenerate.best_start's rule."""
 
     modes: list[np.ndarray | None]
     log_densities: list[float]
     iterations: int
     grad_evals: int
-
-    @property
-    def best(self) -> int:
-        return int(np.argmax(self.log_densities))
-
-    @property
-    def found(self) -> bool:
-        return math.isfinite(self.log_densities[self.best])
 
 
 def search_modes(objective: Objective, starts: list[np.ndarray], maxiter: int) -> ModeSearch:

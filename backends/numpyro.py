@@ -41,6 +41,7 @@ from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
 from backends import laplace
+from backends.degenerate import best_start
 from backends.base import (Backend, Fit, FitSettings, approximation_group, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
@@ -539,7 +540,9 @@ class NumPyroBackend(Backend):
         Mode: the maximum of the log density with the Jacobian (the guide's loss is its negative),
         searched by backends/laplace.py on the loss, its gradient and Hessian from
         ``settings.map_starts`` starts, NumPyro's uniform initial point drawn with the seeds of
-        ``start_seeds(seed, map_starts)``; the highest log density wins. Gaussian: the guide's
+        ``start_seeds(seed, map_starts)``; the highest log density wins among the modes without a
+        degenerate component (backends.degenerate.best_start, MAP's rule; the others are recorded
+        in ``degenerate_starts``). Gaussian: the guide's
         ``get_posterior`` at the mode. The search and the Hessian run at ``settings.precision``;
         ``vi_draws`` draws (key from ``seed``), their log q (NumPyro's MultivariateNormal) and
         log p in float64.
@@ -563,23 +566,27 @@ class NumPyroBackend(Backend):
                 starts = [np.asarray(_laplace_start_fn(spec)(random.split(random.PRNGKey(s))[0], y), np.float64)
                           for s in seeds]
                 search = laplace.search_modes(objective, starts, settings.vi_iterations)
-                if search.found:
-                    mean = search.modes[search.best]
+                # The best mode without a degenerate component (backends.degenerate), as MAP keeps.
+                best, degenerate = best_start(
+                    search.log_densities, [None if m is None else self._laplace_point(spec, m) for m in search.modes],
+                    dataset.x, dataset.y)
+                if best is not None:
+                    mean = search.modes[best]
                     gradient = objective(mean)[1]
                     cast = jnp.asarray(mean, dtype=y.dtype)
                     cov = np.asarray(jax.device_get(_laplace_gaussian_fn(spec)(cast, x, y)), np.float64)
             engine_dtype = str(y.dtype)
         common = dict(backend=self.name, method="laplace", engine=ENGINE, timings=timings,
                       precision=settings.precision, start_log_densities=search.log_densities,
-                      iterations=search.iterations, grad_evals=search.grad_evals)
-        if not search.found:
+                      iterations=search.iterations, grad_evals=search.grad_evals, degenerate_starts=degenerate)
+        if best is None:
             return Fit(status="failed", reason="every start of the mode search failed", **common)
         reason = laplace.not_positive_definite(cov)
         if reason is not None:
             return Fit(status="failed", converged=False, reason=reason, **common)
         decrement = laplace.newton_decrement(gradient, cov)
         attrs = {"guide": "AutoLaplaceApproximation", "optimizer": "scipy trust-exact",
-                 "engine_dtype": engine_dtype, "laplace_starts": len(seeds), "laplace_best_start": search.best,
+                 "engine_dtype": engine_dtype, "laplace_starts": len(seeds), "laplace_best_start": best,
                  "laplace_start_seeds": seeds, "newton_decrement": decrement}
         with _phase(timings, "extraction"), _precision("float64"):
             z, log_q = _laplace_draws_fn(spec)(jnp.asarray(mean), jnp.asarray(cov), draw_key, settings.vi_draws)
@@ -590,11 +597,16 @@ class NumPyroBackend(Backend):
                 {"z": (("chain", "draw", "unconstrained"), flat[None])},
                 coords={"chain": [0], "draw": np.arange(settings.vi_draws), "unconstrained": labels}))
             draws["approximation"] = approximation_group(labels, mean, cov=cov)
-            point = _canonical(spec, _constrain(spec, _unflatten(spec, jnp.asarray(mean))), ())
+            point = self._laplace_point(spec, mean)
             point_log_density = self.log_density(spec, dataset, point)
         return Fit(status="ok", draws=draws, converged=decrement < laplace.DECREMENT, log_p=log_p,
                    log_jacobian=log_jacobian, log_q=np.asarray(log_q, np.float64), point=point,
                    point_log_density=point_log_density, at_bound=bound_hits(spec, point), **common)
+
+    @staticmethod
+    def _laplace_point(spec: MixtureSpec, mode: np.ndarray) -> dict:
+        """A mode of the Laplace search (unconstrained, _layout order) as canonical parameters."""
+        return _canonical(spec, _constrain(spec, _unflatten(spec, jnp.asarray(mode))), ())
 
     def _approximation_draws(self, spec: MixtureSpec, dataset: Dataset, z: dict, attrs: dict):
         """Unconstrained draws (leading axis: draw) -> canonical one-chain DataTree, log_p, log_jacobian."""

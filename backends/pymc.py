@@ -40,6 +40,7 @@ import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 from backends import base, laplace
 from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_group, canonical_datatree, chain_seconds, package_versions, start_seeds,
                            stopwatch)
+from backends.degenerate import best_start
 from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
 from backends.pytensor_store import load_or_build, set_shared
 from backends.base import note_compile
@@ -823,8 +824,9 @@ class PyMCBackend(Backend):
         gradient and Hessian (``_Compiled.laplace_objective``).
 
         Starts: PyMC's initial point jittered in the unconstrained space (as find_MAP's starts
-        here), seeded by ``start_seeds(seed, map_starts)``; the highest log density wins.
-        ``vi_draws`` draws: mean + L eps with L the Cholesky factor of the covariance and eps
+        here), seeded by ``start_seeds(seed, map_starts)``; the highest log density wins among
+        the modes without a degenerate component (backends.degenerate.best_start, MAP's rule;
+        the others are recorded in ``degenerate_starts``). ``vi_draws`` draws: mean + L eps with L the Cholesky factor of the covariance and eps
         standard normal from NumPy's generator seeded ``seed``, with their exact log q.
 
         ``start_log_densities``: each start's final log density with the Jacobian (the quantity
@@ -845,38 +847,47 @@ class PyMCBackend(Backend):
             initial = model.initial_point()
             objective(np.concatenate([np.ravel(initial[n]) for n in names]))
             make_start = entry.jittered_start()
+            constrain = entry.constrain()
         seeds = start_seeds(seed, settings.map_starts)
-        with stopwatch(timings, "optimisation"):
-            starts = [np.concatenate([np.ravel(p[n]) for n in names]) for p in map(make_start, seeds)]
-            search = laplace.search_modes(objective, starts, settings.vi_iterations)
-            if search.found:
-                mean = search.modes[search.best]
-                _, gradient, hessian = objective(mean)
-                reason = laplace.not_positive_definite(hessian)
-                cov = laplace.inverse_hessian(hessian) if reason is None else None
-        common = dict(backend=self.name, method="laplace", engine=engine, timings=timings,
-                      precision=settings.precision, iterations=search.iterations, grad_evals=search.grad_evals,
-                      start_log_densities=search.log_densities)
-        if not search.found:
-            return Fit(status="failed", reason="every start of the mode search failed", **common)
-        if cov is None:
-            return Fit(status="failed", reason=reason, converged=False, **common)
-        decrement = laplace.newton_decrement(gradient, cov)
         layout, start = [], 0
         for name in names:
             size = int(np.size(initial[name]))
             layout.append((name, slice(start, start + size), np.shape(initial[name])))
             start += size
+
+        def canonical(mode):
+            outputs = constrain(*[mode[sl].reshape(shape).astype(dtype) for _, sl, shape in layout])
+            return _canonical(spec, dict(zip(entry.output_names, outputs)), ())
+
+        with stopwatch(timings, "optimisation"):
+            starts = [np.concatenate([np.ravel(p[n]) for n in names]) for p in map(make_start, seeds)]
+            search = laplace.search_modes(objective, starts, settings.vi_iterations)
+            # The best mode without a degenerate component (backends.degenerate), as MAP keeps.
+            best, degenerate = best_start(search.log_densities,
+                                          [None if m is None else canonical(m) for m in search.modes],
+                                          dataset.x, dataset.y)
+            if best is not None:
+                mean = search.modes[best]
+                _, gradient, hessian = objective(mean)
+                reason = laplace.not_positive_definite(hessian)
+                cov = laplace.inverse_hessian(hessian) if reason is None else None
+        common = dict(backend=self.name, method="laplace", engine=engine, timings=timings,
+                      precision=settings.precision, iterations=search.iterations, grad_evals=search.grad_evals,
+                      start_log_densities=search.log_densities, degenerate_starts=degenerate)
+        if best is None:
+            return Fit(status="failed", reason="every start of the mode search failed", **common)
+        if cov is None:
+            return Fit(status="failed", reason=reason, converged=False, **common)
+        decrement = laplace.newton_decrement(gradient, cov)
         with stopwatch(timings, "extraction"):
             # The draws at the model's precision, and log q where they then lie.
             flat, log_q = laplace.gaussian_draws(mean, cov, settings.vi_draws, seed, dtype)
-            outputs = entry.constrain()(*[mean[sl].reshape(shape).astype(dtype) for _, sl, shape in layout])
-            point = _canonical(spec, dict(zip(entry.output_names, outputs)), ())
+            point = canonical(mean)
         draws, log_p, log_jacobian = self._approximation_draws(
             spec, entry, flat, layout, timings, engine, stats={"log_q": log_q[None]},
             approximation={"mean": mean, "cov": cov})
         draws.attrs.update({"method": "laplace", "optimizer": "scipy trust-exact",
-                            "laplace_starts": len(seeds), "laplace_best_start": search.best,
+                            "laplace_starts": len(seeds), "laplace_best_start": best,
                             "laplace_start_seeds": seeds, "newton_decrement": decrement})
         with stopwatch(timings, "extraction"):
             point_log_density = self.log_density(spec, dataset, point)

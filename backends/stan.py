@@ -46,6 +46,7 @@ from backends.base import (
 from backends import artefacts
 from backends.base import SAMPLERS, note_compile
 from backends.caches import build_lock
+from backends.degenerate import best_start
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import keep_proposal, proposal_group, psis_resample
 from models.data import Dataset
@@ -791,7 +792,9 @@ class StanBackend(Backend):
         """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the
         Jacobian-adjusted density, covariance the inverse negative Hessian (Stan's finite
         differences of gradients), drawn by ``laplace_sample``. The mode is the best of
-        ``settings.map_starts`` seeded L-BFGS runs."""
+        ``settings.map_starts`` seeded L-BFGS runs without a degenerate component
+        (backends.degenerate.best_start, MAP's rule; the others are recorded in
+        ``degenerate_starts``)."""
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             model, compiled = self.cmdstan_model()
@@ -806,8 +809,11 @@ class StanBackend(Backend):
                     except RuntimeError:
                         modes.append(None)
                 found = [m.optimized_params_dict["lp__"] if m is not None else -math.inf for m in modes]
-                best = int(np.argmax(found))
-                if modes[best] is None:
+                points = [None if m is None else _optimum_point(spec, m) for m in modes]
+                # The best mode without a degenerate component (backends.degenerate), as MAP keeps:
+                # laplace_sample then runs from it.
+                best, degenerate = best_start(found, points, dataset.x, dataset.y)
+                if best is None:
                     raise RuntimeError("every start of the mode search failed")
             # The Hessian (finite differences at the mode) and the draws: still building q.
             with stopwatch(timings, "optimisation"):
@@ -817,9 +823,7 @@ class StanBackend(Backend):
             with stopwatch(timings, "extraction"):
                 columns = list(run.column_names)
                 values = np.asarray(run.draws())
-                mode_columns = list(modes[best].column_names)
-                mode = flat_to_canonical(spec, mode_columns, np.asarray(modes[best].optimized_params_np)[None, None])
-                point = {name: value[0, 0] for name, value in mode.items()}
+                point = points[best]
                 d = n_unconstrained(spec)
                 fit = self._approximation_fit(
                     spec, model, "laplace", settings, compiled, csv_file=run._runset.csv_files[0],
@@ -838,7 +842,14 @@ class StanBackend(Backend):
                         Path(modes[best].runset.stdout_files[0]).read_text()),
                     iterations=None)
         fit.timings = timings
+        fit.degenerate_starts = degenerate
         return fit
+
+
+def _optimum_point(spec: MixtureSpec, run) -> dict:
+    """The canonical parameters of a CmdStanMLE's optimum."""
+    mode = flat_to_canonical(spec, list(run.column_names), np.asarray(run.optimized_params_np)[None, None])
+    return {name: value[0, 0] for name, value in mode.items()}
 
 
 def advi_log_densities(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -545,8 +545,16 @@ class Progress:
             return ""
         # Progress bars redraw with carriage returns and colour codes: keep the last plain line.
         text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-        # Lines without a word (a compiler's "| ^~~~" markers) say nothing.
-        lines = [line.strip() for line in re.split(r"[\r\n]", text) if re.search(r"[A-Za-z]{3}", line)]
+        # Lines without a word (a compiler's "| ^~~~" markers) say nothing, nor the line of source
+        # Python's warnings echo under "file:line: SomeWarning: message".
+        lines, after_warning = [], False
+        for line in re.split(r"[\r\n]", text):
+            if after_warning and line.startswith(" "):
+                after_warning = False
+                continue
+            after_warning = re.search(r"\w+Warning: ", line) is not None
+            if re.search(r"[A-Za-z]{3}", line):
+                lines.append(line.strip())
         return lines[-1][:80] if lines else ""
 
     def __call__(self, event: str, info: dict) -> None:

@@ -117,8 +117,29 @@ def _setup_title(fits: pd.DataFrame) -> str:
     return title + f": no truth and no reference posterior, each fit relabelled to its own pivot{target}"
 
 
-def setup_findings(fits: pd.DataFrame) -> SetupFindings:
-    """The findings of the fits of one setup."""
+# Flags a prior on the wrong scale for the data produces: every fit pulled to the priors' scale.
+PRIOR_SCALE_FLAGS = ("sigma-at-bound", "map-at-bound", "collapsed", "poor-mode")
+
+
+def _prior_scale_sentence(ran: pd.DataFrame, notes: tuple[str, ...]) -> Sentence | None:
+    """The cause of at-bound or collapsed fits when the run's prior-scale check
+    (models/prior_check.py) warned that the data lie outside what the priors allow."""
+    warned = [note for note in notes if note.startswith("prior scale")]
+    counts = ran["flag_counts"].map(lambda c: c if isinstance(c, dict) else {}) if "flag_counts" in ran else None
+    if not warned or counts is None:
+        return None
+    hit = ran[counts.map(lambda c: any(flag in c for flag in PRIOR_SCALE_FLAGS))]
+    if not len(hit):
+        return None
+    items = [f"{_name(f)} ({', '.join(flag for flag in PRIOR_SCALE_FLAGS if flag in f['flag_counts'])})"
+             for _, f in hit.iterrows()]
+    return Sentence(f"Cause of the at-bound and collapsed fits, {_listing(items)}: the data are not on the priors' "
+                    f"scale, as the run's prior-scale check said ({' '.join(warned)})", "health", tuple(hit["fit"]))
+
+
+def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFindings:
+    """The findings of the fits of one setup; ``notes``: what the run said about itself (its
+    prior-scale warning names the cause of at-bound and collapsed fits)."""
     sentences: list[Sentence] = []
     truth = bool(fits["truth"].all())
     kind = _kind(fits)
@@ -154,7 +175,7 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
                 verdict = "noise" if abs(f["elpd_loo_diff"]) <= 2 * se else "real"
                 items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (se {fmt(se)}: {verdict})")
             else:
-                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: observations subsampled)")
+                items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (no paired se: its pointwise values do not pair with the best fit's)")
         head = f"PSIS-LOO elpd: the best fit of these data is {_listing([_name(f) for _, f in best.iterrows()])}"
         rest = (f"; the others' differences to it in nats, each with the standard error of the paired pointwise "
                 f"differences, noise only within 2 of it: {_listing(items)}" if items else "")
@@ -200,6 +221,9 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
     elif len(ran):
         sentences.append(Sentence("No health flags on any fit (no divergences, R-hat at most 1.01, bulk ESS at "
                                   "least 400, k-hat below 0.7 where measured).", "health", tuple(ran["fit"])))
+    cause = _prior_scale_sentence(ran, notes)
+    if cause is not None:
+        sentences.append(cause)
     counts = ran["flag_counts"].map(lambda c: c if isinstance(c, dict) else {}) if "flag_counts" in ran else None
     degenerate = ran[counts.map(lambda c: "degenerate-component" in c)] if counts is not None else ran.iloc[:0]
     if len(degenerate):
@@ -214,7 +238,11 @@ def setup_findings(fits: pd.DataFrame) -> SetupFindings:
             tuple(degenerate["fit"])))
     biased = ran[counts.map(lambda c: "biased" in c)] if counts is not None else ran.iloc[:0]
     if len(biased):
-        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds)" for _, f in biased.iterrows()]
+        items = [f"{_name(f)} ({f['flag_counts']['biased']} of {int(f['seeds_ok'])} seeds"
+                 + (f"; its point up to {fmt(f['point_gap_best_max'])} nats below the best optimum any fit of "
+                    f"these data found ({f['point_best']})" if _present(f.get("point_gap_best_max"))
+                    and f["point_gap_best_max"] > 0 else "") + ")"
+                 for _, f in biased.iterrows()]
         sentences.append(Sentence(
             f"In the reference posterior's mode but off in location or scale (biased: an accuracy finding, not "
             f"another mode): {_listing(items)}.", "health", tuple(biased["fit"])))
@@ -272,11 +300,11 @@ def _provisional_sentence(ran: pd.DataFrame) -> Sentence:
                     "modes", tuple(ran["fit"]))
 
 
-def findings(fits: pd.DataFrame) -> list[SetupFindings]:
-    """Findings per setup, in fit-id order."""
+def findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> list[SetupFindings]:
+    """Findings per setup, in fit-id order; ``notes`` as setup_findings takes them."""
     if fits.empty:
         return []
     order = fits.assign(_n=fits["fit"].str[1:].astype(int)).sort_values("_n")
     keys = order[["scenario", "setup"]].drop_duplicates()
-    return [setup_findings(order[(order["scenario"] == s) & (order["setup"] == u)].drop(columns="_n"))
+    return [setup_findings(order[(order["scenario"] == s) & (order["setup"] == u)].drop(columns="_n"), tuple(notes))
             for s, u in keys.itertuples(index=False)]

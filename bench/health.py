@@ -31,7 +31,8 @@ FLAGS: dict[str, str] = {
     "collapsed": "components coincide or one emptied (mode collapsed)",
     "mixed-modes": "chains landed in different modes",
     "biased": "in the reference's mode but off in location or scale: a chain beyond mode_distance_sd reference "
-              "sds, a point beyond point_lp_gap_nats below the best optimum or point_distance_sd sds away",
+              "sds, a point (MAP, Laplace's mode) beyond point_lp_gap_nats below the best optimum or "
+              "point_distance_sd sds away",
     "poor-mode": "a chain or the fit sits in another mode far below the reference (lp_gap above lp_gap_tol)",
     "above-reference": "a chain sits in another mode far above the reference: the reference missed it",
     "khat": "PSIS k-hat of the approximation at or above khat_bad",
@@ -110,7 +111,7 @@ def health(row: dict[str, Any], raw: xr.DataTree, relabelled: xr.DataTree, probl
         flags.append("collapsed")
     if row.get("mode") == "mixed":
         flags.append("mixed-modes")
-    if _positive(row.get("chains_biased")):
+    if _positive(row.get("chains_biased")) or row.get("point_mode") == "biased":
         flags.append("biased")
     if _positive(row.get("chains_below")):
         flags.append("poor-mode")

@@ -28,7 +28,7 @@ from backends.base import TIMING_PHASES, Fit
 from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
-from bench.predictive import LOO_FIELDS, loo_metrics
+from bench.predictive import LOO_FIELDS, loo_metrics, subsample_seed
 from bench.relabel import (
     SAMPLE_DIMS,
     chain_mean_pivot,
@@ -287,7 +287,7 @@ ROW_FIELDS: dict[str, str] = {
                   "the smallest gap between distinct y; backends.degenerate), with the points each holds, e.g. "
                   "'chain 1: sigma[1] = 1.9e-14 on 10 points'; empty when none",
     "chains_degenerate": "chains (a point counts as one) holding a degenerate component",
-    "map_starts_degenerate": "multi-start MAP: the starts passed over because their optimum holds a degenerate "
+    "map_starts_degenerate": "multi-start MAP and Laplace: the starts passed over because their optimum holds a degenerate "
                              "component (empty when none)",
     "metric_errors": "metrics that raised, 'metric: error' separated by '; ' (empty when none): their "
                      "columns are NaN and the row keeps its status",
@@ -962,9 +962,28 @@ def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
                                 lambda mean, sd: is_collapsed(mean, sd, s.settings))
         # A degenerate chain's density is high only because the likelihood is unbounded at tied
         # points: it is never the reference missing a better mode.
-        return landing_summary(landings, summary, s.settings, excluded=set(s.degenerate))
+        out = landing_summary(landings, summary, s.settings, excluded=set(s.degenerate))
+        if s.fit.point is not None:
+            # A point (MAP; Laplace's mode beside its draws) is judged as a point.
+            point = landings[0] if s.single_point else _place_point(s, summary)
+            # point_lp from the same evaluation as the gap (the oracle's, as every fit's), not the
+            # engine's: CmdStan's density is -inf at a point on the support's bound.
+            out.update({"point_mode": point.mode, "point_lp_gap": point.lp_gap,
+                        "point_distance_sd": point.distance_sd, "point_lp": point.lp_mean})
+        return out
     modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, s.target_name, s.settings)
-    return mode_summary(modes, s.target_name)
+    out = mode_summary(modes, s.target_name)
+    if s.fit.point is not None and s.problem is not None:
+        out["point_lp"] = s.problem.log_density(s.fit.point)
+    return out
+
+
+def _place_point(s: Scoring, summary: ReferenceSummary):
+    """Where the fit's point (a Laplace mode) landed, relabelled to the fit's target."""
+    tree = point_tree(s.fit.point)
+    rel = relabel(tree, s.target, s.settings.relabel_scale_floor, s.settings.relabel_max_iter)
+    return place_chains(rel.draws, rel.permutations, tree, s.problem, summary, s.settings,
+                        lambda mean, sd: is_collapsed(mean, sd, s.settings))[0]
 
 
 def _degenerate_metric(s: Scoring, row: dict) -> dict[str, Any]:
@@ -1016,8 +1035,9 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.problem is None:
         return {}
     st = s.settings
+    data = s.problem.dataset
     return loo_metrics(s.fit, s.raw, s.problem, mcmc=s.mcmc, max_values=st.loo_max_values,
-                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs)
+                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs, seed=subsample_seed(data.x, data.y))
 
 
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:

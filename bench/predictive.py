@@ -25,11 +25,13 @@ observation (milliseconds each in arviz-stats), so above ``max_obs`` observation
 estimated from a seeded simple random subsample of ``max_obs`` of them with arviz-stats'
 ``loo_subsample``: the lpd of every observation as the cheap approximation and the difference
 estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard error is
-``elpd_loo_subsample_se``.
+``elpd_loo_subsample_se``. The subsample is seeded by the data's digest (``subsample_seed``), so
+every fit of one data set leaves out the same observations and their pointwise values pair up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from typing import Any
@@ -59,7 +61,8 @@ LOO_FIELDS: dict[str, str] = {
     "loo_draws": "draws the PSIS-LOO estimate used (thinned evenly)",
     "loo_obs": "observations Pareto-smoothed: all of them, or a seeded random subsample (loo_subsample)",
     "elpd_loo_pointwise": "the pointwise elpd_loo of every observation, ';'-separated, for paired differences "
-                          "between fits (Vehtari, Gelman & Gabry 2017); empty when observations were subsampled",
+                          "between fits (Vehtari, Gelman & Gabry 2017); when observations were subsampled, of "
+                          "the subsampled ones in index order (the same for every fit of the data set)",
     "elpd_loo_subsample_se": "standard error of elpd_loo due to subsampling observations (0 without subsampling)",
 }
 
@@ -94,6 +97,14 @@ def _distinct_draws(ds: xr.Dataset) -> tuple[xr.Dataset, np.ndarray]:
     stacked = ds.stack(sample=("chain", "draw")).isel(sample=first).drop_vars(["sample", "chain", "draw"])
     out = stacked.rename({"sample": "draw"}).expand_dims(chain=[0]).assign_coords(draw=np.arange(first.size))
     return out.transpose("chain", "draw", ...), counts.astype(float)
+
+
+def subsample_seed(x: np.ndarray, y: np.ndarray) -> int:
+    """The seed of the observations LOO subsamples: from the SHA-256 of the data, so that every
+    fit of one data set (and only of it) subsamples the same observations."""
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=float).tobytes()
+                            + np.ascontiguousarray(y, dtype=float).tobytes()).hexdigest()
+    return int(digest[:8], 16)
 
 
 def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
@@ -151,7 +162,9 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         "loo_draws": int(log_lik.shape[0] * log_lik.shape[1]),
         "loo_obs": int(result.subsample_size) if subsample else int(n_obs),
         "elpd_loo_subsample_se": float(result.subsampling_se) if subsample else 0.0,
-        "elpd_loo_pointwise": "" if subsample else ";".join(repr(float(v)) for v in np.ravel(result.elpd_i.values)),
+        "elpd_loo_pointwise": ";".join(repr(float(v)) for v in (
+            np.ravel(result.elpd_i.values)[np.sort(result.loo_subsample_observations)] if subsample
+            else np.ravel(result.elpd_i.values))),
     })
     if not math.isfinite(out["elpd_loo"]):
         out["elpd_loo"] = NAN

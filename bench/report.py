@@ -24,6 +24,8 @@ from bench.figures import Figure, report_figures
 from bench.findings import SetupFindings, findings
 from bench.glossary import WORDS, glossary_for
 from bench.harness import CELLS_FILE, read_rows, read_run_info
+from bench.landing import points_against_best_optimum
+from bench.metrics import MetricSettings
 from bench.tables import (
     CELL_KEYS,
     Table,
@@ -125,7 +127,10 @@ def load_inputs(paths: list[Path]) -> tuple[pd.DataFrame, list[dict], list[Path]
              else pd.DataFrame({c: pd.Series(dtype=object) for c in ["cell_id", "status", *CELL_KEYS]}))
     setups = col(frame, "setup").astype(object)
     frame["setup"] = setups.where(setups.notna(), "default")
-    return assign_fit_ids(_split_by_target(_split_by_data(frame))), environments, run_dirs
+    frame = _split_by_target(_split_by_data(frame))
+    # Only now are the rows of one data set together: each point meets the best optimum of them all.
+    frame = points_against_best_optimum(frame, MetricSettings().point_lp_gap_nats)
+    return assign_fit_ids(frame), environments, run_dirs
 
 
 def _run_label(path: Path, taken: list[str]) -> str:
@@ -216,7 +221,7 @@ def build_report(paths: list[Path], fig_dir: Path):
     # Notes on a whole run (models/prior_check.py's prior-scale check) follow the headline.
     run_notes = list(dict.fromkeys(note for env in environments for note in env.get("notes") or ()))
     headline = " ".join([_headline(frame, paths), *(f"Warning: {note}" for note in run_notes)])
-    return (headline, sweep_findings(frame) + findings(fits), figures, notes, tables,
+    return (headline, sweep_findings(frame) + findings(fits, tuple(run_notes)), figures, notes, tables,
             environment_table(frame, environments))
 
 

@@ -44,6 +44,29 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     return frame[ordered]
 
 
+KEY_COLUMNS = ("backend", "method", "seed", "status")
+
+
+def summary_text(frame: pd.DataFrame, width: int = 100) -> str:
+    """The summary as text no wider than ``width`` characters where it can be: the columns after
+    the key columns (backend, method, seed, status) go into as many blocks as needed, each block
+    a table that repeats the key columns, blocks separated by a blank line. A single column too
+    wide for ``width`` gets a block of its own."""
+    text = frame.map(_fmt)
+    size = {c: max(len(str(c)), *(len(v) for v in text[c])) + 2 for c in text.columns}
+    keys = [c for c in KEY_COLUMNS if c in text]
+    room = width - sum(size[c] for c in keys)
+    blocks: list[list[str]] = [[]]
+    used = 0
+    for column in (c for c in text.columns if c not in keys):
+        if blocks[-1] and used + size[column] > room:
+            blocks.append([])
+            used = 0
+        blocks[-1].append(column)
+        used += size[column]
+    return "\n\n".join(text[keys + block].to_string(index=False) for block in blocks)
+
+
 def labelling_target_text(rows: list[dict]) -> str:
     """What the rows' components were relabelled to, in words (metrics.ROW_FIELDS.reference_source)."""
     sources = sorted({str(r.get("reference_source")) for r in rows if r.get("status") == "ok"})
@@ -65,7 +88,7 @@ def print_summary(rows: list[dict], cells=None) -> None:
     frame = summary_frame(rows)
     print()
     print(f"Posterior means (components relabelled to {labelling_target_text(rows)}) and time split:")
-    print(frame.map(_fmt).to_string(index=False))
+    print(summary_text(frame))
     problems = [r for r in rows if r.get("status") != "ok"]
     for row in problems:
         print(f"  {row['backend']}/{row['method']}/seed {row['seed']}: {row['status']}: "

@@ -181,6 +181,11 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         chain_gaps = [float(g) for text in col(ok, "lp_gap_chains") if isinstance(text, str) and text
                       for g in text.split(";")]
         record["lp_gap_min"] = min(chain_gaps) if chain_gaps else math.nan
+        # A MAP or Laplace point against the best optimum any fit of the data found (bench.landing).
+        below_best = num(ok, "point_gap_best")
+        record["point_gap_best_max"] = below_best.max() if below_best.notna().any() else math.nan
+        record["point_best"] = (col(ok, "point_best")[below_best.idxmax()] if below_best.notna().any()
+                                else None)
         distance = num(ok, "ref_distance_sd")
         record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
         below = num(ok, "chains_below")
@@ -237,9 +242,11 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return fits
 
 
-def _median_seed_pointwise(ok: pd.DataFrame) -> np.ndarray | None:
-    """The pointwise elpd_loo of the seed whose elpd_loo is the median's (the lower middle one),
-    None when no seed recorded it."""
+def _median_seed_pointwise(ok: pd.DataFrame) -> tuple[np.ndarray, float, float] | None:
+    """(pointwise elpd_loo, N, subsampling se) of the seed whose elpd_loo is the median's (the
+    lower middle one), None when no seed recorded it. The pointwise values are of every
+    observation, or of the observations LOO subsampled (bench.predictive: the same ones for every
+    fit of a data set) when fewer than N."""
     elpd = num(ok, "elpd_loo")
     texts = col(ok, "elpd_loo_pointwise")
     usable = elpd.notna() & texts.map(lambda t: isinstance(t, str) and t != "")
@@ -247,18 +254,29 @@ def _median_seed_pointwise(ok: pd.DataFrame) -> np.ndarray | None:
         return None
     ordered = elpd[usable].sort_values()
     pick = ordered.index[(len(ordered) - 1) // 2]
-    return np.array([float(v) for v in texts[pick].split(";")])
+    values = np.array([float(v) for v in texts[pick].split(";")])
+    n = _float(ok.at[pick, "N"]) if "N" in ok else math.nan
+    sub_se = _float(ok.at[pick, "elpd_loo_subsample_se"]) if "elpd_loo_subsample_se" in ok else math.nan
+    return values, (n if math.isfinite(n) else float(values.size)), (sub_se if math.isfinite(sub_se) else 0.0)
 
 
-def paired_elpd_se(a: np.ndarray | None, b: np.ndarray | None) -> float:
-    """Standard error of elpd_loo(a) - elpd_loo(b) from the pointwise differences,
-    sqrt(n var(a_i - b_i)) (Vehtari, Gelman & Gabry 2017, eq. 24; arviz-stats' ``compare`` dse);
-    0 for a fit against itself, NaN when either lacks pointwise values or they differ in length."""
-    if a is None or b is None or np.shape(a) != np.shape(b):
+def paired_elpd_se(a, b) -> float:
+    """Standard error of elpd_loo(a) - elpd_loo(b) from the pointwise differences d_i, for two
+    ``_median_seed_pointwise`` results: sqrt(N var(d_i)) (Vehtari, Gelman & Gabry 2017, eq. 24;
+    arviz-stats' ``compare`` dse). When LOO subsampled m < N observations (the same ones for both
+    fits) var(d_i) is estimated from them, as Magnusson et al. (2020) estimate the elpd's se from
+    a simple random subsample, and both fits' subsampling se are added in quadrature (arviz-stats'
+    ``compare`` reports them as subsampling_dse). 0 for a fit against itself; NaN when either
+    lacks pointwise values or they do not pair (different lengths or N)."""
+    if a is None or b is None or np.shape(a[0]) != np.shape(b[0]) or a[1] != b[1]:
         return math.nan
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    diff = np.asarray(a[0], dtype=float) - np.asarray(b[0], dtype=float)
     valid = diff[np.isfinite(diff)]
-    return float(np.sqrt(valid.size * np.var(valid))) if valid.size else math.nan
+    if not valid.size:
+        return math.nan
+    n = a[1] if np.size(a[0]) < a[1] else valid.size
+    subsampling = a[2] ** 2 + b[2] ** 2 if a is not b else 0.0
+    return float(np.sqrt(n * np.var(valid) + subsampling))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,6 +116,22 @@ def test_piped_progress_prints_a_line_at_least_every_30_seconds(tmp_path):
     assert "still running" in lines[1] and lines[1].endswith(": Building: 42.5s")  # the log's last plain line
 
 
+def test_piped_progress_says_the_phase_and_skips_the_source_line_a_warning_echoes(tmp_path):
+    """A compiling Stan cell whose log ends with a Python warning: the heartbeat names the cell,
+    "compiling", and the warning, not the line of source Python prints under it."""
+    stream, clock = io.StringIO(), _Clock()
+    (tmp_path / "d.stan.nuts.s0.log").write_text(
+        "/w/backends/caches.py:198: CacheWarning: cache entry /c/stan/x: failed to load; rebuilding\n"
+        "  compiled = artefacts.intact(exe)  # a cut-off or foreign executable is discarded\n")
+    progress = Progress(1, stream=stream, log_dir=tmp_path, clock=clock)
+    progress("start", {"cell_id": "d.stan.nuts.s0"})
+    clock.now = 31.0
+    progress("tick", {"cell_id": "d.stan.nuts.s0", "elapsed": 31.0, "doing": "compile"})
+    line = stream.getvalue().splitlines()[-1]
+    assert line.startswith("  ... d.stan.nuts.s0 still running, compiling 31 s: ")
+    assert "CacheWarning: cache entry" in line and "artefacts.intact" not in line
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

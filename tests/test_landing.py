@@ -293,3 +293,78 @@ def test_a_map_8_nats_below_the_best_optimum_has_not_reached_the_mode(problem, r
     assert row["mode"] == "biased" and row["chains_biased"] == 1 and row["chains_below"] == 0
     flags = row["flags"].split(",")
     assert "biased" in flags and "poor-mode" not in flags
+
+
+def _top_and_8_nats_below(problem, reference):
+    """The reference's highest draw, and it with one slope moved until 8 nats lower."""
+    from scipy.optimize import brentq
+
+    ds = reference.draws["posterior"]
+    chain, draw = np.unravel_index(int(np.argmax(reference.lp)), np.shape(reference.lp))
+    top = {n: np.asarray(ds[n].values[chain, draw], float) for n in ds.data_vars}
+    top_lp = problem.log_density(top)
+
+    def shifted(delta):
+        return {**top, "w": top["w"] + np.array([[delta], [0.0]])}
+
+    return top, shifted(brentq(lambda d: problem.log_density(shifted(d)) - (top_lp - 8.0), 0.0, 0.5))
+
+
+def test_a_laplace_mode_is_judged_as_a_point_beside_its_draws(problem, reference):
+    """Laplace draws around the reference's mode land there as draws; their mode is judged as MAP
+    is: at the reference's highest draw it is reference, 8 nats below it is biased (flagged), while
+    the draws stay in the reference's mode."""
+    top, low = _top_and_8_nats_below(problem, reference)
+    draws = scattered(FORUM.truth, 1, 400, SD, seed=7)
+    rows = {name: evaluate(Fit(backend="t", method="laplace", status="ok", draws=canonical_datatree(SPEC, draws),
+                               point=point, point_log_density=problem.log_density(point)),
+                           reference=reference, problem=problem, settings=FAST)
+            for name, point in (("top", top), ("low", low))}
+    for row in rows.values():
+        assert row["mode"] == "reference" and row["chains_biased"] == 0
+    assert rows["top"]["point_mode"] == "reference" and "biased" not in rows["top"]["flags"].split(",")
+    assert rows["low"]["point_mode"] == "biased" and "biased" in rows["low"]["flags"].split(",")
+    assert rows["low"]["point_lp_gap"] == pytest.approx(reference.lp.max() - problem.log_density(low), abs=1e-6)
+    assert rows["low"]["point_lp"] == pytest.approx(problem.log_density(top) - 8.0, abs=1e-6)
+
+
+def test_a_map_8_nats_below_another_fits_optimum_has_not_reached_the_mode(problem, reference):
+    """Against the reference's highest draw both MAPs pass (a reference three times too wide, its
+    draws above the lower point left out: as a poor reference would); in the report, the one 8 nats
+    below the other backend's optimum is biased. A degenerate fit's higher optimum and another data
+    set's rows do not count."""
+    import pandas as pd
+    import xarray as xr
+
+    from bench.findings import setup_findings
+    from bench.landing import points_against_best_optimum
+    from bench.tables import assign_fit_ids, fit_summary
+
+    top, low = _top_and_8_nats_below(problem, reference)
+    post = scattered(FORUM.truth, 1, 4000, {k: 3 * v for k, v in SD.items()}, seed=5)
+    lp, _ = problem.draw_log_densities(canonical_datatree(SPEC, post), per_chain=4000)
+    keep = lp[0] <= problem.log_density(low)
+    flat = {n: v[:, keep] for n, v in post.items()}
+    lower = Reference(xr.DataTree.from_dict({"posterior": canonical_datatree(SPEC, flat)["posterior"].to_dataset(),
+                                             "sample_stats": xr.Dataset({"lp": (("chain", "draw"), lp[:, keep])})}),
+                      {"name": "wide", "accepted": True})
+    rows = [{**evaluate(Fit(backend=b, method="map", status="ok", point=p, point_log_density=problem.log_density(p)),
+                        reference=lower, problem=problem, settings=FAST),
+             "scenario": "forum", "setup": "default", "backend": b, "method": "map", "seed": 0, "status": "ok"}
+            for b, p in (("a", top), ("b", low))]
+    assert rows[0]["mode"] == rows[1]["mode"] == "reference"  # per fit: within 2 nats and 2 sds of it
+    spike = {**rows[0], "backend": "c", "point_lp": rows[0]["point_lp"] + 50.0, "flags": "degenerate-component"}
+    elsewhere = {**rows[1], "setup": "other data"}
+    frame = points_against_best_optimum(pd.DataFrame(rows + [spike, elsewhere]), MetricSettings().point_lp_gap_nats)
+    a, b, c, other = (frame.iloc[i] for i in range(4))
+    assert a["mode"] == "reference" and a["point_gap_best"] == 0.0
+    assert b["point_gap_best"] == pytest.approx(8.0, abs=1e-6) and b["point_best"] == "a / map seed 0"
+    assert b["mode"] == "biased" and b["point_mode"] == "biased" and "biased" in b["flags"].split(",")
+    assert (b["chains_on_target"], b["chains_biased"]) == (0, 1)
+    assert c["point_gap_best"] == pytest.approx(-50.0)  # higher, but not the best optimum
+    assert other["mode"] == "reference" and other["point_gap_best"] == 0.0  # alone on its data
+    fits = fit_summary(assign_fit_ids(frame[frame["setup"] == "default"]))
+    text = " ".join(s.text for s in setup_findings(fits).sentences)
+    assert "Reached the reference posterior's mode on every seed: a / map" in text
+    assert "b / map (1 of 1 seeds; its point up to 8 nats below the best optimum any fit of these data found " \
+           "(a / map seed 0))" in text

@@ -189,3 +189,37 @@ def test_every_seed_reaches_the_same_mode(backend):
     assert max(best) - min(best) < 1e-6
     means = np.array([gaussian(fit)[0] for fit in fits])
     np.testing.assert_allclose(means, np.broadcast_to(means[0], means.shape), atol=1e-6)
+
+
+def test_numpyro_laplace_keeps_the_best_mode_without_a_degenerate_component(monkeypatch):
+    """Tied data (8 readings of exactly 6.0) under Uniform(0, 10) on sigma: the density is
+    unbounded on a component at 6.0 whose sigma shrinks. Start 0's mode is moved onto that spike
+    (b[0] = 6, sigma[0] = 1e-6) and given the highest density: the fit records it and keeps the
+    best of the other modes, as multi-start MAP does."""
+    from backends import laplace
+    from backends.numpyro import _unconstrained_labels
+
+    rng = np.random.default_rng(5)
+    y = np.concatenate([rng.normal(0.0, 1.0, 50), rng.normal(6.0, 1.0, 30), np.full(8, 6.0)])
+    data = Dataset(np.zeros((y.size, 0)), y)
+    spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component", sigma_prior=SigmaPrior("uniform", 10.0))
+    labels = _unconstrained_labels(spec)
+    real = laplace.search_modes
+    searched = {}
+
+    def with_a_spike(objective, starts, maxiter):
+        search = real(objective, starts, maxiter)
+        spike = search.modes[1].copy()
+        spike[labels.index("b[0]")] = 6.0
+        spike[labels.index("sigma[0]")] = special.logit(1e-6 / 10.0)  # sigma = 10 sigmoid(z)
+        search.modes[0], search.log_densities[0] = spike, max(search.log_densities) + 1000.0
+        searched["log_densities"] = list(search.log_densities)
+        return search
+
+    monkeypatch.setattr(laplace, "search_modes", with_a_spike)
+    fit = get_backend("numpyro").fit(spec, data, "laplace", FitSettings(map_starts=4, vi_draws=100), seed=0)
+    assert fit.ok
+    assert fit.degenerate_starts == ["start 0: sigma[0] = 1e-06 on 8 points"]
+    kept = fit.draws.attrs["laplace_best_start"]
+    assert kept != 0 and searched["log_densities"][kept] == max(searched["log_densities"][1:])
+    assert np.min(fit.point["sigma"]) > 0.3  # both components hold real spread (sd 1 clusters)

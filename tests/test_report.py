@@ -408,3 +408,47 @@ def test_rows_scored_against_different_targets_are_different_setups(tmp_path):
     assert list(fits["seeds_ok"]) == [2, 2] and list(fits["target"]) == ["map", "reference"]
     titles = [f.title for f in findings(fits)]
     assert titles[1].endswith("no truth, scored against the reference posterior (one labelling for every fit)")
+
+
+def test_the_printed_summary_for_k3_d2_fits_100_columns(capsys):
+    """K = 3, D = 2 with intercepts and per-component sigmas: 15 parameters and 5 time columns
+    (176 characters on one line before) print as blocks no wider than 100 characters, each with
+    the key columns, every value shown once."""
+    from bench.summary import print_summary
+
+    names = ([f"w[{k},{d}]" for k in range(3) for d in range(2)] + [f"b[{k}]" for k in range(3)]
+             + [f"sigma[{k}]" for k in range(3)] + [f"pi[{k}]" for k in range(3)])
+    rows = [{"backend": b, "method": "nuts", "seed": 0, "status": "ok", "reference_source": "truth",
+             **{f"mean.{n}": -1.234 * (i + 1) for i, n in enumerate(names)}, **{f"truth.{n}": 1.0 for n in names},
+             "t_compile": 123.456, "t_warmup": 1.5, "t_sampling": 2.5, "time_cell": 130.0}
+            for b in ("numpyro", "pymc", "stan")]
+    print_summary(rows)
+    lines = [line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert max(map(len, lines)) <= 100
+    headers = [line.split() for line in lines if line.split()[:2] == ["backend", "method"]]
+    assert len(headers) >= 2 and all(h[:4] == ["backend", "method", "seed", "status"] for h in headers)
+    shown = [c for h in headers for c in h[4:]]
+    assert sorted(shown) == sorted(names + ["compile", "s", "warm-up", "s", "sampling", "s", "cell", "s"])
+    assert sum(line.split()[0] == "stan" for line in lines) == len(headers)  # each block has every row
+
+
+def test_findings_name_the_prior_scale_as_the_cause_of_at_bound_fits():
+    """With the run's prior-scale warning, the at-bound and collapsed fits get a sentence naming it
+    as their cause; a fit without those flags is not named, and without the warning nothing is said."""
+    from bench.findings import setup_findings
+    from bench.tables import assign_fit_ids, fit_summary
+
+    base = {"scenario": "d.csv", "setup": "default", "method": "nuts", "status": "ok", "mode": "reference",
+            "reference_source": "reference", "chains_disagree": False, "N": 150}
+    rows = [{**base, "backend": "stan", "flags": "sigma-at-bound,rhat"},
+            {**base, "backend": "pymc", "method": "map", "flags": "map-at-bound"},
+            {**base, "backend": "numpyro", "flags": "rhat"}]
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows)))
+    note = ("prior scale: the response's mean 100 is 9 prior-predictive sds from the priors' 0; fit with "
+            "--standardize")
+    texts = [s.text for s in setup_findings(fits, (note,)).sentences]
+    cause = [t for t in texts if t.startswith("Cause of the at-bound")]
+    assert cause == [f"Cause of the at-bound and collapsed fits, pymc / map (map-at-bound) and stan / nuts "
+                     f"(sigma-at-bound): the data are not on the priors' scale, as the run's prior-scale check said "
+                     f"({note})"]
+    assert not any(t.startswith("Cause of") for t in (s.text for s in setup_findings(fits).sentences))

@@ -334,3 +334,39 @@ def test_findings_name_the_largest_gap_in_each_direction():
     fits = fit_summary(assign_fit_ids(pd.DataFrame([row])))
     text = " ".join(s.text for s in setup_findings(fits).sentences)
     assert "up to 0.08 nats below and up to 224 nats above the reference posterior" in text
+
+
+def test_paired_elpd_se_with_subsampled_observations_estimates_the_full_one():
+    """N = 3000 above loo_max_obs = 300: every fit of the data subsamples the same observations
+    (seeded by the data's digest), so their pointwise values pair, and the paired se estimated
+    from them agrees with the full-data one (arviz-stats' compare on all 3000 observations)."""
+    from bench.predictive import subsample_seed
+    from bench.tables import assign_fit_ids, fit_summary
+
+    data = FORUM.simulate(4, N=3000)
+    problem = Problem.make(FORUM.spec, data)
+    rng = np.random.default_rng(10)
+    fits = {}
+    for name, shift in (("good", 0.0), ("off", 0.03)):
+        post = {k: np.asarray(v, float)[None, None] + 0.005 * rng.standard_normal((1, 200) + np.shape(v))
+                for k, v in FORUM.truth.items()}
+        post["w"] = post["w"] + shift
+        post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+        fits[name] = Fit(backend=name, method="advi-fullrank", status="ok", draws=canonical_datatree(FORUM.spec, post))
+    fits_by_size = {}
+    for max_obs in (300, 5000):
+        rows = []
+        for fit in fits.values():
+            rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem,
+                                    settings=MetricSettings(loo_max_obs=max_obs)),
+                         "scenario": "s", "setup": "default", "N": 3000})
+        if max_obs == 300:
+            sampled = [r["elpd_loo_pointwise"].split(";") for r in rows]
+            assert [len(p) for p in sampled] == [300, 300] and all(r["loo_obs"] == 300 for r in rows)
+        fits_by_size[max_obs] = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
+    sub, full = fits_by_size[300].loc["off"], fits_by_size[5000].loc["off"]
+    assert math.isfinite(sub["elpd_loo_diff_se"]) and full["elpd_loo_diff_se"] > 5
+    assert sub["elpd_loo_diff_se"] == pytest.approx(full["elpd_loo_diff_se"], rel=0.25)
+    assert abs(sub["elpd_loo_diff"] - full["elpd_loo_diff"]) < 2 * sub["elpd_loo_diff_se"]
+    other = FORUM.simulate(5, N=3000)
+    assert subsample_seed(other.x, other.y) != subsample_seed(data.x, data.y)

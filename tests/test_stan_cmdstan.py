@@ -143,6 +143,28 @@ def test_laplace_is_the_oracle_mode_and_inverse_negative_hessian(backend, line_d
     assert np.linalg.norm(cov_stan - cov_oracle) / np.linalg.norm(cov_oracle) < 1e-4
 
 
+def test_laplace_passes_over_a_degenerate_mode_and_samples_from_the_best_other(backend, line_data, monkeypatch):
+    """Start 0's optimum is made to read as a spike (sigma 1e-9, below the data's resolution): the
+    fit records it, and laplace_sample runs from another start's mode, as multi-start MAP keeps."""
+    from backends import stan
+
+    real, seen = stan._optimum_point, []
+
+    def spike_first(spec, run):
+        point = real(spec, run)
+        seen.append(point)
+        return {**point, "sigma": np.asarray(1e-9)} if len(seen) == 1 else point
+
+    monkeypatch.setattr(stan, "_optimum_point", spike_first)
+    fit = backend.fit(LINE, line_data, "laplace", FitSettings(vi_draws=100, map_starts=3), seed=1)
+    assert fit.status == "ok", fit.reason
+    assert len(seen) == 3 and fit.degenerate_starts == ["start 0: sigma[0] = 1e-09 on 0 points"]
+    assert float(fit.point["sigma"]) > 0.1 and any(fit.point is p for p in seen[1:])
+    mode = _to_v(fit.point["w"][:, 0], fit.point["b"], np.atleast_1d(fit.point["sigma"]))[0]
+    A, b, _, _ = _quadratic_fit(_draws_v(fit), fit.log_q)
+    np.testing.assert_allclose(np.linalg.solve(A, b), mode, rtol=1e-6)  # the draws are around it
+
+
 # --- recovery on an ordered, well-separated spec ------------------------------------------------
 
 # Stan's ADVI lands away from the truth for some seeds (eta adaptation choosing 100, or early

@@ -127,6 +127,7 @@ COLUMNS: dict[str, str] = {
     "backend import s": "importing the backend module, seconds",
     "data s": "simulating or loading the data, seconds",
     "conversion s": "turning the engine's output into draws, seconds",
+    "waiting for a build s": "waiting for another process's build of the same program (not compile, not counted against --time-limit), seconds",
     "metrics s": "computing the metrics row, seconds",
     "hand-over s": "handing the row back to the parent, seconds",
     "in fit, unattributed s": "backend-call seconds outside the timed phases (the engine's own bookkeeping)",

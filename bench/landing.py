@@ -138,10 +138,13 @@ def components_matched(mean: dict, ref: ReferenceSummary, floor: float) -> bool:
 
 
 def place_chains(relabelled: xr.DataTree, permutations: np.ndarray, raw: xr.DataTree, problem: Problem,
-                 ref: ReferenceSummary, settings, collapsed_fn) -> list[Landing]:
-    """A Landing per chain. ``collapsed_fn(mean, sd)`` says whether components coincide."""
+                 ref: ReferenceSummary, settings, collapsed_fn, lp: np.ndarray | None = None) -> list[Landing]:
+    """A Landing per chain. ``collapsed_fn(mean, sd)`` says whether components coincide. ``lp``:
+    the log densities (chain, draws) of evenly thinned draws when already evaluated; else at most
+    ``settings.lp_draws_per_chain`` per chain are."""
     ds = posterior_dataset(relabelled)
-    lp, _ = problem.draw_log_densities(raw, per_chain=settings.lp_draws_per_chain)
+    if lp is None:
+        lp, _ = problem.draw_log_densities(raw, per_chain=settings.lp_draws_per_chain)
     codes = perm_codes(permutations)
     K = permutations.shape[-1]
     single = ds.sizes["chain"] * ds.sizes["draw"] == 1

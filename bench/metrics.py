@@ -28,7 +28,8 @@ from backends.base import TIMING_PHASES, Fit
 from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
-from bench.predictive import LOO_FIELDS, loo_metrics, subsample_seed
+from bench.predictive import LOO_FIELDS, loo_keep, loo_metrics, subsample_seed
+from bench.problem import thin_indices
 from bench.relabel import (
     SAMPLE_DIMS,
     chain_mean_pivot,
@@ -136,7 +137,12 @@ class MetricSettings:
     """See ``lp_gap_nats``."""
 
     lp_draws_per_chain: int = 200
-    """Draws per chain (evenly thinned) whose log density is evaluated for the gap."""
+    """Most draws per chain (evenly thinned) whose log density enters the gap. They are taken
+    from the draws PSIS-LOO evaluates (one pass over the data per draw serves both), so at large
+    N there are fewer: 100 per chain for 2 chains at N = 1e5 (``loo_max_values`` / N draws in
+    all, at least 100). The gap is a mean over draws judged against a tolerance of at least
+    ``lp_gap_nats``; its Monte Carlo error, sd(log density) / sqrt(draws), is about
+    sqrt(d / 2) / 10 = 0.2 nats for d = 6 parameters at 100 draws, far inside it."""
 
     rhat_max: float = 1.01
     """Health flag rhat: relabelled R-hat above this (Vehtari et al. 2021)."""
@@ -892,6 +898,28 @@ class Scoring:
                 out[c] = hits
         return out
 
+    @cached_property
+    def terms(self):
+        """The posterior draws PSIS-LOO reads, evaluated once (bench.problem.DrawTerms): the
+        landing's log densities come from the same pass. None where there are none to share
+        (no data, a single point, the forum's batch likelihoods)."""
+        ds = posterior_dataset(self.raw)
+        if self.problem is None or self.single_point or self.problem.spec.likelihood != "mixture":
+            return None
+        st = self.settings
+        keep = loo_keep(self.problem.dataset.N, ds.sizes["draw"], ds.sizes["chain"], st.loo_max_values,
+                        max_draws=st.loo_max_draws)
+        return self.problem.draw_terms(self.raw, keep)
+
+    def landing_log_densities(self):
+        """(chain, draws) log densities for the landing: the shared evaluation thinned evenly to
+        at most ``lp_draws_per_chain`` draws per chain (all it holds when fewer: at N = 1e5,
+        100 per chain for 2 chains), else None (the landing evaluates its own)."""
+        if self.terms is None:
+            return None
+        lp = self.terms.log_density
+        return lp[:, thin_indices(lp.shape[1], self.settings.lp_draws_per_chain)]
+
     def sizes(self) -> dict[str, Any]:
         ds = posterior_dataset(self.raw)
         return {"n_chains": ds.sizes["chain"], "n_draws": ds.sizes["draw"],
@@ -959,7 +987,7 @@ def _landing_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.ref_draws is not None and s.ref_lp is not None and s.problem is not None:
         summary = ReferenceSummary.of(s.ref_draws, s.ref_lp)
         landings = place_chains(s.rel.draws, s.rel.permutations, s.raw, s.problem, summary, s.settings,
-                                lambda mean, sd: is_collapsed(mean, sd, s.settings))
+                                lambda mean, sd: is_collapsed(mean, sd, s.settings), s.landing_log_densities())
         # A degenerate chain's density is high only because the likelihood is unbounded at tied
         # points: it is never the reference missing a better mode.
         out = landing_summary(landings, summary, s.settings, excluded=set(s.degenerate))
@@ -1037,7 +1065,8 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
     st = s.settings
     data = s.problem.dataset
     return loo_metrics(s.fit, s.raw, s.problem, mcmc=s.mcmc, max_values=st.loo_max_values,
-                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs, seed=subsample_seed(data.x, data.y))
+                       max_draws=st.loo_max_draws, max_obs=st.loo_max_obs, terms=s.terms,
+                       seed=subsample_seed(data.x, data.y))
 
 
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:

@@ -22,11 +22,18 @@ The pointwise log likelihood is the oracle's (bench.problem), on the data's scal
 draws x N, so the draws are thinned evenly to at most ``max_values / N`` (within
 [min_draws, max_draws]); ``loo_draws`` records how many were used. Pareto smoothing runs once per
 observation (milliseconds each in arviz-stats), so above ``max_obs`` observations elpd_loo is
-estimated from a seeded simple random subsample of ``max_obs`` of them with arviz-stats'
-``loo_subsample``: the lpd of every observation as the cheap approximation and the difference
-estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard error is
-``elpd_loo_subsample_se``. The subsample is seeded by the data's digest (``subsample_seed``), so
-every fit of one data set leaves out the same observations and their pointwise values pair up.
+estimated from a seeded simple random subsample of ``max_obs`` of them as arviz-stats'
+``loo_subsample(method="lpd")`` estimates it (the same subsample, PSIS and estimators;
+tests/test_predictive.py): the lpd of every observation as the cheap approximation and the
+difference estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard
+error is ``elpd_loo_subsample_se``. The subsample is seeded by the data's digest
+(``subsample_seed``), so every fit of one data set leaves out the same observations and their
+pointwise values pair up. Only the lpd of all N observations is computed here, in one numpy pass
+over the matrix (arviz-stats' xarray log-sum-exp of it took seconds at N = 1e5).
+
+The pointwise log likelihood of the posterior draws is computed once per fit
+(``Problem.draw_terms``) and read by the landing too (its log densities are their sums plus the
+log prior).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 import xarray as xr
 
 from backends.base import Fit
-from bench.problem import Problem, thin_indices
+from bench.problem import DrawTerms, Problem, thin_indices
 from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
 from bench.relabel import posterior_dataset
 
@@ -107,10 +114,41 @@ def subsample_seed(x: np.ndarray, y: np.ndarray) -> int:
     return int(digest[:8], 16)
 
 
+def loo_keep(n_obs: int, n_draws: int, chains: int, max_values: float = 2e7, min_draws: int = 100,
+             max_draws: int = 1000) -> np.ndarray:
+    """The draw indices (the same in every chain) PSIS-LOO evaluates: evenly thinned to the budget."""
+    return thin_indices(n_draws, max(_draw_budget(n_obs, max_values, min_draws, max_draws) // chains, 1))
+
+
+def _log_mean_exp(log_lik: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+    """lpd_n = log mean_s exp(log_lik[s, n]) over the leading (chain, draw) axes, shape (N,),
+    chunked over observations (one numpy pass each; arviz-stats' xarray logsumexp of the
+    whole matrix cost seconds at N = 1e5)."""
+    flat = log_lik.reshape(-1, log_lik.shape[-1])
+    out = np.empty(flat.shape[1])
+    for start in range(0, flat.shape[1], chunk):
+        block = flat[:, start:start + chunk]
+        top = block.max(axis=0)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        out[start:start + chunk] = safe + np.log(np.exp(block - safe).mean(axis=0))
+    return out
+
+
+def _psis_loo(tree: xr.DataTree, weights: dict, mcmc: bool):
+    """arviz-stats' PSIS-LOO of every observation in ``tree``: weighted by p/q when given."""
+    if weights:
+        return azs.loo_approximate_posterior(tree, pointwise=True, **weights)
+    return azs.loo(tree, pointwise=True, reff=None if mcmc else 1.0)
+
+
 def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
                 max_values: float = 2e7, min_draws: int = 100, max_draws: int = 1000,
-                max_obs: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The LOO_FIELDS of one fit (NaN where they cannot be computed)."""
+                max_obs: int = 1000, seed: int = 0, terms: DrawTerms | None = None) -> dict[str, Any]:
+    """The LOO_FIELDS of one fit (NaN where they cannot be computed).
+
+    ``terms``: the fit's draws already evaluated (``Problem.draw_terms``), reused when they are
+    the draws this estimate reads (its own thinning of the posterior draws).
+    """
     out: dict[str, Any] = dict.fromkeys(LOO_FIELDS, NAN)
     raw = posterior_dataset(draws)
     if raw.sizes["chain"] * raw.sizes["draw"] < 2 or problem.spec.likelihood != "mixture":
@@ -119,10 +157,13 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         return out
     ds, log_p, log_q, method = _weighting(fit, draws, mcmc)
     chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
-    budget = _draw_budget(problem.dataset.N, max_values, min_draws, max_draws)
-    keep = thin_indices(n_draws, max(budget // chains, 1))
-    index = [(c, int(d)) for c in range(chains) for d in keep]
-    log_lik = problem.pointwise_draws(xr.DataTree.from_dict({"posterior": ds}), index).reshape(chains, keep.size, -1)
+    keep = loo_keep(problem.dataset.N, n_draws, chains, max_values, min_draws, max_draws)
+    if terms is not None and method in ("psis-loo", "psis-loo-approximate") and np.array_equal(terms.keep, keep):
+        log_lik = terms.terms
+    else:
+        index = [(c, int(d)) for c in range(chains) for d in keep]
+        log_lik = problem.pointwise_draws(xr.DataTree.from_dict({"posterior": ds}), index)
+        log_lik = log_lik.reshape(chains, keep.size, -1)
     if not np.isfinite(log_lik).all():
         # A draw with a non-finite parameter or density: leave it out of the estimate.
         good = np.isfinite(log_lik).all(axis=2)
@@ -131,12 +172,14 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         cols = good.all(axis=0)
         log_lik, keep = log_lik[:, cols], keep[cols]
     coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
-    tree = xr.DataTree.from_dict({
-        "posterior": ds.isel(draw=keep),
-        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)}, coords=coords),
-    })
     n_obs = log_lik.shape[2]
     subsample = n_obs > max_obs
+    # arviz-stats' simple random sample without replacement (loo_subsample's, same seed).
+    obs = np.random.default_rng(seed).choice(n_obs, size=max_obs, replace=False) if subsample else slice(None)
+    tree = xr.DataTree.from_dict({
+        "posterior": ds.isel(draw=keep),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik[:, :, obs])}, coords=coords),
+    })
     weights = {}
     if log_p is not None:
         weights = {name: xr.DataArray(values[keep][None], dims=("chain", "draw"), coords=coords)
@@ -144,27 +187,33 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
     with warnings.catch_warnings():
         # arviz-stats warns about high Pareto k; the row carries k-hat itself.
         warnings.simplefilter("ignore")
-        if subsample:
-            result = azs.loo_subsample(tree, observations=max_obs, pointwise=True, seed=seed, method="lpd",
-                                       reff=None if mcmc else 1.0, **weights)
-        elif weights:
-            result = azs.loo_approximate_posterior(tree, pointwise=True, **weights)
-        else:
-            result = azs.loo(tree, pointwise=True, reff=None if mcmc else 1.0)
+        result = _psis_loo(tree, weights, mcmc)
+    elpd, se, p_loo, sub_se = float(result.elpd), float(result.se), float(result.p), 0.0
+    if subsample:
+        # The difference estimator with the lpd of every observation as its cheap approximation
+        # (Magnusson et al. 2020), as arviz-stats' loo_subsample(method="lpd") computes it, with
+        # its estimators; only the lpd is computed here, in one numpy pass.
+        lpd_all = xr.DataArray(_log_mean_exp(log_lik), dims="obs")
+        lpd_sample = lpd_all.isel(obs=obs)
+        elpd_i = result.elpd_i
+        elpd, sub_se, se = (float(v) for v in elpd_i.azstats.diff_srs_estimator(
+            lpd_approx_sample=lpd_sample, lpd_approx_all=lpd_all, n_data_points=n_obs))
+        p_loo = float((lpd_sample - elpd_i).azstats.srs_estimator(n_data_points=n_obs)[0])
     out["loo_method"] = method
     pareto_k = np.asarray(result.pareto_k.values, dtype=float)
     out.update({
-        "elpd_loo": float(result.elpd),
-        "elpd_loo_se": float(result.se),
-        "p_loo": float(result.p),
+        "elpd_loo": elpd,
+        "elpd_loo_se": se,
+        "p_loo": p_loo,
         "loo_khat_max": float(np.nanmax(pareto_k)) if np.isfinite(pareto_k).any() else NAN,
         "loo_n_bad": int(np.sum(pareto_k > float(result.good_k))),
         "loo_draws": int(log_lik.shape[0] * log_lik.shape[1]),
-        "loo_obs": int(result.subsample_size) if subsample else int(n_obs),
-        "elpd_loo_subsample_se": float(result.subsampling_se) if subsample else 0.0,
+        "loo_obs": int(max_obs) if subsample else int(n_obs),
+        "elpd_loo_subsample_se": sub_se,
+        # Subsampled: the values in the order of the observations' indices, so that two fits of
+        # one data set (the same subsample: subsample_seed) pair up value by value.
         "elpd_loo_pointwise": ";".join(repr(float(v)) for v in (
-            np.ravel(result.elpd_i.values)[np.sort(result.loo_subsample_observations)] if subsample
-            else np.ravel(result.elpd_i.values))),
+            np.ravel(result.elpd_i.values)[np.argsort(obs)] if subsample else np.ravel(result.elpd_i.values))),
     })
     if not math.isfinite(out["elpd_loo"]):
         out["elpd_loo"] = NAN

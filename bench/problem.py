@@ -28,6 +28,51 @@ from models.spec import MixtureSpec
 from models.standardize import Standardization
 
 
+def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
+    """The oracle's log prior (models/oracle.py) of S points at once, shape (S,); -inf outside
+    the support. ``params`` holds the canonical arrays with one leading axis of S points."""
+    p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    S, pi = p["pi"].shape[0], p["pi"]
+    alpha = spec.alpha
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * np.log(pi)).sum(axis=1)
+        lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
+        lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
+        if spec.intercept:
+            lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
+        lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
+        if spec.ordering != "none":
+            ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
+            lp = np.where(np.any(np.diff(ordered, axis=1) <= 0, axis=1), -np.inf, lp + spec.log_order_constant)
+    return lp
+
+
+def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: dict, chunk_values: float):
+    """(slice of points, their per-observation mixture log likelihood (s, N)) chunk by chunk.
+
+    log sum_k pi_k Normal(y_n | b_k + x_n . w_k, sigma_k), accumulated one component at a time
+    with ``np.logaddexp`` (exact and stable: log(e^a + e^b) = max + log1p(e^-|a-b|)), so a chunk
+    holds a few (s, N) arrays and no (s, N, K) one; the means are one matrix product per
+    component. float64 throughout.
+    """
+    S, K, N = p["pi"].shape[0], spec.K, y.shape[0]
+    sigma = np.broadcast_to(p["sigma"].reshape(S, -1), (S, K))
+    step = max(1, int(chunk_values // max(N, 1)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        const = np.log(p["pi"]) - 0.5 * np.log(2 * np.pi) - np.log(sigma)  # (S, K)
+        for start in range(0, S, step):
+            sl = slice(start, min(S, start + step))
+            ll = None
+            for k in range(K):
+                mu = p["w"][sl, k] @ x.T  # (s, N)
+                if spec.intercept:
+                    mu += p["b"][sl, k][:, None]
+                z = (y[None, :] - mu) / sigma[sl, k][:, None]
+                comp = const[sl, k][:, None] - 0.5 * z * z
+                ll = comp if ll is None else np.logaddexp(ll, comp)
+            yield sl, ll
+
+
 def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict,
                       pointwise: bool = False, chunk_values: int = 4_000_000) -> np.ndarray:
     """The oracle's log density (models/oracle.py) of S points at once, shape (S,); with
@@ -36,49 +81,23 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
     ``params`` holds the canonical arrays with one leading axis of S points. The same formulas as
     the oracle, vectorised over points (tests/test_problem.py checks they agree); the forum
     likelihoods fall back to the oracle point by point. Points outside the prior's support give
-    -inf. Memory stays at about ``chunk_values`` doubles (points x N x K per chunk).
+    -inf. Memory stays at about a few ``chunk_values`` doubles (points x N per chunk) besides the
+    (S, N) result of ``pointwise``.
     """
     p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     S = p["pi"].shape[0]
-    K = spec.K
     if spec.likelihood != "mixture":
-        points = [{k: v[i] for k, v in p.items()} for i in range(S)]
         if pointwise:
             raise ValueError("pointwise log likelihood: only for the mixture likelihood")
-        return np.array([log_density(spec, x, y, point) for point in points])
-    sigma = np.broadcast_to(p["sigma"].reshape(S, -1), (S, K))
-    pi = p["pi"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_pi = np.log(pi)
-        lp = np.zeros(S)
-        if not pointwise:
-            alpha = spec.alpha
-            lp += special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * log_pi).sum(axis=1)
-            lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
-            lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
-            if spec.intercept:
-                lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
-            lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
-            if spec.ordering != "none":
-                ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
-                lp = np.where(np.any(np.diff(ordered, axis=1) <= 0, axis=1), -np.inf, lp + spec.log_order_constant)
-        N = y.shape[0]
-        step = max(1, int(chunk_values // max(N * K, 1)))
-        terms = np.empty((S, N)) if pointwise else None
-        for start in range(0, S, step):
-            sl = slice(start, min(S, start + step))
-            mu = np.einsum("nd,skd->snk", x, p["w"][sl])
-            if spec.intercept:
-                mu = mu + p["b"][sl][:, None, :]
-            s = sigma[sl][:, None, :]
-            comp = log_pi[sl][:, None, :] - 0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((y[None, :, None] - mu) / s) ** 2
-            ll = special.logsumexp(comp, axis=2)
-            if pointwise:
-                terms[sl] = ll
-            else:
-                lp[sl] = lp[sl] + ll.sum(axis=1)
+        return np.array([log_density(spec, x, y, {k: v[i] for k, v in p.items()}) for i in range(S)])
     if pointwise:
+        terms = np.empty((S, y.shape[0]))
+        for sl, ll in _log_likelihood_chunks(spec, x, y, p, chunk_values):
+            terms[sl] = ll
         return terms
+    lp = batch_log_prior(spec, p)
+    for sl, ll in _log_likelihood_chunks(spec, x, y, p, chunk_values):
+        lp[sl] = lp[sl] + ll.sum(axis=1)
     return np.where(np.isnan(lp), -np.inf, lp)
 
 
@@ -87,6 +106,19 @@ def thin_indices(n: int, most: int) -> np.ndarray:
     if n <= most:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, most).round().astype(int))
+
+
+@dataclass(frozen=True, eq=False)
+class DrawTerms:
+    """Evenly thinned draws of a fit, evaluated once: the landing's log densities and PSIS-LOO's
+    pointwise log likelihood both read them (``Problem.draw_terms``)."""
+
+    keep: np.ndarray
+    """(kept,) the draw indices evaluated, the same in every chain."""
+    terms: np.ndarray
+    """(chain, kept, N) log p(y_n | theta), data scale (bench.problem.Problem.pointwise_log_likelihood)."""
+    log_density: np.ndarray
+    """(chain, kept) the fitted model's log density (oracle convention); -inf where not finite."""
 
 
 @dataclass(eq=False)
@@ -199,6 +231,22 @@ class Problem:
         fit = self.fit_dataset
         values = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index))
         return np.where(np.isfinite(values), values, -np.inf).reshape(ds.sizes["chain"], keep.size), keep
+
+    def draw_terms(self, draws: xr.DataTree, keep: np.ndarray) -> "DrawTerms":
+        """The pointwise log likelihood and log density of the draws ``keep`` of every chain,
+        computed once (one pass over N per draw) for every metric that reads them."""
+        ds = posterior_dataset(draws)
+        chains = ds.sizes["chain"]
+        index = [(c, int(d)) for c in range(chains) for d in keep]
+        points = self._points(draws, index)
+        fit = self.fit_dataset
+        terms = batch_log_density(self.spec, fit.x, fit.y, points, pointwise=True)
+        with np.errstate(invalid="ignore"):
+            lp = batch_log_prior(self.spec, points) + terms.sum(axis=1)
+        if self.standardization is not None:
+            terms -= math.log(self.standardization.y_scale)
+        lp = np.where(np.isfinite(lp), lp, -np.inf)
+        return DrawTerms(np.asarray(keep), terms.reshape(chains, len(keep), -1), lp.reshape(chains, len(keep)))
 
     def pointwise_draws(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> np.ndarray:
         """Pointwise log likelihood (data scale) at the given (chain, draw) pairs, shape (len(index), N)."""

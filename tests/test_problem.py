@@ -119,3 +119,22 @@ def test_constant_response_cannot_be_standardized():
 
     with pytest.raises(MixbenchError, match="--standardize: the response is constant"):
         Problem.make(SPEC, Dataset(x=np.ones((5, 2)), y=np.full(5, 3.0)), standardize=True)
+
+
+def test_draw_terms_are_the_oracles_log_densities_and_pointwise_terms():
+    """One pass gives each kept draw's log density (the standardised model's, as
+    Problem.log_density) and its data-scale pointwise log likelihood (as
+    Problem.pointwise_log_likelihood): the landing and PSIS-LOO read the same evaluation."""
+    data = scaled_data()
+    problem = Problem.make(SPEC, data, standardize=True)
+    rng = np.random.default_rng(4)
+    pts = [[problem.to_data_scale_point(random_point(SPEC, rng)) for _ in range(5)] for _ in range(2)]
+    post = {k: np.stack([np.stack([p[k] for p in chain]) for chain in pts]) for k in pts[0][0]}
+    draws = canonical_datatree(SPEC, post)
+    keep = np.array([0, 2, 4])
+    out = problem.draw_terms(draws, keep)
+    assert out.terms.shape == (2, 3, data.N) and out.log_density.shape == (2, 3)
+    for c in range(2):
+        for j, d in enumerate(keep):
+            assert out.log_density[c, j] == pytest.approx(problem.log_density(pts[c][d]), rel=1e-10)
+            np.testing.assert_allclose(out.terms[c, j], problem.pointwise_log_likelihood(pts[c][d]), rtol=1e-10)

@@ -1,0 +1,48 @@
+"""PSIS-LOO's subsampled estimate, assembled from the one evaluation of the draws, against
+arviz-stats' own loo_subsample on the same pointwise log likelihood."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz_stats as azs
+import numpy as np
+import pytest
+import xarray as xr
+
+from backends.base import Fit, canonical_datatree
+from bench.predictive import loo_keep, loo_metrics
+from bench.problem import Problem
+from models import Dataset, get_scenario
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_subsampled_loo_is_arviz_stats_loo_subsample(share):
+    scenario = get_scenario("forum-small")
+    data = scenario.simulate(0, N=600)
+    problem = Problem.make(scenario.spec, Dataset(x=data.x, y=data.y))
+    rng = np.random.default_rng(0)
+    post = {k: np.asarray(v, float)[None, None] + 0.01 * rng.standard_normal((2, 300) + np.shape(v))
+            for k, v in scenario.truth.items()}
+    post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+    draws = canonical_datatree(scenario.spec, post)
+    fit = Fit(backend="t", method="nuts", status="ok", draws=draws, timings={"sampling": 1.0})
+    keep = loo_keep(600, 300, 2)
+    terms = problem.draw_terms(draws, keep) if share else None
+    row = loo_metrics(fit, draws, problem, mcmc=True, max_obs=100, seed=7, terms=terms)
+
+    index = [(c, int(d)) for c in range(2) for d in keep]
+    log_lik = problem.pointwise_draws(draws, index).reshape(2, keep.size, -1)
+    tree = xr.DataTree.from_dict({
+        "posterior": draws["posterior"].to_dataset().isel(draw=keep),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)}),
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = azs.loo_subsample(tree, observations=100, pointwise=True, seed=7, method="lpd")
+    assert row["loo_obs"] == 100 and row["loo_draws"] == log_lik.shape[0] * log_lik.shape[1]
+    assert row["elpd_loo"] == pytest.approx(float(expected.elpd), rel=1e-10)
+    assert row["elpd_loo_se"] == pytest.approx(float(expected.se), rel=1e-8)
+    assert row["p_loo"] == pytest.approx(float(expected.p), rel=1e-8)
+    assert row["elpd_loo_subsample_se"] == pytest.approx(float(expected.subsampling_se), rel=1e-8)
+    assert row["loo_khat_max"] == pytest.approx(float(np.nanmax(expected.pareto_k.values)), rel=1e-10)

@@ -319,7 +319,9 @@ def test_signal_stops_the_run_cleanly(tmp_path, marker, capsys, signum, to_group
 
     out = tmp_path / "out"
     args = ["run", "--backends", f"{FAKE}QuickBackend,{FAKE}SpawningSleeperBackend", "--N", "200",
-            "--chains", "2", "--draws", "100", "--out", str(out), "--no-report"]
+            "--chains", "2", "--draws", "100", "--out", str(out), "--no-report", "--jobs", "1"]
+    # One worker: the quick cell has finished when the sleeper starts (a run's default is a worker
+    # per core, which would run both at once).
     # A session of its own, as a terminal gives a command: SIGINT and SIGHUP go to its whole
     # foreground group (the run and its fork server), SIGTERM (kill) to the run alone.
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=ROOT, start_new_session=True,

@@ -303,5 +303,8 @@ def test_own_nuts_initialisation_gives_pm_samples_draws_at_the_same_seed(backend
                           target_accept=settings.target_accept, progressbar=False, quiet=True,
                           compute_convergence_checks=False)
     for name in ("w", "sigma", "pi"):
+        # 1e-8, not 1e-10: the start points come from a jitter function compiled once per model
+        # (backends/pymc.py), whose float64 rounding differs from pm.sample's in the last bits
+        # (1.6e-10 seen); another seed or initialisation moves the draws by O(1).
         np.testing.assert_allclose(fit.draws.posterior[name].values, trace.posterior[name].values,
-                                   rtol=1e-10, err_msg=name)
+                                   rtol=1e-8, err_msg=name)

@@ -166,8 +166,12 @@ def _add_reference_options(group, prefix: str = "--reference-") -> None:
     from bench.reference import ReferenceSettings
 
     defaults = ReferenceSettings()
+    group.add_argument(f"{prefix}method", dest="ref_method", choices=("modes", "nuts"), default=defaults.method,
+                       help="modes: find the posterior's modes from many starts, sample each with NumPyro NUTS and "
+                            "weight it by its mass (bridge and importance sampling); nuts: one multi-chain NUTS run "
+                            f"with --{prefix.strip('-')}-backend (default {defaults.method})")
     group.add_argument(f"{prefix}backend", dest="ref_backend", choices=BACKEND_NAMES, default=defaults.backend,
-                       help=f"backend of the reference's NUTS run (default {defaults.backend})")
+                       help=f"backend of the reference's NUTS run with method nuts (default {defaults.backend})")
     group.add_argument(f"{prefix}chains", dest="ref_chains", type=_positive_int, default=defaults.chains,
                        help=f"reference NUTS chains (default {defaults.chains})")
     group.add_argument(f"{prefix}warmup", dest="ref_warmup", type=_positive_int, default=defaults.warmup,
@@ -182,7 +186,7 @@ def _reference_settings(args):
     from bench.reference import ReferenceSettings
 
     return ReferenceSettings(backend=args.ref_backend, chains=args.ref_chains, warmup=args.ref_warmup,
-                             draws=args.ref_draws, seed=args.ref_seed)
+                             draws=args.ref_draws, seed=args.ref_seed, method=args.ref_method)
 
 
 def _spec_overrides(args) -> dict:

@@ -734,6 +734,7 @@ def attach_references(cells: list, choice: str, settings) -> list:
     import dataclasses
 
     from bench.harness import load_cell_data
+    from bench.modes import modes_table_lines
     from bench.problem import Problem
     from bench.reference import resolve_reference
 
@@ -749,6 +750,8 @@ def attach_references(cells: list, choice: str, settings) -> list:
             found[key] = str(ref.path) if ref is not None else None
             if ref is not None:
                 print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
+                for line in modes_table_lines(ref.modes):
+                    print(f"  {line}", file=sys.stderr, flush=True)
                 for line in ref.lacks():
                     print(f"  {line}", file=sys.stderr, flush=True)
         out.append(dataclasses.replace(cell, reference=found[key]))
@@ -757,6 +760,7 @@ def attach_references(cells: list, choice: str, settings) -> list:
 
 def cmd_reference(args) -> int:
     from bench.harness import Cell, load_cell_data
+    from bench.modes import modes_table_lines
     from bench.problem import Problem
     from bench.reference import (INFO_FILE, cache_dir_for, load_reference, make_reference, reference_from_draws,
                                  write_reference)
@@ -791,11 +795,13 @@ def cmd_reference(args) -> int:
         if cached is not None and cached.accepted and cached.info.get("made_by", {}).get("settings") == settings.to_dict():
             # The same data, spec, scale and settings (the cache key): NUTS would give the same draws.
             print(cached.describe())
+            print("\n".join(modes_table_lines(cached.modes)))
             print(f"cached, not rerun: {directory} (made {cached.info.get('created')})")
             return 0
         reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     write_reference(reference, directory)
     print(reference.describe())
+    print("\n".join(modes_table_lines(reference.modes)))
     for line in reference.lacks():
         print(line)
     print(f"written: {directory}")

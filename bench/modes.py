@@ -119,6 +119,11 @@ def _mass_text(mode: dict[str, Any]) -> str:
     return "-" if mode.get("mass_bridge") is None else f"{mode['mass_bridge']:.3g}"
 
 
+def _mass_se(mode: dict[str, Any], key: str) -> str:
+    value = mode.get(f"mass_{key}")
+    return "-" if value is None else f"{value:.3f} +- {mode[f'mass_{key}_se']:.3f}"
+
+
 def _parse_masses(text: str) -> dict[str, tuple[str, float]]:
     out = {}
     for item in text.split(";"):
@@ -163,10 +168,6 @@ def modes_table_lines(modes: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [f"{'mode':<5}{'status':<11}{'mass (bridge)':<18}{'mass (IS)':<18}{'mean lp':>10}{'gap':>8}  "
              "location; how found"]
-    def mass(m: dict, key: str) -> str:
-        value = m.get(f"mass_{key}")
-        return "-" if value is None else f"{value:.3f} +- {m[f'mass_{key}_se']:.3f}"
-
     for m in modes:
 
         location = ", ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
@@ -174,6 +175,31 @@ def modes_table_lines(modes: list[dict[str, Any]]) -> list[str]:
         extra = "; " + m["note"] if m.get("note") else ""
         if m.get("estimators_agree") is False:
             extra += "; the two mass estimators DISAGREE"
-        lines.append(f"{m['name']:<5}{m['status']:<11}{mass(m, 'bridge'):<18}{mass(m, 'is'):<18}{m['lp_mean']:>10.2f}"
+        lines.append(f"{m['name']:<5}{m['status']:<11}{_mass_se(m, 'bridge'):<18}{_mass_se(m, 'is'):<18}{m['lp_mean']:>10.2f}"
                      f"{m.get('lp_gap', math.nan):>8.2f}  {location}; {m.get('found_by', '')}{extra}")
     return lines
+
+
+def reference_modes_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reference's modes table of every data set in a run's rows (``reference_modes``), one
+    row per mode: data set, mode, status, masses with their SEs, mean log density, how found."""
+    if "reference_modes" not in frame:
+        return pd.DataFrame()
+    records = []
+    seen = set()
+    for _, row in frame.iterrows():
+        modes = row.get("reference_modes")
+        if not isinstance(modes, list) or row["scenario"] in seen:
+            continue
+        seen.add(row["scenario"])
+        for m in modes:
+            records.append({
+                "data set": row["scenario"], "reference mode": m["name"], "mode status": m["status"],
+                "mass (bridge)": _mass_se(m, "bridge"), "mass (IS)": _mass_se(m, "is"),
+                "mode mean lp": round(float(m["lp_mean"]), 2), "nats below": round(float(m.get("lp_gap", math.nan)), 2),
+                "poor": "yes" if _poor(m) else "no",
+                "mode location": "; ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
+                                      for n, v in m.get("location", {}).items() if np.size(v)),
+                "how found": m.get("found_by", "") + ("; " + m["note"] if m.get("note") else ""),
+            })
+    return pd.DataFrame(records)

@@ -31,6 +31,7 @@ LAND_DISTANCE_SD = 4.0
 """A chain's mean within this many of a mode's posterior sds, in every scalar, is in that mode."""
 
 SCALE_FLOOR = 1e-6
+GAP_SHOWN_NATS = 0.5  # a mode's log-density gap below this is not worth a word
 
 MODE_FIELDS: dict[str, str] = {
     "ref_mode_chains": "the reference mode (A, B, ... by mass) each chain landed in, 'A;A;B;-' ('-': none)",
@@ -151,7 +152,7 @@ def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
             continue
         mass, gap = masses.get(name, ("-", math.nan))
         detail = f"mass {mass}" if mass != "-" else "degenerate, no mass: the posterior is improper there"
-        if math.isfinite(gap) and gap >= 0.05:
+        if math.isfinite(gap) and gap >= GAP_SHOWN_NATS:
             detail += f", {gap:.3g} nats lower"
         parts.append(f"{n} in mode {name} ({detail})")
     parts[0] = parts[0].replace(" in ", f" of {len(landed)} {unit} in ", 1)

@@ -6,8 +6,8 @@ Steps (bench.reference calls ``make_modes_reference`` for ``ReferenceSettings(me
    (dispersed starts), run vectorised.
 2. Cluster: each chain's draws are relabelled against its own highest draw and its components
    sorted canonically (bench.reference.canonical_relabel), so label copies are one mode; chains
-   join a mode when their relabelled means lie within ``merge_distance_sd`` pooled within-chain
-   sds of the mode's first chain for every scalar (components matched by the assignment that
+   join a mode when their relabelled means lie within ``merge_distance_sd`` within-chain sds (the
+   smaller of the two chains') of the mode's first chain for every scalar (components matched by the assignment that
    minimises the scaled distance) and their mean log densities within max(5 nats, 3 sds).
    Modes are visited from the highest mean log density down.
 3. Sample each mode: ``chains`` NumPyro NUTS chains of ``warmup`` + ``draws``, started at the
@@ -185,9 +185,11 @@ class _ChainPlace:
         self.best_lp = float(lp[0, best])
 
     def same_mode(self, other: "_ChainPlace", K: int, distance_sd: float) -> bool:
+        """Close in mean log density and, in the smaller of the two chains' sds, in every scalar:
+        a chain that wanders between two modes has a wide sd, which must not make it near both."""
         tol = max(LP_MERGE_NATS, LP_MERGE_SD * max(self.lp_sd, other.lp_sd))
-        return (abs(self.lp_mean - other.lp_mean) <= tol
-                and scaled_distance(self.mean, other.mean, _pooled_sd(self.sd, other.sd), K) <= distance_sd)
+        sd = {n: np.minimum(self.sd[n], other.sd[n]) for n in self.sd}
+        return abs(self.lp_mean - other.lp_mean) <= tol and scaled_distance(self.mean, other.mean, sd, K) <= distance_sd
 
 
 def cluster_chains(places: list[_ChainPlace], K: int, distance_sd: float) -> list[list[int]]:
@@ -404,13 +406,13 @@ def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, n
             cc = c % ds.sizes["chain"]
             pick = np.unique(np.linspace(0, ds.sizes["draw"] - 1, n).round().astype(int))
             pick = np.resize(pick, n)
-            pieces.append(ds.isel(chain=cc, draw=pick).drop_vars("draw"))
+            pieces.append(ds.isel(chain=cc, draw=pick).drop_vars(["chain", "draw"]))
             lp_pieces.append(mode["_lp"][cc, pick])
             div_pieces.append(mode["_diverging"][cc, pick])
-        parts.append(xr.concat(pieces, dim="draw"))
+        parts.append(xr.concat(pieces, dim="draw", coords="minimal", compat="override"))
         lps.append(np.concatenate(lp_pieces))
         divs.append(np.concatenate(div_pieces))
-    ds = xr.concat(parts, dim="chain").assign_coords(chain=np.arange(chains), draw=np.arange(settings.draws))
+    ds = xr.concat(parts, dim="chain", coords="minimal", compat="override").assign_coords(chain=np.arange(chains), draw=np.arange(settings.draws))
     ds = ds.transpose("chain", "draw", ...)
     tree = xr.DataTree.from_dict({"posterior": ds.drop_vars([v for v in ds.coords if v not in first.coords
                                                              and v not in ("chain", "draw")])})

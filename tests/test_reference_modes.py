@@ -99,7 +99,7 @@ def _mirror_problem() -> Problem:
 
 
 @pytest.mark.slow
-def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_are_named_by_mode():
+def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_are_named_by_mode(tmp_path):
     from bench.reference import ReferenceSettings, make_reference
 
     problem = _mirror_problem()
@@ -132,6 +132,12 @@ def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_a
     point = {n: np.asarray(v) for n, v in right["location"].items()}
     assert land(point, ref.modes, 2) == right["name"]
     assert ref.info["checks"]["mass_precision"]
+    # The modes table travels with the posteriordb files.
+    from bench.reference import load_reference, write_reference
+
+    again = load_reference(write_reference(ref, tmp_path / "ref"), problem)
+    assert [m["mass_bridge"] for m in again.modes] == pytest.approx([m["mass_bridge"] for m in ref.modes])
+    assert again.info["inference"]["method"] == "numpyro_nuts_per_mode_mass_weighted"
 
 
 def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences():
@@ -156,3 +162,22 @@ def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences
                                        "(mass 0.03, 16.5 nats lower)")
     assert 0.03 < POOR_MASS
     assert modes_table_lines(modes)[1].startswith("A    weighted   0.930 +- 0.010")
+
+
+def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():
+    from types import SimpleNamespace
+
+    from bench.reference_modes import _mixture, allocate
+
+    spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component")
+
+    def mode(chains: int, value: float, mass: float) -> dict:
+        arrays = {"w": np.zeros((chains, 10, 2, 0)), "b": np.full((chains, 10, 2), value),
+                  "sigma": np.ones((chains, 10, 2)), "pi": np.full((chains, 10, 2), 0.5)}
+        return {"_rel": canonical_datatree(spec, arrays), "_lp": np.full((chains, 10), value),
+                "_diverging": np.zeros((chains, 10), bool), "mass_bridge": mass, "chains_used": chains}
+
+    tree, lp, _ = _mixture([mode(4, 1.0, 0.7), mode(3, 2.0, 0.3)], SimpleNamespace(draws=10))
+    assert tree["posterior"]["b"].shape == (4, 10, 2)
+    assert (lp == 1.0).sum(axis=1).tolist() == [7, 7, 7, 7] and (lp == 2.0).sum(axis=1).tolist() == [3, 3, 3, 3]
+    assert allocate(np.array([0.5, 0.25, 0.25]), 7).sum() == 7

@@ -166,8 +166,12 @@ def _add_reference_options(group, prefix: str = "--reference-") -> None:
     from bench.reference import ReferenceSettings
 
     defaults = ReferenceSettings()
+    group.add_argument(f"{prefix}method", dest="ref_method", choices=("modes", "nuts"), default=defaults.method,
+                       help="modes: find the posterior's modes from many starts, sample each with NumPyro NUTS and "
+                            "weight it by its mass (bridge and importance sampling); nuts: one multi-chain NUTS run "
+                            f"with --{prefix.strip('-')}-backend (default {defaults.method})")
     group.add_argument(f"{prefix}backend", dest="ref_backend", choices=BACKEND_NAMES, default=defaults.backend,
-                       help=f"backend of the reference's NUTS run (default {defaults.backend})")
+                       help=f"backend of the reference's NUTS run with method nuts (default {defaults.backend})")
     group.add_argument(f"{prefix}chains", dest="ref_chains", type=_positive_int, default=defaults.chains,
                        help=f"reference NUTS chains (default {defaults.chains})")
     group.add_argument(f"{prefix}warmup", dest="ref_warmup", type=_positive_int, default=defaults.warmup,
@@ -182,7 +186,7 @@ def _reference_settings(args):
     from bench.reference import ReferenceSettings
 
     return ReferenceSettings(backend=args.ref_backend, chains=args.ref_chains, warmup=args.ref_warmup,
-                             draws=args.ref_draws, seed=args.ref_seed)
+                             draws=args.ref_draws, seed=args.ref_seed, method=args.ref_method)
 
 
 def _spec_overrides(args) -> dict:
@@ -738,6 +742,7 @@ def attach_references(cells: list, choice: str, settings) -> list:
     import dataclasses
 
     from bench.harness import load_cell_data
+    from bench.modes import modes_table_lines
     from bench.problem import Problem
     from bench.reference import resolve_reference
 
@@ -753,6 +758,8 @@ def attach_references(cells: list, choice: str, settings) -> list:
             found[key] = str(ref.path) if ref is not None else None
             if ref is not None:
                 print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
+                for line in modes_table_lines(ref.modes):
+                    print(f"  {line}", file=sys.stderr, flush=True)
                 for line in ref.lacks():
                     print(f"  {line}", file=sys.stderr, flush=True)
         out.append(dataclasses.replace(cell, reference=found[key]))
@@ -761,6 +768,7 @@ def attach_references(cells: list, choice: str, settings) -> list:
 
 def cmd_reference(args) -> int:
     from bench.harness import Cell, load_cell_data
+    from bench.modes import modes_table_lines
     from bench.problem import Problem
     from bench.reference import (INFO_FILE, cache_dir_for, load_reference, make_reference, reference_from_draws,
                                  write_reference)
@@ -795,11 +803,13 @@ def cmd_reference(args) -> int:
         if cached is not None and cached.accepted and cached.info.get("made_by", {}).get("settings") == settings.to_dict():
             # The same data, spec, scale and settings (the cache key): NUTS would give the same draws.
             print(cached.describe())
+            print("\n".join(modes_table_lines(cached.modes)))
             print(f"cached, not rerun: {directory} (made {cached.info.get('created')})")
             return 0
         reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     write_reference(reference, directory)
     print(reference.describe())
+    print("\n".join(modes_table_lines(reference.modes)))
     for line in reference.lacks():
         print(line)
     print(f"written: {directory}")

@@ -152,6 +152,10 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
                                       "(each was relabelled to its own pivot).", "modes", tuple(ran["fit"])))
     else:
         sentences += _landing_sentences(ran, kind, truth)
+    answers = ran[ran.get("ref_modes_answer", pd.Series("-", index=ran.index)).astype(str) != "-"] if len(ran) else ran
+    if len(answers):
+        sentences.append(Sentence("By the reference's modes (A, B, ... by posterior mass): "
+                                  + "; ".join(answers["ref_modes_answer"]) + ".", "modes", tuple(answers["fit"])))
     target = _LANDING_WORDS.get(kind, ("", "", "", ""))[3]
 
     if "w_w1" in ran and ran["w_w1"].notna().any():

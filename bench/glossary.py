@@ -66,6 +66,22 @@ COLUMNS: dict[str, str] = {
                                                                               "in reference sds"),
     "seeds poorer mode": "seeds with at least one chain in a poorer mode: " + _row("chains_below", "a mode far "
                                                                                    "below the reference"),
+    "reference modes": "where the fit's chains (a point, a VI fit: one each; over seeds) landed among the "
+                       "reference's modes (bench.modes): 'k of n chains in mode A (mass m)', modes named A, B, ... "
+                       "by posterior mass; nats lower: the mode's mean log density below the best mode's; mass "
+                       "covered: the mass of the modes the chains reached",
+    "mass (bridge)": "a reference mode's posterior mass by bridge sampling (Meng & Wong 1996), +- its standard error",
+    "mass (IS)": "a reference mode's posterior mass by importance sampling from a Student-t fitted to it, +- its "
+                 "standard error: an estimate independent of the bridge one",
+    "data set": "the data set the reference posterior belongs to",
+    "reference mode": "a mode of the reference posterior, named A, B, ... by posterior mass",
+    "mode status": "weighted: sampled and weighted into the reference by its mass; degenerate: a sigma collapsed "
+                   "on tied points, the posterior improper there, no mass; unstable: chains started in it left it",
+    "mode mean lp": "the mean log density of a reference mode's draws (log prior + log likelihood, nats)",
+    "mode location": "the posterior mean of a reference mode's parameters, in the canonical labelling",
+    "how found": "how many exploration chains (from prior draws) found the mode, and notes",
+    "nats below": "a reference mode's mean log density below the best mode's",
+    "poor": "a mode of posterior mass below 0.05: a poor mode, whatever its log density",
     "labellings": "majority labellings reached and on how many seeds: 'j0,j1 x2' means fit component j_k plays "
                   "target component k, on 2 seeds; 0,1 is the target's own order",
     "chains disagree": "seeds whose chains' majority labellings differ (between-chain label switching; the "

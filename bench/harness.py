@@ -290,6 +290,8 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         if reference is not None:
             row["reference_name"] = reference.name
             row["reference_status"] = reference.status
+            if reference.modes:
+                row["reference_modes"] = reference.modes
             if not reference.accepted:
                 row["reference_failed"] = "; ".join(reference.failed_checks)
                 row["reference_causes"] = reference.causes

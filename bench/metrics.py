@@ -28,6 +28,7 @@ from backends.base import TIMING_PHASES, Fit
 from backends.degenerate import degenerate_components
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
+from bench.modes import MODE_FIELDS, mode_columns
 from bench.predictive import LOO_FIELDS, loo_keep, loo_metrics, subsample_seed
 from bench.problem import thin_indices
 from bench.relabel import (
@@ -285,6 +286,8 @@ ROW_FIELDS: dict[str, str] = {
                                      "(Agrawal & Domke 2024); a W1 near it is noise"),
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
+    # Which of the reference's modes (bench.modes), when it is made of modes
+    **MODE_FIELDS,
     # Predictive accuracy (label-invariant, no truth needed)
     **LOO_FIELDS,
     # Health
@@ -877,6 +880,7 @@ class Scoring:
     settings: MetricSettings
     mcmc: bool
     single_point: bool
+    ref_modes: list | None = None  # the reference's modes table (bench.reference_modes), when it has one
 
     @property
     def target_name(self) -> str:
@@ -937,7 +941,8 @@ def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: Met
     ds = posterior_dataset(draws)
     return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
                    ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
-                   single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1)
+                   single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1,
+                   ref_modes=getattr(reference, "modes", None))
 
 
 def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
@@ -1078,6 +1083,7 @@ def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
 METRICS: list[tuple[str, Any]] = [
     ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
+    ("reference_modes", lambda s, row: mode_columns(s.rel.draws, s.ref_modes or [])),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),
     ("efficiency", _efficiency_metric),

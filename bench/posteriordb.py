@@ -146,7 +146,12 @@ def info_fields(draws, info: dict) -> dict:
     made = info.get("made_by", {})
     settings = made.get("settings", {})
     checks = info.get("checks", {})
-    if made.get("kind") == "nuts":
+    if made.get("kind") == "modes":
+        inference = {"method": "numpyro_nuts_per_mode_mass_weighted",
+                     "method_arguments": {**settings, "seed": made.get("seed"),
+                                          "mass": "bridge sampling (Meng & Wong 1996), checked by importance "
+                                                  "sampling; the modes table is info.json's modes"}}
+    elif made.get("kind") == "nuts":
         inference = {"method": f"{made.get('backend')}_nuts",
                      "method_arguments": {"chains": settings.get("chains"), "warmup": settings.get("warmup"),
                                           "draws": settings.get("draws"), "seed": made.get("seed"),

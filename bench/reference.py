@@ -97,9 +97,25 @@ class ReferenceSettings:
     """A chain whose mean log density is this far below the best chain's is left out."""
     min_chains: int = 2
     """Chains that must remain after dropping."""
+    method: str = "modes"
+    """"modes": modes found from many starts, each sampled and weighted by its mass
+    (bench.reference_modes; NumPyro); "nuts": one multi-chain NUTS run with ``backend``."""
+    explore_chains: int = 12
+    """modes: short NUTS chains from prior draws that look for modes."""
+    explore_warmup: int = 300
+    explore_draws: int = 200
+    merge_distance_sd: float = 4.0
+    """modes: chains within this many pooled sds in every scalar (and close in log density) are one mode."""
+    proposal_draws: int = 4000
+    """modes: draws of each mode's bridge and importance proposals."""
+    mass_se_max: float = 0.02
+    """modes: every mode's mass must have a standard error at most this, by both estimators."""
 
     def __post_init__(self):
-        for name in ("chains", "warmup", "draws", "min_chains"):
+        if self.method not in ("modes", "nuts"):
+            raise MixbenchError(f"reference settings: method must be modes or nuts, got {self.method!r}")
+        for name in ("chains", "warmup", "draws", "min_chains", "explore_chains", "explore_warmup",
+                     "explore_draws", "proposal_draws"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup" else 1):
                 raise MixbenchError(f"reference settings: {name} must be a positive integer, got {value!r}")
@@ -177,13 +193,19 @@ class Reference:
     def name(self) -> str:
         return str(self.info.get("name", "reference"))
 
+    @property
+    def modes(self) -> list[dict[str, Any]]:
+        """The modes table (bench.reference_modes): one dict per mode, named A, B, ... by mass."""
+        return list(self.info.get("modes") or [])
+
     def describe(self) -> str:
         """One line: what it is and how it did."""
         d = self.info.get("diagnostics", {})
         made = self.info.get("made_by", {})
         how = (f"{made.get('backend')} NUTS {d.get('chains_used')} of {made.get('settings', {}).get('chains')} chains"
                f" x {made.get('settings', {}).get('draws')} draws" if made.get("kind") == "nuts"
-               else f"user draws from {made.get('source_file')}")
+               else f"{len(self.modes)} mode(s), each sampled by NumPyro NUTS and weighted by its mass"
+               if made.get("kind") == "modes" else f"user draws from {made.get('source_file')}")
         return (f"{self.name}: {how}; R-hat max {_fmt(d.get('rhat_max'))}, ESS bulk/tail min "
                 f"{_fmt(d.get('ess_bulk_min'))}/{_fmt(d.get('ess_tail_min'))}, divergences "
                 f"{d.get('divergences')}; {'accepted' if self.accepted else 'provisional, NOT accepted: ' + '; '.join(self.failed_checks)}")
@@ -322,6 +344,10 @@ def make_reference(problem: Problem, settings: ReferenceSettings = ReferenceSett
     ``info["rejected_because"]`` and ``info["causes"]``, see bench.reference_advice). Raises
     MixbenchError when the run itself fails.
     """
+    if settings.method == "modes":
+        from bench.reference_modes import make_modes_reference
+
+        return make_modes_reference(problem, settings, name, progress)
     from backends import get_backend
 
     backend = get_backend(settings.backend)
@@ -614,7 +640,7 @@ def accepted_reference(problem: Problem) -> Reference | None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         if (info.get("accepted") and info.get("format_version") in READS_VERSIONS
-                and info.get("made_by", {}).get("kind") == "nuts"
+                and info.get("made_by", {}).get("kind") in ("nuts", "modes")
                 and info.get("data", {}).get("digest") == identity["data_digest"]
                 and not _spec_differences(info.get("spec") or {}, identity["spec"])
                 and json.dumps(info.get("standardization"), sort_keys=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench.modes import POOR_MASS, fit_answer, reference_modes_frame
+
 from backends.base import METHODS
 
 CELL_KEYS = ["scenario", "setup", "backend", "method"]
@@ -190,6 +192,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         record["ref_distance_max"] = distance.max() if distance.notna().any() else math.nan
         below = num(ok, "chains_below")
         record["seeds_poorer"] = int((below > 0).sum()) if below.notna().any() else math.nan
+        record["ref_modes_answer"] = fit_answer(f"{first['backend']} / {first['method']}", ok) or "-"
         for family, label in FAMILY_LABELS.items():
             record[f"{family}_err"] = _median(num(ok, f"{family}_err_max"))
             record[f"{family}_cover"] = num(ok, f"{family}_coverage").mean()
@@ -350,7 +353,12 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               _view(fits, [*key, ("seeds", "seeds ok"),
                            *[(f"landed_{m}", f"landed {m}") for m in MODE_WORDS if fits[f"landed_{m}"].any()],
                            ("lp_gap_max", "lp gap max"), ("ref_distance_max", "distance max sd"),
-                           ("seeds_poorer", "seeds poorer mode")])),
+                           ("seeds_poorer", "seeds poorer mode"), ("ref_modes_answer", "reference modes")])),
+        Table("reference-modes", "Reference modes", "The reference posterior's modes (bench.reference_modes): "
+              "each mode's posterior mass by bridge sampling and by importance sampling, with standard errors, "
+              f"its mean log density and how far below the best mode; poor: mass below {POOR_MASS}. Degenerate "
+              "modes (a sigma collapsed on tied points) have no mass: the posterior is improper there.",
+              reference_modes_frame(frame)),
         Table("switching", "Label switching", "The labellings the seeds reached, and switching between and "
               "within chains.",
               _view(fits, [*key, ("labellings", "labellings"), ("seeds_disagree", "chains disagree"),

@@ -36,7 +36,7 @@ def posteriordb_draws(path):
 
 def test_a_reference_round_trips_through_posteriordb_layout(tmp_path):
     problem = Problem.make(SPEC, SEP.simulate(0, N=200))
-    ref = make_reference(problem, ReferenceSettings(backend="tests.test_reference:PoorModeBackend", chains=4,
+    ref = make_reference(problem, ReferenceSettings(method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4,
                                                     warmup=0, draws=300, ess_min=100))
     directory = write_reference(ref, tmp_path / "ref")
     assert sorted(p.name for p in directory.iterdir()) == ["draws.json.zip", "info.json"]
@@ -108,7 +108,7 @@ def test_malformed_posteriordb_draws_are_one_line_errors(tmp_path, content, need
 
 def test_a_reference_of_the_format_before_is_still_read(tmp_path):
     problem = Problem.make(SPEC, SEP.simulate(0, N=200))
-    ref = make_reference(problem, ReferenceSettings(backend="tests.test_reference:PoorModeBackend", chains=4,
+    ref = make_reference(problem, ReferenceSettings(method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4,
                                                     warmup=0, draws=300, ess_min=100))
     old = tmp_path / "old"
     old.mkdir()

@@ -194,7 +194,7 @@ class SwitchingBackend(PoorModeBackend):
 
 def test_a_chain_in_a_poor_mode_is_dropped_and_recorded(data):
     problem = Problem.make(SPEC, data)
-    ref = make_reference(problem, ReferenceSettings(backend="tests.test_reference:PoorModeBackend",
+    ref = make_reference(problem, ReferenceSettings(method="nuts", backend="tests.test_reference:PoorModeBackend",
                                                     chains=4, warmup=0, draws=1000, ess_min=100))
     diag = ref.info["diagnostics"]
     assert ref.accepted and diag["chains_used"] == 3
@@ -208,7 +208,7 @@ def test_a_chain_in_a_poor_mode_is_dropped_and_recorded(data):
 
 def test_a_reference_failing_its_checks_is_kept_as_provisional_with_its_cause(tmp_path, data):
     problem = Problem.make(SPEC, data)
-    settings = ReferenceSettings(backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
+    settings = ReferenceSettings(method="nuts", backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
                                  ess_min=100)
     ref = make_reference(problem, settings)
     assert not ref.accepted and ref.status == "provisional" and ref.info["checks"]["rhat"] is False
@@ -241,9 +241,9 @@ def test_an_accepted_reference_of_other_settings_wins_over_a_cached_provisional_
     """The cached-refused-reference bug: a run with --reference-draws 2000 made an accepted one, and
     later runs without the flag must use it, not the earlier provisional one."""
     problem = Problem.make(SPEC, data)
-    failing = ReferenceSettings(backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
+    failing = ReferenceSettings(method="nuts", backend="tests.test_reference:SwitchingBackend", chains=4, warmup=0, draws=400,
                                 ess_min=100)
-    passing = ReferenceSettings(backend="tests.test_reference:PoorModeBackend", chains=4, warmup=0, draws=2000,
+    passing = ReferenceSettings(method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4, warmup=0, draws=2000,
                                 ess_min=100)
     provisional = resolve_reference("auto", problem, failing)
     accepted = resolve_reference("make", problem, passing)
@@ -260,7 +260,7 @@ def test_too_few_draws_advises_how_many(data):
     """iid draws: R-hat passes, ESS about the draw count falls short of a high bar: only more
     draws are advised, scaled by ess_min / ESS."""
     problem = Problem.make(SPEC, data)
-    settings = ReferenceSettings(backend="tests.test_reference:IidBackend", chains=2, warmup=0, draws=300,
+    settings = ReferenceSettings(method="nuts", backend="tests.test_reference:IidBackend", chains=2, warmup=0, draws=300,
                                  ess_min=2000)
     ref = make_reference(problem, settings)
     (cause,) = ref.causes
@@ -304,7 +304,7 @@ def test_a_missing_diagnostic_is_said_so_not_printed_as_a_dash():
 
 def test_auto_makes_once_then_reads_the_cache(data):
     problem = Problem.make(SPEC, data)
-    settings = ReferenceSettings(backend="tests.test_reference:PoorModeBackend", chains=4, warmup=0, draws=1000,
+    settings = ReferenceSettings(method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4, warmup=0, draws=1000,
                                  ess_min=100)
     first = resolve_reference("auto", problem, settings)
     again = resolve_reference("auto", problem, settings)
@@ -319,7 +319,7 @@ def test_a_real_nuts_reference_is_accepted_and_matches_the_data(data):
     """NumPyro NUTS on 200 points, a short run with a lowered ESS bar: accepted, in the canonical
     labelling, and its mean agrees with least squares on each line's points."""
     problem = Problem.make(SPEC, data)
-    ref = make_reference(problem, ReferenceSettings(chains=2, warmup=500, draws=1000, ess_min=100))
+    ref = make_reference(problem, ReferenceSettings(method="nuts", chains=2, warmup=500, draws=1000, ess_min=100))
     assert ref.accepted, ref.info["rejected_because"]
     # Assign each point to the nearer true line (the lines are 4 sds of noise apart or more),
     # then fit each line by least squares: the posterior mean agrees to a few posterior sds.

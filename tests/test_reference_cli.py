@@ -19,7 +19,7 @@ from models import get_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_ARGS = ["--K", "2", "--intercept", "--sigma", "per-component"]
-REF_ARGS = ["--reference-chains", "2", "--reference-warmup", "300", "--reference-draws", "500"]
+REF_ARGS = ["--reference-method", "nuts", "--reference-chains", "2", "--reference-warmup", "300", "--reference-draws", "500"]
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def references(tmp_path, monkeypatch) -> Path:
 
 
 def test_reference_then_run_share_one_labelling(tmp_path, data_file, references, capsys):
-    assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--chains", "2", "--warmup", "300",
-                 "--draws", "500"]) == 0
+    assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--method", "nuts", "--chains", "2",
+                 "--warmup", "300", "--draws", "500"]) == 0
     out = capsys.readouterr().out
     assert "accepted" in out and str(references) in out
     (made,) = list(references.iterdir())
@@ -71,8 +71,8 @@ def test_reference_then_run_share_one_labelling(tmp_path, data_file, references,
 
 
 def test_a_reference_for_other_data_is_refused_by_run(tmp_path, data_file, references):
-    assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--chains", "2", "--warmup", "300",
-                 "--draws", "500"]) == 0
+    assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--method", "nuts", "--chains", "2",
+                 "--warmup", "300", "--draws", "500"]) == 0
     (made,) = list(references.iterdir())
     other = tmp_path / "other.csv"
     frame = pd.read_csv(data_file)
@@ -97,7 +97,7 @@ def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
 
     def make(problem, settings, **kwargs):
         calls.append(settings)
-        fake = dataclasses.replace(settings, backend=backend, chains=4, warmup=0, ess_min=100,
+        fake = dataclasses.replace(settings, method="nuts", backend=backend, chains=4, warmup=0, ess_min=100,
                                    draws=min(settings.draws, 1000))
         made = REAL_MAKE(problem, fake, **kwargs)
         made.info["made_by"]["settings"] = settings.to_dict()  # it stands in for the run asked for

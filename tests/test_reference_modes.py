@@ -1,0 +1,183 @@
+"""A reference made of modes: mode masses against independent computations, fits named by mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import special
+
+from backends.base import canonical_datatree
+from bench.mode_mass import bridge_log_z, importance_log_z, masses, mode_log_z
+from bench.modes import POOR_MASS, fit_answer, land, mode_columns, modes_table_lines
+from bench.problem import Problem, batch_log_density
+from models.data import Dataset
+from models.oracle import log_density
+from models.spec import MixtureSpec, NormalPrior, SigmaPrior
+
+SPEC = MixtureSpec(K=2, D=0, intercept=True, ordering="intercept", sigma="per-component",
+                   intercept_prior=NormalPrior(0.0, 5.0), sigma_prior=SigmaPrior("halfnormal", 2.0))
+
+
+def three_clusters(left: int, middle: int, right: int, seed: int = 0, gap: float = 5.0, sd: float = 0.4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(-gap, sd, left), rng.normal(0, sd, middle), rng.normal(gap, sd, right)])
+
+
+def test_bridge_and_importance_sampling_give_log_z_of_a_normal():
+    """log Z of 3 x N(0, I_2): log 3, by both estimators within their stated errors."""
+    rng = np.random.default_rng(1)
+
+    def log_p(z):
+        return np.log(3.0) - 0.5 * (z**2).sum(axis=1) - np.log(2 * np.pi)
+
+    post = rng.standard_normal((4, 500, 2))
+    out = mode_log_z(log_p, post, 4000, seed=2)
+    for key in ("bridge", "is"):
+        assert out[f"log_z_{key}_se"] > 0
+        assert abs(out[f"log_z_{key}"] - np.log(3.0)) <= 4 * out[f"log_z_{key}_se"] + 1e-3
+    # The delta-method masses sum to 1 and the error of a mode holding everything is 0.
+    m, se = masses(np.array([0.0, np.log(3.0)]), np.array([0.01, 0.01]))
+    assert m == pytest.approx([0.25, 0.75]) and se[0] == pytest.approx(se[1])
+    assert bridge_log_z(log_p(post[0]), log_p(post[0]), log_p(post[1]), log_p(post[1]), 500)[0] == pytest.approx(0.0)
+    assert importance_log_z(np.zeros(10), np.zeros(10))[0] == pytest.approx(0.0)
+
+
+def test_mode_masses_match_numerical_integration():
+    """K = 2, D = 0 on three clusters (10 at -5, 8 at 0, 10 at +5, sd 0.4), sigma = 0.6 and the weights
+    (0.5, 0.5) held fixed in the oracle-based integrand so only the ordered means (b1 < b2) are
+    free. Two real modes: the middle cluster joins the left or the right one. Their masses by
+    integration on a 0.025-wide grid (split at b1 + b2 = 0: the density there is 29 nats below the
+    top, so the split is clean), against
+    bridge and importance sampling from draws of each mode (exact draws from the grid)."""
+    y = three_clusters(10, 8, 10, seed=1)
+    x = np.zeros((y.size, 0))
+
+    def log_p(b: np.ndarray) -> np.ndarray:
+        S = b.shape[0]
+        return batch_log_density(SPEC, x, y, {"w": np.zeros((S, 2, 0)), "b": b, "sigma": np.full((S, 2), 0.6),
+                                              "pi": np.full((S, 2), 0.5)})
+
+    # The vectorised oracle is the oracle (tests/test_problem.py); checked here at one point too.
+    one = {"w": np.zeros((2, 0)), "b": np.array([-3.0, 1.8]), "sigma": np.array([0.6, 0.6]), "pi": np.array([0.5, 0.5])}
+    assert log_p(one["b"][None])[0] == pytest.approx(log_density(SPEC, x, y, one))
+    step = 0.025
+    grid = np.arange(-7.0, 7.0, step) + step / 2
+    b1, b2 = np.meshgrid(grid, grid, indexing="ij")
+    points = np.column_stack([b1.ravel(), b2.ravel()])
+    lp = log_p(points)
+    region_a = points.sum(axis=1) < 0
+    log_z = {name: special.logsumexp(lp[mask]) + 2 * np.log(step)
+             for name, mask in (("A", region_a), ("B", ~region_a))}
+    exact = np.exp(log_z["A"] - np.logaddexp(log_z["A"], log_z["B"]))
+    assert 0.8 < exact < 0.95  # two real modes, neither negligible (0.873)
+    band = np.abs(points.sum(axis=1)) < 0.1
+    assert lp[band].max() < lp.max() - 20
+    rng = np.random.default_rng(3)
+    estimates = {}
+    for name, mask in (("A", region_a), ("B", ~region_a)):
+        prob = np.exp(lp[mask] - special.logsumexp(lp[mask]))
+        picks = rng.choice(mask.sum(), size=2000, p=prob)
+        draws = points[mask][picks] + rng.uniform(-step / 2, step / 2, (2000, 2))
+        estimates[name] = mode_log_z(log_p, draws.reshape(4, 500, 2), 3000, seed=4)
+    for key in ("bridge", "is"):
+        m, se = masses(np.array([estimates[n][f"log_z_{key}"] for n in "AB"]),
+                       np.array([estimates[n][f"log_z_{key}_se"] for n in "AB"]))
+        print(f"mass of mode A: {key} {m[0]:.4f} +- {se[0]:.4f}, integration {exact:.4f}")
+        assert abs(m[0] - exact) <= 4 * se[0] + 0.005, (key, m[0], se[0], exact)
+        assert se[0] < 0.05
+
+
+def _mirror_problem() -> Problem:
+    """Two real modes of equal mass by construction: y is symmetric about 0 as a set (each
+    point's mirror image is in the data) and the priors are symmetric about 0, so y -> -y maps
+    the mode where the middle cluster joins the left cluster onto the one where it joins the
+    right: the posterior is mirror-symmetric and the two modes hold 0.5 each."""
+    half = three_clusters(20, 10, 0, seed=5, gap=4.0, sd=0.6)
+    outer, middle = half[:20], half[20:]
+    y = np.concatenate([outer, -outer, middle, -middle])
+    return Problem.make(SPEC, Dataset(np.zeros((y.size, 0)), y, name="mirror"))
+
+
+@pytest.mark.slow
+def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_are_named_by_mode(tmp_path):
+    from bench.reference import ReferenceSettings, make_reference
+
+    problem = _mirror_problem()
+    ref = make_reference(problem, ReferenceSettings(explore_chains=8, explore_warmup=200, explore_draws=100,
+                                                    warmup=300, draws=400, proposal_draws=2000))
+    weighted = [m for m in ref.modes if m["status"] == "weighted"]
+    assert len(weighted) == 2, modes_table_lines(ref.modes)
+    for mode in weighted:
+        for key in ("bridge", "is"):
+            assert abs(mode[f"mass_{key}"] - 0.5) <= 4 * mode[f"mass_{key}_se"] + 0.005
+    # The modes are mirror images: b of one is minus b of the other, reversed.
+    a, b = (np.array(m["location"]["b"]) for m in weighted)
+    assert a == pytest.approx(-b[::-1], abs=0.2)
+    # Fits landing in each mode are named so: a chain of each mode's draws (in the other
+    # labelling: relabelling is not needed), and a point at a mode.
+    left = next(m for m in weighted if m["location"]["b"][0] < -3)
+    right = next(m for m in weighted if m is not left)
+    ds = ref.posterior
+    in_left = ds["b"].values[..., 0] < -3
+    pick = {n: [] for n in ds.data_vars}
+    for mask in (in_left, ~in_left):
+        for n in ds.data_vars:
+            values = ds[n].values[mask][:200]
+            pick[n].append(values[:, ::-1] if values.ndim > 1 and values.shape[1] == 2 else values)
+    tree = canonical_datatree(SPEC, {n: np.stack(v) for n, v in pick.items()})
+    cols = mode_columns(tree, ref.modes)
+    assert cols["ref_mode_chains"] == f"{left['name']};{right['name']}"
+    assert cols["ref_mass_covered"] == pytest.approx(left["mass_bridge"] + right["mass_bridge"])
+    assert cols["chains_poor_mass"] == 0
+    point = {n: np.asarray(v) for n, v in right["location"].items()}
+    assert land(point, ref.modes, 2) == right["name"]
+    assert ref.info["checks"]["mass_precision"]
+    # The modes table travels with the posteriordb files.
+    from bench.reference import load_reference, write_reference
+
+    again = load_reference(write_reference(ref, tmp_path / "ref"), problem)
+    assert [m["mass_bridge"] for m in again.modes] == pytest.approx([m["mass_bridge"] for m in ref.modes])
+    assert again.info["inference"]["method"] == "numpyro_nuts_per_mode_mass_weighted"
+
+
+def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences():
+    modes = [
+        {"name": "A", "status": "weighted", "mass_bridge": 0.93, "mass_bridge_se": 0.01, "lp_gap": 0.0,
+         "lp_mean": -10.0, "location": {"b": [-1.0, 2.0], "sigma": [1.0, 1.0], "pi": [0.5, 0.5]},
+         "sd": {"b": [0.1, 0.1], "sigma": [0.1, 0.1], "pi": [0.05, 0.05]}},
+        {"name": "B", "status": "weighted", "mass_bridge": 0.03, "mass_bridge_se": 0.01, "lp_gap": 16.5,
+         "lp_mean": -26.5, "location": {"b": [-3.0, 1.0], "sigma": [1.0, 1.0], "pi": [0.5, 0.5]},
+         "sd": {"b": [0.1, 0.1], "sigma": [0.1, 0.1], "pi": [0.05, 0.05]}},
+    ]
+    assert land({"b": [2.0, -1.0], "sigma": [1.0, 1.0], "pi": [0.5, 0.5]}, modes, 2) == "A"  # labels swapped
+    assert land({"b": [0.0, 5.0], "sigma": [1.0, 1.0], "pi": [0.5, 0.5]}, modes, 2) is None
+    masses_text = "A:0.93:0;B:0.03:16.5"
+    import pandas as pd
+
+    nuts = pd.DataFrame({"ref_mode_chains": ["A;A;A;A"], "ref_mode_masses": [masses_text], "ref_mass_covered": [0.93]})
+    assert fit_answer("NUTS", nuts) == "NUTS: 4 of 4 chains in mode A (mass 0.93); mass covered 0.93"
+    maps = pd.DataFrame({"ref_mode_chains": ["B", "B", "A", "A", "A"], "ref_mode_masses": [masses_text] * 5,
+                         "ref_mass_covered": [0.03, 0.03, 0.93, 0.93, 0.93]})
+    assert fit_answer("MAP", maps) == ("MAP: 3 of 5 seeds in mode A (mass 0.93), 2 in mode B "
+                                       "(mass 0.03, 16.5 nats lower)")
+    assert 0.03 < POOR_MASS
+    assert modes_table_lines(modes)[1].startswith("A    weighted   0.930 +- 0.010")
+
+
+def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():
+    from types import SimpleNamespace
+
+    from bench.reference_modes import _mixture, allocate
+
+    spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component")
+
+    def mode(chains: int, value: float, mass: float) -> dict:
+        arrays = {"w": np.zeros((chains, 10, 2, 0)), "b": np.full((chains, 10, 2), value),
+                  "sigma": np.ones((chains, 10, 2)), "pi": np.full((chains, 10, 2), 0.5)}
+        return {"_rel": canonical_datatree(spec, arrays), "_lp": np.full((chains, 10), value),
+                "_diverging": np.zeros((chains, 10), bool), "mass_bridge": mass, "chains_used": chains}
+
+    tree, lp, _ = _mixture([mode(4, 1.0, 0.7), mode(3, 2.0, 0.3)], SimpleNamespace(draws=10))
+    assert tree["posterior"]["b"].shape == (4, 10, 2)
+    assert (lp == 1.0).sum(axis=1).tolist() == [7, 7, 7, 7] and (lp == 2.0).sum(axis=1).tolist() == [3, 3, 3, 3]
+    assert allocate(np.array([0.5, 0.25, 0.25]), 7).sum() == 7

@@ -194,6 +194,7 @@ class _Compiled:
         names = ["w"] if self.spec.D else []
         names += ["b"] if self.spec.intercept else []
         names += ["sigma"]
+        names += ["nu"] if self.spec.nu_is_parameter else []
         names += ["pi"] if self.spec.K > 1 else []
         return names
 

@@ -23,7 +23,8 @@ from scipy import special, stats
 from backends.base import Fit
 from bench.relabel import posterior_dataset
 from models.data import Dataset
-from models.oracle import log_density, log_likelihood_terms, sigma_log_prior
+from models.oracle import (error_log_density, log_density, log_likelihood_terms, nu_log_prior, sigma_log_prior,
+                           slopes_log_prior)
 from models.spec import MixtureSpec
 from models.standardize import Standardization
 
@@ -55,7 +56,9 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
             alpha = spec.alpha
             lp += special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * log_pi).sum(axis=1)
             lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
-            lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
+            lp += slopes_log_prior(spec, p["w"])
+            if spec.nu_is_parameter:
+                lp += nu_log_prior(spec.nu, p["nu"])
             if spec.intercept:
                 lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
             lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
@@ -71,7 +74,8 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
             if spec.intercept:
                 mu = mu + p["b"][sl][:, None, :]
             s = sigma[sl][:, None, :]
-            comp = log_pi[sl][:, None, :] - 0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((y[None, :, None] - mu) / s) ** 2
+            nu = p["nu"][sl][:, None, None] if spec.nu_is_parameter else spec.nu
+            comp = log_pi[sl][:, None, :] + error_log_density(spec, y[None, :, None], mu, s, nu)
             ll = special.logsumexp(comp, axis=2)
             if pointwise:
                 terms[sl] = ll

@@ -73,6 +73,13 @@ SCENARIOS: dict[str, Scenario] = {
                              sigma_prior=SigmaPrior("halfnormal", 5.0)),
                  _truth(w=[[3.0], [-1.0]], b=[0.0, 0.0], sigma=[0.1, 0.1], pi=[0.5, 0.5]),
                  outlier_fraction=0.05),
+        Scenario("shared-slopes",
+                 "One slope 1.5 for both components, intercepts -1 and 1, sds 0.3 and 0.6, weights 0.4/0.6, "
+                 "N = 500: a regression whose error term is a two-component mixture",
+                 500,
+                 MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", shared="slopes",
+                             sigma_prior=SigmaPrior("halfnormal", 2.0)),
+                 _truth(w=[[1.5], [1.5]], b=[-1.0, 1.0], sigma=[0.3, 0.6], pi=[0.4, 0.6])),
         Scenario("separated", "K = 2, D = 1 with intercepts -2 and 2, ordered by intercept, per-component sigma",
                  2_000,
                  MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", ordering="intercept",

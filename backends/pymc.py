@@ -148,7 +148,7 @@ class _Compiled:
         return self._get("constrained_logp", build)
 
     def constrain(self):
-        """f(*value vars) -> the canonical outputs: w (when D > 0), b, sigma, pi (when K > 1)."""
+        """f(*value vars) -> the canonical outputs: w (when D > 0), b, sigma, nu (a parameter), pi (when K > 1)."""
         def build():
             outs = self.model.replace_rvs_by_values([self.model[n] for n in self.output_names])
             return pytensor.function(self.model.value_vars, outs, on_unused_input="ignore")

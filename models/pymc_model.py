@@ -205,8 +205,8 @@ def model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, 
 
 
 def canonical_values(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tuple[int, ...]) -> dict:
-    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, pi):
-    the native -> canonical map. ``values`` holds w, sigma, pi (K > 1) and b (intercepts) of shapes
+    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, nu, pi):
+    the native -> canonical map. ``values`` holds w, sigma, pi (K > 1), b (intercepts) and nu (a parameter) of shapes
     (*lead, *shape); returns arrays of shapes (*lead, *spec.param_shapes()[name])."""
     out = {
         "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),

@@ -9,6 +9,7 @@ import pytest
 from scipy import optimize, special
 
 from models import get_scenario, log_density
+from tests.conftest import VARIANT_SPECS, make_data
 
 TRUE_SLOPES = np.array([3.0, -1.0])
 
@@ -143,3 +144,22 @@ def test_numpyro_nuts_on_shared_slopes_draws_one_slope_near_the_mode():
     mode = _scipy_shared_map(scenario.spec, data.x, data.y)
     sd = float(w[..., 0, 0].std())
     assert abs(float(w[..., 0, 0].mean()) - mode["w"][0, 0]) < 3 * sd
+
+
+@pytest.mark.parametrize("name", list(VARIANT_SPECS))
+def test_scoring_log_density_of_many_points_is_the_oracle(name):
+    """bench.problem.batch_log_density (what W1, elpd and the reference score with) on the
+    variants, against the oracle point by point, log density and pointwise log likelihood."""
+    from bench.problem import batch_log_density
+    from models import random_point
+    from models.oracle import log_likelihood_terms
+
+    spec = VARIANT_SPECS[name]
+    x, y = make_data(spec, n=40)
+    rng = np.random.default_rng(7)
+    points = [random_point(spec, rng) for _ in range(6)]
+    stacked = {k: np.stack([np.asarray(p[k], float) for p in points]) for k in points[0]}
+    expected = [log_density(spec, x, y, p) for p in points]
+    np.testing.assert_allclose(batch_log_density(spec, x, y, stacked), expected, rtol=1e-10)
+    pointwise = np.array([log_likelihood_terms(spec, x, y, p) for p in points])
+    np.testing.assert_allclose(batch_log_density(spec, x, y, stacked, pointwise=True), pointwise, rtol=1e-10)

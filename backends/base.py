@@ -436,7 +436,7 @@ def canonical_datatree(
 ) -> xr.DataTree:
     """Draws with leading (chain, draw) axes -> the canonical DataTree of ARCHITECTURE.md.
 
-    ``posterior`` must hold exactly the spec's parameters (w, b when present, sigma, pi) with
+    ``posterior`` must hold exactly the spec's parameters (w, b when present, sigma, nu when a parameter, pi) with
     shapes (chain, draw, *param_shape). Every backend converts its engine's output to this.
     ``attrs`` is per group, as ArviZ's ``from_dict`` takes it: ``{"/": {...}, "posterior": {...}}``.
     """

@@ -149,7 +149,7 @@ class _Compiled:
         return self._get("constrained_logp", build)
 
     def constrain(self):
-        """f(*value vars) -> the canonical outputs: w (when D > 0), b, sigma, pi (when K > 1)."""
+        """f(*value vars) -> the canonical outputs: w (when D > 0), b, sigma, nu (a parameter), pi (when K > 1)."""
         def build():
             outs = self.model.replace_rvs_by_values([self.model[n] for n in self.output_names])
             return pytensor.function(self.model.value_vars, outs, on_unused_input="ignore")
@@ -195,6 +195,7 @@ class _Compiled:
         names = ["w"] if self.spec.D else []
         names += ["b"] if self.spec.intercept else []
         names += ["sigma"]
+        names += ["nu"] if self.spec.nu_is_parameter else []
         names += ["pi"] if self.spec.K > 1 else []
         return names
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from backends.base import METHODS, FitSettings
 from models.errors import MixbenchError, MixbenchWarning
-from models.priors import SIGMA_PRIOR_HELP
+from models.priors import NU_HELP, SIGMA_PRIOR_HELP
+from models.spec import ERRORS, SHARED
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -158,6 +159,12 @@ def _add_prior_options(group) -> None:
     group.add_argument("--intercept-prior", default=None, metavar="MU,SD", help="Normal(MU, SD) prior on every intercept (default 0,2)")
     group.add_argument("--sigma-prior", default=None, metavar="FAMILY:PARAMS", help=SIGMA_PRIOR_HELP)
     group.add_argument("--pi-alpha", default=None, metavar="A[,A2,...]", help="Dirichlet concentration(s) of the weights (default 1)")
+    group.add_argument("--errors", default=None, choices=ERRORS,
+                       help="error distribution of every component: normal (default) or student-t (robust mixture regression)")
+    group.add_argument("--nu", default=None, metavar="NU|gamma:SHAPE,RATE", help=NU_HELP)
+    group.add_argument("--shared", default=None, choices=SHARED,
+                       help="coefficients shared by all components: none (default) or slopes "
+                            "(y = x . w + b_z + sigma_z eps: components differ in intercept and scale)")
     group.add_argument("--standardize", action="store_true",
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
 
@@ -191,7 +198,7 @@ def _reference_settings(args):
 
 def _spec_overrides(args) -> dict:
     """Spec fields from a spec file, then from the options (which win)."""
-    from models.priors import (check_spec_fields, load_spec_file, normal_prior_text, pi_alpha_text,
+    from models.priors import (check_spec_fields, load_spec_file, normal_prior_text, nu_text, pi_alpha_text,
                                sigma_prior_text)
 
     spec = load_spec_file(args.spec_file) if getattr(args, "spec_file", None) is not None else {}
@@ -205,6 +212,11 @@ def _spec_overrides(args) -> dict:
         spec["sigma_prior"] = sigma_prior_text("--sigma-prior", args.sigma_prior)
     if getattr(args, "pi_alpha", None) is not None:
         spec["pi_alpha"] = pi_alpha_text("--pi-alpha", args.pi_alpha)
+    for name in ("errors", "shared"):
+        if getattr(args, name, None) is not None:
+            spec[name] = getattr(args, name)
+    if getattr(args, "nu", None) is not None:
+        spec["nu"] = nu_text("--nu", args.nu)
     return check_spec_fields(spec, "spec")
 
 
@@ -464,7 +476,7 @@ def _cells_from_args(args) -> tuple[list, str]:
             raise MixbenchError("--covariates: only applies with --data")
         scenario = label = args.scenario or DEFAULT_SCENARIO
         built_in = get_scenario(scenario)
-        fitted = MixtureSpec.from_dict({**built_in.spec.to_dict(), **spec})
+        fitted = built_in.spec.overridden(spec)
         _check_sizes(fitted, args.N or [built_in.N], args.methods, settings)
         if args.N:
             # One cell per size: rows carry N, and the report draws the cost curve over N.
@@ -668,12 +680,11 @@ def sweep_cells_from_args(args) -> list:
     check_engine_names(args.backends, settings)
     points = sweep_points(parse_vary(args.vary))
     from models.scenarios import get_scenario
-    from models.spec import MixtureSpec
 
     for point, n in points:
         for line in lines:
             try:  # the spec values of every line at every point (ordering=sideways fails here)
-                fitted = MixtureSpec.from_dict({**get_scenario(point.name).spec.to_dict(), **spec, **line.spec})
+                fitted = get_scenario(point.name).spec.overridden({**spec, **line.spec})
             except MixbenchError as exc:
                 raise MixbenchError(f"--spec/--methods {line.label}: {exc}") from None
             _check_sizes(fitted, [n], [line.method], settings)

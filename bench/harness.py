@@ -229,7 +229,7 @@ def load_cell_data(cell: Cell):
     else:
         scenario = get_scenario(cell.scenario)
         dataset = scenario.simulate(cell.data_seed, N=cell.n)
-        spec = MixtureSpec.from_dict({**scenario.spec.to_dict(), **cell.spec})
+        spec = scenario.spec.overridden(cell.spec)
         truth = dict(dataset.truth)
         if spec.sigma == "per-component" and np.ndim(truth["sigma"]) == 0:
             truth["sigma"] = np.full(spec.K, float(truth["sigma"]))  # a shared truth, fitted per component

@@ -23,7 +23,8 @@ from scipy import special, stats
 from backends.base import Fit
 from bench.relabel import posterior_dataset
 from models.data import Dataset
-from models.oracle import log_density, log_likelihood_terms, sigma_log_prior
+from models.oracle import (error_log_density, log_density, log_likelihood_terms, nu_log_prior, sigma_log_prior,
+                           slopes_log_prior)
 from models.spec import MixtureSpec
 from models.standardize import Standardization
 
@@ -37,7 +38,9 @@ def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         lp = special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * np.log(pi)).sum(axis=1)
         lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
-        lp += stats.norm.logpdf(p["w"], spec.slope_prior.mu, spec.slope_prior.sigma).reshape(S, -1).sum(axis=1)
+        lp += slopes_log_prior(spec, p["w"])
+        if spec.nu_is_parameter:
+            lp += nu_log_prior(spec.nu, p["nu"])
         if spec.intercept:
             lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
         lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
@@ -50,7 +53,8 @@ def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
 def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: dict, chunk_values: float):
     """(slice of points, their per-observation mixture log likelihood (s, N)) chunk by chunk.
 
-    log sum_k pi_k Normal(y_n | b_k + x_n . w_k, sigma_k), accumulated one component at a time
+    log sum_k pi_k f(y_n | b_k + x_n . w_k, sigma_k) (f: the spec's error density,
+    ``models.oracle.error_log_density``; Normal written inline, the common case), accumulated one component at a time
     with ``np.logaddexp`` (exact and stable: log(e^a + e^b) = max + log1p(e^-|a-b|)), so a chunk
     holds a few (s, N) arrays and no (s, N, K) one; the means are one matrix product per
     component. float64 throughout.
@@ -67,8 +71,13 @@ def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: d
                 mu = p["w"][sl, k] @ x.T  # (s, N)
                 if spec.intercept:
                     mu += p["b"][sl, k][:, None]
-                z = (y[None, :] - mu) / sigma[sl, k][:, None]
-                comp = const[sl, k][:, None] - 0.5 * z * z
+                if spec.errors == "normal":
+                    z = (y[None, :] - mu) / sigma[sl, k][:, None]
+                    comp = const[sl, k][:, None] - 0.5 * z * z
+                else:
+                    nu = p["nu"][sl][:, None] if spec.nu_is_parameter else spec.nu
+                    comp = np.log(p["pi"][sl, k])[:, None] + error_log_density(spec, y[None, :], mu,
+                                                                               sigma[sl, k][:, None], nu)
                 ll = comp if ll is None else np.logaddexp(ll, comp)
             yield sl, ll
 

@@ -57,7 +57,8 @@ LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
 
 def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True,
                   form: str = "mixture_same_family"):
-    """y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k), priors and ordering from ``spec``.
+    """y_n ~ sum_k pi_k f(y_n | b_k + x_n . w_k, sigma_k), f Normal or StudentT(nu), priors,
+    ordering and shared slopes (site ``w_shared``, ``w`` then deterministic) from ``spec``.
 
     ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
     N / batch. ``total_size=False`` undoes that scaling (scale batch / N), replaying the forum
@@ -74,6 +75,10 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
         if D > 1:
             columns.append(numpyro.sample("w_rest", dist.Normal(s.mu, s.sigma).expand((K, D - 1)).to_event(2)))
         w = numpyro.deterministic("w", jnp.concatenate(columns, axis=1))
+    elif D > 0 and spec.shared == "slopes":
+        # One slope vector, its prior counted once; w repeats it for every component.
+        w_shared = numpyro.sample("w_shared", dist.Normal(s.mu, s.sigma).expand((D,)).to_event(1))
+        w = numpyro.deterministic("w", jnp.broadcast_to(w_shared, (K, D)))
     elif D > 0:
         w = numpyro.sample("w", dist.Normal(s.mu, s.sigma).expand((K, D)).to_event(2))
     if spec.intercept:
@@ -95,6 +100,13 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
     if spec.sigma == "per-component":
         sigma_prior = sigma_prior.expand((K,)).to_event(1)
     sigma = numpyro.sample("sigma", sigma_prior)
+    if spec.nu_is_parameter:
+        nu = numpyro.sample("nu", dist.Gamma(spec.nu.shape, spec.nu.rate))
+    else:
+        nu = spec.nu
+
+    def errors(loc):
+        return dist.Normal(loc, sigma) if spec.errors == "normal" else dist.StudentT(nu, loc, sigma)
 
     with numpyro.plate("obs", N, subsample_size=subsample_size) as idx:
         xb, yb = (x, y) if subsample_size is None else (x[idx], y[idx])
@@ -108,10 +120,10 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
             if form == "mixture_same_family":
                 # log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per observation,
                 # one (batch, K) array, the oracle's formula; and y stays an observed site.
-                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), dist.Normal(mu, sigma))
+                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), errors(mu))
                 numpyro.sample("y", likelihood, obs=yb)
             elif form == "logsumexp_factor":
-                terms = jnp.log(pi) + dist.Normal(mu, sigma).log_prob(yb[:, None])
+                terms = jnp.log(pi) + errors(mu).log_prob(yb[:, None])
                 numpyro.factor("y", jax.nn.logsumexp(terms, axis=-1))
             else:
                 raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
@@ -123,7 +135,11 @@ def site_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, n
     sites = {"pi": params["pi"], "sigma": params["sigma"]}
     if spec.intercept:
         sites["b"] = params["b"]
-    if spec.ordering == "slope":
+    if spec.nu_is_parameter:
+        sites["nu"] = params["nu"]
+    if spec.shared == "slopes":
+        sites["w_shared"] = params["w"][0]
+    elif spec.ordering == "slope":
         sites["w_first"] = params["w"][:, 0]
         if spec.D > 1:
             sites["w_rest"] = params["w"][:, 1:]
@@ -138,7 +154,9 @@ def canonical_values(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, 
     sites = {k: np.asarray(v, dtype=np.float64) for k, v in sites.items()}
     out = {name: sites[name] for name in spec.param_shapes() if name in sites}
     if "w" not in out:
-        if spec.ordering == "slope":
+        if spec.shared == "slopes":
+            out["w"] = np.broadcast_to(sites["w_shared"][..., None, :], lead + (spec.K, spec.D)).copy()
+        elif spec.ordering == "slope":
             columns = [sites["w_first"][..., None]] + ([sites["w_rest"]] if spec.D > 1 else [])
             out["w"] = np.concatenate(columns, axis=-1)
         else:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from models.spec import MixtureSpec, SigmaPrior
+from models.spec import GammaPrior, MixtureSpec, SigmaPrior
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarray:
@@ -41,13 +43,50 @@ def sigma_log_prior(prior: SigmaPrior, sigma: np.ndarray) -> np.ndarray:
     return sigma_prior_distribution(prior).logpdf(np.asarray(sigma, dtype=float))
 
 
+def nu_value(spec: MixtureSpec, params: dict):
+    """The Student-t degrees of freedom at ``params``: the spec's fixed nu or the parameter."""
+    return params["nu"] if spec.nu_is_parameter else spec.nu
+
+
+def error_log_density(spec: MixtureSpec, y, mu, sigma, nu=None) -> np.ndarray:
+    """log f(y | mu, sigma) of the spec's error distribution, elementwise (NumPy broadcasting).
+
+    Normal: -log(2 pi)/2 - log sigma - z^2/2. Student-t (location mu, scale sigma, nu degrees of
+    freedom; e.g. Lange, Little & Taylor 1989, JASA 84, eq. 1): lgamma((nu+1)/2) - lgamma(nu/2)
+    - log(nu pi)/2 - log sigma - (nu+1)/2 log(1 + z^2/nu), with z = (y - mu)/sigma. Written out
+    rather than taken from SciPy so that tests/test_oracle.py can check it against scipy.stats.t.
+    """
+    z = (y - mu) / sigma
+    if spec.errors == "normal":
+        return -0.5 * _LOG_2PI - np.log(sigma) - 0.5 * z**2
+    return (special.gammaln(0.5 * (nu + 1.0)) - special.gammaln(0.5 * nu) - 0.5 * np.log(nu * np.pi)
+            - np.log(sigma) - 0.5 * (nu + 1.0) * np.log1p(z**2 / nu))
+
+
+def nu_log_prior(prior: GammaPrior, nu) -> np.ndarray:
+    """Gamma(shape, rate) log density of nu, elementwise."""
+    return stats.gamma.logpdf(nu, prior.shape, scale=1.0 / prior.rate)
+
+
+def slopes_log_prior(spec: MixtureSpec, w: np.ndarray) -> np.ndarray:
+    """Normal log prior of the slopes, w of shape (..., K, D), summed to shape (...). Shared
+    slopes are one vector, its prior counted once; rows that differ are outside the support."""
+    mu, sd = spec.slope_prior.mu, spec.slope_prior.sigma
+    if spec.shared != "slopes":
+        return stats.norm.logpdf(w, mu, sd).sum(axis=(-2, -1))
+    lp = stats.norm.logpdf(w[..., 0, :], mu, sd).sum(axis=-1)
+    return np.where(np.all(w == w[..., :1, :], axis=(-2, -1)), lp, -np.inf)
+
+
 def log_prior(spec: MixtureSpec, params: dict) -> float:
     params = spec.check_params(params)
     pi = params["pi"]
     if np.any(pi < 0) or not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-10):
         return -np.inf
     lp = stats.dirichlet.logpdf(np.clip(pi, 1e-300, None) / pi.sum(), spec.alpha)
-    lp += stats.norm.logpdf(params["w"], spec.slope_prior.mu, spec.slope_prior.sigma).sum()
+    lp += slopes_log_prior(spec, params["w"])
+    if spec.nu_is_parameter:
+        lp += nu_log_prior(spec.nu, params["nu"])
     if spec.intercept:
         lp += stats.norm.logpdf(params["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum()
     lp += sigma_log_prior(spec.sigma_prior, params["sigma"]).sum()
@@ -60,13 +99,15 @@ def log_prior(spec: MixtureSpec, params: dict) -> float:
 
 
 def log_likelihood_terms(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> np.ndarray:
-    """Per-observation mixture log likelihood, shape (N,): log sum_k pi_k N(y | mu_k, sigma_k)."""
+    """Per-observation mixture log likelihood, shape (N,): log sum_k pi_k f(y | mu_k, sigma_k),
+    f the spec's error density (``error_log_density``)."""
     params = spec.check_params(params)
     mu = component_means(spec, x, params)
     sigma = np.broadcast_to(params["sigma"], (spec.K,))
     with np.errstate(divide="ignore"):
         log_pi = np.log(params["pi"])
-    return special.logsumexp(log_pi[None, :] + stats.norm.logpdf(y[:, None], mu, sigma[None, :]), axis=1)
+    terms = error_log_density(spec, y[:, None], mu, sigma[None, :], nu_value(spec, params))
+    return special.logsumexp(log_pi[None, :] + terms, axis=1)
 
 
 def forum_log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:

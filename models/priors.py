@@ -19,6 +19,13 @@ priors truncated at 0, a Beta(5, 5) weight, i.e. Dirichlet(5, 5))::
 ``{ family = "gamma", shape = 2.0, scale = 2.0 }`` is Gamma(shape 2, rate 0.5),
 ``{ family = "invgamma", shape = 3.0, scale = 1.0 }`` InverseGamma(3, 1) and
 ``{ family = "lognormal", shape = 1.0, scale = 1.0 }`` LogNormal(mu = log(scale) = 0, s = 1).
+
+Robust and shared-slope variants (models/spec.py)::
+
+    errors = "student-t"          # or "normal", the default
+    nu = 4.0                      # fixed degrees of freedom, or a Gamma prior on them:
+    # nu = { shape = 2.0, rate = 0.1 }   (Juárez & Steel 2010; the default under Student-t errors)
+    shared = "slopes"             # one slope vector for every component ("none" by default)
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import MixbenchError
-from models.spec import MixtureSpec, NormalPrior, SigmaPrior
+from models.spec import GammaPrior, MixtureSpec, NormalPrior, SigmaPrior, _nu_value
 
 SPEC_FIELDS = tuple(MixtureSpec.__dataclass_fields__)
 _PRIOR_FIELDS = {"slope_prior": NormalPrior, "intercept_prior": NormalPrior, "sigma_prior": SigmaPrior}
@@ -93,6 +100,29 @@ def sigma_prior_text(option: str, text: str) -> dict[str, Any]:
     return prior.to_dict()
 
 
+NU_HELP = ("Student-t degrees of freedom (with --errors student-t): a number fixes nu, gamma:SHAPE,RATE "
+           "gives it a Gamma(SHAPE, RATE) prior; default gamma:2,0.1 (Juárez & Steel 2010)")
+
+
+def nu_text(option: str, text: str) -> float | dict[str, float]:
+    """The --nu text -> the spec's ``nu``: 'NU' (fixed) or 'gamma:SHAPE,RATE' (a prior)."""
+    family, sep, rest = str(text).partition(":")
+    if not sep:
+        return _nu_spec_value(option, _number(option, family.strip()))
+    parts = [p.strip() for p in rest.split(",")]
+    if family.strip().lower() != "gamma" or len(parts) != 2:
+        raise MixbenchError(f"{option}: expected a number or gamma:SHAPE,RATE, got {text!r}")
+    return _nu_spec_value(option, {"shape": _number(option, parts[0]), "rate": _number(option, parts[1])})
+
+
+def _nu_spec_value(where: str, value) -> float | dict[str, float]:
+    try:
+        nu = _nu_value(value)
+    except MixbenchError as exc:
+        raise MixbenchError(f"{where}: {exc}") from None
+    return nu.to_dict() if isinstance(nu, GammaPrior) else nu
+
+
 def pi_alpha_text(option: str, text: str) -> float | list[float]:
     """'A' (every component) or 'A1,A2,...' (one per component): Dirichlet concentrations."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -128,6 +158,8 @@ def check_spec_fields(fields: dict[str, Any], where: str) -> dict[str, Any]:
         except MixbenchError as exc:
             raise MixbenchError(f"{where}: {name}: {exc}") from None
         out[name] = prior.to_dict() if kind is SigmaPrior else {k: getattr(prior, k) for k in kind.__dataclass_fields__}
+    if out.get("nu") is not None:
+        out["nu"] = _nu_spec_value(where, out["nu"])
     if isinstance(out.get("pi_alpha"), tuple):
         out["pi_alpha"] = list(out["pi_alpha"])
     return out

@@ -32,10 +32,21 @@ def _normal_terms(value, mu, sigma, log_sigma_bug: bool):
     return -0.5 * (_LOG_2PI + log_sigma + z2)
 
 
+def _student_t_terms(value, mu, sigma, nu):
+    """Per-observation, per-component Student-t log densities (models/oracle.py error_log_density)."""
+    z2 = pt.sqr((value[..., None] - mu) / sigma)
+    return (pt.gammaln(0.5 * (nu + 1.0)) - pt.gammaln(0.5 * nu) - 0.5 * pt.log(nu * math.pi)
+            - pt.log(sigma) - 0.5 * (nu + 1.0) * pt.log1p(z2 / nu))
+
+
 def _mixture_logp(log_sigma_bug: bool):
     def logp(value, mu, sigma, log_pi):
         return pt.logsumexp(log_pi + _normal_terms(value, mu, sigma, log_sigma_bug), axis=-1)
     return logp
+
+
+def _student_t_mixture_logp(value, mu, sigma, log_pi, nu):
+    return pt.logsumexp(log_pi + _student_t_terms(value, mu, sigma, nu), axis=-1)
 
 
 def _batch_lse_logp(log_sigma_bug: bool):
@@ -65,9 +76,10 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
                 total_size: bool = True, form: str = "custom_dist") -> pm.Model:
     """The PyMC model of ``spec`` on data (x, y); minibatches of ``batch_size`` when given.
 
-    Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering; none
-    when D = 0), b (intercepts, ordered under intercept ordering), sigma. w is always available
-    by name (a Deterministic under slope ordering). ``total_size=False`` leaves the minibatch
+    Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering, or
+    w_shared (D,) under shared slopes; none when D = 0), b (intercepts, ordered under intercept
+    ordering), sigma, nu (Student-t errors with a prior on nu). w is always available by name (a
+    Deterministic under slope ordering and shared slopes). ``total_size=False`` leaves the minibatch
     likelihood unscaled, as the forum thread did.
     """
     K, D = spec.K, spec.D
@@ -86,6 +98,10 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
             if D > 1:
                 columns.append(pm.Normal("w_rest", sp.mu, sp.sigma, shape=(K, D - 1)))
             w = pm.Deterministic("w", pt.concatenate(columns, axis=1))
+        elif D and spec.shared == "slopes":
+            # One slope vector, its prior counted once; w repeats it for every component.
+            w_shared = pm.Normal("w_shared", sp.mu, sp.sigma, shape=D)
+            w = pm.Deterministic("w", pt.broadcast_to(w_shared[None, :], (K, D)))
         elif D:
             w = pm.Normal("w", sp.mu, sp.sigma, shape=(K, D))
 
@@ -115,6 +131,12 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         else:
             sigma = pm.LogNormal("sigma", mu=np.log(sp.scale), sigma=np.float64(sp.shape), shape=shape)
 
+        nu = None
+        if spec.nu_is_parameter:
+            nu = pm.Gamma("nu", alpha=np.float64(spec.nu.shape), beta=np.float64(spec.nu.rate))
+        elif spec.errors == "student-t":
+            nu = pt.constant(np.float64(spec.nu))
+
         if spec.ordering != "none":
             # The ordered prior is the iid prior restricted to one of K! regions (models/spec.py).
             pm.Potential("log_order_constant", pt.constant(spec.log_order_constant))
@@ -140,7 +162,12 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         scale = len(y) if (batch_size is not None and total_size) else None
         if form != "custom_dist" and (spec.likelihood != "mixture" or batch_size is not None):
             raise MixbenchError(f"likelihood form {form!r}: only for the full-data mixture likelihood")
-        if form == "custom_dist":
+        if nu is not None and form != "custom_dist":
+            raise MixbenchError(f"likelihood form {form!r}: only the custom_dist form writes Student-t errors")
+        if nu is not None:
+            pm.CustomDist("y_obs", mu, sigma_k, log_pi, nu, logp=_student_t_mixture_logp,
+                          signature="(k),(k),(k),()->()", observed=y_obs, total_size=scale)
+        elif form == "custom_dist":
             pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=logp, signature=signature,
                           observed=y_obs, total_size=scale)
         elif form == "normal_mixture":
@@ -164,7 +191,11 @@ def model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, 
         values["pi"] = params["pi"]
     if spec.intercept:
         values["b"] = params["b"]
-    if spec.D and spec.ordering == "slope":
+    if spec.nu_is_parameter:
+        values["nu"] = params["nu"]
+    if spec.D and spec.shared == "slopes":
+        values["w_shared"] = params["w"][0]
+    elif spec.D and spec.ordering == "slope":
         values["w_first"] = params["w"][:, 0]
         if spec.D > 1:
             values["w_rest"] = params["w"][:, 1:]
@@ -174,8 +205,8 @@ def model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, 
 
 
 def canonical_values(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tuple[int, ...]) -> dict:
-    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, pi):
-    the native -> canonical map. ``values`` holds w, sigma, pi (K > 1) and b (intercepts) of shapes
+    """Model outputs with leading axes ``lead`` -> the canonical parameters (w, b, sigma, nu, pi):
+    the native -> canonical map. ``values`` holds w, sigma, pi (K > 1), b (intercepts) and nu (a parameter) of shapes
     (*lead, *shape); returns arrays of shapes (*lead, *spec.param_shapes()[name])."""
     out = {
         "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),
@@ -184,4 +215,6 @@ def canonical_values(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tup
     }
     if spec.intercept:
         out["b"] = np.asarray(values["b"], float)
+    if spec.nu_is_parameter:
+        out["nu"] = np.asarray(values["nu"], float).reshape(lead)
     return out

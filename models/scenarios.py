@@ -8,7 +8,7 @@ import numpy as np
 
 from models.data import Dataset
 from models.errors import MixbenchError
-from models.spec import MixtureSpec, NormalPrior
+from models.spec import MixtureSpec, NormalPrior, SigmaPrior
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,14 @@ class Scenario:
     N: int
     spec: MixtureSpec
     truth: dict[str, np.ndarray] = field(repr=False)
+    # Share of the observations replaced by gross outliers, y ~ Uniform(OUTLIER_RANGE) whatever
+    # x: the contamination that pulls a normal-error mixture apart (Yao, Wei & Yu 2014).
+    outlier_fraction: float = 0.0
 
     def simulate(self, seed: int, N: int | None = None) -> Dataset:
-        """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi), y = b_z + x . w_z + sigma_z eps."""
+        """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi), y = b_z + x . w_z + sigma_z eps
+        with eps ~ Normal(0, 1); then the first round(outlier_fraction N) observations' y are
+        replaced by Uniform(OUTLIER_RANGE) draws (the truth describes the other points)."""
         n = self.N if N is None else int(N)
         if n < 1:
             raise MixbenchError(f"N: must be at least 1, got {n}")
@@ -35,7 +40,12 @@ class Scenario:
             mean = mean + truth["b"][z]
         sigma = np.broadcast_to(truth["sigma"], (self.spec.K,))[z]
         y = mean + sigma * rng.standard_normal(n)
+        n_out = round(self.outlier_fraction * n)
+        y[:n_out] = rng.uniform(*OUTLIER_RANGE, size=n_out)
         return Dataset(x=x, y=y, truth=truth, name=self.name)
+
+
+OUTLIER_RANGE = (8.0, 12.0)  # far above the lines' range |y| <= 3 on x in [-1, 1]
 
 
 def _truth(**arrays) -> dict[str, np.ndarray]:
@@ -54,6 +64,22 @@ SCENARIOS: dict[str, Scenario] = {
                  100_000, _FORUM_SPEC, _FORUM_TRUTH),
         Scenario("forum-small", "The forum truth at N = 2000: the fast default",
                  2_000, _FORUM_SPEC, _FORUM_TRUTH),
+        Scenario("forum-outliers",
+                 "The forum's two lines (slopes 3 and -1, sd 0.1) with intercepts, N = 200, 10 of them "
+                 "(5%) replaced by gross outliers y ~ U(8, 12); fitted with Student-t(4) errors",
+                 200,
+                 MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", errors="student-t", nu=4.0,
+                             slope_prior=NormalPrior(0.0, 5.0), intercept_prior=NormalPrior(0.0, 5.0),
+                             sigma_prior=SigmaPrior("halfnormal", 5.0)),
+                 _truth(w=[[3.0], [-1.0]], b=[0.0, 0.0], sigma=[0.1, 0.1], pi=[0.5, 0.5]),
+                 outlier_fraction=0.05),
+        Scenario("shared-slopes",
+                 "One slope 1.5 for both components, intercepts -1 and 1, sds 0.3 and 0.6, weights 0.4/0.6, "
+                 "N = 500: a regression whose error term is a two-component mixture",
+                 500,
+                 MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", shared="slopes",
+                             sigma_prior=SigmaPrior("halfnormal", 2.0)),
+                 _truth(w=[[1.5], [1.5]], b=[-1.0, 1.0], sigma=[0.3, 0.6], pi=[0.4, 0.6])),
         Scenario("separated", "K = 2, D = 1 with intercepts -2 and 2, ordered by intercept, per-component sigma",
                  2_000,
                  MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", ordering="intercept",

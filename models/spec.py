@@ -1,6 +1,13 @@
 """The mixture-of-regressions spec: one definition, consumed by every backend.
 
-    y_n ~ sum_k pi_k Normal(b_k + x_n . w_k, sigma_k)
+    y_n ~ sum_k pi_k f(y_n | b_k + x_n . w_k, sigma_k)
+
+with f the Normal density (``errors = "normal"``, the default) or Student-t with nu degrees of
+freedom (``errors = "student-t"``: robust mixture regression, Yao, Wei & Yu 2014), nu fixed or
+given a Gamma(shape, rate) prior, Gamma(2, 0.1) by default (Juárez & Steel 2010). With
+``shared = "slopes"`` one slope vector serves every component (y = x . w + b_z + sigma_z eps: the
+components differ in intercept and scale only); w keeps its (K, D) shape with K identical rows,
+so relabelling and every per-component metric read it unchanged.
 
 with pi ~ Dirichlet(alpha), w_kd ~ Normal(mu, s), b_k ~ Normal(mu, s) (when there are intercepts),
 sigma shared by all components or one per component, with a Uniform(0, upper), HalfNormal(s),
@@ -32,6 +39,8 @@ ORDERINGS = ("none", "intercept", "slope")
 # where the normal needs 2 log(sigma) per observation); "forum-batch-lse" keeps only the first
 # bug, "forum-log-sigma" only the second (per observation: -0.5 (log 2 pi + log sigma + z^2)).
 LIKELIHOODS = ("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma")
+ERRORS = ("normal", "student-t")
+SHARED = ("none", "slopes")
 
 
 def _positive_finite(name: str, value: float) -> float:
@@ -145,6 +154,40 @@ class SigmaPrior:
 
 
 @dataclass(frozen=True)
+class GammaPrior:
+    """Gamma(shape, rate) prior on the Student-t degrees of freedom nu (mean shape / rate).
+
+    The default Gamma(2, 0.1) is Juárez & Steel (2010, JBES 28(1)): mode 10, mean 20, 5% of its
+    mass below nu = 3.6 and 5% above 47, so it lets the data choose between heavy tails and
+    nearly normal ones; Stan's prior-choice recommendations and brms use it as their default.
+    """
+
+    shape: float = 2.0
+    rate: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", _positive_finite("nu prior shape", self.shape))
+        object.__setattr__(self, "rate", _positive_finite("nu prior rate", self.rate))
+
+    def to_dict(self) -> dict:
+        return {"shape": self.shape, "rate": self.rate}
+
+
+def _nu_value(value):
+    """A spec's ``nu``: a fixed number, a GammaPrior, or its dict; anything else raises."""
+    if isinstance(value, GammaPrior):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(GammaPrior.__dataclass_fields__))
+        if unknown:
+            raise MixbenchError(f"nu: unknown key(s) {', '.join(unknown)}; known: shape, rate")
+        return GammaPrior(**value)
+    if isinstance(value, bool):
+        raise MixbenchError(f"nu: must be a positive number or a {{shape, rate}} Gamma prior, got {value!r}")
+    return _positive_finite("nu", value)
+
+
+@dataclass(frozen=True)
 class MixtureSpec:
     """A Bayesian mixture of K linear regressions on D covariates."""
 
@@ -158,6 +201,11 @@ class MixtureSpec:
     sigma_prior: SigmaPrior = field(default_factory=SigmaPrior)
     ordering: Ordering = "none"
     likelihood: Likelihood = "mixture"
+    errors: Literal["normal", "student-t"] = "normal"
+    # Student-t degrees of freedom: a fixed number or a GammaPrior; None (the default) means
+    # GammaPrior() under Student-t errors and nothing under normal ones.
+    nu: float | GammaPrior | None = None
+    shared: Literal["none", "slopes"] = "none"
 
     def __post_init__(self):
         for name in ("K", "D"):
@@ -186,6 +234,22 @@ class MixtureSpec:
             raise MixbenchError(
                 f"likelihood: must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}"
             )
+        if self.errors not in ERRORS:
+            raise MixbenchError(f"errors: must be one of {', '.join(ERRORS)}, got {self.errors!r}")
+        if self.errors == "normal":
+            if self.nu is not None:
+                raise MixbenchError("nu: only for errors = 'student-t'")
+        else:
+            object.__setattr__(self, "nu", GammaPrior() if self.nu is None else _nu_value(self.nu))
+        if self.shared not in SHARED:
+            raise MixbenchError(f"shared: must be one of {', '.join(SHARED)}, got {self.shared!r}")
+        if self.shared == "slopes" and self.D == 0:
+            raise MixbenchError("shared: 'slopes' needs at least one covariate (D >= 1)")
+        if self.shared == "slopes" and self.ordering == "slope":
+            raise MixbenchError("ordering: 'slope' cannot order components that share their slopes")
+        if self.likelihood != "mixture" and (self.errors != "normal" or self.shared != "none"):
+            raise MixbenchError(f"likelihood: {self.likelihood!r} replays the forum's normal mixture; "
+                                "it takes neither Student-t errors nor shared slopes")
         alpha = self.pi_alpha
         if isinstance(alpha, (list, tuple, np.ndarray)):
             if len(alpha) != self.K:
@@ -211,6 +275,11 @@ class MixtureSpec:
         return 1 if self.sigma == "shared" else self.K
 
     @property
+    def nu_is_parameter(self) -> bool:
+        """Whether nu is a parameter (Student-t errors with a prior on it) rather than fixed."""
+        return isinstance(self.nu, GammaPrior)
+
+    @property
     def log_order_constant(self) -> float:
         """log(K!) when an ordering constraint restricts the iid prior to one of K! regions."""
         return math.lgamma(self.K + 1) if self.ordering != "none" else 0.0
@@ -221,6 +290,8 @@ class MixtureSpec:
         if self.intercept:
             shapes["b"] = (self.K,)
         shapes["sigma"] = () if self.sigma == "shared" else (self.K,)
+        if self.nu_is_parameter:
+            shapes["nu"] = ()
         shapes["pi"] = (self.K,)
         return shapes
 
@@ -230,6 +301,8 @@ class MixtureSpec:
         if self.intercept:
             dims["b"] = ["component"]
         dims["sigma"] = [] if self.sigma == "shared" else ["component"]
+        if self.nu_is_parameter:
+            dims["nu"] = []
         dims["pi"] = ["component"]
         return dims
 
@@ -254,8 +327,16 @@ class MixtureSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Fields as plain values; errors, nu and shared only where they differ from their
+        defaults, so the specs of older runs keep their identity."""
         out = asdict(self)
         out["sigma_prior"] = self.sigma_prior.to_dict()
+        if self.errors == "normal":
+            del out["errors"], out["nu"]
+        else:
+            out["nu"] = self.nu.to_dict() if isinstance(self.nu, GammaPrior) else self.nu
+        if self.shared == "none":
+            del out["shared"]
         return out
 
     @classmethod
@@ -276,6 +357,15 @@ class MixtureSpec:
             raise MixbenchError(f"spec: unknown field(s) {', '.join(unknown)}")
         return cls(**data)
 
+    def overridden(self, changes: dict) -> "MixtureSpec":
+        """This spec with the fields of ``changes`` (a spec dict, as a cell or the CLI holds it)
+        replacing its own. Changing ``errors`` without giving ``nu`` drops this spec's nu, so a
+        Student-t scenario can be fitted with normal errors and the other way round."""
+        base = self.to_dict()
+        if "errors" in changes and "nu" not in changes:
+            base.pop("nu", None)
+        return MixtureSpec.from_dict({**base, **changes})
+
 
 def random_point(spec: MixtureSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A random parameter point inside the prior's support (ordered when the spec orders)."""
@@ -285,7 +375,11 @@ def random_point(spec: MixtureSpec, rng: np.random.Generator) -> dict[str, np.nd
     upper = min(spec.sigma_prior.upper, 3.0 * spec.sigma_prior.scale)
     size = () if spec.sigma == "shared" else (spec.K,)
     point["sigma"] = rng.uniform(0.05, 0.95, size=size) * upper
+    if spec.nu_is_parameter:
+        point["nu"] = rng.uniform(0.5, 30.0)
     point["pi"] = rng.dirichlet(np.full(spec.K, 2.0))
+    if spec.shared == "slopes":
+        point["w"] = np.broadcast_to(point["w"][0], (spec.K, spec.D)).copy()
     if spec.ordering == "intercept":
         point["b"] = np.sort(point["b"])
     elif spec.ordering == "slope":

@@ -22,7 +22,7 @@ _REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
 PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parents[1] / "backends" / "stan_programs" / "mixture.stan"
 
 # Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
-STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "pi": "theta"}
+STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "nu": "nu", "pi": "theta"}
 _ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
 SIGMA_FAMILY_CODE = {"uniform": 1, "halfnormal": 2, "gamma": 3, "invgamma": 4, "lognormal": 5}
 # pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
@@ -56,6 +56,11 @@ def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
         "sigma_scale": spec.sigma_prior.scale,
         "sigma_shape": spec.sigma_prior.shape or 0.0,
         "ordering": _ORDERING_CODE[spec.ordering],
+        "shared_slopes": int(spec.shared == "slopes"),
+        "errors": 0 if spec.errors == "normal" else (2 if spec.nu_is_parameter else 1),
+        "nu_fixed": 0.0 if spec.errors == "normal" or spec.nu_is_parameter else spec.nu,
+        "nu_shape": spec.nu.shape if spec.nu_is_parameter else 0.0,
+        "nu_rate": spec.nu.rate if spec.nu_is_parameter else 0.0,
     }
 
 
@@ -68,10 +73,11 @@ def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
     return {
         "theta": p["pi"],
         "w_first_ordered": w[:, 0] if by_slope else np.zeros(0),
-        "w_free": w[:, 1:] if by_slope else w,
+        "w_free": w[:, 1:] if by_slope else (w[:1] if spec.shared == "slopes" else w),
         "b_ordered": b if by_intercept else np.zeros(0),
         "b_free": np.zeros(0) if by_intercept else b,
         "sigma": np.atleast_1d(p["sigma"]),
+        "nu": np.atleast_1d(p["nu"]) if spec.nu_is_parameter else np.zeros(0),
     }
 
 
@@ -82,6 +88,10 @@ def in_support(spec: MixtureSpec, params: dict) -> bool:
     if np.any(pi < 0) or abs(pi.sum() - 1.0) > 1e-8:
         return False
     if np.any(sigma <= 0) or np.any(sigma >= spec.sigma_prior.upper):
+        return False
+    if spec.nu_is_parameter and not p["nu"] > 0:
+        return False
+    if spec.shared == "slopes" and np.any(p["w"] != p["w"][:1]):
         return False
     if spec.ordering != "none":
         ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, 0]
@@ -100,7 +110,7 @@ def parse_flat_name(name: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _stan_shape(spec: MixtureSpec, canonical: str) -> tuple[int, ...]:
-    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "pi": (spec.K,)}[canonical]
+    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "nu": (1,), "pi": (spec.K,)}[canonical]
 
 
 def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,4 +139,5 @@ def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndar
 
 def n_unconstrained(spec: MixtureSpec) -> int:
     """Dimension of the program's unconstrained space (a K-simplex has K - 1 free coordinates)."""
-    return spec.K - 1 + spec.K * spec.D + (spec.K if spec.intercept else 0) + spec.n_sigma
+    slopes = spec.D if spec.shared == "slopes" else spec.K * spec.D
+    return spec.K - 1 + slopes + (spec.K if spec.intercept else 0) + spec.n_sigma + int(spec.nu_is_parameter)

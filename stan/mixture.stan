@@ -35,6 +35,13 @@ data {
   real<lower=0> sigma_scale;
   real<lower=0> sigma_shape;               // unused (0) for families 1 and 2
   int<lower=0, upper=2> ordering;          // 0: none; 1: by intercept; 2: by first slope
+  int<lower=0, upper=1> shared_slopes;     // one slope vector for every component
+  // Error distribution: 0: normal; 1: Student-t with nu_fixed degrees of freedom; 2: Student-t
+  // with nu ~ gamma(nu_shape, nu_rate) a parameter. The unused numbers are 0.
+  int<lower=0, upper=2> errors;
+  real<lower=0> nu_fixed;
+  real<lower=0> nu_shape;
+  real<lower=0> nu_rate;
 }
 
 transformed data {
@@ -47,12 +54,17 @@ transformed data {
   if (D == 0 && !has_intercept) {
     reject("D = 0 needs has_intercept = 1");
   }
+  if (shared_slopes && (ordering == 2 || D == 0)) {
+    reject("shared slopes need D >= 1 and no ordering by slope");
+  }
   int n_sigma = sigma_per_component ? K : 1;
   // Zero-size pieces switch the unused parameters off.
   int n_b_ordered = ordering == 1 ? K : 0;
   int n_b_free = (has_intercept && ordering != 1) ? K : 0;
   int n_w_ordered = ordering == 2 ? K : 0;
   int d_w_free = ordering == 2 ? D - 1 : D;
+  int k_w_free = shared_slopes ? 1 : K;
+  int n_nu = errors == 2 ? 1 : 0;
   real sigma_upper = sigma_family == 1 ? sigma_scale : positive_infinity();
   real log_order_constant = ordering == 0 ? 0 : lgamma(K + 1);
   real normal_constant = -0.5 * N * log(2 * pi());
@@ -96,10 +108,11 @@ transformed data {
 parameters {
   simplex[K] theta;                        // mixing weights (canonical name: pi)
   ordered[n_w_ordered] w_first_ordered;    // first slope of each component, when ordered by it
-  matrix[K, d_w_free] w_free;
+  matrix[k_w_free, d_w_free] w_free;       // one row when the slopes are shared
   ordered[n_b_ordered] b_ordered;
   vector[n_b_free] b_free;
   vector<lower=0, upper=sigma_upper>[n_sigma] sigma;
+  vector<lower=0>[n_nu] nu;                // Student-t degrees of freedom, when a parameter
 }
 
 transformed parameters {
@@ -107,6 +120,8 @@ transformed parameters {
   vector[has_intercept ? K : 0] b;
   if (ordering == 2) {
     w = append_col(w_first_ordered, w_free);
+  } else if (shared_slopes) {
+    w = rep_matrix(w_free[1], K);
   } else {
     w = w_free;
   }
@@ -119,7 +134,8 @@ transformed parameters {
 
 model {
   target += dirichlet_lpdf(theta | alpha);
-  target += normal_lpdf(to_vector(w) | slope_mu, slope_sd);
+  target += normal_lpdf(w_first_ordered | slope_mu, slope_sd);
+  target += normal_lpdf(to_vector(w_free) | slope_mu, slope_sd);
   if (has_intercept) {
     target += normal_lpdf(b | intercept_mu, intercept_sd);
   }
@@ -134,9 +150,29 @@ model {
   } else {
     target += lognormal_lpdf(sigma | log(sigma_scale), sigma_shape);
   }
+  if (errors == 2) {
+    target += gamma_lpdf(nu | nu_shape, nu_rate);
+  }
   target += log_order_constant;
 
-  {
+  if (errors > 0) {
+    // Student-t errors: no quadratic form; each observation's log-sum-exp over components of
+    // log(theta_k) + student_t_lpdf(y_n | nu, mu_nk, sigma_k), written out per element (Lange,
+    // Little & Taylor 1989) because student_t_lpdf of vectors returns only their sum.
+    real nu_value = errors == 2 ? nu[1] : nu_fixed;
+    vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);
+    row_vector[K] c = (log(theta) - log(sigma_k))' + lgamma(0.5 * (nu_value + 1)) - lgamma(0.5 * nu_value)
+                      - 0.5 * log(nu_value * pi());
+    matrix[N, K] mu = rep_matrix(has_intercept ? b' : rep_row_vector(0, K), N);
+    if (D > 0) {
+      mu += x * w';
+    }
+    matrix[N, K] z2 = square((rep_matrix(y, K) - mu) ./ rep_matrix(sigma_k', N));
+    matrix[N, K] lp = rep_matrix(c, N) - 0.5 * (nu_value + 1) * log1p(z2 / nu_value);
+    for (n in 1:N) {
+      target += log_sum_exp(lp[n]);
+    }
+  } else {
     // C[j, k]: each feature's coefficient in log(theta_k) + log N(y | mu_k, sigma_k) (less the
     // -log(2 pi)/2 shared by all components), so that L = F C in one matrix product.
     vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);

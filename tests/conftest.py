@@ -31,7 +31,22 @@ SCALE_PRIOR_SPECS = {
     "K2-D1-order-slope-lognormal": MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", ordering="slope",
                                                sigma_prior=SigmaPrior("lognormal", 0.6, 0.8)),
 }
-MODEL_SPECS = {**AGREEMENT_SPECS, **SCALE_PRIOR_SPECS}
+# Student-t errors (nu fixed and with its Gamma prior) and shared slopes (models/spec.py), with
+# and without intercepts, ordering and per-component sigma.
+VARIANT_SPECS = {
+    "K2-D1-t-nu4": MixtureSpec(K=2, D=1, errors="student-t", nu=4.0),
+    "K3-D2-percomp-intercept-t-prior": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                                   errors="student-t", sigma_prior=SigmaPrior("gamma", 0.8, 3.0)),
+    "K2-D0-order-intercept-t-prior37": MixtureSpec(K=2, D=0, intercept=True, ordering="intercept",
+                                                   errors="student-t", nu={"shape": 3.0, "rate": 0.7}),
+    "K2-D1-shared-slopes": MixtureSpec(K=2, D=1, intercept=True, sigma="per-component", shared="slopes"),
+    "K3-D2-shared-slopes-order-intercept-t": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                                         shared="slopes", ordering="intercept",
+                                                         errors="student-t", nu=2.5,
+                                                         slope_prior=NormalPrior(0.5, 1.5)),
+    "K2-D2-shared-slopes-t-prior": MixtureSpec(K=2, D=2, intercept=True, shared="slopes", errors="student-t"),
+}
+MODEL_SPECS = {**AGREEMENT_SPECS, **SCALE_PRIOR_SPECS, **VARIANT_SPECS}
 
 
 def pytest_configure(config):

@@ -28,6 +28,15 @@ def one_line_error(fn, *args, match: str, **kwargs) -> str:
     ({"pi_alpha": 0.0}, "pi_alpha: must be a positive"),
     ({"pi_alpha": (1.0, 2.0, 3.0)}, "pi_alpha: has 3 concentrations but K = 2"),
     ({"likelihood": "poisson"}, "likelihood: must be one of"),
+    ({"errors": "cauchy"}, "errors: must be one of normal, student-t"),
+    ({"nu": 4.0}, "nu: only for errors = 'student-t'"),
+    ({"errors": "student-t", "nu": 0.0}, "nu: must be a positive finite number"),
+    ({"errors": "student-t", "nu": {"shape": 2.0, "scale": 1.0}}, "nu: unknown key"),
+    ({"errors": "student-t", "nu": {"shape": 2.0, "rate": -1.0}}, "nu prior rate: must be a positive"),
+    ({"shared": "intercepts"}, "shared: must be one of none, slopes"),
+    ({"D": 0, "intercept": True, "shared": "slopes"}, "shared: 'slopes' needs at least one covariate"),
+    ({"shared": "slopes", "ordering": "slope"}, "ordering: 'slope' cannot order components that share"),
+    ({"errors": "student-t", "likelihood": "forum-original"}, "replays the forum's normal mixture"),
 ])
 def test_spec_errors(changes, match):
     one_line_error(MixtureSpec, **changes, match=match)

@@ -82,3 +82,45 @@ def test_removing_one_forum_bug(likelihood):
     assert forum_log_likelihood(spec, x, y, params) == pytest.approx(expected, rel=1e-12)
     correct = MixtureSpec(K=2, D=1)
     assert log_likelihood(correct, x, y, params) != pytest.approx(expected, rel=1e-6)
+
+
+def test_student_t_errors_against_scipy_t():
+    """The oracle's written-out Student-t mixture density against scipy.stats.t, nu fixed and
+    with its Gamma(2, 0.1) prior (Juárez & Steel 2010) counted in the log prior."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, size=(30, 2))
+    y = rng.standard_t(3, size=30) * 2.0
+    params = {"w": np.array([[1.0, -0.5], [0.2, 2.0]]), "b": np.array([0.3, -1.0]),
+              "sigma": np.array([0.4, 1.3]), "pi": np.array([0.35, 0.65])}
+    mu = x @ params["w"].T + params["b"]
+    fixed = MixtureSpec(K=2, D=2, intercept=True, sigma="per-component", errors="student-t", nu=3.5)
+    dens = params["pi"] * stats.t.pdf(y[:, None], 3.5, mu, params["sigma"])
+    assert log_likelihood(fixed, x, y, params) == pytest.approx(np.log(dens.sum(axis=1)).sum(), rel=1e-12)
+
+    free = fixed.with_(nu=None)
+    assert free.nu.shape == 2.0 and free.nu.rate == 0.1 and free.param_shapes()["nu"] == ()
+    point = {**params, "nu": np.array(7.0)}
+    dens = params["pi"] * stats.t.pdf(y[:, None], 7.0, mu, params["sigma"])
+    base_prior = log_prior(fixed, params)
+    assert log_prior(free, point) == pytest.approx(base_prior + stats.gamma.logpdf(7.0, 2.0, scale=10.0), rel=1e-12)
+    assert log_likelihood(free, x, y, point) == pytest.approx(np.log(dens.sum(axis=1)).sum(), rel=1e-12)
+    # A large nu is the normal mixture in the limit.
+    normal = fixed.with_(errors="normal", nu=None)
+    assert log_likelihood(fixed.with_(nu=1e8), x, y, params) == pytest.approx(
+        log_likelihood(normal, x, y, params), rel=1e-6)
+
+
+def test_shared_slopes_count_the_slope_prior_once_and_need_equal_rows():
+    spec = MixtureSpec(K=3, D=2, intercept=True, shared="slopes")
+    x = np.array([[0.5, 1.0], [-1.0, 0.2]])
+    y = np.array([1.0, -0.5])
+    w = np.array([0.7, -1.2])
+    params = {"w": np.tile(w, (3, 1)), "b": np.array([-1.0, 0.0, 2.0]), "sigma": np.array(0.6),
+              "pi": np.array([0.2, 0.3, 0.5])}
+    expected = (stats.dirichlet.logpdf(params["pi"], np.ones(3)) + stats.norm.logpdf(w, 0, 2).sum()
+                + stats.norm.logpdf(params["b"], 0, 2).sum() + stats.uniform.logpdf(0.6))
+    assert log_prior(spec, params) == pytest.approx(expected, rel=1e-12)
+    lik = np.log((params["pi"] * stats.norm.pdf(y[:, None], (x @ w)[:, None] + params["b"], 0.6)).sum(axis=1)).sum()
+    assert log_likelihood(spec, x, y, params) == pytest.approx(lik, rel=1e-12)
+    params["w"][1, 0] += 1e-3
+    assert log_prior(spec, params) == -np.inf

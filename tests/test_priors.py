@@ -133,3 +133,27 @@ def test_bad_prior_options_exit_with_one_line(args, needle):
     err = result.stderr.strip()
     assert result.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert needle in err, err
+
+
+def test_variant_fields_from_a_spec_file_and_the_cli_text(tmp_path):
+    """errors, nu and shared: the same names in a spec file and on the command line."""
+    from models.priors import nu_text
+    from models.spec import GammaPrior
+
+    path = tmp_path / "robust.toml"
+    path.write_text('K = 2\nD = 1\nintercept = true\nerrors = "student-t"\nnu = { shape = 3.0, rate = 0.2 }\n'
+                    'shared = "slopes"\n')
+    spec = MixtureSpec.from_dict(load_spec_file(path))
+    assert spec.errors == "student-t" and spec.nu == GammaPrior(3.0, 0.2) and spec.shared == "slopes"
+    assert spec.param_shapes() == {"w": (2, 1), "b": (2,), "sigma": (), "nu": (), "pi": (2,)}
+    assert MixtureSpec.from_dict(spec.to_dict()) == spec
+    assert nu_text("--nu", "gamma:3,0.2") == {"shape": 3.0, "rate": 0.2}
+    assert nu_text("--nu", "4") == 4.0
+    assert MixtureSpec(errors="student-t").nu == GammaPrior(2.0, 0.1)  # Juárez & Steel (2010)
+    # Defaults stay out of the dict, so the specs of older runs keep their identity.
+    assert set(MixtureSpec().to_dict()) == {"K", "D", "intercept", "sigma", "pi_alpha", "slope_prior",
+                                            "intercept_prior", "sigma_prior", "ordering", "likelihood"}
+    # Switching the errors of a Student-t spec to normal drops its nu; and back, nu is the default.
+    t4 = MixtureSpec(errors="student-t", nu=4.0)
+    assert t4.overridden({"errors": "normal"}) == MixtureSpec()
+    assert MixtureSpec().overridden({"errors": "student-t", "nu": 4.0}) == t4

@@ -60,7 +60,7 @@ def test_a_family_point_has_its_separation_and_a_stable_name(kwargs):
 
 
 def test_existing_scenarios_stay_named_points():
-    assert list(SCENARIOS) == ["forum", "forum-small", "separated", "gmm3", "three-lines"]
+    assert list(SCENARIOS) == ["forum", "forum-small", "forum-outliers", "shared-slopes", "separated", "gmm3", "three-lines"]
     assert point_params("forum-small") == {}
 
 

@@ -12,7 +12,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Literal
 
@@ -22,21 +22,12 @@ from arviz_base import from_dict
 
 from backends.caches import waited_seconds
 from backends.degenerate import data_resolution, degenerate_components
+# The shared method vocabulary (docs/architecture.md): a backend declares which it supports.
+from backends.methods import METHODS as METHODS, Kind, Method  # METHODS: re-exported, its old home
+from backends.methods import method as method_named
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
-
-# The shared method vocabulary (ARCHITECTURE.md). A backend declares which it supports.
-METHODS: tuple[str, ...] = (
-    "nuts",
-    "advi-meanfield",
-    "advi-fullrank",
-    "advi-minibatch-meanfield",
-    "advi-minibatch-fullrank",
-    "pathfinder",
-    "map",
-    "laplace",
-)
 
 Status = Literal["ok", "unsupported", "failed"]
 
@@ -285,6 +276,54 @@ def store_vi_arrays(fit: Fit) -> None:
                                                       coords={"iteration": np.arange(loss.size)}))
 
 
+def contract_violation(fit: Fit, method: Method, settings: FitSettings,
+                       stores_approximation: bool = True) -> str | None:
+    """Why an ok ``fit`` breaks what its method's kind promises, or None when it keeps it.
+
+    The promise is the method's traits (``backends.methods.Method``): the Fit fields it sets
+    (``Method.fields``), the DataTree groups of ``fit.draws`` (``Method.groups``), the posterior's
+    (chain, draw) sizes (``Method.draw_shape``), one start log density per start for a
+    multi-start method, and the ``approximation`` group's variables. ``Backend.fit`` calls it on
+    every ok fit, after ``store_vi_arrays``, and turns a violation into a failed fit.
+
+    Parameters
+    ----------
+    fit : Fit
+        An ok fit of ``method``.
+    method : Method
+    settings : FitSettings
+        The settings the fit ran with.
+    stores_approximation : bool
+        The backend's ``Backend.stores_approximation``.
+
+    Returns
+    -------
+    str or None
+        One line naming the backend, the method, its kind and what is missing or mis-shaped.
+    """
+    where = f"contract: {fit.backend}/{method} ({method.kind.value})"
+    missing = [name for name in method.fields if getattr(fit, name) is None]
+    if missing:
+        return f"{where}: the fit does not set {', '.join(missing)}"
+    if fit.draws is None:
+        return f"{where}: the fit has no draws"
+    groups = [g for g in method.groups(settings, stores_approximation) if g not in fit.draws.children]
+    if groups:
+        return f"{where}: the draws lack group(s) {', '.join(groups)}"
+    shape = tuple(fit.draws["posterior"].sizes.get(dim, 0) for dim in ("chain", "draw"))
+    if shape != method.draw_shape(settings):
+        return f"{where}: the posterior has (chain, draw) = {shape}, expected {method.draw_shape(settings)}"
+    if method.multi_start and len(fit.start_log_densities) != settings.map_starts:
+        return (f"{where}: {len(fit.start_log_densities)} start log densities for "
+                f"{settings.map_starts} starts")
+    if "approximation" in method.groups(settings, stores_approximation):
+        found = set(fit.draws["approximation"].data_vars)
+        if found != method.approximation_parameters:
+            return (f"{where}: group approximation has {', '.join(sorted(found)) or 'nothing'}, "
+                    f"expected {', '.join(sorted(method.approximation_parameters))}")
+    return None
+
+
 def approximation_group(labels: list[str], mean, std=None, cov=None) -> xr.DataTree:
     """The fitted approximation's parameters as the DataTree group every backend stores them in.
 
@@ -455,8 +494,14 @@ def canonical_datatree(
 
 
 def check_batch_size(method: str, settings: FitSettings, N: int) -> None:
-    """MixbenchError when a minibatch method's ``settings.batch_size`` exceeds the N observations."""
-    if method.startswith("advi-minibatch") and settings.batch_size > N:
+    """MixbenchError when a minibatch method's ``settings.batch_size`` exceeds the N observations.
+
+    Raises
+    ------
+    MixbenchError
+        ``method`` is unknown, or a minibatch method's batch is larger than the data.
+    """
+    if method_named(method).minibatch and settings.batch_size > N:
         raise MixbenchError(f"settings.batch_size: {settings.batch_size} is larger than the data (N = {N})")
 
 
@@ -626,8 +671,7 @@ class Backend(ABC):
             An unknown method, data that do not match the spec, a batch larger than the data, or
             a timing phase outside the shared list (a backend bug).
         """
-        if method not in METHODS:
-            raise MixbenchError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
+        kind = method_named(method).kind
         global _compile_notes
         settings = settings or FitSettings()
         dataset.check_against(spec)
@@ -637,7 +681,7 @@ class Backend(ABC):
         try:
             if reason is not None:
                 result = unsupported(self.name, method, reason)
-            elif method == "map":
+            elif kind is Kind.POINT:
                 result = self._multi_start_map(spec, dataset, settings, seed)
             else:
                 check_batch_size(method, settings, dataset.N)  # one rule for every backend
@@ -656,6 +700,10 @@ class Backend(ABC):
         result.timings = check_timings(result.timings)
         if result.ok and result.draws is not None:
             store_vi_arrays(result)
+        if result.ok:
+            violation = contract_violation(result, method_named(method), settings, self.stores_approximation)
+            if violation is not None:
+                result = replace(result, status="failed", reason=violation)
         result.settings = settings.to_dict()
         result.seed = seed
         result.versions = {**self.versions(), **result.versions}

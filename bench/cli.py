@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from backends.base import METHODS, FitSettings
+from backends.methods import method as method_named
 from models.errors import MixbenchError, MixbenchWarning
 from models.priors import SIGMA_PRIOR_HELP
 
@@ -437,8 +438,7 @@ def _cells_from_args(args) -> tuple[list, str]:
     for name in args.backends:
         check_backend_name(name)
     for name in args.methods:
-        if name not in METHODS:
-            raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")
+        method_named(name)  # MixbenchError naming the known methods
     settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
     check_engine_names(args.backends, settings)

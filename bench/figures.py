@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from backends.methods import Kind, kind_of
 from bench.frequencies import LEVEL, wilson_interval
 from bench.harness import load_slope_trace
 from bench.relabel import permutations_for
@@ -352,7 +353,7 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
             label = group["fit_label"].iloc[0]
             for _, row in group.iterrows():
                 start = _float(row.get("t_warmup")) if _finite(row.get("t_warmup")) else 0.0
-                if measure == "w_err_max" and row["method"] == "nuts" and _finite(row.get("t_sampling")):
+                if measure == "w_err_max" and kind_of(row["method"]) is Kind.MCMC and _finite(row.get("t_sampling")):
                     trace = _trace_file(row, run_dirs)
                     target = _truth_w(row)
                     # None (with a warning) when the file is damaged.
@@ -461,7 +462,7 @@ def figure_time_split(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 def _trace_candidate(frame: pd.DataFrame, run_dirs: list[Path]):
     """A NUTS cell whose chains disagree, else one that switches, else any NUTS cell with traces."""
     ok = _ok(frame)
-    nuts = ok[(ok["method"] == "nuts") & col(ok, "slope_trace_file").notna()]
+    nuts = ok[(ok["method"].map(kind_of) == Kind.MCMC) & col(ok, "slope_trace_file").notna()]
     if nuts.empty:
         return None
     ranked = [

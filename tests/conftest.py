@@ -67,7 +67,7 @@ def model_spec(request) -> MixtureSpec:
 
 
 def assert_canonical_draws(draws, spec: MixtureSpec, chains: int, n_draws: int) -> None:
-    """The canonical DataTree of ARCHITECTURE.md: names, dims and shapes from the spec."""
+    """The canonical DataTree of docs/architecture.md: names, dims and shapes from the spec."""
     post = draws["posterior"]
     assert set(post.data_vars) == set(spec.param_shapes())
     for name, dims in spec.param_dims().items():

@@ -594,7 +594,8 @@ def available_cores() -> int:
 def cmd_run(args) -> int:
     from backends import compile_rank
     from bench.bytecode import ensure_bytecode
-    from bench.executors import LOGS_DIR, make_executor
+    from bench.executor_choice import make_executor
+    from bench.executors import LOGS_DIR
     from bench.harness import CELLS_FILE, RunOptions, run_grid
     from bench.summary import print_summary
 
@@ -671,7 +672,8 @@ def sweep_cells_from_args(args) -> list:
 
 def cmd_sweep(args) -> int:
     from bench.bytecode import ensure_bytecode
-    from bench.executors import LOGS_DIR, make_executor
+    from bench.executor_choice import make_executor
+    from bench.executors import LOGS_DIR
     from bench.harness import CELLS_FILE, RunOptions, run_grid
 
     cells = sweep_cells_from_args(args)

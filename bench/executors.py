@@ -12,6 +12,8 @@ Three executors run any cell that has what ``ExecutableCell`` names (bench.harne
   the throughput benchmark compares the two). Every compile is cold.
 - ``bench.dask_executor.DaskExecutor``: the cells on a Dask cluster, or a LocalCluster.
 
+``bench.executor_choice.make_executor`` picks one by its name (``EXECUTORS``).
+
 This module imports nothing from bench.harness: the harness hands it cells and takes back rows.
 """
 
@@ -79,29 +81,6 @@ class CellExecutor(Protocol):
         """Run every cell, calling ``on_row`` (in the calling thread, the run's only writer) with
         each row as soon as it exists. A crash or time-out is a row. RunInterrupted leaves with
         ``stopped``, the ids of the cells killed in flight."""
-
-
-def make_executor(kind: str | None = None, jobs: int = 1, scheduler: str | None = None) -> CellExecutor:
-    """The executor named ``kind`` (EXECUTORS; None: dask with a ``scheduler`` address, else
-    warm). Raises MixbenchError for an unknown kind, or a scheduler with a local executor."""
-    from models.errors import MixbenchError
-
-    if scheduler is not None:
-        if kind not in (None, "dask"):
-            raise MixbenchError(f"--scheduler: sends the cells to a Dask cluster; it does not go with --executor {kind}")
-        from bench.preflight import check_scheduler
-
-        check_scheduler(scheduler)
-    kind = kind or ("dask" if scheduler is not None else "warm")
-    if kind == "warm":
-        return WarmProcessExecutor(jobs=jobs)
-    if kind == "fresh":
-        return LocalProcessExecutor(jobs=jobs)
-    if kind == "dask":
-        from bench.dask_executor import DaskExecutor
-
-        return DaskExecutor(address=scheduler, jobs=jobs)
-    raise MixbenchError(f"--executor: unknown {kind!r}; known: {', '.join(EXECUTORS)}")
 
 
 # What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the

@@ -648,7 +648,7 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
     from bench.executors import WarmProcessExecutor
     from bench.provenance import write_run_info
 
-    from backends.caches import check_cache_dirs
+    from backends.engine_caches import check_cache_dirs
 
     check_cache_dirs()  # cells load compiled code from there: refuse before any runs
     out_dir = prepare_out_dir(Path(options.out_dir))

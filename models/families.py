@@ -181,12 +181,11 @@ class FamilyPoint:
         """The separation the truth has, computed from it (equals ``sep``; tests check it)."""
         return separation(self.truth, self.D)
 
-    def scenario(self):
-        from models.scenarios import Scenario
-
-        return Scenario(self.name, f"{FAMILY} family: K = {self.K}, D = {self.D}, separation "
-                        f"{_number_text(self.sep)}, smallest weight {_number_text(self.w_min)}, sigma ratio "
-                        f"{_number_text(self.sigma_ratio)}", DEFAULT_N, self.spec, self.truth)
+    @property
+    def description(self) -> str:
+        """One line naming the family and the point's coordinates (a scenario's description)."""
+        return (f"{FAMILY} family: K = {self.K}, D = {self.D}, separation {_number_text(self.sep)}, "
+                f"smallest weight {_number_text(self.w_min)}, sigma ratio {_number_text(self.sigma_ratio)}")
 
 
 def separation(params: dict[str, np.ndarray], D: int) -> float:

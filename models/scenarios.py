@@ -8,6 +8,7 @@ import numpy as np
 
 from models.data import Dataset
 from models.errors import MixbenchError
+from models.families import DEFAULT_N as FAMILY_N, parse_point
 from models.spec import MixtureSpec, NormalPrior
 
 
@@ -76,13 +77,11 @@ DEFAULT_SCENARIO = "forum-small"
 
 def get_scenario(name: str) -> Scenario:
     """A built-in scenario, or a point of a scenario family by its name (models.families)."""
-    from models.families import parse_point
-
     if name in SCENARIOS:
         return SCENARIOS[name]
     point = parse_point(name)
     if point is not None:
-        return point.scenario()
+        return Scenario(point.name, point.description, FAMILY_N, point.spec, point.truth)
     raise MixbenchError(
         f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}, or a family point such as "
         "lines-K2-D1-sep2-wmin0.5-sr1"

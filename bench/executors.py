@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from backends import BACKENDS
+from backends.base import set_phase_listener
+from backends.caches import set_wait_listener
 from bench.stopping import RunInterrupted
 
 RowFn = Callable[[dict[str, Any]], None]
@@ -93,8 +96,6 @@ COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arv
 def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     """COMMON_MODULES and the modules of the cells' backends. Importing a backend module starts
     no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe."""
-    from backends import BACKENDS
-
     modules = list(COMMON_MODULES)
     for cell in cells:
         module = BACKENDS[cell.backend][0] if cell.backend in BACKENDS else cell.backend.partition(":")[0]
@@ -142,8 +143,6 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
     _die_with_parent(conn)
     # The run does not count waiting for another process's build against the cell's time limit,
     # and its progress line says what the cell is doing.
-    from backends.base import set_phase_listener
-    from backends.caches import set_wait_listener
 
     set_wait_listener(lambda event: _send(conn, (WAIT_MESSAGE, event)))
     set_phase_listener(lambda phase: _send(conn, (PHASE_MESSAGE, phase)))

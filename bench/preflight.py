@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 
+from backends import BACKENDS, backend_class
 from backends.base import OPTIMIZERS, SAMPLERS, FitSettings
 from backends.methods import Kind
 from backends.methods import method as method_named
@@ -29,8 +30,6 @@ def check_backend_name(name: str) -> None:
     """A registered backend, or a plug-in 'package.module:Class' naming a backends.base.Backend
     subclass (backends.backend_class: its module is imported, nothing in it is called).
     Raises MixbenchError otherwise."""
-    from backends import BACKENDS, backend_class
-
     if name not in BACKENDS:
         backend_class(name)
 

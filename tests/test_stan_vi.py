@@ -25,7 +25,7 @@ BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
 
 pytestmark = pytest.mark.stan
 
-needs_cmdstan = pytest.mark.skipif(cmdstan_path() is None, reason=NO_CMDSTAN)
+needs_cmdstan = pytest.mark.skipif("cmdstan_path() is None", reason=NO_CMDSTAN)  # asked at set-up: cmdstanpy is an engine
 NOT_NUTS = [m for m in METHODS if m.kind is not Kind.MCMC and not m.minibatch]
 
 

@@ -120,7 +120,17 @@ class Method(str):
         return tuple(out)
 
     def draw_shape(self, settings: Any) -> tuple[int, int]:
-        """(chains, draws) of an ok fit's posterior group under ``settings`` (a FitSettings)."""
+        """The (chain, draw) sizes of an ok fit's posterior group.
+
+        Parameters
+        ----------
+        settings : backends.base.FitSettings
+
+        Returns
+        -------
+        tuple of int
+            MCMC: (``chains``, ``draws``); APPROXIMATION: (1, ``vi_draws``); POINT: (1, 1).
+        """
         if self.kind is Kind.MCMC:
             return settings.chains, settings.draws
         if self.kind is Kind.APPROXIMATION:
@@ -168,7 +178,17 @@ def method(name: str) -> Method:
 
 
 def kind_of(name: Any) -> Kind | None:
-    """The kind of the method called ``name``, or None for a name outside ``METHODS`` (a row of an
-    older run, a missing value)."""
+    """The kind of the method called ``name``, for rows and tables that hold names.
+
+    Parameters
+    ----------
+    name : object
+        A method name, or anything a table column holds (NaN, None).
+
+    Returns
+    -------
+    Kind or None
+        None for a name outside ``METHODS`` (a row of an older run, a missing value).
+    """
     found = _BY_NAME.get(name) if isinstance(name, str) else None
     return found.kind if found is not None else None

@@ -119,7 +119,7 @@ class Method(str):
             out += IMPORTANCE_GROUPS
         return tuple(out)
 
-    def draw_shape(self, settings: Any) -> tuple[int, int]:
+    def draw_shape(self, settings: Any) -> tuple[int, int | None]:
         """The (chain, draw) sizes of an ok fit's posterior group.
 
         Parameters
@@ -128,13 +128,16 @@ class Method(str):
 
         Returns
         -------
-        tuple of int
-            MCMC: (``chains``, ``draws``); APPROXIMATION: (1, ``vi_draws``); POINT: (1, 1).
+        tuple of int (the draws None where they are not fixed)
+            MCMC: (``chains``, ``draws``); APPROXIMATION: (1, ``vi_draws``), but (1, None) for an
+            importance-resampled method with resampling off (a backend may keep every path's
+            draws); POINT: (1, 1).
         """
         if self.kind is Kind.MCMC:
             return settings.chains, settings.draws
         if self.kind is Kind.APPROXIMATION:
-            return 1, settings.vi_draws
+            resampled = not self.importance_resampled or settings.pathfinder_resampling == "psis"
+            return 1, settings.vi_draws if resampled else None
         return 1, 1
 
 

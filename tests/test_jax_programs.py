@@ -79,15 +79,15 @@ LAPACK_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp
 import backends.numpyro
-from backends.jax_programs import jax_programs.StoredJit
+from backends.jax_programs import StoredJit
 from pathlib import Path
 
 def solve(a, b):
     return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a), b)
 
-a = jax.numpy.array([[4.0, 1.0], [1.0, 3.0]])
-program = jax_programs.StoredJit(solve, {"program": "test-lapack"}, [Path(sys.argv[1])])
-out = program(a, jax.numpy.array([1.0, 2.0]))
+a = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+program = StoredJit(solve, {"program": "test-lapack"}, [Path(sys.argv[1])])
+out = program(a, jnp.array([1.0, 2.0]))
 print("RESULT " + json.dumps({"x": [float(v) for v in out], "loaded": next(iter(program.programs.values())).loaded}))
 """
 

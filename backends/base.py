@@ -12,7 +12,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Literal
 
@@ -22,21 +22,12 @@ from arviz_base import from_dict
 
 from backends.caches import waited_seconds
 from backends.degenerate import best_start
+# The shared method vocabulary (docs/architecture.md): a backend declares which it supports.
+from backends.methods import METHODS as METHODS, Kind, Method  # METHODS: re-exported, its old home
+from backends.methods import method as method_named
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
-
-# The shared method vocabulary (ARCHITECTURE.md). A backend declares which it supports.
-METHODS: tuple[str, ...] = (
-    "nuts",
-    "advi-meanfield",
-    "advi-fullrank",
-    "advi-minibatch-meanfield",
-    "advi-minibatch-fullrank",
-    "pathfinder",
-    "map",
-    "laplace",
-)
 
 Status = Literal["ok", "unsupported", "failed"]
 
@@ -148,10 +139,18 @@ class FitSettings:
                 raise MixbenchError(f"settings.{name}: must be a positive finite number, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name: what a row records and ``from_dict`` takes back."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FitSettings":
+        """The settings ``data`` names, the others at their defaults.
+
+        Raises
+        ------
+        MixbenchError
+            An unknown field, or a value the checks refuse.
+        """
         return settings_from_dict(cls, data, "settings")
 
 
@@ -208,10 +207,24 @@ class Fit:
 
 
 def unsupported(backend: str, method: str, reason: str, engine: str | None = None) -> Fit:
+    """The Fit of a method a backend cannot run here.
+
+    Returns
+    -------
+    Fit
+        Status ``unsupported``, ``reason`` as given, no draws.
+    """
     return Fit(backend=backend, method=method, status="unsupported", engine=engine, reason=reason)
 
 
 def package_versions(*names: str) -> dict[str, str]:
+    """Installed version of each distribution named (``importlib.metadata``).
+
+    Returns
+    -------
+    dict of str to str
+        Name -> version, ``"not installed"`` for one that is not.
+    """
     out = {}
     for name in names:
         try:
@@ -222,6 +235,13 @@ def package_versions(*names: str) -> dict[str, str]:
 
 
 def machine_info() -> dict[str, str]:
+    """The machine a fit ran on.
+
+    Returns
+    -------
+    dict of str to str
+        ``python``, ``platform``, ``machine``, ``processor`` and ``cpu_count``.
+    """
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -237,8 +257,14 @@ _compile_notes: list[str] | None = None
 
 def note_compile(state: Literal["cold", "warm"]) -> None:
     """Say, where a backend looks up something it compiles, whether it was built (or loaded from
-    a store: "cold") or found in this process's memory ("warm"). ``Backend.fit`` records the fit
-    as cold when any lookup was cold, warm when all were warm."""
+    a store: "cold") or found in this process's memory ("warm").
+
+    Parameters
+    ----------
+    state : {"cold", "warm"}
+        ``Backend.fit`` records the fit as cold when any lookup was cold, warm when all were
+        warm; outside a fit the note is dropped.
+    """
     if _compile_notes is not None:
         _compile_notes.append(state)
 
@@ -283,6 +309,55 @@ def store_vi_arrays(fit: Fit) -> None:
         loss = np.asarray(fit.loss, dtype=float).reshape(-1)
         tree["optimisation"] = xr.DataTree(xr.Dataset({"loss": (("iteration",), loss)},
                                                       coords={"iteration": np.arange(loss.size)}))
+
+
+def contract_violation(fit: Fit, method: Method, settings: FitSettings,
+                       stores_approximation: bool = True) -> str | None:
+    """Why an ok ``fit`` breaks what its method's kind promises, or None when it keeps it.
+
+    The promise is the method's traits (``backends.methods.Method``): the Fit fields it sets
+    (``Method.fields``), the DataTree groups of ``fit.draws`` (``Method.groups``), the posterior's
+    (chain, draw) sizes (``Method.draw_shape``), one start log density per start for a
+    multi-start method, and the ``approximation`` group's variables. ``Backend.fit`` calls it on
+    every ok fit, after ``store_vi_arrays``, and turns a violation into a failed fit.
+
+    Parameters
+    ----------
+    fit : Fit
+        An ok fit of ``method``.
+    method : Method
+    settings : FitSettings
+        The settings the fit ran with.
+    stores_approximation : bool
+        The backend's ``Backend.stores_approximation``.
+
+    Returns
+    -------
+    str or None
+        One line naming the backend, the method, its kind and what is missing or mis-shaped.
+    """
+    where = f"contract: {fit.backend}/{method} ({method.kind.value})"
+    missing = [name for name in method.fields if getattr(fit, name) is None]
+    if missing:
+        return f"{where}: the fit does not set {', '.join(missing)}"
+    if fit.draws is None:
+        return f"{where}: the fit has no draws"
+    groups = [g for g in method.groups(settings, stores_approximation) if g not in fit.draws.children]
+    if groups:
+        return f"{where}: the draws lack group(s) {', '.join(groups)}"
+    shape = tuple(fit.draws["posterior"].sizes.get(dim, 0) for dim in ("chain", "draw"))
+    expected = method.draw_shape(settings)
+    if any(want is not None and got != want for got, want in zip(shape, expected)):
+        return f"{where}: the posterior has (chain, draw) = {shape}, expected {expected}"
+    if method.multi_start and len(fit.start_log_densities) != settings.map_starts:
+        return (f"{where}: {len(fit.start_log_densities)} start log densities for "
+                f"{settings.map_starts} starts")
+    if "approximation" in method.groups(settings, stores_approximation):
+        found = set(fit.draws["approximation"].data_vars)
+        if found != method.approximation_parameters:
+            return (f"{where}: group approximation has {', '.join(sorted(found)) or 'nothing'}, "
+                    f"expected {', '.join(sorted(method.approximation_parameters))}")
+    return None
 
 
 def approximation_group(labels: list[str], mean, std=None, cov=None) -> xr.DataTree:
@@ -409,14 +484,28 @@ _phase_listener: Callable[[str | None], None] | None = None
 
 
 def set_phase_listener(listener: Callable[[str | None], None] | None) -> None:
-    """Call ``listener(phase)`` when a ``stopwatch`` block starts and ``listener(None)`` when it ends."""
+    """Call ``listener(phase)`` when a ``stopwatch`` block starts and ``listener(None)`` when it ends.
+
+    Parameters
+    ----------
+    listener : callable or None
+        Takes a phase name (one of ``TIMING_PHASES``) or None; None stops telling.
+    """
     global _phase_listener
     _phase_listener = listener
 
 
 @contextmanager
 def stopwatch(timings: dict[str, float], phase: str):
-    """Add the wall time of the block to ``timings[phase]``."""
+    """Add the wall time of the block, in seconds (``time.perf_counter``), to ``timings[phase]``.
+
+    Parameters
+    ----------
+    timings : dict of str to float
+        Updated in place, also when the block raises.
+    phase : str
+        One of ``TIMING_PHASES``.
+    """
     if _phase_listener is not None:
         _phase_listener(phase)
     start = time.perf_counter()
@@ -434,11 +523,31 @@ def canonical_datatree(
     sample_stats: dict[str, np.ndarray] | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> xr.DataTree:
-    """Draws with leading (chain, draw) axes -> the canonical DataTree of ARCHITECTURE.md.
+    """Draws with leading (chain, draw) axes -> the canonical DataTree of docs/architecture.md.
 
-    ``posterior`` must hold exactly the spec's parameters (w, b when present, sigma, nu when a parameter, pi) with
-    shapes (chain, draw, *param_shape). Every backend converts its engine's output to this.
-    ``attrs`` is per group, as ArviZ's ``from_dict`` takes it: ``{"/": {...}, "posterior": {...}}``.
+    Every backend converts its engine's output to this.
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    posterior : dict of str to array_like
+        Exactly the spec's parameters (w, b when present, sigma, nu when a parameter, pi), each of shape
+        (chain, draw, *param_shape) (``MixtureSpec.param_shapes``).
+    sample_stats : dict of str to array_like, optional
+        Per-draw statistics, each of shape (chain, draw).
+    attrs : dict, optional
+        Per group, as ArviZ's ``from_dict`` takes it: ``{"/": {...}, "posterior": {...}}``.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``posterior`` (and ``sample_stats``), dims named by ``MixtureSpec.param_dims``,
+        coordinates ``component`` 0..K-1 and ``covariate`` 0..D-1.
+
+    Raises
+    ------
+    ValueError
+        A parameter missing or extra, or of the wrong shape.
     """
     shapes = spec.param_shapes()
     if set(posterior) != set(shapes):
@@ -455,17 +564,31 @@ def canonical_datatree(
 
 
 def check_batch_size(method: str, settings: FitSettings, N: int) -> None:
-    """MixbenchError when a minibatch method's ``settings.batch_size`` exceeds the N observations."""
-    if method.startswith("advi-minibatch") and settings.batch_size > N:
+    """MixbenchError when a minibatch method's ``settings.batch_size`` exceeds the N observations.
+
+    Raises
+    ------
+    MixbenchError
+        ``method`` is unknown, or a minibatch method's batch is larger than the data.
+    """
+    if method_named(method).minibatch and settings.batch_size > N:
         raise MixbenchError(f"settings.batch_size: {settings.batch_size} is larger than the data (N = {N})")
 
 
 def start_seeds(seed: int, starts: int) -> list[int]:
-    """Independent seeds, in [0, 2^31), for ``starts`` optimisations of one fit seeded ``seed``.
+    """Independent seeds for ``starts`` optimisations of one fit seeded ``seed``.
 
-    Start 0 keeps ``seed`` itself (a one-start MAP is the engine's plain run); later starts take
-    numbers from NumPy's SeedSequence spawned on (seed, start), so they never collide with
-    another fit's seed + 1.
+    Parameters
+    ----------
+    seed : int
+    starts : int
+
+    Returns
+    -------
+    list of int, length ``starts``, in [0, 2^31)
+        Start 0 keeps ``seed`` itself (a one-start MAP is the engine's plain run); later starts
+        take numbers from NumPy's SeedSequence on (seed, start), so they never collide with
+        another fit's seed + 1.
     """
     derived = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1) for i in range(1, starts)]
     return [int(seed), *derived]
@@ -527,17 +650,44 @@ class Backend(ABC):
 
     @abstractmethod
     def versions(self) -> dict[str, str]:
-        """Versions of the backend's packages and engines (name -> version string)."""
+        """Versions of the backend's packages and engines.
+
+        Returns
+        -------
+        dict of str to str
+            Package or engine name -> version.
+        """
 
     @abstractmethod
     def log_density(self, spec: MixtureSpec, dataset: Dataset, params: dict[str, np.ndarray]) -> float:
-        """The backend's own model log density at a constrained point (oracle convention)."""
+        """The backend's own model log density at a constrained point (oracle convention).
+
+        Parameters
+        ----------
+        spec : MixtureSpec
+        dataset : Dataset
+        params : dict of str to ndarray
+            Constrained parameters of the spec's shapes.
+
+        Returns
+        -------
+        float
+            log prior + log likelihood, no Jacobian (``models.oracle.log_density``'s convention).
+        """
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         """Why this backend cannot run a declared ``method`` with ``settings``, or None.
 
         A hook for settings-dependent limits (the table and the likelihoods are checked before it).
-        May raise MixbenchError for settings that are wrong for this backend whatever the method.
+
+        Returns
+        -------
+        str or None
+
+        Raises
+        ------
+        MixbenchError
+            Settings that are wrong for this backend whatever the method (an unknown sampler).
         """
         return None
 
@@ -545,6 +695,16 @@ class Backend(ABC):
         """None if this backend can run ``method`` for ``spec`` with ``settings``, else why not.
 
         The method table first, then the likelihood variant, then ``refuses``.
+
+        Returns
+        -------
+        str or None
+            One line naming what is missing.
+
+        Raises
+        ------
+        MixbenchError
+            Settings that ``refuses`` rejects whatever the method.
         """
         if method not in self.methods:
             declared = ", ".join(self.methods) or "none"
@@ -555,26 +715,54 @@ class Backend(ABC):
         return self.refuses(spec, method, settings)
 
     def likelihood_reason(self, spec: MixtureSpec) -> str | None:
-        """Why ``spec.likelihood`` is outside this backend's model, or None (the one guard for it)."""
+        """Why ``spec.likelihood`` is outside this backend's model, or None (the one guard for it).
+
+        Returns
+        -------
+        str or None
+        """
         if spec.likelihood in self.likelihoods:
             return None
         return (f"likelihood {spec.likelihood!r} is not implemented in the {self.name} backend "
                 f"(its model implements: {', '.join(self.likelihoods)})")
 
     def check_likelihood(self, spec: MixtureSpec) -> None:
-        """MixbenchError when ``spec.likelihood`` is outside this backend's model."""
+        """Check that ``spec.likelihood`` is one this backend's model implements.
+
+        Raises
+        ------
+        MixbenchError
+            It is not (``likelihood_reason``).
+        """
         reason = self.likelihood_reason(spec)
         if reason is not None:
             raise MixbenchError(reason)
 
     def gradient_function(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
-        """(f, x0): f(theta) -> (log density, gradient) on the engine's unconstrained space, and x0.
+        """What one NUTS leapfrog step pays: the log density and its gradient.
 
-        What one NUTS leapfrog step pays: the log density with the Jacobian of the constraining
-        transforms, as the engine chosen by ``settings.sampler`` computes it at
-        ``settings.precision``, compiled once before returning. f takes and returns float64
-        NumPy (a float and an array of x0's shape) and blocks until its result exists. x0 is the
-        engine's unconstrained image of ``backends.gradients.fixed_point(spec, dataset)``.
+        Parameters
+        ----------
+        spec : MixtureSpec
+        dataset : Dataset
+        settings : FitSettings
+            ``sampler`` chooses the engine, ``precision`` its floating point.
+
+        Returns
+        -------
+        f : callable
+            f(theta) -> (log density, gradient) on the engine's unconstrained space, the Jacobian
+            of the constraining transforms included, compiled once before returning; takes and
+            returns float64 NumPy (a float and an array of x0's shape) and blocks until its result
+            exists.
+        x0 : ndarray, shape (d,)
+            The engine's unconstrained image of ``backends.gradients.fixed_point(spec, dataset)``.
+
+        Raises
+        ------
+        MixbenchError
+            The backend has no gradient function (optional for plug-in backends: only the
+            gradient-cost benchmark needs it).
         """
         # Optional for plug-in backends: only the gradient-cost benchmark needs it.
         raise MixbenchError(f"backend {self.name!r}: has no gradient function (needed by the gradient-cost benchmark)")
@@ -626,8 +814,7 @@ class Backend(ABC):
             An unknown method, data that do not match the spec, a batch larger than the data, or
             a timing phase outside the shared list (a backend bug).
         """
-        if method not in METHODS:
-            raise MixbenchError(f"method: unknown {method!r}; known: {', '.join(METHODS)}")
+        kind = method_named(method).kind
         global _compile_notes
         settings = settings or FitSettings()
         dataset.check_against(spec)
@@ -637,7 +824,7 @@ class Backend(ABC):
         try:
             if reason is not None:
                 result = unsupported(self.name, method, reason)
-            elif method == "map":
+            elif kind is Kind.POINT:
                 result = self._multi_start_map(spec, dataset, settings, seed)
             else:
                 check_batch_size(method, settings, dataset.N)  # one rule for every backend
@@ -656,6 +843,10 @@ class Backend(ABC):
         result.timings = check_timings(result.timings)
         if result.ok and result.draws is not None:
             store_vi_arrays(result)
+        if result.ok:
+            violation = contract_violation(result, method_named(method), settings, self.stores_approximation)
+            if violation is not None:
+                result = replace(result, status="failed", reason=violation)
         result.settings = settings.to_dict()
         result.seed = seed
         result.versions = {**self.versions(), **result.versions}

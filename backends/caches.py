@@ -55,7 +55,8 @@ STORE_MAX_BYTES = 2 * 1024**3
 
 
 # The directories under cache_root() that hold entries mixbench loads (the Stan backend's "stan"
-# and the reference posteriors included) or its locks, checked by check_cache_dirs before a run.
+# and the reference posteriors included) or its locks, checked by
+# backends.engine_caches.check_cache_dirs before a run.
 STORES = ("jax", "jax-programs", "pytensor-functions", "nutpie", "stan", "references", "locks")
 
 
@@ -169,22 +170,6 @@ def private_dir(path: Path) -> Path:
             raise MixbenchError(f"cache directory {directory}: cannot be created ({exc.strerror or exc})") from None
         check_private(directory)
     return path
-
-
-def check_cache_dirs() -> None:
-    """Check the cache root and every store under it that exists (``STORES``), creating
-    nothing: a run refuses, in one line, before any cell loads from an unsafe directory. The
-    engines' own caches too (backends.engine_caches)."""
-    from backends.engine_caches import check_engine_caches
-
-    check_engine_caches()
-    root = cache_root()
-    if not root.exists():
-        return
-    check_private(root)
-    for name in STORES:
-        if (root / name).exists():
-            check_private(root / name)
 
 
 def discard_entry(path: Path, error: BaseException) -> None:

@@ -26,7 +26,7 @@ import os
 import stat
 from pathlib import Path
 
-from backends.caches import check_private
+from backends.caches import STORES, cache_root, check_private
 from models.errors import MixbenchError
 
 
@@ -90,3 +90,25 @@ def check_engine_caches() -> None:
         if why:
             raise MixbenchError(f"CmdStan install {install}: {why}; the executables built with it load its libraries "
                                 "(README.md, on caches)")
+
+
+def check_cache_dirs() -> None:
+    """Check every cache a run loads code from, creating nothing: the engines' own caches, the
+    mixbench cache root and each store under it that exists (``backends.caches.STORES``).
+
+    A run refuses, in one line, before any cell loads from an unsafe directory.
+
+    Raises
+    ------
+    MixbenchError
+        A directory that another user owns or that group or others can write, named with its
+        engine or store.
+    """
+    check_engine_caches()
+    root = cache_root()
+    if not root.exists():
+        return
+    check_private(root)
+    for name in STORES:
+        if (root / name).exists():
+            check_private(root / name)

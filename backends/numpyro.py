@@ -45,6 +45,8 @@ from backends.degenerate import best_start
 from backends.base import (Backend, Fit, FitSettings, approximation_group, bound_hits, canonical_datatree, package_versions,
                            start_seeds, stopwatch)
 from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
+from backends.methods import Kind
+from backends.methods import method as method_named
 from backends.base import note_compile
 from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
@@ -371,9 +373,9 @@ class NumPyroBackend(Backend):
     }
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if method == "nuts" and settings.sampler not in (None, "numpyro"):
+        if method_named(method).kind is Kind.MCMC and settings.sampler not in (None, "numpyro"):
             return f"sampler {settings.sampler!r}: the numpyro backend runs NumPyro's own NUTS only"
-        if method.startswith("advi") or method == "map":
+        if method in _GUIDES:  # the methods this backend runs by SVI
             if settings.optimizer not in _OPTIMIZERS:
                 return (f"optimizer {settings.optimizer!r} is not available in the numpyro backend; "
                         f"known: {', '.join(_OPTIMIZERS)}")
@@ -478,7 +480,7 @@ class NumPyroBackend(Backend):
     # -- SVI: ADVI (mean-field, full-rank, minibatch) and MAP -----------------------------------
 
     def _svi_program(self, spec: MixtureSpec, N: int, method: str, settings: FitSettings) -> "_SVIProgram":
-        minibatch = method.startswith("advi-minibatch")
+        minibatch = method_named(method).minibatch
         key = (spec, N, method, settings.optimizer, settings.learning_rate, settings.precision,
                settings.batch_size if minibatch else None, settings.minibatch_total_size if minibatch else None)
         if key not in self._programs:
@@ -511,7 +513,7 @@ class NumPyroBackend(Backend):
         # replay): PSIS then measures q against the real posterior.
         with _phase(timings, "extraction"), _precision("float64"):
             params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-            if method == "map":
+            if method_named(method).kind is Kind.POINT:
                 point = _canonical(spec, program.map_point(params), ())
                 draws = canonical_datatree(spec, {k: v[None, None] for k, v in point.items()},
                                            attrs={"/": self._attrs("map", settings, attrs)})
@@ -801,7 +803,7 @@ class _SVIProgram:
     """
 
     def __init__(self, spec: MixtureSpec, method: str, settings: FitSettings):
-        minibatch = method.startswith("advi-minibatch")
+        minibatch = method_named(method).minibatch
         self.spec = spec
         self.model = partial(mixture_model, spec, subsample_size=settings.batch_size if minibatch else None,
                              total_size=settings.minibatch_total_size)

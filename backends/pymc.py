@@ -42,6 +42,8 @@ from backends.base import (Backend, Fit, FitSettings, bound_hits, approximation_
                            stopwatch)
 from backends.degenerate import best_start
 from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, proposal_group, psis_resample
+from backends.methods import Kind
+from backends.methods import method as method_named
 from backends.pytensor_store import load_or_build, set_shared
 from backends.base import note_compile
 from models.data import Dataset
@@ -485,7 +487,7 @@ class PyMCBackend(Backend):
     likelihoods = LIKELIHOODS  # the forum replay likelihoods too: they replay PyMC code
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
-        if method == "nuts" and (settings.sampler or "nutpie") not in SAMPLERS:
+        if method_named(method).kind is Kind.MCMC and (settings.sampler or "nutpie") not in SAMPLERS:
             raise MixbenchError(
                 f"settings.sampler: the PyMC backend runs {', '.join(SAMPLERS)}, got {settings.sampler!r}"
             )

@@ -49,6 +49,8 @@ from backends.caches import build_lock
 from backends.degenerate import best_start
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import keep_proposal, proposal_group, psis_resample
+from backends.methods import Kind
+from backends.methods import method as method_named
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -397,7 +399,7 @@ class StanBackend(Backend):
             return f"sampler {engine!r} is not a Stan engine (choose cmdstanpy or pystan)"
         if engine == "cmdstanpy" and cmdstan_path() is None:
             return f"{NO_CMDSTAN}; sampler 'cmdstanpy' was requested"
-        if engine == "pystan" and method != "nuts":
+        if engine == "pystan" and method_named(method).kind is not Kind.MCMC:
             why = NO_CMDSTAN if cmdstan_path() is None else "sampler 'pystan' was requested"
             return f"pystan 3 runs NUTS only and {method} needs CmdStan: {why}; {INSTALL_CMDSTAN}"
         return None

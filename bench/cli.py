@@ -11,6 +11,8 @@ written) or an internal error, 128 + the signal number when SIGINT (130), SIGTER
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -20,12 +22,65 @@ import time
 import traceback
 import warnings
 from dataclasses import fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pandas as pd
+
+from backends import compile_rank
 from backends.base import METHODS, FitSettings
+from backends.methods import method as method_named
+from bench.availability import describe
+from bench.bytecode import ensure_bytecode
+from bench.compare import compare, summary_lines, write_comparison
+from bench.executor_choice import make_executor
+from bench.executors import LOGS_DIR
+from bench.harness import (
+    CELLS_FILE,
+    Cell,
+    RunInterrupted,
+    RunOptions,
+    check_fit_size,
+    load_cell_data,
+    make_grid,
+    prepare_out_dir,
+    run_grid,
+    stop_on_signals,
+)
+from bench.modes import modes_table_lines
+from bench.preflight import check_backend_name, check_engine_names, check_memory
+from bench.problem import Problem
+from bench.reference import (
+    INFO_FILE,
+    ReferenceSettings,
+    cache_dir_for,
+    load_reference,
+    make_reference,
+    reference_from_draws,
+    resolve_reference,
+    write_reference,
+)
+from bench.report import markdown_table, write_report
+from bench.run_files import keep_data_copy
+from bench.summary import print_summary
+from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points, sweep_tables
+from models.datafile import data_digest, load_csv
 from models.errors import MixbenchError, MixbenchWarning
-from models.priors import NU_HELP, SIGMA_PRIOR_HELP
-from models.spec import ERRORS, SHARED
+from models.families import AXES
+from models.prior_check import prior_scale_note
+from models.priors import (
+    NU_HELP,
+    SIGMA_PRIOR_HELP,
+    check_spec_fields,
+    load_spec_file,
+    normal_prior_text,
+    nu_text,
+    pi_alpha_text,
+    sigma_prior_text,
+)
+from models.scenarios import DEFAULT_SCENARIO, get_scenario
+from models.spec import ERRORS, SHARED, MixtureSpec
+from models.standardize import Standardization
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -143,8 +198,6 @@ _SETTING_METAVAR = {"sampler": "NAME", "precision": "{float64,float32}", "optimi
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("mixbench")
     except PackageNotFoundError:  # run from a source tree that was never installed
@@ -170,8 +223,6 @@ def _add_prior_options(group) -> None:
 
 
 def _add_reference_options(group, prefix: str = "--reference-") -> None:
-    from bench.reference import ReferenceSettings
-
     defaults = ReferenceSettings()
     group.add_argument(f"{prefix}method", dest="ref_method", choices=("modes", "nuts"), default=defaults.method,
                        help="modes: find the posterior's modes from many starts, sample each with NumPyro NUTS and "
@@ -190,17 +241,12 @@ def _add_reference_options(group, prefix: str = "--reference-") -> None:
 
 
 def _reference_settings(args):
-    from bench.reference import ReferenceSettings
-
     return ReferenceSettings(backend=args.ref_backend, chains=args.ref_chains, warmup=args.ref_warmup,
                              draws=args.ref_draws, seed=args.ref_seed, method=args.ref_method)
 
 
 def _spec_overrides(args) -> dict:
     """Spec fields from a spec file, then from the options (which win)."""
-    from models.priors import (check_spec_fields, load_spec_file, normal_prior_text, nu_text, pi_alpha_text,
-                               sigma_prior_text)
-
     spec = load_spec_file(args.spec_file) if getattr(args, "spec_file", None) is not None else {}
     spec.update({k: v for k, v in (("K", args.K), ("intercept", args.intercept), ("sigma", args.sigma),
                                    ("ordering", args.ordering), ("likelihood", args.likelihood)) if v is not None})
@@ -390,9 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sweep_parser(sub) -> None:
-    from bench.sweep import SWEEP_SETTINGS
-    from models.families import AXES
-
     sweep = sub.add_parser("sweep", help="landing frequencies over a scenario family's difficulty axes",
                            description="Fit every point of a scenario family (the product of the --vary axes) x "
                                        "backends x method lines x seeds as cells (isolated, resumable), then report "
@@ -444,25 +487,16 @@ def _add_sweep_parser(sub) -> None:
 
 
 def _cells_from_args(args) -> tuple[list, str]:
-    from bench.harness import make_grid
-    from models.scenarios import DEFAULT_SCENARIO, get_scenario
-    from models.spec import MixtureSpec
-
-    from bench.preflight import check_backend_name, check_engine_names
-
     for name in args.backends:
         check_backend_name(name)
     for name in args.methods:
-        if name not in METHODS:
-            raise MixbenchError(f"method: unknown {name!r}; known: {', '.join(METHODS)}")
+        method_named(name)  # MixbenchError naming the known methods
     settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
     check_engine_names(args.backends, settings)
     spec = _spec_overrides(args)
     common = dict(settings=settings, spec=spec, data_seed=args.data_seed, standardize=args.standardize)
     if args.data is not None:
-        from models.datafile import data_digest, load_csv
-
         if args.N:
             raise MixbenchError("--N: only applies to a built-in scenario (a data file's N is its number of rows)")
         dataset = load_csv(args.data, args.covariates, args.response)  # a malformed file fails now
@@ -489,9 +523,6 @@ def _cells_from_args(args) -> tuple[list, str]:
 def data_prior_note(cells) -> str | None:
     """The prior-scale check (models/prior_check.py) of a run's data file, one line, or None: for
     built-in scenarios (their priors fit their data) and when the priors fit the data."""
-    from bench.harness import load_cell_data
-    from models.prior_check import prior_scale_note
-    from models.standardize import Standardization
 
     cell = next((c for c in cells if c.is_data_file), None)
     if cell is None:
@@ -505,8 +536,6 @@ def data_prior_note(cells) -> str | None:
 def _check_sizes(spec, sizes: list[int], methods: list[str], settings: dict) -> None:
     """The harness's size checks (K against N, minibatch against N) and the memory a fit's draws
     need, before any cell runs."""
-    from bench.harness import check_fit_size
-    from bench.preflight import check_memory
 
     fit_settings = FitSettings.from_dict(settings)
     for n in sizes:
@@ -616,12 +645,6 @@ def available_cores() -> int:
 
 
 def cmd_run(args) -> int:
-    from backends import compile_rank
-    from bench.bytecode import ensure_bytecode
-    from bench.executors import LOGS_DIR, make_executor
-    from bench.harness import CELLS_FILE, RunOptions, run_grid
-    from bench.summary import print_summary
-
     cells, label = _cells_from_args(args)
     note = data_prior_note(cells)
     if note:
@@ -638,9 +661,6 @@ def cmd_run(args) -> int:
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh, notes=(note,) if note else ())
     if args.data is not None:
-        from bench.harness import prepare_out_dir
-        from bench.run_files import keep_data_copy
-
         # The run folder keeps the data its rows were fitted to: its report reads nothing outside it.
         keep_data_copy(args.data, prepare_out_dir(out_dir), cells[0].data_digest)
     ids = {c.id for c in cells}
@@ -653,8 +673,6 @@ def cmd_run(args) -> int:
               "free space and rerun to run those cells again", file=sys.stderr)
         return 1
     if not args.no_report:
-        from bench.report import write_report
-
         paths = write_report([out_dir], out_dir)
         print(f"\nreport: {paths['markdown']}  (html: {paths['html']})")
     print(f"rows: {out_dir / CELLS_FILE}")
@@ -663,8 +681,6 @@ def cmd_run(args) -> int:
 
 def sweep_cells_from_args(args) -> list:
     """The sweep's cells, every argument checked before any cell runs."""
-    from bench.preflight import check_backend_name, check_engine_names
-    from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points
 
     for name in args.backends:
         check_backend_name(name)
@@ -679,7 +695,6 @@ def sweep_cells_from_args(args) -> list:
     FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
     check_engine_names(args.backends, settings)
     points = sweep_points(parse_vary(args.vary))
-    from models.scenarios import get_scenario
 
     for point, n in points:
         for line in lines:
@@ -693,10 +708,6 @@ def sweep_cells_from_args(args) -> list:
 
 
 def cmd_sweep(args) -> int:
-    from bench.bytecode import ensure_bytecode
-    from bench.executors import LOGS_DIR, make_executor
-    from bench.harness import CELLS_FILE, RunOptions, run_grid
-
     cells = sweep_cells_from_args(args)
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
     ensure_bytecode()
@@ -714,18 +725,13 @@ def cmd_sweep(args) -> int:
         print(f"mixbench sweep: error: {len(result.unwritten)} row(s) could not be written to {out_dir / CELLS_FILE}; "
               "free space and rerun to run those cells again", file=sys.stderr)
         return 1
-    import pandas as pd
 
-    from bench.report import markdown_table
-    from bench.sweep import sweep_tables
 
     ids = {c.id for c in cells}
     for table in sweep_tables(pd.DataFrame([r for r in result if r["cell_id"] in ids])):
         if table.key == "sweep-breaking":
             print(f"\n{table.title}\n\n{markdown_table(table.frame)}")
     if not args.no_report:
-        from bench.report import write_report
-
         paths = write_report([out_dir], out_dir)
         print(f"report: {paths['markdown']}  (html: {paths['html']})")
     print(f"rows: {out_dir / CELLS_FILE}")
@@ -733,9 +739,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.harness import prepare_out_dir
-    from bench.report import write_report
-
     for path in args.paths:
         if not path.exists():
             raise MixbenchError(f"{path}: not found")
@@ -750,12 +753,6 @@ def cmd_report(args) -> int:
 def attach_references(cells: list, choice: str, settings) -> list:
     """Every cell of a data set gets that data set's reference posterior (made or read now, once
     per data set, in this process), so that all its fits share one labelling."""
-    import dataclasses
-
-    from bench.harness import load_cell_data
-    from bench.modes import modes_table_lines
-    from bench.problem import Problem
-    from bench.reference import resolve_reference
 
     found: dict[str, str | None] = {}
     out = []
@@ -778,14 +775,6 @@ def attach_references(cells: list, choice: str, settings) -> list:
 
 
 def cmd_reference(args) -> int:
-    from bench.harness import Cell, load_cell_data
-    from bench.modes import modes_table_lines
-    from bench.problem import Problem
-    from bench.reference import (INFO_FILE, cache_dir_for, load_reference, make_reference, reference_from_draws,
-                                 write_reference)
-    from models.datafile import load_csv
-    from models.scenarios import DEFAULT_SCENARIO
-
     spec = _spec_overrides(args)
     if args.data is not None:
         dataset = load_csv(args.data, args.covariates, args.response)
@@ -801,7 +790,6 @@ def cmd_reference(args) -> int:
     settings = _reference_settings(args)
     if args.draws_file is not None:
         reference = reference_from_draws(problem, args.draws_file)
-        import hashlib
 
         source = hashlib.sha256(args.draws_file.read_bytes()).hexdigest()
         directory = args.out or cache_dir_for(problem, settings, source=source)
@@ -833,9 +821,6 @@ def cmd_reference(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import compare, summary_lines, write_comparison
-    from bench.harness import prepare_out_dir
-
     comparison = compare(args.run_a, args.run_b)
     out = args.out or (args.run_b if args.run_b.is_dir() else args.run_b.parent)
     _writing_under.append(out)
@@ -853,8 +838,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.availability import describe
-
     print(describe())
     return 0
 
@@ -872,8 +855,6 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.harness import RunInterrupted, stop_on_signals
-
     args = build_parser().parse_args(argv)
     _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,

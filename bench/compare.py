@@ -23,6 +23,7 @@ printed in every comparison.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.harness import CELLS_FILE, read_rows
+from bench.report import HTML_PAGE, load_benchmark_json, markdown_table, markdown_text
 from models.errors import MixbenchError
 
 NOISE_FACTOR = 2.0
@@ -75,8 +78,6 @@ def rule_text() -> str:
 def load_run(path: Path) -> pd.DataFrame:
     """The rows of one run (a run directory, cells.jsonl or pytest-benchmark JSON), one per cell.
     Raises MixbenchError when it is none of these or holds no rows."""
-    from bench.harness import CELLS_FILE, read_rows
-    from bench.report import load_benchmark_json
 
     path = Path(path)
     if path.is_dir():
@@ -284,10 +285,6 @@ def figure(comparison: Comparison, path: Path) -> Path | None:
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     """compare.md, compare.html (figure embedded) and compare.png in ``out_dir``."""
-    import base64
-
-    from bench.report import HTML_PAGE, markdown_table, markdown_text
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_path = figure(comparison, out_dir / "compare.png")

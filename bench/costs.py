@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backends.methods import Kind, kind_of
+
 COST_KINDS = ("gradient-cost", "compile-cache")
 ENGINE_KEYS = ["backend", "engine", "precision"]
 
@@ -118,7 +120,7 @@ def _save_with_legend(fig, legend_ax, title: str, path: Path) -> Path:
 def _nuts_cells(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty or "method" not in frame or "N" not in frame:
         return pd.DataFrame()
-    ok = frame[(frame["status"] == "ok") & (frame["method"] == "nuts")].copy()
+    ok = frame[(frame["status"] == "ok") & (frame["method"].map(kind_of) == Kind.MCMC)].copy()
     if ok.empty:
         return ok
     for column in ("engine", "precision"):

@@ -27,9 +27,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.executors import (LOGS_DIR, ExecutableCell, ProgressFn, RowFn, RunSettings, dead_row, next_cell,
-                             output_to, shape_of, time_limit_text)
+from bench.executors import (
+    LOGS_DIR,
+    ExecutableCell,
+    ProgressFn,
+    RowFn,
+    RunSettings,
+    dead_row,
+    next_cell,
+    output_to,
+    shape_of,
+    time_limit_text,
+)
 from bench.stopping import RunInterrupted
+from models.errors import MixbenchError
 
 # A dying cell must not be retried on another worker (Dask's default retries it, killing up to
 # three more workers): its death is its row.
@@ -94,8 +105,6 @@ class DaskExecutor:
         import dask
         from distributed import Client, LocalCluster
 
-        from models.errors import MixbenchError
-
         if not cells:
             return
         with dask.config.set(DASK_CONFIG):
@@ -140,8 +149,6 @@ class DaskExecutor:
         deadline = time.monotonic() + self.connect_timeout
         while not self._workers(client):
             if time.monotonic() > deadline:
-                from models.errors import MixbenchError
-
                 raise MixbenchError(f"Dask scheduler {client.scheduler.address}: no workers joined within "
                                     f"{self.connect_timeout:g} s")
             time.sleep(0.2)

@@ -12,6 +12,8 @@ Three executors run any cell that has what ``ExecutableCell`` names (bench.harne
   the throughput benchmark compares the two). Every compile is cold.
 - ``bench.dask_executor.DaskExecutor``: the cells on a Dask cluster, or a LocalCluster.
 
+``bench.executor_choice.make_executor`` picks one by its name (``EXECUTORS``).
+
 This module imports nothing from bench.harness: the harness hands it cells and takes back rows.
 """
 
@@ -31,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from backends import BACKENDS
+from backends.base import set_phase_listener
+from backends.caches import set_wait_listener
 from bench.stopping import RunInterrupted
 
 RowFn = Callable[[dict[str, Any]], None]
@@ -81,29 +86,6 @@ class CellExecutor(Protocol):
         ``stopped``, the ids of the cells killed in flight."""
 
 
-def make_executor(kind: str | None = None, jobs: int = 1, scheduler: str | None = None) -> CellExecutor:
-    """The executor named ``kind`` (EXECUTORS; None: dask with a ``scheduler`` address, else
-    warm). Raises MixbenchError for an unknown kind, or a scheduler with a local executor."""
-    from models.errors import MixbenchError
-
-    if scheduler is not None:
-        if kind not in (None, "dask"):
-            raise MixbenchError(f"--scheduler: sends the cells to a Dask cluster; it does not go with --executor {kind}")
-        from bench.preflight import check_scheduler
-
-        check_scheduler(scheduler)
-    kind = kind or ("dask" if scheduler is not None else "warm")
-    if kind == "warm":
-        return WarmProcessExecutor(jobs=jobs)
-    if kind == "fresh":
-        return LocalProcessExecutor(jobs=jobs)
-    if kind == "dask":
-        from bench.dask_executor import DaskExecutor
-
-        return DaskExecutor(address=scheduler, jobs=jobs)
-    raise MixbenchError(f"--executor: unknown {kind!r}; known: {', '.join(EXECUTORS)}")
-
-
 # What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the
 # forkserver start method a server process imports these once per run and each worker is forked
 # from it: a fresh process that never ran an engine, without paying the imports again.
@@ -114,8 +96,6 @@ COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arv
 def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     """COMMON_MODULES and the modules of the cells' backends. Importing a backend module starts
     no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe."""
-    from backends import BACKENDS
-
     modules = list(COMMON_MODULES)
     for cell in cells:
         module = BACKENDS[cell.backend][0] if cell.backend in BACKENDS else cell.backend.partition(":")[0]
@@ -163,8 +143,6 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
     _die_with_parent(conn)
     # The run does not count waiting for another process's build against the cell's time limit,
     # and its progress line says what the cell is doing.
-    from backends.base import set_phase_listener
-    from backends.caches import set_wait_listener
 
     set_wait_listener(lambda event: _send(conn, (WAIT_MESSAGE, event)))
     set_phase_listener(lambda phase: _send(conn, (PHASE_MESSAGE, phase)))

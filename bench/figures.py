@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
+from backends.methods import Kind, kind_of
 from bench.frequencies import LEVEL, wilson_interval
 from bench.harness import load_slope_trace
 from bench.relabel import permutations_for
+from bench.run_files import cell_data, file_in_runs
 from bench.tables import KHAT_BAD, col, num
 
 MODE_COLOURS = {"truth": "tab:green", "reference": "tab:green", "collapsed": "tab:red", "other": "tab:orange",
@@ -105,8 +108,6 @@ def component_lines(point: dict[str, np.ndarray], x_mean: np.ndarray) -> tuple[n
 
 
 def _load_data(rows: pd.DataFrame, run_dirs: list[Path]):
-    from bench.run_files import cell_data
-
     found = [(c, n) for c, n in zip(col(rows, "cell"), col(rows, "N")) if isinstance(c, dict)]
     if not found:
         return None, "the rows do not record their cell"
@@ -115,8 +116,6 @@ def _load_data(rows: pd.DataFrame, run_dirs: list[Path]):
 
 def figure_data_fits(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> tuple[list[Figure], list[str]]:
     """Per data set: the data and every ok seed's posterior-mean components, one panel per fit."""
-    from scipy.stats import norm
-
     figures, notes = [], []
     for index, (scenario, setup, rows) in enumerate(_setups(_ok(frame)), start=1):
         loaded, why = _load_data(rows, run_dirs)
@@ -310,8 +309,6 @@ def running_error(w: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _trace_file(row: pd.Series, run_dirs: list[Path]) -> Path | None:
-    from bench.run_files import file_in_runs
-
     return file_in_runs(row.get("slope_trace_file"), run_dirs)
 
 
@@ -352,7 +349,7 @@ def figure_anytime(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -> 
             label = group["fit_label"].iloc[0]
             for _, row in group.iterrows():
                 start = _float(row.get("t_warmup")) if _finite(row.get("t_warmup")) else 0.0
-                if measure == "w_err_max" and row["method"] == "nuts" and _finite(row.get("t_sampling")):
+                if measure == "w_err_max" and kind_of(row["method"]) is Kind.MCMC and _finite(row.get("t_sampling")):
                     trace = _trace_file(row, run_dirs)
                     target = _truth_w(row)
                     # None (with a warning) when the file is damaged.
@@ -461,7 +458,7 @@ def figure_time_split(frame: pd.DataFrame, fig_dir: Path) -> list[Figure]:
 def _trace_candidate(frame: pd.DataFrame, run_dirs: list[Path]):
     """A NUTS cell whose chains disagree, else one that switches, else any NUTS cell with traces."""
     ok = _ok(frame)
-    nuts = ok[(ok["method"] == "nuts") & col(ok, "slope_trace_file").notna()]
+    nuts = ok[(ok["method"].map(kind_of) == Kind.MCMC) & col(ok, "slope_trace_file").notna()]
     if nuts.empty:
         return None
     ranked = [

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import pandas as pd
+from scipy.stats import binomtest
 
 from bench.tables import TARGET_MODES, col, num
 from models.families import AXES
@@ -51,7 +52,6 @@ def wilson_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]
         return math.nan, math.nan
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, n = {n}], got {k}")
-    from scipy.stats import binomtest
 
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from backends.methods import METHODS
 from bench.health import FLAGS
 from bench.metrics import ROW_FIELDS
 from bench.tables import ESS_LIMIT, ESS_TARGET, KHAT_BAD, RHAT_LIMIT
@@ -39,8 +40,7 @@ COLUMNS: dict[str, str] = {
     "scenario": "the built-in scenario, or the data file's name",
     "setup": "what the cells changed from the scenario's defaults (N, spec, settings); default: nothing",
     "backend": "the probabilistic programming backend: pymc, numpyro or stan (or a plug-in)",
-    "method": "the inference method: nuts, advi-meanfield, advi-fullrank, advi-minibatch-meanfield, "
-              "advi-minibatch-fullrank, pathfinder, map",
+    "method": f"the inference method: {', '.join(METHODS)}",
     "engine": "what ran the method inside the backend (nutpie, pymc, numpyro, pystan, cmdstanpy, ...)",
     "precision": "floating-point precision of the fit",
     "N": "observations in the data set",

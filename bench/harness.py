@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import traceback
 import warnings
@@ -29,9 +30,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backends import get_backend
 from backends.base import FitSettings, check_batch_size, stopwatch
+from backends.engine_caches import check_cache_dirs
+from bench.executors import WarmProcessExecutor
+from bench.metrics import score_fit
+from bench.problem import Problem
+from bench.provenance import write_run_info
+from bench.reference import load_reference
 from bench.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals  # noqa: F401 - re-exported
+from models.datafile import data_digest, load_csv
 from models.errors import MixbenchError, MixbenchWarning
+from models.families import point_params
+from models.scenarios import get_scenario
+from models.spec import MixtureSpec
 
 if TYPE_CHECKING:
     from bench.executors import CellExecutor
@@ -75,8 +87,6 @@ class Cell:
 
     def __post_init__(self):
         if self.data_digest is None and self.is_data_file and Path(self.scenario).is_file():
-            from models.datafile import data_digest
-
             object.__setattr__(self, "data_digest", data_digest(self.scenario))
 
     @property
@@ -166,8 +176,6 @@ class Cell:
         """``execute`` with the files the cell reads taken from ``files`` (``Cell.files`` made on
         the client) instead of this machine's disk. The data file's content is checked against
         the cell's digest as any data file is (load_cell_data)."""
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="mixbench-cell-") as tmp:
             local = {}
             for number, (path, content) in enumerate(sorted(files.items())):
@@ -213,13 +221,8 @@ def make_grid(
 
 def load_cell_data(cell: Cell):
     """The spec, data set and truth (None for a data file) a cell fits."""
-    from models.datafile import load_csv
-    from models.scenarios import get_scenario
-    from models.spec import MixtureSpec
 
     if cell.is_data_file:
-        from models.datafile import data_digest
-
         if cell.data_digest is not None and data_digest(_local(cell.scenario)) != cell.data_digest:
             raise MixbenchError(f"data file {cell.scenario}: changed since the run was planned; "
                                 "rerun to fit its new content")
@@ -263,11 +266,6 @@ def execute_cell(cell: Cell, out_dir: Path | None = None, save_draws: bool = Fal
 
 def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: bool) -> None:
     try:
-        from backends import get_backend
-        from bench.metrics import score_fit
-        from bench.problem import Problem
-        from bench.reference import load_reference
-
         with stopwatch(row, "t_data"):
             spec, dataset = load_cell_data(cell)
             problem = Problem.make(spec, dataset, standardize=cell.standardize)
@@ -352,8 +350,6 @@ def _keep_draws(cell: Cell, fit, out_dir: Path, save_draws: bool) -> dict[str, A
 
 
 def cell_ids(cell: Cell) -> dict[str, Any]:
-    from models.families import point_params
-
     return {
         # A scenario family's point (models.families): its axes as columns, for sweeps.
         **({} if cell.is_data_file else point_params(cell.scenario)),
@@ -647,10 +643,6 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
     flight. A row that cannot be written (OSError) is reported with a MixbenchWarning and kept in
     ``RunRows.unwritten``; the run goes on.
     """
-    from bench.executors import WarmProcessExecutor
-    from bench.provenance import write_run_info
-
-    from backends.caches import check_cache_dirs
 
     check_cache_dirs()  # cells load compiled code from there: refuse before any runs
     out_dir = prepare_out_dir(Path(options.out_dir))

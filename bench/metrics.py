@@ -26,6 +26,7 @@ from scipy.stats import wasserstein_distance
 
 from backends.base import TIMING_PHASES, Fit
 from backends.degenerate import degenerate_components
+from backends.methods import Kind, kind_of
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.modes import MODE_FIELDS, mode_columns
@@ -46,8 +47,6 @@ from bench.relabel import (
 )
 
 FAMILIES = ("w", "b", "sigma", "pi")
-# Methods whose draws are a Markov chain: switching, ESS and R-hat only mean something there.
-MCMC_METHODS = frozenset({"nuts"})
 NAN = float("nan")
 
 # Canonical dims of a parameter point, used to turn a MAP point into a one-draw DataTree.
@@ -342,7 +341,8 @@ def _ratio(num: float, den: float | int | None) -> float:
 
 
 def is_mcmc(fit: Fit) -> bool:
-    return fit.method in MCMC_METHODS or "sampling" in fit.timings
+    """Whether the fit's draws are a Markov chain: switching, ESS and R-hat only mean something there."""
+    return kind_of(fit.method) is Kind.MCMC
 
 
 def point_tree(point: dict) -> xr.DataTree:

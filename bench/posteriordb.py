@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
+import arviz_stats as azs
 import numpy as np
 
+from bench.relabel import posterior_dataset
 from models.errors import MixbenchError
 
 # posteriordb's mixture names -> mixbench's (see the module docstring).
@@ -121,12 +124,6 @@ def info_fields(draws, info: dict) -> dict:
     ``added_by``, ``added_date``, ``comments``. R-hat (rank-normalised split) and bulk / tail ESS
     from arviz-stats, on the relabelled draws, as posteriordb's R code computes them with posterior.
     """
-    import warnings
-
-    import arviz_stats as azs
-
-    from bench.relabel import posterior_dataset
-
     ds = posterior_dataset(draws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

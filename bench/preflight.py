@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import re
 
+from backends import BACKENDS, backend_class
 from backends.base import OPTIMIZERS, SAMPLERS, FitSettings
+from backends.methods import Kind
+from backends.methods import method as method_named
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
@@ -27,8 +30,6 @@ def check_backend_name(name: str) -> None:
     """A registered backend, or a plug-in 'package.module:Class' naming a backends.base.Backend
     subclass (backends.backend_class: its module is imported, nothing in it is called).
     Raises MixbenchError otherwise."""
-    from backends import BACKENDS, backend_class
-
     if name not in BACKENDS:
         backend_class(name)
 
@@ -68,7 +69,8 @@ def fit_bytes(spec: MixtureSpec, N: int, method: str, settings: FitSettings) -> 
     plus the pointwise log likelihood the scoring keeps (draws x N, at most LOO_MAX_VALUES
     values, bench.predictive) and the data (N x (D + 1))."""
     params = spec.K * spec.D + spec.K * int(spec.intercept) + (spec.K if spec.sigma == "per-component" else 1) + spec.K
-    draws = {"nuts": settings.chains * settings.draws, "map": settings.map_starts}.get(method, settings.vi_draws)
+    kind = method_named(method).kind
+    draws = {Kind.MCMC: settings.chains * settings.draws, Kind.POINT: settings.map_starts}.get(kind, settings.vi_draws)
     return 8 * (draws * params + int(min(draws * N, LOO_MAX_VALUES)) + N * (spec.D + 1))
 
 

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.costs import cost_record, cost_sections
 from bench.figures import Figure, report_figures
 from bench.findings import SetupFindings, findings
 from bench.glossary import WORDS, glossary_for
 from bench.harness import CELLS_FILE, read_rows, read_run_info
 from bench.landing import points_against_best_optimum
 from bench.metrics import MetricSettings
+from bench.sweep import sweep_findings, sweep_tables
+from bench.sweep_figures import sweep_figures
 from bench.tables import (
     CELL_KEYS,
     Table,
@@ -59,7 +62,6 @@ def load_benchmark_json(path: Path) -> tuple[list[dict], dict]:
         raise MixbenchError(f"results file {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise MixbenchError(f"results file {path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    from bench.costs import cost_record
 
     rows, costs = [], []
     for bench in data["benchmarks"]:
@@ -202,11 +204,8 @@ def build_report(paths: list[Path], fig_dir: Path):
     frame, environments, run_dirs = load_inputs(paths)
     fits = fit_summary(frame) if len(frame) else pd.DataFrame()
     tables = report_tables(fits, frame)
-    from bench.sweep import sweep_tables
-    from bench.sweep_figures import sweep_figures
 
     tables = sweep_tables(frame) + tables  # a sweep's frequencies and breaking points lead
-    from bench.costs import cost_sections
 
     cost_tables, cost_figures = cost_sections(frame, environments, fig_dir)
     tables += [Table(_slug(title), title, text, table) for title, text, table in cost_tables]
@@ -216,7 +215,6 @@ def build_report(paths: list[Path], fig_dir: Path):
     figures, notes = report_figures(frame, run_dirs, fig_dir) if len(frame) else ([], [])
     figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures
     figures += [Figure(_slug(title), title, "", path) for title, path in cost_figures]
-    from bench.sweep import sweep_findings
 
     # Notes on a whole run (models/prior_check.py's prior-scale check) follow the headline.
     run_notes = list(dict.fromkeys(note for env in environments for note in env.get("notes") or ()))

@@ -21,7 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench.harness import Cell, load_cell_data
+from models.datafile import data_digest, load_csv
 from models.errors import MixbenchError
+from models.scenarios import get_scenario
+from models.spec import MixtureSpec
 
 DATA_DIR = "data"
 # The largest data set a report simulates again for its data figure (the forum scenario has
@@ -45,8 +49,6 @@ def file_in_runs(name: Any, run_dirs: list[Path]) -> Path | None:
 def keep_data_copy(data_file: Path, out_dir: Path, digest: str) -> Path:
     """Copy ``data_file`` into ``out_dir/data/<digest>.csv`` (once), so that the run folder holds
     everything its report reads. Raises OSError when it cannot be written, MixbenchError when the file no longer has ``digest``."""
-    from models.datafile import data_digest
-
     target = Path(out_dir) / DATA_DIR / f"{digest}.csv"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,10 +65,6 @@ def cell_data(cell: dict, row_n: Any, run_dirs: list[Path]):
     """((spec, dataset), '') of a row's cell for the report's data figure, or (None, why not).
 
     ``cell`` is the row's ``cell`` field, ``row_n`` the N the row records it fitted."""
-    from bench.harness import Cell, load_cell_data
-    from models.datafile import data_digest, load_csv
-    from models.scenarios import get_scenario
-    from models.spec import MixtureSpec
 
     try:
         cell = Cell.from_dict({**cell, "data_digest": cell.get("data_digest") or ""})

@@ -20,6 +20,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
+from bench.findings import Sentence, SetupFindings
 from bench.frequencies import LEVEL, breaking_points, landing_frequencies, share_text, varied_axes
 from bench.harness import Cell
 from bench.tables import Table
@@ -146,8 +149,6 @@ def sweep_tables(frame) -> list[Table]:
     """The frequencies per point x line (where the seeds land; switching and cost) and the
     breaking points, when the rows hold a sweep. Axis values are shown as text, so the tables
     split (bench.tables.split_wide) after them."""
-    import pandas as pd
-
     freq = landing_frequencies(frame)
     if freq.empty:
         return []
@@ -208,8 +209,6 @@ def sweep_findings(frame):
     """The findings' sweep section (bench.findings.SetupFindings): per line and setting of the
     other varied axes, where it held and where it broke, naming the breaking-point table and the
     fits at those settings."""
-    from bench.findings import Sentence, SetupFindings
-
     freq = landing_frequencies(frame)
     varied = varied_axes(freq) if not freq.empty else []
     if not varied:

@@ -45,7 +45,13 @@ class Dataset:
             object.__setattr__(self, "covariates", tuple(f"x{d}" for d in range(x.shape[1])))
 
     def digest(self) -> str:
-        """A content hash of x and y: backends key their compiled-model caches on it."""
+        """A content hash of x and y: backends key their compiled-model caches on it.
+
+        Returns
+        -------
+        str
+            32 hexadecimal digits (BLAKE2b, 16 bytes) over the shapes and bytes of x and y.
+        """
         h = hashlib.blake2b(digest_size=16)
         for arr in (self.x, self.y):
             h.update(str(arr.shape).encode())
@@ -61,6 +67,14 @@ class Dataset:
         return self.x.shape[1]
 
     def check_against(self, spec: MixtureSpec) -> None:
+        """Check that the data fit ``spec``.
+
+        Raises
+        ------
+        MixbenchError
+            x has a number of columns other than ``spec.D``, or the truth's parameters are not
+            the spec's.
+        """
         if self.D != spec.D:
             raise MixbenchError(f"x: has {self.D} covariate columns but the spec has D = {spec.D}")
         if self.truth is not None and set(self.truth) != set(spec.param_shapes()):

@@ -15,7 +15,21 @@ from models.errors import MixbenchError
 
 
 def read_data_bytes(path: str | Path) -> bytes:
-    """The bytes of a data file; MixbenchError (one line) when it is missing or cannot be read."""
+    """The bytes of a data file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    MixbenchError
+        One line: the path is a directory, missing, or cannot be read.
+    """
     path = Path(path)
     if path.is_dir():
         raise MixbenchError(f"data file {path}: is a directory, not a CSV file")
@@ -29,15 +43,45 @@ def read_data_bytes(path: str | Path) -> bytes:
 
 def data_digest(path: str | Path) -> str:
     """A short SHA-256 of a data file's bytes: part of a cell's identity, so that edited data is
-    a new cell (and rows fitted to the old content are not taken for it)."""
+    a new cell (and rows fitted to the old content are not taken for it).
+
+    Returns
+    -------
+    str
+        The first 16 hexadecimal digits of the SHA-256 of the file's bytes.
+
+    Raises
+    ------
+    MixbenchError
+        The file is missing or cannot be read (``read_data_bytes``).
+    """
     return hashlib.sha256(read_data_bytes(path)).hexdigest()[:16]
 
 
 def load_csv(path: str | Path, covariates: list[str] | None = None, response: str = "y") -> Dataset:
     """Read ``path`` into a Dataset (no truth).
 
-    ``covariates`` names the x columns, in order; by default every column but the response.
-    An empty list means no covariates (an intercept-only mixture).
+    Parameters
+    ----------
+    path : str or Path
+        A UTF-8 CSV file with a header row.
+    covariates : list of str, optional
+        The x columns, in order; by default every column but the response. An empty list means
+        no covariates (an intercept-only mixture).
+    response : str
+        The y column.
+
+    Returns
+    -------
+    Dataset
+        x of shape (N, D), y of shape (N,), ``covariates`` the column names.
+
+    Raises
+    ------
+    MixbenchError
+        One line naming the file and the problem: unreadable, not UTF-8, malformed CSV (a row
+        with more or fewer fields than the header), empty, a missing or repeated column, a value
+        that is not a finite number.
     """
     path = Path(path)
     try:

@@ -83,8 +83,24 @@ def _number_text(value: float) -> str:
 
 
 def check_axis(name: str, value) -> float | int:
-    """``value`` as the axis's type, checked against its range. Raises MixbenchError (one line
-    naming the axis) for an unknown axis, a non-number or a value out of range."""
+    """``value`` as the axis's type, checked against its range.
+
+    Parameters
+    ----------
+    name : str
+        An axis of ``AXES``.
+    value : object
+        A number or its text.
+
+    Returns
+    -------
+    float or int
+
+    Raises
+    ------
+    MixbenchError
+        One line naming the axis: an unknown axis, a non-number or a value out of range.
+    """
     if name not in AXES:
         raise MixbenchError(f"axis: unknown {name!r}; the {FAMILY} family has {', '.join(AXES)}")
     axis = AXES[name]
@@ -181,17 +197,30 @@ class FamilyPoint:
         """The separation the truth has, computed from it (equals ``sep``; tests check it)."""
         return separation(self.truth, self.D)
 
-    def scenario(self):
-        from models.scenarios import Scenario
-
-        return Scenario(self.name, f"{FAMILY} family: K = {self.K}, D = {self.D}, separation "
-                        f"{_number_text(self.sep)}, smallest weight {_number_text(self.w_min)}, sigma ratio "
-                        f"{_number_text(self.sigma_ratio)}", DEFAULT_N, self.spec, self.truth)
+    @property
+    def description(self) -> str:
+        """One line naming the family and the point's coordinates (a scenario's description)."""
+        return (f"{FAMILY} family: K = {self.K}, D = {self.D}, separation {_number_text(self.sep)}, "
+                f"smallest weight {_number_text(self.w_min)}, sigma ratio {_number_text(self.sigma_ratio)}")
 
 
 def separation(params: dict[str, np.ndarray], D: int) -> float:
-    """min over components adjacent in their first slope of RMS gap / pooled sigma, for
-    x ~ U(-1, 1)^D: sqrt(|dw|^2 / 3 + db^2) / sqrt((sigma_j^2 + sigma_k^2) / 2)."""
+    """How far apart the components are, in units of their noise.
+
+    The minimum, over components adjacent in their first slope, of the RMS gap between their
+    lines over x ~ U(-1, 1)^D divided by the pooled sigma:
+    sqrt(|dw|^2 / 3 + db^2) / sqrt((sigma_j^2 + sigma_k^2) / 2) (E[x_d^2] = 1/3 on U(-1, 1)).
+
+    Parameters
+    ----------
+    params : dict
+        ``w`` of shape (K, D), ``sigma`` (shared or per component), ``b`` when present.
+    D : int
+
+    Returns
+    -------
+    float
+    """
     w = np.asarray(params["w"], dtype=float).reshape(-1, D)
     K = w.shape[0]
     b = np.asarray(params.get("b", np.zeros(K)), dtype=float)
@@ -205,8 +234,23 @@ def separation(params: dict[str, np.ndarray], D: int) -> float:
 
 
 def parse_point(name: str) -> FamilyPoint | None:
-    """The family point a scenario name spells, or None when it is not a family name.
-    Raises MixbenchError for a family name whose values are out of range."""
+    """The family point a scenario name spells.
+
+    Parameters
+    ----------
+    name : str
+        E.g. ``lines-K2-D1-sep2-wmin0.5-sr1``.
+
+    Returns
+    -------
+    FamilyPoint or None
+        None when ``name`` is not a family name.
+
+    Raises
+    ------
+    MixbenchError
+        A family name whose values are out of range (``AXES``).
+    """
     match = _NAME_RE.match(name)
     if match is None:
         return None
@@ -216,7 +260,13 @@ def parse_point(name: str) -> FamilyPoint | None:
 
 
 def point_params(scenario: str) -> dict[str, float | int]:
-    """The axes of a family point named ``scenario`` as row columns; {} for any other name."""
+    """The axes of a family point named ``scenario`` as row columns.
+
+    Returns
+    -------
+    dict of str to float or int
+        Axis name -> value; empty for any other name, an out-of-range one included.
+    """
     try:
         point = parse_point(scenario)
     except MixbenchError:

@@ -1,6 +1,6 @@
 """The reference log density in NumPy/SciPy: the oracle every backend is tested against.
 
-Convention (ARCHITECTURE.md): log prior + log likelihood of the constrained parameters, no
+Convention (docs/architecture.md): log prior + log likelihood of the constrained parameters, no
 Jacobian, every normalising constant included.
 """
 
@@ -15,7 +15,20 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarray:
-    """Mean of every observation under every component, shape (N, K)."""
+    """Mean of every observation under every component: x w_k + b_k.
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    x : ndarray, shape (N, D)
+        Covariates.
+    params : dict
+        Constrained parameters; ``w`` of shape (K, D) and, with intercepts, ``b`` of shape (K,).
+
+    Returns
+    -------
+    ndarray, shape (N, K)
+    """
     mu = x @ np.asarray(params["w"]).T
     if spec.intercept:
         mu = mu + np.asarray(params["b"])[None, :]
@@ -23,9 +36,19 @@ def component_means(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarra
 
 
 def sigma_prior_distribution(prior: SigmaPrior):
-    """``prior`` as a frozen SciPy distribution, in SciPy's (shape, scale) forms
-    (models/spec.py ``SigmaPrior``): uniform(0, scale), halfnorm(scale), gamma(shape, scale =
-    1/rate), invgamma(shape, scale), lognorm(s = shape, scale = exp(mu))."""
+    """``prior`` as a frozen SciPy distribution.
+
+    Parameters
+    ----------
+    prior : SigmaPrior
+        In SciPy's (shape, scale) forms (models/spec.py ``SigmaPrior``).
+
+    Returns
+    -------
+    scipy.stats frozen distribution
+        uniform(0, scale), halfnorm(scale), gamma(shape, scale = 1/rate), invgamma(shape, scale)
+        or lognorm(s = shape, scale = exp(mu)), as ``scipy.stats`` defines them.
+    """
     family, scale, shape = prior.family, prior.scale, prior.shape
     if family == "uniform":
         return stats.uniform(0.0, scale)
@@ -39,7 +62,18 @@ def sigma_prior_distribution(prior: SigmaPrior):
 
 
 def sigma_log_prior(prior: SigmaPrior, sigma: np.ndarray) -> np.ndarray:
-    """Elementwise log density of ``prior`` at each sigma (any shape), -inf outside its support."""
+    """Elementwise log density of ``prior`` at each sigma.
+
+    Parameters
+    ----------
+    prior : SigmaPrior
+    sigma : array_like, any shape
+
+    Returns
+    -------
+    ndarray, the shape of ``sigma``
+        -inf outside the prior's support.
+    """
     return sigma_prior_distribution(prior).logpdf(np.asarray(sigma, dtype=float))
 
 
@@ -79,6 +113,29 @@ def slopes_log_prior(spec: MixtureSpec, w: np.ndarray) -> np.ndarray:
 
 
 def log_prior(spec: MixtureSpec, params: dict) -> float:
+    """Log prior density of a constrained point, every normalising constant included.
+
+    Dirichlet(alpha) on pi, normal priors on w (and b), the sigma prior on each sigma; an ordered
+    spec adds the log of the order constant (``MixtureSpec.log_order_constant``: the prior
+    restricted to the ordered cone, renormalised).
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    params : dict
+        Constrained parameters of the spec's shapes (``MixtureSpec.param_shapes``).
+
+    Returns
+    -------
+    float
+        -inf off the support: pi off the simplex (tolerance 1e-10), an ordering broken, sigma
+        outside its prior's support.
+
+    Raises
+    ------
+    MixbenchError
+        Parameters missing, unexpected or of the wrong shape (``MixtureSpec.check_params``).
+    """
     params = spec.check_params(params)
     pi = params["pi"]
     if np.any(pi < 0) or not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-10):
@@ -99,8 +156,26 @@ def log_prior(spec: MixtureSpec, params: dict) -> float:
 
 
 def log_likelihood_terms(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> np.ndarray:
-    """Per-observation mixture log likelihood, shape (N,): log sum_k pi_k f(y | mu_k, sigma_k),
-    f the spec's error density (``error_log_density``)."""
+    """Per-observation mixture log likelihood: log sum_k pi_k f(y_n | mu_nk, sigma_k),
+    f the spec's error density (``error_log_density``).
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    x : ndarray, shape (N, D)
+    y : ndarray, shape (N,)
+    params : dict
+        Constrained parameters.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+
+    Raises
+    ------
+    MixbenchError
+        Parameters missing, unexpected or of the wrong shape.
+    """
     params = spec.check_params(params)
     mu = component_means(spec, x, params)
     sigma = np.broadcast_to(params["sigma"], (spec.K,))
@@ -136,13 +211,54 @@ def forum_log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params
 
 
 def log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:
+    """The log likelihood of the data: the mixture's, or the forum replay's (``forum_log_likelihood``).
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+        ``spec.likelihood`` chooses the mixture or a forum replay.
+    x : ndarray, shape (N, D)
+    y : ndarray, shape (N,)
+    params : dict
+        Constrained parameters.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    MixbenchError
+        Parameters missing, unexpected or of the wrong shape.
+    """
     if spec.likelihood != "mixture":
         return forum_log_likelihood(spec, x, y, params)
     return float(log_likelihood_terms(spec, x, y, params).sum())
 
 
 def log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:
-    """Log prior + log likelihood at a constrained point (no Jacobian)."""
+    """Log prior + log likelihood at a constrained point: the oracle (docs/architecture.md).
+
+    No Jacobian: the density of the constrained parameters, every normalising constant included.
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    x : ndarray, shape (N, D)
+    y : ndarray, shape (N,)
+    params : dict
+        Constrained parameters of the spec's shapes.
+
+    Returns
+    -------
+    float
+        -inf off the prior's support (the likelihood is then not evaluated).
+
+    Raises
+    ------
+    MixbenchError
+        Parameters missing, unexpected or of the wrong shape.
+    """
     lp = log_prior(spec, params)
     if not np.isfinite(lp):
         return lp

@@ -36,7 +36,19 @@ RATIO = 5.0
 
 
 def prior_predictive(spec: MixtureSpec, x: np.ndarray) -> tuple[float, float]:
-    """(m0, s0): mean and sd of the prior predictive of one y at the data's x (module docstring)."""
+    """Mean and sd of the prior predictive of one y at the data's x (the module docstring's rule).
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    x : ndarray, shape (N, D)
+
+    Returns
+    -------
+    m0 : float
+    s0 : float
+        The sigma prior enters by its 0.9 quantile; s0 is at least that quantile.
+    """
     sw, sb, sigma = spec.slope_prior, spec.intercept_prior, spec.sigma_prior
     xbar = x.mean(axis=0) if spec.D else np.zeros(0)
     x2 = (x**2).mean(axis=0) if spec.D else np.zeros(0)
@@ -48,8 +60,17 @@ def prior_predictive(spec: MixtureSpec, x: np.ndarray) -> tuple[float, float]:
 
 
 def prior_scale_problems(spec: MixtureSpec, dataset: Dataset) -> list[str]:
-    """What lies outside the priors' reach on ``dataset`` (the data as fitted), as short phrases;
-    empty when nothing does. The rule is the module docstring's."""
+    """What lies outside the priors' reach on ``dataset`` (the data as fitted).
+
+    The rule is the module docstring's: the response's mean more than ``RATIO`` prior-predictive
+    sds from the prior's, its sd more than ``RATIO`` times the prior-predictive sd, or a sigma
+    prior whose 1% quantile exceeds the response's sd.
+
+    Returns
+    -------
+    list of str
+        Short phrases; empty when nothing lies outside.
+    """
     y = dataset.y
     mean, sd = float(y.mean()), float(y.std())
     m0, s0 = prior_predictive(spec, dataset.x)
@@ -67,9 +88,21 @@ def prior_scale_problems(spec: MixtureSpec, dataset: Dataset) -> list[str]:
 
 
 def prior_scale_note(spec: MixtureSpec, dataset: Dataset, standardized: bool = False) -> str | None:
-    """One line naming what ``prior_scale_problems`` found and the fix, or None when it found nothing.
+    """One line naming what ``prior_scale_problems`` found and the fix.
 
-    ``dataset`` is the data as fitted (standardised already when ``standardized``)."""
+    Parameters
+    ----------
+    spec : MixtureSpec
+    dataset : Dataset
+        The data as fitted (standardised already when ``standardized``).
+    standardized : bool
+        Whether the fix to name is priors for standardised data.
+
+    Returns
+    -------
+    str or None
+        None when nothing lies outside the priors' reach.
+    """
     problems = prior_scale_problems(spec, dataset)
     if not problems:
         return None

@@ -51,7 +51,25 @@ def _number(option: str, text: str) -> float:
 
 
 def normal_prior_text(option: str, text: str) -> dict[str, float]:
-    """'MU,SD' -> {"mu": MU, "sigma": SD}: a Normal(MU, SD) prior."""
+    """A Normal(MU, SD) prior from its text.
+
+    Parameters
+    ----------
+    option : str
+        The option or field the text came from, named in the error.
+    text : str
+        ``"MU,SD"``.
+
+    Returns
+    -------
+    dict
+        ``{"mu": MU, "sigma": SD}``.
+
+    Raises
+    ------
+    MixbenchError
+        One line: not two numbers, or a value ``NormalPrior`` refuses.
+    """
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 2:
         raise MixbenchError(f"{option}: expected MU,SD (e.g. 0,10), got {text!r}")
@@ -74,8 +92,23 @@ def sigma_prior_text(option: str, text: str) -> dict[str, Any]:
 
     Textbook parameters in, SciPy's (shape, scale) out: 'uniform:U' -> Uniform(0, U);
     'halfnormal:S'; 'gamma:RATE' (shape 2) or 'gamma:SHAPE,RATE' -> scale 1/RATE; 'invgamma:A,B'
-    -> shape A, scale B; 'lognormal:MU,S' -> shape S, scale exp(MU). Raises MixbenchError (one
-    line) on anything else.
+    -> shape A, scale B; 'lognormal:MU,S' -> shape S, scale exp(MU).
+
+    Parameters
+    ----------
+    option : str
+        The option or field the text came from, named in the error.
+    text : str
+
+    Returns
+    -------
+    dict
+        ``SigmaPrior.to_dict()``: ``family``, ``scale`` and, for a family with one, ``shape``.
+
+    Raises
+    ------
+    MixbenchError
+        One line: an unknown family, a wrong count of numbers, or a value out of range.
     """
     family, sep, rest = str(text).partition(":")
     family = family.strip().lower()
@@ -124,7 +157,24 @@ def _nu_spec_value(where: str, value) -> float | dict[str, float]:
 
 
 def pi_alpha_text(option: str, text: str) -> float | list[float]:
-    """'A' (every component) or 'A1,A2,...' (one per component): Dirichlet concentrations."""
+    """Dirichlet concentrations from their text.
+
+    Parameters
+    ----------
+    option : str
+        The option or field the text came from, named in the error.
+    text : str
+        ``"A"`` (every component) or ``"A1,A2,..."`` (one per component).
+
+    Returns
+    -------
+    float or list of float
+
+    Raises
+    ------
+    MixbenchError
+        One line: empty, not numbers, or a concentration that is not positive.
+    """
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
         raise MixbenchError(f"{option}: expected a concentration or a comma-separated list, got {text!r}")
@@ -136,7 +186,25 @@ def pi_alpha_text(option: str, text: str) -> float | list[float]:
 
 
 def check_spec_fields(fields: dict[str, Any], where: str) -> dict[str, Any]:
-    """Field names and prior contents of a partial spec, checked; returned as plain values."""
+    """Field names and prior contents of a partial spec (a spec file's, a sweep's), checked.
+
+    Parameters
+    ----------
+    fields : dict
+        Some of ``MixtureSpec``'s fields.
+    where : str
+        Where they came from, named in the error.
+
+    Returns
+    -------
+    dict
+        The fields as plain values (priors as dicts).
+
+    Raises
+    ------
+    MixbenchError
+        An unknown field, or a prior with unknown keys or values out of range.
+    """
     unknown = sorted(set(fields) - set(SPEC_FIELDS))
     if unknown:
         raise MixbenchError(f"{where}: unknown spec field(s) {', '.join(unknown)}; known: {', '.join(SPEC_FIELDS)}")
@@ -168,8 +236,22 @@ def check_spec_fields(fields: dict[str, Any], where: str) -> dict[str, Any]:
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A spec file (``.toml`` or ``.json``) -> its spec fields as a plain dict, checked.
 
-    Raises MixbenchError (one line) for a missing, unreadable or malformed file, unknown fields
-    or impossible prior values. ``D`` may be left out: a data file sets it from its columns.
+    ``D`` may be left out: a data file sets it from its columns.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+        The spec fields (``check_spec_fields``).
+
+    Raises
+    ------
+    MixbenchError
+        One line: a missing, unreadable or malformed file, unknown fields or impossible prior
+        values.
     """
     path = Path(path)
     if not path.is_file():

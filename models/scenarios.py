@@ -8,6 +8,7 @@ import numpy as np
 
 from models.data import Dataset
 from models.errors import MixbenchError
+from models.families import DEFAULT_N as FAMILY_N, parse_point
 from models.spec import MixtureSpec, NormalPrior, SigmaPrior
 
 
@@ -27,7 +28,25 @@ class Scenario:
     def simulate(self, seed: int, N: int | None = None) -> Dataset:
         """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi), y = b_z + x . w_z + sigma_z eps
         with eps ~ Normal(0, 1); then the first round(outlier_fraction N) observations' y are
-        replaced by Uniform(OUTLIER_RANGE) draws (the truth describes the other points)."""
+        replaced by Uniform(OUTLIER_RANGE) draws (the truth describes the other points).
+
+        Parameters
+        ----------
+        seed : int
+            Seeds NumPy's default generator: the same seed, the same data.
+        N : int, optional
+            Observations; the scenario's own ``N`` by default.
+
+        Returns
+        -------
+        Dataset
+            x of shape (N, D), y of shape (N,), the truth, the scenario's name.
+
+        Raises
+        ------
+        MixbenchError
+            N < 1.
+        """
         n = self.N if N is None else int(N)
         if n < 1:
             raise MixbenchError(f"N: must be at least 1, got {n}")
@@ -101,14 +120,28 @@ DEFAULT_SCENARIO = "forum-small"
 
 
 def get_scenario(name: str) -> Scenario:
-    """A built-in scenario, or a point of a scenario family by its name (models.families)."""
-    from models.families import parse_point
+    """A built-in scenario, or a point of a scenario family by its name (models.families).
 
+    Parameters
+    ----------
+    name : str
+        A key of ``SCENARIOS``, or a family point such as ``lines-K2-D1-sep2-wmin0.5-sr1``.
+
+    Returns
+    -------
+    Scenario
+        A family point's has N = ``models.families.DEFAULT_N``.
+
+    Raises
+    ------
+    MixbenchError
+        An unknown name, or a family name whose values are out of range.
+    """
     if name in SCENARIOS:
         return SCENARIOS[name]
     point = parse_point(name)
     if point is not None:
-        return point.scenario()
+        return Scenario(point.name, point.description, FAMILY_N, point.spec, point.truth)
     raise MixbenchError(
         f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}, or a family point such as "
         "lines-K2-D1-sep2-wmin0.5-sr1"

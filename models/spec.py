@@ -285,7 +285,14 @@ class MixtureSpec:
         return math.lgamma(self.K + 1) if self.ordering != "none" else 0.0
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical parameter names and their shapes (without chain/draw)."""
+        """Canonical parameter names and their shapes.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            ``w`` (K, D), ``b`` (K,) with intercepts, ``sigma`` () shared or (K,), ``pi`` (K,);
+            without the (chain, draw) axes.
+        """
         shapes = {"w": (self.K, self.D)}
         if self.intercept:
             shapes["b"] = (self.K,)
@@ -296,7 +303,14 @@ class MixtureSpec:
         return shapes
 
     def param_dims(self) -> dict[str, list[str]]:
-        """Canonical dims of each parameter, as ArviZ ``dims`` (without chain/draw)."""
+        """Canonical dims of each parameter, as ArviZ ``dims`` takes them.
+
+        Returns
+        -------
+        dict of str to list of str
+            ``component`` and ``covariate`` names in ``param_shapes``' order, without
+            (chain, draw).
+        """
         dims = {"w": ["component", "covariate"]}
         if self.intercept:
             dims["b"] = ["component"]
@@ -307,7 +321,23 @@ class MixtureSpec:
         return dims
 
     def check_params(self, params: dict) -> dict[str, np.ndarray]:
-        """Validate a parameter point against the spec; return it as float arrays."""
+        """A parameter point checked against the spec.
+
+        Parameters
+        ----------
+        params : dict
+            Exactly the spec's parameters (``param_shapes``), array_like.
+
+        Returns
+        -------
+        dict of str to ndarray
+            The same point as float arrays.
+
+        Raises
+        ------
+        MixbenchError
+            A parameter missing or unexpected, or of the wrong shape.
+        """
         shapes = self.param_shapes()
         missing = sorted(set(shapes) - set(params))
         if missing:
@@ -324,11 +354,19 @@ class MixtureSpec:
         return out
 
     def with_(self, **changes) -> "MixtureSpec":
+        """This spec with the fields named in ``changes`` replaced (its checks run again).
+
+        Raises
+        ------
+        MixbenchError
+            A changed field the spec refuses.
+        """
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Fields as plain values; errors, nu and shared only where they differ from their
-        defaults, so the specs of older runs keep their identity."""
+        """The spec as plain data (JSON-ready), as ``from_dict`` takes it back; errors, nu and
+        shared only where they differ from their defaults, so the specs of older runs keep their
+        identity."""
         out = asdict(self)
         out["sigma_prior"] = self.sigma_prior.to_dict()
         if self.errors == "normal":
@@ -341,6 +379,13 @@ class MixtureSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MixtureSpec":
+        """The spec ``to_dict`` gave (a row's, a file's).
+
+        Raises
+        ------
+        MixbenchError
+            An unknown field or prior key, or a value the spec refuses.
+        """
         data = dict(data)
         for name, kind in (("slope_prior", NormalPrior), ("intercept_prior", NormalPrior),
                            ("sigma_prior", SigmaPrior)):
@@ -368,7 +413,22 @@ class MixtureSpec:
 
 
 def random_point(spec: MixtureSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A random parameter point inside the prior's support (ordered when the spec orders)."""
+    """A random parameter point inside the prior's support (ordered when the spec orders).
+
+    Not a draw from the prior: slopes and intercepts N(0, 1.5), sigma uniform on
+    (0.05, 0.95) x min(upper bound, 3 x scale), pi Dirichlet(2): points for testing densities
+    where they are moderate.
+
+    Parameters
+    ----------
+    spec : MixtureSpec
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    dict of str to ndarray
+        The spec's parameters in their shapes (``MixtureSpec.param_shapes``).
+    """
     point = {"w": rng.normal(0.0, 1.5, size=(spec.K, spec.D))}
     if spec.intercept:
         point["b"] = rng.normal(0.0, 1.5, size=spec.K)

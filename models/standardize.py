@@ -42,7 +42,25 @@ class Standardization:
 
     @classmethod
     def of(cls, dataset: Dataset, spec: MixtureSpec) -> "Standardization":
-        """From the data; centred only when the spec has intercepts. MixbenchError if y is constant."""
+        """The standardisation of ``dataset`` (module docstring): centred only when ``spec`` has
+        intercepts.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            On the data's scale.
+        spec : MixtureSpec
+
+        Returns
+        -------
+        Standardization
+            Sample means and sds (ddof 0); a constant covariate keeps scale 1.
+
+        Raises
+        ------
+        MixbenchError
+            The response is constant (sd 0) or its sd is not finite.
+        """
         y_scale = float(np.std(dataset.y))
         if not y_scale > 0 or not np.isfinite(y_scale):
             raise MixbenchError("--standardize: the response is constant (its sd is 0); nothing to scale by")
@@ -54,22 +72,53 @@ class Standardization:
         return cls(tuple(map(float, x_mean)), tuple(map(float, x_scale)), y_mean, y_scale, centred)
 
     def to_dict(self) -> dict:
+        """Plain data (JSON-ready), as ``from_dict`` takes it back."""
         return {"x_mean": list(self.x_mean), "x_scale": list(self.x_scale), "y_mean": self.y_mean,
                 "y_scale": self.y_scale, "centred": self.centred}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Standardization":
+        """The standardisation ``to_dict`` gave.
+
+        Raises
+        ------
+        KeyError
+            A field missing from ``data``.
+        """
         return cls(tuple(data["x_mean"]), tuple(data["x_scale"]), float(data["y_mean"]),
                    float(data["y_scale"]), bool(data["centred"]))
 
     def dataset(self, dataset: Dataset) -> Dataset:
-        """The standardised data set (no truth: the truth lives on the data's scale)."""
+        """The standardised data set.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            On the data's scale, N observations.
+
+        Returns
+        -------
+        Dataset
+            x' of shape (N, D) and y' of shape (N,); no truth (the truth lives on the data's scale).
+        """
         x = (dataset.x - np.asarray(self.x_mean)) / np.asarray(self.x_scale) if dataset.D else dataset.x
         y = (dataset.y - self.y_mean) / self.y_scale
         return Dataset(x=x, y=y, truth=None, name=f"{dataset.name}-standardized", covariates=dataset.covariates)
 
     def to_data(self, params: dict) -> dict[str, np.ndarray]:
-        """Fitted-scale parameters -> data scale. Arrays may carry leading (chain, draw) axes."""
+        """Fitted-scale parameters -> the data's scale (the module docstring's map).
+
+        Parameters
+        ----------
+        params : dict of str to array_like
+            ``w`` (..., K, D), ``sigma``, ``pi`` and ``b`` when present; any leading axes, e.g.
+            (chain, draw).
+
+        Returns
+        -------
+        dict of str to ndarray
+            The same names and shapes; ``pi`` unchanged.
+        """
         out = {k: np.asarray(v, dtype=float) for k, v in params.items()}
         w = np.asarray(params["w"], dtype=float)  # (..., K, D)
         s_x, m_x = np.asarray(self.x_scale), np.asarray(self.x_mean)
@@ -80,7 +129,18 @@ class Standardization:
         return out
 
     def to_fit(self, params: dict) -> dict[str, np.ndarray]:
-        """Data-scale parameters -> the fitted scale (the inverse of ``to_data``)."""
+        """Data-scale parameters -> the fitted scale (the inverse of ``to_data``).
+
+        Parameters
+        ----------
+        params : dict of str to array_like
+            As ``to_data`` takes them, on the data's scale.
+
+        Returns
+        -------
+        dict of str to ndarray
+            The same names and shapes.
+        """
         out = {k: np.asarray(v, dtype=float) for k, v in params.items()}
         w = np.asarray(params["w"], dtype=float)
         s_x, m_x = np.asarray(self.x_scale), np.asarray(self.x_mean)

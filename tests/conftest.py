@@ -1,9 +1,35 @@
+import importlib
 import os
 
 import numpy as np
 import pytest
 
 from models import MixtureSpec, NormalPrior, SigmaPrior
+
+
+class lazy_module:  # noqa: N801  (used like a module, named like one)
+    """The module ``name``, imported on the first access to one of its attributes, not here.
+
+    For a test module's engine-bound imports (JAX, a backend module that imports its engine):
+    collecting the tests imports no engine (tests/test_imports.py), a test that uses one pays
+    for it when it runs. A plain object, not a module: pytest inspects every global of a test
+    module (``__class__``, ``__test__``), which would load a ``importlib.util.LazyLoader`` module.
+    Public names only; set attributes on the real module (``importlib.import_module``), not on
+    this stand-in.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        # Public names only: pytest probes every global for private and dunder ones
+        # (``_mock_name``, ``__test__``), which must not import the engine.
+        if attr.startswith("_"):
+            raise AttributeError(f"{attr}: lazy_module gives public names only; import {self._name} for it")
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"lazy_module({self._name!r})"
 
 # Specs the log-density agreement tests sweep: K = 1, 2, 3; D = 0, 1, 2; shared and
 # per-component sigma; with and without intercepts; every ordering; both sigma priors.
@@ -82,7 +108,7 @@ def model_spec(request) -> MixtureSpec:
 
 
 def assert_canonical_draws(draws, spec: MixtureSpec, chains: int, n_draws: int) -> None:
-    """The canonical DataTree of ARCHITECTURE.md: names, dims and shapes from the spec."""
+    """The canonical DataTree of docs/architecture.md: names, dims and shapes from the spec."""
     post = draws["posterior"]
     assert set(post.data_vars) == set(spec.param_shapes())
     for name, dims in spec.param_dims().items():

@@ -215,6 +215,11 @@ def wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
     return condition()
 
 
+def _point_draws(spec, point):
+    """A point as the one-chain, one-draw DataTree every MAP fit carries."""
+    return canonical_datatree(spec, {name: np.asarray(value, float)[None, None] for name, value in point.items()})
+
+
 class OptimisingMapBackend(_Fake):
     """MAP by L-BFGS on the oracle's log density, for an intercept-only spec with per-component
     sigma (b, log sigma, logit pi unconstrained). Start 0 begins on ``spike`` (the environment's
@@ -255,11 +260,13 @@ class OptimisingMapBackend(_Fake):
             best = {"w": np.zeros((K, 0)), "b": np.array([spike, rest.mean()]),
                     "sigma": np.array([1e-14, min(rest.std(), 0.99 * upper)]), "pi": np.array([tied.mean(), 1 - tied.mean()])}
             return Fit(backend=self.name, method=method, status="ok", engine="scipy", point=best,
+                       draws=_point_draws(spec, best),
                        point_log_density=float(log_density(spec, dataset.x, dataset.y, best)), converged=False,
                        timings={"optimisation": 0.01}, iterations=1)
         z0 = np.r_[rng.normal(np.mean(dataset.y), np.std(dataset.y), K), unconstrain(rng.uniform(0.3, 0.9, K)), 0.0]
         result = minimize(loss, z0, method="L-BFGS-B", options={"maxiter": 2000})
         best = point(result.x)
         return Fit(backend=self.name, method=method, status="ok", engine="scipy", point=best,
+                   draws=_point_draws(spec, best),
                    point_log_density=float(-result.fun), converged=bool(result.success),
                    timings={"optimisation": 0.01}, iterations=int(result.nit))

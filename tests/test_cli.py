@@ -341,12 +341,12 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
-    import bench.report
+    import bench.cli
 
     def broken(paths, out):
         raise RuntimeError("something nobody foresaw\nwith a second line")
 
-    monkeypatch.setattr(bench.report, "write_report", broken)
+    monkeypatch.setattr(bench.cli, "write_report", broken)
     code, err, _ = in_process(capsys, "report", str(run_dir))
     assert_error(code, err, 1, "mixbench report: internal error: RuntimeError: something nobody foresaw "
                                "(rerun with --debug for the traceback)")

@@ -166,7 +166,7 @@ def test_terminal_progress_says_what_a_cell_is_doing():
 
 
 def test_run_starts_the_longest_compile_first_with_a_worker_per_core(monkeypatch, tmp_path):
-    import bench.harness
+    import bench.cli
 
     seen = {}
 
@@ -174,7 +174,7 @@ def test_run_starts_the_longest_compile_first_with_a_worker_per_core(monkeypatch
         seen.update(backends=[c.backend for c in cells], jobs=executor.jobs)
         raise MixbenchError("stop here")
 
-    monkeypatch.setattr(bench.harness, "run_grid", fake_run_grid)
+    monkeypatch.setattr(bench.cli, "run_grid", fake_run_grid)  # where the command line calls it
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
     args = ["run", "--backends", "numpyro,pymc,stan", "--seeds", "0,1", "--reference", "none",
             "--out", str(tmp_path)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from backends import artefacts
-from backends.caches import CacheWarning, check_cache_dirs
+from backends.caches import CacheWarning
+from backends.engine_caches import check_cache_dirs
 from models.errors import MixbenchError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from bench.dask_executor import DaskExecutor
-from bench.executors import LocalProcessExecutor, WarmProcessExecutor, make_executor
+from bench.executor_choice import make_executor
+from bench.executors import LocalProcessExecutor, WarmProcessExecutor
 from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
 from models.errors import MixbenchError
 from tests.fake_backends import MARKER_ENV, PIDS_ENV, RELEASE_ENV, alive, execution_pid, executions, wait_until

@@ -6,14 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import backends.numpyro  # noqa: F401  the backend's JAX settings: x64, the persistent cache
-from backends import jax_programs
-from backends.jax_programs import StoredJit
+from tests.conftest import lazy_module
+
+# JAX and the backend's programs load when a test runs, not at collection (tests/test_imports.py).
+jax = lazy_module("jax")
+jax_programs = lazy_module("backends.jax_programs")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _numpyro_settings():
+    """The numpyro backend's JAX settings (x64, the persistent cache), as its fits have them."""
+    lazy_module("backends.numpyro").NumPyroBackend  # noqa: B018  (the first access runs the module)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__)
@@ -26,22 +33,22 @@ def store(monkeypatch, tmp_path):
 
 
 def softplus_sum(x, scale):
-    return jnp.sum(jnp.log1p(jnp.exp(x * scale)))
+    return jax.numpy.sum(jax.numpy.log1p(jax.numpy.exp(x * scale)))
 
 
 def test_program_is_stored_per_signature_and_loaded_back(store):
-    x = jnp.linspace(-3.0, 3.0, 50)
-    first = StoredJit(softplus_sum, {"program": "test-softplus"}, [THIS])
+    x = jax.numpy.linspace(-3.0, 3.0, 50)
+    first = jax_programs.StoredJit(softplus_sum, {"program": "test-softplus"}, [THIS])
     expected = float(first(x, 2.0))
     assert len(list(store.glob("*.pkl"))) == 1
-    first(jnp.linspace(-3.0, 3.0, 51), 2.0)  # another shape: another program
+    first(jax.numpy.linspace(-3.0, 3.0, 51), 2.0)  # another shape: another program
     assert len(list(store.glob("*.pkl"))) == 2
 
-    again = StoredJit(softplus_sum, {"program": "test-softplus"}, [THIS])
+    again = jax_programs.StoredJit(softplus_sum, {"program": "test-softplus"}, [THIS])
     assert float(again(x, 2.0)) == expected
     [program] = again.programs.values()
     assert program.loaded  # from disk, and it ran without being replaced
-    other = StoredJit(softplus_sum, {"program": "test-softplus", "variant": 2}, [THIS])
+    other = jax_programs.StoredJit(softplus_sum, {"program": "test-softplus", "variant": 2}, [THIS])
     other(x, 2.0)
     assert not next(iter(other.programs.values())).loaded  # the description is part of the key
 
@@ -50,20 +57,20 @@ def test_program_that_jax_persistent_cache_already_holds_still_stores_whole(stor
     # A plain jit of the same function writes it to JAX's persistent cache (the backend keeps
     # every program there). An executable read back from that cache does not serialize whole;
     # the stored program must be compiled past it, and run once loaded.
-    x = jnp.linspace(-2.0, 2.0, 40)
+    x = jax.numpy.linspace(-2.0, 2.0, 40)
     plain = float(jax.jit(softplus_sum)(x, 3.0))
-    StoredJit(softplus_sum, {"program": "test-poison"}, [THIS])(x, 3.0)
-    loaded = StoredJit(softplus_sum, {"program": "test-poison"}, [THIS])
+    jax_programs.StoredJit(softplus_sum, {"program": "test-poison"}, [THIS])(x, 3.0)
+    loaded = jax_programs.StoredJit(softplus_sum, {"program": "test-poison"}, [THIS])
     assert float(loaded(x, 3.0)) == pytest.approx(plain, rel=1e-15)
     assert next(iter(loaded.programs.values())).loaded
 
 
 def test_torn_program_file_is_a_miss(store):
-    x = jnp.ones(5)
-    StoredJit(softplus_sum, {"program": "test-torn"}, [THIS])(x, 1.0)
+    x = jax.numpy.ones(5)
+    jax_programs.StoredJit(softplus_sum, {"program": "test-torn"}, [THIS])(x, 1.0)
     for path in store.glob("*.pkl"):
         path.write_bytes(b"not a program")
-    fresh = StoredJit(softplus_sum, {"program": "test-torn"}, [THIS])
+    fresh = jax_programs.StoredJit(softplus_sum, {"program": "test-torn"}, [THIS])
     assert float(fresh(x, 1.0)) == pytest.approx(5 * np.log1p(np.e))
     assert not next(iter(fresh.programs.values())).loaded
 

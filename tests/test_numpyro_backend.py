@@ -1,15 +1,18 @@
 """The NumPyro backend: NUTS recovery, canonical output, reproducibility, precision, timings."""
 
+import importlib
 from itertools import permutations
 
-import jax
 import numpy as np
 import pytest
 
 from backends.base import FitSettings
-from backends.numpyro import NumPyroBackend, _log_density_fn
-from tests.conftest import assert_canonical_draws
+from tests.conftest import assert_canonical_draws, lazy_module
 from models import Dataset, MixbenchError, MixtureSpec, get_scenario, log_density, random_point
+
+# JAX and the backend load when a test runs, not at collection (tests/test_imports.py).
+jax = lazy_module("jax")
+numpyro_backend = lazy_module("backends.numpyro")
 
 BACKEND = "numpyro"  # read by the shared `backend` fixture (tests/conftest.py)
 
@@ -97,11 +100,11 @@ def test_nuts_float32_really_runs_in_float32(backend):
 
 def test_chain_method_falls_back_to_sequential():
     devices = jax.local_device_count()
-    assert NumPyroBackend.chain_method(FitSettings(chains=2, parallel_chains=False)) == "sequential"
-    assert NumPyroBackend.chain_method(FitSettings(chains=devices + 1)) == "sequential"
-    assert NumPyroBackend.chain_method(FitSettings(chains=1)) == "sequential"
+    assert numpyro_backend.NumPyroBackend.chain_method(FitSettings(chains=2, parallel_chains=False)) == "sequential"
+    assert numpyro_backend.NumPyroBackend.chain_method(FitSettings(chains=devices + 1)) == "sequential"
+    assert numpyro_backend.NumPyroBackend.chain_method(FitSettings(chains=1)) == "sequential"
     if devices >= 2:
-        assert NumPyroBackend.chain_method(FitSettings(chains=2)) == "parallel"
+        assert numpyro_backend.NumPyroBackend.chain_method(FitSettings(chains=2)) == "parallel"
 
 
 def test_log_density_compiled_once_per_spec(backend):
@@ -112,7 +115,7 @@ def test_log_density_compiled_once_per_spec(backend):
         point = random_point(spec, rng)
         assert backend.log_density(spec, data, point) == pytest.approx(
             log_density(spec, data.x, data.y, point), rel=1e-10)
-    assert _log_density_fn(spec)._cache_size() == 1
+    assert importlib.import_module("backends.numpyro")._log_density_fn(spec)._cache_size() == 1
 
 
 def test_forum_replay_likelihoods_are_unsupported_not_raised(backend, forum_data):
@@ -143,13 +146,13 @@ def program_store(monkeypatch, tmp_path):
 
 
 def test_nuts_programs_are_stored_then_loaded_with_identical_draws(program_store, forum_data):
-    first = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    first = numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     assert first.ok, first.reason
     assert first.draws.attrs["programs"] == "compiled"
     assert len(list(program_store.glob("*.pkl"))) == 2  # warm-up and sampling
     # A new backend has no program in memory: it must load both from disk, and they must be the
     # same programs (same draws, bit for bit).
-    again = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    again = numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     assert again.draws.attrs["programs"] == "loaded"
     for name in ("w", "sigma", "pi"):
         np.testing.assert_array_equal(again.draws.posterior[name].values, first.draws.posterior[name].values)
@@ -159,7 +162,7 @@ def test_nuts_programs_are_stored_then_loaded_with_identical_draws(program_store
 
 
 def test_nuts_program_key_follows_every_setting_that_shapes_the_program(program_store, forum_data):
-    backend = NumPyroBackend()
+    backend = numpyro_backend.NumPyroBackend()
     backend.fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     longer = FitSettings(chains=2, warmup=40, draws=31)
     fit = backend.fit(FORUM.spec, forum_data, "nuts", longer, seed=3)
@@ -168,15 +171,15 @@ def test_nuts_program_key_follows_every_setting_that_shapes_the_program(program_
     assert len(list(program_store.glob("*.pkl"))) == 4
     # The data are arguments, not constants: new data of the same size reuse the programs.
     other = FORUM.simulate(seed=12, N=forum_data.N)
-    reuse = NumPyroBackend().fit(FORUM.spec, other, "nuts", SMALL_NUTS, seed=3)
+    reuse = numpyro_backend.NumPyroBackend().fit(FORUM.spec, other, "nuts", SMALL_NUTS, seed=3)
     assert reuse.draws.attrs["programs"] == "loaded"
 
 
 def test_unreadable_stored_program_is_compiled_again(program_store, forum_data):
-    NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     for path in program_store.glob("*.pkl"):
         path.write_bytes(b"torn")
-    fit = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    fit = numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     assert fit.ok and fit.draws.attrs["programs"] == "compiled"
     assert all(path.stat().st_size > 1000 for path in program_store.glob("*.pkl"))
 
@@ -184,7 +187,7 @@ def test_unreadable_stored_program_is_compiled_again(program_store, forum_data):
 def test_stored_program_that_fails_to_run_is_dropped_and_recompiled(program_store, forum_data, monkeypatch):
     from backends import jax_programs
 
-    reference = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    reference = numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     real_load = jax_programs.load
     failures = []
 
@@ -198,7 +201,7 @@ def test_stored_program_that_fails_to_run_is_dropped_and_recompiled(program_stor
         return None if compiled is None else run
 
     monkeypatch.setattr(jax_programs, "load", load_broken)
-    fit = NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
+    fit = numpyro_backend.NumPyroBackend().fit(FORUM.spec, forum_data, "nuts", SMALL_NUTS, seed=3)
     assert len(failures) == 2  # warm-up and sampling, each once
     assert fit.ok and fit.draws.attrs["programs"] == "compiled"
     assert fit.timings["compile"] > fit.timings["warmup"]  # the recompiles are charged to compile

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import bench.cli
 import bench.reference
 from bench.cli import main
 from bench.harness import read_rows
@@ -104,6 +105,7 @@ def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
         return made
 
     monkeypatch.setattr(bench.reference, "make_reference", make)
+    monkeypatch.setattr(bench.cli, "make_reference", make)  # the command line's own name for it
 
 
 def test_a_reference_that_fails_its_checks_stops_nothing(tmp_path, data_file, references, monkeypatch, capsys):

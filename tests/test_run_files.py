@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bench.harness
+import bench.run_files
 from bench.harness import RunOptions, make_grid, run_grid
 from bench.report import write_report
 from bench.run_files import DATA_DIR, MAX_SIMULATED, file_in_runs
@@ -65,7 +67,12 @@ def test_a_hostile_results_folder_is_refused_item_by_item(good_run, tmp_path, mo
     simulate, load_csv = scenarios.Scenario.simulate, datafile.load_csv
     monkeypatch.setattr(scenarios.Scenario, "simulate",
                         lambda self, seed, N=None: simulated.append(N) or simulate(self, seed, N))
-    monkeypatch.setattr(datafile, "load_csv", lambda path, *a, **k: read.append(Path(path)) or load_csv(path, *a, **k))
+    def spy(path, *a, **k):
+        read.append(Path(path))
+        return load_csv(path, *a, **k)
+
+    for module in (datafile, bench.run_files, bench.harness):  # every module that reads data files
+        monkeypatch.setattr(module, "load_csv", spy)
     paths = write_report([hostile], tmp_path / "out")
     md = paths["markdown"].read_text()
 

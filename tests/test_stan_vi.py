@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from backends import METHODS, FitSettings
+from backends.methods import Kind
 from backends.stan import (
     NO_CMDSTAN,
     advi_log_densities,
@@ -24,8 +25,8 @@ BACKEND = "stan"  # read by the shared `backend` fixture (tests/conftest.py)
 
 pytestmark = pytest.mark.stan
 
-needs_cmdstan = pytest.mark.skipif(cmdstan_path() is None, reason=NO_CMDSTAN)
-NOT_NUTS = [m for m in METHODS if m != "nuts" and not m.startswith("advi-minibatch")]
+needs_cmdstan = pytest.mark.skipif("cmdstan_path() is None", reason=NO_CMDSTAN)  # asked at set-up: cmdstanpy is an engine
+NOT_NUTS = [m for m in METHODS if m.kind is not Kind.MCMC and not m.minibatch]
 
 
 @pytest.fixture(scope="module")

@@ -549,6 +549,10 @@ DOING = {"compile": "compiling", "compile_wait": "waiting for another process's 
          "optimisation": "optimising", "extraction": "extracting"}
 
 
+COMPILER_NOISE = re.compile(r"^\s*\d*\s*\|| from \S+\.(?:h|hpp|cpp|cc|tpp)[:,]|^In file included from|"
+                            r"\.(?:h|hpp|cpp|cc|tpp):\d+(?::\d+)?: (?:warning|note|error|required|In )")
+
+
 class Progress:
     """What the run is doing, on stderr.
 
@@ -598,6 +602,10 @@ class Progress:
                 after_warning = False
                 continue
             after_warning = re.search(r"\w+Warning: ", line) is not None
+            # A C++ compiler's diagnostics ("507 | atomic<T*>: ...", "In file included from
+            # x.hpp:3", "y.hpp:12:5: warning: ...") are noise from a Stan build, not progress.
+            if COMPILER_NOISE.search(line):
+                continue
             if re.search(r"[A-Za-z]{3}", line):
                 lines.append(line.strip())
         return lines[-1][:80] if lines else ""

@@ -132,6 +132,24 @@ def test_piped_progress_says_the_phase_and_skips_the_source_line_a_warning_echoe
     assert "CacheWarning: cache entry" in line and "artefacts.intact" not in line
 
 
+def test_piped_progress_leaves_out_the_compilers_diagnostics(tmp_path):
+    """A Stan build's g++ output (seen in a real run: "507 | atomic<T*>: internal::...") is not
+    shown as the cell's progress; the last line before it is."""
+    stream, clock = io.StringIO(), _Clock()
+    (tmp_path / "s.log").write_text(
+        "Building the Stan program\n"
+        "In file included from /h/tbb/atomic.h:3,\n"
+        "                 from /h/stan/math.hpp:12,\n"
+        "/h/tbb/atomic.h:507:8: warning: 'atomic' is deprecated [-Wdeprecated-declarations]\n"
+        "  507 | atomic<T*>: internal::atomic_impl_with_arithmetic<T*,ptrdiff_t,T> {\n"
+        "      |        ^~~~~~~~~~\n")
+    progress = Progress(1, stream=stream, log_dir=tmp_path, clock=clock)
+    progress("start", {"cell_id": "s"})
+    clock.now = 31.0
+    progress("tick", {"cell_id": "s", "elapsed": 31.0, "doing": "compile"})
+    assert stream.getvalue().splitlines()[-1] == "  ... s still running, compiling 31 s: Building the Stan program"
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

@@ -582,7 +582,7 @@ class Progress:
         print(text, end=end, file=self.stream, flush=True)
         self.last_line = self.clock()
 
-    def _log_tail(self, cell_id: str) -> str:
+    def _log_tail(self, cell_id: str, python_only: bool = False) -> str:
         if self.log_dir is None:
             return ""
         try:
@@ -604,7 +604,7 @@ class Progress:
             after_warning = re.search(r"\w+Warning: ", line) is not None
             # A C++ compiler's diagnostics ("507 | atomic<T*>: ...", "In file included from
             # x.hpp:3", "y.hpp:12:5: warning: ...") are noise from a Stan build, not progress.
-            if COMPILER_NOISE.search(line):
+            if COMPILER_NOISE.search(line) or (python_only and not re.search(r"\w+(?:Warning|Error): ", line)):
                 continue
             if re.search(r"[A-Za-z]{3}", line):
                 lines.append(line.strip())
@@ -629,7 +629,11 @@ class Progress:
                 print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
             elif self.clock() - self.last_line >= self.heartbeat_s:
                 for cell, seconds in self.running.items():
-                    tail = self._log_tail(cell)
+                    # While a program compiles, the log's other lines are the C++ compiler's
+                    # (template diagnostics, cut anywhere by the tail's window): only a Python
+                    # warning or error there is news.
+                    compiling = self.doing.get(cell) in (DOING["compile"], DOING["compile_wait"])
+                    tail = self._log_tail(cell, python_only=compiling)
                     self._print(f"  ... {cell} still running, {self._doing(cell)}{seconds:.0f} s"
                                 + (f": {tail}" if tail else ""))
         elif event == "done":

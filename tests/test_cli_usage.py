@@ -150,9 +150,12 @@ def test_piped_progress_leaves_out_the_compilers_diagnostics(tmp_path):
     progress("tick", {"cell_id": "s", "elapsed": 31.0, "doing": "compile"})
     # Compiling: only a Python warning would be news; the compiler's lines never are.
     assert stream.getvalue().splitlines()[-1] == "  ... s still running, compiling 31 s"
+    with open(tmp_path / "s.log", "a") as log:
+        log.write("Chain 1: Iteration: 100 / 2000 [  5%]  (Warmup)\n")
     clock.now = 62.0
     progress("tick", {"cell_id": "s", "elapsed": 62.0, "doing": "warmup"})
-    assert stream.getvalue().splitlines()[-1] == "  ... s still running, warming up 62 s: Building the Stan program"
+    assert stream.getvalue().splitlines()[-1] == ("  ... s still running, warming up 62 s: "
+                                                  "Chain 1: Iteration: 100 / 2000 [  5%]  (Warmup)")
 
 
 class _Terminal(io.StringIO):

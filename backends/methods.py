@@ -99,7 +99,8 @@ class Method(str):
         Parameters
         ----------
         settings : backends.base.FitSettings
-            The fit's settings (``pathfinder_resampling`` decides the importance groups).
+            The fit's settings (``pathfinder_resampling`` and ``pathfinder_paths`` decide the
+            importance groups).
         stores_approximation : bool
             The backend's ``Backend.stores_approximation``.
 
@@ -115,7 +116,9 @@ class Method(str):
             out.append("sample_stats")
         if self.approximation_parameters and stores_approximation:
             out.append("approximation")
-        if self.importance_resampled and settings.pathfinder_resampling == "psis":
+        # One path has nothing to resample between: Stan returns its draws as they are (and the
+        # other backends may), so only a multi-path fit must carry the importance groups.
+        if self.importance_resampled and settings.pathfinder_resampling == "psis" and settings.pathfinder_paths > 1:
             out += IMPORTANCE_GROUPS
         return tuple(out)
 

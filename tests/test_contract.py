@@ -326,3 +326,6 @@ def test_pathfinder_resampled_by_psis_must_keep_its_pool(data):
     assert (fit.status, fit.reason) == (
         "failed", "contract: faithful/pathfinder (approximation): the draws lack group(s) "
                   "importance_sampling, importance_proposal")
+    # One path has no pool to resample between (Stan returns its draws as they are): no groups due.
+    one_path = FitSettings(vi_draws=4, pathfinder_resampling="psis", pathfinder_paths=1)
+    assert _Faithful().fit(SPEC, data, "pathfinder", one_path, seed=1).status == "ok"

@@ -74,9 +74,6 @@ class NormalPrior:
 
 
 SIGMA_FAMILIES = ("uniform", "halfnormal", "gamma", "invgamma", "lognormal")
-# Families whose density vanishes at sigma = 0 faster than any power of sigma: the only ones that
-# keep the posterior proper when m >= 2 observations tie (see SigmaPrior).
-ZERO_AVOIDING = ("invgamma", "lognormal")
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ class SigmaPrior:
     HalfNormal (a = 1) do not keep the posterior proper for m >= 2 ties, nor does Gamma(2, rate)
     (a = 2) for m >= 3 (with 8 ties the mass near 0 grows like sigma^-6). InverseGamma (e^(-b/s))
     and LogNormal (e^(-(log s)^2 / 2 s^2)) vanish faster than any power, so any number of ties
-    leaves a proper posterior and a finite mode away from 0 (``ZERO_AVOIDING``).
+    leaves a proper posterior and a finite mode away from 0.
     """
 
     family: Literal["uniform", "halfnormal", "gamma", "invgamma", "lognormal"] = "uniform"
@@ -125,11 +122,6 @@ class SigmaPrior:
     def upper(self) -> float:
         """Upper bound of sigma's support (inf for every family but Uniform)."""
         return self.scale if self.family == "uniform" else math.inf
-
-    @property
-    def zero_avoiding(self) -> bool:
-        """Whether the density vanishes at 0 faster than any power (proper posterior on ties)."""
-        return self.family in ZERO_AVOIDING
 
     def describe(self) -> str:
         """The prior in the textbook parameters the CLI takes, e.g. 'Gamma(shape 2, rate 0.5)'."""

@@ -12,8 +12,9 @@ the others and names each cause found with its evidence and the advice that matc
 - ``prior_scale``: the data sit far from the priors: a posterior mean of a slope or intercept
   more than ``PRIOR_SDS`` prior sds from the prior mean, or sigma pressed against its Uniform
   upper bound. Chains then start far down in log density and some never climb.
-- ``degenerate``: a component's sigma near 0 (median below ``SIGMA_TINY`` x sd(y)), where the
-  likelihood is unbounded when points are tied: the posterior is improper there.
+- ``degenerate``: a chain's median point has a degenerate component (``backends.degenerate``, the
+  rule of every fit's flag), where the likelihood is unbounded on tied points: the posterior is
+  improper there.
 - ``empty_component``: a component holding fewer than ``EMPTY_POINTS`` points on average (an
   over-fitted K): its parameters follow the prior and mix slowly.
 - ``divergences``: transitions NUTS could not follow (Betancourt 2017, section 6.2).
@@ -29,6 +30,7 @@ import math
 import numpy as np
 import xarray as xr
 
+from backends.degenerate import degenerate_components
 from bench.relabel import posterior_dataset
 from models.spec import MixtureSpec
 
@@ -37,7 +39,6 @@ LP_GAP_SD = 4.0
 MEAN_GAP_SD = 4.0
 PRIOR_SDS = 3.0
 SIGMA_BOUND_FRAC = 0.95
-SIGMA_TINY = 1e-3
 EMPTY_POINTS = 3.0
 DRAWS_ROUND = 500
 
@@ -124,17 +125,21 @@ def diagnose(draws: xr.DataTree, lp: np.ndarray, kept: xr.DataTree, checks: dict
         causes.append(_cause("modes", "chains sit in several real modes: " + "; ".join(mode_evidence),
                              "more draws will not merge modes: fit fewer components (--K) if one group is split, "
                              "or an ordering constraint (--ordering); the reference then describes one mode only"))
-    sd_y = float(np.std(y)) or 1.0
-    if "sigma" in ds.data_vars:
-        sigma = np.asarray(ds["sigma"].transpose("chain", "draw", ...).values, dtype=float)
-        sigma = sigma.reshape(sigma.shape[0], sigma.shape[1], -1)
-        small = float(np.nanmin(np.nanmedian(sigma, axis=1)))
-        if small < SIGMA_TINY * sd_y:
-            tied = _tied_points(x, y)
-            causes.append(_cause("degenerate", f"a component's sigma collapses towards 0 (chain median {small:.3g}, "
-                                               f"sd(y) {sd_y:.3g}); the data have {tied} tied points",
-                                 "the likelihood is unbounded there and the posterior improper: remove or jitter "
-                                 "tied points, use one shared sigma (--sigma shared), or fewer components (--K)"))
+    # The same rule as every fit's degenerate-component flag (backends.degenerate), on each
+    # chain's median point (a chain keeps its labels).
+    found = []
+    for c in range(ds.sizes["chain"]):
+        point = {name: np.nanmedian(np.asarray(ds[name].isel(chain=c).values, dtype=float), axis=0)
+                 for name in ("w", "b", "sigma", "pi") if name in ds.data_vars}
+        found += degenerate_components(x, y, point)
+    if found:
+        k, sigma, held = min(found, key=lambda item: item[1])
+        tied = _tied_points(x, y)
+        causes.append(_cause("degenerate", f"a component's sigma collapses towards 0 (sigma[{k}] chain median "
+                                           f"{sigma:.3g}, holding {held} points); the data have {tied} tied points",
+                             "the likelihood is unbounded there and the posterior improper: remove or jitter "
+                             "tied points, use one shared sigma (--sigma shared), a zero-avoiding sigma prior "
+                             "(--sigma-prior invgamma:A,B or lognormal:MU,S), or fewer components (--K)"))
     if "pi" in rel.data_vars and spec.K > 1:
         pi = np.asarray(rel["pi"].mean(("chain", "draw")).values, dtype=float)
         points = float(pi.min() * len(y))

@@ -30,12 +30,25 @@ import pandas as pd
 from backends import compile_rank
 from backends.base import METHODS, FitSettings
 from backends.methods import method as method_named
-from bench.availability import describe
-from bench.bytecode import ensure_bytecode
-from bench.compare import compare, summary_lines, write_comparison
-from bench.executor_choice import make_executor
-from bench.executors import LOGS_DIR
-from bench.harness import (
+from bench.reference.posterior import (
+    INFO_FILE,
+    ReferenceSettings,
+    cache_dir_for,
+    load_reference,
+    make_reference,
+    reference_from_draws,
+    resolve_reference,
+    write_reference,
+)
+from bench.report.compare import compare, summary_lines, write_comparison
+from bench.report.document import markdown_table, write_report
+from bench.report.run_files import keep_data_copy
+from bench.report.summary import print_summary
+from bench.run.availability import describe
+from bench.run.bytecode import ensure_bytecode
+from bench.run.executor_choice import make_executor
+from bench.run.executors import LOGS_DIR
+from bench.run.harness import (
     CELLS_FILE,
     Cell,
     RunInterrupted,
@@ -47,23 +60,18 @@ from bench.harness import (
     run_grid,
     stop_on_signals,
 )
-from bench.modes import modes_table_lines
-from bench.preflight import check_backend_name, check_engine_names, check_memory
-from bench.problem import Problem
-from bench.reference import (
-    INFO_FILE,
-    ReferenceSettings,
-    cache_dir_for,
-    load_reference,
-    make_reference,
-    reference_from_draws,
-    resolve_reference,
-    write_reference,
+from bench.run.preflight import check_backend_name, check_engine_names, check_memory
+from bench.run.sweep import (
+    SWEEP_SETTINGS,
+    _override,
+    parse_method_line,
+    parse_vary,
+    plan_cells,
+    sweep_points,
+    sweep_tables,
 )
-from bench.report import markdown_table, write_report
-from bench.run_files import keep_data_copy
-from bench.summary import print_summary
-from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points, sweep_tables
+from bench.score.modes import modes_table_lines
+from bench.score.problem import Problem
 from models.datafile import data_digest, load_csv
 from models.errors import MixbenchError, MixbenchWarning
 from models.families import AXES

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.bytecode import STAMP, ensure_bytecode
 from bench.cli import Progress, build_parser, main
+from bench.run.bytecode import STAMP, ensure_bytecode
 from models.errors import MixbenchError
 
 ROOT = Path(__file__).resolve().parents[1]

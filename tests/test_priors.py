@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.cli import _cells_from_args, build_parser
-from bench.harness import load_cell_data
+from bench.run.harness import load_cell_data
 from models import MixbenchError, MixtureSpec, NormalPrior, SigmaPrior
 from models.oracle import log_prior
 from models.priors import load_spec_file, normal_prior_text, pi_alpha_text, sigma_prior_text

@@ -11,10 +11,10 @@ import pytest
 
 from backends import get_backend
 from backends.base import FitSettings
-from bench.metrics import MetricSettings, evaluate
-from bench.problem import Problem
-from bench.reference import ReferenceSettings, make_reference
-from bench.relabel import posterior_dataset, relabel
+from bench.reference.posterior import ReferenceSettings, make_reference
+from bench.score.metrics import MetricSettings, evaluate
+from bench.score.problem import Problem
+from bench.score.relabel import posterior_dataset, relabel
 from models import Dataset, MixtureSpec, NormalPrior, SigmaPrior, get_scenario, log_density
 from models.scenarios import Scenario
 from tests.em import em_mixture

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import bench.cli
-import bench.reference
+import bench.reference.posterior
 from bench.cli import main
-from bench.harness import read_rows
+from bench.run.harness import read_rows
 from models import get_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def data_file(tmp_path) -> Path:
 def references(tmp_path, monkeypatch) -> Path:
     """References go to a temporary directory; the compile caches stay where they are."""
     directory = tmp_path / "references"
-    monkeypatch.setattr(bench.reference, "references_dir", lambda: directory)
+    monkeypatch.setattr(bench.reference.posterior, "references_dir", lambda: directory)
     return directory
 
 
@@ -88,7 +88,7 @@ def test_a_reference_for_other_data_is_refused_by_run(tmp_path, data_file, refer
 
 
 QUICK = "tests.fake_backends:QuickBackend"
-REAL_MAKE = bench.reference.make_reference
+REAL_MAKE = bench.reference.posterior.make_reference
 
 
 def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
@@ -104,7 +104,7 @@ def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
         made.info["made_by"]["settings"] = settings.to_dict()  # it stands in for the run asked for
         return made
 
-    monkeypatch.setattr(bench.reference, "make_reference", make)
+    monkeypatch.setattr(bench.reference.posterior, "make_reference", make)
     monkeypatch.setattr(bench.cli, "make_reference", make)  # the command line's own name for it
 
 
@@ -193,7 +193,7 @@ def test_the_default_run_on_an_over_fitted_k_runs_every_cell(tmp_path, reference
     info = json.loads((made / "info.json").read_text())
     assert not info["accepted"] and info["status"] == "provisional" and info["causes"]
     # The empty component's weight, recomputed from the reference's own draws.
-    pi = np.asarray(bench.reference.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
+    pi = np.asarray(bench.reference.posterior.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
     (empty,) = [c for c in info["causes"] if c["cause"] == "empty_component"]
     assert f"about {pi.min() * 40:.1f} of 40 points" in empty["evidence"] and "--K 2" in empty["advice"]
     assert "empty_component:" in err and "provisional reference (failed:" in err

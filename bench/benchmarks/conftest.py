@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import _cells_from_args, _reference_settings, attach_references, build_parser
-from bench.harness import Cell
+from bench.run.harness import Cell
 from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.
@@ -60,7 +60,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    from bench.bytecode import ensure_bytecode
+    from bench.run.bytecode import ensure_bytecode
 
     ensure_bytecode()
 
@@ -99,7 +99,7 @@ def pytest_sessionfinish(session, exitstatus):
     out = getattr(session.config.option, "out", None)
     if not out or not (Path(out) / "cells.jsonl").is_file():
         return
-    from bench.report import write_report
+    from bench.report.document import write_report
 
     paths = write_report([Path(out)], Path(out))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

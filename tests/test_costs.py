@@ -357,8 +357,9 @@ def test_forkserver_cells_see_the_parents_current_environment(tmp_path, monkeypa
 
 
 def test_cli_accepts_several_sizes_and_makes_one_cell_per_size():
-    from bench.cli import _cells_from_args, build_parser
+    from bench.cli import build_parser
+    from bench.run.plan import run_cells
 
     args = build_parser().parse_args(["run", "--backends", FAKE, "--N", "1e3,10000", "--seeds", "0,1"])
-    cells, _ = _cells_from_args(args)
+    cells, _ = run_cells(args)
     assert sorted({c.n for c in cells}) == [1_000, 10_000] and len(cells) == 4

@@ -263,7 +263,7 @@ def test_a_small_real_sweep_end_to_end_and_resume_after_a_kill(tmp_path):
 
 def test_sweep_tables_show_shares_and_every_column_is_in_the_glossary(hand_rows):
     from bench.report.glossary import describe
-    from bench.run.sweep import sweep_tables
+    from bench.report.sweep_tables import sweep_tables
 
     tables = {t.key: t for t in sweep_tables(hand_rows)}
     assert set(tables) == {"sweep-landings", "sweep-switching", "sweep-breaking"}

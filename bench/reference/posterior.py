@@ -650,7 +650,8 @@ def accepted_reference(problem: Problem) -> Reference | None:
 
 
 def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceSettings = ReferenceSettings(),
-                      has_truth: bool = False, progress: Callable[[str], None] | None = None) -> Reference | None:
+                      has_truth: bool = False, progress: Callable[[str], None] | None = None,
+                      make: Callable[[Problem, ReferenceSettings, Path], Reference] | None = None) -> Reference | None:
     """The reference a run uses: accepted where one exists, else provisional (``Reference.status``).
 
     choice: "none"; "auto" (a cached one, made now when the data has no truth and none is
@@ -660,6 +661,9 @@ def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceS
     of ``settings`` when accepted, else an accepted one made with other settings
     (``accepted_reference``), else the provisional one of ``settings`` (made again it would give the
     same draws: same settings, same seed), else a new one.
+
+    make: makes the new one and writes it into the directory it is given (bench.run.references
+    runs it as a cell in an executor); default ``make_reference`` in this process.
     """
     if str(choice) == "none":
         return None
@@ -676,6 +680,8 @@ def resolve_reference(choice: str | Path, problem: Problem, settings: ReferenceS
         if cached is not None and "causes" in cached.info:
             return cached
         # None cached, or one refused by an older mixbench without saying why: made (again) now.
+        if make is not None:
+            return make(problem, settings, directory)
         reference = make_reference(problem, settings, progress=progress)
         write_reference(reference, directory)
         return reference

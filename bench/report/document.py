@@ -25,6 +25,7 @@ from bench.report.figures import Figure, report_figures
 from bench.report.findings import SetupFindings, findings
 from bench.report.glossary import WORDS, glossary_for
 from bench.report.sweep_figures import sweep_figures
+from bench.report.sweep_tables import sweep_findings, sweep_tables
 from bench.report.tables import (
     CELL_KEYS,
     Table,
@@ -40,7 +41,6 @@ from bench.report.tables import (
     split_wide,
 )
 from bench.run.harness import CELLS_FILE, read_rows, read_run_info
-from bench.run.sweep import sweep_findings, sweep_tables
 from bench.score.landing import points_against_best_optimum
 from bench.score.metrics import MetricSettings
 from models.errors import MixbenchError

@@ -11,8 +11,10 @@ from scipy import special, stats
 
 from backends.base import Fit, canonical_datatree
 from bench.reference.posterior import Reference, canonical_relabel
-from bench.score.metrics import ROW_FIELDS, MetricSettings, evaluate
+from bench.score.columns import ROW_FIELDS
+from bench.score.metrics import evaluate
 from bench.score.problem import Problem
+from bench.score.settings import MetricSettings
 from models import Dataset, MixtureSpec, get_scenario, log_density
 from models.scenarios import Scenario
 

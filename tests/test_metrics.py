@@ -11,9 +11,8 @@ import pytest
 from scipy import stats
 
 from backends.base import Fit, canonical_datatree
+from bench.score.columns import ROW_FIELDS
 from bench.score.metrics import (
-    ROW_FIELDS,
-    MetricSettings,
     count_switches,
     evaluate,
     khat_label,
@@ -23,6 +22,7 @@ from bench.score.metrics import (
     wasserstein_marginals,
 )
 from bench.score.relabel import perm_codes, relabel
+from bench.score.settings import MetricSettings
 from models.scenarios import get_scenario
 
 FORUM = get_scenario("forum-small")  # K = 2, D = 1, shared sigma: slopes 3 / -1, sigma 0.1

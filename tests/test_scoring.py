@@ -11,8 +11,9 @@ import pytest
 
 import bench.score.metrics as metrics
 from backends.base import Fit, canonical_datatree
-from bench.score.metrics import MetricSettings, evaluate, score_fit
+from bench.score.metrics import evaluate, score_fit
 from bench.score.problem import Problem
+from bench.score.settings import MetricSettings
 from models import MixtureSpec
 from models.scenarios import Scenario, get_scenario
 

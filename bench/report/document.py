@@ -42,7 +42,7 @@ from bench.report.tables import (
 )
 from bench.run.harness import CELLS_FILE, read_rows, read_run_info
 from bench.score.landing import points_against_best_optimum
-from bench.score.metrics import MetricSettings
+from bench.score.settings import MetricSettings
 from models.errors import MixbenchError
 
 FIGURES_DIR = "figures"

@@ -3,7 +3,7 @@
 ``COLUMNS`` covers the columns of the per-fit tables (bench.report.tables) and of the cost sections
 (bench.report.costs); ``PATTERNS`` covers families of columns named by their values (``K=2 N=1e3 ms``);
 ``WORDS`` the vocabulary the cells hold (modes, statuses, k-hat labels, relabelling targets,
-flags). Where a row column is defined in ``bench.score.metrics.ROW_FIELDS`` (and the flags in
+flags). Where a row column is defined in ``bench.score.columns.ROW_FIELDS`` (and the flags in
 ``bench.score.health.FLAGS``) the entry quotes it, so the two cannot drift apart.
 """
 
@@ -13,8 +13,8 @@ import re
 
 from backends.methods import METHODS
 from bench.report.tables import ESS_LIMIT, ESS_TARGET, KHAT_BAD, RHAT_LIMIT
+from bench.score.columns import ROW_FIELDS
 from bench.score.health import FLAGS
-from bench.score.metrics import ROW_FIELDS
 
 
 def _row(field: str, fallback: str) -> str:

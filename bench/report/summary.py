@@ -68,7 +68,7 @@ def summary_text(frame: pd.DataFrame, width: int = 100) -> str:
 
 
 def labelling_target_text(rows: list[dict]) -> str:
-    """What the rows' components were relabelled to, in words (metrics.ROW_FIELDS.reference_source)."""
+    """What the rows' components were relabelled to, in words (bench.score.columns.ROW_FIELDS: reference_source)."""
     sources = sorted({str(r.get("reference_source")) for r in rows if r.get("status") == "ok"})
     if sources == ["truth"]:
         return "the truth"

@@ -32,7 +32,7 @@ ESS_TARGET = 1000  # "seconds to 1000 effective draws"
 # Health thresholds of the report's own flags (used where rows carry no flags column).
 RHAT_LIMIT = 1.01  # Vehtari et al. (2021), Rank-normalization, folding, and localization, sec. 4
 ESS_LIMIT = 400  # ibid.: bulk and tail ESS above 400 (100 per chain for 4 chains)
-KHAT_BAD = 0.7  # Yao et al. (2018), Yes, but did it work?; bench.score.metrics.MetricSettings.khat_bad
+KHAT_BAD = 0.7  # Yao et al. (2018), Yes, but did it work?; bench.score.settings.MetricSettings.khat_bad
 FAMILY_LABELS = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight"}
 _BACKEND_ORDER = {"pymc": 0, "numpyro": 1, "stan": 2}
 

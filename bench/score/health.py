@@ -1,7 +1,7 @@
 """Health flags of one fit: what a reader must see before trusting its row.
 
 Each flag is a short name; a row lists the raised ones comma-separated in ``flags`` (empty when
-none). Thresholds live in ``metrics.MetricSettings``.
+none). Thresholds live in ``bench.score.settings.MetricSettings``.
 """
 
 from __future__ import annotations

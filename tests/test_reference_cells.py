@@ -55,7 +55,10 @@ def test_the_reference_is_made_in_a_worker_and_every_cell_uses_it(tmp_path, refe
     assert (made / "info.json").is_file()
     (row,) = read_rows(tmp_path / "run" / "cells.jsonl")
     assert row["status"] == "ok" and row["reference_status"] == "accepted"
-    assert f"at {made}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"at {made}" in err
+    # The progress lines count the reference cell on its own, then the run's cells.
+    assert f"[1/1] reference-{made.name} ok in " in err and "[1/1] separated" in err
 
 
 @pytest.mark.parametrize("make, status, extra", [(crash, "crashed", []), (hang, "timeout", ["--time-limit", "3"])],

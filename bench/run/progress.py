@@ -80,8 +80,8 @@ class Progress:
         return lines[-1][:80] if lines else ""
 
     def __call__(self, event: str, info: dict) -> None:
-        if event == "plan":
-            self.total = info["todo"]
+        if event == "plan":  # a new plan: counted from 0 (one per reference cell, then the run's)
+            self.total, self.done = info["todo"], 0
             if info["finished_before"]:
                 self._print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run")
         elif event == "start":

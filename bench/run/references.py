@@ -150,7 +150,15 @@ def make_in_executor(cell: ReferenceCell, problem: Problem, executor: CellExecut
     rows: list[dict[str, Any]] = []
     kept_logs = log_root is not None
     log_root = Path(log_root or tempfile.mkdtemp(prefix="mixbench-reference-"))
-    executor.run([cell], RunOptions(out_dir=log_root, time_limit=time_limit), rows.append, progress)
+    if progress:
+        progress("plan", {"todo": 1, "finished_before": 0})
+
+    def on_row(row: dict[str, Any]) -> None:  # as bench.run.harness.run_grid reports a cell's row
+        rows.append(row)
+        if progress:
+            progress("done", row)
+
+    executor.run([cell], RunOptions(out_dir=log_root, time_limit=time_limit), on_row, progress)
     row = rows[-1] if rows else {"status": "crashed", "error": "no row came back"}
     if row.get("status") != "ok":
         raise MixbenchError(f"reference posterior of {cell.data.scenario_label}: {row.get('status')}: "

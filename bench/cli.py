@@ -11,11 +11,6 @@ written) or an internal error, 128 + the signal number when SIGINT (130), SIGTER
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import os
-import re
-import shutil
 import sys
 import textwrap
 import time
@@ -29,58 +24,33 @@ import pandas as pd
 
 from backends import compile_rank
 from backends.base import METHODS, FitSettings
-from backends.methods import method as method_named
-from bench.availability import describe
-from bench.bytecode import ensure_bytecode
-from bench.compare import compare, summary_lines, write_comparison
-from bench.executor_choice import make_executor
-from bench.executors import LOGS_DIR
-from bench.harness import (
-    CELLS_FILE,
-    Cell,
-    RunInterrupted,
-    RunOptions,
-    check_fit_size,
-    load_cell_data,
-    make_grid,
-    prepare_out_dir,
-    run_grid,
-    stop_on_signals,
+from bench.reference.posterior import ReferenceSettings
+from bench.report.compare import compare, summary_lines, write_comparison
+from bench.report.document import markdown_table, write_report
+from bench.report.run_files import keep_data_copy
+from bench.report.summary import print_summary
+from bench.report.sweep_tables import sweep_tables
+from bench.run.availability import describe
+from bench.run.bytecode import ensure_bytecode
+from bench.run.executor_choice import make_executor
+from bench.run.executors import LOGS_DIR
+from bench.run.harness import CELLS_FILE, RunInterrupted, RunOptions, prepare_out_dir, run_grid, stop_on_signals
+from bench.run.plan import (
+    available_cores,
+    data_prior_note,
+    reference_problem,
+    reference_settings,
+    run_cells,
+    sweep_cells,
 )
-from bench.modes import modes_table_lines
-from bench.preflight import check_backend_name, check_engine_names, check_memory
-from bench.problem import Problem
-from bench.reference import (
-    INFO_FILE,
-    ReferenceSettings,
-    cache_dir_for,
-    load_reference,
-    make_reference,
-    reference_from_draws,
-    resolve_reference,
-    write_reference,
-)
-from bench.report import markdown_table, write_report
-from bench.run_files import keep_data_copy
-from bench.summary import print_summary
-from bench.sweep import SWEEP_SETTINGS, _override, parse_method_line, parse_vary, plan_cells, sweep_points, sweep_tables
-from models.datafile import data_digest, load_csv
+from bench.run.progress import Progress
+from bench.run.references import attach_references, command_reference
+from bench.run.sweep import SWEEP_SETTINGS
+from bench.score.modes import modes_table_lines
 from models.errors import MixbenchError, MixbenchWarning
 from models.families import AXES
-from models.prior_check import prior_scale_note
-from models.priors import (
-    NU_HELP,
-    SIGMA_PRIOR_HELP,
-    check_spec_fields,
-    load_spec_file,
-    normal_prior_text,
-    nu_text,
-    pi_alpha_text,
-    sigma_prior_text,
-)
-from models.scenarios import DEFAULT_SCENARIO, get_scenario
-from models.spec import ERRORS, SHARED, MixtureSpec
-from models.standardize import Standardization
+from models.priors import NU_HELP, SIGMA_PRIOR_HELP
+from models.spec import ERRORS, SHARED
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -238,32 +208,6 @@ def _add_reference_options(group, prefix: str = "--reference-") -> None:
                        help=f"reference NUTS draws per chain (default {defaults.draws})")
     group.add_argument(f"{prefix}seed", dest="ref_seed", type=int, default=defaults.seed,
                        help=f"reference NUTS seed (default {defaults.seed})")
-
-
-def _reference_settings(args):
-    return ReferenceSettings(backend=args.ref_backend, chains=args.ref_chains, warmup=args.ref_warmup,
-                             draws=args.ref_draws, seed=args.ref_seed, method=args.ref_method)
-
-
-def _spec_overrides(args) -> dict:
-    """Spec fields from a spec file, then from the options (which win)."""
-    spec = load_spec_file(args.spec_file) if getattr(args, "spec_file", None) is not None else {}
-    spec.update({k: v for k, v in (("K", args.K), ("intercept", args.intercept), ("sigma", args.sigma),
-                                   ("ordering", args.ordering), ("likelihood", args.likelihood)) if v is not None})
-    if getattr(args, "slope_prior", None) is not None:
-        spec["slope_prior"] = normal_prior_text("--slope-prior", args.slope_prior)
-    if getattr(args, "intercept_prior", None) is not None:
-        spec["intercept_prior"] = normal_prior_text("--intercept-prior", args.intercept_prior)
-    if getattr(args, "sigma_prior", None) is not None:
-        spec["sigma_prior"] = sigma_prior_text("--sigma-prior", args.sigma_prior)
-    if getattr(args, "pi_alpha", None) is not None:
-        spec["pi_alpha"] = pi_alpha_text("--pi-alpha", args.pi_alpha)
-    for name in ("errors", "shared"):
-        if getattr(args, name, None) is not None:
-            spec[name] = getattr(args, name)
-    if getattr(args, "nu", None) is not None:
-        spec["nu"] = nu_text("--nu", args.nu)
-    return check_spec_fields(spec, "spec")
 
 
 def _add_fit_settings(group, defaults_here: dict | None = None) -> None:
@@ -486,178 +430,8 @@ def _add_sweep_parser(sub) -> None:
     runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
 
-def _cells_from_args(args) -> tuple[list, str]:
-    for name in args.backends:
-        check_backend_name(name)
-    for name in args.methods:
-        method_named(name)  # MixbenchError naming the known methods
-    settings = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
-    FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
-    check_engine_names(args.backends, settings)
-    spec = _spec_overrides(args)
-    common = dict(settings=settings, spec=spec, data_seed=args.data_seed, standardize=args.standardize)
-    if args.data is not None:
-        if args.N:
-            raise MixbenchError("--N: only applies to a built-in scenario (a data file's N is its number of rows)")
-        dataset = load_csv(args.data, args.covariates, args.response)  # a malformed file fails now
-        fitted = MixtureSpec.from_dict({"D": dataset.D, **spec})
-        _check_sizes(fitted, [dataset.N], args.methods, settings)
-        scenario, label = str(args.data.resolve()), args.data.stem
-        common.update(covariates=tuple(dataset.covariates), response=args.response,
-                      data_digest=data_digest(args.data))
-    else:
-        if args.covariates is not None:
-            raise MixbenchError("--covariates: only applies with --data")
-        scenario = label = args.scenario or DEFAULT_SCENARIO
-        built_in = get_scenario(scenario)
-        fitted = built_in.spec.overridden(spec)
-        _check_sizes(fitted, args.N or [built_in.N], args.methods, settings)
-        if args.N:
-            # One cell per size: rows carry N, and the report draws the cost curve over N.
-            cells = [cell for n in args.N
-                     for cell in make_grid([scenario], args.backends, args.methods, args.seeds, n=n, **common)]
-            return cells, label
-    return make_grid([scenario], args.backends, args.methods, args.seeds, **common), label
-
-
-def data_prior_note(cells) -> str | None:
-    """The prior-scale check (models/prior_check.py) of a run's data file, one line, or None: for
-    built-in scenarios (their priors fit their data) and when the priors fit the data."""
-
-    cell = next((c for c in cells if c.is_data_file), None)
-    if cell is None:
-        return None
-    spec, dataset = load_cell_data(cell)
-    if cell.standardize:
-        dataset = Standardization.of(dataset, spec).dataset(dataset)
-    return prior_scale_note(spec, dataset, standardized=cell.standardize)
-
-
-def _check_sizes(spec, sizes: list[int], methods: list[str], settings: dict) -> None:
-    """The harness's size checks (K against N, minibatch against N) and the memory a fit's draws
-    need, before any cell runs."""
-
-    fit_settings = FitSettings.from_dict(settings)
-    for n in sizes:
-        for method in methods:
-            check_fit_size(spec.K, n, method, fit_settings)
-            check_memory(spec, n, method, fit_settings)
-
-
-# How the progress line names a cell's timing phase (backends.base.TIMING_PHASES) while it runs.
-DOING = {"compile": "compiling", "compile_wait": "waiting for another process's build", "warmup": "warming up",
-         "optimisation": "optimising", "extraction": "extracting"}
-
-
-COMPILER_NOISE = re.compile(r"^\s*\d*\s*\|| from \S+\.(?:h|hpp|cpp|cc|tpp)[:,]|^In file included from|"
-                            r"\.(?:h|hpp|cpp|cc|tpp):\d+(?::\d+)?: (?:warning|note|error|required|In )")
-
-
-class Progress:
-    """What the run is doing, on stderr.
-
-    On a terminal: one status line, rewritten in place, naming every cell in flight, what its
-    worker says it is doing (compiling, warming up; ``DOING``) and its time so far (all of them, so two cells in flight do not take turns on the line). Piped (a log
-    file, CI): a line when a cell starts and when it ends, and while cells run a line at least
-    every ``heartbeat_s`` seconds (a long compile shows up as a run that is alive), with the last
-    line the cell's engine wrote to its log when it wrote one.
-    """
-
-    heartbeat_s = 25.0  # under 30 s, however the executor's ticks fall
-
-    def __init__(self, total: int, stream=None, log_dir: Path | None = None, clock=time.monotonic):
-        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
-        self.total, self.done, self.stream = total, 0, stream
-        self.live = stream.isatty()
-        self.log_dir, self.clock = log_dir, clock
-        self.running: dict[str, float] = {}  # cell id -> seconds so far
-        self.doing: dict[str, str | None] = {}  # cell id -> what its worker says it does now
-        self.last_line = clock()
-
-    def _doing(self, cell_id: str) -> str:
-        doing = self.doing.get(cell_id)
-        return f"{doing} " if doing else ""
-
-    def _print(self, text: str, end: str = "\n") -> None:
-        print(text, end=end, file=self.stream, flush=True)
-        self.last_line = self.clock()
-
-    def _log_tail(self, cell_id: str, python_only: bool = False) -> str:
-        if self.log_dir is None:
-            return ""
-        try:
-            with open(self.log_dir / f"{cell_id}.log", "rb") as fh:
-                fh.seek(0, 2)
-                fh.seek(max(0, fh.tell() - 2000))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        # Progress bars redraw with carriage returns and colour codes: keep the last plain line.
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-        # Lines without a word (a compiler's "| ^~~~" markers) say nothing, nor the line of source
-        # Python's warnings echo under "file:line: SomeWarning: message".
-        lines, after_warning = [], False
-        for line in re.split(r"[\r\n]", text):
-            if after_warning and line.startswith(" "):
-                after_warning = False
-                continue
-            after_warning = re.search(r"\w+Warning: ", line) is not None
-            # A C++ compiler's diagnostics ("507 | atomic<T*>: ...", "In file included from
-            # x.hpp:3", "y.hpp:12:5: warning: ...") are noise from a Stan build, not progress.
-            if COMPILER_NOISE.search(line) or (python_only and not re.search(r"\w+(?:Warning|Error): ", line)):
-                continue
-            if re.search(r"[A-Za-z]{3}", line):
-                lines.append(line.strip())
-        return lines[-1][:80] if lines else ""
-
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "plan":
-            self.total = info["todo"]
-            if info["finished_before"]:
-                self._print(f"resuming: {info['finished_before']} cells already finished, {info['todo']} to run")
-        elif event == "start":
-            self.running[info["cell_id"]] = 0.0
-            if not self.live:
-                self._print(f"[{self.done + len(self.running)}/{self.total}] {info['cell_id']} started")
-        elif event == "tick":
-            self.running[info["cell_id"]] = info["elapsed"]
-            self.doing[info["cell_id"]] = DOING.get(info.get("doing"), info.get("doing"))
-            if self.live:
-                width = shutil.get_terminal_size((100, 20)).columns
-                cells = ", ".join(f"{cell} {self._doing(cell)}{seconds:.0f} s" for cell, seconds in self.running.items())
-                text = f"[{self.done}/{self.total} done] running {cells}"
-                print("\r" + text[: width - 1].ljust(width - 1), end="", file=self.stream, flush=True)
-            elif self.clock() - self.last_line >= self.heartbeat_s:
-                for cell, seconds in self.running.items():
-                    # While a program compiles, the log's other lines are the C++ compiler's
-                    # (template diagnostics, cut anywhere by the tail's window): only a Python
-                    # warning or error there is news.
-                    compiling = self.doing.get(cell) in (DOING["compile"], DOING["compile_wait"])
-                    tail = self._log_tail(cell, python_only=compiling)
-                    self._print(f"  ... {cell} still running, {self._doing(cell)}{seconds:.0f} s"
-                                + (f": {tail}" if tail else ""))
-        elif event == "done":
-            self.done += 1
-            self.running.pop(info["cell_id"], None)
-            self.doing.pop(info["cell_id"], None)
-            status = info.get("status")
-            detail = f": {info.get('error') or info.get('reason')}" if status != "ok" else ""
-            line = f"[{self.done}/{self.total}] {info['cell_id']} {status} in {info.get('time_cell', 0):.1f} s{detail}"
-            if self.live:
-                width = shutil.get_terminal_size((100, 20)).columns
-                line = "\r" + line.ljust(width - 1)
-            self._print(line)
-            for note in info.get("warnings") or ():
-                self._print(f"  warning: {note}")
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the system has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def cmd_run(args) -> int:
-    cells, label = _cells_from_args(args)
+    cells, label = run_cells(args)
     note = data_prior_note(cells)
     if note:
         print(f"mixbench run: {note}", file=sys.stderr)  # the run goes on: a warning, not a refusal
@@ -666,10 +440,11 @@ def cmd_run(args) -> int:
     cells = sorted(cells, key=lambda cell: compile_rank(cell.backend))
     jobs = args.jobs or max(1, min(available_cores(), len(cells)))
     executor = make_executor(args.executor, jobs=jobs, scheduler=args.scheduler)
-    ensure_bytecode()  # before the reference, whose NUTS run imports the engines here
-    cells = attach_references(cells, args.reference, _reference_settings(args))
+    ensure_bytecode()  # before any worker starts: each would compile what it imports
     out_dir = args.out or Path("results") / label
     _writing_under.append(out_dir)
+    cells = attach_references(cells, args.reference, reference_settings(args), executor, prepare_out_dir(out_dir),
+                              args.time_limit, say=_say, progress=Progress(1, log_dir=out_dir / LOGS_DIR))
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, save_draws=args.save_draws,
                          retry_failed=args.retry_failed, fresh=args.fresh, notes=(note,) if note else ())
     if args.data is not None:
@@ -691,42 +466,15 @@ def cmd_run(args) -> int:
     return 0
 
 
-def sweep_cells_from_args(args) -> list:
-    """The sweep's cells, every argument checked before any cell runs."""
-
-    for name in args.backends:
-        check_backend_name(name)
-    if not args.vary:
-        raise MixbenchError("--vary: give at least one axis, e.g. --vary sep=0.5,1,2,4")
-    lines = [parse_method_line(text, METHODS) for text in args.methods]
-    if len({line.label for line in lines}) != len(lines):
-        raise MixbenchError("--methods: a method line is repeated")
-    spec = dict(_override(text, "--spec") for text in args.sweep_spec)
-    given = {name[4:]: value for name, value in vars(args).items() if name.startswith("set_") and value is not None}
-    settings = {**SWEEP_SETTINGS, **given}
-    FitSettings.from_dict(settings)  # impossible settings fail here, before any cell runs
-    check_engine_names(args.backends, settings)
-    points = sweep_points(parse_vary(args.vary))
-
-    for point, n in points:
-        for line in lines:
-            try:  # the spec values of every line at every point (ordering=sideways fails here)
-                fitted = get_scenario(point.name).spec.overridden({**spec, **line.spec})
-            except MixbenchError as exc:
-                raise MixbenchError(f"--spec/--methods {line.label}: {exc}") from None
-            _check_sizes(fitted, [n], [line.method], settings)
-    return plan_cells(points, args.backends, lines, args.seeds, settings, spec,
-                      data_per_seed=args.data_per_seed, data_seed=args.data_seed)
-
-
 def cmd_sweep(args) -> int:
-    cells = sweep_cells_from_args(args)
+    cells = sweep_cells(args)
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
     ensure_bytecode()
-    if args.reference != "none":
-        cells = attach_references(cells, args.reference, _reference_settings(args))
     out_dir = args.out or Path("results") / f"sweep-{args.family}"
     _writing_under.append(out_dir)
+    if args.reference != "none":
+        cells = attach_references(cells, args.reference, reference_settings(args), executor, prepare_out_dir(out_dir),
+                                  args.time_limit, say=_say, progress=Progress(1, log_dir=out_dir / LOGS_DIR))
     options = RunOptions(out_dir=out_dir, time_limit=args.time_limit, retry_failed=args.retry_failed,
                          fresh=args.fresh)
     start = time.perf_counter()
@@ -762,68 +510,18 @@ def cmd_report(args) -> int:
     return 0
 
 
-def attach_references(cells: list, choice: str, settings) -> list:
-    """Every cell of a data set gets that data set's reference posterior (made or read now, once
-    per data set, in this process), so that all its fits share one labelling."""
-
-    found: dict[str, str | None] = {}
-    out = []
-    for cell in cells:
-        key = dataclasses.replace(cell, backend="", method="", seed=0, settings={}).variant
-        if key not in found:
-            spec, dataset = load_cell_data(cell)
-            problem = Problem.make(spec, dataset, standardize=cell.standardize)
-            ref = resolve_reference(choice, problem, settings, has_truth=dataset.truth is not None,
-                                    progress=lambda text: print(text, file=sys.stderr, flush=True))
-            found[key] = str(ref.path) if ref is not None else None
-            if ref is not None:
-                print(f"reference: {ref.describe()}\n  at {ref.path}", file=sys.stderr, flush=True)
-                for line in modes_table_lines(ref.modes):
-                    print(f"  {line}", file=sys.stderr, flush=True)
-                for line in ref.lacks():
-                    print(f"  {line}", file=sys.stderr, flush=True)
-        out.append(dataclasses.replace(cell, reference=found[key]))
-    return out
-
-
 def cmd_reference(args) -> int:
-    spec = _spec_overrides(args)
-    if args.data is not None:
-        dataset = load_csv(args.data, args.covariates, args.response)
-        cell = Cell(scenario=str(args.data.resolve()), backend="", method="nuts", spec=spec,
-                    covariates=tuple(dataset.covariates), response=args.response)
-    else:
-        if args.covariates is not None:
-            raise MixbenchError("--covariates: only applies with --data")
-        cell = Cell(scenario=args.scenario or DEFAULT_SCENARIO, backend="", method="nuts", spec=spec,
-                    n=args.N, data_seed=args.data_seed)
-    spec_obj, dataset = load_cell_data(cell)
-    problem = Problem.make(spec_obj, dataset, standardize=args.standardize)
-    settings = _reference_settings(args)
-    if args.draws_file is not None:
-        reference = reference_from_draws(problem, args.draws_file)
-
-        source = hashlib.sha256(args.draws_file.read_bytes()).hexdigest()
-        directory = args.out or cache_dir_for(problem, settings, source=source)
-    else:
-        directory = args.out or cache_dir_for(problem, settings)
-        try:
-            cached = load_reference(directory, problem) if (directory / INFO_FILE).is_file() else None
-        except MixbenchError:  # --out names a reference of other data or spec: replaced below
-            cached = None
-        if cached is not None and cached.accepted and cached.info.get("made_by", {}).get("settings") == settings.to_dict():
-            # The same data, spec, scale and settings (the cache key): NUTS would give the same draws.
-            print(cached.describe())
-            print("\n".join(modes_table_lines(cached.modes)))
-            print(f"cached, not rerun: {directory} (made {cached.info.get('created')})")
-            return 0
-        reference = make_reference(problem, settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
-    write_reference(reference, directory)
+    data, problem = reference_problem(args)
+    reference, reused = command_reference(data, problem, reference_settings(args), args.out, args.draws_file,
+                                          progress=Progress(1))
     print(reference.describe())
     print("\n".join(modes_table_lines(reference.modes)))
+    if reused:
+        print(f"cached, not rerun: {reference.path} (made {reference.info.get('created')})")
+        return 0
     for line in reference.lacks():
         print(line)
-    print(f"written: {directory}")
+    print(f"written: {reference.path}")
     if not reference.accepted:
         print("provisional: runs use it as the labelling target and to measure W1 and landings against, "
               "each named provisional, and keep looking for an "
@@ -857,6 +555,10 @@ def cmd_list(args) -> int:
 # The directory the command writes into, once known: an OSError raised by a write on an open file
 # (a full disk) carries no file name, and the line should still say where.
 _writing_under: list[Path] = []
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _os_error_text(exc: OSError) -> str:

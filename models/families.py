@@ -25,7 +25,7 @@ prior instead of Uniform(0, 1), so the noisier points stay inside the prior's su
 sigma when sigma_ratio = 1, one per component otherwise.
 
 A point's name spells every axis but N: ``lines-K2-D1-sep2-wmin0.5-sr1``; ``get_scenario``
-accepts it anywhere a built-in scenario name is accepted, so cells (bench.harness) carry a family
+accepts it anywhere a built-in scenario name is accepted, so cells (bench.run.harness) carry a family
 point exactly like a built-in scenario.
 """
 
@@ -156,7 +156,7 @@ class FamilyPoint:
 
     @property
     def params(self) -> dict[str, float | int]:
-        """The point's axes as row columns (bench.harness.cell_ids)."""
+        """The point's axes as row columns (bench.run.harness.cell_ids)."""
         return {a: getattr(self, a) for a in NAME_AXES}
 
     @property

@@ -77,7 +77,7 @@ MODEL_SPECS = {**AGREEMENT_SPECS, **SCALE_PRIOR_SPECS, **VARIANT_SPECS}
 
 def pytest_configure(config):
     # Cell processes import the engines: without bytecode each would compile them from source.
-    from bench.bytecode import ensure_bytecode
+    from bench.run.bytecode import ensure_bytecode
 
     ensure_bytecode()
 

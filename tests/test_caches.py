@@ -13,10 +13,18 @@ import cloudpickle
 import pytest
 
 from backends.base import Backend, Fit, stopwatch
-from backends.caches import (CacheWarning, build_lock, cache_root, evict, mark_used, private_dir, set_wait_listener,
-                             source_digest)
+from backends.caches import (
+    CacheWarning,
+    build_lock,
+    cache_root,
+    evict,
+    mark_used,
+    private_dir,
+    set_wait_listener,
+    source_digest,
+)
 from backends.engine_caches import check_cache_dirs
-from bench.executors import WAIT_MESSAGE, WaitClock, over_limit, receive_row
+from bench.run.executors import WAIT_MESSAGE, WaitClock, over_limit, receive_row
 from models.errors import MixbenchError
 from models.scenarios import get_scenario
 

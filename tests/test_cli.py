@@ -74,7 +74,7 @@ def test_option_values_checked_before_any_cell(tmp_path, args, needle):
 
 def test_fit_bytes_counts_draws_parameters_and_log_likelihood():
     from backends.base import FitSettings
-    from bench.preflight import LOO_MAX_VALUES, fit_bytes
+    from bench.run.preflight import LOO_MAX_VALUES, fit_bytes
     from models.spec import MixtureSpec
 
     spec = MixtureSpec(K=3, D=2, intercept=True, sigma="per-component")  # 6 w + 3 b + 3 sigma + 3 pi
@@ -190,7 +190,7 @@ def refuse_writes_under(directory: Path, monkeypatch):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A run directory with one ok row, its run.json and its slope trace."""
-    from bench.harness import RunOptions, make_grid, run_grid
+    from bench.run.harness import RunOptions, make_grid, run_grid
 
     out = tmp_path_factory.mktemp("finished") / "run"
     cells = make_grid(["forum-small"], [QUICK], ["nuts"], [0], settings={"chains": 2, "draws": 100}, n=200)
@@ -319,7 +319,7 @@ def test_a_full_disk_without_a_file_name_names_the_output_directory(run_dir, tmp
 
 
 def test_run_on_a_full_disk_goes_on_and_says_which_rows_are_missing(tmp_path, capsys, monkeypatch):
-    import bench.harness as harness
+    import bench.run.harness as harness
 
     monkeypatch.setattr(harness, "_write_all", _disk_full)
     out = tmp_path / "out"
@@ -354,7 +354,7 @@ def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
 
 def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monkeypatch):
     import backends.stan
-    import bench.availability as availability
+    import bench.run.availability as availability
 
     monkeypatch.setattr(backends.stan, "cmdstan_path", lambda: None)
     monkeypatch.setattr(availability, "cmdstan_path", lambda: None)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.bytecode import STAMP, ensure_bytecode
-from bench.cli import Progress, build_parser, main
+from bench.cli import build_parser, main
+from bench.run.progress import Progress
+from bench.run.bytecode import STAMP, ensure_bytecode
 from models.errors import MixbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,11 +72,11 @@ def test_the_benchmark_suite_takes_the_options_of_mixbench_run():
 
 
 def test_the_benchmark_suite_builds_the_same_grid_as_mixbench_run():
-    from bench.cli import _cells_from_args
+    from bench.run.plan import run_cells
 
     args = ["--backends", "tests.fake_backends:QuickBackend", "--methods", "nuts,map", "--seeds", "0-2",
             "--N", "200,400", "--chains", "3"]
-    expected = sorted(c.id for c in _cells_from_args(build_parser().parse_args(["run", *args]))[0])
+    expected = sorted(c.id for c in run_cells(build_parser().parse_args(["run", *args]))[0])
     result = subprocess.run([sys.executable, "-m", "pytest", "bench/benchmarks/test_fits.py", "--collect-only", "-q",
                              "-p", "no:cacheprovider", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     collected = [line for line in result.stdout.splitlines() if "test_fit[" in line]

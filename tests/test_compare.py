@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.compare import METRICS, NOISE_FACTOR, compare, verdicts
-from bench.executors import WarmProcessExecutor
-from bench.harness import RunOptions, make_grid, run_grid
+from bench.report.compare import METRICS, NOISE_FACTOR, compare, verdicts
+from bench.run.executors import WarmProcessExecutor
+from bench.run.harness import RunOptions, make_grid, run_grid
 from models.errors import MixbenchError
 
 BIASED = "tests.fake_backends:BiasedBackend"

@@ -12,15 +12,15 @@ import pytest
 
 from backends import FitSettings, get_backend
 from backends.gradients import fixed_point
-from bench.costs import (
+from bench.report.costs import (
     compile_cache_table,
     cost_record,
     gradient_cost_table,
     harness_overhead_table,
     nuts_cost_curve_table,
 )
-from bench.gradient import finite_difference_gradient, gradient_problem, time_calls
-from bench.report import load_inputs, write_report
+from bench.report.document import load_inputs, write_report
+from bench.run.gradient import finite_difference_gradient, gradient_problem, time_calls
 from models import Dataset, log_density, random_point
 from tests.conftest import make_data
 
@@ -325,8 +325,8 @@ def test_report_with_cells_at_several_n_has_the_curve_and_overhead(tmp_path):
 # --- the harness records its own overhead ----------------------------------------------------
 
 def test_harness_rows_time_startup_fit_and_total(tmp_path):
-    from bench.executors import LocalProcessExecutor
-    from bench.harness import RunOptions, make_grid
+    from bench.run.executors import LocalProcessExecutor
+    from bench.run.harness import RunOptions, make_grid
 
     cells = make_grid(["forum-small"], [FAKE], ["nuts"], [0], settings={"chains": 2, "draws": 50}, n=200)
     rows: list[dict] = []
@@ -343,12 +343,12 @@ def test_harness_rows_time_startup_fit_and_total(tmp_path):
 def test_forkserver_cells_see_the_parents_current_environment(tmp_path, monkeypatch):
     """Cells fork from a server started earlier; a variable the parent sets afterwards reaches
     them, as it would reach a spawned process."""
-    from bench.executors import LocalProcessExecutor, preload_modules
-    from bench.harness import RunOptions, make_grid
+    from bench.run.executors import LocalProcessExecutor, preload_modules
+    from bench.run.harness import RunOptions, make_grid
     from tests.fake_backends import MARKER_ENV, executions
 
     cells = make_grid(["forum-small"], [FAKE], ["nuts"], [0, 1], settings={"chains": 1, "draws": 20}, n=100)
-    assert "tests.fake_backends" in preload_modules(cells) and "bench.metrics" in preload_modules(cells)
+    assert "tests.fake_backends" in preload_modules(cells) and "bench.score.metrics" in preload_modules(cells)
     for seed, name in enumerate(("first.txt", "second.txt")):
         monkeypatch.setenv(MARKER_ENV, str(tmp_path / name))
         LocalProcessExecutor().run(cells[seed:seed + 1], RunOptions(out_dir=tmp_path / "out"), lambda row: None)
@@ -357,8 +357,9 @@ def test_forkserver_cells_see_the_parents_current_environment(tmp_path, monkeypa
 
 
 def test_cli_accepts_several_sizes_and_makes_one_cell_per_size():
-    from bench.cli import _cells_from_args, build_parser
+    from bench.cli import build_parser
+    from bench.run.plan import run_cells
 
     args = build_parser().parse_args(["run", "--backends", FAKE, "--N", "1e3,10000", "--seeds", "0,1"])
-    cells, _ = _cells_from_args(args)
+    cells, _ = run_cells(args)
     assert sorted({c.n for c in cells}) == [1_000, 10_000] and len(cells) == 4

@@ -3,7 +3,7 @@
 import pytest
 
 from backends import FitSettings, get_backend
-from bench.metrics import evaluate
+from bench.score.metrics import evaluate
 from models import get_scenario
 
 BACKENDS = ["pymc", "numpyro", pytest.param("stan", marks=pytest.mark.stan)]

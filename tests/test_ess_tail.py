@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backends.base import canonical_datatree
-from bench.metrics import efficiency
+from bench.score.metrics import efficiency
 from models.scenarios import get_scenario
 
 FORUM = get_scenario("forum-small")

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.dask_executor import DaskExecutor
-from bench.executor_choice import make_executor
-from bench.executors import LocalProcessExecutor, WarmProcessExecutor
-from bench.harness import Cell, RunOptions, make_grid, read_rows, run_grid
+from bench.run.dask_executor import DaskExecutor
+from bench.run.executor_choice import make_executor
+from bench.run.executors import LocalProcessExecutor, WarmProcessExecutor
+from bench.run.harness import Cell, RunOptions, make_grid, read_rows, run_grid
 from models.errors import MixbenchError
 from tests.fake_backends import MARKER_ENV, PIDS_ENV, RELEASE_ENV, alive, execution_pid, executions, wait_until
 
@@ -218,8 +218,8 @@ def test_busy_workers_are_never_taken_for_gone_whatever_the_client_cached(monkey
 
 
 def test_cli_refuses_an_unreachable_scheduler_in_one_line(tmp_path, monkeypatch, capsys):
-    from bench import dask_executor
     from bench.cli import main
+    from bench.run import dask_executor
 
     monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT", 2.0)
     code = main(["run", "--backends", FAKE + "QuickBackend", "--reference", "none", "--N", "200",

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.executors import LocalProcessExecutor
-from bench.harness import (Cell, RowStore, RunOptions, execute_cell, make_grid, read_rows, run_grid, run_lock)
+from bench.run.executors import LocalProcessExecutor
+from bench.run.harness import Cell, RowStore, RunOptions, execute_cell, make_grid, read_rows, run_grid, run_lock
 from models.errors import MixbenchError, MixbenchWarning
 from tests.fake_backends import MARKER_ENV, PIDS_ENV, alive, executions, recorded_pids, wait_until
 
@@ -107,8 +107,8 @@ def test_run_killed_midway_keeps_finished_rows_resumes_and_takes_its_cell_with_i
     # backend's cells first, so with one worker the quick cells all run before the sleeper.
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from bench.executors import {executor}
-        from bench.harness import Cell, RunOptions, make_grid, run_grid
+        from bench.run.executors import {executor}
+        from bench.run.harness import Cell, RunOptions, make_grid, run_grid
         fake = "tests.fake_backends:"
         cells = make_grid(["forum-small"], [fake + "QuickBackend"], ["nuts"], [0, 1],
                           settings={{"chains": 2, "draws": 100}}, n=200)
@@ -211,7 +211,7 @@ def test_every_line_is_checked_and_unreadable_ones_are_named_by_number(tmp_path)
 
 
 def test_a_row_that_cannot_be_written_does_not_abort_the_run(tmp_path, marker, monkeypatch):
-    import bench.harness as harness
+    import bench.run.harness as harness
 
     real_write = harness._write_all
     calls = []

@@ -10,9 +10,11 @@ import pytest
 from scipy import special, stats
 
 from backends.base import Fit, canonical_datatree
-from bench.metrics import ROW_FIELDS, MetricSettings, evaluate
-from bench.problem import Problem
-from bench.reference import Reference, canonical_relabel
+from bench.reference.posterior import Reference, canonical_relabel
+from bench.score.columns import ROW_FIELDS
+from bench.score.metrics import evaluate
+from bench.score.problem import Problem
+from bench.score.settings import MetricSettings
 from models import Dataset, MixtureSpec, get_scenario, log_density
 from models.scenarios import Scenario
 
@@ -336,9 +338,9 @@ def test_a_map_8_nats_below_another_fits_optimum_has_not_reached_the_mode(proble
     import pandas as pd
     import xarray as xr
 
-    from bench.findings import setup_findings
-    from bench.landing import points_against_best_optimum
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
+    from bench.score.landing import points_against_best_optimum
 
     top, low = _top_and_8_nats_below(problem, reference)
     post = scattered(FORUM.truth, 1, 4000, {k: 3 * v for k, v in SD.items()}, seed=5)

@@ -15,7 +15,7 @@ from scipy import optimize, special, stats
 
 from backends import get_backend
 from backends.base import FitSettings
-from bench.metrics import psis_khat
+from bench.score.metrics import psis_khat
 from models import Dataset, MixtureSpec, SigmaPrior, get_scenario, log_density
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",

@@ -11,9 +11,8 @@ import pytest
 from scipy import stats
 
 from backends.base import Fit, canonical_datatree
-from bench.metrics import (
-    ROW_FIELDS,
-    MetricSettings,
+from bench.score.columns import ROW_FIELDS
+from bench.score.metrics import (
     count_switches,
     evaluate,
     khat_label,
@@ -22,7 +21,8 @@ from bench.metrics import (
     recovery,
     wasserstein_marginals,
 )
-from bench.relabel import perm_codes, relabel
+from bench.score.relabel import perm_codes, relabel
+from bench.score.settings import MetricSettings
 from models.scenarios import get_scenario
 
 FORUM = get_scenario("forum-small")  # K = 2, D = 1, shared sigma: slopes 3 / -1, sigma 0.1
@@ -443,7 +443,7 @@ def test_perm_codes_order_the_identity_first():
 
 
 def test_khat_is_infinite_when_one_draw_carries_all_the_weight():
-    from bench.metrics import psis_khat
+    from bench.score.metrics import psis_khat
 
     rng = np.random.default_rng(0)
     log_q = np.zeros(1000)

@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 
 from backends.base import Fit, canonical_datatree
-from bench.predictive import loo_keep, loo_metrics
-from bench.problem import Problem
+from bench.score.predictive import loo_keep, loo_metrics
+from bench.score.problem import Problem
 from models import Dataset, get_scenario
 
 

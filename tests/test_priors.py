@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cli import _cells_from_args, build_parser
-from bench.harness import load_cell_data
+from bench.cli import build_parser
+from bench.run.plan import run_cells
+from bench.run.harness import load_cell_data
 from models import MixbenchError, MixtureSpec, NormalPrior, SigmaPrior
 from models.oracle import log_prior
 from models.priors import load_spec_file, normal_prior_text, pi_alpha_text, sigma_prior_text
@@ -112,7 +113,7 @@ def test_cli_priors_override_the_spec_file_and_reach_the_cell(tmp_path):
     spec_file.write_text(LOW_DIM_GAUSS_MIX)
     args = build_parser().parse_args(["run", "--data", str(data), "--spec", str(spec_file), "--sigma-prior",
                                       "halfnormal:3", "--backends", "numpyro", "--standardize"])
-    cells, _ = _cells_from_args(args)
+    cells, _ = run_cells(args)
     spec, dataset = load_cell_data(cells[0])
     assert spec.D == 0 and spec.sigma_prior == SigmaPrior("halfnormal", 3.0) and spec.pi_alpha == 5.0
     assert cells[0].standardize and "standardize" in cells[0].setup

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import stats
 
 from backends.base import Fit, canonical_datatree
-from bench.problem import Problem, batch_log_density
+from bench.score.problem import Problem, batch_log_density
 from models import Dataset, MixtureSpec, log_density, random_point
 from models.oracle import log_likelihood_terms
 from models.standardize import Standardization

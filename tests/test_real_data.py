@@ -11,10 +11,11 @@ import pytest
 
 from backends import get_backend
 from backends.base import FitSettings
-from bench.metrics import MetricSettings, evaluate
-from bench.problem import Problem
-from bench.reference import ReferenceSettings, make_reference
-from bench.relabel import posterior_dataset, relabel
+from bench.reference.posterior import ReferenceSettings, make_reference
+from bench.score.metrics import evaluate
+from bench.score.problem import Problem
+from bench.score.relabel import posterior_dataset, relabel
+from bench.score.settings import MetricSettings
 from models import Dataset, MixtureSpec, NormalPrior, SigmaPrior, get_scenario, log_density
 from models.scenarios import Scenario
 from tests.em import em_mixture

@@ -10,8 +10,7 @@ import pytest
 import xarray as xr
 
 from backends.base import Backend, Fit, FitSettings, canonical_datatree
-from bench.problem import Problem
-from bench.reference import (
+from bench.reference.posterior import (
     ReferenceSettings,
     load_reference,
     make_reference,
@@ -20,6 +19,7 @@ from bench.reference import (
     resolve_reference,
     write_reference,
 )
+from bench.score.problem import Problem
 from models import MixbenchError, get_scenario, log_density
 from models.data import Dataset
 
@@ -279,8 +279,8 @@ def test_prior_scale_and_degenerate_components_are_named(data):
     post = iid_draws(truth, chains=2, draws=200, sd=1e-8)
     draws = _tree(post)
     lp, _ = problem.draw_log_densities(draws, per_chain=200)
-    from bench.reference import canonical_relabel, diagnostics
-    from bench.reference_advice import diagnose
+    from bench.reference.advice import diagnose
+    from bench.reference.posterior import canonical_relabel, diagnostics
 
     kept, _ = canonical_relabel(draws, lp, SPEC)
     causes = {c["cause"]: c for c in diagnose(draws, lp, kept, {"rhat": False}, diagnostics(kept), 0, SPEC,
@@ -295,7 +295,7 @@ def test_prior_scale_and_degenerate_components_are_named(data):
 
 
 def test_a_missing_diagnostic_is_said_so_not_printed_as_a_dash():
-    from bench.reference import _checks
+    from bench.reference.posterior import _checks
 
     diag = {"rhat_max": float("nan"), "ess_bulk_min": 500.0, "ess_tail_min": 500.0}
     _, reasons = _checks(diag, 0, 100, 1, ReferenceSettings(min_chains=1))

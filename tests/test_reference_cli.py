@@ -3,6 +3,7 @@ labelling for every row, modes, W1, PSIS-LOO and flags in the rows and the repor
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.cli
-import bench.reference
+import bench.run.references
+import bench.reference.posterior
 from bench.cli import main
-from bench.harness import read_rows
+from bench.run.harness import read_rows
 from models import get_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def data_file(tmp_path) -> Path:
 def references(tmp_path, monkeypatch) -> Path:
     """References go to a temporary directory; the compile caches stay where they are."""
     directory = tmp_path / "references"
-    monkeypatch.setattr(bench.reference, "references_dir", lambda: directory)
+    monkeypatch.setattr(bench.reference.posterior, "references_dir", lambda: directory)
     return directory
 
 
@@ -88,31 +89,39 @@ def test_a_reference_for_other_data_is_refused_by_run(tmp_path, data_file, refer
 
 
 QUICK = "tests.fake_backends:QuickBackend"
-REAL_MAKE = bench.reference.make_reference
+REAL_MAKE = bench.reference.posterior.make_reference
 
 
-def _fake_reference(monkeypatch, backend: str, calls: list) -> None:
-    """The reference NUTS run replaced by a fake backend's (tests.test_reference), keeping the
-    settings it was asked for (so the cache keys are the real ones); calls are counted."""
+def fake_make(backend: str, calls: Path, problem, settings, **kwargs):
+    """A reference NUTS run by a fake backend (tests.test_reference), keeping the settings it was
+    asked for (so the cache keys are the real ones); each call adds a line to ``calls``. Module
+    level: the reference cell's worker gets it by name."""
     import dataclasses
 
-    def make(problem, settings, **kwargs):
-        calls.append(settings)
-        fake = dataclasses.replace(settings, method="nuts", backend=backend, chains=4, warmup=0, ess_min=100,
-                                   draws=min(settings.draws, 1000))
-        made = REAL_MAKE(problem, fake, **kwargs)
-        made.info["made_by"]["settings"] = settings.to_dict()  # it stands in for the run asked for
-        return made
+    with open(calls, "a") as fh:
+        fh.write(f"{settings.draws}\n")
+    fake = dataclasses.replace(settings, method="nuts", backend=backend, chains=4, warmup=0, ess_min=100,
+                               draws=min(settings.draws, 1000))
+    made = REAL_MAKE(problem, fake, **kwargs)
+    made.info["made_by"]["settings"] = settings.to_dict()  # it stands in for the run asked for
+    return made
 
-    monkeypatch.setattr(bench.reference, "make_reference", make)
-    monkeypatch.setattr(bench.cli, "make_reference", make)  # the command line's own name for it
+
+def _fake_reference(monkeypatch, backend: str, calls: Path) -> None:
+    """Reference cells (bench.run.references) make their reference with ``fake_make``."""
+    monkeypatch.setattr(bench.run.references, "make_reference", functools.partial(fake_make, backend, calls))
+
+
+def _made(calls: Path) -> int:
+    """How many references the fake made, in whatever process it ran."""
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
 
 
 def test_a_reference_that_fails_its_checks_stops_nothing(tmp_path, data_file, references, monkeypatch, capsys):
     """The default run (--reference auto) on data whose reference fails: exit 0, every cell's row,
     the provisional reference's failed checks and cause in the console and report, no claim that
     any fit reached it. A later accepted reference (made with more draws) replaces it in later runs."""
-    calls: list = []
+    calls = tmp_path / "calls"
     _fake_reference(monkeypatch, "tests.test_reference:SwitchingBackend", calls)
     run_dir = tmp_path / "run"
     args = ["run", "--data", str(data_file), *SPEC_ARGS, "--backends", QUICK, "--seeds", "0,1", "--chains", "2",
@@ -130,21 +139,22 @@ def test_a_reference_that_fails_its_checks_stops_nothing(tmp_path, data_file, re
     assert "The reference posterior is provisional: it failed R-hat" in report
     assert "Cause (modes)" in report and "scored against a provisional reference posterior" in report
     assert "reached the reference" not in report.lower() and "reached the reference" not in captured.out.lower()
-    assert len(calls) == 1
+    assert _made(calls) == 1
 
     # `mixbench reference --draws 2000` then makes an accepted one (here a fake that passes) ...
     _fake_reference(monkeypatch, "tests.test_reference:PoorModeBackend", calls)
     assert main(["reference", "--data", str(data_file), *SPEC_ARGS, "--draws", "2000"]) == 0
-    assert "accepted" in capsys.readouterr().out and len(calls) == 2
+    assert "accepted" in capsys.readouterr().out and _made(calls) == 2
     # ... and the same default run uses it, not the provisional one it made first, and makes none.
     assert main(args) == 0
-    assert len(calls) == 2
+    assert _made(calls) == 2
     rows = [r for r in read_rows(run_dir / "cells.jsonl") if r.get("reference_status") == "accepted"]
     assert len(rows) == 2 and "provisional" not in capsys.readouterr().err
 
 
-def test_mixbench_reference_reuses_an_identical_accepted_reference(data_file, references, monkeypatch, capsys):
-    calls: list = []
+def test_mixbench_reference_reuses_an_identical_accepted_reference(tmp_path, data_file, references, monkeypatch,
+                                                                   capsys):
+    calls = tmp_path / "calls"
     _fake_reference(monkeypatch, "tests.test_reference:PoorModeBackend", calls)
     args = ["reference", "--data", str(data_file), *SPEC_ARGS, "--draws", "1000"]
     assert main(args) == 0
@@ -153,11 +163,11 @@ def test_mixbench_reference_reuses_an_identical_accepted_reference(data_file, re
     created = json.loads((made / "info.json").read_text())["created"]
     assert main(args) == 0
     again = capsys.readouterr().out
-    assert len(calls) == 1 and f"cached, not rerun: {made}" in again
+    assert _made(calls) == 1 and f"cached, not rerun: {made}" in again
     assert first.splitlines()[0] == again.splitlines()[0]  # the same description: what it found
     assert json.loads((made / "info.json").read_text())["created"] == created
     # Other settings are another reference: made.
-    assert main([*args[:-1], "1200"]) == 0 and len(calls) == 2
+    assert main([*args[:-1], "1200"]) == 0 and _made(calls) == 2
 
 
 def test_without_a_reference_no_fit_is_said_to_reach_one(tmp_path, data_file, references, capsys):
@@ -193,7 +203,7 @@ def test_the_default_run_on_an_over_fitted_k_runs_every_cell(tmp_path, reference
     info = json.loads((made / "info.json").read_text())
     assert not info["accepted"] and info["status"] == "provisional" and info["causes"]
     # The empty component's weight, recomputed from the reference's own draws.
-    pi = np.asarray(bench.reference.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
+    pi = np.asarray(bench.reference.posterior.load_reference(made).posterior["pi"].mean(("chain", "draw")).values)
     (empty,) = [c for c in info["causes"] if c["cause"] == "empty_component"]
     assert f"about {pi.min() * 40:.1f} of 40 points" in empty["evidence"] and "--K 2" in empty["advice"]
     assert "empty_component:" in err and "provisional reference (failed:" in err

@@ -7,9 +7,9 @@ import pytest
 from scipy import special
 
 from backends.base import canonical_datatree
-from bench.mode_mass import bridge_log_z, importance_log_z, masses, mode_log_z
-from bench.modes import POOR_MASS, fit_answer, land, mode_columns, modes_table_lines
-from bench.problem import Problem, batch_log_density
+from bench.reference.mode_mass import bridge_log_z, importance_log_z, masses, mode_log_z
+from bench.score.modes import POOR_MASS, fit_answer, land, mode_columns, modes_table_lines
+from bench.score.problem import Problem, batch_log_density
 from models.data import Dataset
 from models.oracle import log_density
 from models.spec import MixtureSpec, NormalPrior, SigmaPrior
@@ -100,7 +100,7 @@ def _mirror_problem() -> Problem:
 
 @pytest.mark.slow
 def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_are_named_by_mode(tmp_path):
-    from bench.reference import ReferenceSettings, make_reference
+    from bench.reference.posterior import ReferenceSettings, make_reference
 
     problem = _mirror_problem()
     ref = make_reference(problem, ReferenceSettings(explore_chains=8, explore_warmup=200, explore_draws=100,
@@ -133,7 +133,7 @@ def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_a
     assert land(point, ref.modes, 2) == right["name"]
     assert ref.info["checks"]["mass_precision"]
     # The modes table travels with the posteriordb files.
-    from bench.reference import load_reference, write_reference
+    from bench.reference.posterior import load_reference, write_reference
 
     again = load_reference(write_reference(ref, tmp_path / "ref"), problem)
     assert [m["mass_bridge"] for m in again.modes] == pytest.approx([m["mass_bridge"] for m in ref.modes])
@@ -167,7 +167,7 @@ def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences
 def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():
     from types import SimpleNamespace
 
-    from bench.reference_modes import _mixture, allocate
+    from bench.reference.modes import _mixture, allocate
 
     spec = MixtureSpec(K=2, D=0, intercept=True, sigma="per-component")
 

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.figures import component_lines, point_from_row, running_error
-from bench.frequencies import wilson_interval
-from bench.findings import findings
-from bench.glossary import WORDS, describe
-from bench.report import build_report, load_inputs, write_report
-from bench.tables import assign_fit_ids, fit_summary, fmt, problems_table, report_tables, split_wide, Table
+from bench.report.document import build_report, load_inputs, write_report
+from bench.report.figures import component_lines, point_from_row, running_error
+from bench.report.findings import findings
+from bench.report.frequencies import wilson_interval
+from bench.report.glossary import WORDS, describe
+from bench.report.tables import Table, assign_fit_ids, fit_summary, fmt, problems_table, report_tables, split_wide
 from tests.fake_backends import MARKER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_report_from_the_saved_json_contains_every_cell(bench_session, tmp_path)
     html = paths["html"].read_text()
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     # No VI, so no k-hat figure; no slope traces: they lie in the session's --out folder, which the
-    # rows name but the report was not given (bench.run_files: nothing outside the inputs is read).
+    # rows name but the report was not given (bench.report.run_files: nothing outside the inputs is read).
     assert figures == ["anytime_1.png", "data_fits_1.png", "landings.png", "recovery_error.png", "time_split.png"]
     assert html.count("<figure ") == len(figures) and html.count("data:image/png;base64,") == len(figures)
 
@@ -189,7 +189,7 @@ def test_every_finding_is_traceable_to_its_table_rows():
 
 
 def test_findings_without_truth_say_reference_not_truth(capsys):
-    from bench.summary import print_summary
+    from bench.report.summary import print_summary
 
     rows = _known_rows(truth=False)
     _, fits, tables, found = _report_parts(rows)
@@ -260,7 +260,7 @@ def test_glossary_explains_every_column_and_every_mode_word(bench_session, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     (run / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from tests.test_costs import _cost_json, _cell_rows
+    from tests.test_costs import _cell_rows, _cost_json
 
     (run / "cells.jsonl").open("a").write("".join(json.dumps(r) + "\n" for r in _cell_rows()))
     _, _, _, _, tables, environment = build_report([run, json_path, _cost_json(tmp_path / "c.json")], tmp_path / "f")
@@ -363,7 +363,7 @@ def browser_check(page: Path, width: int, tmp_path: Path) -> tuple[dict, list[st
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
 def test_html_report_fits_the_viewport_with_no_console_error(bench_session, tmp_path):
     _, json_path, _ = bench_session
-    from tests.test_costs import _cost_json, _cell_rows
+    from tests.test_costs import _cell_rows, _cost_json
 
     run = tmp_path / "run"
     run.mkdir()
@@ -414,7 +414,7 @@ def test_the_printed_summary_for_k3_d2_fits_100_columns(capsys):
     """K = 3, D = 2 with intercepts and per-component sigmas: 15 parameters and 5 time columns
     (176 characters on one line before) print as blocks no wider than 100 characters, each with
     the key columns, every value shown once."""
-    from bench.summary import print_summary
+    from bench.report.summary import print_summary
 
     names = ([f"w[{k},{d}]" for k in range(3) for d in range(2)] + [f"b[{k}]" for k in range(3)]
              + [f"sigma[{k}]" for k in range(3)] + [f"pi[{k}]" for k in range(3)])
@@ -435,8 +435,8 @@ def test_the_printed_summary_for_k3_d2_fits_100_columns(capsys):
 def test_findings_name_the_prior_scale_as_the_cause_of_at_bound_fits():
     """With the run's prior-scale warning, the at-bound and collapsed fits get a sentence naming it
     as their cause; a fit without those flags is not named, and without the warning nothing is said."""
-    from bench.findings import setup_findings
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
 
     base = {"scenario": "d.csv", "setup": "default", "method": "nuts", "status": "ok", "mode": "reference",
             "reference_source": "reference", "chains_disagree": False, "N": 150}

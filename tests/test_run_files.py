@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bench.harness
-import bench.run_files
-from bench.harness import RunOptions, make_grid, run_grid
-from bench.report import write_report
-from bench.run_files import DATA_DIR, MAX_SIMULATED, file_in_runs
+import bench.report.run_files
+import bench.run.harness
+from bench.report.document import write_report
+from bench.report.run_files import DATA_DIR, MAX_SIMULATED, file_in_runs
+from bench.run.harness import RunOptions, make_grid, run_grid
 
 QUICK = "tests.fake_backends:QuickBackend"
 HTML_NAME = "<img src=x onerror=alert(1)>"
@@ -71,7 +71,7 @@ def test_a_hostile_results_folder_is_refused_item_by_item(good_run, tmp_path, mo
         read.append(Path(path))
         return load_csv(path, *a, **k)
 
-    for module in (datafile, bench.run_files, bench.harness):  # every module that reads data files
+    for module in (datafile, bench.report.run_files, bench.run.harness):  # every module that reads data files
         monkeypatch.setattr(module, "load_csv", spy)
     paths = write_report([hostile], tmp_path / "out")
     md = paths["markdown"].read_text()
@@ -111,7 +111,7 @@ def test_rows_of_an_edited_data_file_are_kept_apart_from_the_new_ones(tmp_path, 
     """Edit the data and rerun into the same folder: the new content's cell runs, the old row
     stays, and the report shows two setups of one seed each (not one fit with 2 of 2 seeds)."""
     from bench.cli import main
-    from bench.report import load_inputs
+    from bench.report.document import load_inputs
     from models.datafile import data_digest
 
     data = tmp_path / "lines.csv"

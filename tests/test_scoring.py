@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.metrics as metrics
+import bench.score.metrics as metrics
 from backends.base import Fit, canonical_datatree
-from bench.metrics import MetricSettings, evaluate, score_fit
-from bench.problem import Problem
+from bench.score.metrics import evaluate, score_fit
+from bench.score.problem import Problem
+from bench.score.settings import MetricSettings
 from models import MixtureSpec
 from models.scenarios import Scenario, get_scenario
 
@@ -216,8 +217,8 @@ def test_map_keeps_the_best_non_degenerate_optimum_and_records_the_spike(monkeyp
 def test_a_degenerate_chain_is_flagged_with_its_points_never_above_the_reference_nor_best_by_elpd():
     """NUTS-like draws: chain 0 in the sound mode, chain 1 with sigma[1] at 1e-13 on the ties.
     The flag names the component and its 10 points, the chain is not 'above-reference'."""
-    from bench.reference import Reference
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.reference.posterior import Reference
+    from bench.report.tables import assign_fit_ids, fit_summary
 
     spec, data = _tied_data()
     problem = Problem.make(spec, data)
@@ -257,7 +258,7 @@ def test_a_degenerate_chain_is_flagged_with_its_points_never_above_the_reference
     fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
     assert fits.loc["u", "elpd_loo_diff"] == 0  # ... yet the sound fit is the best
     assert fits.loc["v", "elpd_loo_diff"] == pytest.approx(spike_row["elpd_loo"] - sound_row["elpd_loo"])
-    from bench.findings import setup_findings
+    from bench.report.findings import setup_findings
 
     text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
     assert "the best fit of these data is u / nuts" in text
@@ -270,7 +271,7 @@ def test_w1_floor_of_a_known_normal_matches_two_exact_samples():
     such samples, here from 2000 simulated pairs (sd of the 200-scalar mean about 1.5%)."""
     from scipy.stats import wasserstein_distance
 
-    from bench.metrics import w1_floor
+    from bench.score.metrics import w1_floor
 
     rng = np.random.default_rng(0)
     floors = w1_floor(rng.standard_normal((4000, 200)), 250, seed=1)
@@ -288,8 +289,8 @@ def test_paired_elpd_se_equals_arviz_stats_compare():
     import arviz_stats as azs
     import xarray as xr
 
-    from bench.findings import setup_findings
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
 
     data = FORUM.simulate(3, N=120)
     problem = Problem.make(FORUM.spec, data)
@@ -325,8 +326,8 @@ def test_paired_elpd_se_equals_arviz_stats_compare():
 
 def test_findings_name_the_largest_gap_in_each_direction():
     """A fit whose chains sit 0.08 nats below and 224 nats above: both extremes are in the sentence."""
-    from bench.findings import setup_findings
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
 
     row = {"scenario": "s", "setup": "default", "backend": "numpyro", "method": "nuts", "status": "ok",
            "mode": "mixed", "lp_gap": 0.08, "lp_gap_chains": "0.08;-224", "reference_source": "reference",
@@ -340,8 +341,8 @@ def test_paired_elpd_se_with_subsampled_observations_estimates_the_full_one():
     """N = 3000 above loo_max_obs = 300: every fit of the data subsamples the same observations
     (seeded by the data's digest), so their pointwise values pair, and the paired se estimated
     from them agrees with the full-data one (arviz-stats' compare on all 3000 observations)."""
-    from bench.predictive import subsample_seed
-    from bench.tables import assign_fit_ids, fit_summary
+    from bench.report.tables import assign_fit_ids, fit_summary
+    from bench.score.predictive import subsample_seed
 
     data = FORUM.simulate(4, N=3000)
     problem = Problem.make(FORUM.spec, data)

@@ -17,7 +17,7 @@ from scipy.optimize import minimize
 from backends import FitSettings
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.stan import NO_CMDSTAN, cmdstan_path
-from bench.metrics import psis_khat
+from bench.score.metrics import psis_khat
 from models import Dataset, MixtureSpec, get_scenario, log_density
 
 pytestmark = [pytest.mark.stan, pytest.mark.cmdstan,

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from bench.frequencies import breaking_points, landing_frequencies, wilson_interval
-from bench.sweep import parse_method_line, parse_vary, plan_cells, sweep_points
+from bench.report.frequencies import breaking_points, landing_frequencies, wilson_interval
+from bench.run.sweep import parse_method_line, parse_vary, plan_cells, sweep_points
 from models.errors import MixbenchError
 from models.families import FamilyPoint, parse_point, point_params, separation
 from models.scenarios import SCENARIOS, get_scenario
@@ -262,8 +262,8 @@ def test_a_small_real_sweep_end_to_end_and_resume_after_a_kill(tmp_path):
 
 
 def test_sweep_tables_show_shares_and_every_column_is_in_the_glossary(hand_rows):
-    from bench.glossary import describe
-    from bench.sweep import sweep_tables
+    from bench.report.glossary import describe
+    from bench.report.sweep_tables import sweep_tables
 
     tables = {t.key: t for t in sweep_tables(hand_rows)}
     assert set(tables) == {"sweep-landings", "sweep-switching", "sweep-breaking"}

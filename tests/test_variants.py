@@ -108,7 +108,7 @@ def test_relabelling_shared_slopes_restores_labels_and_keeps_the_rows_equal():
     """w keeps its component axis with K equal rows: a permutation leaves it unchanged, so the
     relabelling is decided by the intercepts, scales and weights alone, as without sharing."""
     from backends.base import canonical_datatree
-    from bench.relabel import relabel
+    from bench.score.relabel import relabel
 
     spec = get_scenario("shared-slopes").spec
     truth = {"w": np.full((2, 1), 1.5), "b": np.array([-1.0, 1.0]), "sigma": np.array([0.3, 0.6]),
@@ -148,9 +148,9 @@ def test_numpyro_nuts_on_shared_slopes_draws_one_slope_near_the_mode():
 
 @pytest.mark.parametrize("name", list(VARIANT_SPECS))
 def test_scoring_log_density_of_many_points_is_the_oracle(name):
-    """bench.problem.batch_log_density (what W1, elpd and the reference score with) on the
+    """bench.score.problem.batch_log_density (what W1, elpd and the reference score with) on the
     variants, against the oracle point by point, log density and pointwise log likelihood."""
-    from bench.problem import batch_log_density
+    from bench.score.problem import batch_log_density
     from models import random_point
     from models.oracle import log_likelihood_terms
 

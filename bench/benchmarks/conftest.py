@@ -16,13 +16,16 @@ row in ``extra_info``; ``--benchmark-autosave`` and ``--benchmark-compare`` work
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from bench.cli import _cells_from_args, _reference_settings, attach_references, build_parser
-from bench.harness import Cell
+from bench.cli import build_parser
+from bench.run.plan import reference_settings, run_cells
+from bench.run.references import attach_references
+from bench.run.harness import Cell
 from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.
@@ -60,7 +63,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    from bench.bytecode import ensure_bytecode
+    from bench.run.bytecode import ensure_bytecode
 
     ensure_bytecode()
 
@@ -70,9 +73,10 @@ def _grid(config) -> list[Cell]:
     if options.scenario is not None and options.data is not None:
         raise pytest.UsageError("--scenario and --data: give one or the other")
     try:
-        cells, _ = _cells_from_args(options)
+        cells, _ = run_cells(options)
         # As mixbench run: every cell of a data set shares its reference posterior.
-        return attach_references(cells, options.reference, _reference_settings(options))
+        return attach_references(cells, options.reference, reference_settings(options),
+                                 say=lambda text: print(text, file=sys.stderr, flush=True))
     except MixbenchError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -99,7 +103,7 @@ def pytest_sessionfinish(session, exitstatus):
     out = getattr(session.config.option, "out", None)
     if not out or not (Path(out) / "cells.jsonl").is_file():
         return
-    from bench.report import write_report
+    from bench.report.document import write_report
 
     paths = write_report([Path(out)], Path(out))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

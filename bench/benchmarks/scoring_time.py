@@ -15,9 +15,9 @@ import numpy as np
 import xarray as xr
 
 from backends.base import Fit, canonical_datatree
-from bench.metrics import score_fit
-from bench.problem import Problem
-from bench.reference import Reference, canonical_relabel
+from bench.reference.posterior import Reference, canonical_relabel
+from bench.score.metrics import score_fit
+from bench.score.problem import Problem
 from models import Dataset, get_scenario
 
 FORUM = get_scenario("forum-small")

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from backends import FitSettings, get_backend
-from bench.gradient import gradient_problem, time_calls
+from bench.run.gradient import gradient_problem, time_calls
 
 ACCELERATOR_NS = (100_000, 1_000_000, 10_000_000)
 PRECISIONS = ("float32", "float64")

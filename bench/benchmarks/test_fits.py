@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.executors import LocalProcessExecutor
-from bench.harness import RowStore, RunOptions, to_jsonable
-from bench.provenance import write_run_info
+from bench.run.executors import LocalProcessExecutor
+from bench.run.harness import RowStore, RunOptions, to_jsonable
+from bench.run.provenance import write_run_info
 
 
 def run_isolated(cell, options: RunOptions) -> dict:

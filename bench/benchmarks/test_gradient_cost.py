@@ -1,5 +1,5 @@
 """Gradient cost: one log density + gradient at a fixed point, per backend, engine and precision,
-at N = 1e3 ... 1e6 and K = 2, 3 (the problem is bench/gradient.py's).
+at N = 1e3 ... 1e6 and K = 2, 3 (the problem is bench/run/gradient.py's).
 
     uv run pytest bench/benchmarks/test_gradient_cost.py --benchmark-json=results/gradient-cost.json
     uv run pytest bench/benchmarks/test_gradient_cost.py -k "N1e5 and K2" --backends stan,numpyro
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from backends import FitSettings, get_backend
-from bench.gradient import GRADIENT_KS, GRADIENT_NS, gradient_problem
+from bench.run.gradient import GRADIENT_KS, GRADIENT_NS, gradient_problem
 
 # (backend, engine, precision): every engine and precision a backend can evaluate its gradient
 # with. PyMC: nutpie's Numba build, PyTensor's default build (Numba in PyTensor 3; PyMC's own

@@ -8,7 +8,7 @@ a core does not inflate (wall seconds measured under a load of 8 on 2 cores were
 
 Every fit is synthetic (no engine runs): draws of the forum scenario (K = 2, D = 1, shared
 sigma) scattered around the truth with the posterior sds of N observations, scored against a
-4 x 500-draw reference exactly as a cell scores them (``bench.metrics.score_fit``):
+4 x 500-draw reference exactly as a cell scores them (``bench.score.metrics.score_fit``):
 
 - nuts: 2 chains x 500 draws, in opposite labellings;
 - advi: 1 chain x 1000 draws with log p and log q per draw (PSIS-LOO weighted by p/q, k-hat);

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.executors import LocalProcessExecutor, WarmProcessExecutor
-from bench.harness import RunOptions, make_grid, run_grid, to_jsonable
+from bench.run.executors import LocalProcessExecutor, WarmProcessExecutor
+from bench.run.harness import RunOptions, make_grid, run_grid, to_jsonable
 
 BACKENDS = ("pymc", "numpyro", "stan")
 METHODS = ("nuts", "advi-meanfield", "pathfinder", "map")
@@ -43,7 +43,7 @@ def executor(kind: str):
         return LocalProcessExecutor(jobs=JOBS)
     if kind == "warm":
         return WarmProcessExecutor(jobs=JOBS)
-    from bench.dask_executor import DaskExecutor
+    from bench.run.dask_executor import DaskExecutor
 
     return DaskExecutor(jobs=JOBS)
 

@@ -6,7 +6,7 @@ PyTensor function (default backend: Numba) and the JAX function PyMC gives NumPy
 a log-sum-exp factor. Every variant's log density and gradient at the truth (and a perturbed
 point) must equal the backend's default form's to 1e-8 (the default is checked against the
 oracle by tests/test_log_density.py). Times are milliseconds per log density + gradient, median
-of repeats (bench.gradient.time_calls), on the gradient-cost problem (bench/gradient.py).
+of repeats (bench.run.gradient.time_calls), on the gradient-cost problem (bench/run/gradient.py).
 
     uv run python -m bench.experiments.ppl_formulations                 # N = 1e4, 1e5; K = 2; float64
     uv run python -m bench.experiments.ppl_formulations --N 100000 --K 2,3 --precision float64,float32
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.gradient import gradient_problem, time_calls
+from bench.run.gradient import gradient_problem, time_calls
 
 RTOL = 1e-8
 
@@ -75,9 +75,9 @@ def numpyro_cases(N: int, K: int, precision: str, repeats: int, log=print) -> li
 
     from backends import numpyro as backend
     from backends.base import FitSettings
-    from models import numpyro_model
     from backends.gradients import fixed_point  # noqa: F401  (the same point the backend uses)
     from backends.numpyro import NumPyroBackend
+    from models import numpyro_model
 
     spec, dataset = gradient_problem(N, K)
     # The backend's own function fixes the point and the data on the device.

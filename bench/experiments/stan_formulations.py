@@ -4,7 +4,7 @@ Every program under ``stan/formulations/`` (same data, parameters, priors and lo
 ``stan/mixture.stan``; only the likelihood block differs) is compiled with and without stanc's
 ``--O1`` through ``backends.stan_gradient`` (httpstan's stanc, headers and flags), checked against
 the NumPy oracle, and timed: one log density + gradient (Jacobian included, as NUTS evaluates it)
-at the truth of the gradient-cost problem (``bench.gradient``), for each N and K.
+at the truth of the gradient-cost problem (``bench.run.gradient``), for each N and K.
 
     uv run python -m bench.experiments.stan_formulations                       # N = 1e3, 1e4, 1e5; K = 2, 3
     uv run python -m bench.experiments.stan_formulations --N 1000000 --K 2 --only vector_lse,scaled_product_lse
@@ -27,7 +27,7 @@ import numpy as np
 
 from backends.stan import pystan_stan_version, stan_data, stan_parameters
 from backends.stan_gradient import StanGradient, build_library
-from bench.gradient import GRADIENT_KS, gradient_problem, time_calls
+from bench.run.gradient import GRADIENT_KS, gradient_problem, time_calls
 from models.oracle import log_density
 from models.spec import random_point
 

@@ -1,0 +1,419 @@
+"""A reference posterior made of modes, each sampled on its own and weighted by its mass.
+
+Steps (bench.reference.posterior calls ``make_modes_reference`` for ``ReferenceSettings(method="modes")``):
+
+1. Explore: ``explore_chains`` short NumPyro NUTS chains, each started from a draw of the prior
+   (dispersed starts), run vectorised.
+2. Cluster: each chain's draws are relabelled against its own highest draw and its components
+   sorted canonically (bench.reference.posterior.canonical_relabel), so label copies are one mode; chains
+   join a mode when their relabelled means lie within ``merge_distance_sd`` within-chain sds (the
+   smaller of the two chains') of the mode's first chain for every scalar (components matched by the assignment that
+   minimises the scaled distance) and their mean log densities within max(5 nats, 3 sds).
+   Modes are visited from the highest mean log density down.
+3. Sample each mode: ``chains`` NumPyro NUTS chains of ``warmup`` + ``draws``, started at the
+   mode's highest draw (jittered). A chain whose relabelled mean lands over
+   ``merge_distance_sd`` sds from where it started has left its mode and is dropped (listed);
+   a mode left by too many chains is ``unstable``; two modes whose samples coincide are merged.
+4. A mode whose median point has a degenerate component (backends.degenerate: sigma collapsed on
+   tied points) is listed as ``degenerate``: the posterior is improper there, it gets no mass.
+5. Mass of every other mode by bridge sampling and by importance sampling (bench.reference.mode_mass), in
+   the unconstrained space of NumPyro's transforms, with the oracle's log density
+   (models/oracle.py) plus the transforms' log Jacobian. Modes are named A, B, ... by mass.
+6. The reference draws are the modes' draws mixed by their bridge masses: chain c holds, from
+   chain c of every weighted mode, a share of its draws (evenly thinned) equal to its mass.
+
+Checks: within every weighted mode R-hat, bulk / tail ESS and divergences as a one-mode reference
+(bench.reference.posterior._checks), plus the masses' precision: the standard error of every mass, from
+either estimator, at most ``mass_se_max``, and the two estimators within 3 combined standard
+errors of each other (their disagreement is named).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+import time
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+
+from backends.base import canonical_datatree
+from backends.degenerate import degenerate_components
+from bench.reference.mode_mass import KHAT_MAX, masses, mode_log_z
+from bench.score.modes import scaled_distance
+from bench.score.problem import Problem, batch_log_density
+from bench.score.relabel import posterior_dataset
+from models.spec import MixtureSpec
+
+LP_MERGE_NATS = 5.0
+LP_MERGE_SD = 3.0
+JITTER = 0.05
+LEFT_MAX_FRAC = 0.5  # a mode whose sampling chains left it in more than this share is unstable
+
+
+# ---------------------------------------------------------------------------------------------
+# The unconstrained space
+
+
+class Unconstrained:
+    """NumPyro's transforms of the model's sites: canonical points <-> flat unconstrained vectors."""
+
+    def __init__(self, spec: MixtureSpec):
+        from backends.numpyro import _layout  # the model's sites and NumPyro's transforms of them
+
+        self.spec, self.layout = spec, _layout(spec)
+        self.dim = sum(math.prod(s.shape) for s in self.layout)
+
+    def to_z(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """Canonical arrays with one leading axis of S points (fitted scale) -> (S, dim).
+
+        With an ordering constraint each point's components are first sorted by the ordered
+        quantity: a per-draw relabelling may have left a draw outside the ordered region, which
+        the model labels by sorting.
+        """
+        import jax.numpy as jnp
+
+        from models.numpyro_model import site_values
+
+        if self.spec.ordering != "none":
+            key = params["b"] if self.spec.ordering == "intercept" else params["w"][:, :, 0]
+            order = np.argsort(key, axis=1)
+            params = {n: (np.take_along_axis(v, order.reshape(order.shape + (1,) * (v.ndim - 2)), axis=1)
+                          if v.ndim >= 2 and v.shape[1] == self.spec.K else v) for n, v in params.items()}
+        sites = site_values(self.spec, params)
+        S = np.asarray(params["pi"]).shape[0]
+        return np.concatenate([np.asarray(s.transform.inv(jnp.asarray(sites[s.name])), dtype=float).reshape(S, -1)
+                               for s in self.layout], axis=1)
+
+    def from_z(self, z: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(S, dim) -> (canonical arrays with leading S, log |det Jacobian| (S,))."""
+        import jax.numpy as jnp
+
+        from models.numpyro_model import canonical_values
+
+        S, start, sites, log_jac = z.shape[0], 0, {}, np.zeros(z.shape[0])
+        for s in self.layout:
+            size = math.prod(s.shape)
+            zs = jnp.asarray(z[:, start:start + size].reshape(S, *s.shape))
+            value = s.transform(zs)
+            sites[s.name] = np.asarray(value, dtype=float)
+            log_jac += np.asarray(s.transform.log_abs_det_jacobian(zs, value), dtype=float).reshape(S, -1).sum(axis=1)
+            start += size
+        return canonical_values(self.spec, sites, (S,)), log_jac
+
+    def log_density(self, problem: Problem, z: np.ndarray) -> np.ndarray:
+        """The oracle's log density of the fitted model plus the log Jacobian, (S, dim) -> (S,)."""
+        from backends.numpyro import _precision
+
+        with _precision("float64"):
+            params, log_jac = self.from_z(np.asarray(z, dtype=float))
+        fit = problem.fit_dataset
+        lp = batch_log_density(self.spec, fit.x, fit.y, params) + log_jac
+        return np.where(np.isfinite(lp), lp, -np.inf)
+
+
+def _nuts(problem: Problem, chains: int, warmup: int, draws: int, target_accept: float, seed: int,
+          init_z: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """NumPyro NUTS, chains vectorised: (canonical draws (chain, draw, ...) on the fitted scale,
+    diverging (chain, draw)). Started from prior draws, or from ``init_z`` (chains, dim)."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS, init_to_sample
+
+    from backends.numpyro import _layout, _precision
+    from models.numpyro_model import canonical_values, mixture_model
+
+    spec = problem.spec
+    with _precision("float64"):
+        data = problem.fit_dataset
+        x, y = jnp.asarray(data.x, dtype=jnp.float64), jnp.asarray(data.y, dtype=jnp.float64)
+        kernel = NUTS(partial(mixture_model, spec), target_accept_prob=target_accept, init_strategy=init_to_sample)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method="vectorized",
+                    progress_bar=False)
+        init = None
+        if init_z is not None:
+            init, start = {}, 0
+            for s in _layout(spec):
+                size = math.prod(s.shape)
+                init[s.name] = jnp.asarray(init_z[:, start:start + size].reshape(chains, *s.shape))
+                start += size
+        mcmc.run(jax.random.PRNGKey(seed), x, y, init_params=init, extra_fields=("diverging",))
+        samples = jax.device_get(mcmc.get_samples(group_by_chain=True))
+        diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"], dtype=bool)
+    return canonical_values(spec, samples, (chains, draws)), diverging
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating chains
+
+
+def _data_tree(problem: Problem, arrays: dict[str, np.ndarray]) -> xr.DataTree:
+    return problem.to_data_scale_draws(canonical_datatree(problem.spec, arrays))
+
+
+def _relabelled(problem: Problem, draws: xr.DataTree) -> tuple[xr.DataTree, np.ndarray]:
+    from bench.reference.posterior import canonical_relabel
+
+    lp, _ = problem.draw_log_densities(draws, per_chain=posterior_dataset(draws).sizes["draw"])
+    return canonical_relabel(draws, lp, problem.spec)[0], lp
+
+
+def _moments(draws: xr.DataTree) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    ds = posterior_dataset(draws)
+    return ({n: np.asarray(ds[n].mean(("chain", "draw")).values, dtype=float) for n in ds.data_vars},
+            {n: np.asarray(ds[n].std(("chain", "draw")).values, dtype=float) for n in ds.data_vars})
+
+
+def _pooled_sd(a: dict, b: dict) -> dict:
+    return {n: np.sqrt((np.asarray(a[n]) ** 2 + np.asarray(b[n]) ** 2) / 2) for n in a}
+
+
+class _ChainPlace:
+    """One chain's relabelled moments, mean log density and its highest draw."""
+
+    def __init__(self, problem: Problem, arrays: dict[str, np.ndarray], c: int):
+        one = {n: v[c:c + 1] for n, v in arrays.items()}
+        rel, lp = _relabelled(problem, _data_tree(problem, one))
+        self.mean, self.sd = _moments(rel)
+        finite = lp[np.isfinite(lp)]
+        self.lp_mean = float(finite.mean()) if finite.size else -math.inf
+        self.lp_sd = float(finite.std()) if finite.size > 1 else 0.0
+        best = int(np.argmax(np.where(np.isfinite(lp[0]), lp[0], -np.inf)))
+        self.best = {n: v[c, best] for n, v in arrays.items()}  # fitted scale, as sampled
+        self.best_lp = float(lp[0, best])
+
+    def same_mode(self, other: "_ChainPlace", K: int, distance_sd: float) -> bool:
+        """Close in mean log density and, in the smaller of the two chains' sds, in every scalar:
+        a chain that wanders between two modes has a wide sd, which must not make it near both."""
+        tol = max(LP_MERGE_NATS, LP_MERGE_SD * max(self.lp_sd, other.lp_sd))
+        sd = {n: np.minimum(self.sd[n], other.sd[n]) for n in self.sd}
+        return abs(self.lp_mean - other.lp_mean) <= tol and scaled_distance(self.mean, other.mean, sd, K) <= distance_sd
+
+
+def cluster_chains(places: list[_ChainPlace], K: int, distance_sd: float) -> list[list[int]]:
+    """Chains grouped into modes, modes ordered by their first chain's mean log density (highest first)."""
+    groups: list[list[int]] = []
+    for c in sorted(range(len(places)), key=lambda i: -places[i].lp_mean):
+        if not math.isfinite(places[c].lp_mean):
+            continue
+        for group in groups:
+            if places[group[0]].same_mode(places[c], K, distance_sd):
+                group.append(c)
+                break
+        else:
+            groups.append([c])
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Making
+
+
+def make_modes_reference(problem: Problem, settings, name: str | None = None,
+                         progress: Callable[[str], None] | None = None):
+    """The reference of the module docstring, a bench.reference.posterior.Reference (accepted or provisional)."""
+    from bench.reference.posterior import _checks, diagnostics
+
+    spec, data = problem.spec, problem.dataset
+    say = progress or (lambda text: None)
+    start = time.perf_counter()
+    say(f"reference posterior (modes): {settings.explore_chains} NumPyro NUTS chains from prior draws, "
+        f"{settings.explore_warmup} + {settings.explore_draws} each, on {data.name} (N = {data.N}) ...")
+    explore, _ = _nuts(problem, settings.explore_chains, settings.explore_warmup, settings.explore_draws,
+                       settings.target_accept, settings.seed, None)
+    places = [_ChainPlace(problem, explore, c) for c in range(settings.explore_chains)]
+    groups = cluster_chains(places, spec.K, settings.merge_distance_sd)
+    space = Unconstrained(spec)
+    say(f"  {len(groups)} candidate mode(s); sampling each with {settings.chains} chains x "
+        f"({settings.warmup} + {settings.draws}) ...")
+    modes: list[dict[str, Any]] = []
+    for i, group in enumerate(groups):
+        lead = places[group[0]]
+        best = max(group, key=lambda c: places[c].best_lp)
+        with_point = {n: np.asarray(v)[None] for n, v in places[best].best.items()}
+        rng = np.random.default_rng(settings.seed + 1 + i)
+        from backends.numpyro import _precision
+
+        with _precision("float64"):
+            z0 = space.to_z(with_point)
+        init = z0 + JITTER * rng.standard_normal((settings.chains, space.dim))
+        arrays, diverging = _nuts(problem, settings.chains, settings.warmup, settings.draws, settings.target_accept,
+                                  settings.seed + 1 + i, init)
+        chain_places = [_ChainPlace(problem, arrays, c) for c in range(settings.chains)]
+        stayed = [c for c, p in enumerate(chain_places) if p.same_mode(lead, spec.K, settings.merge_distance_sd)]
+        mode = {"found_by": f"{len(group)} of {settings.explore_chains} exploration chains from prior draws",
+                "explore_lp_mean": lead.lp_mean, "chains_left": [c for c in range(settings.chains) if c not in stayed]}
+        modes.append(mode)
+        if len(stayed) < max(settings.min_chains, math.ceil((1 - LEFT_MAX_FRAC) * settings.chains)):
+            mode.update(status="unstable", lp_mean=lead.lp_mean,
+                        note=f"{len(mode['chains_left'])} of {settings.chains} chains started in it left it",
+                        **_location(lead.mean, lead.sd))
+            continue
+        kept = {n: v[stayed] for n, v in arrays.items()}
+        rel, lp = _relabelled(problem, _data_tree(problem, kept))
+        mean, sd = _moments(rel)
+        duplicate = next((m for m in modes[:-1] if m.get("status") == "weighted"
+                          and scaled_distance(m["_mean"], mean, _pooled_sd(m["_sd"], sd), spec.K)
+                          <= settings.merge_distance_sd), None)
+        if duplicate is not None:
+            modes.pop()
+            duplicate["found_by"] += f"; and {len(group)} more whose samples joined it"
+            continue
+        diag = diagnostics(rel)
+        divergences = int(diverging[stayed].sum())
+        checks, reasons = _checks(diag, divergences, len(stayed) * settings.draws, len(stayed), settings)
+        median = {n: np.asarray(v.median(("chain", "draw")).values, dtype=float)
+                  for n, v in posterior_dataset(rel).data_vars.items()}
+        degenerate = degenerate_components(data.x, data.y, median)
+        finite = lp[np.isfinite(lp)]
+        mode.update(_location(mean, sd), _mean=mean, _sd=sd, _rel=rel, _lp=lp, _diverging=diverging[stayed],
+                    lp_mean=float(finite.mean()), lp_max=float(finite.max()), chains_used=len(stayed),
+                    rhat_max=diag["rhat_max"], ess_bulk_min=diag["ess_bulk_min"], ess_tail_min=diag["ess_tail_min"],
+                    divergences=divergences, checks=checks, failed=reasons)
+        if degenerate:
+            mode.update(status="degenerate",
+                        note="the posterior is improper here (likelihood unbounded on tied points): " + "; ".join(
+                            f"sigma[{k}] = {s:.3g} on {n} points" for k, s, n in degenerate))
+            continue
+        mode["status"] = "weighted"
+        n_points = len(stayed) * settings.draws
+        fit_points = problem.to_fit_scale({n: np.asarray(v.values, dtype=float).reshape(n_points, *v.shape[2:])
+                                           for n, v in posterior_dataset(rel).data_vars.items()})
+        with _precision("float64"):
+            z = space.to_z(fit_points).reshape(len(stayed), settings.draws, space.dim)
+        mode.update(mode_log_z(partial(space.log_density, problem), z, settings.proposal_draws,
+                               settings.seed + 100 + i))
+    return _assemble(problem, settings, modes, name, time.perf_counter() - start, places)
+
+
+def _location(mean: dict, sd: dict) -> dict[str, Any]:
+    return {"location": {n: np.asarray(v).tolist() for n, v in mean.items()},
+            "sd": {n: np.asarray(v).tolist() for n, v in sd.items()}}
+
+
+def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, seconds: float,
+              places: list[_ChainPlace]):
+    """Masses, names, checks and the mixture of the sampled modes: the Reference."""
+    from bench.reference.advice import diagnose
+    from bench.reference.posterior import Reference, _base_info, _with_lp
+
+    weighted = [m for m in modes if m.get("status") == "weighted"]
+    reasons: list[str] = []
+    causes: list[dict[str, str]] = []
+    if weighted:
+        for key in ("bridge", "is"):
+            m, se = masses(np.array([w[f"log_z_{key}"] for w in weighted]),
+                           np.array([w[f"log_z_{key}_se"] for w in weighted]))
+            for mode, value, error in zip(weighted, m, se):
+                mode[f"mass_{key}"], mode[f"mass_{key}_se"] = float(value), float(error)
+    weighted.sort(key=lambda w: -w["mass_bridge"])
+    others = [m for m in modes if m.get("status") != "weighted"]
+    best_lp = max((m["lp_mean"] for m in modes), default=math.nan)
+    for letter, mode in zip(_names(), weighted + others):
+        mode["name"] = letter
+        mode["lp_gap"] = float(best_lp - mode["lp_mean"])
+    for mode in weighted:
+        tag = f"mode {mode['name']}"
+        reasons += [f"{tag}: {r}" for r in mode["failed"]]
+        if mode["failed"]:
+            causes += [{**c, "evidence": f"{tag}: {c['evidence']}"} for c in diagnose(
+                mode["_rel"], mode["_lp"], mode["_rel"], mode["checks"], mode, mode["divergences"], problem.spec,
+                problem.dataset.x, problem.dataset.y, problem.standardization is not None, settings.draws,
+                settings.ess_min)]
+        for key, label in (("bridge", "bridge sampling"), ("is", "importance sampling")):
+            if mode[f"mass_{key}_se"] > settings.mass_se_max:
+                reasons.append(f"{tag}: {label} mass SE {mode[f'mass_{key}_se']:.3g} > {settings.mass_se_max:g}")
+        combined = math.hypot(mode["mass_bridge_se"], mode["mass_is_se"])
+        mode["estimators_agree"] = bool(abs(mode["mass_bridge"] - mode["mass_is"]) <= 3 * combined)
+        if not mode["estimators_agree"]:
+            reasons.append(f"{tag}: mass by bridge sampling {mode['mass_bridge']:.3f} and by importance sampling "
+                           f"{mode['mass_is']:.3f} disagree (over 3 combined SEs)")
+        if mode["is_khat"] > KHAT_MAX:
+            mode["note"] = f"importance sampling's k-hat {mode['is_khat']:.2f} > {KHAT_MAX}: its SE is not reliable"
+    if any(r.split(": ", 1)[1].startswith(("bridge", "importance", "mass")) for r in reasons):
+        causes.append({"cause": "mass_precision", "evidence": "; ".join(r for r in reasons if "mass" in r),
+                       "advice": "more draws per mode (--reference-draws) and more proposal draws"})
+    if not weighted:
+        reasons.append("no mode could be weighted (every mode found was degenerate or unstable)")
+        causes.append({"cause": "no_mode", "evidence": "; ".join(f"{m['status']}: {m.get('note', '')}" for m in modes),
+                       "advice": "see the modes listed; a prior that vanishes at sigma 0 (--sigma-prior invgamma:...) "
+                                 "removes degenerate modes"})
+    if not weighted:
+        first = next((m for m in modes if "_rel" in m), None)
+        if first is None:
+            from models.errors import MixbenchError
+
+            raise MixbenchError("reference (modes): no mode could be sampled")
+        draws, lp, diverging = first["_rel"], first["_lp"], first["_diverging"]
+    else:
+        draws, lp, diverging = _mixture(weighted, settings)
+    info = _base_info(problem, name)
+    table = [{k: v for k, v in m.items() if not k.startswith("_") and k not in ("checks", "failed")} for m in
+             sorted(modes, key=lambda m: m["name"])]
+    # Reference-level diagnostics are the worst over the weighted modes: the mixture's draws
+    # jump between modes by construction, so R-hat over them says nothing.
+    sampled = weighted or [m for m in modes if "_rel" in m][:1]
+    diag = {"rhat_max": max(m["rhat_max"] for m in sampled), "ess_bulk_min": min(m["ess_bulk_min"] for m in sampled),
+            "ess_tail_min": min(m["ess_tail_min"] for m in sampled), "n_draws": int(lp.size)}
+    checks = {name: all(m["checks"][name] for m in sampled) and bool(weighted)
+              for name in ("rhat", "ess_bulk", "ess_tail", "divergences", "chains")}
+    checks["mass_precision"] = not any("mass" in r for r in reasons)
+    info.update({
+        "made_by": {"kind": "modes", "backend": "numpyro", "engine": "numpyro", "method": "nuts",
+                    "settings": settings.to_dict(), "seed": settings.seed, "seconds": seconds},
+        "diagnostics": {**diag, "divergences": int(diverging.sum()), "chains_used": int(diverging.shape[0]),
+                        "chains_dropped": [], "relabelling_settled": True,
+                        "explore_chain_mean_lp": [p.lp_mean for p in places]},
+        "modes": table,
+        "checks": checks,
+        "accepted": not reasons,
+        "status": "accepted" if not reasons else "provisional",
+        "rejected_because": reasons,
+        "causes": causes,
+    })
+    return Reference(_with_lp(draws, lp, diverging), info)
+
+
+def _names():
+    for letter in string.ascii_uppercase:
+        yield letter
+    for i in range(1000):
+        yield f"M{i}"
+
+
+def allocate(mass: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``mass`` (largest remainders)."""
+    raw = np.asarray(mass, dtype=float) / np.sum(mass) * total
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts))[: total - counts.sum()]] += 1
+    return counts
+
+
+def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, np.ndarray]:
+    """Chain c: from chain c (cycled) of every weighted mode, evenly thinned draws in proportion to its mass."""
+    counts = allocate(np.array([m["mass_bridge"] for m in weighted]), settings.draws)
+    first = posterior_dataset(weighted[0]["_rel"])
+    chains = max(m["chains_used"] for m in weighted)
+    parts, lps, divs = [], [], []
+    for c in range(chains):
+        pieces, lp_pieces, div_pieces = [], [], []
+        for mode, n in zip(weighted, counts):
+            if n == 0:
+                continue
+            ds = posterior_dataset(mode["_rel"])
+            cc = c % ds.sizes["chain"]
+            pick = np.unique(np.linspace(0, ds.sizes["draw"] - 1, n).round().astype(int))
+            pick = np.resize(pick, n)
+            pieces.append(ds.isel(chain=cc, draw=pick).drop_vars(["chain", "draw"]))
+            lp_pieces.append(mode["_lp"][cc, pick])
+            div_pieces.append(mode["_diverging"][cc, pick])
+        parts.append(xr.concat(pieces, dim="draw", coords="minimal", compat="override"))
+        lps.append(np.concatenate(lp_pieces))
+        divs.append(np.concatenate(div_pieces))
+    ds = xr.concat(parts, dim="chain", coords="minimal", compat="override").assign_coords(chain=np.arange(chains), draw=np.arange(settings.draws))
+    ds = ds.transpose("chain", "draw", ...)
+    tree = xr.DataTree.from_dict({"posterior": ds.drop_vars([v for v in ds.coords if v not in first.coords
+                                                             and v not in ("chain", "draw")])})
+    return tree, np.stack(lps), np.stack(divs)

@@ -1,0 +1,1 @@
+"""Reporting rows: tables, figures, findings, the glossary, comparisons of runs."""

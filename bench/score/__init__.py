@@ -1,0 +1,1 @@
+"""Scoring one fit: relabelling, recovery, landing, modes, predictive accuracy and health."""

@@ -1,0 +1,206 @@
+"""Fits scored against the reference's modes (bench.reference.modes): which mode each chain is in.
+
+Each chain (an approximation's draws and a MAP or Laplace point count as one chain) lands in the
+reference mode whose location its relabelled mean is nearest to, when within
+``LAND_DISTANCE_SD`` of that mode's posterior sds for every scalar (components matched by the
+assignment that minimises the scaled distance, so a fit's own labelling does not matter), else in
+none ("-"). Degenerate modes (sigma collapsed on tied points) are candidates too: a fit that found
+one is named so, with no mass. A mode holding less than ``POOR_MASS`` of the posterior (by its
+bridge-sampling mass) is a poor mode, whatever its log density.
+
+Row columns (``MODE_FIELDS``) and, per fit over its seeds, an answer such as
+"numpyro / nuts: 4 of 4 chains in mode A (mass 0.93)" or "numpyro / map: 2 of 5 seeds in mode B
+(mass 0.07, 16.5 nats lower)".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+
+from bench.score.relabel import posterior_dataset
+
+POOR_MASS = 0.05
+"""A mode with less than this share of the posterior is a poor mode."""
+LAND_DISTANCE_SD = 4.0
+"""A chain's mean within this many of a mode's posterior sds, in every scalar, is in that mode."""
+
+SCALE_FLOOR = 1e-6
+GAP_SHOWN_NATS = 0.5  # a mode's log-density gap below this is not worth a word
+
+MODE_FIELDS: dict[str, str] = {
+    "ref_mode_chains": "the reference mode (A, B, ... by mass) each chain landed in, 'A;A;B;-' ('-': none)",
+    "ref_modes_covered": "the reference modes the chains covered",
+    "ref_mass_covered": "posterior mass of the modes covered (bridge-sampling masses)",
+    "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate)",
+    "ref_mode_masses": "each reference mode as name:mass:nats below the best mode ('-' mass: not weighted)",
+}
+
+
+def component_features(point: dict[str, Any], K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, F) component-indexed scalars (slopes, intercept, per-component sigma, weight) and the
+    shared ones (a shared sigma), of a canonical point."""
+    blocks, shared = [], []
+    for name in ("w", "b", "sigma", "pi"):
+        if name not in point:
+            continue
+        value = np.asarray(point[name], dtype=float)
+        if value.ndim >= 1 and value.shape[0] == K:
+            blocks.append(value.reshape(K, -1))
+        else:
+            shared.append(value.reshape(-1))
+    return (np.concatenate(blocks, axis=1) if blocks else np.zeros((K, 0)),
+            np.concatenate(shared) if shared else np.zeros(0))
+
+
+def scaled_distance(mean_a: dict, mean_b: dict, sd: dict, K: int) -> float:
+    """max over every scalar of |a - b| / sd, components of b matched to a's by the assignment
+    minimising the summed squared scaled distance (label copies are one mode)."""
+    fa, sa = component_features(mean_a, K)
+    fb, sb = component_features(mean_b, K)
+    fs, ss = component_features(sd, K)
+    scale = np.maximum(np.sqrt((fs**2).mean(axis=0)), SCALE_FLOOR) if fs.size else fs
+    cost = (((fa[:, None, :] - fb[None]) / scale) ** 2).sum(axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    gaps = [np.abs(fa[rows] - fb[cols]) / scale]
+    if sa.size:
+        gaps.append(np.abs(sa - sb) / np.maximum(ss, SCALE_FLOOR))
+    return float(max(np.max(g) if g.size else 0.0 for g in gaps))
+
+
+def candidate_modes(modes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Modes a fit can land in: weighted and degenerate ones with a location."""
+    return [m for m in modes if m.get("status") in ("weighted", "degenerate") and m.get("location")]
+
+
+def land(mean: dict[str, np.ndarray], modes: list[dict[str, Any]], K: int) -> str | None:
+    """The name of the mode whose location ``mean`` (canonical names) is within LAND_DISTANCE_SD
+    of, the nearest when several; None when none is."""
+    best, name = math.inf, None
+    for mode in candidate_modes(modes):
+        location = {n: np.asarray(v, dtype=float) for n, v in mode["location"].items()}
+        sd = {n: np.asarray(v, dtype=float) for n, v in mode["sd"].items()}
+        point = {n: np.asarray(mean[n], dtype=float) for n in location}
+        distance = scaled_distance(location, point, sd, K)
+        if distance <= LAND_DISTANCE_SD and distance < best:
+            best, name = distance, mode["name"]
+    return name
+
+
+def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The MODE_FIELDS of one fit: ``draws`` its (relabelled) draws; empty without modes."""
+    if not modes:
+        return {}
+    ds = posterior_dataset(draws)
+    K = int(ds.sizes["component"])
+    names = [land({n: ds[n].isel(chain=c).mean("draw").values for n in ds.data_vars}, modes, K)
+             for c in range(ds.sizes["chain"])]
+    by_name = {m["name"]: m for m in modes}
+    covered = sorted({n for n in names if n is not None})
+    return {
+        "ref_mode_chains": ";".join(n or "-" for n in names),
+        "ref_modes_covered": ",".join(covered) or "-",
+        "ref_mass_covered": float(sum(by_name[n].get("mass_bridge") or 0.0 for n in covered)),
+        "chains_poor_mass": sum(n is not None and _poor(by_name[n]) for n in names),
+        "ref_mode_masses": ";".join(f"{m['name']}:{_mass_text(m)}:{m.get('lp_gap', math.nan):.3g}" for m in modes),
+    }
+
+
+def _poor(mode: dict[str, Any]) -> bool:
+    mass = mode.get("mass_bridge")
+    return mass is None or mass < POOR_MASS
+
+
+def _mass_text(mode: dict[str, Any]) -> str:
+    return "-" if mode.get("mass_bridge") is None else f"{mode['mass_bridge']:.3g}"
+
+
+def _mass_se(mode: dict[str, Any], key: str) -> str:
+    value = mode.get(f"mass_{key}")
+    return "-" if value is None else f"{value:.3f} +- {mode[f'mass_{key}_se']:.3f}"
+
+
+def _parse_masses(text: str) -> dict[str, tuple[str, float]]:
+    out = {}
+    for item in text.split(";"):
+        name, mass, gap = item.split(":")
+        out[name] = (mass, float(gap))
+    return out
+
+
+def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
+    """'label: 3 of 4 chains in mode A (mass 0.93), 1 in mode B (mass 0.07, 16.5 nats lower)' over
+    the ok rows of one fit; None when the rows were not scored against modes."""
+    if "ref_mode_chains" not in rows or not rows["ref_mode_chains"].map(lambda v: isinstance(v, str)).any():
+        return None
+    rows = rows[rows["ref_mode_chains"].map(lambda v: isinstance(v, str))]
+    per_row = [text.split(";") for text in rows["ref_mode_chains"]]
+    unit = "chains" if any(len(chains) > 1 for chains in per_row) else "seeds"
+    landed = [n for chains in per_row for n in (chains if unit == "chains" else chains[:1])]
+    masses = _parse_masses(rows["ref_mode_masses"].iloc[0])
+    counts = pd.Series(landed).value_counts()
+    parts = []
+    for name in sorted(counts.index, key=lambda n: (n == "-", n)):
+        n = int(counts[name])
+        if name == "-":
+            parts.append(f"{n} in none of the modes")
+            continue
+        mass, gap = masses.get(name, ("-", math.nan))
+        detail = f"mass {mass}" if mass != "-" else "degenerate, no mass: the posterior is improper there"
+        if math.isfinite(gap) and gap >= GAP_SHOWN_NATS:
+            detail += f", {gap:.3g} nats lower"
+        parts.append(f"{n} in mode {name} ({detail})")
+    parts[0] = parts[0].replace(" in ", f" of {len(landed)} {unit} in ", 1)
+    text = f"{label}: " + ", ".join(parts)
+    if unit == "chains" and len(rows) > 0:
+        covered = pd.to_numeric(rows["ref_mass_covered"], errors="coerce")
+        text += f"; mass covered {covered.median():.3g}" + (" (median over seeds)" if len(rows) > 1 else "")
+    return text
+
+
+def modes_table_lines(modes: list[dict[str, Any]]) -> list[str]:
+    """The reference's modes table as text lines (``mixbench reference`` and the run's console)."""
+    if not modes:
+        return []
+    lines = [f"{'mode':<5}{'status':<11}{'mass (bridge)':<18}{'mass (IS)':<18}{'mean lp':>10}{'gap':>8}  "
+             "location; how found"]
+    for m in modes:
+
+        location = ", ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
+                             for n, v in m.get("location", {}).items() if np.size(v))
+        extra = "; " + m["note"] if m.get("note") else ""
+        if m.get("estimators_agree") is False:
+            extra += "; the two mass estimators DISAGREE"
+        lines.append(f"{m['name']:<5}{m['status']:<11}{_mass_se(m, 'bridge'):<18}{_mass_se(m, 'is'):<18}{m['lp_mean']:>10.2f}"
+                     f"{m.get('lp_gap', math.nan):>8.2f}  {location}; {m.get('found_by', '')}{extra}")
+    return lines
+
+
+def reference_modes_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reference's modes table of every data set in a run's rows (``reference_modes``), one
+    row per mode: data set, mode, status, masses with their SEs, mean log density, how found."""
+    if "reference_modes" not in frame:
+        return pd.DataFrame()
+    records = []
+    seen = set()
+    for _, row in frame.iterrows():
+        modes = row.get("reference_modes")
+        if not isinstance(modes, list) or row["scenario"] in seen:
+            continue
+        seen.add(row["scenario"])
+        for m in modes:
+            records.append({
+                "data set": row["scenario"], "reference mode": m["name"], "mode status": m["status"],
+                "mass (bridge)": _mass_se(m, "bridge"), "mass (IS)": _mass_se(m, "is"),
+                "mode mean lp": round(float(m["lp_mean"]), 2), "nats below": round(float(m.get("lp_gap", math.nan)), 2),
+                "poor": "yes" if _poor(m) else "no",
+                "mode location": "; ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
+                                      for n, v in m.get("location", {}).items() if np.size(v)),
+                "how found": m.get("found_by", "") + ("; " + m["note"] if m.get("note") else ""),
+            })
+    return pd.DataFrame(records)

@@ -1,0 +1,273 @@
+"""What a cell fits and what its draws are scored with: the spec, the data, and the scale.
+
+A ``Problem`` pairs the data set as given (data scale, with its truth when known) with the model
+as fitted: the same data, or standardised (``models.standardize``) when asked. Backends fit
+``fit_spec`` to ``fit_dataset``; ``to_data_scale`` brings their draws back, and every metric reads
+draws on the data's scale. Log densities are the oracle's (models/oracle.py) of the fitted model,
+evaluated at a data-scale point mapped to the fitted scale: the same function for a fit and for
+the reference posterior, so gaps between them are exact (standardising shifts them all by one
+constant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import xarray as xr
+from scipy import special, stats
+
+from backends.base import Fit
+from bench.score.relabel import posterior_dataset
+from models.data import Dataset
+from models.oracle import (
+    error_log_density,
+    log_density,
+    log_likelihood_terms,
+    nu_log_prior,
+    sigma_log_prior,
+    slopes_log_prior,
+)
+from models.spec import MixtureSpec
+from models.standardize import Standardization
+
+
+def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
+    """The oracle's log prior (models/oracle.py) of S points at once, shape (S,); -inf outside
+    the support. ``params`` holds the canonical arrays with one leading axis of S points."""
+    p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    S, pi = p["pi"].shape[0], p["pi"]
+    alpha = spec.alpha
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * np.log(pi)).sum(axis=1)
+        lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
+        lp += slopes_log_prior(spec, p["w"])
+        if spec.nu_is_parameter:
+            lp += nu_log_prior(spec.nu, p["nu"])
+        if spec.intercept:
+            lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
+        lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
+        if spec.ordering != "none":
+            ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
+            lp = np.where(np.any(np.diff(ordered, axis=1) <= 0, axis=1), -np.inf, lp + spec.log_order_constant)
+    return lp
+
+
+def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: dict, chunk_values: float):
+    """(slice of points, their per-observation mixture log likelihood (s, N)) chunk by chunk.
+
+    log sum_k pi_k f(y_n | b_k + x_n . w_k, sigma_k) (f: the spec's error density,
+    ``models.oracle.error_log_density``; Normal written inline, the common case), accumulated one component at a time
+    with ``np.logaddexp`` (exact and stable: log(e^a + e^b) = max + log1p(e^-|a-b|)), so a chunk
+    holds a few (s, N) arrays and no (s, N, K) one; the means are one matrix product per
+    component. float64 throughout.
+    """
+    S, K, N = p["pi"].shape[0], spec.K, y.shape[0]
+    sigma = np.broadcast_to(p["sigma"].reshape(S, -1), (S, K))
+    step = max(1, int(chunk_values // max(N, 1)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        const = np.log(p["pi"]) - 0.5 * np.log(2 * np.pi) - np.log(sigma)  # (S, K)
+        for start in range(0, S, step):
+            sl = slice(start, min(S, start + step))
+            ll = None
+            for k in range(K):
+                mu = p["w"][sl, k] @ x.T  # (s, N)
+                if spec.intercept:
+                    mu += p["b"][sl, k][:, None]
+                if spec.errors == "normal":
+                    z = (y[None, :] - mu) / sigma[sl, k][:, None]
+                    comp = const[sl, k][:, None] - 0.5 * z * z
+                else:
+                    nu = p["nu"][sl][:, None] if spec.nu_is_parameter else spec.nu
+                    comp = np.log(p["pi"][sl, k])[:, None] + error_log_density(spec, y[None, :], mu,
+                                                                               sigma[sl, k][:, None], nu)
+                ll = comp if ll is None else np.logaddexp(ll, comp)
+            yield sl, ll
+
+
+def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict,
+                      pointwise: bool = False, chunk_values: int = 4_000_000) -> np.ndarray:
+    """The oracle's log density (models/oracle.py) of S points at once, shape (S,); with
+    ``pointwise``, the per-observation log likelihood, shape (S, N).
+
+    ``params`` holds the canonical arrays with one leading axis of S points. The same formulas as
+    the oracle, vectorised over points (tests/test_problem.py checks they agree); the forum
+    likelihoods fall back to the oracle point by point. Points outside the prior's support give
+    -inf. Memory stays at about a few ``chunk_values`` doubles (points x N per chunk) besides the
+    (S, N) result of ``pointwise``.
+    """
+    p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    S = p["pi"].shape[0]
+    if spec.likelihood != "mixture":
+        if pointwise:
+            raise ValueError("pointwise log likelihood: only for the mixture likelihood")
+        return np.array([log_density(spec, x, y, {k: v[i] for k, v in p.items()}) for i in range(S)])
+    if pointwise:
+        terms = np.empty((S, y.shape[0]))
+        for sl, ll in _log_likelihood_chunks(spec, x, y, p, chunk_values):
+            terms[sl] = ll
+        return terms
+    lp = batch_log_prior(spec, p)
+    for sl, ll in _log_likelihood_chunks(spec, x, y, p, chunk_values):
+        lp[sl] = lp[sl] + ll.sum(axis=1)
+    return np.where(np.isnan(lp), -np.inf, lp)
+
+
+def thin_indices(n: int, most: int) -> np.ndarray:
+    """At most ``most`` indices of 0..n-1, evenly spaced (all of them when n <= most)."""
+    if n <= most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, most).round().astype(int))
+
+
+@dataclass(frozen=True, eq=False)
+class DrawTerms:
+    """Evenly thinned draws of a fit, evaluated once: the landing's log densities and PSIS-LOO's
+    pointwise log likelihood both read them (``Problem.draw_terms``)."""
+
+    keep: np.ndarray
+    """(kept,) the draw indices evaluated, the same in every chain."""
+    terms: np.ndarray
+    """(chain, kept, N) log p(y_n | theta), data scale (bench.score.problem.Problem.pointwise_log_likelihood)."""
+    log_density: np.ndarray
+    """(chain, kept) the fitted model's log density (oracle convention); -inf where not finite."""
+
+
+@dataclass(eq=False)
+class Problem:
+    """The model as fitted (``spec``: priors on the fitted scale) and the data as given."""
+
+    spec: MixtureSpec
+    dataset: Dataset
+    standardization: Standardization | None = None
+    name: str = field(default="")
+
+    @classmethod
+    def make(cls, spec: MixtureSpec, dataset: Dataset, standardize: bool = False) -> "Problem":
+        dataset.check_against(spec)
+        scaling = Standardization.of(dataset, spec) if standardize else None
+        return cls(spec, dataset, scaling, dataset.name)
+
+    @cached_property
+    def fit_dataset(self) -> Dataset:
+        """What backends fit: the data, standardised when asked (without the truth then)."""
+        if self.standardization is None:
+            return self.dataset
+        return self.standardization.dataset(self.dataset)
+
+    def identity(self) -> dict:
+        """What makes two problems the same posterior: data digest, spec, standardisation."""
+        return {"data_digest": self.dataset.digest(), "spec": self.spec.to_dict(),
+                "standardization": self.standardization.to_dict() if self.standardization else None}
+
+    # -- scales --------------------------------------------------------------------------------
+
+    def to_fit_scale(self, point: dict) -> dict[str, np.ndarray]:
+        if self.standardization is None:
+            return {k: np.asarray(v, dtype=float) for k, v in point.items()}
+        return self.standardization.to_fit(point)
+
+    def to_data_scale_point(self, point: dict) -> dict[str, np.ndarray]:
+        if self.standardization is None:
+            return {k: np.asarray(v, dtype=float) for k, v in point.items()}
+        return self.standardization.to_data(point)
+
+    def to_data_scale_draws(self, draws: xr.DataTree) -> xr.DataTree:
+        """A copy of ``draws`` with the posterior group mapped to the data scale."""
+        if self.standardization is None:
+            return draws
+        ds = posterior_dataset(draws)
+        mapped = self.standardization.to_data({name: ds[name].values for name in ds.data_vars})
+        new = ds.assign({name: (ds[name].dims, mapped[name]) for name in ds.data_vars})
+        new.attrs = {**ds.attrs, "standardized": "mapped back to the data scale (models/standardize.py)"}
+        out = draws.copy()
+        out["posterior"] = xr.DataTree(new)
+        return out
+
+    def to_data_scale(self, fit: Fit) -> Fit:
+        """The fit with its draws and point on the data scale (the same fit without standardising)."""
+        if self.standardization is None or not fit.ok:
+            return fit
+        changes = {}
+        if fit.draws is not None:
+            changes["draws"] = self.to_data_scale_draws(fit.draws)
+        if fit.point is not None:
+            changes["point"] = self.to_data_scale_point(fit.point)
+        return dataclasses.replace(fit, **changes)
+
+    def sigma_bounds(self) -> tuple[float, float]:
+        """Support of sigma's prior on the data scale: (0, upper), upper = inf for HalfNormal."""
+        scale = self.standardization.y_scale if self.standardization else 1.0
+        return 0.0, self.spec.sigma_prior.upper * scale
+
+    def sigma_prior_scale(self) -> float:
+        """The sigma prior's scale parameter on the data scale."""
+        scale = self.standardization.y_scale if self.standardization else 1.0
+        return self.spec.sigma_prior.scale * scale
+
+    # -- log densities -------------------------------------------------------------------------
+
+    def log_density(self, point: dict) -> float:
+        """The fitted model's log density (oracle convention) at a data-scale point."""
+        fit = self.fit_dataset
+        return float(log_density(self.spec, fit.x, fit.y, self.to_fit_scale(point)))
+
+    def pointwise_log_likelihood(self, point: dict) -> np.ndarray:
+        """log p(y_i | theta) for every observation on the data scale, shape (N,).
+
+        On standardised data each term is the fitted model's minus log s_y (the Jacobian of
+        y -> y'), so predictive densities are densities of y as given.
+        """
+        fit = self.fit_dataset
+        terms = log_likelihood_terms(self.spec, fit.x, fit.y, self.to_fit_scale(point))
+        if self.standardization is not None:
+            terms = terms - math.log(self.standardization.y_scale)
+        return terms
+
+    def _points(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """The draws at (chain, draw) pairs, on the fitted scale, one leading axis of points."""
+        ds = posterior_dataset(draws)
+        chains = np.array([c for c, _ in index], dtype=int)
+        picks = np.array([d for _, d in index], dtype=int)
+        points = {n: np.asarray(ds[n].values, dtype=float)[chains, picks] for n in ds.data_vars}
+        return self.to_fit_scale(points)
+
+    def draw_log_densities(self, draws: xr.DataTree, per_chain: int) -> tuple[np.ndarray, np.ndarray]:
+        """Log density of at most ``per_chain`` evenly spaced draws of each chain.
+
+        Returns (values (chain, kept), kept draw indices). Non-finite draws give -inf.
+        """
+        ds = posterior_dataset(draws)
+        keep = thin_indices(ds.sizes["draw"], per_chain)
+        index = [(c, int(d)) for c in range(ds.sizes["chain"]) for d in keep]
+        fit = self.fit_dataset
+        values = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index))
+        return np.where(np.isfinite(values), values, -np.inf).reshape(ds.sizes["chain"], keep.size), keep
+
+    def draw_terms(self, draws: xr.DataTree, keep: np.ndarray) -> "DrawTerms":
+        """The pointwise log likelihood and log density of the draws ``keep`` of every chain,
+        computed once (one pass over N per draw) for every metric that reads them."""
+        ds = posterior_dataset(draws)
+        chains = ds.sizes["chain"]
+        index = [(c, int(d)) for c in range(chains) for d in keep]
+        points = self._points(draws, index)
+        fit = self.fit_dataset
+        terms = batch_log_density(self.spec, fit.x, fit.y, points, pointwise=True)
+        with np.errstate(invalid="ignore"):
+            lp = batch_log_prior(self.spec, points) + terms.sum(axis=1)
+        if self.standardization is not None:
+            terms -= math.log(self.standardization.y_scale)
+        lp = np.where(np.isfinite(lp), lp, -np.inf)
+        return DrawTerms(np.asarray(keep), terms.reshape(chains, len(keep), -1), lp.reshape(chains, len(keep)))
+
+    def pointwise_draws(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> np.ndarray:
+        """Pointwise log likelihood (data scale) at the given (chain, draw) pairs, shape (len(index), N)."""
+        fit = self.fit_dataset
+        out = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index), pointwise=True)
+        if self.standardization is not None:
+            out = out - math.log(self.standardization.y_scale)
+        return out
+

@@ -1,0 +1,75 @@
+"""Reference fits run as cells (bench.run.references): in an executor's worker, never in the
+process that plans the run, under the run's time limit; a reference cell that crashes or runs
+too long is one error line naming its log, before any fit runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import bench.reference.posterior
+import bench.run.references
+from bench.cli import main
+from bench.run.harness import read_rows
+
+QUICK = "tests.fake_backends:QuickBackend"
+RUN = ["run", "--scenario", "separated", "--backends", QUICK, "--N", "200", "--seeds", "0", "--chains", "2", "--draws", "100",
+       "--reference", "make", "--no-report", "--jobs", "1"]
+
+
+@pytest.fixture
+def references(tmp_path, monkeypatch) -> Path:
+    directory = tmp_path / "references"
+    monkeypatch.setattr(bench.reference.posterior, "references_dir", lambda: directory)
+    return directory
+
+
+def made_where(pid_file: Path, problem, settings, progress=None):
+    """A reference by a fake NUTS backend (tests.test_reference), recording the process that made it."""
+    pid_file.write_text(str(os.getpid()))
+    fake = dataclasses.replace(settings, method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4,
+                               warmup=0, ess_min=100)
+    return bench.reference.posterior.make_reference(problem, fake, progress=progress)
+
+
+def crash(problem, settings, progress=None):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hang(problem, settings, progress=None):
+    time.sleep(3600)
+
+
+def test_the_reference_is_made_in_a_worker_and_every_cell_uses_it(tmp_path, references, monkeypatch, capsys):
+    pid_file = tmp_path / "pid"
+    monkeypatch.setattr(bench.run.references, "make_reference", functools.partial(made_where, pid_file))
+    assert main([*RUN, "--out", str(tmp_path / "run")]) == 0
+    assert int(pid_file.read_text()) != os.getpid()
+    (made,) = list(references.iterdir())  # written into the cache by this process, nothing else there
+    assert (made / "info.json").is_file()
+    (row,) = read_rows(tmp_path / "run" / "cells.jsonl")
+    assert row["status"] == "ok" and row["reference_status"] == "accepted"
+    err = capsys.readouterr().err
+    assert f"at {made}" in err
+    # The progress lines count the reference cell on its own, then the run's cells.
+    assert f"[1/1] reference-{made.name} ok in " in err and "[1/1] separated" in err
+
+
+@pytest.mark.parametrize("make, status, extra", [(crash, "crashed", []), (hang, "timeout", ["--time-limit", "3"])],
+                         ids=["crash", "time-limit"])
+def test_a_reference_cell_that_dies_is_one_error_line_and_no_fit_runs(tmp_path, references, monkeypatch, capsys,
+                                                                       make, status, extra):
+    monkeypatch.setattr(bench.run.references, "make_reference", make)
+    out = tmp_path / "run"
+    assert main([*RUN, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mixbench run: error: reference posterior of separated: {status}: "), err
+    assert f"(its log: {out / 'logs'}" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (out / "cells.jsonl").exists() and not references.exists()

@@ -26,6 +26,8 @@ def _family(kind: str, family: str, label: str) -> tuple[str, str]:
         return (f"{label} err", f"median over seeds of: {_row(f'{family}_err_max', 'max |posterior mean - truth|')}")
     if kind == "w1_floor":
         return (f"{label} W1 floor", f"median over seeds of: {_row(f'{family}_w1_floor', 'the W1 noise floor')}")
+    if kind == "w1_mode":
+        return (f"{label} W1 own mode", f"median over seeds of: {_row(f'{family}_w1_mode', 'W1 to the own mode')}")
     if kind == "cover":
         return (f"{label} cover", f"mean over seeds of: {_row(f'{family}_coverage', 'coverage of the truth')}")
     return (f"{label} W1", f"median over seeds of: {_row(f'{family}_w1_max', '1-Wasserstein distance to the reference')}")
@@ -57,6 +59,7 @@ COLUMNS: dict[str, str] = {
     **dict(_family("cover", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1_floor", f, label) for f, label in _FAMILIES.items()),
+    **dict(_family("w1_mode", f, label) for f, label in _FAMILIES.items()),
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},
@@ -68,7 +71,8 @@ COLUMNS: dict[str, str] = {
                                                                                    "below the reference"),
     "reference modes": "where the fit's chains (a point, a VI fit: one each; over seeds) landed among the "
                        "reference's modes (bench.modes): 'k of n chains in mode A (mass m)', modes named A, B, ... "
-                       "by posterior mass; nats lower: the mode's mean log density below the best mode's; mass "
+                       "by posterior mass; nats lower: the mode's mean log density below the best mode's; 'left its "
+                       "mode mid-run (A then B)': a chain whose segments landed in different modes; mass "
                        "covered: the mass of the modes the chains reached",
     "mass (bridge)": "a reference mode's posterior mass by bridge sampling (Meng & Wong 1996), +- its standard error",
     "mass (IS)": "a reference mode's posterior mass by importance sampling from a Student-t fitted to it, +- its "

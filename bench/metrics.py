@@ -29,7 +29,7 @@ from backends.degenerate import degenerate_components
 from backends.methods import Kind, kind_of
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
-from bench.modes import MODE_FIELDS, mode_columns
+from bench.modes import MODE_FIELDS, mode_columns, own_mode_draws
 from bench.predictive import LOO_FIELDS, loo_keep, loo_metrics, subsample_seed
 from bench.problem import thin_indices
 from bench.relabel import (
@@ -283,6 +283,12 @@ ROW_FIELDS: dict[str, str] = {
                                      "disjoint random sets of the reference's draws, each of the fit's size (at most "
                                      "half the reference's), i.e. what two exact samples of that size differ by "
                                      "(Agrawal & Domke 2024); a W1 near it is noise"),
+    **_family_fields("{f}_w1_mode", "the same W1 (max over the {name}) to the reference draws of the fit's own "
+                                    "mode: the chains that stayed in one reference mode (ref_mode_chains) against "
+                                    "that mode's draws, chain for chain (NaN when no chain did, or the reference "
+                                    "keeps no per-draw modes: a one-run or older reference)"),
+    **_family_fields("{f}_w1_mode_floor", "the W1 noise floor of the own-mode W1 for the {name}, as the whole reference's floor "
+                                          "(from the own mode's draws)"),
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Which of the reference's modes (bench.modes), when it is made of modes
@@ -881,6 +887,7 @@ class Scoring:
     mcmc: bool
     single_point: bool
     ref_modes: list | None = None  # the reference's modes table (bench.reference_modes), when it has one
+    ref_draw_modes: np.ndarray | None = None  # (chain, draw) mode of each reference draw, when it keeps them
 
     @property
     def target_name(self) -> str:
@@ -942,7 +949,7 @@ def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: Met
     return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
                    ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
                    single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1,
-                   ref_modes=getattr(reference, "modes", None))
+                   ref_modes=getattr(reference, "modes", None), ref_draw_modes=getattr(reference, "draw_modes", None))
 
 
 def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
@@ -1064,6 +1071,17 @@ def _w1_metric(s: Scoring, row: dict) -> dict[str, Any]:
     return {} if s.ref_draws is None else wasserstein_marginals(s.rel.draws, s.ref_draws)
 
 
+def _w1_mode_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    """W1 to the draws of the reference mode each chain landed in (bench.modes.own_mode_draws)."""
+    labels = row.get("ref_mode_chains")
+    if s.ref_draws is None or s.ref_draw_modes is None or not isinstance(labels, str):
+        return {}
+    pair = own_mode_draws(s.rel.draws, s.ref_draws, s.ref_draw_modes, labels.split(";"))
+    w1 = wasserstein_marginals(*pair) if pair is not None else {}
+    return {f"{f}_w1_mode{end}": w1.get(f"{f}_w1_{key}", NAN) for f in FAMILIES
+            for end, key in (("", "max"), ("_floor", "floor"))}
+
+
 def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.problem is None:
         return {}
@@ -1089,6 +1107,7 @@ METRICS: list[tuple[str, Any]] = [
     ("efficiency", _efficiency_metric),
     ("khat", _khat_metric),
     ("w1", _w1_metric),
+    ("w1_mode", _w1_mode_metric),
     ("loo", _loo_metric),
     ("health", _health_metric),
 ]

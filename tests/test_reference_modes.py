@@ -274,3 +274,13 @@ def test_w1_to_the_fits_own_mode_is_measured_against_that_modes_draws_and_kept_o
     older = Reference(tree, {k: v for k, v in info.items() if k != "draw_modes"})
     assert older.draw_modes is None
     assert np.isnan(evaluate(fit, reference=older)["w_w1_mode"])
+
+
+def test_a_mode_says_which_starts_found_it():
+    from bench.reference_modes import found_by
+
+    sources = ["NUTS chains from prior draws"] * 12 + ["MAP starts"] * 4 + ["Pathfinder starts"] * 4
+    totals = {s: sources.count(s) for s in sources}
+    group = [0, 3, 12, 13, 19]
+    assert found_by([sources[c] for c in group], totals) == ("2 of 12 NUTS chains from prior draws, 2 of 4 MAP starts, "
+                                                             "1 of 4 Pathfinder starts")

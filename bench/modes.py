@@ -183,7 +183,8 @@ def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
         if name == "-":
             parts.append((n, "in none of the modes"))
         elif HOP in name:
-            parts.append((n, f"left {'its' if n == 1 else 'their'} mode mid-run ({name.replace(HOP, ' then ')})"))
+            path = ", then ".join("no mode" if v == "-" else f"mode {v}" for v in name.split(HOP))
+            parts.append((n, f"moved between modes mid-run ({path})"))
         else:
             mass, gap = masses.get(name, ("-", math.nan))
             detail = f"mass {mass}" if mass != "-" else "degenerate, no mass: the posterior is improper there"

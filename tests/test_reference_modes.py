@@ -232,8 +232,8 @@ def test_a_chain_that_leaves_its_mode_mid_run_is_named_by_both_modes_not_one():
 
     rows = pd.DataFrame({"ref_mode_chains": [cols["ref_mode_chains"]], "ref_mass_covered": [1.0],
                          "ref_mode_masses": ["A:0.9:0;B:0.1:3"]})
-    assert fit_answer("NUTS", rows) == ("NUTS: 1 of 2 chains in mode A (mass 0.9), 1 left its mode mid-run "
-                                        "(A then B); mass covered 1")
+    assert fit_answer("NUTS", rows) == ("NUTS: 1 of 2 chains in mode A (mass 0.9), 1 moved between modes mid-run "
+                                        "(mode A, then mode B); mass covered 1")
 
 
 def test_w1_to_the_fits_own_mode_is_measured_against_that_modes_draws_and_kept_on_round_trip(tmp_path):

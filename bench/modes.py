@@ -46,7 +46,8 @@ MODE_FIELDS: dict[str, str] = {
     "chains_hopped": "chains that left their mode mid-run (their segments landed in different modes)",
     "ref_modes_covered": "the reference modes the chains covered",
     "ref_mass_covered": "posterior mass of the modes covered (bridge-sampling masses)",
-    "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate)",
+    "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate); a chain "
+                        "that moved between modes is counted in chains_hopped instead",
     "ref_mode_masses": "each reference mode as name:mass:nats below the best mode ('-' mass: not weighted)",
 }
 

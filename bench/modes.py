@@ -156,7 +156,11 @@ def _mass_text(mode: dict[str, Any]) -> str:
 
 def _mass_se(mode: dict[str, Any], key: str) -> str:
     value = mode.get(f"mass_{key}")
-    return "-" if value is None else f"{value:.3f} +- {mode[f'mass_{key}_se']:.3f}"
+    if value is None:
+        return "-"
+    se = mode[f"mass_{key}_se"]
+    # A mode of mass below 0.001 would read 0.000 at three decimals: its size is the answer.
+    return f"{value:.3f} +- {se:.3f}" if value >= 1e-3 else f"{value:.2g} +- {se:.2g}"
 
 
 def _parse_masses(text: str) -> dict[str, tuple[str, float]]:

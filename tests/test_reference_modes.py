@@ -162,6 +162,8 @@ def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences
                                        "(mass 0.03, 16.5 nats lower)")
     assert 0.03 < POOR_MASS
     assert modes_table_lines(modes)[1].startswith("A    weighted   0.930 +- 0.010")
+    tiny = {**modes[1], "mass_bridge": 1.1e-5, "mass_bridge_se": 2e-6}
+    assert modes_table_lines([tiny])[1].startswith("B    weighted   1.1e-05 +- 2e-06")
 
 
 def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():

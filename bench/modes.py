@@ -239,7 +239,7 @@ def reference_modes_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 "data set": row["scenario"], "reference mode": m["name"], "mode status": m["status"],
                 "mass (bridge)": _mass_se(m, "bridge"), "mass (IS)": _mass_se(m, "is"),
                 "mode mean lp": round(float(m["lp_mean"]), 2), "nats below": round(float(m.get("lp_gap", math.nan)), 2),
-                "poor": "yes" if _poor(m) else "no",
+                "poor": "-" if m["status"] == "unstable" else "yes" if _poor(m) else "no",
                 "mode location": "; ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
                                       for n, v in m.get("location", {}).items() if np.size(v)),
                 "how found": m.get("found_by", "") + ("; " + m["note"] if m.get("note") else ""),

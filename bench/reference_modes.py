@@ -365,10 +365,8 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
                 mode[f"mass_{key}"], mode[f"mass_{key}_se"] = float(value), float(error)
     weighted.sort(key=lambda w: -w["mass_bridge"])
     others = [m for m in modes if m.get("status") != "weighted"]
-    best_lp = max((m["lp_mean"] for m in modes), default=math.nan)
-    for letter, mode in zip(_names(), weighted + others):
-        mode["name"] = letter
-        mode["lp_gap"] = float(best_lp - mode["lp_mean"])
+    for letter, mode, gap in zip(_names(), weighted + others, lp_gaps(weighted + others)):
+        mode["name"], mode["lp_gap"] = letter, gap
     for mode in weighted:
         tag = f"mode {mode['name']}"
         reasons += [f"{tag}: {r}" for r in mode["failed"]]
@@ -431,6 +429,14 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
         "causes": causes,
     })
     return Reference(_with_lp(draws, lp, diverging), info)
+
+
+def lp_gaps(modes: list[dict]) -> list[float]:
+    """Each mode's mean log density below the best weighted mode's (below the best of all when
+    none is weighted): an unstable mode, which its own chains left, is no yardstick."""
+    weighted = [m["lp_mean"] for m in modes if m.get("status") == "weighted"]
+    best = max(weighted or [m["lp_mean"] for m in modes], default=math.nan)
+    return [float(best - m["lp_mean"]) for m in modes]
 
 
 def _names():

@@ -286,3 +286,14 @@ def test_a_mode_says_which_starts_found_it():
     group = [0, 3, 12, 13, 19]
     assert found_by([sources[c] for c in group], totals) == ("2 of 12 NUTS chains from prior draws, 2 of 4 MAP starts, "
                                                              "1 of 4 Pathfinder starts")
+
+
+def test_mode_gaps_are_measured_from_the_best_weighted_mode_not_an_unstable_one():
+    """The two_lines demo's case: an unstable mode (its chains left it) 1.69 nats above the only
+    weighted one made every fit read '1.69 nats lower'."""
+    from bench.reference_modes import lp_gaps
+
+    modes = [{"status": "weighted", "lp_mean": -81.88}, {"status": "weighted", "lp_mean": -90.0},
+             {"status": "unstable", "lp_mean": -80.19}]
+    assert lp_gaps(modes) == pytest.approx([0.0, 8.12, -1.69])
+    assert lp_gaps([{"status": "unstable", "lp_mean": -3.0}, {"status": "degenerate", "lp_mean": -1.0}]) == [2.0, 0.0]

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +33,6 @@ import xarray as xr
 from jax import lax, random
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers, optim
-from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoLaplaceApproximation, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.util import log_density as numpyro_log_density
@@ -52,6 +50,7 @@ from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
+from models.numpyro_model import latent_sites as _layout  # the model's sites and their transforms
 from models.numpyro_model import mixture_model
 from models.numpyro_model import canonical_values as _canonical
 from models.numpyro_model import site_values as _sites_from_params
@@ -80,32 +79,6 @@ SOURCES = (Path(__file__), Path(__file__).with_name("jax_programs.py"),
 def _stored(fun: Callable, program: str, spec: MixtureSpec, static_argnums: tuple[int, ...] = (), **settings) -> StoredJit:
     """``jax.jit(fun)`` kept on disk; ``fun`` may close over ``spec`` and ``settings`` only."""
     return StoredJit(fun, {"program": program, "spec": spec.to_dict(), **settings}, SOURCES, static_argnums)
-
-
-@dataclass(frozen=True)
-class _Site:
-    name: str
-    shape: tuple[int, ...]  # unconstrained shape
-    transform: Any  # unconstrained -> constrained
-
-
-@cache
-def _layout(spec: MixtureSpec) -> tuple[_Site, ...]:
-    """The model's latent sites in trace order, with their unconstrained shapes and transforms."""
-    transforms = {}
-
-    def unconstrained(x, y):
-        tr = handlers.trace(handlers.seed(partial(mixture_model, spec), 0)).get_trace(x, y)
-        out = {}
-        for name, site in tr.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                transforms[name] = biject_to(site["fn"].support)
-                out[name] = transforms[name].inv(site["value"])
-        return out
-
-    # Shapes only: abstract evaluation runs no computation.
-    shapes = jax.eval_shape(unconstrained, jnp.zeros((1, spec.D)), jnp.zeros(1))
-    return tuple(_Site(name, tuple(shapes[name].shape), transforms[name]) for name in transforms)
 
 
 def _uniform_init(spec: MixtureSpec, key, dtype) -> dict[str, jax.Array]:

@@ -343,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    description="List scenarios, backends and methods with what is available here.")
 
     reference = sub.add_parser("reference", help="make (or import) the reference posterior of a data set",
-                               description="Make a data set's reference posterior by a long multi-chain NUTS "
-                                           "run, check its diagnostics and cache it by data digest and spec; or "
-                                           "turn user-supplied draws into one.")
+                               description="Make a data set's reference posterior (by default of its modes, "
+                                           "each sampled by NUTS and weighted by its mass; --method nuts: one long "
+                                           "multi-chain NUTS run), check it, print its modes table and cache it by "
+                                           "data digest and spec; or turn user-supplied draws into one.")
     rsource = reference.add_mutually_exclusive_group()
     rsource.add_argument("--scenario", metavar="NAME", default=None, help="built-in scenario (default forum-small)")
     rsource.add_argument("--data", metavar="FILE.csv", type=Path, default=None,

@@ -2,7 +2,8 @@
 and its Stan program (stan/mixture.stan, mapped by models/stan_model.py).
 
 ``mixture_model`` is the model; ``site_values`` and ``canonical_values`` map a canonical point
-(models/spec.py's names and shapes) to the model's latent sites and back. Its log density is the
+(models/spec.py's names and shapes) to the model's latent sites and back; ``latent_sites`` lists
+those sites with their unconstrained shapes and transforms. Its log density is the
 oracle's (models/oracle.py): tests/test_models.py checks it at random points of many specs.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cache, partial
 from typing import Any
 
 import jax
@@ -20,6 +23,7 @@ import numpyro.distributions as dist
 from jax import random
 from numpyro import handlers
 from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
 
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
@@ -162,3 +166,33 @@ def canonical_values(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, 
         else:
             out["w"] = np.zeros(lead + (spec.K, 0))
     return out
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """One latent site of ``mixture_model``: its name, unconstrained shape and NumPyro's
+    transform from the unconstrained space to its support (``biject_to``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    transform: Any
+
+
+@cache
+def latent_sites(spec: MixtureSpec) -> tuple[LatentSite, ...]:
+    """The model's latent sites in trace order, with their unconstrained shapes and transforms
+    (the space NumPyro's NUTS and optimisers work in)."""
+    transforms = {}
+
+    def unconstrained(x, y):
+        tr = handlers.trace(handlers.seed(partial(mixture_model, spec), 0)).get_trace(x, y)
+        out = {}
+        for name, site in tr.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                transforms[name] = biject_to(site["fn"].support)
+                out[name] = transforms[name].inv(site["value"])
+        return out
+
+    # Shapes only: abstract evaluation runs no computation.
+    shapes = jax.eval_shape(unconstrained, jnp.zeros((1, spec.D)), jnp.zeros(1))
+    return tuple(LatentSite(name, tuple(shapes[name].shape), transforms[name]) for name in transforms)

@@ -162,6 +162,8 @@ def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences
                                        "(mass 0.03, 16.5 nats lower)")
     assert 0.03 < POOR_MASS
     assert modes_table_lines(modes)[1].startswith("A    weighted   0.930 +- 0.010")
+    tiny = {**modes[1], "mass_bridge": 1.1e-5, "mass_bridge_se": 2e-6}
+    assert modes_table_lines([tiny])[1].startswith("B    weighted   1.1e-05 +- 2e-06")
 
 
 def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():
@@ -177,7 +179,121 @@ def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain
         return {"_rel": canonical_datatree(spec, arrays), "_lp": np.full((chains, 10), value),
                 "_diverging": np.zeros((chains, 10), bool), "mass_bridge": mass, "chains_used": chains}
 
-    tree, lp, _ = _mixture([mode(4, 1.0, 0.7), mode(3, 2.0, 0.3)], SimpleNamespace(draws=10))
+    first, second = mode(4, 1.0, 0.7), mode(3, 2.0, 0.3)
+    first["name"], second["name"] = "A", "B"
+    tree, lp, _, draw_modes = _mixture([first, second], SimpleNamespace(draws=10))
     assert tree["posterior"]["b"].shape == (4, 10, 2)
     assert (lp == 1.0).sum(axis=1).tolist() == [7, 7, 7, 7] and (lp == 2.0).sum(axis=1).tolist() == [3, 3, 3, 3]
+    # Each draw's mode is kept: the runs name the mode every draw (its lp says which) came from.
+    from bench.reference.posterior import Reference
+
+    labels = Reference(tree, {"draw_modes": draw_modes}).draw_modes
+    assert ((labels == "A") == (lp == 1.0)).all() and ((labels == "B") == (lp == 2.0)).all()
     assert allocate(np.array([0.5, 0.25, 0.25]), 7).sum() == 7
+
+
+# Two hand-built modes of the forum model (K = 2, D = 1, shared sigma), in the canonical
+# labelling (slopes ascending): A at the truth, B with the first slope moved from -1 to -0.5.
+FORUM_SPEC = MixtureSpec(K=2, D=1, intercept=False, sigma="shared")
+MODE_SD = {"w": 0.01, "sigma": 0.004, "pi": 0.02}
+AT = {"A": {"w": [[-1.0], [3.0]], "sigma": 0.1, "pi": [0.5, 0.5]},
+      "B": {"w": [[-0.5], [3.0]], "sigma": 0.1, "pi": [0.3, 0.7]}}
+
+
+def _forum_modes() -> list[dict]:
+    sd = {"w": [[0.01], [0.01]], "sigma": 0.004, "pi": [0.02, 0.02]}
+    return [{"name": "A", "status": "weighted", "mass_bridge": 0.9, "mass_bridge_se": 0.01, "lp_gap": 0.0,
+             "lp_mean": 0.0, "location": AT["A"], "sd": sd},
+            {"name": "B", "status": "weighted", "mass_bridge": 0.1, "mass_bridge_se": 0.01, "lp_gap": 3.0,
+             "lp_mean": -3.0, "location": AT["B"], "sd": sd}]
+
+
+def _around(mode: str, chains: int, draws: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: np.asarray(v, dtype=float)[None, None] + MODE_SD[n] * rng.standard_normal((chains, draws) + np.shape(v))
+            for n, v in AT[mode].items()}
+
+
+def test_a_chain_that_leaves_its_mode_mid_run_is_named_by_both_modes_not_one():
+    """Chain 0 spends its first 120 draws in mode A and its last 80 in mode B: its mean lies in
+    neither, and a landing by the mean alone would name none (or one); it is reported as having
+    left A for B, both modes count as covered, and the answer says so."""
+    a, b, a2 = _around("A", 1, 120, 1), _around("B", 1, 80, 2), _around("A", 1, 200, 3)
+    hopped = {n: np.concatenate([a[n], b[n]], axis=1) for n in a}
+    arrays = {n: np.concatenate([hopped[n], a2[n]]) for n in a}
+    arrays["pi"] = arrays["pi"] / arrays["pi"].sum(-1, keepdims=True)
+    cols = mode_columns(canonical_datatree(FORUM_SPEC, arrays), _forum_modes())
+    assert cols["ref_mode_chains"] == "A>B;A"
+    assert cols["chains_hopped"] == 1
+    assert cols["ref_modes_covered"] == "A,B" and cols["ref_mass_covered"] == pytest.approx(1.0)
+    assert cols["chains_poor_mass"] == 0
+    # The whole chain's mean is in no mode: what the landing by the mean alone gave.
+    whole = {n: v[0].mean(axis=0) for n, v in arrays.items()}
+    assert land(whole, _forum_modes(), 2) is None
+    import pandas as pd
+
+    rows = pd.DataFrame({"ref_mode_chains": [cols["ref_mode_chains"]], "ref_mass_covered": [1.0],
+                         "ref_mode_masses": ["A:0.9:0;B:0.1:3"]})
+    assert fit_answer("NUTS", rows) == ("NUTS: 1 of 2 chains in mode A (mass 0.9), 1 moved between modes mid-run "
+                                        "(mode A, then mode B); mass covered 1")
+
+
+def test_w1_to_the_fits_own_mode_is_measured_against_that_modes_draws_and_kept_on_round_trip(tmp_path):
+    """A reference of 900 draws from mode A and 100 from mode B per chain; a one-chain fit drawn
+    around A. Its W1 to the whole reference includes B's share; to its own mode it is the W1 to
+    A's draws alone, computed here with scipy on the sorted components."""
+    from scipy.stats import wasserstein_distance
+
+    import xarray as xr
+
+    from backends.base import Fit
+    from bench.score.metrics import evaluate
+    from bench.reference.posterior import Reference, load_reference, write_reference
+
+    ref_a, ref_b = _around("A", 2, 900, 10), _around("B", 2, 100, 11)
+    ref = {n: np.concatenate([ref_a[n], ref_b[n]], axis=1) for n in ref_a}
+    ref["pi"] = ref["pi"] / ref["pi"].sum(-1, keepdims=True)
+    tree = canonical_datatree(FORUM_SPEC, ref)
+    tree = xr.DataTree.from_dict({"posterior": tree["posterior"].to_dataset(),
+                                  "sample_stats": xr.Dataset({"lp": (("chain", "draw"), np.zeros((2, 1000)))})})
+    info = {"name": "two-modes", "accepted": True, "spec": FORUM_SPEC.to_dict(), "modes": _forum_modes(),
+            "draw_modes": [[["A", 900], ["B", 100]]] * 2}
+    reference = load_reference(write_reference(Reference(tree, info), tmp_path / "ref"))
+    assert reference.draw_modes.shape == (2, 1000)
+    assert (reference.draw_modes[:, :900] == "A").all() and (reference.draw_modes[:, 900:] == "B").all()
+    fit_arrays = _around("A", 1, 400, 12)
+    fit_arrays["pi"] = fit_arrays["pi"] / fit_arrays["pi"].sum(-1, keepdims=True)
+    fit = Fit(backend="t", method="advi-fullrank", status="ok", draws=canonical_datatree(FORUM_SPEC, fit_arrays))
+    row = evaluate(fit, reference=reference)
+    assert row["ref_mode_chains"] == "A"
+    expected = max(wasserstein_distance(fit_arrays["w"][0, :, k, 0], ref_a["w"][:, :, k, 0].ravel()) for k in range(2))
+    assert row["w_w1_mode"] == pytest.approx(expected, rel=1e-9)
+    # B's tenth of the draws sits 0.5 away in the first slope: about 0.05 of W1 the own mode has not.
+    assert row["w_w1_max"] > row["w_w1_mode"] + 0.04
+    assert row["w_w1_mode"] < 3 * row["w_w1_mode_floor"]
+    # A reference without per-draw modes (one NUTS run, or written before they were kept) reads,
+    # with no own-mode W1.
+    older = Reference(tree, {k: v for k, v in info.items() if k != "draw_modes"})
+    assert older.draw_modes is None
+    assert np.isnan(evaluate(fit, reference=older)["w_w1_mode"])
+
+
+def test_a_mode_says_which_starts_found_it():
+    from bench.reference.modes import found_by
+
+    sources = ["NUTS chains from prior draws"] * 12 + ["MAP starts"] * 4 + ["Pathfinder starts"] * 4
+    totals = {s: sources.count(s) for s in sources}
+    group = [0, 3, 12, 13, 19]
+    assert found_by([sources[c] for c in group], totals) == ("2 of 12 NUTS chains from prior draws, 2 of 4 MAP starts, "
+                                                             "1 of 4 Pathfinder starts")
+
+
+def test_mode_gaps_are_measured_from_the_best_weighted_mode_not_an_unstable_one():
+    """The two_lines demo's case: an unstable mode (its chains left it) 1.69 nats above the only
+    weighted one made every fit read '1.69 nats lower'."""
+    from bench.reference.modes import lp_gaps
+
+    modes = [{"status": "weighted", "lp_mean": -81.88}, {"status": "weighted", "lp_mean": -90.0},
+             {"status": "unstable", "lp_mean": -80.19}]
+    assert lp_gaps(modes) == pytest.approx([0.0, 8.12, -1.69])
+    assert lp_gaps([{"status": "unstable", "lp_mean": -3.0}, {"status": "degenerate", "lp_mean": -1.0}]) == [2.0, 0.0]

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import build_parser
+from bench.run.harness import Cell
 from bench.run.plan import reference_settings, run_cells
 from bench.run.references import attach_references
-from bench.run.harness import Cell
 from models.errors import MixbenchError
 
 # dests of `mixbench run` options a benchmark session has no use for.

@@ -3,7 +3,10 @@
 Steps (bench.reference.posterior calls ``make_modes_reference`` for ``ReferenceSettings(method="modes")``):
 
 1. Explore: ``explore_chains`` short NumPyro NUTS chains, each started from a draw of the prior
-   (dispersed starts), run vectorised.
+   (dispersed starts), run vectorised; and as many short NUTS chains again started at the optima
+   of ``explore_map_starts`` single-start MAP fits and at ``explore_pathfinder_starts``
+   single-path Pathfinder fits (their draws' mean), from their own random starts
+   (``optimiser_starts``): optimisers stop at local optima that chains may pass by.
 2. Cluster: each chain's draws are relabelled against its own highest draw and its components
    sorted canonically (bench.reference.posterior.canonical_relabel), so label copies are one mode; chains
    join a mode when their relabelled means lie within ``merge_distance_sd`` within-chain sds (the
@@ -61,9 +64,9 @@ class Unconstrained:
     """NumPyro's transforms of the model's sites: canonical points <-> flat unconstrained vectors."""
 
     def __init__(self, spec: MixtureSpec):
-        from backends.numpyro import _layout  # the model's sites and NumPyro's transforms of them
+        from models.numpyro_model import latent_sites
 
-        self.spec, self.layout = spec, _layout(spec)
+        self.spec, self.layout = spec, latent_sites(spec)
         self.dim = sum(math.prod(s.shape) for s in self.layout)
 
     def to_z(self, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -105,9 +108,9 @@ class Unconstrained:
 
     def log_density(self, problem: Problem, z: np.ndarray) -> np.ndarray:
         """The oracle's log density of the fitted model plus the log Jacobian, (S, dim) -> (S,)."""
-        from backends.numpyro import _precision
+        import jax
 
-        with _precision("float64"):
+        with jax.enable_x64(True):
             params, log_jac = self.from_z(np.asarray(z, dtype=float))
         fit = problem.fit_dataset
         lp = batch_log_density(self.spec, fit.x, fit.y, params) + log_jac
@@ -122,11 +125,10 @@ def _nuts(problem: Problem, chains: int, warmup: int, draws: int, target_accept:
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS, init_to_sample
 
-    from backends.numpyro import _layout, _precision
-    from models.numpyro_model import canonical_values, mixture_model
+    from models.numpyro_model import canonical_values, latent_sites, mixture_model
 
     spec = problem.spec
-    with _precision("float64"):
+    with jax.enable_x64(True):
         data = problem.fit_dataset
         x, y = jnp.asarray(data.x, dtype=jnp.float64), jnp.asarray(data.y, dtype=jnp.float64)
         kernel = NUTS(partial(mixture_model, spec), target_accept_prob=target_accept, init_strategy=init_to_sample)
@@ -135,7 +137,7 @@ def _nuts(problem: Problem, chains: int, warmup: int, draws: int, target_accept:
         init = None
         if init_z is not None:
             init, start = {}, 0
-            for s in _layout(spec):
+            for s in latent_sites(spec):
                 size = math.prod(s.shape)
                 init[s.name] = jnp.asarray(init_z[:, start:start + size].reshape(chains, *s.shape))
                 start += size
@@ -214,6 +216,8 @@ def cluster_chains(places: list[_ChainPlace], K: int, distance_sd: float) -> lis
 def make_modes_reference(problem: Problem, settings, name: str | None = None,
                          progress: Callable[[str], None] | None = None):
     """The reference of the module docstring, a bench.reference.posterior.Reference (accepted or provisional)."""
+    import jax
+
     from bench.reference.posterior import _checks, diagnostics
 
     spec, data = problem.spec, problem.dataset
@@ -224,8 +228,16 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
     explore, _ = _nuts(problem, settings.explore_chains, settings.explore_warmup, settings.explore_draws,
                        settings.target_accept, settings.seed, None)
     places = [_ChainPlace(problem, explore, c) for c in range(settings.explore_chains)]
-    groups = cluster_chains(places, spec.K, settings.merge_distance_sd)
+    sources = ["NUTS chains from prior draws"] * settings.explore_chains
     space = Unconstrained(spec)
+    starts, start_sources = optimiser_starts(problem, settings, space, say)
+    if len(starts):
+        from_starts, _ = _nuts(problem, len(starts), settings.explore_warmup, settings.explore_draws,
+                               settings.target_accept, settings.seed + 50, starts)
+        places += [_ChainPlace(problem, from_starts, c) for c in range(len(starts))]
+        sources += start_sources
+    totals = {source: sources.count(source) for source in sources}
+    groups = cluster_chains(places, spec.K, settings.merge_distance_sd)
     say(f"  {len(groups)} candidate mode(s); sampling each with {settings.chains} chains x "
         f"({settings.warmup} + {settings.draws}) ...")
     modes: list[dict[str, Any]] = []
@@ -234,16 +246,14 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
         best = max(group, key=lambda c: places[c].best_lp)
         with_point = {n: np.asarray(v)[None] for n, v in places[best].best.items()}
         rng = np.random.default_rng(settings.seed + 1 + i)
-        from backends.numpyro import _precision
-
-        with _precision("float64"):
+        with jax.enable_x64(True):
             z0 = space.to_z(with_point)
         init = z0 + JITTER * rng.standard_normal((settings.chains, space.dim))
         arrays, diverging = _nuts(problem, settings.chains, settings.warmup, settings.draws, settings.target_accept,
                                   settings.seed + 1 + i, init)
         chain_places = [_ChainPlace(problem, arrays, c) for c in range(settings.chains)]
         stayed = [c for c, p in enumerate(chain_places) if p.same_mode(lead, spec.K, settings.merge_distance_sd)]
-        mode = {"found_by": f"{len(group)} of {settings.explore_chains} exploration chains from prior draws",
+        mode = {"found_by": found_by([sources[c] for c in group], totals),
                 "explore_lp_mean": lead.lp_mean, "chains_left": [c for c in range(settings.chains) if c not in stayed]}
         modes.append(mode)
         if len(stayed) < max(settings.min_chains, math.ceil((1 - LEFT_MAX_FRAC) * settings.chains)):
@@ -259,7 +269,7 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
                           <= settings.merge_distance_sd), None)
         if duplicate is not None:
             modes.pop()
-            duplicate["found_by"] += f"; and {len(group)} more whose samples joined it"
+            duplicate["found_by"] += f"; and {mode['found_by']}, whose samples joined it"
             continue
         diag = diagnostics(rel)
         divergences = int(diverging[stayed].sum())
@@ -281,11 +291,56 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
         n_points = len(stayed) * settings.draws
         fit_points = problem.to_fit_scale({n: np.asarray(v.values, dtype=float).reshape(n_points, *v.shape[2:])
                                            for n, v in posterior_dataset(rel).data_vars.items()})
-        with _precision("float64"):
+        with jax.enable_x64(True):
             z = space.to_z(fit_points).reshape(len(stayed), settings.draws, space.dim)
         mode.update(mode_log_z(partial(space.log_density, problem), z, settings.proposal_draws,
                                settings.seed + 100 + i))
     return _assemble(problem, settings, modes, name, time.perf_counter() - start, places)
+
+
+def optimiser_starts(problem: Problem, settings, space: Unconstrained,
+                     say: Callable[[str], None]) -> tuple[np.ndarray, list[str]]:
+    """Unconstrained starts (n, dim) from single-start MAP optima (``explore_map_starts`` seeds)
+    and single-path Pathfinder fits (``explore_pathfinder_starts`` seeds; their draws' mean) of
+    the NumPyro backend, with what found each. An optimiser stops at local optima that chains
+    from prior draws may all pass by; a short NUTS chain from each then places it like the others.
+    A start whose fit failed or whose point is not finite is left out."""
+    import jax
+
+    from backends import get_backend
+    from backends.base import FitSettings, start_seeds
+
+    runs = [("map", "MAP starts", settings.explore_map_starts, FitSettings(map_starts=1)),
+            ("pathfinder", "Pathfinder starts", settings.explore_pathfinder_starts,
+             FitSettings(pathfinder_paths=1, pathfinder_resampling="none"))]
+    if not any(count for _, _, count, _ in runs):
+        return np.zeros((0, space.dim)), []
+    say(f"  and {settings.explore_map_starts} MAP and {settings.explore_pathfinder_starts} Pathfinder starts "
+        "(NumPyro), each followed by a short NUTS chain ...")
+    backend = get_backend("numpyro")
+    points, labels = [], []
+    for method, label, count, fit_settings in runs:
+        for seed in start_seeds(settings.seed + 7, count) if count else []:
+            fit = backend.fit(problem.spec, problem.fit_dataset, method, fit_settings, seed=seed)
+            if not fit.ok:
+                continue
+            if method == "map":
+                point = fit.point
+            else:
+                ds = posterior_dataset(fit.draws)
+                point = {n: np.asarray(ds[n].mean(("chain", "draw")).values, dtype=float) for n in ds.data_vars}
+            with jax.enable_x64(True):
+                z = space.to_z({n: np.asarray(v, dtype=float)[None] for n, v in point.items()})
+            if np.isfinite(z).all():
+                points.append(z[0])
+                labels.append(label)
+    return (np.stack(points) if points else np.zeros((0, space.dim))), labels
+
+
+def found_by(sources: list[str], totals: dict[str, int]) -> str:
+    """'3 of 12 NUTS chains from prior draws, 2 of 4 MAP starts': how a mode's chains were started."""
+    return ", ".join(f"{sources.count(source)} of {total} {source}" for source, total in totals.items()
+                     if source in sources)
 
 
 def _location(mean: dict, sd: dict) -> dict[str, Any]:
@@ -310,10 +365,8 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
                 mode[f"mass_{key}"], mode[f"mass_{key}_se"] = float(value), float(error)
     weighted.sort(key=lambda w: -w["mass_bridge"])
     others = [m for m in modes if m.get("status") != "weighted"]
-    best_lp = max((m["lp_mean"] for m in modes), default=math.nan)
-    for letter, mode in zip(_names(), weighted + others):
-        mode["name"] = letter
-        mode["lp_gap"] = float(best_lp - mode["lp_mean"])
+    for letter, mode, gap in zip(_names(), weighted + others, lp_gaps(weighted + others)):
+        mode["name"], mode["lp_gap"] = letter, gap
     for mode in weighted:
         tag = f"mode {mode['name']}"
         reasons += [f"{tag}: {r}" for r in mode["failed"]]
@@ -347,8 +400,9 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
 
             raise MixbenchError("reference (modes): no mode could be sampled")
         draws, lp, diverging = first["_rel"], first["_lp"], first["_diverging"]
+        draw_modes = [[[first["name"], int(lp.shape[1])]] for _ in range(lp.shape[0])]
     else:
-        draws, lp, diverging = _mixture(weighted, settings)
+        draws, lp, diverging, draw_modes = _mixture(weighted, settings)
     info = _base_info(problem, name)
     table = [{k: v for k, v in m.items() if not k.startswith("_") and k not in ("checks", "failed")} for m in
              sorted(modes, key=lambda m: m["name"])]
@@ -367,6 +421,7 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
                         "chains_dropped": [], "relabelling_settled": True,
                         "explore_chain_mean_lp": [p.lp_mean for p in places]},
         "modes": table,
+        "draw_modes": draw_modes,
         "checks": checks,
         "accepted": not reasons,
         "status": "accepted" if not reasons else "provisional",
@@ -374,6 +429,14 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
         "causes": causes,
     })
     return Reference(_with_lp(draws, lp, diverging), info)
+
+
+def lp_gaps(modes: list[dict]) -> list[float]:
+    """Each mode's mean log density below the best weighted mode's (below the best of all when
+    none is weighted): an unstable mode, which its own chains left, is no yardstick."""
+    weighted = [m["lp_mean"] for m in modes if m.get("status") == "weighted"]
+    best = max(weighted or [m["lp_mean"] for m in modes], default=math.nan)
+    return [float(best - m["lp_mean"]) for m in modes]
 
 
 def _names():
@@ -391,12 +454,14 @@ def allocate(mass: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
-def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, np.ndarray]:
-    """Chain c: from chain c (cycled) of every weighted mode, evenly thinned draws in proportion to its mass."""
+def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, np.ndarray, list]:
+    """Chain c: from chain c (cycled) of every weighted mode, evenly thinned draws in proportion to
+    its mass. Returns (draws, lp, diverging, per chain the runs [mode name, count] its draws came from)."""
     counts = allocate(np.array([m["mass_bridge"] for m in weighted]), settings.draws)
     first = posterior_dataset(weighted[0]["_rel"])
     chains = max(m["chains_used"] for m in weighted)
     parts, lps, divs = [], [], []
+    runs = [[[m.get("name", str(i)), int(n)] for i, (m, n) in enumerate(zip(weighted, counts)) if n]] * chains
     for c in range(chains):
         pieces, lp_pieces, div_pieces = [], [], []
         for mode, n in zip(weighted, counts):
@@ -416,4 +481,4 @@ def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, n
     ds = ds.transpose("chain", "draw", ...)
     tree = xr.DataTree.from_dict({"posterior": ds.drop_vars([v for v in ds.coords if v not in first.coords
                                                              and v not in ("chain", "draw")])})
-    return tree, np.stack(lps), np.stack(divs)
+    return tree, np.stack(lps), np.stack(divs), [list(r) for r in runs]

@@ -11,7 +11,9 @@ artefact, a directory of two files:
 - ``info.json``: posteriordb's fields (``inference`` with ``method`` and ``method_arguments``,
   ``diagnostics`` with per-scalar ``r_hat`` and ESS, ``checks_made``, ``versions``) and mixbench's
   (how it was made: backend, engine, NUTS settings, seed, or the user's file and its SHA-256; the
-  data set's digest, the spec and the standardisation it belongs to; status, causes, when).
+  data set's digest, the spec and the standardisation it belongs to; status, causes, when; for a
+  reference made of modes, its modes table ``modes`` and ``draw_modes``, the mode each draw came
+  from, as runs per chain).
 
 References written before format 2 (``draws.nc``, an ArviZ DataTree, and ``info.json``) are read.
 
@@ -104,6 +106,10 @@ class ReferenceSettings:
     """modes: short NUTS chains from prior draws that look for modes."""
     explore_warmup: int = 300
     explore_draws: int = 200
+    explore_map_starts: int = 4
+    """modes: single-start MAP fits (NumPyro) whose optima start more exploration chains."""
+    explore_pathfinder_starts: int = 4
+    """modes: single-path Pathfinder fits (NumPyro) whose draws' means start more exploration chains."""
     merge_distance_sd: float = 4.0
     """modes: chains within this many pooled sds in every scalar (and close in log density) are one mode."""
     proposal_draws: int = 4000
@@ -119,6 +125,10 @@ class ReferenceSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup" else 1):
                 raise MixbenchError(f"reference settings: {name} must be a positive integer, got {value!r}")
+        for name in ("explore_map_starts", "explore_pathfinder_starts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MixbenchError(f"reference settings: {name} must be an integer >= 0, got {value!r}")
         if self.min_chains > self.chains:
             raise MixbenchError(f"reference settings: min_chains ({self.min_chains}) exceeds chains ({self.chains})")
 
@@ -197,6 +207,22 @@ class Reference:
     def modes(self) -> list[dict[str, Any]]:
         """The modes table (bench.reference.modes): one dict per mode, named A, B, ... by mass."""
         return list(self.info.get("modes") or [])
+
+    @property
+    def draw_modes(self) -> np.ndarray | None:
+        """(chain, draw): the name of the mode each draw came from, from mixbench's own field
+        ``info["draw_modes"]`` (per chain, its runs of draws as [mode name, count]); None when the
+        reference has none (one NUTS run, a user's draws, one written before modes were kept) or
+        they do not match its draws."""
+        runs = self.info.get("draw_modes")
+        if not runs:
+            return None
+        try:
+            names = np.array([[name for name, count in chain for _ in range(int(count))] for chain in runs])
+        except (TypeError, ValueError):
+            return None
+        ds = self.posterior
+        return names if names.shape == (ds.sizes["chain"], ds.sizes["draw"]) else None
 
     def describe(self) -> str:
         """One line: what it is and how it did."""

@@ -26,6 +26,8 @@ def _family(kind: str, family: str, label: str) -> tuple[str, str]:
         return (f"{label} err", f"median over seeds of: {_row(f'{family}_err_max', 'max |posterior mean - truth|')}")
     if kind == "w1_floor":
         return (f"{label} W1 floor", f"median over seeds of: {_row(f'{family}_w1_floor', 'the W1 noise floor')}")
+    if kind == "w1_mode":
+        return (f"{label} W1 own mode", f"median over seeds of: {_row(f'{family}_w1_mode', 'W1 to the own mode')}")
     if kind == "cover":
         return (f"{label} cover", f"mean over seeds of: {_row(f'{family}_coverage', 'coverage of the truth')}")
     return (f"{label} W1", f"median over seeds of: {_row(f'{family}_w1_max', '1-Wasserstein distance to the reference')}")
@@ -57,6 +59,7 @@ COLUMNS: dict[str, str] = {
     **dict(_family("cover", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1_floor", f, label) for f, label in _FAMILIES.items()),
+    **dict(_family("w1_mode", f, label) for f, label in _FAMILIES.items()),
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},
@@ -68,7 +71,9 @@ COLUMNS: dict[str, str] = {
                                                                                    "below the reference"),
     "reference modes": "where the fit's chains (a point, a VI fit: one each; over seeds) landed among the "
                        "reference's modes (bench.score.modes): 'k of n chains in mode A (mass m)', modes named A, B, ... "
-                       "by posterior mass; nats lower: the mode's mean log density below the best mode's; mass "
+                       "by posterior mass; nats lower: the mode's mean log density below the best mode's; 'moved "
+                       "between modes mid-run (mode A, then mode B)': a chain whose quarters landed in different "
+                       "modes ('no mode': in none); mass "
                        "covered: the mass of the modes the chains reached",
     "mass (bridge)": "a reference mode's posterior mass by bridge sampling (Meng & Wong 1996), +- its standard error",
     "mass (IS)": "a reference mode's posterior mass by importance sampling from a Student-t fitted to it, +- its "
@@ -79,7 +84,8 @@ COLUMNS: dict[str, str] = {
                    "on tied points, the posterior improper there, no mass; unstable: chains started in it left it",
     "mode mean lp": "the mean log density of a reference mode's draws (log prior + log likelihood, nats)",
     "mode location": "the posterior mean of a reference mode's parameters, in the canonical labelling",
-    "how found": "how many exploration chains (from prior draws) found the mode, and notes",
+    "how found": "how many of the exploration chains found the mode, by how they were started (from prior draws, "
+                 "at a MAP optimum, at a Pathfinder fit), and notes",
     "nats below": "a reference mode's mean log density below the best mode's",
     "poor": "a mode of posterior mass below 0.05: a poor mode, whatever its log density",
     "labellings": "majority labellings reached and on how many seeds: 'j0,j1 x2' means fit component j_k plays "

@@ -197,6 +197,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             record[f"{family}_cover"] = num(ok, f"{family}_coverage").mean()
             record[f"{family}_w1"] = _median(num(ok, f"{family}_w1_max"))
             record[f"{family}_w1_floor"] = _median(num(ok, f"{family}_w1_floor"))
+            record[f"{family}_w1_mode"] = _median(num(ok, f"{family}_w1_mode"))
         record["elpd_loo"] = _median(num(ok, "elpd_loo"))
         record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
         pointwise[fit_id] = _median_seed_pointwise(ok)
@@ -380,13 +381,16 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
                            ("converged", "converged"), ("flags", "flags")])),
         Table("vi", "Approximation quality", "PSIS k-hat of the VI and Pathfinder draws (below 0.5 good, 0.7 or "
               "more: not usable as the posterior) and W1 distances to the reference posterior, where measured, "
-              "each beside its noise floor (the W1 two exact samples of the fit's size have).",
+              "each beside its noise floor (the W1 two exact samples of the fit's size have) and the W1 to the "
+              "draws of the reference mode the fit's chains landed in (a reference made of modes).",
               _view(fits, [*key, ("khat", "k-hat"), ("khat_worst", "k-hat worst"),
                            ("seeds_khat_bad", "seeds k-hat bad"), ("w_w1", "slope W1"),
-                           ("w_w1_floor", "slope W1 floor"), ("b_w1", "intercept W1"),
-                           ("b_w1_floor", "intercept W1 floor"), ("sigma_w1", "sigma W1"),
-                           ("sigma_w1_floor", "sigma W1 floor"), ("pi_w1", "weight W1"),
-                           ("pi_w1_floor", "weight W1 floor")])),
+                           ("w_w1_floor", "slope W1 floor"), ("w_w1_mode", "slope W1 own mode"),
+                           ("b_w1", "intercept W1"), ("b_w1_floor", "intercept W1 floor"),
+                           ("b_w1_mode", "intercept W1 own mode"), ("sigma_w1", "sigma W1"),
+                           ("sigma_w1_floor", "sigma W1 floor"), ("sigma_w1_mode", "sigma W1 own mode"),
+                           ("pi_w1", "weight W1"), ("pi_w1_floor", "weight W1 floor"),
+                           ("pi_w1_mode", "weight W1 own mode")])),
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
               "median over seeds, its difference to the best fit of the same data (never one with a degenerate "
               "component) and the standard error of that difference from the paired pointwise differences "

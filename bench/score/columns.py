@@ -104,6 +104,12 @@ ROW_FIELDS: dict[str, str] = {
                                      "disjoint random sets of the reference's draws, each of the fit's size (at most "
                                      "half the reference's), i.e. what two exact samples of that size differ by "
                                      "(Agrawal & Domke 2024); a W1 near it is noise"),
+    **_family_fields("{f}_w1_mode", "the same W1 (max over the {name}) to the reference draws of the fit's own "
+                                    "mode: the chains that stayed in one reference mode (ref_mode_chains) against "
+                                    "that mode's draws, chain for chain (NaN when no chain did, or the reference "
+                                    "keeps no per-draw modes: a one-run or older reference)"),
+    **_family_fields("{f}_w1_mode_floor", "the W1 noise floor of the own-mode W1 for the {name}, as the whole reference's floor "
+                                          "(from the own mode's draws)"),
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Which of the reference's modes (bench.score.modes), when it is made of modes

@@ -30,7 +30,7 @@ from backends.methods import Kind, kind_of
 from bench.score.columns import FAMILIES, ROW_FIELDS
 from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
-from bench.score.modes import mode_columns
+from bench.score.modes import mode_columns, own_mode_draws
 from bench.score.predictive import loo_keep, loo_metrics, subsample_seed
 from bench.score.problem import thin_indices
 from bench.score.relabel import (
@@ -633,6 +633,7 @@ class Scoring:
     mcmc: bool
     single_point: bool
     ref_modes: list | None = None  # the reference's modes table (bench.reference.modes), when it has one
+    ref_draw_modes: np.ndarray | None = None  # (chain, draw) mode of each reference draw, when it keeps them
 
     @property
     def target_name(self) -> str:
@@ -694,7 +695,7 @@ def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: Met
     return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
                    ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
                    single_point=ds.sizes["chain"] * ds.sizes["draw"] == 1,
-                   ref_modes=getattr(reference, "modes", None))
+                   ref_modes=getattr(reference, "modes", None), ref_draw_modes=getattr(reference, "draw_modes", None))
 
 
 def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
@@ -816,6 +817,17 @@ def _w1_metric(s: Scoring, row: dict) -> dict[str, Any]:
     return {} if s.ref_draws is None else wasserstein_marginals(s.rel.draws, s.ref_draws)
 
 
+def _w1_mode_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    """W1 to the draws of the reference mode each chain landed in (bench.score.modes.own_mode_draws)."""
+    labels = row.get("ref_mode_chains")
+    if s.ref_draws is None or s.ref_draw_modes is None or not isinstance(labels, str):
+        return {}
+    pair = own_mode_draws(s.rel.draws, s.ref_draws, s.ref_draw_modes, labels.split(";"))
+    w1 = wasserstein_marginals(*pair) if pair is not None else {}
+    return {f"{f}_w1_mode{end}": w1.get(f"{f}_w1_{key}", NAN) for f in FAMILIES
+            for end, key in (("", "max"), ("_floor", "floor"))}
+
+
 def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.problem is None:
         return {}
@@ -841,6 +853,7 @@ METRICS: list[tuple[str, Any]] = [
     ("efficiency", _efficiency_metric),
     ("khat", _khat_metric),
     ("w1", _w1_metric),
+    ("w1_mode", _w1_mode_metric),
     ("loo", _loo_metric),
     ("health", _health_metric),
 ]

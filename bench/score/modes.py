@@ -2,15 +2,20 @@
 
 Each chain (an approximation's draws and a MAP or Laplace point count as one chain) lands in the
 reference mode whose location its relabelled mean is nearest to, when within
-``LAND_DISTANCE_SD`` of that mode's posterior sds for every scalar (components matched by the
-assignment that minimises the scaled distance, so a fit's own labelling does not matter), else in
-none ("-"). Degenerate modes (sigma collapsed on tied points) are candidates too: a fit that found
-one is named so, with no mass. A mode holding less than ``POOR_MASS`` of the posterior (by its
-bridge-sampling mass) is a poor mode, whatever its log density.
+``LAND_DISTANCE_SD`` of that mode's posterior sds for every scalar (components matched by
+bench.score.relabel's assignment rule, so a fit's own labelling does not matter), else in none ("-").
+A chain is also landed in ``HOP_SEGMENTS`` consecutive segments of its draws: when they land in
+different modes the chain left its mode mid-run and is named by the modes it visited in order,
+"A>B" (a segment in none between two modes is the hop itself and is left out; "A>-": it left A
+for no mode found). Degenerate modes (sigma collapsed on tied points) are candidates too: a fit
+that found one is named so, with no mass. A mode holding less than ``POOR_MASS`` of the posterior
+(by its bridge-sampling mass) is a poor mode, whatever its log density.
 
 Row columns (``MODE_FIELDS``) and, per fit over its seeds, an answer such as
 "numpyro / nuts: 4 of 4 chains in mode A (mass 0.93)" or "numpyro / map: 2 of 5 seeds in mode B
-(mass 0.07, 16.5 nats lower)".
+(mass 0.07, 16.5 nats lower)". ``own_mode_draws`` pairs each chain that stayed in one mode with
+that mode's reference draws (the reference's per-draw mode labels, ``Reference.draw_modes``), for
+the W1 to the fit's own mode (bench.score.metrics).
 """
 
 from __future__ import annotations
@@ -21,23 +26,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.optimize import linear_sum_assignment
 
-from bench.score.relabel import posterior_dataset
+from bench.score.relabel import assignment_costs, best_permutations, posterior_dataset
 
 POOR_MASS = 0.05
 """A mode with less than this share of the posterior is a poor mode."""
 LAND_DISTANCE_SD = 4.0
 """A chain's mean within this many of a mode's posterior sds, in every scalar, is in that mode."""
+HOP_SEGMENTS = 4
+"""A chain is landed in this many consecutive segments too, to see whether it left its mode."""
+HOP = ">"
 
 SCALE_FLOOR = 1e-6
 GAP_SHOWN_NATS = 0.5  # a mode's log-density gap below this is not worth a word
 
 MODE_FIELDS: dict[str, str] = {
-    "ref_mode_chains": "the reference mode (A, B, ... by mass) each chain landed in, 'A;A;B;-' ('-': none)",
+    "ref_mode_chains": "the reference mode (A, B, ... by mass) each chain landed in, 'A;A;B;-' ('-': none); "
+                       f"a chain whose {HOP_SEGMENTS} consecutive segments landed in different modes is named by "
+                       "the modes it visited in order, 'A>B' (it left its mode mid-run)",
+    "chains_hopped": "chains that left their mode mid-run (their segments landed in different modes)",
     "ref_modes_covered": "the reference modes the chains covered",
     "ref_mass_covered": "posterior mass of the modes covered (bridge-sampling masses)",
-    "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate)",
+    "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate); a chain "
+                        "that moved between modes is counted in chains_hopped instead",
     "ref_mode_masses": "each reference mode as name:mass:nats below the best mode ('-' mass: not weighted)",
 }
 
@@ -59,15 +70,15 @@ def component_features(point: dict[str, Any], K: int) -> tuple[np.ndarray, np.nd
 
 
 def scaled_distance(mean_a: dict, mean_b: dict, sd: dict, K: int) -> float:
-    """max over every scalar of |a - b| / sd, components of b matched to a's by the assignment
-    minimising the summed squared scaled distance (label copies are one mode)."""
+    """max over every scalar of |a - b| / sd, components of b matched to a's by bench.score.relabel's
+    rule (its assignment costs and per-draw assignment, with ``a`` as the reference point and
+    each feature's sd pooled over components as the scale), so label copies are one mode."""
     fa, sa = component_features(mean_a, K)
     fb, sb = component_features(mean_b, K)
     fs, ss = component_features(sd, K)
     scale = np.maximum(np.sqrt((fs**2).mean(axis=0)), SCALE_FLOOR) if fs.size else fs
-    cost = (((fa[:, None, :] - fb[None]) / scale) ** 2).sum(axis=-1)
-    rows, cols = linear_sum_assignment(cost)
-    gaps = [np.abs(fa[rows] - fb[cols]) / scale]
+    perm, _ = best_permutations(assignment_costs(fb[None, None], fa, scale))
+    gaps = [np.abs(fa - fb[perm[0, 0]]) / scale]
     if sa.size:
         gaps.append(np.abs(sa - sb) / np.maximum(ss, SCALE_FLOOR))
     return float(max(np.max(g) if g.size else 0.0 for g in gaps))
@@ -92,21 +103,45 @@ def land(mean: dict[str, np.ndarray], modes: list[dict[str, Any]], K: int) -> st
     return name
 
 
+def chain_label(chain: xr.Dataset, modes: list[dict[str, Any]], K: int) -> str:
+    """One chain's landing (``chain``: its draws, dim ``draw``): a mode's name, "-" for none, or
+    the modes its HOP_SEGMENTS consecutive segments visited in order, "A>B", when it hopped."""
+    n = chain.sizes["draw"]
+    bounds = np.linspace(0, n, min(HOP_SEGMENTS, n) + 1).round().astype(int)
+    visits: list[str] = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        name = land({v: chain[v].isel(draw=slice(lo, hi)).mean("draw").values for v in chain.data_vars}, modes, K)
+        name = name or "-"
+        if not visits or visits[-1] != name:
+            visits.append(name)
+    # A segment in none between two modes is the hop itself.
+    visits = [v for i, v in enumerate(visits) if not (v == "-" and 0 < i < len(visits) - 1)]
+    visits = [v for i, v in enumerate(visits) if i == 0 or visits[i - 1] != v]
+    if len(visits) == 1:
+        return visits[0]
+    return HOP.join(visits)
+
+
+def visited(label: str) -> list[str]:
+    """The modes a chain label names ("A>B" -> ["A", "B"]; "-" -> [])."""
+    return [n for n in label.split(HOP) if n != "-"]
+
+
 def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, Any]:
     """The MODE_FIELDS of one fit: ``draws`` its (relabelled) draws; empty without modes."""
     if not modes:
         return {}
     ds = posterior_dataset(draws)
     K = int(ds.sizes["component"])
-    names = [land({n: ds[n].isel(chain=c).mean("draw").values for n in ds.data_vars}, modes, K)
-             for c in range(ds.sizes["chain"])]
+    names = [chain_label(ds.isel(chain=c), modes, K) for c in range(ds.sizes["chain"])]
     by_name = {m["name"]: m for m in modes}
-    covered = sorted({n for n in names if n is not None})
+    covered = sorted({n for label in names for n in visited(label)})
     return {
-        "ref_mode_chains": ";".join(n or "-" for n in names),
+        "ref_mode_chains": ";".join(names),
+        "chains_hopped": sum(HOP in label for label in names),
         "ref_modes_covered": ",".join(covered) or "-",
         "ref_mass_covered": float(sum(by_name[n].get("mass_bridge") or 0.0 for n in covered)),
-        "chains_poor_mass": sum(n is not None and _poor(by_name[n]) for n in names),
+        "chains_poor_mass": sum(HOP not in label and label != "-" and _poor(by_name[label]) for label in names),
         "ref_mode_masses": ";".join(f"{m['name']}:{_mass_text(m)}:{m.get('lp_gap', math.nan):.3g}" for m in modes),
     }
 
@@ -122,7 +157,11 @@ def _mass_text(mode: dict[str, Any]) -> str:
 
 def _mass_se(mode: dict[str, Any], key: str) -> str:
     value = mode.get(f"mass_{key}")
-    return "-" if value is None else f"{value:.3f} +- {mode[f'mass_{key}_se']:.3f}"
+    if value is None:
+        return "-"
+    se = mode[f"mass_{key}_se"]
+    # A mode of mass below 0.001 would read 0.000 at three decimals: its size is the answer.
+    return f"{value:.3f} +- {se:.3f}" if value >= 1e-3 else f"{value:.2g} +- {se:.2g}"
 
 
 def _parse_masses(text: str) -> dict[str, tuple[str, float]]:
@@ -145,17 +184,20 @@ def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
     masses = _parse_masses(rows["ref_mode_masses"].iloc[0])
     counts = pd.Series(landed).value_counts()
     parts = []
-    for name in sorted(counts.index, key=lambda n: (n == "-", n)):
+    for name in sorted(counts.index, key=lambda n: (n == "-", HOP in n, n)):
         n = int(counts[name])
         if name == "-":
-            parts.append(f"{n} in none of the modes")
-            continue
-        mass, gap = masses.get(name, ("-", math.nan))
-        detail = f"mass {mass}" if mass != "-" else "degenerate, no mass: the posterior is improper there"
-        if math.isfinite(gap) and gap >= GAP_SHOWN_NATS:
-            detail += f", {gap:.3g} nats lower"
-        parts.append(f"{n} in mode {name} ({detail})")
-    parts[0] = parts[0].replace(" in ", f" of {len(landed)} {unit} in ", 1)
+            parts.append((n, "in none of the modes"))
+        elif HOP in name:
+            path = ", then ".join("no mode" if v == "-" else f"mode {v}" for v in name.split(HOP))
+            parts.append((n, f"moved between modes mid-run ({path})"))
+        else:
+            mass, gap = masses.get(name, ("-", math.nan))
+            detail = f"mass {mass}" if mass != "-" else "degenerate, no mass: the posterior is improper there"
+            if math.isfinite(gap) and gap >= GAP_SHOWN_NATS:
+                detail += f", {gap:.3g} nats lower"
+            parts.append((n, f"in mode {name} ({detail})"))
+    parts = [f"{n} of {len(landed)} {unit} {what}" if i == 0 else f"{n} {what}" for i, (n, what) in enumerate(parts)]
     text = f"{label}: " + ", ".join(parts)
     if unit == "chains" and len(rows) > 0:
         covered = pd.to_numeric(rows["ref_mass_covered"], errors="coerce")
@@ -198,9 +240,39 @@ def reference_modes_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 "data set": row["scenario"], "reference mode": m["name"], "mode status": m["status"],
                 "mass (bridge)": _mass_se(m, "bridge"), "mass (IS)": _mass_se(m, "is"),
                 "mode mean lp": round(float(m["lp_mean"]), 2), "nats below": round(float(m.get("lp_gap", math.nan)), 2),
-                "poor": "yes" if _poor(m) else "no",
+                "poor": "-" if m["status"] == "unstable" else "yes" if _poor(m) else "no",
                 "mode location": "; ".join(f"{n} {np.round(np.asarray(v, dtype=float), 3).tolist()}"
                                       for n, v in m.get("location", {}).items() if np.size(v)),
                 "how found": m.get("found_by", "") + ("; " + m["note"] if m.get("note") else ""),
             })
     return pd.DataFrame(records)
+
+
+def own_mode_draws(draws: xr.DataTree, reference_draws: xr.DataTree, draw_modes: np.ndarray,
+                   chain_labels: list[str]) -> tuple[xr.DataTree, xr.DataTree] | None:
+    """The fit's chains that stayed in one mode holding reference draws, and, chain for chain,
+    draws of that mode from the reference, evenly thinned to one count for every chain (so the
+    pooled reference mixes the chains' modes as the chains do); None when no chain qualifies.
+
+    ``draws``: the fit's (relabelled) draws; ``reference_draws``: the reference's, in the same
+    labelling, with ``draw_modes`` (chain, draw) the mode each came from (``Reference.draw_modes``);
+    ``chain_labels``: the fit's ``ref_mode_chains`` split, one per chain.
+    """
+    labels = np.asarray(draw_modes).ravel()
+    where = {c: np.flatnonzero(labels == name) for c, name in enumerate(chain_labels)
+             if HOP not in name and name != "-"}
+    where = {c: index for c, index in where.items() if index.size}
+    if not where:
+        return None
+    count = min(index.size for index in where.values())
+    picks = [index[np.linspace(0, index.size - 1, count).round().astype(int)] for index in where.values()]
+    ref = posterior_dataset(reference_draws)
+    sample = ref.sizes["chain"] * ref.sizes["draw"]
+    out = {}
+    for name, da in ref.data_vars.items():
+        flat = np.asarray(da.values).reshape(sample, *da.shape[2:])
+        out[name] = (da.dims, np.stack([flat[p] for p in picks]))
+    coords = {n: c for n, c in ref.coords.items() if not set(c.dims) & {"chain", "draw"}}
+    mode_ref = xr.Dataset(out, coords=coords)
+    fit = posterior_dataset(draws).isel(chain=list(where))
+    return xr.DataTree.from_dict({"posterior": fit}), xr.DataTree.from_dict({"posterior": mode_ref})

@@ -148,8 +148,11 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
         sentences.append(_provisional_sentence(ran))
     if kind == "pivot":
         if len(ran):
+            failed = ran.get("reference_failed", pd.Series(dtype=object)).dropna()
+            why = (f" The reference posterior was not made ({failed.iloc[0]}); `mixbench reference` makes one "
+                   "without a time limit." if len(failed) else "")
             sentences.append(Sentence("No truth and no reference posterior: where each fit landed is not judged "
-                                      "(each was relabelled to its own pivot).", "modes", tuple(ran["fit"])))
+                                      f"(each was relabelled to its own pivot).{why}", "modes", tuple(ran["fit"])))
     else:
         sentences += _landing_sentences(ran, kind, truth)
     answers = ran[ran.get("ref_modes_answer", pd.Series("-", index=ran.index)).astype(str) != "-"] if len(ran) else ran

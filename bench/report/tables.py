@@ -131,10 +131,15 @@ def _median(values: pd.Series) -> float:
 # One record per fit
 
 
-def _reference_status(ok: pd.DataFrame) -> dict:
+def _reference_status(ok: pd.DataFrame, truth: bool) -> dict:
     """A provisional reference (bench.reference.posterior: it failed its checks) as the fit's target, with
-    what it failed and why; nothing for an accepted one or none."""
+    what it failed and why; a reference whose fit failed (no target), with its error; nothing for an
+    accepted one or none asked for."""
     status = col(ok, "reference_status")
+    failed = ok[(status == "failed").to_numpy()]
+    if len(failed):  # its fit failed, crashed or timed out (bench.run.references): no reference at all
+        return {**({} if truth else {"target": "none (reference not made)"}),
+                "reference_failed": failed.iloc[0].get("reference_failed")}
     provisional = ok[(status == "provisional").to_numpy()]
     if not len(provisional):
         return {}
@@ -161,7 +166,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "cells": len(group), "seeds_ok": len(ok), "truth": bool(truth),
             "target": "truth" if truth else _counts_text(col(ok, "reference_source")).split(" x")[0],
             "reference_name": _counts_text(col(ok, "reference_name")).split(" x")[0] if len(ok) else "-",
-            **_reference_status(ok),
+            **_reference_status(ok, truth),
             "not_ok": _counts_text(col(group[group["status"] != "ok"], "status")),
         }
         modes = col(ok, "mode")

@@ -84,6 +84,9 @@ class Cell:
     # SHA-256 prefix of a data file's bytes (models.datafile.data_digest), filled in when the cell
     # is made: an edited file is a different cell. None for built-in scenarios.
     data_digest: str | None = None
+    # Why the data set has no reference when its fit failed, crashed or timed out (bench.run.references):
+    # the row says so instead of the run stopping. Not part of the variant: the same cell either way.
+    reference_error: str | None = None
 
     def __post_init__(self):
         if self.data_digest is None and self.is_data_file and Path(self.scenario).is_file():
@@ -285,6 +288,9 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
         scored, means = score_fit(fit, truth=dataset.truth, reference=reference, problem=problem)
         row.update({**scored, **cell_ids(cell), **means})
         row["versions"] = fit.versions
+        if cell.reference_error:
+            row["reference_status"] = "failed"
+            row["reference_failed"] = cell.reference_error
         if reference is not None:
             row["reference_name"] = reference.name
             row["reference_status"] = reference.status

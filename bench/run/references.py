@@ -7,8 +7,9 @@ process that plans the run. The worker sends back the reference's files (posteri
 bench.reference.posteriordb) in its row, so a worker on another machine (Dask) needs no shared
 disk; this process checks them against the data (``load_reference``) and writes them into the
 reference cache (bench.reference.posterior.cache_dir_for). A reference cell that fails, crashes or
-runs past the time limit is a row with its error, raised here as one MixbenchError line naming
-its log: no fit row exists yet, so nothing is lost.
+runs past the time limit is a row with its error (``ReferenceNotMade``, naming its log); a run does
+not stop for it: every fit runs without a reference, its row says why (``reference_status``
+"failed"), and nothing is said to have reached one.
 
 Which reference a data set gets (cached accepted, other accepted, provisional, made now) is
 bench.reference.posterior.resolve_reference's rule; only "made now" comes here.
@@ -45,6 +46,10 @@ from bench.score.problem import Problem
 from models.errors import MixbenchError
 
 Say = Callable[[str], None]
+
+
+class ReferenceNotMade(MixbenchError):
+    """A reference cell's row is not ok (failed, crashed, timeout): its status, error and log."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def make_in_executor(cell: ReferenceCell, problem: Problem, executor: CellExecut
 
     Raises
     ------
-    MixbenchError
+    ReferenceNotMade
         The cell's row is not ok (failed, crashed, timeout): its status, error and log.
     """
     rows: list[dict[str, Any]] = []
@@ -161,7 +166,7 @@ def make_in_executor(cell: ReferenceCell, problem: Problem, executor: CellExecut
     executor.run([cell], RunOptions(out_dir=log_root, time_limit=time_limit), on_row, progress)
     row = rows[-1] if rows else {"status": "crashed", "error": "no row came back"}
     if row.get("status") != "ok":
-        raise MixbenchError(f"reference posterior of {cell.data.scenario_label}: {row.get('status')}: "
+        raise ReferenceNotMade(f"reference posterior of {cell.data.scenario_label}: {row.get('status')}: "
                             f"{row.get('error')} (its log: {log_root / LOGS_DIR / cell.id}.log)")
     if not kept_logs:  # a log of its own, kept only to say why it failed
         shutil.rmtree(log_root, ignore_errors=True)
@@ -215,10 +220,11 @@ def attach_references(cells: list[Cell], choice: str, settings: ReferenceSetting
     Raises
     ------
     MixbenchError
-        A reference that cannot be read or is for other data, or a reference fit whose cell
-        failed, crashed or timed out.
+        A reference that cannot be read or is for other data. A reference fit whose cell failed,
+        crashed or timed out is said (``say``) and its cells carry ``reference_error``.
     """
     found: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
     out = []
     executor = executor or WarmProcessExecutor()
     for cell in cells:
@@ -226,14 +232,21 @@ def attach_references(cells: list[Cell], choice: str, settings: ReferenceSetting
         if key not in found:
             spec, dataset = load_cell_data(cell)
             problem = Problem.make(spec, dataset, standardize=cell.standardize)
-            ref = resolve_reference(choice, problem, settings, has_truth=dataset.truth is not None,
-                                    make=_maker(cell, executor, log_root, time_limit, progress))
+            try:
+                ref = resolve_reference(choice, problem, settings, has_truth=dataset.truth is not None,
+                                        make=_maker(cell, executor, log_root, time_limit, progress))
+            except ReferenceNotMade as exc:  # never stop a run for want of a reference (its rows say why)
+                errors[key] = str(exc)
+                ref = None
+                if say is not None:
+                    say(f"reference: not made: {exc}; the fits run without one (nothing is said to have "
+                        "reached it); `mixbench reference` makes one without a time limit")
             found[key] = str(ref.path) if ref is not None else None
             if ref is not None and say is not None:
                 for line in [f"reference: {ref.describe()}", f"  at {ref.path}",
                              *(f"  {line}" for line in modes_table_lines(ref.modes)), *(f"  {line}" for line in ref.lacks())]:
                     say(line)
-        out.append(dataclasses.replace(cell, reference=found[key]))
+        out.append(dataclasses.replace(cell, reference=found[key], reference_error=errors.get(key)))
     return out
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
-from backends.base import package_versions
+from backends.fit import package_versions
 from backends.caches import (CacheWarning, cache_key, cache_root, cpu_signature, discard_entry, evict, mark_used,
                              private_dir, source_digest, write_atomic)
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import package_versions
+from backends.fit import package_versions
 from backends.caches import cache_key, cache_root, cpu_signature, discard_entry, private_dir, source_digest, write_atomic
 
 FORMAT = 1

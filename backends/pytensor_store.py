@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from backends.base import note_compile, package_versions
+from backends.fit import package_versions
+from backends.timing import note_compile
 from backends.caches import (CacheWarning, cache_key, cache_root, discard_entry, evict, mark_used, private_dir,
                              source_digest, write_atomic)
 

@@ -142,3 +142,30 @@ def approximation_group(labels: list[str], mean, std=None, cov=None) -> xr.DataT
     if cov is not None:
         coords["unconstrained_bis"] = list(labels)
     return xr.DataTree(xr.Dataset(data, coords=coords))
+
+
+def unconstrained_groups(draws: xr.DataTree, z: np.ndarray, labels: list[str], approximation: dict | None = None) -> None:
+    """Add an approximation's unconstrained draws, and its parameters when given, to ``draws``.
+
+    Parameters
+    ----------
+    draws : xarray.DataTree
+        The draws' canonical tree (one chain), updated in place.
+    z : ndarray, shape (draw, d)
+        The draws on the engine's unconstrained space, one row each.
+    labels : list of str, length d
+        The unconstrained coordinates' names (``approximation_group``).
+    approximation : dict, optional
+        ``approximation_group``'s keyword arguments (mean, std, cov).
+
+    Notes
+    -----
+    Group ``unconstrained_posterior`` holds ``z`` over (chain, draw, unconstrained); group
+    ``approximation`` the fitted parameters (``approximation_group``).
+    """
+    z = np.asarray(z, dtype=float)
+    draws["unconstrained_posterior"] = xr.DataTree(xr.Dataset(
+        {"z": (("chain", "draw", "unconstrained"), z[None])},
+        coords={"chain": [0], "draw": np.arange(z.shape[0]), "unconstrained": list(labels)}))
+    if approximation:
+        draws["approximation"] = approximation_group(labels, **approximation)

@@ -120,7 +120,7 @@ def store(key: str, compiled: jax.stages.Compiled) -> None:
 
 
 # Reported as a JAX time span, so that code which moves JAX's own compile spans out of a timed
-# phase (backends/numpyro.py) moves loading, storing and recompiling programs with them.
+# phase (backends/numpyro/model.py) moves loading, storing and recompiling programs with them.
 LOAD_EVENT = "/mixbench/jax_programs/load_or_compile"
 
 

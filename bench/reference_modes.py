@@ -61,7 +61,7 @@ class Unconstrained:
     """NumPyro's transforms of the model's sites: canonical points <-> flat unconstrained vectors."""
 
     def __init__(self, spec: MixtureSpec):
-        from backends.numpyro import _layout  # the model's sites and NumPyro's transforms of them
+        from backends.numpyro.model import _layout  # the model's sites and NumPyro's transforms of them
 
         self.spec, self.layout = spec, _layout(spec)
         self.dim = sum(math.prod(s.shape) for s in self.layout)
@@ -105,7 +105,7 @@ class Unconstrained:
 
     def log_density(self, problem: Problem, z: np.ndarray) -> np.ndarray:
         """The oracle's log density of the fitted model plus the log Jacobian, (S, dim) -> (S,)."""
-        from backends.numpyro import _precision
+        from backends.numpyro.model import _precision
 
         with _precision("float64"):
             params, log_jac = self.from_z(np.asarray(z, dtype=float))
@@ -122,7 +122,7 @@ def _nuts(problem: Problem, chains: int, warmup: int, draws: int, target_accept:
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS, init_to_sample
 
-    from backends.numpyro import _layout, _precision
+    from backends.numpyro.model import _layout, _precision
     from models.numpyro_model import canonical_values, mixture_model
 
     spec = problem.spec
@@ -234,7 +234,7 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
         best = max(group, key=lambda c: places[c].best_lp)
         with_point = {n: np.asarray(v)[None] for n, v in places[best].best.items()}
         rng = np.random.default_rng(settings.seed + 1 + i)
-        from backends.numpyro import _precision
+        from backends.numpyro.model import _precision
 
         with _precision("float64"):
             z0 = space.to_z(with_point)

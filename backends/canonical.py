@@ -4,17 +4,16 @@ and loss, and the approximation's fitted parameters."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
 from arviz_base import from_dict
 
+from backends.fit import Fit
 from models.errors import MixbenchError
 from models.spec import MixtureSpec
 
-if TYPE_CHECKING:
-    from backends.fit import Fit
 
 def canonical_datatree(
     spec: MixtureSpec,

@@ -178,7 +178,7 @@ def covariance_from_hessian(mode: np.ndarray, hessian: np.ndarray) -> tuple[np.n
     return (inverse_hessian(hessian) if reason is None else None), reason
 
 
-def fit(engine: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int,
+def fit(plan: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int,
         timings: dict[str, float], **fields) -> Fit:
     """The Laplace approximation around the best of ``settings.map_starts`` modes, the same flow
     for every engine that supplies a ``LaplaceEngine``.
@@ -186,13 +186,14 @@ def fit(engine: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: Fi
     Starts seeded by ``start_seeds(seed, map_starts)``; the trust-region search of each
     (``search_modes``, at most ``vi_iterations`` iterations); the highest log density wins among
     the modes without a degenerate component (backends.degenerate.best_start, MAP's rule; the
-    others are recorded in ``degenerate_starts``); the Gaussian there (``engine.covariance``)
-    and ``vi_draws`` draws of it with their exact log q (``engine.draws``). Phases: the search
+    others are recorded in ``degenerate_starts``); the Gaussian there (``plan.covariance``)
+    and ``vi_draws`` draws of it with their exact log q (``plan.draws``). Phases: the search
     and the covariance are optimisation, the draws and the point extraction.
 
     Parameters
     ----------
-    engine : LaplaceEngine
+    plan : LaplaceEngine
+        What the engine supplies.
     spec, dataset
         The model and its data.
     settings : FitSettings
@@ -201,7 +202,7 @@ def fit(engine: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: Fi
     timings : dict of str to float
         Filled in place (it may already hold the engine's compile).
     **fields
-        Fit fields of the engine: ``backend``, ``method``, ``engine``; ``attrs`` (dict) are
+        Fit fields of the engine: ``backend``, ``method``, ``engine`` (its name); ``attrs`` (dict) are
         added to the draws' root attributes.
 
     Returns
@@ -215,15 +216,15 @@ def fit(engine: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: Fi
     """
     attrs = fields.pop("attrs", {})
     seeds = start_seeds(seed, settings.map_starts)
-    with engine.phase(timings, "optimisation"):
-        search = search_modes(engine.objective, engine.starts(seeds), settings.vi_iterations)
+    with plan.phase(timings, "optimisation"):
+        search = search_modes(plan.objective, plan.starts(seeds), settings.vi_iterations)
         best, degenerate = best_start(search.log_densities,
-                                      [None if m is None else engine.point(m) for m in search.modes],
+                                      [None if m is None else plan.point(m) for m in search.modes],
                                       dataset.x, dataset.y)
         if best is not None:
             mean = search.modes[best]
-            _, gradient, hessian = engine.objective(mean)
-            cov, reason = engine.covariance(mean, hessian)
+            _, gradient, hessian = plan.objective(mean)
+            cov, reason = plan.covariance(mean, hessian)
     common = dict(timings=timings, precision=settings.precision, iterations=search.iterations,
                   grad_evals=search.grad_evals, start_log_densities=search.log_densities,
                   degenerate_starts=degenerate, **fields)
@@ -232,12 +233,12 @@ def fit(engine: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: Fi
     if cov is None:
         return Fit(status="failed", reason=reason, converged=False, **common)
     decrement = newton_decrement(gradient, cov)
-    draws, log_p, log_jacobian, log_q = engine.draws(mean, cov)
+    draws, log_p, log_jacobian, log_q = plan.draws(mean, cov)
     draws.attrs.update({**attrs, "optimizer": "scipy trust-exact", "laplace_starts": len(seeds),
                         "laplace_best_start": best, "laplace_start_seeds": seeds, "newton_decrement": decrement})
-    with engine.phase(timings, "extraction"):
-        point = engine.point(mean)
-        point_log_density = engine.log_density(point)
+    with plan.phase(timings, "extraction"):
+        point = plan.point(mean)
+        point_log_density = plan.log_density(point)
     return Fit(status="ok", draws=draws, converged=decrement < DECREMENT, log_p=log_p, log_jacobian=log_jacobian,
                log_q=np.asarray(log_q, np.float64), point=point, point_log_density=point_log_density,
                at_bound=bound_hits(spec, point), **common)

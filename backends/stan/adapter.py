@@ -49,7 +49,7 @@ from backends.stan.parsers import (_column, _nuts_phase_timings, _optimum_point,
                                    pathfinder_log_densities, pathfinder_progress, read_elbo_trace,
                                    sample_stats_from_flat)
 from backends.stan.programs import StanPrograms
-from backends.stan.runs import _NUTS_FUNCTION, _cmdstan_run, _httpstan_fits, _run_advi, _take_draws
+from backends.stan.runs import _NUTS_FUNCTION, _cmdstan_run, _httpstan_fits, _run_advi, _take_draws, run_files
 
 ENGINES = SAMPLERS["stan"]
 
@@ -350,10 +350,11 @@ class StanBackend(StanPrograms, Backend):
                 columns = list(run.column_names)
                 pooled = np.asarray(run.draws())
                 log_p_all, log_q_all = pathfinder_log_densities(columns, pooled)
-                stdout = "\n".join(Path(f).read_text() for f in run._runset.stdout_files)
+                csv_file, stdout_files = run_files(out)
+                stdout = "\n".join(Path(f).read_text() for f in stdout_files)
                 converged, iterations, grad_evals = pathfinder_progress(stdout)
                 fit = self._approximation_fit(
-                    spec, model, "pathfinder", settings, compiled, csv_file=run._runset.csv_files[0],
+                    spec, model, "pathfinder", settings, compiled, csv_file=csv_file,
                     columns=columns, values=pooled, log_p=log_p_all, log_q=log_q_all,
                     stan_version=csv_stan_version(run),
                     extra={"pathfinder_paths": paths, "pathfinder_resampling": "psis" if resample else "none",
@@ -451,7 +452,7 @@ class StanBackend(StanPrograms, Backend):
                 point = points[best]
                 d = n_unconstrained(spec)
                 fit = self._approximation_fit(
-                    spec, model, "laplace", settings, compiled, csv_file=run._runset.csv_files[0],
+                    spec, model, "laplace", settings, compiled, csv_file=run_files(str(Path(out) / "laplace"))[0],
                     columns=columns, values=values,
                     # log_p__: Stan's log density at the draw, unconstrained, Jacobian included;
                     # log_q__ = (u - mode)' H (u - mode) / 2 = -z'z / 2 for the standard normal z

@@ -90,6 +90,30 @@ def _take_draws(draws, keep: np.ndarray):
     return out
 
 
+def run_files(directory: str) -> tuple[str, list[str]]:
+    """The CSV file and the console transcripts of a one-CSV CmdStan run (``pathfinder``,
+    ``laplace_sample``) that wrote into its own output directory ``directory``.
+
+    Read from the directory: cmdstanpy's CmdStanPathfinder and CmdStanLaplace expose their files
+    only through a private ``_runset`` (its CmdStanMLE, CmdStanVB and CmdStanMCMC have a public
+    ``runset``).
+
+    Returns
+    -------
+    csv_file : str
+    stdout_files : list of str
+
+    Raises
+    ------
+    RuntimeError
+        The directory does not hold exactly one output CSV.
+    """
+    csvs = [p for p in sorted(Path(directory).glob("*.csv")) if not p.stem.endswith(("-diagnostic", "-profile"))]
+    if len(csvs) != 1:
+        raise RuntimeError(f"CmdStan run in {directory}: expected one output CSV, found {len(csvs)}")
+    return str(csvs[0]), [str(p) for p in sorted(Path(directory).glob("*-stdout.txt"))]
+
+
 # --- pystan / httpstan ---------------------------------------------------------------------------
 
 async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) -> list[bytes]:

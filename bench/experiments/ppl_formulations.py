@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.fit import SAMPLERS
 from bench.gradient import gradient_problem, time_calls
 
 RTOL = 1e-8
@@ -42,10 +43,8 @@ def _agreement(f, reference, x0) -> float:
 
 
 def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[dict]:
-    from backends.fit import SAMPLERS
     from backends.gradients import fixed_point
-    from backends.pymc import nuts
-    from backends.pymc.model import _Compiled, _precision
+    from backends.pymc import model as entries, nuts
     from models import pymc_model
 
     spec, dataset = gradient_problem(N, K)
@@ -55,9 +54,9 @@ def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[
                  "numpyro": nuts._jax_gradient}[engine]
         functions = {}
         for form in pymc_model.LIKELIHOOD_FORMS:
-            with _precision(precision):
+            with entries._precision(precision):
                 model = pymc_model.build_model(spec, dataset.x, dataset.y, form=form)
-                entry = _Compiled(spec=spec, model=model, precision=precision).use(dataset)
+                entry = entries._Compiled(spec=spec, model=model, precision=precision).use(dataset)
                 x0 = entry.unconstrained_point(fixed_point(spec, dataset))
                 start = time.perf_counter()
                 f = build(entry, x0.size, precision)

@@ -1,7 +1,7 @@
 """Compile caches kept across runs and processes, so a second identical run compiles nothing new.
 
 - Stan: httpstan caches each program's extension module (``~/.cache/httpstan``); CmdStan
-  executables and gradient libraries live under ``~/.cache/mixbench/stan`` (backends/stan.py,
+  executables and gradient libraries live under ``~/.cache/mixbench/stan`` (backends/stan/programs.py,
   backends/stan_gradient.py).
 - JAX (NumPyro, and PyMC's JAX samplers): the persistent compilation cache, switched on here
   under ``~/.cache/mixbench/jax`` with its thresholds lowered so every program is kept (by

@@ -80,3 +80,39 @@ def keep_proposal(draws: xr.DataTree, pool: xr.DataTree) -> None:
     in ``draws`` as group PROPOSAL_GROUP."""
     posterior = pool["posterior"].to_dataset()
     draws[PROPOSAL_GROUP] = xr.DataTree(posterior.assign_coords(draw=np.arange(posterior.sizes["draw"])))
+
+
+def choose_draws(log_p: np.ndarray, log_q: np.ndarray, paths: int, per_path: int, n: int, resample: bool,
+                 seed: int) -> tuple[np.ndarray, float | None]:
+    """Which draws of a Pathfinder pool (``paths`` paths of ``per_path`` draws, path after path) a
+    fit returns, the one rule for every backend whose engine does not resample itself.
+
+    Parameters
+    ----------
+    log_p, log_q : ndarray, shape (paths * per_path,)
+        Each pool draw's log density (unconstrained, Jacobian included) and its own path's log q.
+    paths, per_path, n : int
+        The pool's shape and the number of draws wanted.
+    resample : bool
+        True: ``n`` draws with replacement by PSIS weights (``psis_resample``); False: the paths
+        interleaved draw by draw, truncated to ``n``, so that every path keeps an equal share.
+    seed : int
+
+    Returns
+    -------
+    chosen : ndarray of int, shape (n,) (at most ``n`` without resampling)
+    pareto_k : float or None
+        The proposal's PSIS k-hat; None without resampling.
+    """
+    if resample:
+        return psis_resample(log_p, log_q, n, seed)
+    return np.arange(paths * per_path).reshape(paths, per_path).T.reshape(-1)[:n], None
+
+
+def attach_pool(draws: xr.DataTree, pool: xr.DataTree, log_p: np.ndarray, log_q: np.ndarray, path: np.ndarray,
+                chosen: np.ndarray, pareto_k: float, paths: int) -> None:
+    """Keep the pool PSIS-resampled ``draws`` came from: group GROUP (``proposal_group``, with the
+    method, the paths and the k-hat) and group PROPOSAL_GROUP (``keep_proposal``)."""
+    draws[GROUP] = proposal_group(log_p, log_q, path, chosen, method="psis", paths=int(paths),
+                                  resampled_with_replacement=1, pareto_k=float(pareto_k))
+    keep_proposal(draws, pool)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
-from backends.base import package_versions
+from backends.fit import package_versions
 from backends.caches import (CacheWarning, cache_key, cache_root, cpu_signature, discard_entry, evict, mark_used,
                              private_dir, source_digest, write_atomic)
 
@@ -120,7 +120,7 @@ def store(key: str, compiled: jax.stages.Compiled) -> None:
 
 
 # Reported as a JAX time span, so that code which moves JAX's own compile spans out of a timed
-# phase (backends/numpyro.py) moves loading, storing and recompiling programs with them.
+# phase (backends/numpyro/model.py) moves loading, storing and recompiling programs with them.
 LOAD_EVENT = "/mixbench/jax_programs/load_or_compile"
 
 

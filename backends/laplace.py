@@ -8,7 +8,8 @@ negative Hessian there (Bishop 2006, Pattern Recognition and Machine Learning, s
 Stan's ``laplace_sample`` with jacobian=True). The PyMC and NumPyro backends search for that mode
 the same way, SciPy's trust-region Newton method with the exact Hessian (``trust-exact``, which
 copes with the indefinite Hessians met away from the mode), so that the two differ only in the
-engines' densities and derivatives.
+engines' densities and derivatives. The flow itself (starts, search, best mode, Gaussian, draws,
+the Fit) is written once here (``fit``); each engine supplies a ``LaplaceEngine``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
+
+from backends.degenerate import best_start
+from backends.fit import Fit, FitSettings
+from backends.multistart import bound_hits, start_seeds
+from models.data import Dataset
+from models.spec import MixtureSpec
 
 # trust-exact stops when the gradient's norm is below GTOL, or earlier when rounding leaves no
 # predicted improvement (large N, float32): either way at the mode as far as the precision
@@ -129,3 +136,109 @@ def gaussian_draws(mean: np.ndarray, cov: np.ndarray, n: int, seed: int,
     log_q = (-0.5 * np.sum(white**2, axis=0) - np.sum(np.log(np.diag(factor)))
              - 0.5 * mean.size * math.log(2.0 * math.pi))
     return z, log_q
+
+
+@dataclass
+class LaplaceEngine:
+    """What an engine supplies to ``fit``, the Laplace flow written once; every array is NumPy.
+
+    objective
+        -log density with the Jacobian, its gradient and Hessian on the engine's unconstrained
+        space (``Objective``).
+    starts
+        The start seeds -> one unconstrained start each (the engine's own initial points).
+    point
+        An unconstrained mode -> the canonical constrained point.
+    covariance
+        (mode, Hessian of -log p there) -> (covariance, None), or (None, why no Gaussian exists).
+    draws
+        (mean, covariance) -> (DataTree, log_p, log_jacobian, log_q) of ``vi_draws`` draws: the
+        canonical tree of the draws with their unconstrained values and the approximation's
+        parameters (``backends.canonical.unconstrained_groups``), its own extraction timed.
+    log_density
+        A canonical point -> its log density, oracle convention.
+    phase
+        (timings, phase) -> a context manager timing a block into that phase (the engine's clock:
+        JAX's moves compile time out of it) at the engine's precision for the phase.
+    """
+
+    objective: Objective
+    starts: Callable[[list[int]], list[np.ndarray]]
+    point: Callable[[np.ndarray], dict]
+    covariance: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray | None, str | None]]
+    draws: Callable[[np.ndarray, np.ndarray], tuple]
+    log_density: Callable[[dict], float]
+    phase: Callable
+
+
+def covariance_from_hessian(mode: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """``LaplaceEngine.covariance`` from the objective's own Hessian: its inverse when positive
+    definite, else None and why not."""
+    reason = not_positive_definite(hessian)
+    return (inverse_hessian(hessian) if reason is None else None), reason
+
+
+def fit(plan: LaplaceEngine, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int,
+        timings: dict[str, float], **fields) -> Fit:
+    """The Laplace approximation around the best of ``settings.map_starts`` modes, the same flow
+    for every engine that supplies a ``LaplaceEngine``.
+
+    Starts seeded by ``start_seeds(seed, map_starts)``; the trust-region search of each
+    (``search_modes``, at most ``vi_iterations`` iterations); the highest log density wins among
+    the modes without a degenerate component (backends.degenerate.best_start, MAP's rule; the
+    others are recorded in ``degenerate_starts``); the Gaussian there (``plan.covariance``)
+    and ``vi_draws`` draws of it with their exact log q (``plan.draws``). Phases: the search
+    and the covariance are optimisation, the draws and the point extraction.
+
+    Parameters
+    ----------
+    plan : LaplaceEngine
+        What the engine supplies.
+    spec, dataset
+        The model and its data.
+    settings : FitSettings
+        ``map_starts``, ``vi_iterations``, ``vi_draws`` and ``precision`` are read.
+    seed : int
+    timings : dict of str to float
+        Filled in place (it may already hold the engine's compile).
+    **fields
+        Fit fields of the engine: ``backend``, ``method``, ``engine`` (its name); ``attrs`` (dict) are
+        added to the draws' root attributes.
+
+    Returns
+    -------
+    Fit
+        ok: draws, log_p, log_jacobian, log_q, point and its log density, ``converged`` when the
+        Newton decrement at the mode is below ``DECREMENT`` posterior standard deviations,
+        ``start_log_densities`` (each start's final log density with the Jacobian, -inf for a
+        start that failed), iterations and gradient evaluations summed over starts. Failed when
+        every start fails or no Gaussian exists at the best mode.
+    """
+    attrs = fields.pop("attrs", {})
+    seeds = start_seeds(seed, settings.map_starts)
+    with plan.phase(timings, "optimisation"):
+        search = search_modes(plan.objective, plan.starts(seeds), settings.vi_iterations)
+        best, degenerate = best_start(search.log_densities,
+                                      [None if m is None else plan.point(m) for m in search.modes],
+                                      dataset.x, dataset.y)
+        if best is not None:
+            mean = search.modes[best]
+            _, gradient, hessian = plan.objective(mean)
+            cov, reason = plan.covariance(mean, hessian)
+    common = dict(timings=timings, precision=settings.precision, iterations=search.iterations,
+                  grad_evals=search.grad_evals, start_log_densities=search.log_densities,
+                  degenerate_starts=degenerate, **fields)
+    if best is None:
+        return Fit(status="failed", reason="every start of the mode search failed", **common)
+    if cov is None:
+        return Fit(status="failed", reason=reason, converged=False, **common)
+    decrement = newton_decrement(gradient, cov)
+    draws, log_p, log_jacobian, log_q = plan.draws(mean, cov)
+    draws.attrs.update({**attrs, "optimizer": "scipy trust-exact", "laplace_starts": len(seeds),
+                        "laplace_best_start": best, "laplace_start_seeds": seeds, "newton_decrement": decrement})
+    with plan.phase(timings, "extraction"):
+        point = plan.point(mean)
+        point_log_density = plan.log_density(point)
+    return Fit(status="ok", draws=draws, converged=decrement < DECREMENT, log_p=log_p, log_jacobian=log_jacobian,
+               log_q=np.asarray(log_q, np.float64), point=point, point_log_density=point_log_density,
+               at_bound=bound_hits(spec, point), **common)

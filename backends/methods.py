@@ -26,7 +26,7 @@ class Kind(str, Enum):
 
 
 # An approximation's per-draw arrays (``Fit.log_p``, ``log_q``, ``log_jacobian``), stored by
-# ``backends.base.store_vi_arrays`` in group sample_stats.
+# ``backends.canonical.store_vi_arrays`` in group sample_stats.
 APPROXIMATION_FIELDS: tuple[str, ...] = ("log_p", "log_q", "log_jacobian")
 # The importance-resampling pool (backends.importance.GROUP and PROPOSAL_GROUP).
 IMPORTANCE_GROUPS: tuple[str, ...] = ("importance_sampling", "importance_proposal")
@@ -49,7 +49,7 @@ class Method(str):
         With ``FitSettings.pathfinder_resampling == "psis"`` the draws are resampled from a pool
         by PSIS weights, and the pool is kept in groups ``IMPORTANCE_GROUPS``.
     approximation_parameters : frozenset of str
-        Variables of group ``approximation`` (``backends.base.approximation_group``) for a
+        Variables of group ``approximation`` (``backends.canonical.approximation_group``) for a
         backend that stores it; empty for a method with no parametric approximation.
     """
 
@@ -98,7 +98,7 @@ class Method(str):
 
         Parameters
         ----------
-        settings : backends.base.FitSettings
+        settings : backends.fit.FitSettings
             The fit's settings (``pathfinder_resampling`` and ``pathfinder_paths`` decide the
             importance groups).
         stores_approximation : bool
@@ -127,7 +127,7 @@ class Method(str):
 
         Parameters
         ----------
-        settings : backends.base.FitSettings
+        settings : backends.fit.FitSettings
 
         Returns
         -------

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import package_versions
+from backends.fit import package_versions
 from backends.caches import cache_key, cache_root, cpu_signature, discard_entry, private_dir, source_digest, write_atomic
 
 FORMAT = 1
-SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
+SOURCES = (Path(__file__), *sorted(Path(__file__).with_name("pymc").glob("*.py")), Path(__file__).parents[1] / "models" / "spec.py")
 
 
 def nutpie_dir() -> Path:

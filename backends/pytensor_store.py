@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from backends.base import note_compile, package_versions
+from backends.fit import package_versions
+from backends.timing import note_compile
 from backends.caches import (CacheWarning, cache_key, cache_root, discard_entry, evict, mark_used, private_dir,
                              source_digest, write_atomic)
 
 FORMAT = 2  # 2: entries are envelopes (_wrap)
-SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
+SOURCES = (Path(__file__), *sorted(Path(__file__).with_name("pymc").glob("*.py")), Path(__file__).parents[1] / "models" / "spec.py")
 
 
 def store_dir() -> Path:

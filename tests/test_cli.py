@@ -353,10 +353,10 @@ def test_an_unexpected_error_is_still_one_line(run_dir, capsys, monkeypatch):
 
 
 def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monkeypatch):
-    import backends.stan
+    import backends.stan.adapter
     import bench.run.availability as availability
 
-    monkeypatch.setattr(backends.stan, "cmdstan_path", lambda: None)
+    monkeypatch.setattr(backends.stan.adapter, "cmdstan_path", lambda: None)
     monkeypatch.setattr(availability, "cmdstan_path", lambda: None)
     text = availability.describe()
     assert text.count("cmdstanpy.install_cmdstan") == 1 and "CmdStan: not found" in text

@@ -100,7 +100,7 @@ def test_stan_gradient_function_refuses_what_stan_cannot_do():
 @pytest.mark.stan
 def test_stan_library_log_density_matches_the_oracle(agreement_spec):
     """stan/mixture.stan as the gradient library builds it equals the oracle (no Jacobian)."""
-    from backends.stan import program_code, stan_data, stan_parameters
+    from models.stan_model import program_code, stan_data, stan_parameters
     from backends.stan_gradient import load
 
     x, y = make_data(agreement_spec)
@@ -119,7 +119,7 @@ def test_stan_library_log_density_matches_the_oracle(agreement_spec):
 def test_every_stan_formulation_matches_the_oracle_and_the_kept_gradient(formulation, agreement_spec):
     """Each candidate program (built once, then cached) has the oracle's log density and the same
     gradient as stan/mixture.stan, for every agreement spec."""
-    from backends.stan import program_code, stan_data, stan_parameters
+    from models.stan_model import program_code, stan_data, stan_parameters
     from backends.stan_gradient import load
 
     x, y = make_data(agreement_spec)
@@ -143,13 +143,13 @@ def test_every_stan_formulation_matches_the_oracle_and_the_kept_gradient(formula
 def _numpyro_log_jacobian(spec, theta):
     import jax.numpy as jnp
 
-    from backends.numpyro import _log_jacobian, _unflatten
+    from backends.numpyro.model import _log_jacobian, _unflatten
 
     return float(_log_jacobian(spec, _unflatten(spec, jnp.asarray(theta))))
 
 
 def _pymc_log_jacobian(spec, dataset, theta):
-    from backends.pymc import compiled
+    from backends.pymc.model import compiled
 
     entry = compiled(spec, dataset)
     values, start = [], 0

@@ -197,7 +197,7 @@ def test_numpyro_laplace_keeps_the_best_mode_without_a_degenerate_component(monk
     (b[0] = 6, sigma[0] = 1e-6) and given the highest density: the fit records it and keeps the
     best of the other modes, as multi-start MAP does."""
     from backends import laplace
-    from backends.numpyro import _unconstrained_labels
+    from backends.numpyro.model import _unconstrained_labels
 
     rng = np.random.default_rng(5)
     y = np.concatenate([rng.normal(0.0, 1.0, 50), rng.normal(6.0, 1.0, 30), np.full(8, 6.0)])

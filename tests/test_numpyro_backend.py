@@ -115,7 +115,7 @@ def test_log_density_compiled_once_per_spec(backend):
         point = random_point(spec, rng)
         assert backend.log_density(spec, data, point) == pytest.approx(
             log_density(spec, data.x, data.y, point), rel=1e-10)
-    assert importlib.import_module("backends.numpyro")._log_density_fn(spec)._cache_size() == 1
+    assert importlib.import_module("backends.numpyro.model")._log_density_fn(spec)._cache_size() == 1
 
 
 def test_forum_replay_likelihoods_are_unsupported_not_raised(backend, forum_data):
@@ -216,7 +216,8 @@ def test_own_nuts_driver_gives_numpyro_mcmcs_draws_at_the_same_key(backend):
     from jax import random
     from numpyro.infer import MCMC, NUTS
 
-    from backends.numpyro import _canonical, _device_data, _precision
+    from models.numpyro_model import canonical_values as _canonical
+    from backends.numpyro.model import _device_data, _precision
     from models.numpyro_model import mixture_model
 
     data = FORUM.simulate(seed=2, N=200)

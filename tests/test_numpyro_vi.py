@@ -174,3 +174,39 @@ def test_diverging_optimisation_is_a_failed_fit_not_an_exception(backend, forum_
     fit = backend.fit(ORDERED, forum_data, "advi-meanfield", settings, seed=0)
     assert fit.status == "failed" and "non-finite" in fit.reason
     assert fit.draws is None and fit.loss is not None and not np.isfinite(fit.loss[-1])
+
+
+def test_guide_internals_match_the_public_guide_calls():
+    """Pin of the NumPyro guide internals ``backends.numpyro.vi._SVIProgram`` uses (docs/
+    architecture.md, private engine paths): ``guide._init_locs`` orders the packed starting point
+    as NumPyro's own ``init_to_value`` does, and ``guide._unpack_latent`` unpacks the packed
+    vector as the public ``guide.median`` does. Remove with those two calls once NumPyro's
+    AutoContinuous exposes its packing order."""
+    import jax
+    import jax.numpy as jnp
+    from jax import random
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoMultivariateNormal
+    from numpyro.infer.initialization import init_to_value
+    from numpyro.optim import Adam
+
+    from backends.numpyro.model import _constrain, _device_data, _uniform_init
+    from backends.numpyro.vi import _SVIProgram
+
+    spec = ORDERED
+    data = FORUM.simulate(seed=7, N=200)
+    x, y = _device_data(data, "float64")
+    program = _SVIProgram(spec, "advi-fullrank", FitSettings(vi_iterations=10))
+    z0 = _uniform_init(spec, random.PRNGKey(4), y.dtype)
+    state = program._init_state(random.PRNGKey(4), random.PRNGKey(5), x, y)
+    params = program._get_params(state, x, y)
+    # The public way to start the guide at z0: init_to_value at its constrained values.
+    public = AutoMultivariateNormal(program.model, init_loc_fn=init_to_value(values=_constrain(spec, z0)))
+    svi = SVI(program.model, public, Adam(0.01), Trace_ELBO())
+    public_params = svi.get_params(svi.init(random.PRNGKey(5), x, y))
+    np.testing.assert_allclose(params["auto_loc"], public_params["auto_loc"], rtol=1e-10, atol=1e-12)
+    # Unpacking the location, then constraining it, is the guide's public median.
+    unpacked = jax.vmap(program.guide._unpack_latent)(jnp.asarray(params["auto_loc"])[None])
+    median = program.guide.median(params)
+    for name, value in _constrain(spec, {k: v[0] for k, v in unpacked.items()}).items():
+        np.testing.assert_allclose(value, median[name], rtol=1e-10, atol=1e-12)

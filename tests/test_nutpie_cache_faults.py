@@ -13,7 +13,7 @@ BACKEND = "pymc"
 
 @pytest.fixture
 def nutpie_store(monkeypatch, tmp_path):
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
     from backends.nutpie_cache import nutpie_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -22,7 +22,7 @@ def nutpie_store(monkeypatch, tmp_path):
 
 
 def _compile_fresh(spec, data):
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
 
     pymc_backend._CACHE.clear()  # forget the model held in memory: the next one comes from disk
     return pymc_backend.compiled(spec, data).nutpie()

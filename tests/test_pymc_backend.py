@@ -171,7 +171,7 @@ NUTPIE_SMALL = FitSettings(chains=2, warmup=60, draws=40)
 @pytest.fixture
 def fresh_nutpie_store(monkeypatch, tmp_path):
     """An empty nutpie store (it lives under XDG_CACHE_HOME), and no compiled model in memory."""
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
     from backends.nutpie_cache import nutpie_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -180,7 +180,7 @@ def fresh_nutpie_store(monkeypatch, tmp_path):
 
 
 def _forget_compiled_models():
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
 
     pymc_backend._CACHE.clear()
 
@@ -194,7 +194,7 @@ def test_nutpie_callbacks_are_stored_then_loaded_with_identical_draws(backend, f
     assert len(list(entry.glob("__pycache__/*.nbc"))) == 2  # Numba kept both callbacks
 
     _forget_compiled_models()
-    from backends.pymc import compiled
+    from backends.pymc.model import compiled
 
     model = compiled(sc.spec, data).nutpie()
     assert model.cache_hits == 2 and model.logp_func is None  # loaded: no PyTensor function built
@@ -207,7 +207,7 @@ def test_nutpie_callbacks_are_stored_then_loaded_with_identical_draws(backend, f
 def test_nutpie_callbacks_read_the_current_data(backend, fresh_nutpie_store, load_from_disk):
     # The callbacks read the data through pointers: a model compiled (or loaded) for one data set
     # and given another must give that one's log density, the oracle's plus the Jacobian.
-    from backends.pymc import compiled
+    from backends.pymc.model import compiled
 
     sc = get_scenario("forum")
     first, second = sc.simulate(1, N=300), sc.simulate(2, N=300)
@@ -225,7 +225,7 @@ def test_nutpie_callbacks_read_the_current_data(backend, fresh_nutpie_store, loa
 
 
 def test_torn_nutpie_store_is_compiled_again(backend, fresh_nutpie_store):
-    from backends.pymc import compiled
+    from backends.pymc.model import compiled
 
     sc = get_scenario("forum")
     data = sc.simulate(1, N=300)
@@ -243,7 +243,7 @@ def test_torn_nutpie_store_is_compiled_again(backend, fresh_nutpie_store):
 
 @pytest.fixture
 def fresh_function_store(monkeypatch, tmp_path):
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
     from backends.pytensor_store import store_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -253,7 +253,7 @@ def fresh_function_store(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("load_from_disk", [False, True])
 def test_stored_logp_dlogp_follows_the_data(backend, fresh_function_store, load_from_disk):
-    from backends.pymc import _model_values, compiled
+    from backends.pymc.model import _model_values, compiled
 
     sc = get_scenario("forum")
     first, second = sc.simulate(1, N=300), sc.simulate(2, N=300)
@@ -288,10 +288,10 @@ def test_pymc_nuts_from_a_stored_function_matches_a_fresh_one(backend, fresh_fun
 
 def test_own_nuts_initialisation_gives_pm_samples_draws_at_the_same_seed(backend):
     """_init_nuts rebuilds pm.sample's jitter+adapt_diag initialisation on the stored log density
-    (backends/pymc.py); pinned here to pm.sample itself: the same seed gives the same draws."""
+    (backends/pymc/); pinned here to pm.sample itself: the same seed gives the same draws."""
     import pymc as pm
 
-    from backends.pymc import compiled
+    from backends.pymc.model import compiled
 
     sc = get_scenario("forum")
     data = sc.simulate(4, N=100)
@@ -304,7 +304,7 @@ def test_own_nuts_initialisation_gives_pm_samples_draws_at_the_same_seed(backend
                           compute_convergence_checks=False)
     for name in ("w", "sigma", "pi"):
         # 1e-8, not 1e-10: the start points come from a jitter function compiled once per model
-        # (backends/pymc.py), whose float64 rounding differs from pm.sample's in the last bits
+        # (backends/pymc/), whose float64 rounding differs from pm.sample's in the last bits
         # (1.6e-10 seen); another seed or initialisation moves the draws by O(1).
         np.testing.assert_allclose(fit.draws.posterior[name].values, trace.posterior[name].values,
                                    rtol=1e-8, err_msg=name)

@@ -215,7 +215,7 @@ def test_stored_advi_reloads_the_same_fit_and_a_new_seed_builds_its_own(backend,
                                                                          tmp_path):
     # The prepared ADVI (approximation and compiled step) is stored per exact cell: an identical
     # run reloads it and must reproduce the first run bit for bit; another seed must not reuse it.
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
     from backends.pytensor_store import store_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -236,7 +236,7 @@ def test_stored_advi_reloads_the_same_fit_and_a_new_seed_builds_its_own(backend,
 def test_stored_pathfinder_reloads_the_same_fit(backend, small, monkeypatch, tmp_path):
     from pymc_extras.inference.pathfinder import multipath
 
-    from backends import pymc as pymc_backend
+    from backends.pymc import model as pymc_backend
     from backends.pytensor_store import store_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -147,7 +147,7 @@ def test_laplace_is_the_oracle_mode_and_inverse_negative_hessian(backend, line_d
 def test_laplace_passes_over_a_degenerate_mode_and_samples_from_the_best_other(backend, line_data, monkeypatch):
     """Start 0's optimum is made to read as a spike (sigma 1e-9, below the data's resolution): the
     fit records it, and laplace_sample runs from another start's mode, as multi-start MAP keeps."""
-    from backends import stan
+    from backends.stan import adapter as stan
 
     real, seen = stan._optimum_point, []
 
@@ -299,7 +299,7 @@ def test_provenance_names_the_stan_that_ran_and_cmdstan_beside_it(backend, separ
 
 
 def test_an_engine_error_carries_stans_own_message(backend, separated, monkeypatch):
-    import backends.stan as stan_module
+    import backends.stan.adapter as stan_module
 
     spec, data = separated
     real = stan_module.stan_data

@@ -12,12 +12,11 @@ from backends.stan import (
     advi_log_densities,
     advi_progress,
     cmdstan_path,
-    n_unconstrained,
     pathfinder_log_densities,
     pathfinder_progress,
     read_elbo_trace,
-    stan_parameters,
 )
+from models.stan_model import n_unconstrained, stan_parameters
 from models import Dataset, MixtureSpec, get_scenario, log_density, random_point
 from tests.conftest import AGREEMENT_SPECS, make_data
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.fit import SAMPLERS
 from bench.run.gradient import gradient_problem, time_calls
 
 RTOL = 1e-8
@@ -42,20 +43,20 @@ def _agreement(f, reference, x0) -> float:
 
 
 def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[dict]:
-    from backends import pymc as backend
     from backends.gradients import fixed_point
+    from backends.pymc import model as entries, nuts
     from models import pymc_model
 
     spec, dataset = gradient_problem(N, K)
     rows = []
-    for engine in backend.SAMPLERS:
-        build = {"nutpie": backend._nutpie_gradient, "pymc": backend._pytensor_gradient,
-                 "numpyro": backend._jax_gradient}[engine]
+    for engine in SAMPLERS["pymc"]:
+        build = {"nutpie": nuts._nutpie_gradient, "pymc": nuts._pytensor_gradient,
+                 "numpyro": nuts._jax_gradient}[engine]
         functions = {}
         for form in pymc_model.LIKELIHOOD_FORMS:
-            with backend._precision(precision):
+            with entries._precision(precision):
                 model = pymc_model.build_model(spec, dataset.x, dataset.y, form=form)
-                entry = backend._Compiled(spec=spec, model=model, precision=precision).use(dataset)
+                entry = entries._Compiled(spec=spec, model=model, precision=precision).use(dataset)
                 x0 = entry.unconstrained_point(fixed_point(spec, dataset))
                 start = time.perf_counter()
                 f = build(entry, x0.size, precision)
@@ -73,7 +74,7 @@ def pymc_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[
 def numpyro_cases(N: int, K: int, precision: str, repeats: int, log=print) -> list[dict]:
     import jax.numpy as jnp
 
-    from backends import numpyro as backend
+    from backends.numpyro import model as backend
     from backends.base import FitSettings
     from backends.gradients import fixed_point  # noqa: F401  (the same point the backend uses)
     from backends.numpyro import NumPyroBackend

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.stan import pystan_stan_version, stan_data, stan_parameters
+from backends.stan import pystan_stan_version
+from models.stan_model import stan_data, stan_parameters
 from backends.stan_gradient import StanGradient, build_library
 from bench.run.gradient import GRADIENT_KS, gradient_problem, time_calls
 from models.oracle import log_density

@@ -150,7 +150,7 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
 
 
 # A worker's messages beside its rows: it starts or stops waiting for another process's build;
-# its fit enters a timing phase (backends.base.stopwatch) or leaves it (None).
+# its fit enters a timing phase (backends.timing.stopwatch) or leaves it (None).
 WAIT_MESSAGE = "compile_wait"
 PHASE_MESSAGE = "phase"
 

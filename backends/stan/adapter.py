@@ -14,41 +14,21 @@ pieces the parameters block is made of (ordered and free parts); ``stan_paramete
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import io
-import json
-import logging
 import math
 import os
-import re
 import tempfile
 import time
-import warnings
-from collections import OrderedDict
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
-import xarray as xr
 
-from backends.base import (
-    Backend,
-    Fit,
-    FitSettings,
-    canonical_datatree,
-    chain_seconds,
-    package_versions,
-    start_seeds,
-    stopwatch,
-)
-from backends import artefacts
-from backends.base import SAMPLERS, note_compile
-from backends.caches import build_lock
+from backends.base import Backend
+from backends.canonical import canonical_datatree
+from backends.fit import SAMPLERS, Fit, FitSettings, package_versions
+from backends.multistart import start_seeds
+from backends.timing import stopwatch
 from backends.degenerate import best_start
-from backends.importance import GROUP as IMPORTANCE_GROUP
-from backends.importance import keep_proposal, proposal_group, psis_resample
+from backends.importance import attach_pool, psis_resample
 from backends.methods import Kind
 from backends.methods import method as method_named
 from models.data import Dataset
@@ -62,305 +42,20 @@ from models.stan_model import (
     stan_data,
     stan_parameters,
 )
+from backends.stan.install import (INSTALL_CMDSTAN, NO_CMDSTAN, _check_seed, _quiet, cmdstan_path, cmdstan_version,
+                                   pystan_stan_version)
+from backends.stan.parsers import (_column, _nuts_phase_timings, _optimum_point, _parse_httpstan_output, advi_eta,
+                                   advi_log_densities, advi_progress, csv_stan_version, optimize_converged,
+                                   pathfinder_log_densities, pathfinder_progress, read_elbo_trace,
+                                   sample_stats_from_flat)
+from backends.stan.programs import StanPrograms
+from backends.stan.runs import _NUTS_FUNCTION, _cmdstan_run, _httpstan_fits, _run_advi, _take_draws, run_files
 
 ENGINES = SAMPLERS["stan"]
-NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
-INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
-
-# Stan's per-draw sampler columns -> ArviZ sample_stats names.
-SAMPLE_STATS = {
-    "lp__": "lp",
-    "accept_stat__": "acceptance_rate",
-    "stepsize__": "step_size",
-    "treedepth__": "tree_depth",
-    "n_leapfrog__": "n_steps",
-    "divergent__": "diverging",
-    "energy__": "energy",
-}
-_NUTS_FUNCTION = "stan::services::sample::hmc_nuts_diag_e_adapt"
-_ELAPSED = re.compile(r"([0-9.eE+-]+) seconds \((Warm-up|Sampling)\)")
 
 
-def cmdstan_path() -> str | None:
-    """The CmdStan install cmdstanpy would use, or None."""
-    import cmdstanpy
-
-    try:
-        return cmdstanpy.cmdstan_path()
-    except (ValueError, RuntimeError):
-        return None
-
-
-@lru_cache(maxsize=1)
-def pystan_stan_version() -> str:
-    """The Stan release compiled into httpstan's wheel (from its bundled headers)."""
-    import httpstan
-
-    header = Path(httpstan.__file__).parent / "include" / "stan" / "version.hpp"
-    parts = dict(re.findall(r"#define STAN_(MAJOR|MINOR|PATCH) (\d+)", header.read_text()))
-    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
-
-
-def cmdstan_version() -> str | None:
-    if cmdstan_path() is None:
-        return None
-    import cmdstanpy
-
-    version = cmdstanpy.cmdstan_version()
-    return ".".join(map(str, version)) if version else "unknown"
-
-
-def sample_stats_from_flat(columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
-    """NUTS sampler columns (chain, draw, column) -> ArviZ-named sample_stats."""
-    out = {}
-    for j, name in enumerate(columns):
-        if name in SAMPLE_STATS:
-            column = values[..., j]
-            if name == "divergent__":
-                column = column.astype(bool)
-            elif name in ("treedepth__", "n_leapfrog__"):
-                column = column.astype(np.int64)
-            out[SAMPLE_STATS[name]] = column
-    return out
-
-
-def _column(columns: Sequence[str], values: np.ndarray, name: str) -> np.ndarray:
-    return values[..., list(columns).index(name)]
-
-
-def _nuts_phase_timings(chain_times: list[dict[str, float]], cores: int) -> dict[str, float]:
-    """Warm-up and sampling seconds of a run from Stan's own per-chain clocks, combined by the
-    one rule for chains sharing ``cores`` (``backends.base.chain_seconds``); left out when a
-    chain's clock lacks a phase (the per-chain times stay in the draws' attrs)."""
-    phases = {"Warm-up", "Sampling"}
-    if not chain_times or not all(phases <= set(t) for t in chain_times):
-        return {}
-    return {
-        "warmup": chain_seconds([t["Warm-up"] for t in chain_times], cores),
-        "sampling": chain_seconds([t["Sampling"] for t in chain_times], cores),
-    }
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
-        raise MixbenchError(f"seed: Stan needs an integer in [0, 2^31), got {seed!r}")
-    return int(seed)
-
-
-def _compile_lock(key: str):
-    """One process at a time builds the program ``key`` (backends.caches owns the lock and the
-    store); other programs build meanwhile."""
-    return build_lock("stan", key)
-
-
-def _httpstan_libraries(name: str) -> list[Path]:
-    """The compiled extension modules httpstan keeps for program ``name``."""
-    import httpstan.cache
-
-    return sorted(httpstan.cache.model_directory(name).glob("*.so"))
-
-
-def _httpstan_build_intact(name: str) -> bool:
-    """Whether httpstan's build of ``name`` is the one recorded when it was built
-    (backends.artefacts); if not, its directory is deleted so that it is built again."""
-    import httpstan.cache
-
-    libraries = _httpstan_libraries(name)
-    if libraries and all(artefacts.intact(library) for library in libraries):
-        return True
-    httpstan.cache.delete_model_directory(name)
-    return False
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the engines' console chatter (pystan's progress, cmdstanpy's INFO log)."""
-    logger = logging.getLogger("cmdstanpy")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-# --- CmdStan runs ---------------------------------------------------------------------------------
-
-_STAN_MESSAGE = re.compile(r"(error|exception|reject|fail|not finite|nan|inf\b)", re.IGNORECASE)
-
-
-@contextlib.contextmanager
-def _cmdstan_run():
-    """A temporary output directory for one CmdStan run, consoles silenced; a failed run's
-    error carries Stan's own messages from the console transcripts (cmdstanpy's error names only
-    files in the directory, which is gone once the run ends)."""
-    with tempfile.TemporaryDirectory(prefix="mixbench-stan-") as out, _quiet():
-        try:
-            yield out
-        except RuntimeError as exc:
-            messages = []
-            for transcript in sorted(Path(out).rglob("*stdout*.txt")):
-                messages += [line.strip() for line in transcript.read_text(errors="replace").splitlines()
-                             if _STAN_MESSAGE.search(line) and line.strip() not in messages]
-            if not messages:
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"{first} | Stan said: {' / '.join(messages[:8])}") from exc
-
-
-def csv_stan_version(run) -> str:
-    """The Stan version a cmdstanpy result's CSV header reports (stan_version_major etc.)."""
-    config = run.metadata.cmdstan_config
-    parts = [config.get(f"stan_version_{p}") for p in ("major", "minor", "patch")]
-    if any(p is None for p in parts):
-        return cmdstan_version() or "unknown"
-    return ".".join(str(int(p)) for p in parts)
-
-
-def advi_eta(transcript: str) -> float | None:
-    """The step size Stan's ADVI adaptation chose ("Found best value [eta = 1]"), or None."""
-    found = re.search(r"best value \[eta = ([0-9.eE+-]+)\]", transcript)
-    return float(found[1]) if found else None
-
-
-def optimize_converged(transcript: str) -> bool:
-    """Whether a CmdStan optimize transcript reports a normal L-BFGS termination."""
-    return "terminated normally" in transcript and "Maximum number of iterations" not in transcript
-
-
-def _run_advi(model, data: dict, seed: int, method: str, settings: FitSettings, out: str):
-    """One CmdStan ADVI run -> (columns, draws (draw, column), output CSV path, console
-    transcript, ELBO diagnostic CSV path, Stan version).
-
-    With adaptation off (a fixed eta) Stan writes no "eta" header line and cmdstanpy 1.3's CSV
-    parser refuses the output although the run is fine; the CSV is then read here: its first
-    numeric row is the approximation's mean, the rest are the draws.
-    """
-    adapt = settings.advi_eta is None
-    try:
-        run = model.variational(data=data, seed=seed, algorithm=method.removeprefix("advi-"),
-                                iter=settings.vi_iterations, tol_rel_obj=settings.vi_tolerance,
-                                adapt_engaged=adapt, eta=settings.advi_eta, draws=settings.vi_draws,
-                                output_dir=out, sig_figs=18, save_diagnostics=True, require_converged=False,
-                                show_console=False)
-    except (RuntimeError, ValueError) as exc:
-        if adapt or "parsing" not in str(exc).lower():
-            raise
-    else:
-        diagnostics = run.runset.diagnostic_files[0] if run.runset.diagnostic_files else ""
-        return (list(run.column_names), np.asarray(run.variational_sample), run.runset.csv_files[0],
-                Path(run.runset.stdout_files[0]).read_text(), diagnostics, csv_stan_version(run))
-    csv_files = [f for f in Path(out).glob("*.csv") if "diagnostic" not in f.name]
-    if len(csv_files) != 1:
-        raise RuntimeError(f"ADVI with eta={settings.advi_eta} wrote no output CSV")
-    lines = csv_files[0].read_text().splitlines()
-    header = "\n".join(line for line in lines if line.startswith("#"))
-    rows = [line for line in lines if line and not line.startswith("#")]
-    values = np.asarray([[float(v) for v in row.split(",")] for row in rows[2:]])
-    version = dict(re.findall(r"stan_version_(major|minor|patch) = (\d+)", header))
-    stan_version = (f"{version['major']}.{version['minor']}.{version['patch']}" if len(version) == 3
-                    else cmdstan_version() or "unknown")
-    stdout = "\n".join(f.read_text() for f in Path(out).glob("*stdout*.txt"))
-    diagnostics = next((str(f) for f in Path(out).glob("*diagnostic*.csv")), "")
-    return rows[0].split(","), values, str(csv_files[0]), stdout, diagnostics, stan_version
-
-
-def _take_draws(draws, keep: np.ndarray):
-    """A one-chain canonical DataTree restricted to the draws ``keep`` (renumbered 0..n-1)."""
-    out = draws.copy()
-    posterior = draws["posterior"].to_dataset().isel(draw=keep)
-    out["posterior"] = xr.DataTree(posterior.assign_coords(draw=np.arange(len(keep))))
-    return out
-
-
-# --- pystan / httpstan ---------------------------------------------------------------------------
-
-async def _httpstan_fits(model_name: str, payloads: list[dict], parallel: bool) -> list[bytes]:
-    """Run one httpstan fit per payload and return each fit's raw output (JSON lines).
-
-    pystan's ``Model.sample`` is bypassed for one reason: with a random seed httpstan caches the
-    fit on disk and serves the cached output to any later identical request, so a repeated run
-    would take no time and prove nothing. Here a cached fit is deleted and the run redone, and
-    every fit is deleted once read.
-
-    A private path (httpstan's REST calls), pinned to a public engine by
-    tests/test_stan_cmdstan.py (pystan's draws equal CmdStan's, cmdstanpy's public ``sample``, at
-    the same seed). Remove it for ``Model.sample`` once pystan can turn httpstan's fit cache off
-    or names the cached fit so it can be deleted (no upstream issue filed yet).
-    """
-    import stan.common
-
-    async with stan.common.HttpstanClient() as client:
-
-        async def start(payload: dict) -> dict:
-            for _ in range(2):
-                resp = await client.post(f"/{model_name}/fits", json=payload)
-                if resp.status != 201:
-                    raise RuntimeError(f"httpstan refused the fit: {resp.json().get('message', resp.status)}")
-                operation = resp.json()
-                if not operation["done"]:
-                    return operation
-                await client.delete(f"/{operation['result']['name']}")
-            raise RuntimeError("httpstan kept serving a cached fit")
-
-        async def finish(operation: dict) -> bytes:
-            while not operation["done"]:
-                await asyncio.sleep(0.05)
-                resp = await client.get(f"/{operation['name']}")
-                operation = resp.json()
-            fit_name = operation["result"].get("name")
-            if fit_name is None:
-                message = operation["result"].get("message", "unknown error")
-                raise RuntimeError(message.split(", traceback")[0])
-            resp = await client.get(f"/{fit_name}")
-            if resp.status != 200:
-                raise RuntimeError(f"httpstan lost fit {fit_name}")
-            await client.delete(f"/{fit_name}")
-            return resp.content
-
-        if parallel:
-            operations = [await start(p) for p in payloads]
-            return [await finish(op) for op in operations]
-        return [await finish(await start(p)) for p in payloads]
-
-
-def _parse_httpstan_output(raw: bytes) -> tuple[list[str], np.ndarray, dict[str, float]]:
-    """One chain's httpstan output -> (column names, draws (draw, column), Stan's phase times)."""
-    import orjson
-
-    columns: list[str] | None = None
-    rows: list[list[float]] = []
-    times: dict[str, float] = {}
-    for line in raw.splitlines():
-        try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError:  # draws holding NaN or inf, which orjson rejects
-            message = json.loads(line)
-        topic, values = message.get("topic"), message.get("values")
-        if topic == "sample" and isinstance(values, dict):
-            if columns is None:
-                columns = list(values)
-            rows.append(list(values.values()))
-        elif topic == "logger" and values:
-            found = _ELAPSED.search(str(values[0]))
-            if found:
-                times[found[2]] = float(found[1])
-    if columns is None:
-        raise RuntimeError("httpstan returned no draws")
-    return columns, np.asarray(rows, dtype=float), times
-
-
-# --- the backend ---------------------------------------------------------------------------------
-
-class StanBackend(Backend):
+class StanBackend(StanPrograms, Backend):
     name = "stan"
-
-    def __init__(self):
-        # (spec, data digest) -> stan.Model: pystan builds (compile cached by httpstan, plus a
-        # round trip with the data) once per spec and data set in this process.
-        self._pystan_models: OrderedDict[tuple, Any] = OrderedDict()
-        self._cmdstan_model = None
 
     def versions(self) -> dict[str, str]:
         out = package_versions("cmdstanpy", "pystan", "httpstan")
@@ -403,77 +98,6 @@ class StanBackend(Backend):
             why = NO_CMDSTAN if cmdstan_path() is None else "sampler 'pystan' was requested"
             return f"pystan 3 runs NUTS only and {method} needs CmdStan: {why}; {INSTALL_CMDSTAN}"
         return None
-
-    # --- programs, compiled once --------------------------------------------------------------
-
-    def pystan_model(self, spec: MixtureSpec, dataset: Dataset) -> tuple[Any, bool]:
-        """The pystan model for this spec and data, and whether its program was already compiled."""
-        import httpstan.cache
-        import httpstan.models
-
-        key = (spec, dataset.digest())
-        if key in self._pystan_models:
-            self._pystan_models.move_to_end(key)
-            note_compile("warm")
-            return self._pystan_models[key], True
-        note_compile("cold")
-        code = program_code()
-        name = httpstan.models.calculate_model_name(code)
-        with _compile_lock(f"httpstan-{name.replace('/', '-')}"):
-            compiled = name in httpstan.cache.list_model_names() and _httpstan_build_intact(name)
-            with _quiet():
-                model, compiled = self._pystan_build(name, code, spec, dataset, compiled)
-            if not compiled:
-                for library in _httpstan_libraries(name):
-                    artefacts.record(library)
-        self._pystan_models[key] = model
-        while len(self._pystan_models) > 8:
-            self._pystan_models.popitem(last=False)
-        return model, compiled
-
-    @staticmethod
-    def _pystan_build(name: str, code: str, spec: MixtureSpec, dataset: Dataset, compiled: bool) -> tuple[Any, bool]:
-        """pystan's build of the program with this data, and whether httpstan's cached build served."""
-        import httpstan.cache
-        import stan
-
-        try:
-            return stan.build(code, data=stan_data(spec, dataset)), compiled
-        except Exception:
-            if not compiled:
-                raise
-            # A build killed part-way leaves httpstan an entry it cannot load (its server then
-            # answers 500 for every later build): discard it and build once more.
-            warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
-                          RuntimeWarning, stacklevel=2)
-            httpstan.cache.delete_model_directory(name)
-            return stan.build(code, data=stan_data(spec, dataset)), False
-
-    def cmdstan_model(self) -> tuple[Any, bool]:
-        """The CmdStan executable, compiled once into the "stan" cache store per program and CmdStan version."""
-        import cmdstanpy
-
-        if self._cmdstan_model is not None:
-            note_compile("warm")
-            return self._cmdstan_model, True
-        note_compile("cold")
-        code = program_code()
-        key = hashlib.sha256(f"{code}\0{cmdstan_path()}\0{cmdstan_version()}".encode()).hexdigest()[:16]
-        from backends.caches import private_dir, store_dir
-
-        directory = private_dir(store_dir("stan") / key)
-        source = directory / "mixture.stan"
-        if not source.exists():  # written once, so the executable stays newer than its source
-            source.write_text(code)
-        exe = source.with_suffix(".exe" if os.name == "nt" else "")
-        with _compile_lock(f"cmdstan-{key}"):
-            compiled = artefacts.intact(exe)  # a cut-off or foreign executable is discarded, not run
-            with _quiet():
-                exe_path = cmdstanpy.compile_stan_file(source)
-            if not compiled:
-                artefacts.record(Path(exe_path))
-            self._cmdstan_model = cmdstanpy.CmdStanModel(stan_file=source, exe_file=exe_path)
-        return self._cmdstan_model, compiled
 
     # --- log density ---------------------------------------------------------------------------
 
@@ -726,23 +350,23 @@ class StanBackend(Backend):
                 columns = list(run.column_names)
                 pooled = np.asarray(run.draws())
                 log_p_all, log_q_all = pathfinder_log_densities(columns, pooled)
-                stdout = "\n".join(Path(f).read_text() for f in run._runset.stdout_files)
+                csv_file, stdout_files = run_files(out)
+                stdout = "\n".join(Path(f).read_text() for f in stdout_files)
                 converged, iterations, grad_evals = pathfinder_progress(stdout)
                 fit = self._approximation_fit(
-                    spec, model, "pathfinder", settings, compiled, csv_file=run._runset.csv_files[0],
+                    spec, model, "pathfinder", settings, compiled, csv_file=csv_file,
                     columns=columns, values=pooled, log_p=log_p_all, log_q=log_q_all,
                     stan_version=csv_stan_version(run),
                     extra={"pathfinder_paths": paths, "pathfinder_resampling": "psis" if resample else "none",
                            "iterations": "L-BFGS iterations of each path's best approximation, summed"},
                     converged=converged, iterations=iterations, grad_evals=grad_evals)
                 if resample:
-                    keep, _ = psis_resample(log_p_all, log_q_all, settings.vi_draws, seed)
+                    keep, pareto_k = psis_resample(log_p_all, log_q_all, settings.vi_draws, seed)
                     path = (_column(columns, pooled, "path__").astype(int) - 1 if "path__" in columns
                             else np.repeat(np.arange(paths), settings.vi_draws)[: len(pooled)])
                     pool = fit.draws
                     fit.draws = _take_draws(pool, keep)
-                    fit.draws[IMPORTANCE_GROUP] = proposal_group(log_p_all, log_q_all, path, keep)
-                    keep_proposal(fit.draws, pool)
+                    attach_pool(fit.draws, pool, log_p_all, log_q_all, path, keep, pareto_k, paths)
                     fit.log_p, fit.log_q, fit.log_jacobian = (a[keep] for a in (fit.log_p, fit.log_q, fit.log_jacobian))
         fit.timings = timings
         return fit
@@ -828,7 +452,7 @@ class StanBackend(Backend):
                 point = points[best]
                 d = n_unconstrained(spec)
                 fit = self._approximation_fit(
-                    spec, model, "laplace", settings, compiled, csv_file=run._runset.csv_files[0],
+                    spec, model, "laplace", settings, compiled, csv_file=run_files(str(Path(out) / "laplace"))[0],
                     columns=columns, values=values,
                     # log_p__: Stan's log density at the draw, unconstrained, Jacobian included;
                     # log_q__ = (u - mode)' H (u - mode) / 2 = -z'z / 2 for the standard normal z
@@ -846,71 +470,3 @@ class StanBackend(Backend):
         fit.timings = timings
         fit.degenerate_starts = degenerate
         return fit
-
-
-def _optimum_point(spec: MixtureSpec, run) -> dict:
-    """The canonical parameters of a CmdStanMLE's optimum."""
-    mode = flat_to_canonical(spec, list(run.column_names), np.asarray(run.optimized_params_np)[None, None])
-    return {name: value[0, 0] for name, value in mode.items()}
-
-
-def advi_log_densities(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-draw (log p, log q) from CmdStan ADVI output rows (draws only, not the mean row).
-
-    Stan writes lp__ = 0; log_p__ = the model's log density at the draw in the unconstrained
-    space, Jacobian and all constants included (log_prob<propto=false, jacobian=true>); log_g__ =
-    -||eps||^2 / 2 for the standard-normal eps behind the draw, constants dropped. The full
-    log q adds -d/2 log(2 pi), done here, and -log|det scale|, which CmdStan does not report: log q
-    is exact up to that one constant, shared by all draws, so PSIS weights and k-hat are exact
-    while an ELBO computed from it would be shifted.
-    """
-    log_p = _column(columns, values, "log_p__").astype(float)
-    log_q = _column(columns, values, "log_g__") - 0.5 * n_unconstrained(spec) * math.log(2 * math.pi)
-    return log_p, log_q.astype(float)
-
-
-def pathfinder_log_densities(columns: Sequence[str], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-draw (log p, log q) from single-path Pathfinder output rows.
-
-    lp__ = the model's log density at the draw, unconstrained space, Jacobian and constants
-    included (log_prob<false, true>); lp_approx__ = the log density of the path's normal
-    approximation there, -log|det| and -d/2 log(2 pi) included: both exact.
-    """
-    return (_column(columns, values, "lp__").astype(float),
-            _column(columns, values, "lp_approx__").astype(float))
-
-
-def advi_progress(transcript: str, trace: np.ndarray | None, max_iterations: int) -> tuple[bool, int | None]:
-    """(converged, iterations run) from CmdStan's ADVI console transcript and ELBO trace."""
-    converged = "ELBO CONVERGED" in transcript
-    if not converged and "maximum number of iterations is reached" in transcript:
-        return False, max_iterations
-    return converged, int(trace[-1, 0]) if trace is not None else None
-
-
-def pathfinder_progress(transcript: str) -> tuple[bool, int | None, int | None]:
-    """(converged, L-BFGS iterations, gradient evaluations) from Pathfinder's transcript.
-
-    Iterations are each path's best iteration and evaluations each path's count, both summed
-    over paths ("Path [p] :Best Iter: [i] ELBO (...) evaluations: (e)" lines, one per path).
-    """
-    converged = not ("terminated with error" in transcript or "Maximum number of iterations" in transcript)
-    found = re.findall(r"Best Iter: \[(\d+)\].*?evaluations: \((\d+)\)", transcript)
-    if not found:
-        return converged, None, None
-    return converged, sum(int(i) for i, _ in found), sum(int(e) for _, e in found)
-
-
-def read_elbo_trace(path: str) -> np.ndarray | None:
-    """ADVI's diagnostic CSV (iter,time_in_seconds,ELBO) -> rows (iteration, ELBO), or None."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        fields = line.split(",")
-        if line.startswith("#") or len(fields) != 3:
-            continue
-        try:
-            iteration, _seconds, elbo = (float(f) for f in fields)
-        except ValueError:
-            continue  # the header line
-        rows.append((iteration, elbo))
-    return np.asarray(rows) if rows else None

@@ -1,0 +1,96 @@
+"""Stan's engines as installed: where CmdStan is, which Stan httpstan and CmdStan carry, the
+build lock, httpstan's built libraries and whether they are intact, and the engines' chatter kept
+quiet."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from backends import artefacts
+from backends.caches import build_lock
+from models.errors import MixbenchError
+
+NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
+INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
+
+
+def cmdstan_path() -> str | None:
+    """The CmdStan install cmdstanpy would use, or None."""
+    import cmdstanpy
+
+    try:
+        return cmdstanpy.cmdstan_path()
+    except (ValueError, RuntimeError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def pystan_stan_version() -> str:
+    """The Stan release compiled into httpstan's wheel (from its bundled headers)."""
+    import httpstan
+
+    header = Path(httpstan.__file__).parent / "include" / "stan" / "version.hpp"
+    parts = dict(re.findall(r"#define STAN_(MAJOR|MINOR|PATCH) (\d+)", header.read_text()))
+    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
+
+
+def cmdstan_version() -> str | None:
+    if cmdstan_path() is None:
+        return None
+    import cmdstanpy
+
+    version = cmdstanpy.cmdstan_version()
+    return ".".join(map(str, version)) if version else "unknown"
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+        raise MixbenchError(f"seed: Stan needs an integer in [0, 2^31), got {seed!r}")
+    return int(seed)
+
+
+def _compile_lock(key: str):
+    """One process at a time builds the program ``key`` (backends.caches owns the lock and the
+    store); other programs build meanwhile."""
+    return build_lock("stan", key)
+
+
+def _httpstan_libraries(name: str) -> list[Path]:
+    """The compiled extension modules httpstan keeps for program ``name``."""
+    import httpstan.cache
+
+    return sorted(httpstan.cache.model_directory(name).glob("*.so"))
+
+
+def _httpstan_build_intact(name: str) -> bool:
+    """Whether httpstan's build of ``name`` is the one recorded when it was built
+    (backends.artefacts); if not, its directory is deleted so that it is built again."""
+    import httpstan.cache
+
+    libraries = _httpstan_libraries(name)
+    if libraries and all(artefacts.intact(library) for library in libraries):
+        return True
+    httpstan.cache.delete_model_directory(name)
+    return False
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the engines' console chatter (pystan's progress, cmdstanpy's INFO log)."""
+    logger = logging.getLogger("cmdstanpy")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+

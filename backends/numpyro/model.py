@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,6 @@ import jax.numpy as jnp
 # numpyro.distributions is left without its `distribution` attribute, which numpyro.factor needs.
 import numpyro  # noqa: F401
 from jax import lax, random
-from numpyro import handlers
 from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 

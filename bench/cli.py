@@ -79,7 +79,7 @@ from models.priors import (
     sigma_prior_text,
 )
 from models.scenarios import DEFAULT_SCENARIO, get_scenario
-from models.spec import ERRORS, SHARED, MixtureSpec
+from models.spec import ERRORS, SHARED, WEIGHTS, MixtureSpec
 from models.standardize import Standardization
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
@@ -216,8 +216,14 @@ def _add_prior_options(group) -> None:
                        help="error distribution of every component: normal (default) or student-t (robust mixture regression)")
     group.add_argument("--nu", default=None, metavar="NU|gamma:SHAPE,RATE", help=NU_HELP)
     group.add_argument("--shared", default=None, choices=SHARED,
-                       help="coefficients shared by all components: none (default) or slopes "
-                            "(y = x . w + b_z + sigma_z eps: components differ in intercept and scale)")
+                       help="coefficients shared by all components: none (default), slopes "
+                            "(y = x . w + b_z + sigma_z eps: components differ in intercept and scale) or intercepts")
+    group.add_argument("--weights", default=None, choices=WEIGHTS,
+                       help="mixing weights: dirichlet (constant, default) or softmax (a regression on the covariates, "
+                            "pi_k(x) = softmax(gamma_k0 + x . gamma_k), the last component the reference, gamma_K = 0)")
+    group.add_argument("--gamma-prior", default=None, metavar="MU,SD",
+                       help="Normal(MU, SD) prior on the softmax weights' coefficients (default 0,2.5: rstanarm's "
+                            "for GLM coefficients, Gelman et al. 2008)")
     group.add_argument("--standardize", action="store_true",
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
 
@@ -258,7 +264,9 @@ def _spec_overrides(args) -> dict:
         spec["sigma_prior"] = sigma_prior_text("--sigma-prior", args.sigma_prior)
     if getattr(args, "pi_alpha", None) is not None:
         spec["pi_alpha"] = pi_alpha_text("--pi-alpha", args.pi_alpha)
-    for name in ("errors", "shared"):
+    if getattr(args, "gamma_prior", None) is not None:
+        spec["gamma_prior"] = normal_prior_text("--gamma-prior", args.gamma_prior)
+    for name in ("errors", "shared", "weights"):
         if getattr(args, name, None) is not None:
             spec[name] = getattr(args, name)
     if getattr(args, "nu", None) is not None:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 import xarray as xr
-from scipy import special, stats
+from scipy import special
 
 from backends.base import Fit
 from bench.relabel import posterior_dataset

@@ -1,6 +1,6 @@
 """Softmax mixing weights (a mixture of experts) and shared intercepts: the oracle by hand, the
 reference category under relabelling, the family axes (outliers, gate) and the sweep's
-overrides. The three backends' densities against the oracle are tests/test_models.py and
+overrides; the prior check and the Stan formulations under the variants. The three backends' densities against the oracle are tests/test_models.py and
 tests/test_log_density.py over conftest's VARIANT_SPECS."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from models import MixbenchError, MixtureSpec, NormalPrior, get_scenario, log_likelihood, log_prior
+from models import MixbenchError, MixtureSpec, NormalPrior, SigmaPrior, get_scenario, log_likelihood, log_prior
 from models.families import FamilyPoint, parse_point
 
 
@@ -145,3 +145,34 @@ def test_sweep_lines_override_errors_nu_and_weights():
     assert [p.outliers for p, _ in points] == [0.0, 0.05]
     spec = points[1][0].spec.overridden(line.spec)
     assert spec.errors == "student-t" and spec.nu_is_parameter
+
+
+def test_prior_check_reads_t_error_data_robustly():
+    """Ten gross outliers in 200 points inflate sd(y) past 5 prior-predictive sds of tight
+    priors: flagged under normal errors, not under Student-t errors (median and MAD), whose
+    noise reach is widened by t_nu's 95% quantile over the normal's."""
+    from models import Dataset
+    from models.prior_check import error_widening, prior_scale_problems
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(200, 1))
+    y = 0.3 * x[:, 0] + 0.05 * rng.standard_normal(200)
+    y[:10] = rng.uniform(8, 12, size=10)
+    tight = MixtureSpec(K=2, D=1, intercept=True, slope_prior=NormalPrior(0, 0.3), intercept_prior=NormalPrior(0, 0.1),
+                        sigma_prior=SigmaPrior("halfnormal", 0.1))
+    data = Dataset(x=x, y=y)
+    assert any("sd" in p for p in prior_scale_problems(tight, data))
+    robust = tight.with_(errors="student-t", nu=4.0)
+    assert prior_scale_problems(robust, data) == []
+    assert error_widening(robust) == pytest.approx(stats.t.ppf(0.95, 4) / stats.norm.ppf(0.95))
+    assert error_widening(robust.with_(nu=None)) == pytest.approx(
+        stats.t.ppf(0.95, stats.gamma.ppf(0.1, 2, scale=10)) / stats.norm.ppf(0.95))
+
+
+def test_stan_formulations_refuse_what_they_cannot_state():
+    from bench.experiments.stan_formulations import check_formulation_spec
+
+    check_formulation_spec(MixtureSpec(K=2, D=1, sigma_prior=SigmaPrior("halfnormal", 1.0)))
+    with pytest.raises(MixbenchError, match="this spec has sigma prior gamma, errors student-t, weights softmax"):
+        check_formulation_spec(MixtureSpec(K=2, D=1, sigma_prior=SigmaPrior("gamma", 1.0), errors="student-t",
+                                           weights="softmax"))

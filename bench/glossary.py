@@ -31,7 +31,7 @@ def _family(kind: str, family: str, label: str) -> tuple[str, str]:
     return (f"{label} W1", f"median over seeds of: {_row(f'{family}_w1_max', '1-Wasserstein distance to the reference')}")
 
 
-_FAMILIES = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight"}
+_FAMILIES = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight", "nu": "nu", "gamma": "gate"}
 
 COLUMNS: dict[str, str] = {
     # identity

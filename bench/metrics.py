@@ -46,7 +46,8 @@ from bench.relabel import (
     relabel,
 )
 
-FAMILIES = ("w", "b", "sigma", "pi")
+# nu: Student-t degrees of freedom when a parameter; gamma: softmax weights' coefficients (models/spec.py).
+FAMILIES = ("w", "b", "sigma", "pi", "nu", "gamma")
 NAN = float("nan")
 
 # Canonical dims of a parameter point, used to turn a MAP point into a one-draw DataTree.
@@ -192,7 +193,9 @@ class MetricSettings:
 
 
 def _family_fields(template: str, description: str) -> dict[str, str]:
-    names = {"w": "slopes", "b": "intercepts", "sigma": "sigma(s)", "pi": "weights"}
+    names = {"w": "slopes", "b": "intercepts", "sigma": "sigma(s)", "pi": "weights",
+             "nu": "Student-t degrees of freedom nu (when a parameter)",
+             "gamma": "softmax weights' coefficients gamma (relabelled and re-referenced to the last component)"}
     return {template.format(f=f): description.format(name=names[f]) for f in FAMILIES}
 
 

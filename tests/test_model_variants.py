@@ -176,3 +176,16 @@ def test_stan_formulations_refuse_what_they_cannot_state():
     with pytest.raises(MixbenchError, match="this spec has sigma prior gamma, errors student-t, weights softmax"):
         check_formulation_spec(MixtureSpec(K=2, D=1, sigma_prior=SigmaPrior("gamma", 1.0), errors="student-t",
                                            weights="softmax"))
+
+
+def test_a_student_t_line_on_normal_error_data_keeps_the_truth_without_nu():
+    """A sweep line errors=student-t (nu a parameter) on the outliers axis: the cell's data keep
+    the simulated truth, with no nu to score, so the fit can land on the truth's lines."""
+    from bench.harness import Cell, load_cell_data
+
+    spec, data = load_cell_data(Cell(scenario="lines-K2-D1-sep6-wmin0.5-sr1-out0.05", backend="numpyro",
+                                     method="nuts", spec={"errors": "student-t"}, n=200))
+    assert spec.nu_is_parameter and set(data.truth) == {"w", "sigma", "pi"}
+    data.check_against(spec)
+    with pytest.raises(MixbenchError, match="do not match"):
+        type(data)(x=data.x, y=data.y, truth={"w": data.truth["w"], "sigma": data.truth["sigma"]}).check_against(spec)

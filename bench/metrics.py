@@ -984,7 +984,7 @@ def posterior_means(scoring: Scoring) -> dict[str, float]:
         for index in np.ndindex(values.shape):
             label = f"{name}[{','.join(map(str, index))}]" if index else name
             out[f"mean.{label}"] = float(values[index])
-            if truth is not None:
+            if truth is not None and name in truth:  # a truth may lack nu (models/data.py)
                 out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
     return out
 

@@ -464,7 +464,8 @@ def _add_sweep_parser(sub) -> None:
                             "(nuts:ordering=slope; several joined by ';') (default "
                             "nuts,nuts:ordering=slope,advi-fullrank,pathfinder)")
     sweep.add_argument("--spec", dest="sweep_spec", metavar="FIELD=VALUE", action="append", default=[],
-                       help="a spec override for every line, repeatable: ordering, sigma, likelihood, pi_alpha")
+                       help="a spec override for every line, repeatable: ordering, sigma, likelihood, pi_alpha, "
+                            "errors, nu, weights")
     sweep.add_argument("--seeds", metavar="SEEDS", type=_seeds, default=list(range(10)),
                        help="inference seeds: a list 0,1,2 or a range 0-9 (default 0-9)")
     data = sweep.add_mutually_exclusive_group()

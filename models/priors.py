@@ -78,7 +78,12 @@ def normal_prior_text(option: str, text: str) -> dict[str, float]:
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 2:
         raise MixbenchError(f"{option}: expected MU,SD (e.g. 0,10), got {text!r}")
-    prior = NormalPrior(_number(option, parts[0]), _number(option, parts[1]))
+    try:
+        prior = NormalPrior(_number(option, parts[0]), _number(option, parts[1]))
+    except MixbenchError as exc:
+        if str(exc).startswith(option):
+            raise
+        raise MixbenchError(f"{option}: {exc}") from None
     return {"mu": prior.mu, "sigma": prior.sigma}
 
 

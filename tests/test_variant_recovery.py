@@ -56,7 +56,7 @@ def ecm_shared_slopes(x: np.ndarray, y: np.ndarray, K: int, starts: int = 10, it
     return best
 
 
-def map_softmax(spec, x: np.ndarray, y: np.ndarray, starts: int = 8) -> dict[str, np.ndarray]:
+def map_softmax(spec, x: np.ndarray, y: np.ndarray, starts: int = 4) -> dict[str, np.ndarray]:
     """The posterior mode (the oracle's density, no Jacobian) of a softmax-weights spec without
     intercepts, by L-BFGS-B from ``starts`` random starts on (w, log sigma, gamma's free rows)."""
     K, D = spec.K, spec.D

@@ -42,8 +42,7 @@ def degenerate_components(x: np.ndarray, y: np.ndarray, point: dict, frac: float
     has intercepts, sigma scalar or (K,), pi (K,)), on the data's scale.
     """
     resolution = data_resolution(y) if resolution is None else resolution
-    pi = np.asarray(point["pi"], dtype=float)
-    K = pi.size
+    K = np.asarray(point["pi"] if "pi" in point else point["gamma"], dtype=float).shape[0]
     sigma = np.broadcast_to(np.asarray(point["sigma"], dtype=float), (K,))
     w = np.asarray(point.get("w", np.zeros((K, 0))), dtype=float).reshape(K, -1)
     b = np.asarray(point.get("b", np.zeros(K)), dtype=float).reshape(K)

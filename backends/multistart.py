@@ -49,7 +49,7 @@ def bound_hits(spec: MixtureSpec, point: dict[str, np.ndarray], rtol: float = 1e
             hits.append(f"sigma[{k}] = {value:.3g} (lower bound 0)")
         elif math.isfinite(upper) and value >= upper * (1 - rtol):
             hits.append(f"sigma[{k}] = {value:.6g} (Uniform upper bound {upper:g})")
-    for k, value in enumerate(p["pi"]):
+    for k, value in enumerate(p.get("pi", ())):
         if spec.K > 1 and value <= rtol:
             hits.append(f"pi[{k}] = {value:.3g} (simplex face)")
     if spec.ordering != "none":

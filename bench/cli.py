@@ -50,7 +50,7 @@ from bench.score.modes import modes_table_lines
 from models.errors import MixbenchError, MixbenchWarning
 from models.families import AXES
 from models.priors import NU_HELP, SIGMA_PRIOR_HELP
-from models.spec import ERRORS, SHARED
+from models.spec import ERRORS, SHARED, WEIGHTS
 
 BACKEND_NAMES = ("pymc", "numpyro", "stan")
 
@@ -186,8 +186,14 @@ def _add_prior_options(group) -> None:
                        help="error distribution of every component: normal (default) or student-t (robust mixture regression)")
     group.add_argument("--nu", default=None, metavar="NU|gamma:SHAPE,RATE", help=NU_HELP)
     group.add_argument("--shared", default=None, choices=SHARED,
-                       help="coefficients shared by all components: none (default) or slopes "
-                            "(y = x . w + b_z + sigma_z eps: components differ in intercept and scale)")
+                       help="coefficients shared by all components: none (default), slopes "
+                            "(y = x . w + b_z + sigma_z eps: components differ in intercept and scale) or intercepts")
+    group.add_argument("--weights", default=None, choices=WEIGHTS,
+                       help="mixing weights: dirichlet (constant, default) or softmax (a regression on the covariates, "
+                            "pi_k(x) = softmax(gamma_k0 + x . gamma_k), the last component the reference, gamma_K = 0)")
+    group.add_argument("--gamma-prior", default=None, metavar="MU,SD",
+                       help="Normal(MU, SD) prior on the softmax weights' coefficients (default 0,2.5: rstanarm's "
+                            "for GLM coefficients, Gelman et al. 2008)")
     group.add_argument("--standardize", action="store_true",
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
 
@@ -401,7 +407,8 @@ def _add_sweep_parser(sub) -> None:
                             "(nuts:ordering=slope; several joined by ';') (default "
                             "nuts,nuts:ordering=slope,advi-fullrank,pathfinder)")
     sweep.add_argument("--spec", dest="sweep_spec", metavar="FIELD=VALUE", action="append", default=[],
-                       help="a spec override for every line, repeatable: ordering, sigma, likelihood, pi_alpha")
+                       help="a spec override for every line, repeatable: ordering, sigma, likelihood, pi_alpha, "
+                            "errors, nu, weights")
     sweep.add_argument("--seeds", metavar="SEEDS", type=_seeds, default=list(range(10)),
                        help="inference seeds: a list 0,1,2 or a range 0-9 (default 0-9)")
     data = sweep.add_mutually_exclusive_group()

@@ -12,6 +12,13 @@ forum thread's model), with these axes:
   (at most 1/K; 1/K is balanced).
 - ``K``: components (2-5); ``D``: covariates (1-5); ``sigma_ratio``: largest over smallest
   per-component sigma (1: one shared sigma).
+- ``outliers``: the share of observations replaced by gross outliers, y ~ U(8, 12) whatever x
+  (models/scenarios.py OUTLIER_RANGE): the contamination under which a normal-error mixture
+  breaks and a Student-t one (a line's ``errors=student-t``) should not (Yao, Wei & Yu 2014).
+- ``gate``: the weight-regression strength: the weights are a softmax regression on x_1,
+  gamma_k = (log(pi_k / pi_K), gate (K - 1 - k) / (K - 1), 0, ...) (models/spec.py), so component
+  0's log odds against the reference (the last) change by 2 gate across x_1 in [-1, 1]; ``w_min``
+  sets the weights at x = 0. A point with gate > 0 is fitted with softmax weights.
 - ``N``: observations; carried by the cell (``Cell.n``), not by the point's name.
 
 The truth: first slopes evenly spaced on [-2, 2] (component k: -2 + 4 k / (K - 1)), so the slope
@@ -24,7 +31,8 @@ The fitted spec is the thread's (Dirichlet(1), Normal(0, 2) slopes) with a Unifo
 prior instead of Uniform(0, 1), so the noisier points stay inside the prior's support; shared
 sigma when sigma_ratio = 1, one per component otherwise.
 
-A point's name spells every axis but N: ``lines-K2-D1-sep2-wmin0.5-sr1``; ``get_scenario``
+A point's name spells every axis but N: ``lines-K2-D1-sep2-wmin0.5-sr1``, then ``-out0.05`` and
+``-gate2`` where those are not 0 (so the names of older points are unchanged); ``get_scenario``
 accepts it anywhere a built-in scenario name is accepted, so cells (bench.run.harness) carry a family
 point exactly like a built-in scenario.
 """
@@ -68,13 +76,19 @@ AXES: dict[str, Axis] = {a.name: a for a in [
          "separation: smallest RMS gap between neighbouring lines over their pooled sigma"),
     Axis("w_min", float, math.nan, "lower", 1e-3, 1.0, "smallest mixing weight (1/K: balanced)"),
     Axis("sigma_ratio", float, 1.0, "higher", 1.0, 100.0, "largest / smallest per-component sigma"),
+    Axis("outliers", float, 0.0, "higher", 0.0, 0.5, "share of observations replaced by gross outliers"),
+    Axis("gate", float, 0.0, "higher", 0.0, 20.0, "weight-regression strength (softmax slope on x_1)"),
     Axis("N", int, DEFAULT_N, "lower", 10, 10_000_000, "observations"),
 ]}
-NAME_AXES = ("K", "D", "sep", "w_min", "sigma_ratio")
-_NAME_KEYS = {"K": "K", "D": "D", "sep": "sep", "w_min": "wmin", "sigma_ratio": "sr"}
+NAME_AXES = ("K", "D", "sep", "w_min", "sigma_ratio", "outliers", "gate")
+# Axes spelled in a point's name only where they differ from 0.
+_OPTIONAL_AXES = ("outliers", "gate")
+_NAME_KEYS = {"K": "K", "D": "D", "sep": "sep", "w_min": "wmin", "sigma_ratio": "sr", "outliers": "out",
+              "gate": "gate"}
 FAMILY = "lines"
-_NAME_RE = re.compile(r"^lines-K(?P<K>\d+)-D(?P<D>\d+)-sep(?P<sep>[0-9.e+-]+)-wmin(?P<w_min>[0-9.e+-]+)"
-                      r"-sr(?P<sigma_ratio>[0-9.e+-]+)$")
+_NAME_RE = re.compile(r"^lines-K(?P<K>\d+)-D(?P<D>\d+)-sep(?P<sep>[0-9.e+-]+?)-wmin(?P<w_min>[0-9.e+-]+?)"
+                      r"-sr(?P<sigma_ratio>[0-9.e+]+?)(?:-out(?P<outliers>[0-9.e+-]+?))?"
+                      r"(?:-gate(?P<gate>[0-9.e+-]+?))?$")
 
 
 def _number_text(value: float) -> str:
@@ -129,6 +143,8 @@ class FamilyPoint:
     sep: float = 4.0
     w_min: float | None = None  # None: 1/K
     sigma_ratio: float = 1.0
+    outliers: float = 0.0
+    gate: float = 0.0
 
     def __post_init__(self):
         for name in NAME_AXES:
@@ -151,7 +167,7 @@ class FamilyPoint:
     @property
     def name(self) -> str:
         parts = [f"{_NAME_KEYS[a]}{_number_text(getattr(self, a)) if a not in ('K', 'D') else getattr(self, a)}"
-                 for a in NAME_AXES]
+                 for a in NAME_AXES if a not in _OPTIONAL_AXES or getattr(self, a) != 0]
         return "-".join([FAMILY, *parts])
 
     @property
@@ -181,7 +197,8 @@ class FamilyPoint:
     def spec(self) -> MixtureSpec:
         return MixtureSpec(K=self.K, D=self.D, intercept=False,
                            sigma="shared" if self.sigma_ratio == 1.0 else "per-component",
-                           sigma_prior=SigmaPrior("uniform", SIGMA_UPPER))
+                           sigma_prior=SigmaPrior("uniform", SIGMA_UPPER),
+                           weights="softmax" if self.gate else "dirichlet")
 
     @property
     def truth(self) -> dict[str, np.ndarray]:
@@ -190,8 +207,13 @@ class FamilyPoint:
         for d in range(1, self.D):
             w[:, d] = 0.5 * (-1) ** (d - 1)  # the same in every component: no separation
         sigma = self.sigmas
-        return {"w": w, "sigma": np.asarray(sigma[0]) if self.sigma_ratio == 1.0 else sigma,
-                "pi": self.weights}
+        truth = {"w": w, "sigma": np.asarray(sigma[0]) if self.sigma_ratio == 1.0 else sigma}
+        if not self.gate:
+            return {**truth, "pi": self.weights}
+        gamma = np.zeros((self.K, self.D + 1))
+        gamma[:, 0] = np.log(self.weights / self.weights[-1])
+        gamma[:, 1] = self.gate * (self.K - 1 - np.arange(self.K)) / (self.K - 1)
+        return {**truth, "gamma": gamma}
 
     def separation(self) -> float:
         """The separation the truth has, computed from it (equals ``sep``; tests check it)."""
@@ -201,7 +223,9 @@ class FamilyPoint:
     def description(self) -> str:
         """One line naming the family and the point's coordinates (a scenario's description)."""
         return (f"{FAMILY} family: K = {self.K}, D = {self.D}, separation {_number_text(self.sep)}, "
-                f"smallest weight {_number_text(self.w_min)}, sigma ratio {_number_text(self.sigma_ratio)}")
+                f"smallest weight {_number_text(self.w_min)}, sigma ratio {_number_text(self.sigma_ratio)}"
+                + (f", outliers {_number_text(self.outliers)}" if self.outliers else "")
+                + (f", weight-regression strength {_number_text(self.gate)}" if self.gate else ""))
 
 
 def separation(params: dict[str, np.ndarray], D: int) -> float:
@@ -256,7 +280,8 @@ def parse_point(name: str) -> FamilyPoint | None:
         return None
     values = match.groupdict()
     return FamilyPoint(K=int(values["K"]), D=int(values["D"]), sep=float(values["sep"]),
-                       w_min=float(values["w_min"]), sigma_ratio=float(values["sigma_ratio"]))
+                       w_min=float(values["w_min"]), sigma_ratio=float(values["sigma_ratio"]),
+                       outliers=float(values["outliers"] or 0.0), gate=float(values["gate"] or 0.0))
 
 
 def point_params(scenario: str) -> dict[str, float | int]:

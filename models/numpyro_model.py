@@ -62,7 +62,9 @@ LIKELIHOOD_FORMS = ("mixture_same_family", "logsumexp_factor")
 def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, total_size: bool = True,
                   form: str = "mixture_same_family"):
     """y_n ~ sum_k pi_k f(y_n | b_k + x_n . w_k, sigma_k), f Normal or StudentT(nu), priors,
-    ordering and shared slopes (site ``w_shared``, ``w`` then deterministic) from ``spec``.
+    ordering and shared slopes (site ``w_shared``, ``w`` then deterministic) or intercepts (site
+    ``b_shared``) from ``spec``; under softmax weights the site ``gamma_free`` (K - 1, D + 1)
+    and pi_k(x_n) = softmax(gamma_k0 + x_n . gamma_k[1:]) per observation.
 
     ``subsample_size`` subsamples the observation plate, which scales the batch log likelihood by
     N / batch. ``total_size=False`` undoes that scaling (scale batch / N), replaying the forum
@@ -72,7 +74,13 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
     columns ``w_rest``; ``w`` is then a deterministic site joining them.
     """
     K, D, N = spec.K, spec.D, y.shape[0]
-    pi = numpyro.sample("pi", dist.Dirichlet(jnp.asarray(spec.alpha, dtype=y.dtype)))
+    if spec.softmax_weights:
+        # K - 1 free rows; the reference row (the last) is 0 (models/spec.py).
+        g = spec.gamma_prior
+        gamma_free = numpyro.sample("gamma_free", dist.Normal(g.mu, g.sigma).expand((K - 1, D + 1)).to_event(2))
+        gamma = numpyro.deterministic("gamma", jnp.concatenate([gamma_free, jnp.zeros((1, D + 1), y.dtype)]))
+    else:
+        pi = numpyro.sample("pi", dist.Dirichlet(jnp.asarray(spec.alpha, dtype=y.dtype)))
     s = spec.slope_prior
     if spec.ordering == "slope":
         columns = [numpyro.sample("w_first", OrderedNormal(s.mu, s.sigma, K))[:, None]]
@@ -87,9 +95,12 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
         w = numpyro.sample("w", dist.Normal(s.mu, s.sigma).expand((K, D)).to_event(2))
     if spec.intercept:
         p = spec.intercept_prior
-        prior = (OrderedNormal(p.mu, p.sigma, K) if spec.ordering == "intercept"
-                 else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
-        b = numpyro.sample("b", prior)
+        if spec.shared == "intercepts":
+            b = numpyro.deterministic("b", jnp.broadcast_to(numpyro.sample("b_shared", dist.Normal(p.mu, p.sigma)), (K,)))
+        else:
+            prior = (OrderedNormal(p.mu, p.sigma, K) if spec.ordering == "intercept"
+                     else dist.Normal(p.mu, p.sigma).expand((K,)).to_event(1))
+            b = numpyro.sample("b", prior)
     sp = spec.sigma_prior
     if sp.family == "uniform":
         sigma_prior = dist.Uniform(0.0, sp.scale)
@@ -119,15 +130,20 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
             mu = mu + xb @ w.T
         if spec.intercept:
             mu = mu + b
+        if spec.softmax_weights:
+            eta = gamma[:, 0] + (xb @ gamma[:, 1:].T if D > 0 else jnp.zeros((yb.shape[0], 1), y.dtype))
+            logits = jax.nn.log_softmax(eta, axis=-1)
+        else:
+            logits = jnp.log(pi)
         unscaled = subsample_size is not None and not total_size
         with handlers.scale(scale=subsample_size / N) if unscaled else nullcontext():
             if form == "mixture_same_family":
                 # log sum_k exp(log_softmax(log pi)_k + log N(y | mu_k, sigma_k)) per observation,
                 # one (batch, K) array, the oracle's formula; and y stays an observed site.
-                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=jnp.log(pi)), errors(mu))
+                likelihood = dist.MixtureSameFamily(dist.Categorical(logits=logits), errors(mu))
                 numpyro.sample("y", likelihood, obs=yb)
             elif form == "logsumexp_factor":
-                terms = jnp.log(pi) + errors(mu).log_prob(yb[:, None])
+                terms = logits + errors(mu).log_prob(yb[:, None])
                 numpyro.factor("y", jax.nn.logsumexp(terms, axis=-1))
             else:
                 raise MixbenchError(f"likelihood form: unknown {form!r}; known: {', '.join(LIKELIHOOD_FORMS)}")
@@ -136,8 +152,14 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
 def site_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Canonical parameters (models/spec.py's names and shapes) -> the model's latent sites:
     the canonical -> native map."""
-    sites = {"pi": params["pi"], "sigma": params["sigma"]}
-    if spec.intercept:
+    sites = {"sigma": params["sigma"]}
+    if spec.softmax_weights:
+        sites["gamma_free"] = params["gamma"][:-1]
+    else:
+        sites["pi"] = params["pi"]
+    if spec.intercept and spec.shared == "intercepts":
+        sites["b_shared"] = params["b"][0]
+    elif spec.intercept:
         sites["b"] = params["b"]
     if spec.nu_is_parameter:
         sites["nu"] = params["nu"]
@@ -157,6 +179,10 @@ def canonical_values(spec: MixtureSpec, sites: dict[str, Any], lead: tuple[int, 
     native -> canonical map; shapes (*lead, *spec.param_shapes()[name])."""
     sites = {k: np.asarray(v, dtype=np.float64) for k, v in sites.items()}
     out = {name: sites[name] for name in spec.param_shapes() if name in sites}
+    if "gamma" not in out and spec.softmax_weights:
+        out["gamma"] = np.concatenate([sites["gamma_free"], np.zeros(lead + (1, spec.D + 1))], axis=-2)
+    if "b" not in out and spec.intercept:
+        out["b"] = np.broadcast_to(sites["b_shared"][..., None], lead + (spec.K,)).copy()
     if "w" not in out:
         if spec.shared == "slopes":
             out["w"] = np.broadcast_to(sites["w_shared"][..., None, :], lead + (spec.K, spec.D)).copy()

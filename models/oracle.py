@@ -112,10 +112,39 @@ def slopes_log_prior(spec: MixtureSpec, w: np.ndarray) -> np.ndarray:
     return np.where(np.all(w == w[..., :1, :], axis=(-2, -1)), lp, -np.inf)
 
 
+def intercepts_log_prior(spec: MixtureSpec, b: np.ndarray) -> np.ndarray:
+    """Normal log prior of the intercepts, b of shape (..., K), summed to shape (...). Shared
+    intercepts are one number, its prior counted once; entries that differ are outside the support."""
+    mu, sd = spec.intercept_prior.mu, spec.intercept_prior.sigma
+    if spec.shared != "intercepts":
+        return stats.norm.logpdf(b, mu, sd).sum(axis=-1)
+    return np.where(np.all(b == b[..., :1], axis=-1), stats.norm.logpdf(b[..., 0], mu, sd), -np.inf)
+
+
+def gamma_log_prior(spec: MixtureSpec, gamma: np.ndarray) -> np.ndarray:
+    """Normal log prior of the softmax weights' coefficients, gamma of shape (..., K, D + 1),
+    summed to shape (...): the K - 1 free rows iid Normal(mu, s); a reference row (the last)
+    other than 0 is outside the support."""
+    lp = stats.norm.logpdf(gamma[..., :-1, :], spec.gamma_prior.mu, spec.gamma_prior.sigma).sum(axis=(-2, -1))
+    return np.where(np.all(gamma[..., -1, :] == 0, axis=-1), lp, -np.inf)
+
+
+def log_weights(spec: MixtureSpec, x: np.ndarray, params: dict) -> np.ndarray:
+    """log pi_k(x_n), shape (N, K): log softmax_k(gamma_k0 + x_n . gamma_k[1:]) under softmax
+    weights (Jacobs et al. 1991), else log pi_k for every n."""
+    if not spec.softmax_weights:
+        with np.errstate(divide="ignore"):
+            return np.broadcast_to(np.log(params["pi"]), (x.shape[0], spec.K))
+    gamma = np.asarray(params["gamma"], dtype=float)
+    eta = gamma[:, 0][None, :] + x @ gamma[:, 1:].T
+    return eta - special.logsumexp(eta, axis=1, keepdims=True)
+
+
 def log_prior(spec: MixtureSpec, params: dict) -> float:
     """Log prior density of a constrained point, every normalising constant included.
 
-    Dirichlet(alpha) on pi, normal priors on w (and b), the sigma prior on each sigma; an ordered
+    Dirichlet(alpha) on pi (or normal priors on gamma's free rows), normal priors on w (and b),
+    each shared vector counted once, the sigma prior on each sigma, Gamma on nu; an ordered
     spec adds the log of the order constant (``MixtureSpec.log_order_constant``: the prior
     restricted to the ordered cone, renormalised).
 
@@ -137,15 +166,18 @@ def log_prior(spec: MixtureSpec, params: dict) -> float:
         Parameters missing, unexpected or of the wrong shape (``MixtureSpec.check_params``).
     """
     params = spec.check_params(params)
-    pi = params["pi"]
-    if np.any(pi < 0) or not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-10):
-        return -np.inf
-    lp = stats.dirichlet.logpdf(np.clip(pi, 1e-300, None) / pi.sum(), spec.alpha)
+    if spec.softmax_weights:
+        lp = gamma_log_prior(spec, params["gamma"])
+    else:
+        pi = params["pi"]
+        if np.any(pi < 0) or not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-10):
+            return -np.inf
+        lp = stats.dirichlet.logpdf(np.clip(pi, 1e-300, None) / pi.sum(), spec.alpha)
     lp += slopes_log_prior(spec, params["w"])
     if spec.nu_is_parameter:
         lp += nu_log_prior(spec.nu, params["nu"])
     if spec.intercept:
-        lp += stats.norm.logpdf(params["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum()
+        lp += intercepts_log_prior(spec, params["b"])
     lp += sigma_log_prior(spec.sigma_prior, params["sigma"]).sum()
     if spec.ordering != "none":
         ordered = params["b"] if spec.ordering == "intercept" else params["w"][:, 0]
@@ -156,8 +188,8 @@ def log_prior(spec: MixtureSpec, params: dict) -> float:
 
 
 def log_likelihood_terms(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> np.ndarray:
-    """Per-observation mixture log likelihood: log sum_k pi_k f(y_n | mu_nk, sigma_k),
-    f the spec's error density (``error_log_density``).
+    """Per-observation mixture log likelihood: log sum_k pi_k(x_n) f(y_n | mu_nk, sigma_k),
+    f the spec's error density (``error_log_density``), pi_k(x_n) the weights (``log_weights``).
 
     Parameters
     ----------
@@ -179,10 +211,8 @@ def log_likelihood_terms(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params
     params = spec.check_params(params)
     mu = component_means(spec, x, params)
     sigma = np.broadcast_to(params["sigma"], (spec.K,))
-    with np.errstate(divide="ignore"):
-        log_pi = np.log(params["pi"])
     terms = error_log_density(spec, y[:, None], mu, sigma[None, :], nu_value(spec, params))
-    return special.logsumexp(log_pi[None, :] + terms, axis=1)
+    return special.logsumexp(log_weights(spec, x, params) + terms, axis=1)
 
 
 def forum_log_likelihood(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: dict) -> float:

@@ -17,6 +17,14 @@ InverseGamma of shape <= 2). The check names a problem when
 - floor: the sigma prior's 1% quantile exceeds sd(y): a zero-avoiding prior (InverseGamma,
   LogNormal) forces every sigma above the data's whole spread.
 
+Student-t errors (models/spec.py): eps ~ t_nu has no finite variance for nu <= 2, so q is widened
+by t_nu's 95% quantile over the normal's (nu at its prior's 10% quantile when nu has a prior:
+the heavier tail, the wider reach); and the data's centre and spread are read robustly, the median
+and 1.4826 x the median absolute deviation (the normal-consistent MAD), because Student-t errors
+are chosen for data with gross outliers, which would inflate the mean and sd and trip the check
+on exactly the data the model is meant for. Shared coefficients and softmax weights leave one
+component's prior predictive as it is.
+
 RATIO = 5 prior-predictive sds: the data sit where the priors put under about 1e-6 of their mass
 (a normal tail at 5 sds), far enough out that no reasonable choice of priors is flagged. On
 standardised data (mean 0, sd 1) with the default priors (m0 = 0, s0 = 2.1) nothing fires.
@@ -29,10 +37,30 @@ import math
 import numpy as np
 
 from models.data import Dataset
+from scipy import stats
+
 from models.oracle import sigma_prior_distribution
 from models.spec import MixtureSpec
 
 RATIO = 5.0
+
+
+def error_widening(spec: MixtureSpec) -> float:
+    """How much wider one error eps is than Normal(0, 1) at its 95% quantile: 1 for normal
+    errors, t_nu.ppf(0.95) / Normal.ppf(0.95) for Student-t (nu at its Gamma prior's 10% quantile
+    when a parameter)."""
+    if spec.errors == "normal":
+        return 1.0
+    nu = stats.gamma(spec.nu.shape, scale=1.0 / spec.nu.rate).ppf(0.1) if spec.nu_is_parameter else spec.nu
+    return float(stats.t.ppf(0.95, nu) / stats.norm.ppf(0.95))
+
+
+def response_centre_spread(spec: MixtureSpec, y: np.ndarray) -> tuple[float, float]:
+    """The response's mean and sd, or under Student-t errors its median and normal-consistent
+    MAD (scipy.stats.median_abs_deviation, scale 'normal'), robust to the outliers t errors are for."""
+    if spec.errors == "normal":
+        return float(y.mean()), float(y.std())
+    return float(np.median(y)), float(stats.median_abs_deviation(y, scale="normal"))
 
 
 def prior_predictive(spec: MixtureSpec, x: np.ndarray) -> tuple[float, float]:
@@ -47,14 +75,14 @@ def prior_predictive(spec: MixtureSpec, x: np.ndarray) -> tuple[float, float]:
     -------
     m0 : float
     s0 : float
-        The sigma prior enters by its 0.9 quantile; s0 is at least that quantile.
+        The sigma prior enters by its 0.9 quantile (times ``error_widening``); s0 is at least that.
     """
     sw, sb, sigma = spec.slope_prior, spec.intercept_prior, spec.sigma_prior
     xbar = x.mean(axis=0) if spec.D else np.zeros(0)
     x2 = (x**2).mean(axis=0) if spec.D else np.zeros(0)
     shift = float(sw.mu * xbar.sum())
     m0 = (sb.mu if spec.intercept else 0.0) + shift
-    q = float(sigma_prior_distribution(sigma).ppf(0.9))
+    q = float(sigma_prior_distribution(sigma).ppf(0.9)) * error_widening(spec)
     var = (sb.sigma**2 if spec.intercept else 0.0) + float(((sw.sigma**2 + sw.mu**2) * x2).sum()) - shift**2 + q**2
     return m0, math.sqrt(max(var, q**2))
 
@@ -71,8 +99,7 @@ def prior_scale_problems(spec: MixtureSpec, dataset: Dataset) -> list[str]:
     list of str
         Short phrases; empty when nothing lies outside.
     """
-    y = dataset.y
-    mean, sd = float(y.mean()), float(y.std())
+    mean, sd = response_centre_spread(spec, dataset.y)
     m0, s0 = prior_predictive(spec, dataset.x)
     problems = []
     if abs(mean - m0) > RATIO * s0:
@@ -106,7 +133,7 @@ def prior_scale_note(spec: MixtureSpec, dataset: Dataset, standardized: bool = F
     problems = prior_scale_problems(spec, dataset)
     if not problems:
         return None
-    mean, sd = float(dataset.y.mean()), float(dataset.y.std())
+    mean, sd = response_centre_spread(spec, dataset.y)
     if standardized:
         fix = "set priors for standardised data (mean 0, sd 1), e.g. --sigma-prior halfnormal:1"
     else:

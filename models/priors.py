@@ -25,7 +25,11 @@ Robust and shared-slope variants (models/spec.py)::
     errors = "student-t"          # or "normal", the default
     nu = 4.0                      # fixed degrees of freedom, or a Gamma prior on them:
     # nu = { shape = 2.0, rate = 0.1 }   (Juárez & Steel 2010; the default under Student-t errors)
-    shared = "slopes"             # one slope vector for every component ("none" by default)
+    shared = "slopes"             # one slope vector for every component ("none" by default),
+                                  # or "intercepts": one intercept for every component
+    weights = "softmax"           # pi_k(x) = softmax(gamma_k0 + x . gamma_k[1:]), last row 0;
+                                  # "dirichlet" (constant weights) by default
+    gamma_prior = { mu = 0.0, sigma = 2.5 }   # Normal prior on gamma's free rows (the default)
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from models.errors import MixbenchError
 from models.spec import GammaPrior, MixtureSpec, NormalPrior, SigmaPrior, _nu_value
 
 SPEC_FIELDS = tuple(MixtureSpec.__dataclass_fields__)
-_PRIOR_FIELDS = {"slope_prior": NormalPrior, "intercept_prior": NormalPrior, "sigma_prior": SigmaPrior}
+_PRIOR_FIELDS = {"slope_prior": NormalPrior, "intercept_prior": NormalPrior, "sigma_prior": SigmaPrior,
+                 "gamma_prior": NormalPrior}
 
 
 def _number(option: str, text: str) -> float:
@@ -73,7 +78,12 @@ def normal_prior_text(option: str, text: str) -> dict[str, float]:
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 2:
         raise MixbenchError(f"{option}: expected MU,SD (e.g. 0,10), got {text!r}")
-    prior = NormalPrior(_number(option, parts[0]), _number(option, parts[1]))
+    try:
+        prior = NormalPrior(_number(option, parts[0]), _number(option, parts[1]))
+    except MixbenchError as exc:
+        if str(exc).startswith(option):
+            raise
+        raise MixbenchError(f"{option}: {exc}") from None
     return {"mu": prior.mu, "sigma": prior.sigma}
 
 

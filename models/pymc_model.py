@@ -76,9 +76,10 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
                 total_size: bool = True, form: str = "custom_dist") -> pm.Model:
     """The PyMC model of ``spec`` on data (x, y); minibatches of ``batch_size`` when given.
 
-    Free variables: pi (K > 1), w (or w_first, ordered, and w_rest under slope ordering, or
+    Free variables: pi (K > 1) or gamma_free (K - 1, D + 1) under softmax weights (gamma then
+    a Deterministic with its zero reference row), w (or w_first, ordered, and w_rest under slope ordering, or
     w_shared (D,) under shared slopes; none when D = 0), b (intercepts, ordered under intercept
-    ordering), sigma, nu (Student-t errors with a prior on nu). w is always available by name (a
+    ordering; b_shared () under shared intercepts, b then a Deterministic), sigma, nu (Student-t errors with a prior on nu). w is always available by name (a
     Deterministic under slope ordering and shared slopes). ``total_size=False`` leaves the minibatch
     likelihood unscaled, as the forum thread did.
     """
@@ -87,7 +88,15 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         x_data = pm.Data("x", x) if D else None
         y_data = pm.Data("y", y)
 
-        log_pi = pt.log(pm.Dirichlet("pi", a=spec.alpha)) if K > 1 else pt.zeros(1)
+        gamma = None
+        if spec.softmax_weights:
+            # K - 1 free rows; the reference row (the last) is 0 (models/spec.py).
+            gp = spec.gamma_prior
+            gamma_free = pm.Normal("gamma_free", np.float64(gp.mu), np.float64(gp.sigma), shape=(K - 1, D + 1))
+            gamma = pm.Deterministic("gamma", pt.concatenate([gamma_free, pt.zeros((1, D + 1))], axis=0))
+            log_pi = None
+        else:
+            log_pi = pt.log(pm.Dirichlet("pi", a=spec.alpha)) if K > 1 else pt.zeros(1)
 
         sp = spec.slope_prior
         w = None
@@ -108,7 +117,9 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         b = None
         if spec.intercept:
             ip = spec.intercept_prior
-            if spec.ordering == "intercept":
+            if spec.shared == "intercepts":
+                b = pm.Deterministic("b", pt.broadcast_to(pm.Normal("b_shared", ip.mu, ip.sigma), (K,)))
+            elif spec.ordering == "intercept":
                 b = pm.Normal("b", ip.mu, ip.sigma, shape=K, transform=ordered,
                               initval=_ordered_initval(ip, K))
             else:
@@ -152,6 +163,12 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         if w is not None:
             mu = mu + pt.dot(x_obs, w.T)
         sigma_k = pt.broadcast_to(sigma, (K,))
+        if gamma is not None:
+            # log softmax of the gate's linear predictor, per observation: (n, K).
+            eta = gamma[:, 0][None, :] + pt.zeros_like(y_obs)[:, None]
+            if D:
+                eta = eta + pt.dot(x_obs, gamma[:, 1:].T)
+            log_pi = eta - pt.logsumexp(eta, axis=-1, keepdims=True)
 
         batch_lse = spec.likelihood in ("forum-original", "forum-batch-lse")
         log_sigma_bug = spec.likelihood in ("forum-original", "forum-log-sigma")
@@ -162,9 +179,13 @@ def build_model(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, *, batch_size: 
         scale = len(y) if (batch_size is not None and total_size) else None
         if form != "custom_dist" and (spec.likelihood != "mixture" or batch_size is not None):
             raise MixbenchError(f"likelihood form {form!r}: only for the full-data mixture likelihood")
-        if nu is not None and form != "custom_dist":
-            raise MixbenchError(f"likelihood form {form!r}: only the custom_dist form writes Student-t errors")
-        if nu is not None:
+        if (nu is not None or gamma is not None) and form != "custom_dist":
+            raise MixbenchError(f"likelihood form {form!r}: only the custom_dist form writes Student-t "
+                                "errors and softmax weights")
+        if nu is None and gamma is not None:
+            pm.CustomDist("y_obs", mu, sigma_k, log_pi, logp=_mixture_logp(False), signature="(k),(k),(k)->()",
+                          observed=y_obs, total_size=scale)
+        elif nu is not None:
             pm.CustomDist("y_obs", mu, sigma_k, log_pi, nu, logp=_student_t_mixture_logp,
                           signature="(k),(k),(k),()->()", observed=y_obs, total_size=scale)
         elif form == "custom_dist":
@@ -187,9 +208,13 @@ def model_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, 
     """
     params = spec.check_params(params)
     values = {"sigma": params["sigma"]}
-    if spec.K > 1:
+    if spec.softmax_weights:
+        values["gamma_free"] = params["gamma"][:-1]
+    elif spec.K > 1:
         values["pi"] = params["pi"]
-    if spec.intercept:
+    if spec.intercept and spec.shared == "intercepts":
+        values["b_shared"] = params["b"][0]
+    elif spec.intercept:
         values["b"] = params["b"]
     if spec.nu_is_parameter:
         values["nu"] = params["nu"]
@@ -211,8 +236,11 @@ def canonical_values(spec: MixtureSpec, values: dict[str, np.ndarray], lead: tup
     out = {
         "w": np.asarray(values["w"], float) if spec.D else np.zeros((*lead, spec.K, 0)),
         "sigma": np.asarray(values["sigma"], float).reshape((*lead, *spec.param_shapes()["sigma"])),
-        "pi": np.asarray(values["pi"], float) if spec.K > 1 else np.ones((*lead, 1)),
     }
+    if spec.softmax_weights:
+        out["gamma"] = np.asarray(values["gamma"], float)
+    else:
+        out["pi"] = np.asarray(values["pi"], float) if spec.K > 1 else np.ones((*lead, 1))
     if spec.intercept:
         out["b"] = np.asarray(values["b"], float)
     if spec.nu_is_parameter:

@@ -9,6 +9,7 @@ import numpy as np
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.families import DEFAULT_N as FAMILY_N, parse_point
+from models.oracle import log_weights
 from models.spec import MixtureSpec, NormalPrior, SigmaPrior
 
 
@@ -26,7 +27,7 @@ class Scenario:
     outlier_fraction: float = 0.0
 
     def simulate(self, seed: int, N: int | None = None) -> Dataset:
-        """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi), y = b_z + x . w_z + sigma_z eps
+        """Draw a data set: x ~ U(-1, 1)^D, z ~ Categorical(pi) (pi(x_n) under softmax weights), y = b_z + x . w_z + sigma_z eps
         with eps ~ Normal(0, 1); then the first round(outlier_fraction N) observations' y are
         replaced by Uniform(OUTLIER_RANGE) draws (the truth describes the other points).
 
@@ -53,7 +54,12 @@ class Scenario:
         rng = np.random.default_rng(seed)
         truth = self.spec.check_params(self.truth)
         x = rng.uniform(-1.0, 1.0, size=(n, self.spec.D))
-        z = rng.choice(self.spec.K, size=n, p=truth["pi"])
+        if self.spec.softmax_weights:
+            # One categorical draw per observation from its softmax weights (inverse CDF).
+            cdf = np.cumsum(np.exp(log_weights(self.spec, x, truth)), axis=1)
+            z = np.minimum((rng.random(n)[:, None] > cdf).sum(axis=1), self.spec.K - 1)
+        else:
+            z = rng.choice(self.spec.K, size=n, p=truth["pi"])
         mean = np.einsum("nd,nd->n", x, truth["w"][z])
         if self.spec.intercept:
             mean = mean + truth["b"][z]
@@ -141,7 +147,8 @@ def get_scenario(name: str) -> Scenario:
         return SCENARIOS[name]
     point = parse_point(name)
     if point is not None:
-        return Scenario(point.name, point.description, FAMILY_N, point.spec, point.truth)
+        return Scenario(point.name, point.description, FAMILY_N, point.spec, point.truth,
+                        outlier_fraction=point.outliers)
     raise MixbenchError(
         f"scenario: unknown {name!r}; known: {', '.join(SCENARIOS)}, or a family point such as "
         "lines-K2-D1-sep2-wmin0.5-sr1"

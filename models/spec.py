@@ -7,7 +7,21 @@ freedom (``errors = "student-t"``: robust mixture regression, Yao, Wei & Yu 2014
 given a Gamma(shape, rate) prior, Gamma(2, 0.1) by default (Juárez & Steel 2010). With
 ``shared = "slopes"`` one slope vector serves every component (y = x . w + b_z + sigma_z eps: the
 components differ in intercept and scale only); w keeps its (K, D) shape with K identical rows,
-so relabelling and every per-component metric read it unchanged.
+so relabelling and every per-component metric read it unchanged; ``shared = "intercepts"`` does
+the same for b (components differing in slopes and scale only), b keeping K identical entries.
+
+Mixing weights are constant, pi ~ Dirichlet(alpha) (``weights = "dirichlet"``, the default), or
+a softmax regression on the covariates (``weights = "softmax"``: a mixture of experts, Jacobs,
+Jordan, Nowlan & Hinton 1991; flexmix's concomitant variables, Grün & Leisch 2008):
+
+    pi_k(x_n) = softmax_k(gamma_k0 + x_n . gamma_k[1:]),   gamma_K = 0 (the reference category),
+
+gamma of shape (K, D + 1) with its last row fixed at 0 (a softmax is unchanged by adding one
+vector to every row, so without a reference the rows are not identified). The free rows have iid
+Normal(mu, s) priors, Normal(0, 2.5) by default: rstanarm's default for GLM coefficients, the
+weakly informative scale of Gelman, Jakulin, Pittau & Su (2008) for logistic regression, which
+keeps a gate's log odds within about +-5 per unit covariate a priori. Under softmax weights pi is
+not a parameter; gamma takes its place.
 
 with pi ~ Dirichlet(alpha), w_kd ~ Normal(mu, s), b_k ~ Normal(mu, s) (when there are intercepts),
 sigma shared by all components or one per component, with a Uniform(0, upper), HalfNormal(s),
@@ -40,7 +54,8 @@ ORDERINGS = ("none", "intercept", "slope")
 # bug, "forum-log-sigma" only the second (per observation: -0.5 (log 2 pi + log sigma + z^2)).
 LIKELIHOODS = ("mixture", "forum-original", "forum-batch-lse", "forum-log-sigma")
 ERRORS = ("normal", "student-t")
-SHARED = ("none", "slopes")
+SHARED = ("none", "slopes", "intercepts")
+WEIGHTS = ("dirichlet", "softmax")
 
 
 def _positive_finite(name: str, value: float) -> float:
@@ -197,7 +212,9 @@ class MixtureSpec:
     # Student-t degrees of freedom: a fixed number or a GammaPrior; None (the default) means
     # GammaPrior() under Student-t errors and nothing under normal ones.
     nu: float | GammaPrior | None = None
-    shared: Literal["none", "slopes"] = "none"
+    shared: Literal["none", "slopes", "intercepts"] = "none"
+    weights: Literal["dirichlet", "softmax"] = "dirichlet"
+    gamma_prior: NormalPrior = field(default_factory=lambda: NormalPrior(0.0, 2.5))
 
     def __post_init__(self):
         for name in ("K", "D"):
@@ -239,9 +256,19 @@ class MixtureSpec:
             raise MixbenchError("shared: 'slopes' needs at least one covariate (D >= 1)")
         if self.shared == "slopes" and self.ordering == "slope":
             raise MixbenchError("ordering: 'slope' cannot order components that share their slopes")
-        if self.likelihood != "mixture" and (self.errors != "normal" or self.shared != "none"):
+        if self.shared == "intercepts" and not self.intercept:
+            raise MixbenchError("shared: 'intercepts' needs intercept=True")
+        if self.shared == "intercepts" and self.ordering == "intercept":
+            raise MixbenchError("ordering: 'intercept' cannot order components that share their intercepts")
+        if self.shared == "intercepts" and self.D == 0:
+            raise MixbenchError("shared: 'intercepts' with D = 0 leaves components that differ in scale only; "
+                                "use intercept-only components instead")
+        if self.weights not in WEIGHTS:
+            raise MixbenchError(f"weights: must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        if self.likelihood != "mixture" and (self.errors != "normal" or self.shared != "none"
+                                             or self.weights != "dirichlet"):
             raise MixbenchError(f"likelihood: {self.likelihood!r} replays the forum's normal mixture; "
-                                "it takes neither Student-t errors nor shared slopes")
+                                "it takes neither Student-t errors, shared coefficients nor softmax weights")
         alpha = self.pi_alpha
         if isinstance(alpha, (list, tuple, np.ndarray)):
             if len(alpha) != self.K:
@@ -253,7 +280,7 @@ class MixtureSpec:
             alpha = _positive_finite("pi_alpha", alpha)
         object.__setattr__(self, "pi_alpha", alpha)
         for name, kind in (("slope_prior", NormalPrior), ("intercept_prior", NormalPrior),
-                           ("sigma_prior", SigmaPrior)):
+                           ("sigma_prior", SigmaPrior), ("gamma_prior", NormalPrior)):
             if not isinstance(getattr(self, name), kind):
                 raise MixbenchError(f"{name}: must be a {kind.__name__}")
 
@@ -272,6 +299,11 @@ class MixtureSpec:
         return isinstance(self.nu, GammaPrior)
 
     @property
+    def softmax_weights(self) -> bool:
+        """Whether the weights are a softmax regression on the covariates (parameter gamma)."""
+        return self.weights == "softmax"
+
+    @property
     def log_order_constant(self) -> float:
         """log(K!) when an ordering constraint restricts the iid prior to one of K! regions."""
         return math.lgamma(self.K + 1) if self.ordering != "none" else 0.0
@@ -282,8 +314,9 @@ class MixtureSpec:
         Returns
         -------
         dict of str to tuple of int
-            ``w`` (K, D), ``b`` (K,) with intercepts, ``sigma`` () shared or (K,), ``pi`` (K,);
-            without the (chain, draw) axes.
+            ``w`` (K, D), ``b`` (K,) with intercepts, ``sigma`` () shared or (K,), ``nu`` () when
+            a parameter, ``pi`` (K,) or, under softmax weights, ``gamma`` (K, D + 1) (column 0
+            the gate's intercept, last row the reference, 0); without the (chain, draw) axes.
         """
         shapes = {"w": (self.K, self.D)}
         if self.intercept:
@@ -291,7 +324,10 @@ class MixtureSpec:
         shapes["sigma"] = () if self.sigma == "shared" else (self.K,)
         if self.nu_is_parameter:
             shapes["nu"] = ()
-        shapes["pi"] = (self.K,)
+        if self.softmax_weights:
+            shapes["gamma"] = (self.K, self.D + 1)
+        else:
+            shapes["pi"] = (self.K,)
         return shapes
 
     def param_dims(self) -> dict[str, list[str]]:
@@ -309,7 +345,10 @@ class MixtureSpec:
         dims["sigma"] = [] if self.sigma == "shared" else ["component"]
         if self.nu_is_parameter:
             dims["nu"] = []
-        dims["pi"] = ["component"]
+        if self.softmax_weights:
+            dims["gamma"] = ["component", "gate_term"]
+        else:
+            dims["pi"] = ["component"]
         return dims
 
     def check_params(self, params: dict) -> dict[str, np.ndarray]:
@@ -357,10 +396,12 @@ class MixtureSpec:
 
     def to_dict(self) -> dict:
         """The spec as plain data (JSON-ready), as ``from_dict`` takes it back; errors, nu and
-        shared only where they differ from their defaults, so the specs of older runs keep their
+        shared, weights and gamma_prior only where they differ from their defaults, so the specs of older runs keep their
         identity."""
         out = asdict(self)
         out["sigma_prior"] = self.sigma_prior.to_dict()
+        if self.weights == "dirichlet":
+            del out["weights"], out["gamma_prior"]
         if self.errors == "normal":
             del out["errors"], out["nu"]
         else:
@@ -380,7 +421,7 @@ class MixtureSpec:
         """
         data = dict(data)
         for name, kind in (("slope_prior", NormalPrior), ("intercept_prior", NormalPrior),
-                           ("sigma_prior", SigmaPrior)):
+                           ("sigma_prior", SigmaPrior), ("gamma_prior", NormalPrior)):
             if name in data and isinstance(data[name], dict):
                 unknown = sorted(set(data[name]) - set(kind.__dataclass_fields__))
                 if unknown:
@@ -429,9 +470,14 @@ def random_point(spec: MixtureSpec, rng: np.random.Generator) -> dict[str, np.nd
     point["sigma"] = rng.uniform(0.05, 0.95, size=size) * upper
     if spec.nu_is_parameter:
         point["nu"] = rng.uniform(0.5, 30.0)
-    point["pi"] = rng.dirichlet(np.full(spec.K, 2.0))
+    if spec.softmax_weights:
+        point["gamma"] = np.vstack([rng.normal(0.0, 1.0, size=(spec.K - 1, spec.D + 1)), np.zeros((1, spec.D + 1))])
+    else:
+        point["pi"] = rng.dirichlet(np.full(spec.K, 2.0))
     if spec.shared == "slopes":
         point["w"] = np.broadcast_to(point["w"][0], (spec.K, spec.D)).copy()
+    elif spec.shared == "intercepts":
+        point["b"] = np.full(spec.K, point["b"][0])
     if spec.ordering == "intercept":
         point["b"] = np.sort(point["b"])
     elif spec.ordering == "slope":

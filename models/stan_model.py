@@ -22,7 +22,7 @@ _REPO_PROGRAM = Path(__file__).resolve().parents[1] / "stan" / "mixture.stan"
 PROGRAM_PATH = _REPO_PROGRAM if _REPO_PROGRAM.is_file() else Path(__file__).resolve().parents[1] / "backends" / "stan_programs" / "mixture.stan"
 
 # Canonical name -> the Stan variable holding it (transformed parameters assemble w and b).
-STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "nu": "nu", "pi": "theta"}
+STAN_NAMES = {"w": "w", "b": "b", "sigma": "sigma", "nu": "nu", "pi": "theta", "gamma": "gamma"}
 _ORDERING_CODE = {"none": 0, "intercept": 1, "slope": 2}
 SIGMA_FAMILY_CODE = {"uniform": 1, "halfnormal": 2, "gamma": 3, "invgamma": 4, "lognormal": 5}
 # pystan writes Stan indices with dots (w.1.2), cmdstanpy with brackets (w[1,2]).
@@ -57,6 +57,10 @@ def stan_data(spec: MixtureSpec, dataset: Dataset) -> dict[str, Any]:
         "sigma_shape": spec.sigma_prior.shape or 0.0,
         "ordering": _ORDERING_CODE[spec.ordering],
         "shared_slopes": int(spec.shared == "slopes"),
+        "shared_intercepts": int(spec.shared == "intercepts"),
+        "softmax_weights": int(spec.softmax_weights),
+        "gamma_mu": spec.gamma_prior.mu,
+        "gamma_sd": spec.gamma_prior.sigma,
         "errors": 0 if spec.errors == "normal" else (2 if spec.nu_is_parameter else 1),
         "nu_fixed": 0.0 if spec.errors == "normal" or spec.nu_is_parameter else spec.nu,
         "nu_shape": spec.nu.shape if spec.nu_is_parameter else 0.0,
@@ -70,8 +74,11 @@ def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
     w = p["w"]
     by_slope, by_intercept = spec.ordering == "slope", spec.ordering == "intercept"
     b = p["b"] if spec.intercept else np.zeros(0)
+    if spec.shared == "intercepts":
+        b = b[:1]
     return {
-        "theta": p["pi"],
+        "theta": np.ones(1) if spec.softmax_weights else p["pi"],
+        "gamma_free": p["gamma"][:-1] if spec.softmax_weights else np.zeros((0, spec.D + 1)),
         "w_first_ordered": w[:, 0] if by_slope else np.zeros(0),
         "w_free": w[:, 1:] if by_slope else (w[:1] if spec.shared == "slopes" else w),
         "b_ordered": b if by_intercept else np.zeros(0),
@@ -84,8 +91,13 @@ def stan_parameters(spec: MixtureSpec, params: dict) -> dict[str, np.ndarray]:
 def in_support(spec: MixtureSpec, params: dict) -> bool:
     """Whether a canonical point lies where the program's constraints can represent it."""
     p = spec.check_params(params)
-    pi, sigma = p["pi"], np.atleast_1d(p["sigma"])
-    if np.any(pi < 0) or abs(pi.sum() - 1.0) > 1e-8:
+    sigma = np.atleast_1d(p["sigma"])
+    if spec.softmax_weights:
+        if np.any(p["gamma"][-1] != 0):
+            return False
+    elif np.any(p["pi"] < 0) or abs(p["pi"].sum() - 1.0) > 1e-8:
+        return False
+    if spec.shared == "intercepts" and np.any(p["b"] != p["b"][:1]):
         return False
     if np.any(sigma <= 0) or np.any(sigma >= spec.sigma_prior.upper):
         return False
@@ -110,7 +122,8 @@ def parse_flat_name(name: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _stan_shape(spec: MixtureSpec, canonical: str) -> tuple[int, ...]:
-    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "nu": (1,), "pi": (spec.K,)}[canonical]
+    return {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "nu": (1,), "pi": (spec.K,),
+            "gamma": (spec.K, spec.D + 1)}[canonical]
 
 
 def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndarray) -> dict[str, np.ndarray]:
@@ -140,4 +153,6 @@ def flat_to_canonical(spec: MixtureSpec, columns: Sequence[str], values: np.ndar
 def n_unconstrained(spec: MixtureSpec) -> int:
     """Dimension of the program's unconstrained space (a K-simplex has K - 1 free coordinates)."""
     slopes = spec.D if spec.shared == "slopes" else spec.K * spec.D
-    return spec.K - 1 + slopes + (spec.K if spec.intercept else 0) + spec.n_sigma + int(spec.nu_is_parameter)
+    intercepts = (1 if spec.shared == "intercepts" else spec.K) if spec.intercept else 0
+    weights = (spec.K - 1) * (spec.D + 1) if spec.softmax_weights else spec.K - 1
+    return weights + slopes + intercepts + spec.n_sigma + int(spec.nu_is_parameter)

@@ -36,6 +36,13 @@ data {
   real<lower=0> sigma_shape;               // unused (0) for families 1 and 2
   int<lower=0, upper=2> ordering;          // 0: none; 1: by intercept; 2: by first slope
   int<lower=0, upper=1> shared_slopes;     // one slope vector for every component
+  int<lower=0, upper=1> shared_intercepts; // one intercept for every component
+  // Mixing weights: 0: theta ~ dirichlet(alpha); 1: a softmax regression on the covariates,
+  // pi_k(x_n) = softmax(gamma_k1 + x_n . gamma_k[2:]), gamma's last row 0 (the reference) and
+  // the free rows ~ normal(gamma_mu, gamma_sd). theta is then a one-element simplex, unused.
+  int<lower=0, upper=1> softmax_weights;
+  real gamma_mu;
+  real<lower=0> gamma_sd;
   // Error distribution: 0: normal; 1: Student-t with nu_fixed degrees of freedom; 2: Student-t
   // with nu ~ gamma(nu_shape, nu_rate) a parameter. The unused numbers are 0.
   int<lower=0, upper=2> errors;
@@ -57,10 +64,15 @@ transformed data {
   if (shared_slopes && (ordering == 2 || D == 0)) {
     reject("shared slopes need D >= 1 and no ordering by slope");
   }
+  if (shared_intercepts && (ordering == 1 || !has_intercept)) {
+    reject("shared intercepts need has_intercept = 1 and no ordering by intercept");
+  }
   int n_sigma = sigma_per_component ? K : 1;
   // Zero-size pieces switch the unused parameters off.
   int n_b_ordered = ordering == 1 ? K : 0;
-  int n_b_free = (has_intercept && ordering != 1) ? K : 0;
+  int n_b_free = (has_intercept && ordering != 1) ? (shared_intercepts ? 1 : K) : 0;
+  int k_theta = softmax_weights ? 1 : K;
+  int k_gamma_free = softmax_weights ? K - 1 : 0;
   int n_w_ordered = ordering == 2 ? K : 0;
   int d_w_free = ordering == 2 ? D - 1 : D;
   int k_w_free = shared_slopes ? 1 : K;
@@ -106,7 +118,8 @@ transformed data {
 }
 
 parameters {
-  simplex[K] theta;                        // mixing weights (canonical name: pi)
+  simplex[k_theta] theta;                  // mixing weights (canonical name: pi)
+  matrix[k_gamma_free, D + 1] gamma_free;  // softmax weights' free rows
   ordered[n_w_ordered] w_first_ordered;    // first slope of each component, when ordered by it
   matrix[k_w_free, d_w_free] w_free;       // one row when the slopes are shared
   ordered[n_b_ordered] b_ordered;
@@ -118,6 +131,10 @@ parameters {
 transformed parameters {
   matrix[K, D] w;
   vector[has_intercept ? K : 0] b;
+  matrix[softmax_weights ? K : 0, D + 1] gamma;
+  if (softmax_weights) {
+    gamma = append_row(gamma_free, rep_row_vector(0, D + 1));
+  }
   if (ordering == 2) {
     w = append_col(w_first_ordered, w_free);
   } else if (shared_slopes) {
@@ -127,18 +144,23 @@ transformed parameters {
   }
   if (ordering == 1) {
     b = b_ordered;
+  } else if (shared_intercepts) {
+    b = rep_vector(b_free[1], K);
   } else {
     b = b_free;
   }
 }
 
 model {
-  target += dirichlet_lpdf(theta | alpha);
+  if (softmax_weights) {
+    target += normal_lpdf(to_vector(gamma_free) | gamma_mu, gamma_sd);
+  } else {
+    target += dirichlet_lpdf(theta | alpha);
+  }
   target += normal_lpdf(w_first_ordered | slope_mu, slope_sd);
   target += normal_lpdf(to_vector(w_free) | slope_mu, slope_sd);
-  if (has_intercept) {
-    target += normal_lpdf(b | intercept_mu, intercept_sd);
-  }
+  target += normal_lpdf(b_ordered | intercept_mu, intercept_sd);
+  target += normal_lpdf(b_free | intercept_mu, intercept_sd);
   if (sigma_family == 1) {
     target += uniform_lpdf(sigma | 0, sigma_scale);
   } else if (sigma_family == 2) {
@@ -155,22 +177,38 @@ model {
   }
   target += log_order_constant;
 
-  if (errors > 0) {
-    // Student-t errors: no quadratic form; each observation's log-sum-exp over components of
-    // log(theta_k) + student_t_lpdf(y_n | nu, mu_nk, sigma_k), written out per element (Lange,
-    // Little & Taylor 1989) because student_t_lpdf of vectors returns only their sum.
-    real nu_value = errors == 2 ? nu[1] : nu_fixed;
+  if (errors > 0 || softmax_weights) {
+    // Student-t errors or softmax weights: no quadratic form; each observation's log-sum-exp
+    // over components of log pi_k(x_n) + log f(y_n | mu_nk, sigma_k), f normal or Student-t
+    // written out per element (Lange, Little & Taylor 1989) because the vectorised _lpdf
+    // functions return only their sum.
     vector[K] sigma_k = sigma_per_component ? sigma : rep_vector(sigma[1], K);
-    row_vector[K] c = (log(theta) - log(sigma_k))' + lgamma(0.5 * (nu_value + 1)) - lgamma(0.5 * nu_value)
-                      - 0.5 * log(nu_value * pi());
     matrix[N, K] mu = rep_matrix(has_intercept ? b' : rep_row_vector(0, K), N);
     if (D > 0) {
       mu += x * w';
     }
     matrix[N, K] z2 = square((rep_matrix(y, K) - mu) ./ rep_matrix(sigma_k', N));
-    matrix[N, K] lp = rep_matrix(c, N) - 0.5 * (nu_value + 1) * log1p(z2 / nu_value);
-    for (n in 1:N) {
-      target += log_sum_exp(lp[n]);
+    matrix[N, K] lp;
+    if (errors > 0) {
+      real nu_value = errors == 2 ? nu[1] : nu_fixed;
+      lp = rep_matrix(-log(sigma_k)' + lgamma(0.5 * (nu_value + 1)) - lgamma(0.5 * nu_value)
+                      - 0.5 * log(nu_value * pi()), N) - 0.5 * (nu_value + 1) * log1p(z2 / nu_value);
+    } else {
+      lp = rep_matrix(-log(sigma_k)' - 0.5 * log(2 * pi()), N) - 0.5 * z2;
+    }
+    if (softmax_weights) {
+      matrix[N, K] eta = rep_matrix(col(gamma, 1)', N);
+      if (D > 0) {
+        eta += x * block(gamma, 1, 2, K, D)';
+      }
+      for (n in 1:N) {
+        target += log_sum_exp(lp[n] + log_softmax(eta[n]')');
+      }
+    } else {
+      lp += rep_matrix(log(theta)', N);
+      for (n in 1:N) {
+        target += log_sum_exp(lp[n]);
+      }
     }
   } else {
     // C[j, k]: each feature's coefficient in log(theta_k) + log N(y | mu_k, sigma_k) (less the

@@ -71,6 +71,25 @@ VARIANT_SPECS = {
                                                          errors="student-t", nu=2.5,
                                                          slope_prior=NormalPrior(0.5, 1.5)),
     "K2-D2-shared-slopes-t-prior": MixtureSpec(K=2, D=2, intercept=True, shared="slopes", errors="student-t"),
+    # Shared intercepts and softmax weights (a mixture of experts), with every sigma prior family,
+    # nu fixed and with its prior, the default and a non-default gamma prior.
+    "K3-D2-shared-intercepts-halfnormal": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                                     shared="intercepts", sigma_prior=SigmaPrior("halfnormal", 0.7)),
+    "K2-D1-shared-intercepts-order-slope-t4": MixtureSpec(K=2, D=1, intercept=True, shared="intercepts",
+                                                          ordering="slope", errors="student-t", nu=4.0),
+    "K2-D1-softmax": MixtureSpec(K=2, D=1, weights="softmax"),
+    "K3-D2-softmax-percomp-intercept-gamma": MixtureSpec(K=3, D=2, intercept=True, sigma="per-component",
+                                                         weights="softmax", gamma_prior=NormalPrior(0.3, 1.5),
+                                                         sigma_prior=SigmaPrior("gamma", 0.8, 3.0)),
+    "K2-D0-softmax-order-intercept-invgamma": MixtureSpec(K=2, D=0, intercept=True, ordering="intercept",
+                                                          weights="softmax", sigma="per-component",
+                                                          sigma_prior=SigmaPrior("invgamma", 1.5, 3.0)),
+    "K3-D1-softmax-shared-slopes-t-prior-lognormal": MixtureSpec(K=3, D=1, intercept=True, shared="slopes",
+                                                                 weights="softmax", errors="student-t",
+                                                                 sigma_prior=SigmaPrior("lognormal", 0.6, 0.8)),
+    "K2-D1-softmax-shared-intercepts-t4": MixtureSpec(K=2, D=1, intercept=True, shared="intercepts",
+                                                      weights="softmax", errors="student-t", nu=4.0,
+                                                      gamma_prior=NormalPrior(-0.5, 1.0)),
 }
 MODEL_SPECS = {**AGREEMENT_SPECS, **SCALE_PRIOR_SPECS, **VARIANT_SPECS}
 

@@ -35,7 +35,8 @@ def test_pymc_model_is_the_oracle(model_spec, likelihood):
 
     from models.pymc_model import build_model, model_values
 
-    if likelihood != "mixture" and (model_spec.errors != "normal" or model_spec.shared != "none"):
+    if likelihood != "mixture" and (model_spec.errors != "normal" or model_spec.shared != "none"
+                                    or model_spec.weights != "dirichlet"):
         with pytest.raises(MixbenchError, match="replays the forum's normal mixture"):
             model_spec.with_(likelihood=likelihood)
         return
@@ -65,6 +66,10 @@ def test_pymc_parameter_map_round_trips(model_spec):
         native = model_values(model_spec, point)
         if (model_spec.ordering == "slope" or model_spec.shared == "slopes") and model_spec.D:
             native["w"] = point["w"]  # the model's Deterministic, from w_first and w_rest or w_shared
+        if model_spec.shared == "intercepts":
+            native["b"] = point["b"]  # the model's Deterministic, from b_shared
+        if model_spec.softmax_weights:
+            native["gamma"] = point["gamma"]  # the model's Deterministic, gamma_free and the zero row
         _assert_same(canonical_values(model_spec, native, ()), model_spec.check_params(point))
 
 
@@ -100,7 +105,8 @@ def test_stan_parameter_maps_round_trip_in_either_engines_spelling(model_spec):
     rng = np.random.default_rng(0)
     for point in _points(spec):
         p = spec.check_params(point)
-        shapes = {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "nu": (1,), "pi": (spec.K,)}
+        shapes = {"w": (spec.K, spec.D), "b": (spec.K,), "sigma": (spec.n_sigma,), "nu": (1,), "pi": (spec.K,),
+                  "gamma": (spec.K, spec.D + 1)}
         for style in ("brackets", "dots"):
             columns, values = [], []
             for name in spec.param_shapes():

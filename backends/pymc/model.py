@@ -163,7 +163,7 @@ class _Compiled:
         names += ["b"] if self.spec.intercept else []
         names += ["sigma"]
         names += ["nu"] if self.spec.nu_is_parameter else []
-        names += ["pi"] if self.spec.K > 1 else []
+        names += ["gamma"] if self.spec.softmax_weights else (["pi"] if self.spec.K > 1 else [])
         return names
 
     def logp_dlogp(self):

@@ -29,6 +29,7 @@ from backends.stan import pystan_stan_version
 from models.stan_model import stan_data, stan_parameters
 from backends.stan_gradient import StanGradient, build_library
 from bench.run.gradient import GRADIENT_KS, gradient_problem, time_calls
+from models.errors import MixbenchError
 from models.oracle import log_density
 from models.spec import random_point
 
@@ -38,6 +39,26 @@ STANC_OPTIONS = {"O0": (), "O1": ("--O1",)}
 EXACT_RTOL = 1e-8
 GRADIENT_RTOL = 1e-7
 N_CHECK_POINTS = 5
+
+
+def check_formulation_spec(spec) -> None:
+    """Refuse a spec the candidate programs cannot state: they are the likelihood of the normal,
+    constant-weight, unshared model with a Uniform or HalfNormal sigma prior (data
+    ``sigma_family`` 1-2), what bench.run.gradient's problem fits; stan/mixture.stan holds the rest.
+
+    Raises
+    ------
+    MixbenchError
+        One line naming the fields the candidates lack.
+    """
+    lacking = [text for text, bad in (
+        (f"sigma prior {spec.sigma_prior.family}", spec.sigma_prior.family not in ("uniform", "halfnormal")),
+        (f"errors {spec.errors}", spec.errors != "normal"), (f"shared {spec.shared}", spec.shared != "none"),
+        (f"weights {spec.weights}", spec.weights != "dirichlet")) if bad]
+    if lacking:
+        raise MixbenchError(f"stan/formulations: the candidate programs state only normal errors, Dirichlet "
+                            f"weights, no shared coefficients and a uniform or halfnormal sigma prior; this "
+                            f"spec has {', '.join(lacking)}")
 
 
 def formulations() -> dict[str, str]:
@@ -83,6 +104,7 @@ def compare(names: list[str], options: list[str], Ns: list[int], Ks: list[int], 
     for K in Ks:
         for N in Ns:
             spec, dataset = gradient_problem(N, K)
+            check_formulation_spec(spec)
             data = stan_data(spec, dataset)
             reference = StanGradient(reference_library, data)
             truth = spec.check_params(dataset.truth)

@@ -85,8 +85,10 @@ class Unconstrained:
             order = np.argsort(key, axis=1)
             params = {n: (np.take_along_axis(v, order.reshape(order.shape + (1,) * (v.ndim - 2)), axis=1)
                           if v.ndim >= 2 and v.shape[1] == self.spec.K else v) for n, v in params.items()}
+            if "gamma" in params:  # the reference row (models/spec.py) moved: re-reference to the last
+                params["gamma"] = params["gamma"] - params["gamma"][:, -1:]
         sites = site_values(self.spec, params)
-        S = np.asarray(params["pi"]).shape[0]
+        S = np.asarray(params["sigma"]).shape[0]
         return np.concatenate([np.asarray(s.transform.inv(jnp.asarray(sites[s.name])), dtype=float).reshape(S, -1)
                                for s in self.layout], axis=1)
 

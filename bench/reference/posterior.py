@@ -75,7 +75,7 @@ DRAWS_FILE = "draws.nc"
 DRAWS_ZIP = "draws.json.zip"
 LP_COLUMN = "lp"  # the oracle's log density of each draw, beside the parameters in draws.json.zip
 REFERENCE_CHOICES = ("auto", "make", "none")
-FAMILIES = ("w", "b", "sigma", "pi")
+FAMILIES = ("w", "b", "sigma", "pi", "nu", "gamma")
 TAIL_PROB = (0.05, 0.95)
 
 

@@ -82,9 +82,14 @@ def _fits(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 # The data and each fit's components
 
 
+def _softmax(eta: np.ndarray) -> np.ndarray:
+    return np.exp(eta - np.logaddexp.reduce(eta))
+
+
 def point_from_row(row: pd.Series, prefix: str, K: int, D: int) -> dict[str, np.ndarray] | None:
     """Parameters from a row's flat ``mean.*`` (posterior means, relabelled) or ``truth.*``
-    columns: w (K, D), b (K,) zeros without intercepts, sigma (K,), pi (K,). None if absent."""
+    columns: w (K, D), b (K,) zeros without intercepts, sigma (K,), pi (K,) (under softmax weights
+    the weights at x = 0, softmax(gamma[:, 0])). None if absent."""
     def value(name):
         v = row.get(f"{prefix}{name}")
         return float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else None
@@ -94,6 +99,8 @@ def point_from_row(row: pd.Series, prefix: str, K: int, D: int) -> dict[str, np.
     shared = value("sigma")
     sigma = np.full(K, shared) if shared is not None else np.array([value(f"sigma[{k}]") for k in range(K)], float)
     pi = np.array([value(f"pi[{k}]") for k in range(K)], dtype=float)
+    if np.isnan(pi).any():  # softmax weights (models/spec.py): the weights at x = 0
+        pi = _softmax(np.array([value(f"gamma[{k},0]") for k in range(K)], dtype=float))
     if np.isnan(w).any() or np.isnan(sigma).any() or np.isnan(pi).any():
         return None
     return {"w": w, "b": b, "sigma": sigma, "pi": pi}
@@ -162,7 +169,8 @@ def figure_data_fits(frame: pd.DataFrame, run_dirs: list[Path], fig_dir: Path) -
                 true_point = {"w": np.asarray(truth["w"], float).reshape(K, D),
                               "b": np.asarray(truth.get("b", np.zeros(K)), float),
                               "sigma": np.broadcast_to(np.asarray(truth["sigma"], float), (K,)),
-                              "pi": np.asarray(truth["pi"], float)}
+                              "pi": (np.asarray(truth["pi"], float) if "pi" in truth
+                                     else _softmax(np.asarray(truth["gamma"], float)[:, 0]))}
                 for k in range(K):
                     if D == 0:
                         ax.plot(grid, true_point["pi"][k] * norm.pdf(grid, true_point["b"][k], true_point["sigma"][k]),

@@ -36,7 +36,7 @@ HOLD = 0.9  # the share of seeds in the truth's mode a setting must keep to coun
 SHARES = ("truth", "other", "collapsed", "mixed", "failed", "switch", "disagree")
 # Which axis a breaking point walks and which the phase diagram's second axis is: the first
 # varied axis in this order.
-AXIS_ORDER = ("sep", "w_min", "sigma_ratio", "K", "D", "N")
+AXIS_ORDER = ("sep", "w_min", "sigma_ratio", "outliers", "gate", "K", "D", "N")
 LINE_KEYS = ["backend", "line"]
 
 

@@ -33,7 +33,7 @@ def _family(kind: str, family: str, label: str) -> tuple[str, str]:
     return (f"{label} W1", f"median over seeds of: {_row(f'{family}_w1_max', '1-Wasserstein distance to the reference')}")
 
 
-_FAMILIES = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight"}
+_FAMILIES = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight", "nu": "nu", "gamma": "gate"}
 
 COLUMNS: dict[str, str] = {
     # identity
@@ -162,6 +162,9 @@ COLUMNS: dict[str, str] = {
            "pooled sigma (models.families)",
     "w_min": "the smallest mixing weight of a family point",
     "sigma_ratio": "largest over smallest per-component sigma of a family point",
+    "outliers": "share of a family point's observations replaced by gross outliers y ~ U(8, 12)",
+    "gate": "weight-regression strength of a family point: the softmax weights' slope on x_1 of component 0 "
+            "against the last (0: constant weights)",
     "seeds": "cells counted at the sweep point (unsupported cells excluded)",
     "truth": "seeds landing in the truth's mode (mode truth, or reference with a reference posterior): k/n, "
              "share, Wilson 90% interval",

@@ -33,7 +33,7 @@ ESS_TARGET = 1000  # "seconds to 1000 effective draws"
 RHAT_LIMIT = 1.01  # Vehtari et al. (2021), Rank-normalization, folding, and localization, sec. 4
 ESS_LIMIT = 400  # ibid.: bulk and tail ESS above 400 (100 per chain for 4 chains)
 KHAT_BAD = 0.7  # Yao et al. (2018), Yes, but did it work?; bench.score.settings.MetricSettings.khat_bad
-FAMILY_LABELS = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight"}
+FAMILY_LABELS = {"w": "slope", "b": "intercept", "sigma": "sigma", "pi": "weight", "nu": "nu", "gamma": "gate"}
 _BACKEND_ORDER = {"pymc": 0, "numpyro": 1, "stan": 2}
 
 
@@ -348,11 +348,12 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
               "seeds of the largest error in each family. Fits without a truth have no row here.",
               _view(fits[fits["truth"]], [*key, ("on target", "on target"), ("w_err", "slope err"),
                                          ("b_err", "intercept err"), ("sigma_err", "sigma err"),
-                                         ("pi_err", "weight err")])),
+                                         ("pi_err", "weight err"), ("nu_err", "nu err"), ("gamma_err", "gate err")])),
         Table("coverage", "Recovery: interval coverage", "Share of the true values inside the central 90% "
               "interval (relabelled draws), mean over seeds.",
               _view(fits[fits["truth"]], [*key, ("w_cover", "slope cover"), ("b_cover", "intercept cover"),
-                                         ("sigma_cover", "sigma cover"), ("pi_cover", "weight cover")])),
+                                         ("sigma_cover", "sigma cover"), ("pi_cover", "weight cover"),
+                                         ("nu_cover", "nu cover"), ("gamma_cover", "gate cover")])),
         Table("modes", "Modes", "Seeds per landing mode and, against a reference posterior, how far below it "
               "in log density and how far from its mean the fits sit, and the seeds with a chain in a poorer mode.",
               _view(fits, [*key, ("seeds", "seeds ok"),
@@ -395,7 +396,9 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
                            ("b_w1_mode", "intercept W1 own mode"), ("sigma_w1", "sigma W1"),
                            ("sigma_w1_floor", "sigma W1 floor"), ("sigma_w1_mode", "sigma W1 own mode"),
                            ("pi_w1", "weight W1"), ("pi_w1_floor", "weight W1 floor"),
-                           ("pi_w1_mode", "weight W1 own mode")])),
+                           ("pi_w1_mode", "weight W1 own mode"), ("nu_w1", "nu W1"),
+                           ("nu_w1_floor", "nu W1 floor"), ("gamma_w1", "gate W1"),
+                           ("gamma_w1_floor", "gate W1 floor")])),
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
               "median over seeds, its difference to the best fit of the same data (never one with a degenerate "
               "component) and the standard error of that difference from the paired pointwise differences "

@@ -240,7 +240,12 @@ def load_cell_data(cell: Cell):
         if spec.sigma == "per-component" and np.ndim(truth["sigma"]) == 0:
             truth["sigma"] = np.full(spec.K, float(truth["sigma"]))  # a shared truth, fitted per component
         try:
-            dataset = type(dataset)(x=dataset.x, y=dataset.y, truth=spec.check_params(truth), name=dataset.name)
+            # Normal-error data fitted with Student-t errors: no true nu, the other parameters scored.
+            no_nu = spec.nu_is_parameter and "nu" not in truth
+            checked = spec.check_params({**truth, "nu": np.nan} if no_nu else truth)
+            if no_nu:
+                del checked["nu"]
+            dataset = type(dataset)(x=dataset.x, y=dataset.y, truth=checked, name=dataset.name)
         except MixbenchError:
             # A spec override that changes the parameters (adds intercepts, another K) has no
             # ground truth to compare with: metrics fall back to a pivot.

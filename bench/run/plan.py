@@ -62,7 +62,7 @@ def spec_overrides(options: Namespace) -> dict[str, Any]:
     options : argparse.Namespace
         ``K``, ``intercept``, ``sigma``, ``ordering``, ``likelihood`` and, where given, the prior
         options (``slope_prior``, ``intercept_prior``, ``sigma_prior``, ``pi_alpha``, ``errors``,
-        ``shared``, ``nu``); None means not given.
+        ``shared``, ``nu``, ``weights``, ``gamma_prior``); None means not given.
 
     Returns
     -------
@@ -85,7 +85,9 @@ def spec_overrides(options: Namespace) -> dict[str, Any]:
         spec["sigma_prior"] = sigma_prior_text("--sigma-prior", options.sigma_prior)
     if getattr(options, "pi_alpha", None) is not None:
         spec["pi_alpha"] = pi_alpha_text("--pi-alpha", options.pi_alpha)
-    for name in ("errors", "shared"):
+    if getattr(options, "gamma_prior", None) is not None:
+        spec["gamma_prior"] = normal_prior_text("--gamma-prior", options.gamma_prior)
+    for name in ("errors", "shared", "weights"):
         if getattr(options, name, None) is not None:
             spec[name] = getattr(options, name)
     if getattr(options, "nu", None) is not None:

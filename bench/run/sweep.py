@@ -34,7 +34,7 @@ from models.families import DEFAULT_N, FamilyPoint, check_axis
 # its 10-seed version: about 20 minutes, and 2-3 more for the report.
 SWEEP_SETTINGS: dict[str, Any] = {}
 # Spec fields a line or --spec may override: the family point owns K, D, intercepts and the truth.
-OVERRIDABLE = ("ordering", "sigma", "likelihood", "pi_alpha")
+OVERRIDABLE = ("ordering", "sigma", "likelihood", "pi_alpha", "errors", "nu", "weights")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ def parse_override(text: str, where: str) -> tuple[str, Any]:
     if name not in OVERRIDABLE:
         raise MixbenchError(f"{where}: {name!r} cannot be overridden in a sweep; allowed: {', '.join(OVERRIDABLE)} "
                             "(the family point sets K, D and the truth)")
+    if name == "nu":
+        from models.priors import nu_text
+
+        return name, nu_text(where, value)
     if name == "pi_alpha":
         try:
             value = float(value)
@@ -106,7 +110,7 @@ def sweep_points(axes: dict[str, list], fixed: dict[str, Any] | None = None) -> 
     for values in itertools.product(*(axes[n] for n in names)):
         chosen = {**fixed, **dict(zip(names, values))}
         N = int(chosen.pop("N", DEFAULT_N))
-        kwargs = {k: v for k, v in chosen.items() if k in ("K", "D", "sep", "w_min", "sigma_ratio")}
+        kwargs = {k: v for k, v in chosen.items() if k in ("K", "D", "sep", "w_min", "sigma_ratio", "outliers", "gate")}
         out.append((FamilyPoint(**kwargs), N))
     return out
 

@@ -9,11 +9,14 @@ from bench.score.landing import LANDING_FIELDS
 from bench.score.modes import MODE_FIELDS
 from bench.score.predictive import LOO_FIELDS
 
-FAMILIES = ("w", "b", "sigma", "pi")
+# nu: Student-t degrees of freedom when a parameter; gamma: softmax weights' coefficients (models/spec.py).
+FAMILIES = ("w", "b", "sigma", "pi", "nu", "gamma")
 
 
 def _family_fields(template: str, description: str) -> dict[str, str]:
-    names = {"w": "slopes", "b": "intercepts", "sigma": "sigma(s)", "pi": "weights"}
+    names = {"w": "slopes", "b": "intercepts", "sigma": "sigma(s)", "pi": "weights",
+             "nu": "Student-t degrees of freedom nu (when a parameter)",
+             "gamma": "softmax weights' coefficients gamma (relabelled and re-referenced to the last component)"}
     return {template.format(f=f): description.format(name=names[f]) for f in FAMILIES}
 
 

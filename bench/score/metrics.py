@@ -206,10 +206,10 @@ def _component_summary(ds: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str,
 
 def is_collapsed(mean: dict, sd: dict, settings: MetricSettings) -> bool:
     """Components coincide (in every slope, intercept and per-component sigma) or one emptied out."""
-    pi = np.asarray(mean["pi"], dtype=float)
-    if np.any(pi < settings.collapse_weight_min):
+    # Softmax weights have no pi (models/spec.py): only the locations and sigmas can coincide.
+    if "pi" in mean and np.any(np.asarray(mean["pi"], dtype=float) < settings.collapse_weight_min):
         return True
-    K = pi.shape[0]
+    K = np.asarray(mean["w"]).shape[0]
     z = settings.collapse_sd_multiple
     for j in range(K):
         for k in range(j + 1, K):
@@ -241,6 +241,8 @@ def matches_target(mean: dict, target: dict, settings: MetricSettings) -> bool:
     t_sigma = np.asarray(target["sigma"], dtype=float)
     if np.any(np.abs(np.asarray(mean["sigma"]) - t_sigma) > settings.truth_sigma_rtol * t_sigma):
         return False
+    if "pi" not in target or "pi" not in mean:  # softmax weights: judged by lines and sigmas
+        return True
     return not np.any(np.abs(np.asarray(mean["pi"]) - target["pi"]) > settings.truth_weight_atol)
 
 
@@ -732,7 +734,7 @@ def posterior_means(scoring: Scoring) -> dict[str, float]:
         for index in np.ndindex(values.shape):
             label = f"{name}[{','.join(map(str, index))}]" if index else name
             out[f"mean.{label}"] = float(values[index])
-            if truth is not None:
+            if truth is not None and name in truth:  # a truth may lack nu (models/data.py)
                 out[f"truth.{label}"] = float(np.asarray(truth[name])[index])
     return out
 

@@ -54,13 +54,16 @@ MODE_FIELDS: dict[str, str] = {
 
 
 def component_features(point: dict[str, Any], K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(K, F) component-indexed scalars (slopes, intercept, per-component sigma, weight) and the
+    """(K, F) component-indexed scalars (slopes, intercept, per-component sigma, weight or centred
+    softmax coefficients) and the
     shared ones (a shared sigma), of a canonical point."""
     blocks, shared = [], []
-    for name in ("w", "b", "sigma", "pi"):
+    for name in ("w", "b", "sigma", "pi", "gamma"):
         if name not in point:
             continue
         value = np.asarray(point[name], dtype=float)
+        if name == "gamma":  # softmax coefficients compared centred, as bench.score.relabel does
+            value = value - value.mean(axis=0, keepdims=True)
         if value.ndim >= 1 and value.shape[0] == K:
             blocks.append(value.reshape(K, -1))
         else:

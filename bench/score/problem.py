@@ -18,19 +18,13 @@ from functools import cached_property
 
 import numpy as np
 import xarray as xr
-from scipy import special, stats
+from scipy import special
 
 from backends.base import Fit
 from bench.score.relabel import posterior_dataset
 from models.data import Dataset
-from models.oracle import (
-    error_log_density,
-    log_density,
-    log_likelihood_terms,
-    nu_log_prior,
-    sigma_log_prior,
-    slopes_log_prior,
-)
+from models.oracle import (error_log_density, gamma_log_prior, intercepts_log_prior, log_density,
+                           log_likelihood_terms, nu_log_prior, sigma_log_prior, slopes_log_prior)
 from models.spec import MixtureSpec
 from models.standardize import Standardization
 
@@ -39,16 +33,20 @@ def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
     """The oracle's log prior (models/oracle.py) of S points at once, shape (S,); -inf outside
     the support. ``params`` holds the canonical arrays with one leading axis of S points."""
     p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-    S, pi = p["pi"].shape[0], p["pi"]
+    S = p["sigma"].shape[0]
     alpha = spec.alpha
     with np.errstate(divide="ignore", invalid="ignore"):
-        lp = special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * np.log(pi)).sum(axis=1)
-        lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
+        if spec.softmax_weights:
+            lp = gamma_log_prior(spec, p["gamma"])
+        else:
+            pi = p["pi"]
+            lp = special.gammaln(alpha.sum()) - special.gammaln(alpha).sum() + ((alpha - 1) * np.log(pi)).sum(axis=1)
+            lp[np.any(pi < 0, axis=1) | ~np.isclose(pi.sum(axis=1), 1.0, rtol=0, atol=1e-10)] = -np.inf
         lp += slopes_log_prior(spec, p["w"])
         if spec.nu_is_parameter:
             lp += nu_log_prior(spec.nu, p["nu"])
         if spec.intercept:
-            lp += stats.norm.logpdf(p["b"], spec.intercept_prior.mu, spec.intercept_prior.sigma).sum(axis=1)
+            lp += intercepts_log_prior(spec, p["b"])
         lp += sigma_log_prior(spec.sigma_prior, p["sigma"].reshape(S, -1)).sum(axis=1)
         if spec.ordering != "none":
             ordered = p["b"] if spec.ordering == "intercept" else p["w"][:, :, 0]
@@ -63,16 +61,24 @@ def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: d
     ``models.oracle.error_log_density``; Normal written inline, the common case), accumulated one component at a time
     with ``np.logaddexp`` (exact and stable: log(e^a + e^b) = max + log1p(e^-|a-b|)), so a chunk
     holds a few (s, N) arrays and no (s, N, K) one; the means are one matrix product per
-    component. float64 throughout.
+    component. float64 throughout. Softmax weights add log softmax_k(eta) per observation, eta_k
+    = gamma_k0 + x . gamma_k[1:], its normaliser accumulated the same way first.
     """
-    S, K, N = p["pi"].shape[0], spec.K, y.shape[0]
+    S, K, N = p["sigma"].shape[0], spec.K, y.shape[0]
     sigma = np.broadcast_to(p["sigma"].reshape(S, -1), (S, K))
     step = max(1, int(chunk_values // max(N, 1)))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        const = np.log(p["pi"]) - 0.5 * np.log(2 * np.pi) - np.log(sigma)  # (S, K)
+        log_pi = np.zeros((S, K)) if spec.softmax_weights else np.log(p["pi"])
+        const = log_pi - 0.5 * np.log(2 * np.pi) - np.log(sigma)  # (S, K)
         for start in range(0, S, step):
             sl = slice(start, min(S, start + step))
             ll = None
+            if spec.softmax_weights:
+                gamma = p["gamma"][sl]
+                eta = [gamma[:, k, :1] + gamma[:, k, 1:] @ x.T for k in range(K)]  # K of (s, N)
+                log_norm = eta[0]
+                for k in range(1, K):
+                    log_norm = np.logaddexp(log_norm, eta[k])
             for k in range(K):
                 mu = p["w"][sl, k] @ x.T  # (s, N)
                 if spec.intercept:
@@ -82,8 +88,10 @@ def _log_likelihood_chunks(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, p: d
                     comp = const[sl, k][:, None] - 0.5 * z * z
                 else:
                     nu = p["nu"][sl][:, None] if spec.nu_is_parameter else spec.nu
-                    comp = np.log(p["pi"][sl, k])[:, None] + error_log_density(spec, y[None, :], mu,
-                                                                               sigma[sl, k][:, None], nu)
+                    comp = log_pi[sl, k][:, None] + error_log_density(spec, y[None, :], mu,
+                                                                      sigma[sl, k][:, None], nu)
+                if spec.softmax_weights:
+                    comp = comp + eta[k] - log_norm
                 ll = comp if ll is None else np.logaddexp(ll, comp)
             yield sl, ll
 
@@ -100,7 +108,7 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
     (S, N) result of ``pointwise``.
     """
     p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-    S = p["pi"].shape[0]
+    S = p["sigma"].shape[0]
     if spec.likelihood != "mixture":
         if pointwise:
             raise ValueError("pointwise log likelihood: only for the mixture likelihood")

@@ -33,6 +33,12 @@ with ``scipy.optimize.linear_sum_assignment``.
 Convention: ``permutations[c, d, k]`` is the fit's component that plays the reference's component
 ``k`` in draw ``d`` of chain ``c``; the relabelled draw is ``theta[..., permutations[c, d, :]]``.
 A draw with a non-finite component parameter cannot be compared and keeps the identity.
+
+Softmax weights (models/spec.py): gamma's rows permute with the components, but its last row is
+the reference, fixed at 0, so a permutation that moves another component last changes gamma
+(gamma'_k = gamma_p(k) - gamma_p(K), the same softmax). The cost therefore compares the centred
+rows gamma_k - mean_j gamma_j, which a softmax determines and which permute exactly with the
+labels; a relabelled draw's gamma is re-referenced, its new last row subtracted from every row.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
 # Order in which component-indexed parameters enter the cost (and feature names are reported).
-COMPONENT_PARAMS = ("w", "b", "sigma", "pi")
+COMPONENT_PARAMS = ("w", "b", "sigma", "pi", "gamma")
+# Component-indexed parameters defined up to a shift common to all components (a softmax's
+# coefficients, the last row the reference): compared centred, re-referenced after a permutation.
+REFERENCED_PARAMS = ("gamma",)
 SAMPLE_DIMS = ("chain", "draw")
 
 DEFAULT_SCALE_FLOOR = 1e-6
@@ -98,6 +107,8 @@ def draw_features(ds: xr.Dataset) -> tuple[np.ndarray, list[str]]:
     blocks, names = [], []
     for name in component_params(ds):
         arr = _as_component_first(ds[name])
+        if name in REFERENCED_PARAMS:
+            arr = arr - arr.mean(axis=2, keepdims=True)
         arr = arr.reshape(arr.shape[:3] + (-1,))
         blocks.append(arr)
         names.extend([name] if ds[name].ndim == 3 else [f"{name}[{i}]" for i in range(arr.shape[3])])
@@ -132,6 +143,8 @@ def point_features(point: dict, ds: xr.Dataset) -> np.ndarray:
         expected = (K,) + tuple(ds.sizes[d] for d in ds[name].dims if d not in (*SAMPLE_DIMS, "component"))
         if value.shape != expected:
             raise ValueError(f"reference point: {name} has shape {value.shape}, the draws need {expected}")
+        if name in REFERENCED_PARAMS:
+            value = value - value.mean(axis=0, keepdims=True)
         blocks.append(value.reshape(K, -1))
     return np.concatenate(blocks, axis=1)
 
@@ -184,7 +197,8 @@ def best_permutations(costs: np.ndarray) -> tuple[np.ndarray, int]:
 def apply_permutations(draws: xr.DataTree, permutations: np.ndarray) -> xr.DataTree:
     """A copy of ``draws`` whose component-indexed posterior variables are permuted per draw.
 
-    Other groups (sample_stats, ...) are kept as they are; shared parameters are untouched.
+    Other groups (sample_stats, ...) are kept as they are; shared parameters are untouched; a
+    referenced parameter (gamma) is re-referenced to its new last row.
     """
     ds = posterior_dataset(draws)
     perms = np.asarray(permutations, dtype=int)
@@ -198,6 +212,8 @@ def apply_permutations(draws: xr.DataTree, permutations: np.ndarray) -> xr.DataT
         arr = np.asarray(da.transpose(*SAMPLE_DIMS, "component", *other).values)
         index = perms.reshape(perms.shape + (1,) * len(other))
         moved = np.take_along_axis(arr, np.broadcast_to(index, arr.shape), axis=2)
+        if name in REFERENCED_PARAMS:
+            moved = moved - moved[:, :, -1:]
         new[name] = xr.DataArray(moved, dims=(*SAMPLE_DIMS, "component", *other),
                                  coords={d: da.coords[d] for d in da.dims if d in da.coords},
                                  attrs=da.attrs).transpose(*da.dims)

@@ -49,6 +49,7 @@ from backends.methods import Kind
 from backends.methods import method as method_named
 from backends.base import note_compile
 from backends.jax_setup import configure as configure_jax
+from backends.smc_numpyro import fit_smc
 from backends.jax_programs import LOAD_EVENT, StoredJit, abstract, load_or_compile, program_key
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -370,7 +371,9 @@ class NumPyroBackend(Backend):
                          "advi-minibatch-fullrank", "map"), "_fit_svi"),
         "pathfinder": "_fit_pathfinder",
         "laplace": "_fit_laplace",
+        "smc": "_fit_smc",
     }
+    _fit_smc = fit_smc  # backends/smc_numpyro.py
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method_named(method).kind is Kind.MCMC and settings.sampler not in (None, "numpyro"):

@@ -45,6 +45,7 @@ from backends.importance import GROUP as IMPORTANCE_GROUP, keep_proposal, propos
 from backends.methods import Kind
 from backends.methods import method as method_named
 from backends.pytensor_store import load_or_build, set_shared
+from backends.smc_pymc import fit_smc
 from backends.base import note_compile
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -483,7 +484,9 @@ class PyMCBackend(Backend):
         "pathfinder": "_pathfinder",
         "map": "_map",
         "laplace": "_laplace",
+        "smc": "_smc",
     }
+    _smc = fit_smc  # backends/smc_pymc.py
     likelihoods = LIKELIHOODS  # the forum replay likelihoods too: they replay PyMC code
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:

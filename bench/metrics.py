@@ -30,8 +30,10 @@ from backends.methods import Kind, kind_of
 from bench.health import HEALTH_FIELDS, health
 from bench.landing import LANDING_FIELDS, ReferenceSummary, landing_summary, place_chains
 from bench.modes import MODE_FIELDS, mode_columns
+from bench.particles import PARTICLE_FIELDS, particle_columns
 from bench.predictive import LOO_FIELDS, loo_keep, loo_metrics, subsample_seed
 from bench.problem import thin_indices
+from bench.stacking import STACKING_FIELDS, stacking_columns
 from bench.relabel import (
     SAMPLE_DIMS,
     chain_mean_pivot,
@@ -291,6 +293,10 @@ ROW_FIELDS: dict[str, str] = {
     **LOO_FIELDS,
     # Health
     **HEALTH_FIELDS,
+    # SMC's record and the draws' shares of the reference's modes (bench.particles); stacking of
+    # the fit's chains or paths (bench.stacking)
+    **PARTICLE_FIELDS,
+    **STACKING_FIELDS,
     "degenerate": "components whose sigma collapsed onto tied points (sigma below 0.1 x the data's resolution, "
                   "the smallest gap between distinct y; backends.degenerate), with the points each holds, e.g. "
                   "'chain 1: sigma[1] = 1.9e-14 on 10 points'; empty when none",
@@ -1074,6 +1080,13 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
                        seed=subsample_seed(data.x, data.y))
 
 
+def _stacking_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    data = s.problem.dataset if s.problem is not None else None
+    return stacking_columns(s.fit, s.raw, s.problem, terms=s.terms, chain_modes=row.get("ref_mode_chains"),
+                            modes=s.ref_modes, max_obs=s.settings.loo_max_obs,
+                            seed=subsample_seed(data.x, data.y) if data is not None else 0)
+
+
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
     return health(row, s.raw, s.rel.draws, s.problem, mcmc=s.mcmc, single_point=s.single_point,
                   converged=s.fit.converged, settings=s.settings)
@@ -1090,6 +1103,8 @@ METRICS: list[tuple[str, Any]] = [
     ("khat", _khat_metric),
     ("w1", _w1_metric),
     ("loo", _loo_metric),
+    ("particles", lambda s, row: particle_columns(s.raw, s.ref_modes)),
+    ("stacking", _stacking_metric),
     ("health", _health_metric),
 ]
 

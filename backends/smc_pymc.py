@@ -56,10 +56,23 @@ def fit_smc(backend, spec: MixtureSpec, dataset: Dataset, method: str, settings:
         lead = (settings.chains, settings.draws)
         posterior = canonical_values(spec, {n: post[n].values for n in _OUTPUTS if n in post}, lead)
         stats = trace.sample_stats
-        # One object array per run: the stages' values (the evidence cumulative, its last the estimate).
-        betas = [np.asarray(b, dtype=float).ravel() for b in stats["beta"].values.ravel()]
-        log_z = [float(np.asarray(v, dtype=float).ravel()[-1]) for v in stats["log_marginal_likelihood"].values.ravel()]
+        # Per run, its stages' values (the evidence NaN until the last stage, then the estimate).
+        betas = _per_run(stats["beta"].values)
+        log_z = [float(v[-1]) for v in _per_run(stats["log_marginal_likelihood"].values)]
         draws = canonical_datatree(spec, posterior, attrs={"/": {"backend": backend.name, "engine": ENGINE}})
         draws[SMC_GROUP] = smc_group(settings.draws, betas, log_z, ENGINE)
     return Fit(backend=backend.name, method=method, status="ok", engine=ENGINE, draws=draws, timings=timings,
                precision=settings.precision)
+
+
+def _per_run(values: np.ndarray) -> list[np.ndarray]:
+    """A sample statistic of ``pm.sample_smc`` as one float array per run, over its stages.
+
+    PyMC keeps one list of per-stage values per run: an object array of lists (runs of different
+    lengths), a (runs, stages) array (runs of one length), or one run's (stages,) array.
+    """
+    arr = np.asarray(values)
+    if arr.dtype == object and np.ndim(arr.flat[0]) > 0:
+        return [np.asarray(v, dtype=float).ravel() for v in arr.ravel()]
+    arr = arr.astype(float)
+    return [row for row in (arr if arr.ndim == 2 else arr[None])]

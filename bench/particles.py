@@ -68,9 +68,11 @@ def mode_shares(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, fl
         return {}
     ds = posterior_dataset(draws)
     K = int(ds.sizes["component"])
-    flat = ds.stack(sample=("chain", "draw")).transpose("sample", ...)
-    keep = thin_indices(flat.sizes["sample"], MAX_DRAWS)
-    values = {n: np.asarray(flat[n].values)[keep] for n in flat.data_vars}
+    total = ds.sizes["chain"] * ds.sizes["draw"]
+    keep = thin_indices(total, MAX_DRAWS)
+    # NumPy, not xarray's stack, which cannot reshape the empty covariate axis of D = 0.
+    values = {n: np.asarray(ds[n].transpose("chain", "draw", ...).values).reshape(total, *ds[n].shape[2:])[keep]
+              for n in ds.data_vars}
     names = [land({n: v[i] for n, v in values.items()}, modes, K) or "-" for i in range(keep.size)]
     found, counts = np.unique(names, return_counts=True)
     return {str(n): float(c) / keep.size for n, c in zip(found, counts)}

@@ -153,3 +153,22 @@ def test_one_chain_has_nothing_to_stack(data):
     row, _ = score_fit(fit, truth=data.truth, problem=Problem.make(SPEC, data))
     assert not isinstance(row["stacking_weights"], str)
     assert stacked_row({**row, "cell_id": "c", "method": "nuts"}, fit, data.truth, None, None) is None
+
+
+def test_the_report_table_shows_the_stacked_row_beside_its_fit():
+    import pandas as pd
+
+    from bench.mode_share_table import mode_share_table
+
+    frame = pd.DataFrame([
+        {"fit": "F1", "status": "ok", "backend": "numpyro", "method": "nuts", "seed": 0, "stacking_weights": "0.9;0.1",
+         "stacking_mode_weights": "A:0.9;B:0.1", "ref_mode_masses": "A:0.97:0;B:0.03:3.8"},
+        {"fit": "F2", "status": "ok", "backend": "numpyro", "method": "nuts+stacked", "seed": 0,
+         "stacked_from": "x", "ref_mode_shares": "A:0.9;B:0.1"},
+        {"fit": "F3", "status": "ok", "backend": "numpyro", "method": "advi-meanfield", "seed": 0},
+    ])
+    table = mode_share_table(frame)
+    assert list(table.frame["method"]) == ["nuts", "nuts+stacked"]
+    assert table.frame.loc[0, "stacking weight per mode"] == "A:0.9;B:0.1"
+    assert table.frame.loc[1, "draws per mode"] == "A:0.9;B:0.1"
+    assert mode_share_table(frame.iloc[2:]).empty

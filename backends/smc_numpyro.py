@@ -35,7 +35,7 @@ from models.numpyro_model import canonical_values, mixture_model
 from models.spec import MixtureSpec
 
 ENGINE = "numpyro+blackjax-smc"
-NUM_MCMC_STEPS = 5
+NUM_MCMC_STEPS = 10
 NUM_INTEGRATION_STEPS = 10
 TARGET_ACCEPT = 0.65
 MAX_STAGES = 1000  # a run still short of beta = 1 after this many stages has failed

@@ -73,7 +73,8 @@ def test_particle_shares_match_the_label_copies_masses(engine):
     # nearly all of a run's particles in one copy (seen: 0, 0.79, 0.2, 0.1, 0, 1, 0.79, 0.57).
     assert se < 0.15, shares
     # The particles sit in the copies (within 5 posterior sds of a cluster), not between them.
-    assert np.mean(np.abs(np.abs(b) - 2.0) < 0.6) > 0.999
+    inside = np.mean(np.abs(np.abs(b) - 2.0) < 0.6)
+    assert inside > 0.999, inside
 
 
 # K = 1, D = 0: y ~ Normal(b, sigma), b ~ Normal(0, 5), sigma ~ HalfNormal(2): a 2-parameter

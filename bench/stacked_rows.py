@@ -1,5 +1,8 @@
 """The stacked row of a cell: its fit's chains or paths mixed by their stacking weights
-(bench.stacking) and scored like any fit, a row of its own beside the cell's.
+(bench.stacking) and scored like any fit, a row of its own beside the cell's, where the chains
+do not mix: they landed in different places (``non_mixing``). Stacking is for non-mixing
+computations (Yao, Vehtari & Gelman 2022); the weights of a fit whose chains agree are in its row
+(``stacking_weights``), and its stacked mixture is the fit itself (tests/test_stacking.py).
 
 The cell's row carries the stacked row under ``STACKED_KEY`` until the run writes rows
 (``split``), so that executors move one row per cell as before.
@@ -9,15 +12,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from backends.base import Fit
-from bench.metrics import score_fit
+from bench.metrics import MetricSettings, score_fit
 from bench.stacking import SUFFIX, parse_weights, stacked_fit
 
 STACKED_KEY = "stacked_row"
 
 
+def non_mixing(row: dict[str, Any]) -> bool:
+    """Whether a scored row's components landed in different places: its chains' landing is
+    ``mixed``, their R-hat exceeds the health limit (``MetricSettings.rhat_max``, Vehtari et al.
+    2021), or they (or its paths) are in different reference modes."""
+    if row.get("mode") == "mixed":
+        return True
+    rhat = row.get("rhat_max")
+    if isinstance(rhat, (int, float)) and rhat > MetricSettings().rhat_max:
+        return True
+    chains = row.get("ref_mode_chains")
+    if isinstance(chains, str) and len(set(chains.split(";"))) > 1:
+        return True
+    weights = row.get("stacking_mode_weights")
+    if isinstance(weights, str) and weights:
+        return sum(float(item.rsplit(":", 1)[1]) > 0 for item in weights.split(";")) > 1
+    return False
+
+
 def stacked_row(row: dict[str, Any], fit: Fit, truth: dict | None, reference, problem) -> dict[str, Any] | None:
-    """The stacked row of a scored cell, or None where its row has no stacking weights.
+    """The stacked row of a scored cell, or None where its row has no stacking weights or its
+    components mix (``non_mixing``).
 
     Parameters
     ----------
@@ -36,7 +60,7 @@ def stacked_row(row: dict[str, Any], fit: Fit, truth: dict | None, reference, pr
         None also where scoring the mixture raised (the error joins the row's ``metric_errors``).
     """
     weights = parse_weights(row.get("stacking_weights"))
-    if weights is None:
+    if weights is None or not non_mixing(row):
         return None
     try:
         scored, means = score_fit(stacked_fit(fit, fit.draws, weights), truth=truth, reference=reference,
@@ -47,9 +71,23 @@ def stacked_row(row: dict[str, Any], fit: Fit, truth: dict | None, reference, pr
         return None
     ids = {k: v for k, v in row.items() if k not in scored and k not in means}
     carried = {k: row[k] for k in ("stacking_components", "stacking_weights", "stacking_elpd",
-                                   "stacking_elpd_best", "stacking_mode_weights")}
-    return {**ids, **scored, **means, **carried, "cell_id": f"{row['cell_id']}{SUFFIX}",
-            "method": f"{row['method']}{SUFFIX}", "stacked_from": row["cell_id"]}
+                                   "stacking_elpd_best", "stacking_elpd_pointwise", "stacking_mode_weights")}
+    return {**ids, **scored, **means, **carried, **_stacked_elpd(row, problem.dataset.N),
+            "cell_id": f"{row['cell_id']}{SUFFIX}", "method": f"{row['method']}{SUFFIX}", "stacked_from": row["cell_id"]}
+
+
+def _stacked_elpd(row: dict[str, Any], n_obs: int) -> dict[str, Any]:
+    """The stacked mixture's elpd: its pointwise LOO predictive log densities
+    log sum_c w_c p_c(y_i | y_-i) (Yao et al. 2022), not PSIS-LOO of its pooled draws, which
+    weights each draw by 1 / p(y_i | theta) as if the draws came from the full-data posterior and
+    for a mixture of separated modes is dominated by the other mode's draws. Over a subsample of
+    n observations, elpd is N times their mean and its se N sd / sqrt(n) (simple random sampling)."""
+    values = np.array([float(v) for v in row["stacking_elpd_pointwise"].split(";")])
+    n = values.size
+    scale = n_obs / n
+    return {"elpd_loo": float(values.sum() * scale), "elpd_loo_se": float(np.sqrt(n) * values.std() * scale),
+            "elpd_loo_pointwise": row["stacking_elpd_pointwise"], "loo_method": "stacking", "loo_obs": n,
+            "p_loo": float("nan"), "loo_khat_max": float("nan"), "loo_n_bad": float("nan")}
 
 
 def split(row: dict[str, Any]) -> list[dict[str, Any]]:

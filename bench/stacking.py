@@ -48,6 +48,8 @@ STACKING_FIELDS: dict[str, str] = {
     "stacking_elpd": "the stacked mixture's log score sum_i log sum_c w_c p_c(y_i | y_-i) (nats; over the "
                      "observations PSIS-LOO read: all, or the subsample of loo_obs)",
     "stacking_elpd_best": "the best single component's elpd_loo over the same observations (nats)",
+    "stacking_elpd_pointwise": "log sum_c w_c p_c(y_i | y_-i) of every observation stacking read, ';'-separated, "
+                               "in index order (the stacked row's elpd_loo_pointwise)",
     "stacking_mode_weights": "the stacking weight on each reference mode, 'A:0.62;B:0.38' (components landed by "
                              "bench.modes.land; '-': in none), beside the reference's masses (ref_mode_masses)",
     "stacked_from": "a stacked row: the cell_id of the fit whose components it stacks",
@@ -132,11 +134,12 @@ def stacking_weights(loos: list) -> np.ndarray:
     return weights / weights.sum()
 
 
-def stacked_log_score(elpd_i: np.ndarray, weights: np.ndarray) -> float:
-    """sum_i log sum_c w_c exp(elpd_i[c, i]), the stacking objective at ``weights`` (nats)."""
+def stacked_pointwise(elpd_i: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """log sum_c w_c exp(elpd_i[c, i]) per observation: the stacked mixture's LOO predictive
+    density, whose sum is the stacking objective at ``weights`` (nats)."""
     top = elpd_i.max(axis=0)
     with np.errstate(divide="ignore"):
-        return float(np.sum(top + np.log(weights @ np.exp(elpd_i - top))))
+        return top + np.log(weights @ np.exp(elpd_i - top))
 
 
 def _component_log_lik(kind: str, comps: xr.Dataset, problem: Problem, terms, obs) -> np.ndarray:
@@ -188,7 +191,8 @@ def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, t
     out: dict[str, Any] = {
         "stacking_components": kind,
         "stacking_weights": ";".join(f"{w:.4g}" for w in weights),
-        "stacking_elpd": stacked_log_score(elpd_i, weights),
+        "stacking_elpd": float(stacked_pointwise(elpd_i, weights).sum()),
+        "stacking_elpd_pointwise": ";".join(repr(float(v)) for v in stacked_pointwise(elpd_i, weights)),
         "stacking_elpd_best": float(elpd_i.sum(axis=1).max()),
     }
     names = _component_modes(kind, comps, chain_modes, modes)

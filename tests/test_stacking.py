@@ -118,8 +118,10 @@ def test_a_single_mode_fit_stacks_to_itself(data):
     weights = np.array([float(v) for v in row["stacking_weights"].split(";")])
     assert weights.sum() == pytest.approx(1.0)
     row.update(cell_id="c", method="nuts")
-    stacked = stacked_row(row, fit, data.truth, None, problem)
-    assert stacked["method"] == "nuts+stacked" and stacked["stacked_from"] == "c"
+    assert stacked_row(row, fit, data.truth, None, problem) is None  # its chains mix: no row of its own
+    stacked, stacked_means = score_fit(stacked_fit(fit, fit.draws, weights), truth=data.truth, problem=problem)
+    stacked.update(stacked_means)
+    assert stacked["method"] == "nuts+stacked"
     assert stacked["n_chains"] == 1 and stacked["n_draws"] == DRAWS
     # The mixture of one mode's chains is that mode: the same means (within 4 Monte Carlo sds of
     # a mean of DRAWS draws), the same predictive density, the same recovery.
@@ -128,9 +130,24 @@ def test_a_single_mode_fit_stacks_to_itself(data):
         for key in [k for k in means if k.startswith(f"mean.{name}")]:
             assert stacked[key] == pytest.approx(means[key], abs=4 * sd / np.sqrt(DRAWS)), key
     assert stacked["elpd_loo"] == pytest.approx(row["elpd_loo"], abs=0.5)
-    assert stacked["stacking_elpd"] == pytest.approx(row["elpd_loo"], abs=0.5)
+    assert row["stacking_elpd"] == pytest.approx(row["elpd_loo"], abs=0.5)
     assert stacked["mode"] == row["mode"] == "truth"
     assert post.sizes["chain"] == 4
+    assert split(dict(row)) == [row]
+
+
+def test_chains_in_two_modes_get_a_stacked_row_of_their_own(data):
+    rng = np.random.default_rng(6)
+    fit = _fit([_chain(rng, [[2.0], [2.0]], 0.1, [0.5, 0.5]), _chain(rng, [[-1.0], [-1.0]], 0.1, [0.5, 0.5])])
+    problem = Problem.make(SPEC, data)
+    row, _ = score_fit(fit, truth=data.truth, problem=problem)
+    row.update(cell_id="c", method="nuts")
+    stacked = stacked_row(row, fit, data.truth, None, problem)
+    assert row["rhat_max"] > 1.5  # both chains collapsed, each onto its own line: they do not mix
+    assert stacked["method"] == "nuts+stacked" and stacked["stacked_from"] == "c"
+    assert stacked["stacking_weights"] == row["stacking_weights"]
+    # The stacked mixture predicts both lines: its elpd_loo beats either chain's alone.
+    assert stacked["elpd_loo"] > row["stacking_elpd_best"] + 10
     assert [r["cell_id"] for r in split({**row, "stacked_row": stacked})] == ["c", "c+stacked"]
 
 

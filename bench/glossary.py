@@ -14,6 +14,7 @@ import re
 from backends.methods import METHODS
 from bench.health import FLAGS
 from bench.metrics import ROW_FIELDS
+from bench.mode_share_table import COLUMNS as MODE_SHARE_COLUMNS
 from bench.tables import ESS_LIMIT, ESS_TARGET, KHAT_BAD, RHAT_LIMIT
 
 
@@ -57,6 +58,8 @@ COLUMNS: dict[str, str] = {
     **dict(_family("cover", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1_floor", f, label) for f, label in _FAMILIES.items()),
+    # SMC and stacking (bench.mode_share_table): each label quotes its row field
+    **{label: _row(field, label) for field, label in MODE_SHARE_COLUMNS.items()},
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},

@@ -17,12 +17,14 @@ from models.errors import MixbenchError
 
 
 class Kind(str, Enum):
-    """What a method's draws are: a Markov chain, independent draws of an approximation, or one
-    point."""
+    """What a method's draws are: a Markov chain, independent draws of an approximation, one
+    point, or the particle populations of sequential Monte Carlo (each chain one independent
+    run's population: its draws are exchangeable, not a sequence)."""
 
     MCMC = "mcmc"
     APPROXIMATION = "approximation"
     POINT = "point"
+    PARTICLES = "particles"
 
 
 # An approximation's per-draw arrays (``Fit.log_p``, ``log_q``, ``log_jacobian``), stored by
@@ -30,6 +32,8 @@ class Kind(str, Enum):
 APPROXIMATION_FIELDS: tuple[str, ...] = ("log_p", "log_q", "log_jacobian")
 # The importance-resampling pool (backends.importance.GROUP and PROPOSAL_GROUP).
 IMPORTANCE_GROUPS: tuple[str, ...] = ("importance_sampling", "importance_proposal")
+# Sequential Monte Carlo's record per run (backends.smc.smc_group): stages, log evidence.
+SMC_GROUP = "smc"
 
 
 class Method(str):
@@ -38,7 +42,8 @@ class Method(str):
     Attributes
     ----------
     kind : Kind
-        MCMC (``chains`` x ``draws`` draws), APPROXIMATION (``vi_draws`` draws of one chain, with
+        MCMC (``chains`` x ``draws`` draws), PARTICLES (``chains`` independent runs of ``draws``
+        particles, with group ``SMC_GROUP``), APPROXIMATION (``vi_draws`` draws of one chain, with
         log p, log q and log |Jacobian| per draw) or POINT (one chain of one draw).
     minibatch : bool
         Each optimisation step sees ``FitSettings.batch_size`` observations.
@@ -108,11 +113,13 @@ class Method(str):
         -------
         tuple of str
             ``posterior`` always; ``sample_stats`` for MCMC (the sampler's statistics) and for
-            approximations (their per-draw arrays); ``approximation`` and the importance groups
+            approximations (their per-draw arrays); ``SMC_GROUP`` for particles; ``approximation`` and the importance groups
             where the traits and settings call for them.
         """
         out = ["posterior"]
-        if self.kind is not Kind.POINT:
+        if self.kind is Kind.PARTICLES:
+            out.append(SMC_GROUP)
+        elif self.kind is not Kind.POINT:
             out.append("sample_stats")
         if self.approximation_parameters and stores_approximation:
             out.append("approximation")
@@ -132,11 +139,11 @@ class Method(str):
         Returns
         -------
         tuple of int (the draws None where they are not fixed)
-            MCMC: (``chains``, ``draws``); APPROXIMATION: (1, ``vi_draws``), but (1, None) for an
+            MCMC and PARTICLES: (``chains``, ``draws``); APPROXIMATION: (1, ``vi_draws``), but (1, None) for an
             importance-resampled method with resampling off (a backend may keep every path's
             draws); POINT: (1, 1).
         """
-        if self.kind is Kind.MCMC:
+        if self.kind in (Kind.MCMC, Kind.PARTICLES):
             return settings.chains, settings.draws
         if self.kind is Kind.APPROXIMATION:
             resampled = not self.importance_resampled or settings.pathfinder_resampling == "psis"
@@ -156,6 +163,8 @@ METHODS: tuple[Method, ...] = (
     Method("map", Kind.POINT, multi_start=True),
     # Laplace: a Gaussian around the mode that a multi-start search found.
     Method("laplace", Kind.APPROXIMATION, multi_start=True, approximation_parameters=("mean", "cov")),
+    # Adaptive tempered SMC (Del Moral, Doucet & Jasra 2006): ``chains`` runs of ``draws`` particles.
+    Method("smc", Kind.PARTICLES),
 )
 _BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 

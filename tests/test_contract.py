@@ -146,7 +146,7 @@ def test_declared_method_gives_canonical_output(name, method, fits, data):
     kind = method_named(method)
     # Shapes from the settings, written out here rather than read from Method.draw_shape.
     expected = {Kind.MCMC: (SETTINGS.chains, SETTINGS.draws), Kind.APPROXIMATION: (1, SETTINGS.vi_draws),
-                Kind.POINT: (1, 1)}[kind.kind]
+                Kind.POINT: (1, 1), Kind.PARTICLES: (SETTINGS.chains, SETTINGS.draws)}[kind.kind]
     assert_canonical_draws(fit.draws, SPEC, *expected)
     for group in kind.groups(SETTINGS, get_backend(name).stores_approximation):
         assert group in fit.draws.children, group

@@ -33,6 +33,7 @@ from backends.numpyro.model import (ENGINE, _constrain, _constrain_fn, _device_d
                                     _log_density_fn, _phase, _precision, _unconstrained_labels, _unflatten,
                                     _value_and_grad_fn)
 from backends.numpyro.nuts import _NUTSPrograms
+from backends.numpyro.smc import fit_smc
 from backends.numpyro.vi import (_CHECK_EVERY, _GUIDES, _OPTIMIZERS, _PATHFINDER, _SVIProgram, _as_json,
                                  _laplace_draws_fn, _laplace_gaussian_fn, _laplace_objective_fn, _laplace_start_fn,
                                  _optimise, _pathfinder_draws_fn, _pathfinder_fn, _svi_approximation)
@@ -64,7 +65,9 @@ class NumPyroBackend(Backend):
                          "advi-minibatch-fullrank", "map"), "_fit_svi"),
         "pathfinder": "_fit_pathfinder",
         "laplace": "_fit_laplace",
+        "smc": "_fit_smc",
     }
+    _fit_smc = fit_smc  # backends/numpyro/smc.py
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if method_named(method).kind is Kind.MCMC and settings.sampler not in (None, "numpyro"):

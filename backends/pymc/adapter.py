@@ -34,6 +34,7 @@ from backends.importance import attach_pool, choose_draws
 from backends.methods import Kind
 from backends.methods import method as method_named
 from backends.pymc.model import _Compiled, _precision, compiled
+from backends.pymc.smc import fit_smc
 from backends.pymc.nuts import (_jax_gradient, _nutpie_gradient, _pytensor_gradient, _run_numpyro, _run_nutpie,
                                 _run_pymc, _sample_stats)
 from backends.pymc.vi import VI_METHODS, PATHFINDER_MAXITER, _ConvergenceCheck, _optimizer, _prepared_advi, _stored_single_pathfinder
@@ -77,7 +78,9 @@ class PyMCBackend(Backend):
         "pathfinder": "_pathfinder",
         "map": "_map",
         "laplace": "_laplace",
+        "smc": "_smc",
     }
+    _smc = fit_smc  # backends/pymc/smc.py
     likelihoods = LIKELIHOODS  # the forum replay likelihoods too: they replay PyMC code
 
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:

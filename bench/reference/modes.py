@@ -46,7 +46,7 @@ from backends.base import canonical_datatree
 from backends.degenerate import degenerate_components
 from bench.reference.mode_mass import KHAT_MAX, masses, mode_log_z
 from bench.score.modes import scaled_distance
-from bench.score.problem import Problem, batch_log_density
+from bench.score.problem import Problem, allocate, batch_log_density
 from bench.score.relabel import posterior_dataset
 from models.spec import MixtureSpec
 
@@ -446,14 +446,6 @@ def _names():
         yield letter
     for i in range(1000):
         yield f"M{i}"
-
-
-def allocate(mass: np.ndarray, total: int) -> np.ndarray:
-    """Integer counts summing to ``total`` in proportion to ``mass`` (largest remainders)."""
-    raw = np.asarray(mass, dtype=float) / np.sum(mass) * total
-    counts = np.floor(raw).astype(int)
-    counts[np.argsort(-(raw - counts))[: total - counts.sum()]] += 1
-    return counts
 
 
 def _mixture(weighted: list[dict], settings) -> tuple[xr.DataTree, np.ndarray, np.ndarray, list]:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.report.costs import cost_record, cost_sections
 from bench.report.figures import Figure, report_figures
+from bench.report.mode_share_table import mode_share_table
 from bench.report.findings import SetupFindings, findings
 from bench.report.glossary import WORDS, glossary_for
 from bench.report.sweep_figures import sweep_figures
@@ -210,7 +211,8 @@ def build_report(paths: list[Path], fig_dir: Path):
     cost_tables, cost_figures = cost_sections(frame, environments, fig_dir)
     tables += [Table(_slug(title), title, text, table) for title, text, table in cost_tables]
     if len(frame):
-        tables += [t for t in (flagged_table(frame), means_table(frame), problems_table(frame)) if not t.empty]
+        tables += [t for t in (flagged_table(frame), mode_share_table(frame), means_table(frame), problems_table(frame))
+                   if not t.empty]
     tables = [part for table in tables for part in split_wide(table)]
     figures, notes = report_figures(frame, run_dirs, fig_dir) if len(frame) else ([], [])
     figures = (sweep_figures(frame, fig_dir) if len(frame) else []) + figures

@@ -15,6 +15,7 @@ from backends.methods import METHODS
 from bench.report.tables import ESS_LIMIT, ESS_TARGET, KHAT_BAD, RHAT_LIMIT
 from bench.score.columns import ROW_FIELDS
 from bench.score.health import FLAGS
+from bench.report.mode_share_table import COLUMNS as MODE_SHARE_COLUMNS
 
 
 def _row(field: str, fallback: str) -> str:
@@ -60,6 +61,8 @@ COLUMNS: dict[str, str] = {
     **dict(_family("w1", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1_floor", f, label) for f, label in _FAMILIES.items()),
     **dict(_family("w1_mode", f, label) for f, label in _FAMILIES.items()),
+    # SMC and stacking (bench.report.mode_share_table): each label quotes its row field
+    **{label: _row(field, label) for field, label in MODE_SHARE_COLUMNS.items()},
     # modes
     **{f"landed {m}": f"seeds whose fit landed in mode '{m}' (see mode words)" for m in
        ("truth", "reference", "collapsed", "other", "mixed")},

@@ -39,6 +39,7 @@ from bench.run.provenance import write_run_info
 from bench.run.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals  # noqa: F401 - re-exported
 from bench.score.metrics import score_fit
 from bench.score.problem import Problem
+from bench.score.stacked_rows import STACKED_KEY, split, stacked_row
 from models.datafile import data_digest, load_csv
 from models.errors import MixbenchError, MixbenchWarning
 from models.families import point_params
@@ -304,6 +305,10 @@ def _execute(cell: Cell, row: dict[str, Any], out_dir: Path | None, save_draws: 
             if not reference.accepted:
                 row["reference_failed"] = "; ".join(reference.failed_checks)
                 row["reference_causes"] = reference.causes
+        if fit.ok and fit.draws is not None:
+            stacked = stacked_row(row, fit, dataset.truth, reference, problem)
+            if stacked is not None:
+                row[STACKED_KEY] = stacked
         row["time_metrics"] = time.perf_counter() - metrics_start
         if fit.ok and fit.draws is not None and out_dir is not None:
             row.update(_keep_draws(cell, fit, out_dir, save_draws))
@@ -673,7 +678,8 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
 
         def on_row(row: dict[str, Any]) -> None:
             try:
-                store.append(row)
+                for one in split(row):  # a cell's row and its stacked row (bench.stacked_rows)
+                    store.append(one)
                 written.append(row["cell_id"])
             except (OSError, TypeError, ValueError) as exc:
                 unwritten.append(row)

@@ -64,13 +64,14 @@ def available_memory() -> int:
 
 
 def fit_bytes(spec: MixtureSpec, N: int, method: str, settings: FitSettings) -> int:
-    """A lower bound on the bytes one fit holds: its draws (draws per chain x chains for NUTS,
-    ``vi_draws`` for an approximation, ``map_starts`` points for MAP) x parameters x 8 bytes,
+    """A lower bound on the bytes one fit holds: its draws (draws per chain x chains for NUTS and
+    SMC, ``vi_draws`` for an approximation, ``map_starts`` points for MAP) x parameters x 8 bytes,
     plus the pointwise log likelihood the scoring keeps (draws x N, at most LOO_MAX_VALUES
     values, bench.score.predictive) and the data (N x (D + 1))."""
     params = spec.K * spec.D + spec.K * int(spec.intercept) + (spec.K if spec.sigma == "per-component" else 1) + spec.K
     kind = method_named(method).kind
-    draws = {Kind.MCMC: settings.chains * settings.draws, Kind.POINT: settings.map_starts}.get(kind, settings.vi_draws)
+    draws = {Kind.MCMC: settings.chains * settings.draws, Kind.PARTICLES: settings.chains * settings.draws,
+             Kind.POINT: settings.map_starts}.get(kind, settings.vi_draws)
     return 8 * (draws * params + int(min(draws * N, LOO_MAX_VALUES)) + N * (spec.D + 1))
 
 

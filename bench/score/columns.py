@@ -7,7 +7,9 @@ from __future__ import annotations
 from bench.score.health import HEALTH_FIELDS
 from bench.score.landing import LANDING_FIELDS
 from bench.score.modes import MODE_FIELDS
+from bench.score.particles import PARTICLE_FIELDS
 from bench.score.predictive import LOO_FIELDS
+from bench.score.stacking import STACKING_FIELDS
 
 # nu: Student-t degrees of freedom when a parameter; gamma: softmax weights' coefficients (models/spec.py).
 FAMILIES = ("w", "b", "sigma", "pi", "nu", "gamma")
@@ -121,6 +123,10 @@ ROW_FIELDS: dict[str, str] = {
     **LOO_FIELDS,
     # Health
     **HEALTH_FIELDS,
+    # SMC's record and the draws' shares of the reference's modes (bench.score.particles); stacking of
+    # the fit's chains or paths (bench.score.stacking)
+    **PARTICLE_FIELDS,
+    **STACKING_FIELDS,
     "degenerate": "components whose sigma collapsed onto tied points (sigma below 0.1 x the data's resolution, "
                   "the smallest gap between distinct y; backends.degenerate), with the points each holds, e.g. "
                   "'chain 1: sigma[1] = 1.9e-14 on 10 points'; empty when none",

@@ -31,6 +31,7 @@ from bench.score.columns import FAMILIES, ROW_FIELDS
 from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
 from bench.score.modes import mode_columns, own_mode_draws
+from bench.score.particles import particle_columns
 from bench.score.predictive import loo_keep, loo_metrics, subsample_seed
 from bench.score.problem import thin_indices
 from bench.score.relabel import (
@@ -47,6 +48,7 @@ from bench.score.relabel import (
     relabel,
 )
 from bench.score.settings import MetricSettings
+from bench.score.stacking import stacking_columns
 
 NAN = float("nan")
 
@@ -840,6 +842,13 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
                        seed=subsample_seed(data.x, data.y))
 
 
+def _stacking_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    data = s.problem.dataset if s.problem is not None else None
+    return stacking_columns(s.fit, s.raw, s.problem, terms=s.terms, chain_modes=row.get("ref_mode_chains"),
+                            modes=s.ref_modes, max_obs=s.settings.loo_max_obs,
+                            seed=subsample_seed(data.x, data.y) if data is not None else 0)
+
+
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
     return health(row, s.raw, s.rel.draws, s.problem, mcmc=s.mcmc, single_point=s.single_point,
                   converged=s.fit.converged, settings=s.settings)
@@ -857,6 +866,8 @@ METRICS: list[tuple[str, Any]] = [
     ("w1", _w1_metric),
     ("w1_mode", _w1_mode_metric),
     ("loo", _loo_metric),
+    ("particles", lambda s, row: particle_columns(s.raw, s.ref_modes)),
+    ("stacking", _stacking_metric),
     ("health", _health_metric),
 ]
 

@@ -63,7 +63,8 @@ LOO_FIELDS: dict[str, str] = {
     "loo_khat_max": "largest Pareto k-hat over observations (above about 0.7 the estimate is unreliable)",
     "loo_n_bad": "observations whose Pareto k-hat exceeds arviz-stats' threshold min(1 - 1/log10(S), 0.7)",
     "loo_method": "psis-loo (MCMC draws, or an approximation's own draws without log q), psis-loo-approximate "
-                  "(an approximation's own draws, weighted by p/q), psis-loo-proposal (importance-resampled "
+                  "(an approximation's own draws, weighted by p/q), stacking (a stacked row: log sum_c w_c p_c(y_i | y_-i) of its "
+                  "components' PSIS-LOO, bench.stacked_rows), psis-loo-proposal (importance-resampled "
                   "draws: their proposal, weighted by p/q) or psis-loo-resampled (importance-resampled draws "
                   "without their proposal: distinct draws weighted by how often each was chosen)",
     "loo_draws": "draws the PSIS-LOO estimate used (thinned evenly)",

@@ -124,6 +124,14 @@ def batch_log_density(spec: MixtureSpec, x: np.ndarray, y: np.ndarray, params: d
     return np.where(np.isnan(lp), -np.inf, lp)
 
 
+def allocate(mass: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``mass`` (largest remainders)."""
+    raw = np.asarray(mass, dtype=float) / np.sum(mass) * total
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(-(raw - counts))[: total - counts.sum()]] += 1
+    return counts
+
+
 def thin_indices(n: int, most: int) -> np.ndarray:
     """At most ``most`` indices of 0..n-1, evenly spaced (all of them when n <= most)."""
     if n <= most:

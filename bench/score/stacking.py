@@ -1,0 +1,265 @@
+"""Stacking of non-mixing computations: a fit's chains (or Pathfinder paths) weighted by their
+leave-one-out predictive performance, and the stacked mixture scored as a fit of its own.
+
+Yao, Vehtari & Gelman (2022), "Stacking for non-mixing Bayesian computations: the curse and
+blessing of multimodal posteriors" (JMLR 23): where chains stay in different modes, each chain
+c is its own approximation p_c(theta | y); its pointwise PSIS-LOO predictive densities
+p_c(y_i | y_-i) (Vehtari, Gelman & Gabry 2017) are stacked by maximising the log score
+
+    sum_i log sum_c w_c p_c(y_i | y_-i)   over the simplex w_c >= 0, sum_c w_c = 1
+
+(Yao, Vehtari, Simpson & Gelman 2018, eq. 4), which arviz-stats' ``compare(method="stacking")``
+solves (SciPy's SLSQP on the same objective and its gradient). The stacked posterior is the
+mixture sum_c w_c p_c. Components: the chains of an MCMC or SMC fit (each SMC run's particle
+population is one), or the paths of a multi-path Pathfinder fit (its proposal pool, by path).
+A MAP or Laplace fit keeps only its best start's point, so its starts cannot be stacked.
+
+The pointwise log likelihood of a fit's chains is the one its scoring evaluated once
+(``bench.score.metrics.Scoring.terms``); observations beyond ``max_obs`` are subsampled with the
+seed PSIS-LOO uses (``bench.score.predictive.subsample_seed``): the log score of a simple random
+sample of observations is an unbiased estimate of the whole one, up to the factor N / max_obs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import arviz_stats as azs
+import numpy as np
+import xarray as xr
+
+from backends.base import Fit
+from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
+from bench.score.modes import land
+from bench.score.problem import Problem, allocate, thin_indices
+from bench.score.relabel import posterior_dataset
+
+NAN = float("nan")
+SUFFIX = "+stacked"  # a stacked row's method: the fit's method with this suffix
+MAX_DRAWS_PER_COMPONENT = 400  # draws per component whose pointwise log likelihood a path's LOO reads
+
+STACKING_FIELDS: dict[str, str] = {
+    "stacking_components": "what was stacked: chains (an MCMC or SMC fit's chains or particle populations) or "
+                           "paths (a multi-path Pathfinder's paths); empty where fewer than two",
+    "stacking_weights": "stacking weights of the components, 'w0;w1;...' in component order (Yao, Vehtari & "
+                        "Gelman 2022: the log score of their PSIS-LOO predictive densities maximised over the simplex)",
+    "stacking_elpd": "the stacked mixture's log score sum_i log sum_c w_c p_c(y_i | y_-i) (nats; over the "
+                     "observations PSIS-LOO read: all, or the subsample of loo_obs)",
+    "stacking_elpd_best": "the best single component's elpd_loo over the same observations (nats)",
+    "stacking_elpd_pointwise": "log sum_c w_c p_c(y_i | y_-i) of every observation stacking read, ';'-separated, "
+                               "in index order (the stacked row's elpd_loo_pointwise)",
+    "stacking_mode_weights": "the stacking weight on each reference mode, 'A:0.62;B:0.38' (components landed by "
+                             "bench.score.modes.land; '-': in none), beside the reference's masses (ref_mode_masses)",
+    "stacked_from": "a stacked row: the cell_id of the fit whose components it stacks",
+}
+
+
+def components(fit: Fit, draws: xr.DataTree) -> tuple[str, xr.Dataset] | None:
+    """The components a fit's stacking weights: (``"chains"`` or ``"paths"``, their posterior with
+    one component per ``chain`` and the same number of draws each), or None for fewer than two.
+
+    Parameters
+    ----------
+    fit : Fit
+    draws : xarray.DataTree
+        The fit's canonical draws (a Pathfinder fit's with group ``importance_proposal``).
+    """
+    if PROPOSAL_GROUP in draws.children and IMPORTANCE_GROUP in draws.children:
+        path = np.asarray(draws[IMPORTANCE_GROUP]["path"].values, dtype=int)
+        pool = draws[PROPOSAL_GROUP].to_dataset().isel(chain=0)
+        labels = np.unique(path)
+        if labels.size < 2:
+            return None
+        size = min(int(np.sum(path == p)) for p in labels)
+        pieces = [pool.isel(draw=np.flatnonzero(path == p)[:size]).assign_coords(draw=np.arange(size))
+                  for p in labels]
+        return "paths", xr.concat(pieces, dim="chain").assign_coords(chain=np.arange(labels.size))
+    ds = posterior_dataset(draws)
+    if ds.sizes["chain"] < 2 or ds.sizes["draw"] < 2:
+        return None
+    return "chains", ds
+
+
+def pointwise_loo(log_lik: np.ndarray, reff: float = 1.0) -> list:
+    """PSIS-LOO of each component (arviz-stats' ``loo``, pointwise).
+
+    Parameters
+    ----------
+    log_lik : ndarray, shape (components, draws, observations)
+        log p(y_i | theta_s) of each component's draws.
+    reff : float
+        Relative efficiency of the draws; it sets only the length of the Pareto tail PSIS fits
+        (Vehtari et al. 2024), so 1.0 serves chains too.
+
+    Returns
+    -------
+    list of arviz_stats ELPDData, one per component
+        Their ``elpd_i`` are log p_c(y_i | y_-i).
+    """
+    out = []
+    for values in log_lik:
+        tree = xr.DataTree.from_dict({"log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), values[None])})})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # high Pareto k: the pooled row's loo_khat_max says it
+            out.append(azs.loo(tree, pointwise=True, reff=reff))
+    return out
+
+
+def elpd_matrix(loos: list) -> np.ndarray:
+    """(components, observations) pointwise elpd of ``pointwise_loo``'s results."""
+    return np.stack([np.ravel(loo.elpd_i.values) for loo in loos])
+
+
+def stacking_weights(loos: list) -> np.ndarray:
+    """Stacking weights of components from their PSIS-LOO results.
+
+    Parameters
+    ----------
+    loos : list of arviz_stats ELPDData, one per component, over the same observations
+
+    Returns
+    -------
+    ndarray, shape (components,)
+        The weights maximising sum_i log sum_c w_c p_c(y_i | y_-i) on the simplex: arviz-stats'
+        ``compare(method="stacking")`` (Yao et al. 2018, eq. 4; SciPy's SLSQP), in component order.
+        arviz-stats exponentiates the pointwise values as they are: an observation more than
+        about 745 nats below zero under every component would make the objective infinite.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = azs.compare({f"c{c}": loo for c, loo in enumerate(loos)}, method="stacking")
+    weights = np.clip([float(table.loc[f"c{c}", "weight"]) for c in range(len(loos))], 0.0, None)
+    return weights / weights.sum()
+
+
+def stacked_pointwise(elpd_i: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """log sum_c w_c exp(elpd_i[c, i]) per observation: the stacked mixture's LOO predictive
+    density, whose sum is the stacking objective at ``weights`` (nats)."""
+    top = elpd_i.max(axis=0)
+    with np.errstate(divide="ignore"):
+        return top + np.log(weights @ np.exp(elpd_i - top))
+
+
+def _component_log_lik(kind: str, comps: xr.Dataset, problem: Problem, terms, obs) -> np.ndarray:
+    if kind == "chains" and terms is not None:
+        return terms.terms[:, :, obs]
+    keep = thin_indices(comps.sizes["draw"], MAX_DRAWS_PER_COMPONENT)
+    tree = xr.DataTree.from_dict({"posterior": comps})
+    index = [(c, int(d)) for c in range(comps.sizes["chain"]) for d in keep]
+    return problem.pointwise_draws(tree, index).reshape(comps.sizes["chain"], keep.size, -1)[:, :, obs]
+
+
+def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, terms=None,
+                     chain_modes: str | None = None, modes: list | None = None, max_obs: int = 1000,
+                     seed: int = 0) -> dict[str, Any]:
+    """The STACKING_FIELDS of one fit (without ``stacked_from``); empty where there is nothing to
+    stack (fewer than two components, no data, a likelihood without pointwise terms).
+
+    Parameters
+    ----------
+    fit : Fit
+    draws : xarray.DataTree
+        The fit's raw draws.
+    problem : bench.score.problem.Problem or None
+    terms : bench.score.problem.DrawTerms, optional
+        The chains' pointwise log likelihood, evaluated once by the scoring.
+    chain_modes : str, optional
+        The row's ``ref_mode_chains`` (each chain's reference mode, from its relabelled draws).
+    modes : list of dict, optional
+        The reference's modes (bench.reference.modes), to land Pathfinder paths in.
+    max_obs : int
+        Observations beyond this are subsampled (seeded by ``seed``).
+    """
+    if problem is None or problem.spec.likelihood != "mixture":
+        return {}
+    found = components(fit, draws)
+    if found is None:
+        return {}
+    kind, comps = found
+    n_obs = problem.dataset.N
+    obs = (np.sort(np.random.default_rng(seed).choice(n_obs, size=max_obs, replace=False)) if n_obs > max_obs
+           else slice(None))
+    log_lik = _component_log_lik(kind, comps, problem, terms, obs)
+    good = np.isfinite(log_lik).all(axis=(0, 2))
+    if not good.any():
+        return {}
+    loos = pointwise_loo(log_lik[:, good])
+    elpd_i = elpd_matrix(loos)
+    weights = stacking_weights(loos)
+    out: dict[str, Any] = {
+        "stacking_components": kind,
+        "stacking_weights": ";".join(f"{w:.4g}" for w in weights),
+        "stacking_elpd": float(stacked_pointwise(elpd_i, weights).sum()),
+        "stacking_elpd_pointwise": ";".join(repr(float(v)) for v in stacked_pointwise(elpd_i, weights)),
+        "stacking_elpd_best": float(elpd_i.sum(axis=1).max()),
+    }
+    names = _component_modes(kind, comps, chain_modes, modes)
+    if names is not None:
+        totals: dict[str, float] = {}
+        for name, w in zip(names, weights):
+            totals[name] = totals.get(name, 0.0) + float(w)
+        out["stacking_mode_weights"] = ";".join(f"{n}:{w:.3g}" for n, w in sorted(totals.items()))
+    return out
+
+
+def _component_modes(kind: str, comps: xr.Dataset, chain_modes: str | None, modes: list | None) -> list[str] | None:
+    if kind == "chains" and isinstance(chain_modes, str) and chain_modes:
+        return chain_modes.split(";")
+    if kind == "paths" and modes:
+        K = int(comps.sizes["component"])
+        return [land({n: comps[n].isel(chain=c).mean("draw").values for n in comps.data_vars}, modes, K) or "-"
+                for c in range(comps.sizes["chain"])]
+    return None
+
+
+def parse_weights(text: Any) -> np.ndarray | None:
+    """A row's ``stacking_weights`` as an array, None where the row has none."""
+    if not isinstance(text, str) or not text:
+        return None
+    return np.array([float(v) for v in text.split(";")])
+
+
+def stacked_fit(fit: Fit, draws: xr.DataTree, weights: np.ndarray) -> Fit:
+    """The stacked mixture as a Fit of one chain: from each component c an evenly thinned share
+    w_c of the draws (largest remainders; no draw repeated), method ``fit.method + SUFFIX``.
+
+    Parameters
+    ----------
+    fit : Fit
+        An ok fit with at least two components (``components``).
+    draws : xarray.DataTree
+        Its raw draws.
+    weights : ndarray, shape (components,)
+
+    Returns
+    -------
+    Fit
+        Status ok, the fit's identity, timings and settings (stacking adds no engine time), draws
+        one chain of as many draws as a component holds.
+
+    Raises
+    ------
+    ValueError
+        The fit has fewer than two components, or as many weights as it has not.
+    """
+    found = components(fit, draws)
+    if found is None or found[1].sizes["chain"] != weights.size:
+        raise ValueError(f"stacked_fit: {weights.size} weights for "
+                         f"{0 if found is None else found[1].sizes['chain']} components")
+    comps = found[1]
+    n = comps.sizes["draw"]
+    counts = allocate(weights, n)
+    pieces = [comps.isel(chain=c, draw=thin_indices(n, int(k))).drop_vars(["chain", "draw"], errors="ignore")
+              for c, k in enumerate(counts) if k > 0]
+    mixed = xr.concat(pieces, dim="draw", coords="minimal").assign_coords(draw=np.arange(n)).expand_dims(chain=[0])
+    tree = xr.DataTree.from_dict({"posterior": mixed.transpose("chain", "draw", ...)})
+    tree.attrs.update({"stacking_weights": ";".join(f"{w:.4g}" for w in weights), "stacked_components": found[0]})
+    return Fit(backend=fit.backend, method=f"{fit.method}{SUFFIX}", status="ok", engine=fit.engine, draws=tree,
+               timings=dict(fit.timings), versions=dict(fit.versions), settings=dict(fit.settings), seed=fit.seed,
+               precision=fit.precision)
+
+
+def is_stacked(method: Any) -> bool:
+    """Whether a row's method is a stacked mixture's."""
+    return isinstance(method, str) and method.endswith(SUFFIX)

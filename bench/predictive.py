@@ -49,10 +49,15 @@ import xarray as xr
 
 from backends.base import Fit
 from bench.problem import DrawTerms, Problem, thin_indices
+from bench.psis_logsumexp import install as install_fast_logsumexp
 from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
 from bench.relabel import posterior_dataset
 
 NAN = float("nan")
+
+# arviz-stats' PSIS-LOO with SciPy's logsumexp arithmetic minus its per-call dispatch (bitwise
+# the same values; bench.psis_logsumexp): most of PSIS-LOO's time at N <= 1e3.
+install_fast_logsumexp()
 
 LOO_FIELDS: dict[str, str] = {
     "elpd_loo": "PSIS-LOO expected log pointwise predictive density of y, summed over observations "

@@ -26,7 +26,8 @@ from backends.caches import (CacheWarning, cache_key, cache_root, discard_entry,
                              source_digest, write_atomic)
 
 FORMAT = 2  # 2: entries are envelopes (_wrap)
-SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).parents[1] / "models" / "spec.py")
+SOURCES = (Path(__file__), Path(__file__).with_name("pymc.py"), Path(__file__).with_name("pymc_vi_store.py"),
+           Path(__file__).parents[1] / "models" / "spec.py")
 
 
 def store_dir() -> Path:

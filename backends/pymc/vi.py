@@ -12,10 +12,10 @@ import pymc as pm
 import pymc.variational as pmvi
 
 from backends.fit import OPTIMIZERS, FitSettings
-from backends.pytensor_store import load_or_build
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.pymc_model import build_model
+from backends.pymc import vi_store
 from backends.pymc.model import _Compiled
 
 VI_METHODS = {
@@ -37,15 +37,13 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
     approximation and compiles its step function; ``refine()`` then runs the iterations, so the
     two are timed apart.
 
-    The prepared object is stored whole (backends/pytensor_store.py) under the exact cell: spec,
-    data, method, VI settings and seed. An identical run reloads the very object the first one
-    built, its random state and starting point included, and skips PyTensor's rewrites; a run
-    with another seed or data builds its own, as PyMC seeds the approximation's starting point
-    and the step function's random stream from the seed.
+    The prepared object is stored whole (backends/pytensor_store.py) under spec, data, method and
+    VI settings, not the seed, and kept in the process (backends/pymc/vi_store.py): every fit
+    resets its parameters and gives its random streams those PyMC seeds from ``seed``.
     """
     pm_method, minibatch = VI_METHODS[method]
 
-    def build():
+    def build(build_seed: int):
         model = entry.model
         if minibatch:
             # The step function draws a fresh batch of rows each iteration; each batch's log
@@ -54,17 +52,15 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
                                 total_size=settings.minibatch_total_size)
         inference_cls = pm.ADVI if pm_method == "advi" else pm.FullRankADVI
         with model:
-            inference = inference_cls(random_seed=seed)
+            inference = inference_cls(random_seed=build_seed)
             inference.fit(0, obj_optimizer=_optimizer(settings), progressbar=False)
         return inference
 
-    description = entry.description(function="advi", method=method, data=dataset.digest(), seed=seed,
+    description = entry.description(function="advi", method=method, data=dataset.digest(),
                                     optimizer=settings.optimizer, learning_rate=settings.learning_rate,
                                     batch_size=settings.batch_size if minibatch else None,
                                     total_size=settings.minibatch_total_size if minibatch else None)
-    # One step of a throw-away copy compiles the loaded graph's Numba code (see load_or_build).
-    inference, _ = load_or_build(description, build, warm_up=lambda copy: copy.state.step())
-    return inference
+    return vi_store.advi(description, build, seed)
 
 
 @contextmanager
@@ -74,7 +70,8 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
     ``multipath_pathfinder`` builds (and times as its compile) one seedable single-path function
     per call, from ``make_single_pathfinder_fn``, and offers no way to pass one in; for this block
     its module's reference is swapped for a version that keeps the function (cloudpickle) under
-    the data and every argument, so an identical run loads it instead of compiling. The paths
+    the data and every argument, so an identical run loads it instead of compiling, and keeps it
+    in the process for later seeds (backends/pymc/vi_store.py). The paths
     themselves are pymc-extras' own, seeded per call as before. Its graphs are keyed differently
     by Numba once unpickled, hence the warm-up path (backends/pytensor_store.py).
     """
@@ -85,9 +82,7 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
     def stored(model, **kwargs):
         description = entry.description(function="single_pathfinder", data=dataset.digest(),
                                         arguments={name: repr(value) for name, value in sorted(kwargs.items())})
-        function, _ = load_or_build(description, lambda: original(model, **kwargs),
-                                    warm_up=lambda copy: copy(0))
-        return function
+        return vi_store.single_path(description, lambda: original(model, **kwargs))
 
     multipath.make_single_pathfinder_fn = stored
     try:

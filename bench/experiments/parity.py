@@ -116,7 +116,7 @@ def mixbench_cmd(backend: str, args, out: Path) -> list[str]:
             "--draws", str(args.draws), "--reference", "none", "--out", str(out), "--fresh", "--no-report"]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=10_000)
     parser.add_argument("--chains", type=int, default=2)
@@ -126,30 +126,51 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backends", default="pymc,numpyro", help="pymc (against nutpie), numpyro")
     parser.add_argument("--out", type=Path, default=Path("results/parity"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="mixbench-parity-"))
+    return parser
+
+
+def write_inputs(args, work: Path) -> None:
+    """The forum data at N (``data.npz``) and the direct scripts, in ``work``."""
     data = get_scenario("forum").simulate(0, N=args.N)
     np.savez(work / "data.npz", x=np.asarray(data.x, dtype=float), y=np.asarray(data.y, dtype=float))
+    for name, source in DIRECT.values():
+        (work / f"direct_{name}.py").write_text(textwrap.dedent(source))
+
+
+def direct_cmd(backend: str, args, work: Path) -> list[str]:
+    name, _ = DIRECT[backend]
+    return [sys.executable, str(work / f"direct_{name}.py"), str(work / "data.npz"), str(args.chains),
+            str(args.warmup), str(args.draws), str(args.seed)]
+
+
+def run_pair(backend: str, args, work: Path, repeat: int) -> dict:
+    """One mixbench cell, then the direct script, each a whole process: their times and ratio."""
+    out = work / f"run-{backend}-{repeat}"
+    mb = timed(mixbench_cmd(backend, args, out)) | {"row": cell_row(out)}
+    dr = timed(direct_cmd(backend, args, work))
+    return {"backend": backend, "direct": DIRECT[backend][0], "repeat": repeat, "mixbench": mb,
+            "direct_script": dr, "ratio_wall": mb["wall_s"] / dr["wall_s"]}
+
+
+def describe(run: dict) -> str:
+    mb, dr, row = run["mixbench"], run["direct_script"], run["mixbench"]["row"]
+    return (f"{run['backend']} vs {run['direct']} #{run['repeat']}: mixbench {mb['wall_s']:.1f} s (load "
+            f"{mb['load_1min']:.1f}; compile {row['compile']} {row['t_compile'] or 0:.1f} s, warm-up + sampling "
+            f"{(row['t_warmup'] or 0) + (row['t_sampling'] or 0):.1f} s), direct {dr['wall_s']:.1f} s "
+            f"(load {dr['load_1min']:.1f}): ratio {run['ratio_wall']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mixbench-parity-"))
+    write_inputs(args, work)
     results = {"settings": vars(args) | {"out": str(args.out)}, "cpus": os.cpu_count(), "runs": []}
     for backend in args.backends.split(","):
-        name, source = DIRECT[backend]
-        script = work / f"direct_{name}.py"
-        script.write_text(textwrap.dedent(source))
-        direct = [sys.executable, str(script), str(work / "data.npz"), str(args.chains), str(args.warmup),
-                  str(args.draws), str(args.seed)]
         for repeat in range(args.repeats):
-            out = work / f"run-{backend}-{repeat}"
-            mb = timed(mixbench_cmd(backend, args, out)) | {"row": cell_row(out)}
-            dr = timed(direct)
-            run = {"backend": backend, "direct": name, "repeat": repeat, "mixbench": mb, "direct_script": dr,
-                   "ratio_wall": mb["wall_s"] / dr["wall_s"]}
+            run = run_pair(backend, args, work, repeat)
             results["runs"].append(run)
-            row = mb["row"]
-            print(f"{backend} vs {name} #{repeat}: mixbench {mb['wall_s']:.1f} s (load {mb['load_1min']:.1f}; "
-                  f"compile {row['compile']} {row['t_compile'] or 0:.1f} s, warm-up + sampling "
-                  f"{(row['t_warmup'] or 0) + (row['t_sampling'] or 0):.1f} s), direct {dr['wall_s']:.1f} s "
-                  f"(load {dr['load_1min']:.1f}): ratio {run['ratio_wall']:.2f}", flush=True)
+            print(describe(run), flush=True)
         ratios = [r["ratio_wall"] for r in results["runs"] if r["backend"] == backend]
         results[f"{backend}_median_ratio_wall"] = statistics.median(ratios)
     (args.out / "parity.json").write_text(json.dumps(results, indent=2))

@@ -10,13 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from bench.reference.posterior import (
-    ReferenceSettings,
-    load_reference,
-    make_reference,
-    reference_from_draws,
-    write_reference,
-)
+from bench.reference.posterior import (ReferenceSettings, load_reference, reference_from_draws, write_reference)
+from bench.reference.make import make_reference
 from bench.score.problem import Problem
 from models import MixbenchError, get_scenario
 from models.data import Dataset

@@ -11,7 +11,8 @@ import pytest
 
 from backends import get_backend
 from backends.base import FitSettings
-from bench.reference.posterior import ReferenceSettings, make_reference
+from bench.reference.posterior import (ReferenceSettings)
+from bench.reference.make import make_reference
 from bench.score.metrics import evaluate
 from bench.score.problem import Problem
 from bench.score.relabel import posterior_dataset, relabel

@@ -10,15 +10,8 @@ import pytest
 import xarray as xr
 
 from backends.base import Backend, Fit, FitSettings, canonical_datatree
-from bench.reference.posterior import (
-    ReferenceSettings,
-    load_reference,
-    make_reference,
-    read_draws_file,
-    reference_from_draws,
-    resolve_reference,
-    write_reference,
-)
+from bench.reference.posterior import (ReferenceSettings, load_reference, read_draws_file, reference_from_draws, write_reference)
+from bench.reference.make import make_reference, resolve_reference
 from bench.score.problem import Problem
 from models import MixbenchError, get_scenario, log_density
 from models.data import Dataset

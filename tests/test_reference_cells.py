@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import bench.reference.make
 import bench.reference.posterior
 import bench.run.references
 from bench.cli import main
@@ -38,7 +39,7 @@ def made_where(pid_file: Path, problem, settings, progress=None):
     pid_file.write_text(str(os.getpid()))
     fake = dataclasses.replace(settings, method="nuts", backend="tests.test_reference:PoorModeBackend", chains=4,
                                warmup=0, ess_min=100)
-    return bench.reference.posterior.make_reference(problem, fake, progress=progress)
+    return bench.reference.make.make_reference(problem, fake, progress=progress)
 
 
 def crash(problem, settings, progress=None):

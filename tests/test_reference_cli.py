@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import bench.run.references
+import bench.reference.make
 import bench.reference.posterior
 from bench.cli import main
 from bench.run.harness import read_rows
@@ -89,7 +90,7 @@ def test_a_reference_for_other_data_is_refused_by_run(tmp_path, data_file, refer
 
 
 QUICK = "tests.fake_backends:QuickBackend"
-REAL_MAKE = bench.reference.posterior.make_reference
+REAL_MAKE = bench.reference.make.make_reference
 
 
 def fake_make(backend: str, calls: Path, problem, settings, **kwargs):

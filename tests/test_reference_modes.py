@@ -100,7 +100,8 @@ def _mirror_problem() -> Problem:
 
 @pytest.mark.slow
 def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_are_named_by_mode(tmp_path):
-    from bench.reference.posterior import ReferenceSettings, make_reference
+    from bench.reference.posterior import (ReferenceSettings)
+    from bench.reference.make import make_reference
 
     problem = _mirror_problem()
     ref = make_reference(problem, ReferenceSettings(explore_chains=8, explore_warmup=200, explore_draws=100,

@@ -15,7 +15,8 @@ from backends.fit import OPTIMIZERS, FitSettings
 from models.data import Dataset
 from models.errors import MixbenchError
 from models.pymc_model import build_model
-from backends.pymc import vi_store
+from backends.pymc.vi_store import advi as stored_advi
+from backends.pymc.vi_store import single_path
 from backends.pymc.model import _Compiled
 
 VI_METHODS = {
@@ -60,7 +61,7 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
                                     optimizer=settings.optimizer, learning_rate=settings.learning_rate,
                                     batch_size=settings.batch_size if minibatch else None,
                                     total_size=settings.minibatch_total_size if minibatch else None)
-    return vi_store.advi(description, build, seed)
+    return stored_advi(description, build, seed)
 
 
 @contextmanager
@@ -82,7 +83,7 @@ def _stored_single_pathfinder(entry: _Compiled, dataset: Dataset):
     def stored(model, **kwargs):
         description = entry.description(function="single_pathfinder", data=dataset.digest(),
                                         arguments={name: repr(value) for name, value in sorted(kwargs.items())})
-        return vi_store.single_path(description, lambda: original(model, **kwargs))
+        return single_path(description, lambda: original(model, **kwargs))
 
     multipath.make_single_pathfinder_fn = stored
     try:

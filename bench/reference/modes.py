@@ -44,7 +44,9 @@ import xarray as xr
 
 from backends.base import canonical_datatree
 from backends.degenerate import degenerate_components
+from bench.reference.advice import diagnose
 from bench.reference.mode_mass import KHAT_MAX, masses, mode_log_z
+from bench.reference.posterior import Reference, _base_info, _checks, _with_lp, canonical_relabel, diagnostics
 from bench.score.modes import scaled_distance
 from bench.score.problem import Problem, allocate, batch_log_density
 from bench.score.relabel import posterior_dataset
@@ -158,8 +160,6 @@ def _data_tree(problem: Problem, arrays: dict[str, np.ndarray]) -> xr.DataTree:
 
 
 def _relabelled(problem: Problem, draws: xr.DataTree) -> tuple[xr.DataTree, np.ndarray]:
-    from bench.reference.posterior import canonical_relabel
-
     lp, _ = problem.draw_log_densities(draws, per_chain=posterior_dataset(draws).sizes["draw"])
     return canonical_relabel(draws, lp, problem.spec)[0], lp
 
@@ -219,8 +219,6 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
                          progress: Callable[[str], None] | None = None):
     """The reference of the module docstring, a bench.reference.posterior.Reference (accepted or provisional)."""
     import jax
-
-    from bench.reference.posterior import _checks, diagnostics
 
     spec, data = problem.spec, problem.dataset
     say = progress or (lambda text: None)
@@ -353,9 +351,6 @@ def _location(mean: dict, sd: dict) -> dict[str, Any]:
 def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, seconds: float,
               places: list[_ChainPlace]):
     """Masses, names, checks and the mixture of the sampled modes: the Reference."""
-    from bench.reference.advice import diagnose
-    from bench.reference.posterior import Reference, _base_info, _with_lp
-
     weighted = [m for m in modes if m.get("status") == "weighted"]
     reasons: list[str] = []
     causes: list[dict[str, str]] = []

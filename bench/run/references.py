@@ -12,7 +12,7 @@ not stop for it: every fit runs without a reference, its row says why (``referen
 "failed"), and nothing is said to have reached one.
 
 Which reference a data set gets (cached accepted, other accepted, provisional, made now) is
-bench.reference.posterior.resolve_reference's rule; only "made now" comes here.
+bench.reference.make.resolve_reference's rule; only "made now" comes here.
 """
 
 from __future__ import annotations
@@ -28,17 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.reference.posterior import (
-    INFO_FILE,
-    Reference,
-    ReferenceSettings,
-    cache_dir_for,
-    load_reference,
-    make_reference,
-    reference_from_draws,
-    resolve_reference,
-    write_reference,
-)
+from bench.reference.posterior import (INFO_FILE, Reference, ReferenceSettings, cache_dir_for, load_reference, reference_from_draws, write_reference)
+from bench.reference.make import make_reference, resolve_reference
 from bench.run.executors import LOGS_DIR, CellExecutor, ProgressFn, WarmProcessExecutor
 from bench.run.harness import Cell, RunOptions, load_cell_data
 from bench.score.modes import modes_table_lines
@@ -59,7 +50,7 @@ class ReferenceCell:
     data: a fit cell of the data set (its data, spec and scale; its backend, method and seed
     are not read). settings: how the reference is made. directory: where it goes in the cache
     (only its name is used in the worker). make: the function that makes it,
-    ``make(problem, settings, progress=...) -> Reference`` (bench.reference.posterior.make_reference;
+    ``make(problem, settings, progress=...) -> Reference`` (bench.reference.make.make_reference;
     a module-level function, sent to the worker by name).
     """
 
@@ -198,7 +189,7 @@ def attach_references(cells: list[Cell], choice: str, settings: ReferenceSetting
     cells : list of Cell
     choice : str
         ``--reference``: "auto", "make", "none", a reference directory or a draws file
-        (bench.reference.posterior.resolve_reference).
+        (bench.reference.make.resolve_reference).
     settings : ReferenceSettings
     executor : CellExecutor, optional
         Runs a reference that must be made (default: one warm worker).

@@ -142,3 +142,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, m
     assert main(["sbc", "--backends", "numpyro", "--methods", "nuts", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_advice_picks_the_cheapest_calibrated_line_that_lands_per_difficulty_point():
+    """Two difficulty points, three lines with known PITs, landings and costs: at the easy point
+    the cheap calibrated line wins; at the hard one the cheap line is miscalibrated and the dear
+    one is chosen; where no line is calibrated the best-calibrated is named as such."""
+    import pandas as pd
+
+    from bench.sbc_report import advice_table, calibration_table
+
+    rng = np.random.default_rng(5)
+    uniform = rng.uniform(size=200)
+    narrow = np.where(rng.uniform(size=200) < 0.5, rng.uniform(0, 0.03, 200), rng.uniform(0.97, 1, 200))
+    cases = {("easy", "cheap"): uniform, ("easy", "dear"): uniform, ("hard", "cheap"): narrow,
+             ("hard", "dear"): uniform, ("none", "cheap"): narrow, ("none", "dear"): uniform ** 1.3}
+    pits = pd.DataFrame([{"region": r, "sep_min": {"easy": 4, "hard": 2, "none": 1}[r], "backend": "b", "line": l,
+                          "sim": i, "quantity": "q", "pit": u} for (r, l), us in cases.items() for i, u in enumerate(us)])
+    fits = pd.DataFrame([{"region": r, "sep_min": {"easy": 4, "hard": 2, "none": 1}[r], "backend": "b", "line": l,
+                          "data sets": 200, "failed": 0.0, "flagged": 0.0, "truth's mode": 0.95,
+                          "median s to fit": 1.0 if l == "cheap" else 10.0} for (r, l) in cases])
+    table = advice_table(calibration_table(pits), fits).set_index(["region", "line"])["run this"]
+    assert table[("easy", "cheap")].startswith("yes") and table[("easy", "dear")] == ""
+    assert table[("hard", "dear")].startswith("yes") and table[("hard", "cheap")] == ""
+    assert table[("none", "dear")] == "none passes; best calibrated"

@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     _add_sweep_parser(sub)
+    from bench.sbc_cli import add_sbc_parser  # noqa: PLC0415 (it imports this module's helpers)
+
+    add_sbc_parser(sub)
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -580,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
-               "compare": cmd_compare, "sweep": cmd_sweep}[args.command]
+               "compare": cmd_compare, "sweep": cmd_sweep}.get(args.command) or args.handler
     prefix = f"mixbench {args.command}"
 
     def fail(message: str, code: int, after_progress: bool = False) -> int:

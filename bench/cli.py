@@ -28,6 +28,7 @@ from bench.reference.posterior import ReferenceSettings
 from bench.report.compare import compare, summary_lines, write_comparison
 from bench.report.document import markdown_table, write_report
 from bench.report.run_files import keep_data_copy
+from bench.report.sbc import write_sbc_report
 from bench.report.summary import print_summary
 from bench.report.sweep_tables import sweep_tables
 from bench.run.availability import describe
@@ -45,6 +46,8 @@ from bench.run.plan import (
 )
 from bench.run.progress import Progress
 from bench.run.references import attach_references, command_reference
+from bench.run.sbc import DEFAULT_SCENARIO as SBC_SCENARIO
+from bench.run.sbc import sbc_cells
 from bench.run.sweep import SWEEP_SETTINGS
 from bench.score.modes import modes_table_lines
 from models.errors import MixbenchError, MixbenchWarning
@@ -344,9 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     _add_sweep_parser(sub)
-    from bench.sbc_cli import add_sbc_parser  # noqa: PLC0415 (it imports this module's helpers)
-
-    add_sbc_parser(sub)
+    _add_sbc_parser(sub)
 
     sub.add_parser("list", help="scenarios, backends and methods, and what this machine can run",
                    description="List scenarios, backends and methods with what is available here.")
@@ -387,6 +388,50 @@ def build_parser() -> argparse.ArgumentParser:
     rmake.add_argument("--out", metavar="DIR", type=Path, default=None,
                        help="write the reference here (default: the cache)")
     return parser
+
+
+def _add_sbc_parser(sub) -> None:
+    sbc = sub.add_parser("sbc", help="simulation-based calibration of backend x method lines",
+                         description="Simulate data sets from the model's prior (restricted to a separation band "
+                                     "and a smallest weight), fit each once per backend x method line as cells "
+                                     "(isolated, resumable), rank label-invariant test quantities of the truth among "
+                                     "the thinned draws, and report ECDF-PIT plots, per-quantity verdicts, failed "
+                                     "and flagged shares, cost, and which line to run per band (bench/run/sbc.py).")
+    sbc.add_argument("--scenario", default=SBC_SCENARIO,
+                     help=f"the model (its spec and priors) whose prior the data come from (default {SBC_SCENARIO}: "
+                          "two lines, no intercepts, shared sigma ~ Uniform(0, 10))")
+    sbc.add_argument("--backends", metavar="NAME,NAME", type=_csv_list, default=["numpyro", "pymc"],
+                     help="backends (default numpyro,pymc)")
+    sbc.add_argument("--methods", metavar="LINE,LINE", type=_csv_list,
+                     default=["nuts", "advi-meanfield", "advi-fullrank", "pathfinder"],
+                     help="method lines as in sweep (nuts:ordering=slope) (default nuts,advi-meanfield,advi-fullrank,pathfinder)")
+    sbc.add_argument("--spec", dest="sbc_spec", metavar="FIELD=VALUE", action="append", default=[],
+                     help="a spec field for every line, repeatable, the value as JSON or text: K=3, intercept=true, "
+                          "sigma=per-component, sigma_prior='{\"family\": \"halfnormal\", \"scale\": 2}' "
+                          "(the truth is drawn from the prior, so any field may change)")
+    sbc.add_argument("--sims", metavar="SEEDS", type=_seeds, default=list(range(100)),
+                     help="data sets: a list 0,1,2 or a range 0-99 (default 0-99); each seeds its prior draw, data and fit")
+    sbc.add_argument("--N", type=_positive_int, default=100, help="observations per data set (default 100)")
+    sbc.add_argument("--sep-bands", metavar="EDGES", default="2,inf",
+                     help="separation bands, one region (difficulty point) between each pair of edges: 1,2,4,inf "
+                          "(default 2,inf)")
+    sbc.add_argument("--min-weight", metavar="W", type=float, default=0.2,
+                     help="every prior draw's weights at least this (default 0.2): no empty component")
+    sbc.add_argument("--max-draws", metavar="INT", type=_positive_int, default=1000,
+                     help="at most this many thinned draws ranked per data set (default 1000)")
+    sbc.add_argument("--alpha", metavar="X", type=_positive_float, default=0.05,
+                     help="test level, Bonferroni-split over a line's quantities (default 0.05)")
+    _add_fit_settings(sbc.add_argument_group("fit settings (defaults: mixbench run's)"))
+    runner = sbc.add_argument_group("running")
+    runner.add_argument("--out", metavar="DIR", type=Path, default=Path("results") / "sbc",
+                        help="output directory (default results/sbc); rerunning resumes")
+    runner.add_argument("--jobs", metavar="INT", type=_positive_int, default=1, help="cells run in parallel (default 1)")
+    _add_executor_options(runner)
+    runner.add_argument("--time-limit", metavar="SECONDS", type=_positive_float, default=600.0,
+                        help="a cell still running after this is stopped and recorded as timeout (default 600)")
+    runner.add_argument("--retry-failed", action="store_true", help="rerun failed, crashed and timed-out cells")
+    runner.add_argument("--fresh", action="store_true", help="discard earlier rows in --out instead of resuming")
+    runner.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
 
 def _add_sweep_parser(sub) -> None:
@@ -565,6 +610,28 @@ def cmd_list(args) -> int:
 
 # The directory the command writes into, once known: an OSError raised by a write on an open file
 # (a full disk) carries no file name, and the line should still say where.
+def cmd_sbc(args) -> int:
+    cells = sorted(sbc_cells(args), key=lambda cell: compile_rank(cell.backend))
+    executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
+    ensure_bytecode()
+    _writing_under.append(args.out)
+    options = RunOptions(out_dir=args.out, time_limit=args.time_limit, retry_failed=args.retry_failed,
+                         fresh=args.fresh)
+    start = time.perf_counter()
+    print(f"sbc: {len(cells)} cells into {args.out}", file=sys.stderr, flush=True)
+    result = run_grid(cells, options, executor, Progress(len(cells), log_dir=args.out / LOGS_DIR))
+    print(f"sbc: finished in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    ids = {c.id for c in cells}
+    path = write_sbc_report([r for r in result if r["cell_id"] in ids], args.out, args.alpha)
+    print(f"report: {path}")
+    print(f"rows: {args.out / CELLS_FILE}")
+    if result.unwritten:
+        print(f"mixbench sbc: error: {len(result.unwritten)} row(s) could not be written to {args.out / CELLS_FILE}; "
+              "free space and rerun to run those cells again", file=sys.stderr)
+        return 1
+    return 0
+
+
 _writing_under: list[Path] = []
 
 
@@ -583,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
-               "compare": cmd_compare, "sweep": cmd_sweep}.get(args.command) or args.handler
+               "compare": cmd_compare, "sweep": cmd_sweep, "sbc": cmd_sbc}[args.command]
     prefix = f"mixbench {args.command}"
 
     def fail(message: str, code: int, after_progress: bool = False) -> int:

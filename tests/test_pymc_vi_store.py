@@ -2,14 +2,13 @@
 (backends/pymc/vi_store.py): a fit at a seed is what PyMC's own object built with that seed
 gives, in any order of seeds; the same seed gives the same draws, another seed others."""
 
+import importlib
+
 import numpy as np
-import pymc as pm
 import pytest
 
-from backends.pymc import vi_store as pymc_vi_store
 from backends.base import FitSettings
 from models import get_scenario
-from models.pymc_model import build_model
 
 BACKEND = "pymc"  # read by the shared `backend` fixture (tests/conftest.py)
 
@@ -20,10 +19,13 @@ QUICK = FitSettings(vi_iterations=200, vi_draws=40, optimizer="adam", learning_r
 
 
 @pytest.fixture(autouse=True)
-def fresh_store(tmp_path, monkeypatch):
+def pymc_vi_store(tmp_path, monkeypatch):
+    """The store, imported when a test runs (collecting the tests imports no engine), emptied."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    pymc_vi_store._ADVI.clear()
-    pymc_vi_store._PATHFINDER.clear()
+    store = importlib.import_module("backends.pymc.vi_store")
+    store._ADVI.clear()
+    store._PATHFINDER.clear()
+    return store
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,13 @@ def data():
     return get_scenario("forum").simulate(2, N=150)
 
 
-@pytest.mark.parametrize("cls", [pm.ADVI, pm.FullRankADVI])
-def test_reseeded_advi_is_pymcs_own_at_that_seed(data, cls):
+@pytest.mark.parametrize("name", ["ADVI", "FullRankADVI"])
+def test_reseeded_advi_is_pymcs_own_at_that_seed(data, name, pymc_vi_store):
+    import pymc as pm
+
+    from models.pymc_model import build_model
+
+    cls = getattr(pm, name)
     model = build_model(get_scenario("forum").spec, data.x, data.y)
 
     def build(seed):

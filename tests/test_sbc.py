@@ -1,4 +1,4 @@
-"""Simulation-based calibration (bench.sbc, bench.sbc_report, ``mixbench sbc``).
+"""Simulation-based calibration (bench.run.sbc, bench.report.sbc, ``mixbench sbc``).
 
 The oracle: a K = 1 regression with known sigma, whose posterior is normal in closed form
 (tests/sbc_backends.py). Draws from it must pass; the same posterior with its sd halved, or
@@ -14,8 +14,8 @@ from scipy import stats
 from backends import get_backend
 from backends.base import FitSettings
 from bench.cli import main
-from bench.sbc import Region, draw_in_region, draw_prior, sbc_ranks, simulate_data
-from bench.sbc_report import pit_frame, uniformity_p, verdict
+from bench.run.sbc import Region, draw_in_region, draw_prior, sbc_ranks, simulate_data
+from bench.report.sbc import pit_frame, uniformity_p, verdict
 from models.families import separation
 from models.scenarios import get_scenario
 
@@ -138,7 +138,7 @@ def test_mixbench_sbc_runs_cells_resumes_and_reports(tmp_path, capsys):
     (["--min-weight", "0.5"], "none of 1000 prior draws fell inside it"),  # both exactly 1/2: probability 0
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
-    monkeypatch.setattr("bench.sbc.REGION_TRIES", 1000)
+    monkeypatch.setattr("bench.run.sbc.REGION_TRIES", 1000)
     assert main(["sbc", "--backends", "numpyro", "--methods", "nuts", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -150,7 +150,7 @@ def test_advice_picks_the_cheapest_calibrated_line_that_lands_per_difficulty_poi
     one is chosen; where no line is calibrated the best-calibrated is named as such."""
     import pandas as pd
 
-    from bench.sbc_report import advice_table, calibration_table
+    from bench.report.sbc import advice_table, calibration_table
 
     rng = np.random.default_rng(5)
     uniform = rng.uniform(size=200)

@@ -112,7 +112,7 @@ def advice_table(calibration: pd.DataFrame, fits: pd.DataFrame, landing: float =
     """Item 5 of issue 26: per difficulty point (region) and line, calibration, landing and cost
     together, and which line to run there: the cheapest line with every quantity calibrated, no
     failed fit, and a share of data sets in the truth's mode at most ``landing`` below the best
-    line's at that point (the truth's mode is judged by absolute tolerances, bench.metrics, so on
+    line's at that point (the truth's mode is judged by absolute tolerances, bench.score.metrics, so on
     small noisy data sets even an exact posterior misses it: the best line sets the bar); when no
     line is, the best-calibrated one (largest smallest p-value), said so."""
     worst = calibration.groupby(LINE_KEYS).agg(min_p=("p", "min"), quantities=("quantity", "nunique"),
@@ -206,7 +206,7 @@ def figure_calibration_vs_difficulty(calibration: pd.DataFrame, path: Path) -> P
 
 def write_sbc_report(rows: list[dict[str, Any]], out_dir: Path, alpha: float = ALPHA) -> Path:
     """``sbc.md`` and its figures in ``out_dir``; returns the markdown's path."""
-    from bench.report import markdown_table
+    from bench.report.document import markdown_table
 
     out_dir = Path(out_dir)
     pits = pit_frame(rows)

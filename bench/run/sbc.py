@@ -24,7 +24,7 @@ Dask). Inside it:
    The region is label-invariant, so this drops no draw for its labels. The share of draws kept is
    in the row (``sbc_kept``).
 2. **The data**: N points from that truth as the scenarios simulate them (x ~ U(-1, 1)^D).
-3. **The fit**: ``Backend.fit`` with the line's method, scored by bench.metrics like any fit
+3. **The fit**: ``Backend.fit`` with the line's method, scored by bench.score.metrics like any fit
    against the truth (landing ``mode``, health ``flags``), so a failed or flagged fit is counted.
 4. **Thinning**: the bulk and tail ESS (arviz-stats) of the cheap quantities (sorted slopes,
    sorted weights, the sigma near x*) over all draws; the draws are thinned along each chain to
@@ -41,7 +41,7 @@ first slope, or the intercept when D = 0), ``weight (k-th smallest)``, ``sigma n
 of the component whose mean at x* = (1, ..., 1) lies nearest y = 0), ``y_pred at x*`` (one
 predictive draw at x* per parameter draw, and one from the truth). Where sigma is per component,
 ``sigma[k] relabelled`` is the sigma of each true component after relabelling every draw to the
-simulated truth (bench.relabel); relabelling to the truth pulls draws towards it, so near label
+simulated truth (bench.score.relabel); relabelling to the truth pulls draws towards it, so near label
 ambiguity this quantity's ranks bunch in the middle (a conservative bias, stated in the report).
 """
 
@@ -59,6 +59,20 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from arviz_stats.base import array_stats
+
+from backends import get_backend
+from backends.base import METHODS, FitSettings
+from bench.run.harness import check_fit_size
+from bench.run.preflight import check_backend_name, check_engine_names
+from bench.run.sweep import parse_method_line
+from bench.score.metrics import score_fit
+from bench.score.relabel import posterior_dataset, relabel
+from models.errors import MixbenchError
+from models.families import separation
+from models.oracle import log_likelihood, sigma_prior_distribution
+from models.priors import check_spec_fields
+from models.scenarios import Scenario, get_scenario
 
 REGION_TRIES = 100_000  # prior draws tried before a region is called (nearly) empty
 X_STAR_Y = 0.0  # the y whose nearest component's sigma is a test quantity
@@ -77,8 +91,6 @@ class Region:
     weight_min: float = 0.0
 
     def __post_init__(self):
-        from models.errors import MixbenchError
-
         if not (0 <= self.sep_min < self.sep_max):
             raise MixbenchError(f"sbc region: needs 0 <= sep_min < sep_max, got [{self.sep_min:g}, {self.sep_max:g})")
         if not 0 <= self.weight_min < 1:
@@ -89,8 +101,6 @@ class Region:
         return f"sep[{self.sep_min:g},{self.sep_max:g})-wmin{self.weight_min:g}"
 
     def contains(self, params: dict, D: int) -> bool:
-        from models.families import separation
-
         pi = np.asarray(params["pi"], float)
         if pi.min() < self.weight_min:
             return False
@@ -111,8 +121,6 @@ def _intercept_separation(params: dict) -> float:
 def check_sbc_spec(spec) -> None:
     """Raise MixbenchError when data simulated by the scenarios' generator would not come from
     ``spec``'s model: SBC needs the fitted model to be the simulating one."""
-    from models.errors import MixbenchError
-
     if spec.likelihood != "mixture":
         raise MixbenchError(f"sbc: likelihood {spec.likelihood!r} is not the model the data are simulated from; "
                             "use likelihood=mixture")
@@ -122,8 +130,6 @@ def check_sbc_spec(spec) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _sigma_distribution(prior):
-    from models.oracle import sigma_prior_distribution
-
     return sigma_prior_distribution(prior)  # building a frozen SciPy distribution costs more than a draw
 
 
@@ -158,8 +164,6 @@ def draw_prior(spec, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def draw_in_region(spec, region: Region, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
     """(a prior draw inside ``region``, how many draws it took). Raises MixbenchError when none
     of REGION_TRIES draws falls inside (a region of the prior too small to sample)."""
-    from models.errors import MixbenchError
-
     for tries in range(1, REGION_TRIES + 1):
         point = draw_prior(spec, rng)
         if region.contains(point, spec.D):
@@ -169,8 +173,6 @@ def draw_in_region(spec, region: Region, rng: np.random.Generator) -> tuple[dict
 
 def simulate_data(spec, truth: dict, N: int, seed: int):
     """N observations from ``truth`` as every scenario simulates them (models.scenarios)."""
-    from models.scenarios import Scenario
-
     return Scenario("sbc", "a prior draw", N, spec, truth).simulate(seed, N)
 
 
@@ -213,8 +215,6 @@ def predictive_draw(spec, params: dict, rng: np.random.Generator) -> float:
 
 def quantities_of(spec, dataset, params: dict, rng: np.random.Generator) -> dict[str, float]:
     """Every label-invariant test quantity of one parameter point (module docstring)."""
-    from models.oracle import log_likelihood
-
     out = {"loglik": float(log_likelihood(spec, dataset.x, dataset.y, params))}
     out.update(cheap_quantities(spec, params))
     out["y_pred at x*"] = predictive_draw(spec, params, rng)
@@ -232,8 +232,6 @@ def pit_value(truth_value: float, values: np.ndarray, rng: np.random.Generator) 
 def thinning_step(ds: xr.Dataset, spec, max_draws: int) -> tuple[int, float]:
     """(the step along each chain, the smallest bulk or tail ESS of the cheap quantities; NaN when
     it cannot be computed: fewer than 4 draws per chain, or every quantity constant)."""
-    from arviz_stats.base import array_stats
-
     chains, draws = ds.sizes["chain"], ds.sizes["draw"]
     ess = math.nan
     if draws >= 4:
@@ -258,8 +256,6 @@ def sbc_ranks(spec, dataset, truth: dict, draws: xr.DataTree, region: Region, se
     ``draws``: the fit's canonical DataTree (posterior group, (chain, draw, ...)). With no draw in
     the region, ``sbc_pit`` is empty.
     """
-    from bench.relabel import posterior_dataset, relabel
-
     rng = np.random.default_rng([seed, 20181022])
     ds = posterior_dataset(draws)
     step, ess = thinning_step(ds, spec, max_draws)
@@ -291,7 +287,7 @@ def sbc_ranks(spec, dataset, truth: dict, draws: xr.DataTree, region: Region, se
 
 @dataclass(frozen=True)
 class SbcCell:
-    """One SBC data set x backend x method line: what the executors run (bench.executors)."""
+    """One SBC data set x backend x method line: what the executors run (bench.run.executors)."""
 
     scenario: str  # a built-in scenario or family point: its spec is the model and its prior
     backend: str
@@ -335,8 +331,6 @@ class SbcCell:
 
     def execute(self, out_dir: Path | None = None, save_draws: bool = False) -> dict[str, Any]:
         """Simulate, fit, score and rank; never raises: an error is a failed row with it."""
-        from models.errors import MixbenchError
-
         start = time.perf_counter()
         row: dict[str, Any] = {"cell_id": self.id, **self.ids(), "status": "failed", "compile": "none"}
         try:
@@ -350,11 +344,6 @@ class SbcCell:
         return row
 
     def _run(self, row: dict[str, Any]) -> None:
-        from backends import get_backend
-        from backends.base import FitSettings
-        from bench.metrics import score_fit
-        from models.scenarios import get_scenario
-
         spec = get_scenario(self.scenario).spec.overridden(self.spec)
         check_sbc_spec(spec)
         region = Region(**self.region)
@@ -372,9 +361,80 @@ class SbcCell:
 
 def plan_sbc_cells(scenario: str, regions: list[Region], backends: list[str], lines: list, sims: list[int], n: int,
                    settings: dict[str, Any], spec: dict[str, Any], max_draws: int) -> list[SbcCell]:
-    """One cell per region x backend x method line (bench.sweep.MethodLine) x data set. Every
+    """One cell per region x backend x method line (bench.run.sweep.MethodLine) x data set. Every
     line fits the same data sets (data set ``sim`` of a region is the same truth and data for
     every line whose spec shares the prior)."""
     return [SbcCell(scenario=scenario, backend=b, method=line.method, sim=int(s), n=n, region=asdict(r),
                     settings=dict(settings), spec={**spec, **line.spec}, max_draws=max_draws)
             for r in regions for b in backends for line in lines for s in sims]
+
+
+DEFAULT_SCENARIO = "lines-K2-D1-sep4-wmin0.5-sr1"
+"""Two lines, no intercepts, shared sigma ~ Uniform(0, 10): the model whose prior ``mixbench sbc`` draws from by default."""
+
+
+def _edges(text: str) -> list[float]:
+    try:
+        edges = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MixbenchError(f"--sep-bands: expected numbers like 1,2,4,inf, got {text!r}") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0 or any(map(math.isnan, edges)):
+        raise MixbenchError(f"--sep-bands: give at least two increasing edges >= 0 (e.g. 2,inf), got {text!r}")
+    return edges
+
+
+def _spec_field(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise MixbenchError(f"--spec: expected FIELD=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value.strip()
+
+
+def sbc_cells(options) -> list:
+    """The SBC cells ``mixbench sbc`` asks for, every option checked before any runs.
+
+    Parameters
+    ----------
+    options : argparse.Namespace
+        ``backends``, ``methods`` (method lines, bench.run.sweep.parse_method_line), ``sbc_spec``
+        (FIELD=VALUE texts), ``scenario``, ``sep_bands`` (edges text), ``min_weight``, ``sims``,
+        ``N``, ``max_draws`` and the fit settings as ``set_<field>``.
+
+    Returns
+    -------
+    list of SbcCell
+
+    Raises
+    ------
+    MixbenchError
+        One line naming the option: an unknown backend or method, a repeated line, a spec field or
+        fit setting refused, an empty region, or a model SBC cannot simulate from.
+    """
+    for name in options.backends:
+        check_backend_name(name)
+    lines = [parse_method_line(text, METHODS) for text in options.methods]
+    if len({line.label for line in lines}) != len(lines):
+        raise MixbenchError("--methods: a method line is repeated")
+    spec = check_spec_fields(dict(_spec_field(text) for text in options.sbc_spec), "--spec")
+    settings = {name[4:]: value for name, value in vars(options).items() if name.startswith("set_") and value is not None}
+    fit_settings = FitSettings.from_dict(settings)
+    check_engine_names(options.backends, settings)
+    base = get_scenario(options.scenario).spec
+    edges = _edges(options.sep_bands)
+    regions = [Region(lo, hi, options.min_weight) for lo, hi in zip(edges, edges[1:])]
+    for line in lines:
+        try:
+            fitted = base.overridden({**spec, **line.spec})
+        except MixbenchError as exc:
+            raise MixbenchError(f"--spec/--methods {line.label}: {exc}") from None
+        check_sbc_spec(fitted)
+        if options.min_weight * fitted.K > 1:
+            raise MixbenchError(f"--min-weight: {fitted.K} weights of at least {options.min_weight:g} sum to more than 1")
+        check_fit_size(fitted.K, options.N, line.method, fit_settings)
+        for region in regions:  # an empty region fails here, not in every cell
+            draw_in_region(fitted, region, np.random.default_rng(0))
+    return plan_sbc_cells(options.scenario, regions, options.backends, lines, options.sims, options.N, settings, spec,
+                          options.max_draws)

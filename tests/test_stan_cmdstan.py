@@ -142,6 +142,9 @@ def test_laplace_is_the_oracle_mode_and_inverse_negative_hessian(backend, line_d
     np.testing.assert_allclose(np.linalg.solve(A, b), mode, rtol=1e-6)
     cov_stan = np.linalg.inv(A)
     assert np.linalg.norm(cov_stan - cov_oracle) / np.linalg.norm(cov_oracle) < 1e-4
+    # The Laplace fields every backend's Fit carries (issue 25's contract): the mode search's
+    # iterations and evaluations from CmdStan's transcript, and no coordinate on a bound here.
+    assert fit.iterations > 0 and fit.grad_evals >= fit.iterations and fit.at_bound == []
 
 
 def test_laplace_passes_over_a_degenerate_mode_and_samples_from_the_best_other(backend, line_data, monkeypatch):

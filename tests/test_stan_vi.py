@@ -123,6 +123,24 @@ def test_pathfinder_progress():
     assert pathfinder_progress(failed)[0] is False
 
 
+def test_optimize_progress_reads_the_last_row_of_cmdstans_lbfgs_table():
+    from backends.stan.parsers import optimize_progress
+
+    # CmdStan 2.36's transcript (refresh 100): a row every 100 iterations and one at termination.
+    transcript = """Initial log joint probability = -1106.2
+    Iter      log prob        ||dx||      ||grad||       alpha      alpha0  # evals  Notes 
+      99      -151.379   0.000765308      0.634331           1           1      122   
+    Iter      log prob        ||dx||      ||grad||       alpha      alpha0  # evals  Notes 
+     109      -151.379   2.38333e-05     0.0481636      0.6714      0.6714      132   
+Optimization terminated normally: 
+  Convergence detected: relative gradient magnitude is below tolerance
+"""
+    assert optimize_progress(transcript) == (109, 132)
+    noted = transcript.replace("0.6714      132   ", "0.6714      132   LS failed, Hessian reset ")
+    assert optimize_progress(noted) == (109, 132)
+    assert optimize_progress("Initial log joint probability = -1106.2\n") == (None, None)
+
+
 # --- real runs (CmdStan) ------------------------------------------------------------------------------
 
 def _separated():

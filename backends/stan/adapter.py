@@ -25,7 +25,7 @@ import numpy as np
 from backends.base import Backend
 from backends.canonical import canonical_datatree
 from backends.fit import SAMPLERS, Fit, FitSettings, package_versions
-from backends.multistart import start_seeds
+from backends.multistart import bound_hits, start_seeds
 from backends.timing import stopwatch
 from backends.degenerate import best_start
 from backends.importance import attach_pool, psis_resample
@@ -45,7 +45,7 @@ from models.stan_model import (
 from backends.stan.install import (INSTALL_CMDSTAN, NO_CMDSTAN, _check_seed, _quiet, cmdstan_path, cmdstan_version,
                                    pystan_stan_version)
 from backends.stan.parsers import (_column, _nuts_phase_timings, _optimum_point, _parse_httpstan_output, advi_eta,
-                                   advi_log_densities, advi_progress, csv_stan_version, optimize_converged,
+                                   advi_log_densities, advi_progress, csv_stan_version, optimize_converged, optimize_progress,
                                    pathfinder_log_densities, pathfinder_progress, read_elbo_trace,
                                    sample_stats_from_flat)
 from backends.stan.programs import StanPrograms
@@ -450,6 +450,8 @@ class StanBackend(StanPrograms, Backend):
                 columns = list(run.column_names)
                 values = np.asarray(run.draws())
                 point = points[best]
+                transcript = Path(modes[best].runset.stdout_files[0]).read_text()
+                iterations, evaluations = optimize_progress(transcript)
                 d = n_unconstrained(spec)
                 fit = self._approximation_fit(
                     spec, model, "laplace", settings, compiled, csv_file=run_files(str(Path(out) / "laplace"))[0],
@@ -464,9 +466,9 @@ class StanBackend(StanPrograms, Backend):
                            "mode": "best of map_starts L-BFGS runs of the Jacobian-adjusted density",
                            "mode_lp": found[best]},
                     point=point, point_log_density=self.log_density(spec, dataset, point, engine="cmdstanpy"),
-                    start_log_densities=[float(v) for v in found], converged=optimize_converged(
-                        Path(modes[best].runset.stdout_files[0]).read_text()),
-                    iterations=None)
+                    start_log_densities=[float(v) for v in found], converged=optimize_converged(transcript),
+                    iterations=iterations, grad_evals=evaluations)
         fit.timings = timings
         fit.degenerate_starts = degenerate
+        fit.at_bound = bound_hits(spec, point)
         return fit

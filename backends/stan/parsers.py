@@ -86,6 +86,18 @@ def optimize_converged(transcript: str) -> bool:
     return "terminated normally" in transcript and "Maximum number of iterations" not in transcript
 
 
+_LBFGS_ROW = re.compile(r"^\s*(\d+)\s+-?[\d.eE+-]+(?:\s+[\d.eE+-]+){4}\s+(\d+)\b", re.MULTILINE)
+
+
+def optimize_progress(transcript: str) -> tuple[int | None, int | None]:
+    """(L-BFGS iterations, log density evaluations) from a CmdStan optimize transcript: the last
+    row of its iteration table ("Iter  log prob  ||dx||  ||grad||  alpha  alpha0  # evals  Notes"),
+    which CmdStan prints when the run terminates (stan/services/optimize/do_bfgs_optimize.hpp);
+    (None, None) when the transcript has none."""
+    rows = _LBFGS_ROW.findall(transcript)
+    return (int(rows[-1][0]), int(rows[-1][1])) if rows else (None, None)
+
+
 def _parse_httpstan_output(raw: bytes) -> tuple[list[str], np.ndarray, dict[str, float]]:
     """One chain's httpstan output -> (column names, draws (draw, column), Stan's phase times)."""
     import orjson

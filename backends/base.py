@@ -122,7 +122,7 @@ class Backend(ABC):
         """
         if method not in self.methods:
             declared = ", ".join(self.methods) or "none"
-            return f"method {method!r} is not implemented by the {self.name} backend (it runs: {declared})"
+            return f"method {str(method)!r} is not implemented by the {self.name} backend (it runs: {declared})"
         reason = self.likelihood_reason(spec)
         if reason is not None:
             return reason

@@ -39,10 +39,11 @@ def degenerate_components(x: np.ndarray, y: np.ndarray, point: dict, frac: float
     """[(component, its sigma, points it holds)] for every degenerate component of ``point``.
 
     x: (N, D) covariates, y: (N,), point: canonical parameters (w (K, D), b (K,) when the spec
-    has intercepts, sigma scalar or (K,), pi (K,)), on the data's scale.
+    has intercepts, sigma scalar or (K,), pi (K,) or softmax weights' gamma (K, D + 1): at least
+    one of pi, gamma, b, w gives K), on the data's scale.
     """
     resolution = data_resolution(y) if resolution is None else resolution
-    K = np.asarray(point["pi"] if "pi" in point else point["gamma"], dtype=float).shape[0]
+    K = next(np.shape(point[name])[0] for name in ("pi", "gamma", "b", "w") if name in point)
     sigma = np.broadcast_to(np.asarray(point["sigma"], dtype=float), (K,))
     w = np.asarray(point.get("w", np.zeros((K, 0))), dtype=float).reshape(K, -1)
     b = np.asarray(point.get("b", np.zeros(K)), dtype=float).reshape(K)

@@ -150,25 +150,26 @@ def mixture_model(spec: MixtureSpec, x, y, subsample_size: int | None = None, to
 
 
 def site_values(spec: MixtureSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical parameters (models/spec.py's names and shapes) -> the model's latent sites:
-    the canonical -> native map."""
+    """Canonical parameters (models/spec.py's names and shapes, after any leading batch axes)
+    -> the model's latent sites: the canonical -> native map. Indexing counts from the last axes,
+    so a batch of points (S, *shape) maps as one point does."""
     sites = {"sigma": params["sigma"]}
     if spec.softmax_weights:
-        sites["gamma_free"] = params["gamma"][:-1]
+        sites["gamma_free"] = params["gamma"][..., :-1, :]
     else:
         sites["pi"] = params["pi"]
     if spec.intercept and spec.shared == "intercepts":
-        sites["b_shared"] = params["b"][0]
+        sites["b_shared"] = params["b"][..., 0]
     elif spec.intercept:
         sites["b"] = params["b"]
     if spec.nu_is_parameter:
         sites["nu"] = params["nu"]
     if spec.shared == "slopes":
-        sites["w_shared"] = params["w"][0]
+        sites["w_shared"] = params["w"][..., 0, :]
     elif spec.ordering == "slope":
-        sites["w_first"] = params["w"][:, 0]
+        sites["w_first"] = params["w"][..., 0]
         if spec.D > 1:
-            sites["w_rest"] = params["w"][:, 1:]
+            sites["w_rest"] = params["w"][..., 1:]
     elif spec.D > 0:
         sites["w"] = params["w"]
     return sites

@@ -102,3 +102,19 @@ def test_data_without_truth_whose_reference_dies_reports_why_and_judges_no_landi
     text = "\n".join(p.read_text() for p in out.glob("report*.md"))
     assert "none (reference not made)" in text and "The reference posterior was not made (" in text
     assert "reached the reference" not in text
+
+
+def broken(problem, settings, progress=None):
+    raise ValueError("a bug in the reference maker")
+
+
+def test_a_reference_maker_that_raises_leaves_its_traceback_in_the_log_the_line_names(tmp_path, references,
+                                                                                       monkeypatch, capsys):
+    monkeypatch.setattr(bench.run.references, "make_reference", broken)
+    out = tmp_path / "run"
+    assert main([*RUN, "--out", str(out)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("reference: not made: ")]
+    assert "failed: ValueError: a bug in the reference maker" in line
+    log = Path(line.split("(its log: ")[1].split(")")[0])
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text

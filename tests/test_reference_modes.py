@@ -12,6 +12,8 @@ from bench.score.modes import POOR_MASS, fit_answer, land, mode_columns, modes_t
 from bench.score.problem import Problem, batch_log_density
 from models.data import Dataset
 from models.oracle import log_density
+from models.spec import random_point
+from tests.conftest import MODEL_SPECS
 from models.spec import MixtureSpec, NormalPrior, SigmaPrior
 
 SPEC = MixtureSpec(K=2, D=0, intercept=True, ordering="intercept", sigma="per-component",
@@ -298,3 +300,28 @@ def test_mode_gaps_are_measured_from_the_best_weighted_mode_not_an_unstable_one(
              {"status": "unstable", "lp_mean": -80.19}]
     assert lp_gaps(modes) == pytest.approx([0.0, 8.12, -1.69])
     assert lp_gaps([{"status": "unstable", "lp_mean": -3.0}, {"status": "degenerate", "lp_mean": -1.0}]) == [2.0, 0.0]
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_a_batch_of_points_maps_to_the_unconstrained_space_and_back_as_each_point_does(name):
+    """The modes reference moves batches of canonical points to NumPyro's unconstrained space and
+    back (bench.reference.modes.Unconstrained); every spec (shared coefficients, softmax weights,
+    orderings, t errors) must map a batch of S points as it maps each one (a batch once lost the
+    leading axis to ``gamma[:-1]`` and ``b[0]``)."""
+    import jax
+
+    from bench.reference.modes import Unconstrained
+
+    spec = MODEL_SPECS[name]
+    space = Unconstrained(spec)
+    rng = np.random.default_rng(3)
+    points = [spec.check_params(random_point(spec, rng)) for _ in range(3)]
+    batch = {n: np.stack([np.asarray(p[n], dtype=float) for p in points]) for n in points[0]}
+    with jax.enable_x64(True):
+        z = space.to_z(batch)
+        one_by_one = np.concatenate([space.to_z({n: np.asarray(v)[None] for n, v in p.items()}) for p in points])
+        back, _ = space.from_z(z)
+        again = space.to_z(back)
+    assert z.shape == (3, space.dim)
+    np.testing.assert_allclose(z, one_by_one, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(again, z, rtol=1e-9, atol=1e-9)

@@ -166,3 +166,21 @@ def test_advice_picks_the_cheapest_calibrated_line_that_lands_per_difficulty_poi
     assert table[("easy", "cheap")].startswith("yes") and table[("easy", "dear")] == ""
     assert table[("hard", "dear")].startswith("yes") and table[("hard", "cheap")] == ""
     assert table[("none", "dear")] == "none passes; best calibrated"
+
+
+def test_a_handful_of_data_sets_is_never_called_calibrated_nor_chosen():
+    """Five exact data sets pass the test (it has no power there): the verdict says too few, and no
+    line is picked to run."""
+    import pandas as pd
+
+    from bench.report.sbc import LOW_POWER_SIMS, advice_table, calibration_table
+
+    u = np.random.default_rng(2).uniform(size=5)
+    pits = pd.DataFrame([{"region": "r", "sep_min": 2, "backend": "b", "line": "nuts", "sim": i, "quantity": "q",
+                          "pit": v} for i, v in enumerate(u)])
+    calibration = calibration_table(pits)
+    assert calibration["verdict"].tolist() == ["not rejected (5 data sets: too few to call)"]
+    fits = pd.DataFrame([{"region": "r", "sep_min": 2, "backend": "b", "line": "nuts", "data sets": 5, "failed": 0.0,
+                          "flagged": 0.0, "truth's mode": 1.0, "median s to fit": 1.0}])
+    (advice,) = advice_table(calibration, fits)["run this"]
+    assert advice == f"too few data sets to choose (fewer than {LOW_POWER_SIMS})"

@@ -130,7 +130,7 @@ def diagnose(draws: xr.DataTree, lp: np.ndarray, kept: xr.DataTree, checks: dict
     found = []
     for c in range(ds.sizes["chain"]):
         point = {name: np.nanmedian(np.asarray(ds[name].isel(chain=c).values, dtype=float), axis=0)
-                 for name in ("w", "b", "sigma", "pi") if name in ds.data_vars}
+                 for name in ("w", "b", "sigma", "pi", "gamma") if name in ds.data_vars}
         found += degenerate_components(x, y, point)
     if found:
         k, sigma, held = min(found, key=lambda item: item[1])

@@ -196,7 +196,8 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
     others = ran[ran["s_to_ess"].isna() & ran["s_to_fit"].notna()].sort_values("s_to_fit")
     if len(others):
         items = [f"{_name(f)} {fmt(f['s_to_fit'])} s" for _, f in others.iterrows()]
-        sentences.append(Sentence(f"Time to a fit by optimisation after compiling: {_listing(items)}.", "cost",
+        sentences.append(Sentence(f"Time to a fit after compiling (methods without an ESS rate: optimisation, "
+                                  f"SMC's tempering): {_listing(items)}.", "cost",
                                   tuple(others["fit"])))
     compiled = ran[ran["t_compile_max"].notna()].sort_values("t_compile_max")
     if len(compiled):
@@ -226,8 +227,11 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
             items.append(f"{_name(fit)}: {flags or fit['flags']}")
         sentences.append(Sentence(f"Health flags: {'; '.join(items)}.", "health", tuple(flagged["fit"])))
     elif len(ran):
-        sentences.append(Sentence("No health flags on any fit (no divergences, R-hat at most 1.01, bulk ESS at "
-                                  "least 400, k-hat below 0.7 where measured).", "health", tuple(ran["fit"])))
+        unmeasured = sorted({str(m) for m in ran["method"] if str(m).split("+")[0] == "smc"})
+        sentences.append(Sentence("No health flags on any fit (where each was measured: no divergences, R-hat at "
+                                  "most 1.01, bulk ESS at least 400, k-hat below 0.7)"
+                                  + (f"; {', '.join(unmeasured)} has no R-hat or ESS (independent particle "
+                                     "populations)" if unmeasured else "") + ".", "health", tuple(ran["fit"])))
     cause = _prior_scale_sentence(ran, notes)
     if cause is not None:
         sentences.append(cause)

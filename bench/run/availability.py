@@ -28,8 +28,9 @@ def describe() -> str:
         mark = " (default)" if name == DEFAULT_SCENARIO else ""
         spec = scenario.spec
         lines.append(f"  {name:<13} N={scenario.N:<7} K={spec.K} D={spec.D}  {scenario.description}{mark}")
-    lines.append("  or --data FILE.csv: your own data (no truth; scored against its reference posterior, a long "
-                 "NUTS run made once and cached: mixbench reference)")
+    lines.append("  or --data FILE.csv: your own data (no truth; scored against its reference posterior, made "
+                 "once and cached: the posterior's modes, each sampled by NUTS and weighted by its mass; "
+                 "mixbench reference)")
     lines.append("  or a point of the scenario family lines, e.g. lines-K2-D1-sep2-wmin0.5-sr1 "
                  "(mixbench sweep varies its axes: K, D, sep, w_min, sigma_ratio, N)")
 

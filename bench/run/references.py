@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -111,6 +112,7 @@ class ReferenceCell:
             row.update(status="failed", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in a reference fit is its row's error, as a cell's is
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            print(row["traceback"], file=sys.stderr, flush=True)  # into the cell's log, which the error names
         row["time_cell"] = time.perf_counter() - start
         return row
 

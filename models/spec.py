@@ -236,7 +236,7 @@ class MixtureSpec:
                 f"ordering: must be one of {', '.join(ORDERINGS)}, got {self.ordering!r}"
             )
         if self.ordering == "intercept" and not self.intercept:
-            raise MixbenchError("ordering: 'intercept' needs intercepts (intercept=True; --intercept)")
+            raise MixbenchError("ordering: 'intercept' needs intercepts: --intercept, or intercept = true in a spec file")
         if self.ordering == "slope" and self.D == 0:
             raise MixbenchError("ordering: 'slope' needs at least one covariate (D >= 1)")
         if self.likelihood not in LIKELIHOODS:
@@ -257,7 +257,7 @@ class MixtureSpec:
         if self.shared == "slopes" and self.ordering == "slope":
             raise MixbenchError("ordering: 'slope' cannot order components that share their slopes")
         if self.shared == "intercepts" and not self.intercept:
-            raise MixbenchError("shared: 'intercepts' needs intercepts (intercept=True; --intercept)")
+            raise MixbenchError("shared: 'intercepts' needs intercepts: --intercept, or intercept = true in a spec file")
         if self.shared == "intercepts" and self.ordering == "intercept":
             raise MixbenchError("ordering: 'intercept' cannot order components that share their intercepts")
         if self.shared == "intercepts" and self.D == 0:

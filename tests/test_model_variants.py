@@ -62,7 +62,7 @@ def test_shared_intercepts_count_their_prior_once_and_need_equal_entries():
 
 @pytest.mark.parametrize("fields, message", [
     ({"weights": "logistic"}, "weights: must be one of dirichlet, softmax"),
-    ({"shared": "intercepts"}, "shared: 'intercepts' needs intercepts (intercept=True; --intercept)"),
+    ({"shared": "intercepts"}, "shared: 'intercepts' needs intercepts: --intercept, or intercept = true in a spec file"),
     ({"shared": "intercepts", "intercept": True, "ordering": "intercept"}, "cannot order components"),
     ({"weights": "softmax", "likelihood": "forum-original"}, "replays the forum's normal mixture"),
     ({"weights": "softmax", "gamma_prior": {"mu": 0.0, "sigma": -1.0}}, "Normal prior sigma"),

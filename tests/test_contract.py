@@ -89,7 +89,7 @@ def test_support_matrix_follows_the_tables(name, likelihood, data):
     for method in METHODS:
         reason = backend.unsupported_reason(spec, method, SETTINGS)
         if method not in backend.methods:
-            assert reason == (f"method {method!r} is not implemented by the {name} backend "
+            assert reason == (f"method {str(method)!r} is not implemented by the {name} backend "
                               f"(it runs: {', '.join(backend.methods)})")
         elif likelihood not in backend.likelihoods:
             assert reason is not None and f"likelihood {likelihood!r} is not implemented in the {name}" in reason

@@ -13,6 +13,26 @@ is two lines of one sweep, and every other line stays unordered.
 
 Fit settings default to those of ``mixbench run`` (SWEEP_SETTINGS says why and what they cost).
 
+Every data set gets a reference posterior by default (SWEEP_REFERENCE "make": the cached one, else
+made before the fits by bench.run.references.attach_references, one data set at a time, in the
+executor's worker). Each fit is then placed against the reference (row ``mode``,
+bench.score.landing) and against the truth apart (``truth_mode``), and the reference itself
+against the truth (``ref_truth_mass``), all from the fit's one relabelling to the truth
+(bench.score.metrics): the breaking points (bench.report.sweep_tables) tell "the posterior no
+longer identifies the truth" (the data's information) from "the method misses the posterior" (the
+method's failure). ``--reference none`` scores against the truth only.
+
+The cost: one reference per point x data set (``--data-per-seed``: per seed) x line spec (a line
+that overrides the spec, e.g. ordering=slope, poses another posterior). Measured with
+``mixbench reference --scenario lines-K2-D1-sep{2,1}-wmin0.5-sr1 --N 200 --method M`` (wall time,
+the command's start included, two cores shared, load 2.3-3.6): ``nuts`` (4 chains x 1000 + 1000
+NumPyro NUTS draws) 15.8 s at sep 2 and 10.4 s at sep 1; ``modes`` (12 exploring chains, MAP and
+Pathfinder starts, each mode sampled and weighted by bridge sampling) 64.5 s and 44.5 s. Both found
+the one mode (the same means) and passed their checks. SWEEP_REFERENCE_METHOD is therefore
+``nuts``: sound at such points, and a quarter of the cost; a NUTS reference whose chains disagree
+fails its R-hat check and its rows say "provisional". Where the posterior has several modes of
+real mass (K >= 3, small weights), ``--reference-method modes`` weights them by their masses.
+
 The sweep's tables and findings are bench.report.sweep_tables'.
 """
 
@@ -33,6 +53,10 @@ from models.families import DEFAULT_N, FamilyPoint, check_axis
 # costs mostly its process start and, once per program shape, NumPyro's compile. The 640 cells of
 # its 10-seed version: about 20 minutes, and 2-3 more for the report.
 SWEEP_SETTINGS: dict[str, Any] = {}
+# The reference posterior a sweep makes per data set by default, and how (the module's docstring
+# says what it costs and why NUTS).
+SWEEP_REFERENCE = "make"
+SWEEP_REFERENCE_METHOD = "nuts"
 # Spec fields a line or --spec may override: the family point owns K, D, intercepts and the truth.
 OVERRIDABLE = ("ordering", "sigma", "likelihood", "pi_alpha", "errors", "nu", "weights")
 

@@ -191,13 +191,30 @@ def test_without_a_reference_the_table_says_so_and_keeps_the_truth_columns(two_w
     failed = two_way_rows.assign(reference_status="failed", ref_truth_mass=math.nan)
     failed["mode"] = failed["truth_mode"]
     table = {t.key: t for t in sweep_tables(failed)}["sweep-breaking"]
-    assert "No reference posterior was made (--reference none, or making it failed)" in table.text
+    assert "No accepted reference posterior (--reference none, or each was provisional or could not be made" in table.text
     assert not any("posterior" in c or "identified" in c for c in table.frame.columns)
     frame = table.frame.set_index("line")
     assert frame.loc["nuts", "reference made"] == "failed at sep 1, 2, 4"
     assert (frame.loc["nuts", "hardest sep held"], frame.loc["nuts", "broke at sep"]) == ("2", "1")
     [section] = sweep_findings(failed)
     assert all(s.text.endswith("(no reference posterior: against the truth only).") for s in section.sentences)
+
+
+def test_a_provisional_reference_counts_against_the_truth_only(two_way_rows):
+    """A reference that failed its checks places no fit (bench.run.references): sep 1 drops out of
+    the two-way walk, and the table and findings say where."""
+    rows = two_way_rows.copy()
+    rows.loc[rows["sep"] == 1.0, "reference_status"] = "provisional"
+    freq = landing_frequencies(rows)
+    hard = freq[(freq["sep"] == 1.0) & (freq["line"] == "nuts")].iloc[0]
+    assert (hard["posterior_n"], hard["identifies_n"], hard["reference"]) == (0, 0, "provisional")
+    ident = breaking_points(freq, share="identifies").set_index("line")
+    assert (ident.loc["nuts", "held"], ident.loc["nuts", "hardest_held"]) == ("all", 2.0)
+    frame = {t.key: t for t in sweep_tables(rows)}["sweep-breaking"].frame.set_index("line")
+    assert frame.loc["nuts", "reference made"] == "provisional at sep 1"
+    [section] = sweep_findings(rows)
+    assert all(s.text.endswith("Reference provisional at sep 1: counted against the truth only there.")
+               for s in section.sentences)
 
 
 # ---------------------------------------------------------------------------------------------

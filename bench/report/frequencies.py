@@ -10,12 +10,12 @@ the spec fields the cell overrides, e.g. NUTS ordered by slope), the share of se
   ``mixed``: chains landed in different modes; ``failed``: no draws (failed, crashed, timed out);
 - ``switch``: fits with a label switch within a chain (MCMC fits only: ``label_switches`` > 0);
 - ``disagree``: fits whose chains' majority labellings differ (fits of two chains or more);
-- ``posterior``: where a reference posterior placed the fits (bench.score.landing), the fits in
-  its mode (row ``mode`` reference), out of the ok fits that had one: "the method matches the
-  posterior";
-- ``identifies``: the data sets whose reference posterior holds at least IDENTIFY_MASS of its draws
-  in the truth's mode (row ``ref_truth_mass``, bench.score.metrics.reference_truth_mass), out of
-  those with a reference: "the posterior identifies the truth". Beside it ``truth_mass``, the
+- ``posterior``: where an accepted reference posterior placed the fits (bench.score.landing), the
+  fits in its mode (row ``mode`` reference), out of the ok fits that had one: "the method matches
+  the posterior" (a provisional reference failed its checks: no fit is said to have reached it);
+- ``identifies``: the data sets whose accepted reference posterior holds at least IDENTIFY_MASS of
+  its draws in the truth's mode (row ``ref_truth_mass``, bench.score.metrics.reference_truth_mass),
+  out of those with one: "the posterior identifies the truth". Beside it ``truth_mass``, the
   median of that mass over the point's data sets.
 
 ``truth`` is the fit's landing against the truth apart (row ``truth_mode``; rows written before it
@@ -110,8 +110,9 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per sweep point x line: for each of SHARES its ``_k``, ``_n``, ``_frac``,
     ``_lo``, ``_hi`` (Wilson LEVEL interval), plus ``seeds`` (cells counted), ``w_err`` (median
     slope error, ok seeds), ``s_to_fit`` (median warm-up + sampling or optimisation seconds),
-    ``truth_mass`` (median ``ref_truth_mass`` over the data sets) and ``reference`` (made: every
-    data set had one; failed: some had none because making it failed; none: none was asked for)."""
+    ``truth_mass`` (median ``ref_truth_mass`` over the data sets with an accepted reference) and
+    ``reference``: the worst of its rows' reference status (failed: making one failed; provisional:
+    one failed its checks; accepted; none: none was asked for)."""
     rows = sweep_rows(frame)
     rows = rows[rows["status"] != "unsupported"] if len(rows) else rows
     if rows.empty:
@@ -133,16 +134,15 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         several = ok[num(ok, "n_chains") > 1]
         disagree = int((col(several, "chains_disagree") == True).sum())  # noqa: E712 (NaN-safe)
         record.update({f"disagree_{part}": v for part, v in _share(disagree, len(several)).items()})
-        placed = ok[_has_reference(ok)]
+        placed = ok[_accepted(ok)]
         record.update({f"posterior_{part}": v for part, v in
                        _share(int((col(placed, "mode") == "reference").sum()), len(placed)).items()})
-        masses = _data_set_masses(group)
+        masses = _data_set_masses(group[_accepted(group)])
         record.update({f"identifies_{part}": v for part, v in
                        _share(int((masses >= IDENTIFY_MASS).sum()), len(masses)).items()})
         record["truth_mass"] = float(masses.median()) if len(masses) else math.nan
         status = col(group, "reference_status")
-        record["reference"] = ("failed" if (status == "failed").any() else
-                               "made" if _has_reference(group).any() else "none")
+        record["reference"] = next((s for s in ("failed", "provisional", "accepted") if (status == s).any()), "none")
         record["seeds"] = n
         # The report's fit ids (bench.report.tables.assign_fit_ids) of the point's cells, when assigned.
         record["fits"] = " ".join(sorted(set(col(group, "fit").dropna().astype(str)), key=_fit_order))
@@ -164,9 +164,10 @@ def _in_truth(rows: pd.DataFrame) -> pd.Series:
     return rows["truth_mode"].eq("truth").where(rows["truth_mode"].notna(), mode)
 
 
-def _has_reference(rows: pd.DataFrame) -> pd.Series:
-    """Rows a reference posterior placed (one was made or read for their data set)."""
-    return col(rows, "reference_status").isin(("accepted", "provisional"))
+def _accepted(rows: pd.DataFrame) -> pd.Series:
+    """Rows an accepted reference posterior placed. A provisional one failed its checks: no fit is
+    said to have reached it (bench.run.references), so its rows count against the truth only."""
+    return col(rows, "reference_status") == "accepted"
 
 
 def _data_set_masses(rows: pd.DataFrame) -> pd.Series:

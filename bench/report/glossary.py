@@ -181,8 +181,9 @@ COLUMNS: dict[str, str] = {
                  "posterior), of the ok fits a reference placed: k/n, share, Wilson 90% interval",
     "truth's mode mass": "the reference posterior's share of draws in the truth's mode (ref_truth_mass), median "
                          "over the point's data sets",
-    "reference made": "the sweep line's reference posteriors: made, none (--reference none) or failed at the settings "
-                 "where making one failed (its fits then count against the truth only)",
+    "reference made": "the sweep line's reference posteriors: made (every one accepted), none (--reference none), or "
+                      "the settings where one was provisional (failed its checks) or could not be made: those "
+                      "count against the truth only",
     "identified there": "the data sets whose reference posterior holds at least half its draws in the truth's mode, "
                         "at the hardest setting where 90% did: k/n, share, Wilson 90% interval, and the median mass",
     "identified at stop": "the same at the first setting where fewer than 90% of data sets' posteriors identified "

@@ -86,14 +86,14 @@ def _with_mass(texts, masses) -> list[str]:
 
 
 def _references(freq, axis: str) -> pd.Series:
-    """Per line (and setting of the other varied axes, in breaking_points' order): made, none, or
-    where making it failed."""
+    """Per line (and setting of the other varied axes, in breaking_points' order): made (every
+    reference accepted), none, or the settings where one was provisional or could not be made."""
     others = [a for a in varied_axes(freq) if a != axis]
     out = []
     for _, group in freq.groupby(["backend", "line", *others], sort=True, dropna=False):
-        failed = group[group["reference"] == "failed"][axis]
-        out.append("none" if (group["reference"] == "none").all() else
-                   f"failed at {axis} {', '.join(f'{float(v):g}' for v in sorted(failed))}" if len(failed) else "made")
+        gaps = ["{} at {} {}".format(status, axis, ", ".join(f"{float(v):g}" for v in sorted(group[group["reference"] == status][axis])))
+                for status in ("provisional", "failed") if (group["reference"] == status).any()]
+        out.append("none" if (group["reference"] == "none").all() else "; ".join(gaps) or "made")
     return pd.Series(out)
 
 
@@ -136,9 +136,12 @@ def _breaking_table(freq, varied: list[str], fixed: str) -> Table:
     two_way = ("The posterior identifies the truth: the data sets whose reference posterior holds at least half its "
                "draws in the truth's mode (mass: the reference's share of draws there, median over data sets): the "
                "data's information. The method matches the posterior: the seeds whose fit landed in the reference's "
-               "mode: the method's own failure is where this falls. " if referenced else
-               "No reference posterior was made (--reference none"
-               + (", or making it failed" if (freq["reference"] == "failed").any() else "")
+               "mode: the method's own failure is where this falls. Only accepted references count: settings "
+               "whose reference was provisional (it failed its checks) or could not be made (reference made) count "
+               "against the truth only. " if referenced else
+               "No accepted reference posterior (--reference none"
+               + (", or each was provisional or could not be made: reference made"
+                  if freq["reference"].isin(("failed", "provisional")).any() else "")
                + "): only the fits against the truth, so a breaking point here is the data's and the method's "
                "together. ")
     return Table("sweep-breaking", "Sweep: breaking points",
@@ -196,13 +199,15 @@ def sweep_findings(frame):
     referenced = bool(freq["posterior_n"].any() or freq["identifies_n"].any())
     post = breaking_points(freq, axis, share="posterior") if referenced else None
     ident = breaking_points(freq, axis, share="identifies") if referenced else None
+    gaps = _references(freq, axis)
     sentences = []
     for i, point in truth.iterrows():
         where = ", ".join(f"{a} = {float(point[a]):g}" for a in varied[1:])
         name = f"{point['backend']} / {point['line']}" + (f" ({where})" if where else "")
         if referenced and post.loc[i, "held"] != "unknown":
             text = (f"{name}: {_method_clause(post.loc[i], axis)}; {_data_clause(ident.loc[i], axis)}. Against the "
-                    f"truth its fits {_truth_clause(point, axis)}.")
+                    f"truth its fits {_truth_clause(point, axis)}."
+                    + ("" if gaps[i] == "made" else f" Reference {gaps[i]}: counted against the truth only there."))
         else:
             text = f"{name} {_truth_clause(point, axis)} (no reference posterior: against the truth only)."
         fits = tuple(f for f in f"{point['fits_held']} {point['fits_broke']}".split() if f)

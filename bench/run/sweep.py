@@ -23,17 +23,20 @@ longer identifies the truth" (the data's information) from "the method misses th
 method's failure). ``--reference none`` scores against the truth only.
 
 The cost: one reference per point x data set (``--data-per-seed``: per seed) x line spec (a line
-that overrides the spec, e.g. ordering=slope, poses another posterior). Measured with
-``mixbench reference --scenario lines-K2-D1-sep{2,1}-wmin0.5-sr1 --N 200 --method M`` (wall time,
-the command's start included, two cores shared, load 2.3-3.6): ``nuts`` (4 chains x 1000 + 1000
-NumPyro NUTS draws) 15.8 s at sep 2 and 10.4 s at sep 1; ``modes`` (12 exploring chains, MAP and
-Pathfinder starts, each mode sampled and weighted by bridge sampling) 64.5 s and 44.5 s. Both found
-the one mode (the same means) and passed their checks. SWEEP_REFERENCE_METHOD is therefore
-``nuts``: sound at such points, and a quarter of the cost; a NUTS reference whose chains disagree
-fails its R-hat check and its rows say "provisional". Where the posterior has several modes of
-real mass (K >= 3, small weights), ``--reference-method modes`` weights them by their masses.
-
-The sweep's tables and findings are bench.report.sweep_tables'.
+that overrides the spec, e.g. ordering=slope, poses another posterior), made one at a time before
+the fits. Measured at N = 200, K = 2 (two cores shared, load 1.7-4.0), as the sweep makes them (a
+reference cell in the warm worker, NumPyro's compile cache warm; ``mixbench sweep --vary sep=1,2
+--vary N=200 --methods advi-fullrank --seeds 0 --data-seed S --reference-method M``, the row's
+time): ``nuts`` (4 chains x (1000 + 1000) NumPyro NUTS draws) 1.0-1.6 s per data set, about one
+NUTS fit; ``modes`` (12 exploring chains, MAP and Pathfinder starts, each mode sampled and weighted
+by bridge sampling) 24-34 s. Through ``mixbench reference``, a process of its own each: 10-16 s and
+45-65 s. Every reference found one mode; 5 of the 6 NUTS references (data seeds 0, 11 and 13) and
+all 4 modes references (data seeds 12 and 14) passed their checks (the sixth: R-hat 1.013 > 1.01,
+sep 1, data seed 13). SWEEP_REFERENCE_METHOD is
+therefore ``nuts``: sound at such points at a twentieth of the cost. A provisional reference places
+no fit (its settings count against the truth only, and the report says where): ``--reference-method
+modes`` or more reference draws then, and wherever the posterior has several modes of real mass
+(K >= 3, small weights).
 """
 
 from __future__ import annotations

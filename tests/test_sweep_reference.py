@@ -262,7 +262,6 @@ def test_a_sweep_attaches_its_default_reference_to_every_cells_data_set(monkeypa
 # A small real sweep with its references
 
 
-@pytest.mark.slow
 def test_a_small_sweep_reports_the_separated_breaking_points(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", "--vary", "sep=1,4", "--vary", "N=100", "--backends", "numpyro", "--methods", "nuts",

@@ -175,6 +175,15 @@ def test_a_method_that_matches_a_reference_which_misses_the_truth_is_not_broken(
     assert [c for c in table.frame.columns if describe(c) is None] == []
 
 
+def test_a_biased_fit_is_counted_apart_and_not_as_matching(two_way_rows):
+    rows = two_way_rows.copy()
+    rows.loc[(rows["sep"] == 2.0) & (rows["method"] == "nuts") & (rows["seed"] == 0), "mode"] = "biased"
+    freq = landing_frequencies(rows).set_index(["sep", "line"])
+    assert (freq.loc[(2.0, "nuts"), "biased_k"], freq.loc[(2.0, "nuts"), "posterior_k"]) == (1, 3)
+    landed = {t.key: t for t in sweep_tables(rows)}["sweep-landings"].frame.set_index(["sep", "line"])
+    assert landed.loc[("2", "nuts"), "biased"] == share(1, 4)
+
+
 def test_findings_name_the_methods_miss_and_the_datas_limit_apart(two_way_rows):
     [section] = sweep_findings(two_way_rows)
     text = {s.text.split(":")[0]: s.text for s in section.sentences}

@@ -7,7 +7,8 @@ the spec fields the cell overrides, e.g. NUTS ordered by slope), the share of se
 - ``truth``: landed in the truth's mode (row ``mode`` truth, or reference when a reference
   posterior placed it: bench.score.metrics, bench.score.landing);
 - ``other``: landed in another mode; ``collapsed``: components coincided or one emptied;
-  ``mixed``: chains landed in different modes; ``failed``: no draws (failed, crashed, timed out);
+  ``mixed``: chains landed in different modes; ``biased``: in a reference's mode but off in
+  location or scale (bench.score.landing); ``failed``: no draws (failed, crashed, timed out);
 - ``switch``: fits with a label switch within a chain (MCMC fits only: ``label_switches`` > 0);
 - ``disagree``: fits whose chains' majority labellings differ (fits of two chains or more);
 - ``posterior``: where an accepted reference posterior placed the fits (bench.score.landing), the
@@ -46,7 +47,7 @@ LEVEL = 0.9  # the Wilson intervals' confidence level
 HOLD = 0.9  # the share of seeds in the truth's mode a setting must keep to count as not broken
 # A data set's posterior identifies the truth when the truth's mode holds at least this share of it.
 IDENTIFY_MASS = 0.5
-SHARES = ("truth", "other", "collapsed", "mixed", "failed", "switch", "disagree", "posterior", "identifies")
+SHARES = ("truth", "other", "collapsed", "mixed", "biased", "failed", "switch", "disagree", "posterior", "identifies")
 # Which axis a breaking point walks and which the phase diagram's second axis is: the first
 # varied axis in this order.
 AXIS_ORDER = ("sep", "w_min", "sigma_ratio", "outliers", "gate", "K", "D", "N")
@@ -126,6 +127,7 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         n = len(group)
         counts = {"truth": int(_in_truth(ok).sum()), "other": int((modes == "other").sum()),
                   "collapsed": int((modes == "collapsed").sum()), "mixed": int((modes == "mixed").sum()),
+                  "biased": int((modes == "biased").sum()),
                   "failed": n - len(ok)}
         for name, k in counts.items():
             record.update({f"{name}_{part}": v for part, v in _share(k, n).items()})

@@ -174,6 +174,8 @@ COLUMNS: dict[str, str] = {
     "other": "seeds landing in another mode: k/n, share, Wilson 90% interval",
     "collapsed": "seeds whose components coincided or one emptied: k/n, share, Wilson 90% interval",
     "mixed": "seeds whose chains landed in different modes: k/n, share, Wilson 90% interval",
+    "biased": "seeds in the reference posterior's mode but off in location or scale (mode biased): k/n, share, "
+              "Wilson 90% interval",
     "failed": "seeds without draws (failed, crashed, timed out): k/n, share, Wilson 90% interval",
     "switch": "NUTS fits with a label switch within a chain (label_switches > 0): k/n, share, Wilson 90% interval",
     "disagree": "fits of two chains or more whose chains hold different labellings: k/n, share, Wilson 90% interval",

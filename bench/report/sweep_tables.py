@@ -39,8 +39,8 @@ def sweep_tables(frame) -> list[Table]:
     fixed = _fixed_text(freq, varied)
     landed = keys.assign(seeds=freq["seeds"].astype(int).values)
     referenced = bool(freq["posterior_n"].any() or freq["identifies_n"].any())
-    for name in ("truth", "posterior", "other", "collapsed", "mixed", "failed"):
-        if name in ("mixed", "failed") and not freq[f"{name}_k"].any() or name == "posterior" and not referenced:
+    for name in ("truth", "posterior", "biased", "other", "collapsed", "mixed", "failed"):
+        if name in ("biased", "mixed", "failed") and not freq[f"{name}_k"].any() or name == "posterior" and not referenced:
             continue
         landed[name] = [share_text(r, name) for _, r in freq.iterrows()]
     if referenced:
@@ -56,7 +56,8 @@ def sweep_tables(frame) -> list[Table]:
               "truth: landed in the truth's mode; other: another mode; collapsed: components coincided or one "
               "emptied; mixed: chains in different modes; failed: no draws (failed, crashed, timed out)."
               + (" With a reference posterior: posterior: landed in the reference's mode (the method matches the "
-                 "posterior), and other, collapsed and mixed are where the reference placed the fits; truth's "
+                 "posterior); biased: in its mode but off in location or scale; other, collapsed and mixed are where "
+                 "the reference placed the fits; truth's "
                  "mode mass: the reference's own share of draws in the truth's mode (median over data sets)."
                  if referenced else "") + fixed,
               landed),

@@ -24,19 +24,19 @@ method's failure). ``--reference none`` scores against the truth only.
 
 The cost: one reference per point x data set (``--data-per-seed``: per seed) x line spec (a line
 that overrides the spec, e.g. ordering=slope, poses another posterior), made one at a time before
-the fits. Measured at N = 200, K = 2 (two cores shared, load 1.7-4.0), as the sweep makes them (a
-reference cell in the warm worker, NumPyro's compile cache warm; ``mixbench sweep --vary sep=1,2
---vary N=200 --methods advi-fullrank --seeds 0 --data-seed S --reference-method M``, the row's
-time): ``nuts`` (4 chains x (1000 + 1000) NumPyro NUTS draws) 1.0-1.6 s per data set, about one
-NUTS fit; ``modes`` (12 exploring chains, MAP and Pathfinder starts, each mode sampled and weighted
-by bridge sampling) 24-34 s. Through ``mixbench reference``, a process of its own each: 10-16 s and
-45-65 s. Every reference found one mode; 5 of the 6 NUTS references (data seeds 0, 11 and 13) and
-all 4 modes references (data seeds 12 and 14) passed their checks (the sixth: R-hat 1.013 > 1.01,
-sep 1, data seed 13). SWEEP_REFERENCE_METHOD is
-therefore ``nuts``: sound at such points at a twentieth of the cost. A provisional reference places
-no fit (its settings count against the truth only, and the report says where): ``--reference-method
-modes`` or more reference draws then, and wherever the posterior has several modes of real mass
-(K >= 3, small weights).
+the fits. Measured at N = 200, K = 2, sep 1, 2 and 4 (two cores shared, load 1.7-4.0), as the
+sweep makes them (a reference cell in the warm worker, NumPyro's compile cache warm; the row's
+time, e.g. ``mixbench sweep --vary sep=1,2 --vary N=200 --methods advi-fullrank --seeds 0
+--data-seed S --reference-method M``): ``nuts`` (4 chains x (1000 + 1000) NumPyro NUTS draws)
+1.0-2.2 s per data set (9 references, data seeds 0, 5, 11 and 13), about one NUTS fit; ``modes``
+(12 exploring chains, MAP and Pathfinder starts, each mode sampled and weighted by bridge
+sampling) 24-34 s (4 references, data seeds 12 and 14). Through ``mixbench reference``, a process
+of its own each: 10-16 s and 45-65 s. Every reference found one mode; 8 of the 9 NUTS references
+and all 4 modes references passed their checks (the ninth: R-hat 1.013 > 1.01, sep 1, data seed
+13). SWEEP_REFERENCE_METHOD is therefore ``nuts``: sound at such points at a fifteenth of the
+cost. A provisional reference places no fit (its settings count against the truth only, and the
+report says where): ``--reference-method modes`` or more reference draws then, and wherever the
+posterior has several modes of real mass (K >= 3, small weights).
 """
 
 from __future__ import annotations

@@ -473,7 +473,7 @@ def _add_sweep_parser(sub) -> None:
                             "identifying the truth from where the method misses the posterior. Cost: one per point x "
                             "data set x line spec (ordering=slope is a spec of its own); at N = 200, K = 2 a NUTS "
                             f"reference ({SWEEP_REFERENCE_METHOD}, the default here) took 1.0-2.2 s in the sweep's "
-                            "worker (about one NUTS fit), a modes reference 24-34 s (bench/run/sweep.py). A "
+                            "worker (2-3 NUTS fit cells), a modes reference 24-34 s (bench/run/sweep.py). A "
                             "provisional reference (failed its checks) places no fit. auto: only cached ones (a "
                             "sweep's data have a truth); none: against the truth only")
     _add_reference_options(sweep, method_default=SWEEP_REFERENCE_METHOD)

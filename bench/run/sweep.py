@@ -28,7 +28,7 @@ the fits. Measured at N = 200, K = 2, sep 1, 2 and 4 (two cores shared, load 1.7
 sweep makes them (a reference cell in the warm worker, NumPyro's compile cache warm; the row's
 time, e.g. ``mixbench sweep --vary sep=1,2 --vary N=200 --methods advi-fullrank --seeds 0
 --data-seed S --reference-method M``): ``nuts`` (4 chains x (1000 + 1000) NumPyro NUTS draws)
-1.0-2.2 s per data set (9 references, data seeds 0, 5, 11 and 13), about one NUTS fit; ``modes``
+1.0-2.2 s per data set (9 references, data seeds 0, 5, 11 and 13), the time of 2-3 of the sweep's NUTS fit cells (median 0.7 s); ``modes``
 (12 exploring chains, MAP and Pathfinder starts, each mode sampled and weighted by bridge
 sampling) 24-34 s (4 references, data seeds 12 and 14). Through ``mixbench reference``, a process
 of its own each: 10-16 s and 45-65 s. Every reference found one mode; 8 of the 9 NUTS references

@@ -48,7 +48,7 @@ from bench.run.progress import Progress
 from bench.run.references import attach_references, command_reference
 from bench.run.sbc import DEFAULT_SCENARIO as SBC_SCENARIO
 from bench.run.sbc import sbc_cells
-from bench.run.sweep import SWEEP_SETTINGS
+from bench.run.sweep import SWEEP_REFERENCE, SWEEP_REFERENCE_METHOD, SWEEP_SETTINGS
 from bench.score.modes import modes_table_lines
 from models.errors import MixbenchError, MixbenchWarning
 from models.families import AXES
@@ -201,12 +201,13 @@ def _add_prior_options(group) -> None:
                        help="fit centred and scaled x and y (priors then apply on that scale); report on the data's scale")
 
 
-def _add_reference_options(group, prefix: str = "--reference-") -> None:
+def _add_reference_options(group, prefix: str = "--reference-", method_default: str | None = None) -> None:
     defaults = ReferenceSettings()
-    group.add_argument(f"{prefix}method", dest="ref_method", choices=("modes", "nuts"), default=defaults.method,
+    method_default = method_default or defaults.method
+    group.add_argument(f"{prefix}method", dest="ref_method", choices=("modes", "nuts"), default=method_default,
                        help="modes: find the posterior's modes from many starts, sample each with NumPyro NUTS and "
                             "weight it by its mass (bridge and importance sampling); nuts: one multi-chain NUTS run "
-                            f"with --{prefix.strip('-')}-backend (default {defaults.method})")
+                            f"with --{prefix.strip('-')}-backend (default {method_default})")
     group.add_argument(f"{prefix}backend", dest="ref_backend", choices=BACKEND_NAMES, default=defaults.backend,
                        help=f"backend of the reference's NUTS run with method nuts (default {defaults.backend})")
     group.add_argument(f"{prefix}chains", dest="ref_chains", type=_positive_int, default=defaults.chains,
@@ -465,9 +466,17 @@ def _add_sweep_parser(sub) -> None:
     data.add_argument("--data-per-seed", action="store_true",
                       help="each seed fits its own data set (data seed = seed): frequencies over data sets and "
                            "inference together (each data set is a setup of its own in the report)")
-    sweep.add_argument("--reference", choices=("none", "auto", "make"), default="none",
-                       help="reference posterior per data set (default none: the truth is the labelling target)")
-    _add_reference_options(sweep)
+    sweep.add_argument("--reference", choices=("none", "auto", "make"), default=SWEEP_REFERENCE,
+                       help=f"reference posterior per data set (default {SWEEP_REFERENCE}: the cached one, else made "
+                            "now, before the fits, one data set at a time): every fit is placed against it and "
+                            "against the truth apart, so the breaking points tell where the posterior stops "
+                            "identifying the truth from where the method misses the posterior. Cost: one per point x "
+                            "data set x line spec (ordering=slope is a spec of its own); at N = 200, K = 2 a NUTS "
+                            f"reference ({SWEEP_REFERENCE_METHOD}, the default here) took 1.0-2.2 s in the sweep's "
+                            "worker (2-3 NUTS fit cells), a modes reference 24-34 s (bench/run/sweep.py). A "
+                            "provisional reference (failed its checks) places no fit. auto: only cached ones (a "
+                            "sweep's data have a truth); none: against the truth only")
+    _add_reference_options(sweep, method_default=SWEEP_REFERENCE_METHOD)
     changed = ", ".join(f"{k} {v}" for k, v in SWEEP_SETTINGS.items())
     settings = sweep.add_argument_group("fit settings (defaults: mixbench run's" + (f", except {changed})" if changed else ")"))
     _add_fit_settings(settings, SWEEP_SETTINGS)

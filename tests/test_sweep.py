@@ -200,7 +200,7 @@ def test_a_line_broken_at_the_easiest_setting_holds_none(hand_rows):
 
 SWEEP = ["sweep", "--vary", "sep=1,4", "--vary", "w_min=0.2,0.5", "--vary", "N=200", "--backends", "numpyro",
          "--methods", "nuts,advi-fullrank", "--seeds", "0-2", "--warmup", "150", "--draws", "150",
-         "--vi-iterations", "1500", "--vi-draws", "200", "--jobs", "2"]
+         "--vi-iterations", "1500", "--vi-draws", "200", "--jobs", "2", "--reference", "none"]
 
 
 def _sweep_process(out, *extra):

@@ -7,17 +7,29 @@ the spec fields the cell overrides, e.g. NUTS ordered by slope), the share of se
 - ``truth``: landed in the truth's mode (row ``mode`` truth, or reference when a reference
   posterior placed it: bench.score.metrics, bench.score.landing);
 - ``other``: landed in another mode; ``collapsed``: components coincided or one emptied;
-  ``mixed``: chains landed in different modes; ``failed``: no draws (failed, crashed, timed out);
+  ``mixed``: chains landed in different modes; ``biased``: in a reference's mode but off in
+  location or scale (bench.score.landing); ``failed``: no draws (failed, crashed, timed out);
 - ``switch``: fits with a label switch within a chain (MCMC fits only: ``label_switches`` > 0);
-- ``disagree``: fits whose chains' majority labellings differ (fits of two chains or more).
+- ``disagree``: fits whose chains' majority labellings differ (fits of two chains or more);
+- ``posterior``: where an accepted reference posterior placed the fits (bench.score.landing), the
+  fits in its mode (row ``mode`` reference), out of the ok fits that had one: "the method matches
+  the posterior" (a provisional reference failed its checks: no fit is said to have reached it);
+- ``identifies``: the data sets whose accepted reference posterior holds at least IDENTIFY_MASS of
+  its draws in the truth's mode (row ``ref_truth_mass``, bench.score.metrics.reference_truth_mass),
+  out of those with one: "the posterior identifies the truth". Beside it ``truth_mass``, the
+  median of that mass over the point's data sets.
+
+``truth`` is the fit's landing against the truth apart (row ``truth_mode``; rows written before it
+existed: ``mode`` truth, or reference when a reference placed them).
 
 Each share is k of n with its Wilson score interval at 90% (Wilson 1927; recommended over the
 Wald interval by Brown, Cai & DasGupta 2001), computed by scipy.stats.binomtest. Unsupported
 cells count in no denominator. Beside them: the median slope error and the median seconds to fit.
 
 A *breaking point* walks one axis from its easiest to its hardest setting (models.families.AXES
-says which direction is harder) and names the hardest setting reached with at least 90% of seeds
-still in the truth's mode before the first setting below it.
+says which direction is harder) and names the hardest setting reached with a share (by default
+``truth``: seeds in the truth's mode; also ``posterior`` and ``identifies``) of at least 90% before
+the first setting below it.
 """
 
 from __future__ import annotations
@@ -33,7 +45,9 @@ from models.families import AXES
 
 LEVEL = 0.9  # the Wilson intervals' confidence level
 HOLD = 0.9  # the share of seeds in the truth's mode a setting must keep to count as not broken
-SHARES = ("truth", "other", "collapsed", "mixed", "failed", "switch", "disagree")
+# A data set's posterior identifies the truth when the truth's mode holds at least this share of it.
+IDENTIFY_MASS = 0.5
+SHARES = ("truth", "other", "collapsed", "mixed", "biased", "failed", "switch", "disagree", "posterior", "identifies")
 # Which axis a breaking point walks and which the phase diagram's second axis is: the first
 # varied axis in this order.
 AXIS_ORDER = ("sep", "w_min", "sigma_ratio", "outliers", "gate", "K", "D", "N")
@@ -96,7 +110,10 @@ def _share(k: int, n: int) -> dict[str, Any]:
 def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per sweep point x line: for each of SHARES its ``_k``, ``_n``, ``_frac``,
     ``_lo``, ``_hi`` (Wilson LEVEL interval), plus ``seeds`` (cells counted), ``w_err`` (median
-    slope error, ok seeds) and ``s_to_fit`` (median warm-up + sampling or optimisation seconds)."""
+    slope error, ok seeds), ``s_to_fit`` (median warm-up + sampling or optimisation seconds),
+    ``truth_mass`` (median ``ref_truth_mass`` over the data sets with an accepted reference) and
+    ``reference``: the worst of its rows' reference status (failed: making one failed; provisional:
+    one failed its checks; accepted; none: none was asked for)."""
     rows = sweep_rows(frame)
     rows = rows[rows["status"] != "unsupported"] if len(rows) else rows
     if rows.empty:
@@ -108,8 +125,9 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         modes = col(ok, "mode")
         n = len(group)
-        counts = {"truth": int(modes.isin(TARGET_MODES).sum()), "other": int((modes == "other").sum()),
+        counts = {"truth": int(_in_truth(ok).sum()), "other": int((modes == "other").sum()),
                   "collapsed": int((modes == "collapsed").sum()), "mixed": int((modes == "mixed").sum()),
+                  "biased": int((modes == "biased").sum()),
                   "failed": n - len(ok)}
         for name, k in counts.items():
             record.update({f"{name}_{part}": v for part, v in _share(k, n).items()})
@@ -118,6 +136,15 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         several = ok[num(ok, "n_chains") > 1]
         disagree = int((col(several, "chains_disagree") == True).sum())  # noqa: E712 (NaN-safe)
         record.update({f"disagree_{part}": v for part, v in _share(disagree, len(several)).items()})
+        placed = ok[_accepted(ok)]
+        record.update({f"posterior_{part}": v for part, v in
+                       _share(int((col(placed, "mode") == "reference").sum()), len(placed)).items()})
+        masses = _data_set_masses(group[_accepted(group)])
+        record.update({f"identifies_{part}": v for part, v in
+                       _share(int((masses >= IDENTIFY_MASS).sum()), len(masses)).items()})
+        record["truth_mass"] = float(masses.median()) if len(masses) else math.nan
+        status = col(group, "reference_status")
+        record["reference"] = next((s for s in ("failed", "provisional", "accepted") if (status == s).any()), "none")
         record["seeds"] = n
         # The report's fit ids (bench.report.tables.assign_fit_ids) of the point's cells, when assigned.
         record["fits"] = " ".join(sorted(set(col(group, "fit").dropna().astype(str)), key=_fit_order))
@@ -128,6 +155,29 @@ def landing_frequencies(frame: pd.DataFrame) -> pd.DataFrame:
         record["s_to_fit"] = float(cost.median()) if len(cost) else math.nan
         records.append(record)
     return pd.DataFrame(records)
+
+
+def _in_truth(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose fit landed in the truth's mode: ``truth_mode``, or for rows without it (written
+    before it existed, or without a truth) ``mode`` truth or reference."""
+    mode = col(rows, "mode").isin(TARGET_MODES)
+    if "truth_mode" not in rows:
+        return mode
+    return rows["truth_mode"].eq("truth").where(rows["truth_mode"].notna(), mode)
+
+
+def _accepted(rows: pd.DataFrame) -> pd.Series:
+    """Rows an accepted reference posterior placed. A provisional one failed its checks: no fit is
+    said to have reached it (bench.run.references), so its rows count against the truth only."""
+    return col(rows, "reference_status") == "accepted"
+
+
+def _data_set_masses(rows: pd.DataFrame) -> pd.Series:
+    """``ref_truth_mass`` once per data set (cell's data seed) among rows that carry it."""
+    mass = num(rows, "ref_truth_mass")
+    seeds = pd.Series([c.get("data_seed") if isinstance(c, dict) else None for c in col(rows, "cell")],
+                      index=rows.index)
+    return mass[mass.notna()].groupby(seeds[mass.notna()].astype(str)).first()
 
 
 def _fit_order(fit: str) -> tuple:
@@ -146,12 +196,15 @@ def _easiest_first(values, axis: str) -> list:
     return sorted(values, reverse=AXES[axis].harder == "lower")
 
 
-def breaking_points(freq: pd.DataFrame, axis: str | None = None, hold: float = HOLD) -> pd.DataFrame:
+def breaking_points(freq: pd.DataFrame, axis: str | None = None, hold: float = HOLD, share: str = "truth") -> pd.DataFrame:
     """Per line and setting of the other varied axes: walking ``axis`` (default the first varied
-    in AXIS_ORDER) from easiest to hardest, the hardest setting whose truth share is at least
-    ``hold`` before the first that falls below it, with its k/n and Wilson interval, and the
-    setting where it broke with its share. ``held`` is 'all' when no setting fell below,
-    'none' when the easiest already did."""
+    in AXIS_ORDER) from easiest to hardest, the hardest setting whose ``share`` (one of SHARES:
+    truth, posterior, identifies) is at least ``hold`` before the first that falls below it, with
+    its k/n and Wilson interval (``<share>_there``), and the setting where it broke with its share
+    (``<share>_at_break``). ``held`` is 'all' when no setting fell below, 'none' when the easiest
+    already did; settings where nothing was counted for the share (no reference) are passed over,
+    and ``held`` is 'unknown' when none was counted. ``mass_held`` and ``mass_broke``: the median
+    truth's-mode mass of the reference (``truth_mass``) at those settings."""
     if freq.empty:
         return pd.DataFrame()
     varied = [a for a in axes_in(freq) if freq[a].dropna().nunique() > 1]
@@ -163,19 +216,24 @@ def breaking_points(freq: pd.DataFrame, axis: str | None = None, hold: float = H
     for key, group in freq.groupby([*LINE_KEYS, *others], sort=True, dropna=False):
         record = dict(zip([*LINE_KEYS, *others], key if isinstance(key, tuple) else (key,)))
         record["axis"] = axis
-        held, broke = None, None
+        held, broke, counted = None, None, False
         for value in _easiest_first(group[axis].unique(), axis):
             point = group[group[axis] == value].iloc[0]
-            if point["truth_n"] and point["truth_frac"] >= hold:
+            if not point[f"{share}_n"]:
+                continue
+            counted = True
+            if point[f"{share}_frac"] >= hold:
                 held = point
             else:
                 broke = point
                 break
-        record["held"] = "all" if broke is None else ("none" if held is None else "at")
+        record["held"] = "unknown" if not counted else "all" if broke is None else ("none" if held is None else "at")
         record["hardest_held"] = held[axis] if held is not None else math.nan
-        record["truth_there"] = share_text(held, "truth") if held is not None else "-"
+        record[f"{share}_there"] = share_text(held, share) if held is not None else "-"
         record["broke_at"] = broke[axis] if broke is not None else math.nan
-        record["truth_at_break"] = share_text(broke, "truth") if broke is not None else "-"
+        record[f"{share}_at_break"] = share_text(broke, share) if broke is not None else "-"
+        record["mass_held"] = held.get("truth_mass", math.nan) if held is not None else math.nan
+        record["mass_broke"] = broke.get("truth_mass", math.nan) if broke is not None else math.nan
         record["fits_held"] = held["fits"] if held is not None else ""
         record["fits_broke"] = broke["fits"] if broke is not None else ""
         records.append(record)

@@ -169,14 +169,30 @@ COLUMNS: dict[str, str] = {
     "gate": "weight-regression strength of a family point: the softmax weights' slope on x_1 of component 0 "
             "against the last (0: constant weights)",
     "seeds": "cells counted at the sweep point (unsupported cells excluded)",
-    "truth": "seeds landing in the truth's mode (mode truth, or reference with a reference posterior): k/n, "
-             "share, Wilson 90% interval",
+    "truth": "seeds landing in the truth's mode (truth_mode; rows without it: mode truth, or reference with a "
+             "reference posterior): k/n, share, Wilson 90% interval",
     "other": "seeds landing in another mode: k/n, share, Wilson 90% interval",
     "collapsed": "seeds whose components coincided or one emptied: k/n, share, Wilson 90% interval",
     "mixed": "seeds whose chains landed in different modes: k/n, share, Wilson 90% interval",
+    "biased": "seeds in the reference posterior's mode but off in location or scale (mode biased): k/n, share, "
+              "Wilson 90% interval",
     "failed": "seeds without draws (failed, crashed, timed out): k/n, share, Wilson 90% interval",
     "switch": "NUTS fits with a label switch within a chain (label_switches > 0): k/n, share, Wilson 90% interval",
     "disagree": "fits of two chains or more whose chains hold different labellings: k/n, share, Wilson 90% interval",
+    "posterior": "seeds landing in the reference posterior's mode (mode reference: the method matches the "
+                 "posterior), of the ok fits a reference placed: k/n, share, Wilson 90% interval",
+    "truth's mode mass": "the reference posterior's share of draws in the truth's mode (ref_truth_mass), median "
+                         "over the point's data sets",
+    "reference made": "the sweep line's reference posteriors: made (every one accepted), none (--reference none), or "
+                      "the settings where one was provisional (failed its checks) or could not be made: those "
+                      "count against the truth only",
+    "identified there": "the data sets whose reference posterior holds at least half its draws in the truth's mode, "
+                        "at the hardest setting where 90% did: k/n, share, Wilson 90% interval, and the median mass",
+    "identified at stop": "the same at the first setting where fewer than 90% of data sets' posteriors identified "
+                          "the truth",
+    "matched there": "the seeds in the reference's mode at the hardest setting where 90% were: k/n, share, Wilson "
+                     "90% interval",
+    "matched at miss": "the same at the first setting where fewer than 90% were (the method misses the posterior)",
     "truth there": "the truth share at the hardest setting held: k/n, share, Wilson 90% interval",
     "truth at break": "the truth share at the first setting below 90%: k/n, share, Wilson 90% interval",
     # environment
@@ -188,6 +204,16 @@ PATTERNS: list[tuple[str, str, str]] = [  # (regex, how the glossary names the f
     (r"hardest \S+ held", "hardest AXIS held",
      "walking the axis from easiest to hardest, the hardest setting where at least 90% of seeds landed in the "
      "truth's mode before the first below 90% (none: the easiest already fell below)"),
+    (r"truth identified to \S+", "truth identified to AXIS",
+     "walking the axis from easiest to hardest, the hardest setting where at least 90% of data sets' reference "
+     "posteriors held at least half their draws in the truth's mode (the data identify the truth)"),
+    (r"not identified at \S+", "not identified at AXIS",
+     "the first setting where fewer than 90% of data sets' reference posteriors did (the data's information ends)"),
+    (r"posterior matched to \S+", "posterior matched to AXIS",
+     "the hardest setting where at least 90% of seeds landed in the reference posterior's mode"),
+    (r"misses posterior at \S+", "misses posterior at AXIS",
+     "the first setting where fewer than 90% of seeds landed in the reference posterior's mode (the method's "
+     "failure, apart from the data's)"),
     (r"broke at \S+", "broke at AXIS", "the first setting, walking from easiest to hardest, where fewer than 90% of "
      "seeds landed in the truth's mode (never: none did)"),
     (r"K=\d+ N=\S+ ms", "K=k N=n ms",

@@ -13,7 +13,30 @@ is two lines of one sweep, and every other line stays unordered.
 
 Fit settings default to those of ``mixbench run`` (SWEEP_SETTINGS says why and what they cost).
 
-The sweep's tables and findings are bench.report.sweep_tables'.
+Every data set gets a reference posterior by default (SWEEP_REFERENCE "make": the cached one, else
+made before the fits by bench.run.references.attach_references, one data set at a time, in the
+executor's worker). Each fit is then placed against the reference (row ``mode``,
+bench.score.landing) and against the truth apart (``truth_mode``), and the reference itself
+against the truth (``ref_truth_mass``), all from the fit's one relabelling to the truth
+(bench.score.metrics): the breaking points (bench.report.sweep_tables) tell "the posterior no
+longer identifies the truth" (the data's information) from "the method misses the posterior" (the
+method's failure). ``--reference none`` scores against the truth only.
+
+The cost: one reference per point x data set (``--data-per-seed``: per seed) x line spec (a line
+that overrides the spec, e.g. ordering=slope, poses another posterior), made one at a time before
+the fits. Measured at N = 200, K = 2, sep 1, 2 and 4 (two cores shared, load 1.7-4.0), as the
+sweep makes them (a reference cell in the warm worker, NumPyro's compile cache warm; the row's
+time, e.g. ``mixbench sweep --vary sep=1,2 --vary N=200 --methods advi-fullrank --seeds 0
+--data-seed S --reference-method M``): ``nuts`` (4 chains x (1000 + 1000) NumPyro NUTS draws)
+1.0-2.2 s per data set (9 references, data seeds 0, 5, 11 and 13), the time of 2-3 of the sweep's NUTS fit cells (median 0.7 s); ``modes``
+(12 exploring chains, MAP and Pathfinder starts, each mode sampled and weighted by bridge
+sampling) 24-34 s (4 references, data seeds 12 and 14). Through ``mixbench reference``, a process
+of its own each: 10-16 s and 45-65 s. Every reference found one mode; 8 of the 9 NUTS references
+and all 4 modes references passed their checks (the ninth: R-hat 1.013 > 1.01, sep 1, data seed
+13). SWEEP_REFERENCE_METHOD is therefore ``nuts``: sound at such points at a fifteenth of the
+cost. A provisional reference places no fit (its settings count against the truth only, and the
+report says where): ``--reference-method modes`` or more reference draws then, and wherever the
+posterior has several modes of real mass (K >= 3, small weights).
 """
 
 from __future__ import annotations
@@ -33,6 +56,10 @@ from models.families import DEFAULT_N, FamilyPoint, check_axis
 # costs mostly its process start and, once per program shape, NumPyro's compile. The 640 cells of
 # its 10-seed version: about 20 minutes, and 2-3 more for the report.
 SWEEP_SETTINGS: dict[str, Any] = {}
+# The reference posterior a sweep makes per data set by default, and how (the module's docstring
+# says what it costs and why NUTS).
+SWEEP_REFERENCE = "make"
+SWEEP_REFERENCE_METHOD = "nuts"
 # Spec fields a line or --spec may override: the family point owns K, D, intercepts and the truth.
 OVERRIDABLE = ("ordering", "sigma", "likelihood", "pi_alpha", "errors", "nu", "weights")
 

@@ -64,6 +64,11 @@ ROW_FIELDS: dict[str, str] = {
     "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.score.landing), "
             "biased (its mode, but off in location or scale), collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
             "collapsed or other likewise; mixed when chains land in different modes",
+    "truth_mode": "where the chains landed against the truth (truth, collapsed, other or mixed; the truth "
+                  "tolerances of mode), also when a reference posterior placed mode; NaN without a truth",
+    "ref_truth_mass": "the reference posterior's own landing: the share of its draws in the truth's mode (its "
+                      "modes weighted by their masses, else its chains alike, each relabelled to the truth and "
+                      "held to the truth tolerances of mode); NaN without a reference or a truth",
     "permutation": "overall majority labelling, 'j0,j1,...': fit component j_k plays the target's k",
     "chains_on_target": "chains in the reference posterior's mode (without one: the truth's, or the pivot's)",
     "chains_collapsed": "chains with coinciding components or an emptied component",

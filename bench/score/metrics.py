@@ -776,6 +776,47 @@ def _place_point(s: Scoring, summary: ReferenceSummary):
                         lambda mean, sd: is_collapsed(mean, sd, s.settings))[0]
 
 
+def _truth_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    """The fit's landing against the truth (``truth_mode``) beside its landing against the
+    reference (``mode``), and the reference's own (``ref_truth_mass``), from the one relabelling
+    to the truth: a sweep tells "the posterior no longer identifies the truth" from "the method
+    misses the posterior" with them (bench.report.frequencies)."""
+    if s.source != "truth":
+        return {}
+    if s.ref_draws is None or s.ref_lp is None or s.problem is None:
+        return {"truth_mode": row["mode"]}  # the landing metric placed the chains against the truth
+    modes = chain_modes(s.rel.draws, s.rel.permutations, s.target, "truth", s.settings)
+    return {"truth_mode": mode_summary(modes, "truth")["mode"],
+            "ref_truth_mass": reference_truth_mass(s.ref_draws, s.target, s.ref_draw_modes, s.settings)}
+
+
+def reference_truth_mass(ref_draws: xr.DataTree, truth: dict, draw_modes: np.ndarray | None,
+                         settings: MetricSettings = MetricSettings()) -> float:
+    """The share of the reference posterior's draws in the truth's mode, in [0, 1].
+
+    The draws are grouped by the reference mode each came from (``draw_modes``, (chain, draw); a
+    modes reference mixes its modes' draws by their bridge-sampling masses, so a group's share of
+    draws is its mode's mass: bench.reference.modes), else by chain (one NUTS run). A group is in
+    the truth's mode when its draws, relabelled to the truth, are classified ``truth`` by
+    ``chain_modes``: not collapsed, and every relabelled mean within the truth tolerances of
+    ``settings`` (``matches_target``), the rule every fit is held to without a reference.
+    Raises ValueError when the draws and ``truth`` do not have the same parameters.
+    """
+    ds = posterior_dataset(ref_draws)
+    C, S = ds.sizes["chain"], ds.sizes["draw"]
+    groups = np.asarray(draw_modes) if draw_modes is not None else np.repeat(np.arange(C)[:, None], S, axis=1)
+    flat = {name: (ds[name].dims, ds[name].values.reshape(C * S, *ds[name].shape[2:])) for name in ds.data_vars}
+    in_truth = 0
+    for label in np.unique(groups):
+        take = np.flatnonzero(groups.ravel() == label)
+        part = xr.DataTree.from_dict({"posterior": xr.Dataset(
+            {name: (dims, values[take][None]) for name, (dims, values) in flat.items()})})
+        rel = relabel(part, truth, settings.relabel_scale_floor, settings.relabel_max_iter)
+        if chain_modes(rel.draws, rel.permutations, truth, "truth", settings)[0].mode == "truth":
+            in_truth += take.size
+    return in_truth / (C * S)
+
+
 def _degenerate_metric(s: Scoring, row: dict) -> dict[str, Any]:
     single = s.single_point
     text = "; ".join(("" if single else f"chain {c}: ") + f"sigma[{k}] = {sigma:.3g} on {n} points"
@@ -858,6 +899,7 @@ def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:
 METRICS: list[tuple[str, Any]] = [
     ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
+    ("truth", _truth_metric),
     ("reference_modes", lambda s, row: mode_columns(s.rel.draws, s.ref_modes or [])),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),

@@ -292,3 +292,24 @@ def test_a_small_sweep_reports_the_separated_breaking_points(tmp_path):
     assert "misses posterior at sep" in report and "numpyro / nuts: matches the posterior" in report
     assert "truth identified to sep" in done.stdout  # the breaking table printed at the end
     assert FamilyPoint(sep=4.0).name in report
+
+
+def test_simulated_fits_placed_by_a_reference_are_not_said_to_recover_the_truth(two_way_rows):
+    """At sep 1 the reference misses the truth and NUTS sits in the reference's mode: the setup's
+    findings name the reference as the target and give the truth's landing apart (0 of 4), never
+    "Recovered the truth"; with the reference failed, the truth is the target again."""
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
+
+    rows = two_way_rows[(two_way_rows["sep"] == 1.0) & (two_way_rows["method"] == "nuts")].assign(
+        setup="default", reference_source="truth")
+    section = setup_findings(fit_summary(assign_fit_ids(rows)))
+    text = " ".join(s.text for s in section.sentences)
+    assert "scored against the reference posterior of these data" in section.title
+    assert "Reached the reference posterior's mode on every seed: numpyro / nuts (4 of 4; in the truth's mode " \
+           "on 0 of 4" in text
+    assert "Recovered the truth" not in text
+    failed = rows.assign(reference_status="failed", mode=rows["truth_mode"])
+    section = setup_findings(fit_summary(assign_fit_ids(failed)))
+    assert section.title.endswith("simulated, scored against the truth")
+    assert "Never reached the truth: numpyro / nuts (0 of 4" in " ".join(s.text for s in section.sentences)

@@ -78,9 +78,9 @@ def _gaps(fit: pd.Series) -> str:
 
 def _kind(fits: pd.DataFrame) -> str:
     """What the fits were scored against: truth, reference (accepted), provisional or pivot."""
-    if fits["truth"].all():
-        return "truth"
     targets = set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str))
+    if fits["truth"].all() and targets != {"reference"}:
+        return "truth"
     return {frozenset({"reference"}): "reference",
             frozenset({"provisional reference"}): "provisional"}.get(frozenset(targets), "pivot")
 
@@ -105,9 +105,12 @@ def _setup_title(fits: pd.DataFrame) -> str:
         title += f" [{first['setup']}]"
     if _present(first.get("N")):
         title += f", N = {fmt(int(first['N']))}"
-    if fits["truth"].all():
-        return title + ": simulated, scored against the truth"
     targets = sorted(set(fits.loc[fits["seeds_ok"] > 0, "target"].astype(str)) - {"-"})
+    if fits["truth"].all():
+        if targets == ["reference"]:
+            return (title + ": simulated, scored against the reference posterior of these data (one labelling "
+                    "for every fit), and against the truth apart")
+        return title + ": simulated, scored against the truth"
     if targets == ["reference"]:
         return title + ": no truth, scored against the reference posterior (one labelling for every fit)"
     if targets == ["provisional reference"]:
@@ -270,6 +273,13 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
     return SetupFindings(_setup_title(fits), tuple(sentences))
 
 
+def _on_truth(fit: pd.Series, kind: str) -> str:
+    """Simulated data placed by a reference: the truth's landing beside the reference's."""
+    if kind != "reference" or not _present(fit.get("on_truth")):
+        return ""
+    return f"; in the truth's mode on {int(fit['on_truth'])} of {int(fit['seeds_ok'])}"
+
+
 def _landing_sentences(ran: pd.DataFrame, kind: str, truth: bool) -> list[Sentence]:
     every_words, some_words, never_words, _ = _LANDING_WORDS[kind]
     sentences = []
@@ -278,6 +288,7 @@ def _landing_sentences(ran: pd.DataFrame, kind: str, truth: bool) -> list[Senten
         items = []
         for _, fit in every.iterrows():
             detail = f"{int(fit['on_target'])} of {int(fit['seeds_ok'])}"
+            detail += _on_truth(fit, kind)
             error = _main_error(fit) if truth else None
             if error:
                 detail += f", {error[0]} error {fmt(error[1])}"
@@ -289,12 +300,12 @@ def _landing_sentences(ran: pd.DataFrame, kind: str, truth: bool) -> list[Senten
                                   tuple(every["fit"])))
     some = ran[(ran["on_target"] > 0) & (ran["on_target"] < ran["seeds_ok"])]
     if len(some):
-        items = [f"{_name(f)} ({int(f['on_target'])} of {int(f['seeds_ok'])}; elsewhere: {_away(f)})"
+        items = [f"{_name(f)} ({int(f['on_target'])} of {int(f['seeds_ok'])}; elsewhere: {_away(f)}{_on_truth(f, kind)})"
                  for _, f in some.iterrows()]
         sentences.append(Sentence(f"{some_words}: {_listing(items)}.", "modes", tuple(some["fit"])))
     never = ran[ran["on_target"] == 0]
     if len(never):
-        items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)})" for _, f in never.iterrows()]
+        items = [f"{_name(f)} (0 of {int(f['seeds_ok'])}: {_away(f)}{_on_truth(f, kind)})" for _, f in never.iterrows()]
         sentences.append(Sentence(f"{never_words}: {_listing(items)}.", "modes", tuple(never["fit"])))
     return sentences
 

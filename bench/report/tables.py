@@ -148,6 +148,16 @@ def _reference_status(ok: pd.DataFrame, truth: bool) -> dict:
             "reference_causes": first.get("reference_causes")}
 
 
+def _target(ok: pd.DataFrame, truth: bool) -> str:
+    """What a fit's landings were judged against: the truth; the reference posterior, also for simulated
+    data where an accepted reference placed the fits (``mode`` is then its mode; ``truth_mode`` the
+    truth's); or the labelling target of data without a truth."""
+    if truth:
+        accepted = len(ok) and (col(ok, "reference_status") == "accepted").all() and (col(ok, "mode") != "truth").all()
+        return "reference" if accepted else "truth"
+    return _counts_text(col(ok, "reference_source")).split(" x")[0]
+
+
 def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per fit id: its identity, landings, recovery, cost and health over its seeds.
     Medians over the ok seeds unless a name says otherwise."""
@@ -164,7 +174,7 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "precision": _counts_text(col(ok, "precision")).split(" x")[0] if len(ok) else "-",
             "N": _median(num(group, "N")),
             "cells": len(group), "seeds_ok": len(ok), "truth": bool(truth),
-            "target": "truth" if truth else _counts_text(col(ok, "reference_source")).split(" x")[0],
+            "target": _target(ok, truth),
             "reference_name": _counts_text(col(ok, "reference_name")).split(" x")[0] if len(ok) else "-",
             **_reference_status(ok, truth),
             "not_ok": _counts_text(col(group[group["status"] != "ok"], "status")),
@@ -173,6 +183,9 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         for mode in MODE_WORDS:
             record[f"landed_{mode}"] = int((modes == mode).sum())
         record["on_target"] = int(modes.isin(TARGET_MODES).sum())
+        # Where a reference placed the fits of simulated data, the truth's landing is its own column.
+        record["on_truth"] = (int((col(ok, "truth_mode") == "truth").sum())
+                              if record["target"] == "reference" and truth else math.nan)
         record["labellings"] = _counts_text(col(ok, "permutation"))
         disagree = col(ok, "chains_disagree")
         record["seeds_disagree"] = int((disagree == True).sum())  # noqa: E712 (NaN-safe)

@@ -202,3 +202,15 @@ def test_ordering_leaves_the_log_evidence_unchanged(engine):
     se = np.hypot(ordered.std(ddof=1), plain.std(ddof=1)) / np.sqrt(runs)
     assert abs(ordered.mean() - plain.mean()) < 4 * se + 0.05, estimates
     assert 4 * se + 0.05 < 0.5 * np.log(2.0)  # informative: the log 2! constant would show
+
+
+def test_pymc_smc_fits_softmax_weights():
+    """The gate's coefficients gamma come out of pm.sample_smc's trace (a KeyError before)."""
+    spec = MixtureSpec(K=2, D=1, weights="softmax")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 1))
+    fit = get_backend("pymc").fit(spec, Dataset(x=x, y=x[:, 0] + rng.normal(size=30)), "smc",
+                                  FitSettings(chains=2, draws=100), seed=0)
+    assert fit.ok, fit.reason
+    gamma = fit.draws["posterior"]["gamma"].values
+    assert gamma.shape[:2] == (2, 100) and np.all(gamma[..., -1, :] == 0.0)  # the reference row

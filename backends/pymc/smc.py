@@ -10,10 +10,11 @@ weights (PyMC's ``log_marginal_likelihood``, the last stage's).
 Two things the model (models/pymc_model.py) needs that ``pm.sample_smc`` does not do by itself:
 
 - The initial particles. PyMC draws them from ``make_initial_point_expression``, which takes a
-  variable's ``initval`` where it has one: the ordered intercepts (or first slopes) have one (the
-  ordered transform needs an increasing start), so every particle would start at that one point,
-  and the independent Metropolis-Hastings proposal, a Gaussian fitted to the particles, has zero
-  variance there: the ordered variable never moves. The particles are drawn here from the spec's
+  variable's ``initval`` where it has one (by design since PyMC pull request #7439, "Enforce custom
+  initval in SMC"): the ordered intercepts (or first slopes) have one (the ordered transform needs
+  an increasing start), so every particle would start at that one point, and the independent
+  Metropolis-Hastings proposal, a Gaussian fitted to the particles, has zero variance there: the
+  ordered variable never moves. The particles are drawn here from the spec's
   prior instead (``prior_particles``).
 - The evidence. ``pm.sample_smc`` tempers ``model.datalogp``, which holds the Potentials as well as
   the likelihood: the ordered prior's normalising constant log K! (a Potential) is counted in the
@@ -37,7 +38,7 @@ from models.pymc_model import build_model, canonical_values
 from models.spec import MixtureSpec
 
 ENGINE = "pymc+smc"
-_OUTPUTS = ("w", "b", "sigma", "nu", "pi")
+_OUTPUTS = ("w", "b", "sigma", "nu", "pi", "gamma")
 
 
 def fit_smc(backend, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings, seed: int) -> Fit:

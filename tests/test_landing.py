@@ -228,8 +228,8 @@ def test_elpd_loo_agrees_with_plain_importance_sampling_and_counts_the_parameter
     post = {"w": coef[:, 1].reshape(1, S, 1, 1), "b": coef[:, 0].reshape(1, S, 1), "sigma": sig.reshape(1, S),
             "pi": np.ones((1, S, 1))}
     fit = Fit(backend="t", method="advi-fullrank", status="ok", draws=canonical_datatree(spec, post))
-    row = evaluate(fit, problem=problem)
-    assert row["loo_method"] == "psis-loo" and row["loo_draws"] == 1000
+    row = evaluate(fit, problem=problem, settings=MetricSettings(loo_max_obs=n))  # every observation
+    assert row["loo_method"] == "psis-loo" and row["loo_draws"] == 1000 and row["loo_obs"] == n
     kept = np.unique(np.linspace(0, S - 1, 1000).round().astype(int))
     ll = stats.norm.logpdf(y[None], coef[kept, :1] + coef[kept, 1:] * x[None, :, 0], sig[kept, None])
     is_loo = float(np.sum(-special.logsumexp(-ll, axis=0) + np.log(ll.shape[0])))

@@ -46,3 +46,36 @@ def test_subsampled_loo_is_arviz_stats_loo_subsample(share):
     assert row["p_loo"] == pytest.approx(float(expected.p), rel=1e-8)
     assert row["elpd_loo_subsample_se"] == pytest.approx(float(expected.subsampling_se), rel=1e-8)
     assert row["loo_khat_max"] == pytest.approx(float(np.nanmax(expected.pareto_k.values)), rel=1e-10)
+
+
+def test_default_subsample_estimates_the_full_psis_loo_within_its_se():
+    """At N = 1000, above the default loo_max_obs, elpd_loo is a subsample's estimate: for several
+    subsample seeds the full PSIS-LOO of all 1000 observations (arviz-stats' ``loo`` on the same
+    pointwise log likelihood, computed here) lies within 3 of the estimate's stated subsampling
+    se, and well within its total se."""
+    from bench.score.settings import MetricSettings
+
+    max_obs = MetricSettings().loo_max_obs
+    scenario = get_scenario("forum-small")
+    data = scenario.simulate(1, N=1000)
+    assert max_obs < data.N
+    problem = Problem.make(scenario.spec, Dataset(x=data.x, y=data.y))
+    rng = np.random.default_rng(2)
+    sd = {"w": 0.17 / np.sqrt(1000), "sigma": 0.07 / np.sqrt(1000), "pi": 0.5 / np.sqrt(1000)}
+    post = {k: np.asarray(v, float)[None, None] + sd[k] * rng.standard_normal((2, 400) + np.shape(v))
+            for k, v in scenario.truth.items()}
+    post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+    draws = canonical_datatree(scenario.spec, post)
+    fit = Fit(backend="t", method="nuts", status="ok", draws=draws, timings={"sampling": 1.0})
+    keep = loo_keep(1000, 400, 2)
+    log_lik = problem.pointwise_draws(draws, [(c, int(d)) for c in range(2) for d in keep]).reshape(2, keep.size, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = float(azs.loo(xr.DataTree.from_dict({
+            "posterior": draws["posterior"].to_dataset().isel(draw=keep),
+            "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)})}), pointwise=True).elpd)
+    for seed in range(5):
+        row = loo_metrics(fit, draws, problem, mcmc=True, max_obs=max_obs, seed=seed)
+        assert row["loo_obs"] == max_obs and row["elpd_loo_subsample_se"] > 0
+        assert abs(row["elpd_loo"] - full) < 3 * row["elpd_loo_subsample_se"], (seed, row["elpd_loo"], full)
+        assert abs(row["elpd_loo"] - full) < 0.1 * row["elpd_loo_se"]

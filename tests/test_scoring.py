@@ -313,7 +313,9 @@ def test_paired_elpd_se_equals_arviz_stats_compare():
     for name, post in posts.items():
         fit = Fit(backend=name, method="nuts", status="ok", draws=canonical_datatree(FORUM.spec, post),
                   timings={"sampling": 1.0})
-        rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem), "scenario": "s", "setup": "default"})
+        # Every observation Pareto-smoothed (the default subsamples above 100), as compare's.
+        rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem, settings=MetricSettings(loo_max_obs=120)),
+                     "scenario": "s", "setup": "default"})
     fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
     assert table.index[0] == "good" and fits.loc["good", "elpd_loo_diff"] == 0
     assert fits.loc["off", "elpd_loo_diff"] == pytest.approx(table.loc["off", "elpd_diff"], rel=1e-6)
@@ -366,6 +368,14 @@ def test_paired_elpd_se_with_subsampled_observations_estimates_the_full_one():
             assert [len(p) for p in sampled] == [300, 300] and all(r["loo_obs"] == 300 for r in rows)
         fits_by_size[max_obs] = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
     sub, full = fits_by_size[300].loc["off"], fits_by_size[5000].loc["off"]
+    # The report says which elpd is a subsample's estimate, and its subsampling se.
+    assert sub["loo_obs_of"] == "300 of 3000" and sub["elpd_loo_subsample_se"] > 0
+    assert full["loo_obs_of"] == "-" and math.isnan(full["elpd_loo_subsample_se"])
+    from bench.report.tables import report_tables
+
+    for fits_, shown in ((fits_by_size[300], True), (fits_by_size[5000], False)):
+        table = next(t for t in report_tables(fits_.reset_index(), pd.DataFrame()) if t.key == "predictive")
+        assert ("LOO observations" in table.frame and "subsampling se" in table.frame) is shown
     assert math.isfinite(sub["elpd_loo_diff_se"]) and full["elpd_loo_diff_se"] > 5
     assert sub["elpd_loo_diff_se"] == pytest.approx(full["elpd_loo_diff_se"], rel=0.25)
     assert abs(sub["elpd_loo_diff"] - full["elpd_loo_diff"]) < 2 * sub["elpd_loo_diff_se"]

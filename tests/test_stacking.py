@@ -15,6 +15,7 @@ from scipy.special import logsumexp, softmax
 
 from backends.base import Fit, canonical_datatree
 from bench.score.metrics import score_fit
+from bench.score.settings import MetricSettings
 from bench.score.problem import Problem
 from bench.score.stacked_rows import split, stacked_row
 from bench.score.stacking import stacked_fit, stacking_columns
@@ -113,13 +114,15 @@ def test_a_single_mode_fit_stacks_to_itself(data):
     rng = np.random.default_rng(2)
     fit = _fit([_chain(rng, [[2.0], [-1.0]], 0.1, [0.7, 0.3], jitter=0.02) for _ in range(4)])
     problem = Problem.make(SPEC, data)
-    row, means = score_fit(fit, truth=data.truth, problem=problem)
+    every = MetricSettings(loo_max_obs=data.N)  # stacking_elpd and elpd_loo over the same (all) observations
+    row, means = score_fit(fit, truth=data.truth, problem=problem, settings=every)
     assert row["stacking_components"] == "chains", row["metric_errors"]
     weights = np.array([float(v) for v in row["stacking_weights"].split(";")])
     assert weights.sum() == pytest.approx(1.0)
     row.update(cell_id="c", method="nuts")
     assert stacked_row(row, fit, data.truth, None, problem) is None  # its chains mix: no row of its own
-    stacked, stacked_means = score_fit(stacked_fit(fit, fit.draws, weights), truth=data.truth, problem=problem)
+    stacked, stacked_means = score_fit(stacked_fit(fit, fit.draws, weights), truth=data.truth, problem=problem,
+                                       settings=every)
     stacked.update(stacked_means)
     assert stacked["method"] == "nuts+stacked"
     assert stacked["n_chains"] == 1 and stacked["n_draws"] == DRAWS

@@ -20,7 +20,8 @@ from models.stan_model import (
     program_code,
     stan_data,
 )
-from backends.stan.install import _compile_lock, _httpstan_build_intact, _httpstan_libraries, _quiet, cmdstan_path, cmdstan_version
+from backends.stan.install import (_compile_lock, _httpstan_build_intact, _httpstan_libraries, _quiet, cmdstan_path,
+                                   cmdstan_version, httpstan_build_env)
 
 class StanPrograms:
     """The compiled Stan program, built once per process: pystan's model per (spec, data) and
@@ -48,7 +49,7 @@ class StanPrograms:
         name = httpstan.models.calculate_model_name(code)
         with _compile_lock(f"httpstan-{name.replace('/', '-')}"):
             compiled = name in httpstan.cache.list_model_names() and _httpstan_build_intact(name)
-            with _quiet():
+            with _quiet(), httpstan_build_env():
                 model, compiled = self._pystan_build(name, code, spec, dataset, compiled)
             if not compiled:
                 for library in _httpstan_libraries(name):

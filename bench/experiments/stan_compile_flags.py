@@ -3,6 +3,10 @@ level costs in sampling.
 
     uv run python -m bench.experiments.stan_compile_flags [levels] [out.json] [caches]   # default O3,O2,O1,O0
 
+``default`` is httpstan's own call as pystan makes it (its flags after Python's, -g included),
+``mixbench`` the same call in the environment the Stan backend builds in
+(``backends.stan.install.httpstan_build_env``: Python's flags without -g).
+
 pystan builds the program through ``httpstan.models.build_services_extension_module`` with
 ``-O3 -std=c++17 -Wno-sign-compare`` (httpstan's default, which pystan cannot change). Each
 level here builds the same module with only ``-O<n>`` changed (``O3+g0``: ``-O3 -g0``, no debug
@@ -26,8 +30,10 @@ from pathlib import Path
 
 CHILD = r"""
 import asyncio, json, pathlib, sys, time
+import contextlib
 import numpy as np
 import httpstan.cache, httpstan.compile, httpstan.models, stan
+from backends.stan.install import httpstan_build_env
 from models.stan_model import program_code, stan_data
 from models import get_scenario
 level, record = sys.argv[1], pathlib.Path(sys.argv[2])
@@ -37,9 +43,10 @@ run = httpstan.compile.subprocess.run
 httpstan.compile.subprocess.run = lambda *a, **k: run(*a, **{**k, "timeout": 120})
 name = httpstan.models.calculate_model_name(code)
 if not record.exists():
+    args = None if level in ("default", "mixbench") else [*("-" + flag for flag in level.split("+")), "-std=c++17", "-Wno-sign-compare"]
     start = time.perf_counter()
-    output = asyncio.run(httpstan.models.build_services_extension_module(
-        code, extra_compile_args=[*("-" + flag for flag in level.split("+")), "-std=c++17", "-Wno-sign-compare"]))
+    with httpstan_build_env() if level == "mixbench" else contextlib.nullcontext():
+        output = asyncio.run(httpstan.models.build_services_extension_module(code, extra_compile_args=args))
     record.write_text(json.dumps({"compile_s": time.perf_counter() - start}))
     # What httpstan's own build request records beside the module, so that pystan's build finds it.
     httpstan.cache.dump_services_extension_module_compiler_output(output, name)
@@ -55,7 +62,8 @@ for extra in range(3):
     start = time.perf_counter()
     fit = model.sample(num_chains=1, num_samples=1000 + extra, num_warmup=1000)
     samples.append(time.perf_counter() - start)
-print(json.dumps({"level": level, "compile_s": compile_s, "sample_s": samples,
+library = max(httpstan.cache.model_directory(name).glob("*.so"), key=lambda p: p.stat().st_size)
+print(json.dumps({"level": level, "compile_s": compile_s, "sample_s": samples, "so_mb": library.stat().st_size / 1e6,
                   "checksum": float(np.sum(fit["sigma"])), "leapfrogs": int(np.sum(fit["n_leapfrog__"]))}))
 """
 

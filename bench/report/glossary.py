@@ -126,6 +126,11 @@ COLUMNS: dict[str, str] = {
     "seeds k-hat bad": f"seeds with k-hat {KHAT_BAD} or more",
     "elpd_loo": "median over seeds of: " + _row("elpd_loo", "PSIS-LOO expected log predictive density, nats"),
     "elpd_loo se": "median over seeds of: " + _row("elpd_loo_se", "standard error of elpd_loo"),
+    "LOO observations": "where elpd_loo is a subsample's estimate: 'm of N', the observations Pareto-smoothed "
+                        "(median over seeds) of the data's N; the others enter through their lpd, the difference "
+                        "estimator of Magnusson et al. 2020 (arviz-stats' loo_subsample); '-' all of them",
+    "subsampling se": "median over seeds of: " + _row("elpd_loo_subsample_se",
+                                                      "standard error of elpd_loo due to subsampling observations"),
     "elpd_loo - best": "elpd_loo minus the largest elpd_loo of the fits of the same data (never one with a "
                        "degenerate component), nats: 0 for the best, negative for the others",
     "se of the difference": "standard error of 'elpd_loo - best' from the paired pointwise differences, "

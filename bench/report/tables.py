@@ -218,6 +218,12 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
             record[f"{family}_w1_mode"] = _median(num(ok, f"{family}_w1_mode"))
         record["elpd_loo"] = _median(num(ok, "elpd_loo"))
         record["elpd_loo_se"] = _median(num(ok, "elpd_loo_se"))
+        # Say where elpd_loo is a subsample's estimate (bench.score.predictive), and its subsampling se.
+        loo_obs, n_obs = num(ok, "loo_obs"), num(ok, "N")
+        subsampled = loo_obs.notna() & n_obs.notna() & (loo_obs < n_obs)
+        record["loo_obs_of"] = (f"{int(loo_obs[subsampled].median())} of {int(n_obs[subsampled].median())}"
+                                if subsampled.any() else "-")
+        record["elpd_loo_subsample_se"] = _median(num(ok, "elpd_loo_subsample_se")[subsampled])
         pointwise[fit_id] = _median_seed_pointwise(ok)
         # Compile apart: the first cell of a setup compiles, later ones mostly load a cache, so
         # a median would mix the two; its range says which is which.
@@ -415,8 +421,11 @@ def report_tables(fits: pd.DataFrame, frame: pd.DataFrame) -> list[Table]:
         Table("predictive", "Predictive fit", "PSIS-LOO expected log predictive density of y (arviz-stats), "
               "median over seeds, its difference to the best fit of the same data (never one with a degenerate "
               "component) and the standard error of that difference from the paired pointwise differences "
-              "(the median seed of each fit; arviz-stats' compare dse).",
+              "(the median seed of each fit; arviz-stats' compare dse). Where 'LOO observations' shows m of N, "
+              "elpd_loo is estimated from a random subsample of m observations (arviz-stats' loo_subsample, "
+              "Magnusson et al. 2020); its se includes the 'subsampling se'.",
               _view(fits, [*key, ("elpd_loo", "elpd_loo"), ("elpd_loo_se", "elpd_loo se"),
+                           ("loo_obs_of", "LOO observations"), ("elpd_loo_subsample_se", "subsampling se"),
                            ("elpd_loo_diff", "elpd_loo - best"), ("elpd_loo_diff_se", "se of the difference")])),
     ]
     return [t for t in tables if not t.empty]

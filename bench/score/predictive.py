@@ -57,7 +57,8 @@ NAN = float("nan")
 
 LOO_FIELDS: dict[str, str] = {
     "elpd_loo": "PSIS-LOO expected log pointwise predictive density of y, summed over observations "
-                "(nats; data scale; label-invariant; NaN for a single point)",
+                "(nats; data scale; label-invariant; NaN for a single point); where loo_obs < N, estimated from "
+                "a subsample of loo_obs observations, with subsampling se elpd_loo_subsample_se",
     "elpd_loo_se": "standard error of elpd_loo",
     "p_loo": "effective number of parameters from PSIS-LOO",
     "loo_khat_max": "largest Pareto k-hat over observations (above about 0.7 the estimate is unreliable)",

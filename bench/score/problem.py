@@ -279,10 +279,11 @@ class Problem:
         lp = np.where(np.isfinite(lp), lp, -np.inf)
         return DrawTerms(np.asarray(keep), terms.reshape(chains, len(keep), -1), lp.reshape(chains, len(keep)))
 
-    def pointwise_draws(self, draws: xr.DataTree, index: list[tuple[int, int]]) -> np.ndarray:
-        """Pointwise log likelihood (data scale) at the given (chain, draw) pairs, shape (len(index), N)."""
+    def pointwise_draws(self, draws: xr.DataTree, index: list[tuple[int, int]], obs=slice(None)) -> np.ndarray:
+        """Pointwise log likelihood (data scale) at the given (chain, draw) pairs, shape (len(index), N),
+        or (len(index), len(obs)) for the observations ``obs`` (indices) only."""
         fit = self.fit_dataset
-        out = batch_log_density(self.spec, fit.x, fit.y, self._points(draws, index), pointwise=True)
+        out = batch_log_density(self.spec, fit.x[obs], fit.y[obs], self._points(draws, index), pointwise=True)
         if self.standardization is not None:
             out = out - math.log(self.standardization.y_scale)
         return out

@@ -147,7 +147,8 @@ def _component_log_lik(kind: str, comps: xr.Dataset, problem: Problem, terms, ob
     keep = thin_indices(comps.sizes["draw"], MAX_DRAWS_PER_COMPONENT)
     tree = xr.DataTree.from_dict({"posterior": comps})
     index = [(c, int(d)) for c in range(comps.sizes["chain"]) for d in keep]
-    return problem.pointwise_draws(tree, index).reshape(comps.sizes["chain"], keep.size, -1)[:, :, obs]
+    # Only the observations stacking reads (a path's draws are evaluated here, not by the scoring).
+    return problem.pointwise_draws(tree, index, obs).reshape(comps.sizes["chain"], keep.size, -1)
 
 
 def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, terms=None,

@@ -144,17 +144,17 @@ def test_a_mirror_symmetric_data_set_gives_two_modes_of_mass_one_half_and_fits_a
 
 
 @pytest.mark.slow
-def test_mirror_lobes_that_chains_cross_between_are_sampled_as_one_region_and_hold_one_half_each():
-    """The mirror data at seed 6 (/work/notes/demo23.md's "mirror" set): the barrier between the two
-    mirror lobes is crossable, and sampled apart one lobe took mass 1 and the other was called
-    unstable (its chains left it for the first). Sampled as one region, both lobes are weighted modes
-    whose masses lie within their stated errors of 1/2 (the symmetry argument of _mirror_problem),
-    each named as joined to the other; none is unstable."""
+def test_mirror_lobes_that_chains_cross_between_are_both_weighted_with_one_half_each():
+    """The mirror data at seed 6, with the default settings (/work/notes/demo23.md's "mirror" run):
+    the barrier between the two mirror lobes is crossable, and the chains started in one lobe
+    were found in the other. Before, that lobe was called unstable with no mass and the other took
+    mass 1. Now both lobes are weighted modes whose masses lie within their stated errors of 1/2
+    (the symmetry argument of _mirror_problem), each says that chains cross between the lobes, and
+    none is unstable."""
     from bench.reference.make import make_reference
     from bench.reference.posterior import ReferenceSettings
 
-    ref = make_reference(_mirror_problem(seed=6), ReferenceSettings(
-        explore_chains=8, explore_warmup=200, explore_draws=100, warmup=300, draws=400, proposal_draws=2000))
+    ref = make_reference(_mirror_problem(seed=6), ReferenceSettings())
     print("\n".join(modes_table_lines(ref.modes)))
     assert not [m for m in ref.modes if m["status"] == "unstable"], modes_table_lines(ref.modes)
     weighted = [m for m in ref.modes if m["status"] == "weighted"]
@@ -162,15 +162,12 @@ def test_mirror_lobes_that_chains_cross_between_are_sampled_as_one_region_and_ho
     for mode in weighted:
         for key in ("bridge", "is"):
             assert abs(mode[f"mass_{key}"] - 0.5) <= 4 * mode[f"mass_{key}_se"] + 0.005, (key, mode)
-    first, second = weighted
-    assert first["joined_with"] == [second["name"]] and second["joined_with"] == [first["name"]]
-    assert f"chains cross between {first['name']} and {second['name']}: sampled as one region" in first["note"]
+        assert "chains cross between" in mode["note"]
     a, b = (np.array(m["location"]["b"]) for m in weighted)
     assert np.sort(a) == pytest.approx(-np.sort(b)[::-1], abs=0.3)
-    # The reference's draws are named by their lobes, in the lobes' shares.
-    labels = ref.draw_modes
+    # The reference's draws are named by their modes, in the modes' masses.
     for mode in weighted:
-        assert abs((labels == mode["name"]).mean() - mode["mass_bridge"]) < 0.02
+        assert abs((ref.draw_modes == mode["name"]).mean() - mode["mass_bridge"]) < 0.01
 
 
 def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences():

@@ -21,7 +21,9 @@ Steps (bench.reference.posterior calls ``make_modes_reference`` for ``ReferenceS
    candidate as its lobe (``draw_lobes``); the region's mass is split into its lobes by their shares
    of the draws (``lobe_shares``), and every lobe is listed as a weighted mode, named as joined.
    When the pooled chains do not agree on the lobes' shares (R-hat of a lobe indicator over
-   ``MIX_RHAT_MAX``) the candidates are sampled apart, as below, with that reason noted.
+   ``MIX_RHAT_MAX``: they cross too rarely) the candidates are sampled apart, as below, each by
+   the chains, started in any of them, whose segments all lay in it (chains that crossed are left
+   out), with that reason noted.
    Apart, a chain whose relabelled mean lands over ``merge_distance_sd`` sds from where it started
    has left its mode and is dropped (listed); a mode left by too many chains is ``unstable``; two
    modes whose samples coincide are merged.
@@ -58,7 +60,7 @@ from backends.degenerate import degenerate_components
 from bench.reference.advice import diagnose
 from bench.reference.mode_mass import KHAT_MAX, masses, mode_log_z
 from bench.reference.posterior import Reference, _base_info, _checks, _with_lp, canonical_relabel, diagnostics
-from bench.score.modes import HOP_SEGMENTS, scaled_distance
+from bench.score.modes import scaled_distance
 from bench.score.problem import Problem, allocate, batch_log_density
 from bench.score.relabel import (assignment_costs, best_permutations, draw_features, feature_scales, point_features,
                                  posterior_dataset)
@@ -68,6 +70,7 @@ LP_MERGE_NATS = 5.0
 LP_MERGE_SD = 3.0
 JITTER = 0.05
 LEFT_MAX_FRAC = 0.5  # a mode whose sampling chains left it in more than this share is unstable
+VISIT_SEGMENTS = 10  # a sampling chain is placed in this many consecutive segments to see where it went
 MIX_RHAT_MAX = 1.1
 """Candidates joined by crossing chains are one region only when every lobe indicator's R-hat over
 the chains sampled together is at most this: the chains agree on how their draws share the lobes
@@ -273,35 +276,48 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
         runs.append((arrays, diverging, visits))
     modes: list[dict[str, Any]] = []
     for region in joined_regions([run[2] for run in runs]):
-        how = [found_by([sources[c] for c in groups[i]], totals) for i in region]
-        joint = (_sample_region(problem, settings, space, [runs[i] for i in region], [leads[i] for i in region], how)
-                 if len(region) > 1 else None)
+        how = {i: found_by([sources[c] for c in groups[i]], totals) for i in region}
+        lobes = _absorb(region, runs, how)
+        joint = (_sample_region(problem, settings, space, [runs[i] for i in region], [leads[i] for i in lobes],
+                                [how[i] for i in lobes]) if len(lobes) > 1 else None)
+        if len(lobes) > 1:
+            say(f"  candidates {', '.join(str(i + 1) for i in lobes)} of {len(groups)}: " + (
+                "chains cross between them: sampled as one region" if isinstance(joint, dict)
+                else joint.replace("it and another candidate", "them") + ": sampled apart"))
         if isinstance(joint, dict):
             modes.append(joint)
             continue
-        for i, found in zip(region, how):
-            _sample_mode(problem, settings, space, i, leads[i], found, *runs[i][:2], modes, joint)
+        for i in lobes:
+            arrays, diverging, started = runs[i][0], runs[i][1], "started in it"
+            if len(region) > 1:  # chains crossed: each candidate gets the chains that sat in it, wherever started
+                sat = [(run, c) for run in (runs[j] for j in region) for c, seen in enumerate(run[2]) if seen == [i]]
+                arrays = {n: np.stack([run[0][n][c] for run, c in sat]) if sat else v[:0] for n, v in arrays.items()}
+                diverging = np.stack([run[1][c] for run, c in sat]) if sat else diverging[:0]
+                started = "that stayed in it alone (started in it or in a candidate joined to it)"
+            _sample_mode(problem, settings, space, i, leads[i], how[i], arrays, diverging, modes, joint, started)
     return _assemble(problem, settings, modes, name, time.perf_counter() - start, places)
 
 
 def _sample_mode(problem: Problem, settings, space: Unconstrained, i: int, lead: _ChainPlace, how: str,
-                 arrays: dict[str, np.ndarray], diverging: np.ndarray, modes: list[dict], why_apart: str | None):
+                 arrays: dict[str, np.ndarray], diverging: np.ndarray, modes: list[dict], why_apart: str | None,
+                 chains: str = "started in it"):
     """Candidate mode ``i`` from its own sampling chains (``arrays``, ``diverging``): appended to
     ``modes`` as unstable, degenerate or weighted with its log Z, or merged into an earlier
     weighted mode whose samples it coincides with. ``why_apart``: why its chains, which crossed
-    to another candidate, were not sampled with it as one region (a note), None when they did not."""
+    to another candidate, were not sampled with it as one region (a note), None when they did not;
+    ``chains``: which chains ``arrays`` holds, in words."""
     import jax
 
     spec, data = problem.spec, problem.dataset
-    chain_places = [_ChainPlace(problem, arrays, c) for c in range(settings.chains)]
+    n_chains = len(diverging)
+    chain_places = [_ChainPlace(problem, arrays, c) for c in range(n_chains)]
     stayed = [c for c, p in enumerate(chain_places) if p.same_mode(lead, spec.K, settings.merge_distance_sd)]
-    mode = {"found_by": how, "explore_lp_mean": lead.lp_mean,
-            "chains_left": [c for c in range(settings.chains) if c not in stayed]}
-    notes = [why_apart] if why_apart else []
+    mode = {"found_by": how, "explore_lp_mean": lead.lp_mean, "chains_left": [c for c in range(n_chains) if c not in stayed]}
+    notes = [f"{why_apart}: sampled apart, by the {n_chains} chain(s) {chains}"] if why_apart else []
     modes.append(mode)
-    if len(stayed) < max(settings.min_chains, math.ceil((1 - LEFT_MAX_FRAC) * settings.chains)):
+    if len(stayed) < max(settings.min_chains, math.ceil((1 - LEFT_MAX_FRAC) * n_chains)):
         mode.update(status="unstable", lp_mean=lead.lp_mean, note="; ".join(
-            notes + [f"{len(mode['chains_left'])} of {settings.chains} chains started in it left it"]),
+            notes + ([f"{len(mode['chains_left'])} of {n_chains} chains {chains} left it"] if n_chains else [])),
             **_location(lead.mean, lead.sd))
         return
     kept = {n: v[stayed] for n, v in arrays.items()}
@@ -351,9 +367,9 @@ def _fit_points(problem: Problem, rel: xr.DataTree) -> dict[str, np.ndarray]:
 
 
 def _segments(problem: Problem, arrays: dict[str, np.ndarray], c: int) -> list[_ChainPlace]:
-    """Chain ``c`` cut into bench.score.modes.HOP_SEGMENTS consecutive segments, each placed."""
+    """Chain ``c`` cut into VISIT_SEGMENTS consecutive segments, each placed."""
     n = next(iter(arrays.values())).shape[1]
-    bounds = np.linspace(0, n, min(HOP_SEGMENTS, n) + 1).round().astype(int)
+    bounds = np.linspace(0, n, min(VISIT_SEGMENTS, n // 10 or 1) + 1).round().astype(int)
     return [_ChainPlace(problem, {k: v[:, lo:hi] for k, v in arrays.items()}, c) for lo, hi in zip(bounds, bounds[1:])]
 
 
@@ -367,6 +383,23 @@ def chain_visits(segments: list[_ChainPlace], leads: list[_ChainPlace], K: int, 
         if j is not None and j not in found:
             found.append(j)
     return found
+
+
+def _absorb(region: list[int], runs: list, how: dict[int, str]) -> list[int]:
+    """The candidates of a region that some chain stayed in (its segments in that one alone;
+    ``runs[i][2]``: the visits of candidate i's chains); one that none stayed in was a place an
+    exploration chain passed through while crossing (its mean between lobes), no mode: its
+    how-found text goes to the candidate its chains visited most (in ``how``). When no chain
+    stayed anywhere, every candidate a segment lay in is kept."""
+    visits = [j for i in region for chain in runs[i][2] for j in chain]
+    stays = [chain[0] for i in region for chain in runs[i][2] if len(chain) == 1]
+    lobes = [i for i in region if i in (stays or visits)]
+    for i in region:
+        if i not in lobes and lobes:
+            went = [j for chain in runs[i][2] for j in chain] or lobes
+            to = max(lobes, key=went.count)
+            how[to] += f"; and {how[i]}, whose chains went to it"
+    return lobes or region
 
 
 def joined_regions(visits: list[list[list[int]]]) -> list[list[int]]:
@@ -406,6 +439,30 @@ def draw_lobes(draws: xr.DataTree, lobes: list[dict[str, np.ndarray]]) -> np.nda
     return np.argmin(np.stack(costs), axis=0)
 
 
+def _merge_lobes(rel: xr.DataTree, lobe: np.ndarray, leads: list[_ChainPlace], how: list[str], K: int,
+                 distance_sd: float) -> tuple[np.ndarray, list[_ChainPlace], list[str]]:
+    """Lobes whose draws coincide (relabelled means within ``distance_sd`` pooled sds, the rule that
+    merges modes sampled apart) made one: two candidates the short exploration chains told apart
+    may be one mode. Returns the lobe index renumbered, the leads and how-found texts kept."""
+    ds = posterior_dataset(rel)
+    flat = {n: np.asarray(v.values, dtype=float).reshape(v.shape[0] * v.shape[1], *v.shape[2:]) for n, v in ds.data_vars.items()}
+    index = lobe.ravel()
+    moments = [({n: v[index == k].mean(axis=0) for n, v in flat.items()},
+                {n: v[index == k].std(axis=0) for n, v in flat.items()}) if (index == k).any() else None
+               for k in range(len(leads))]
+    target = list(range(len(leads)))
+    for k in range(len(leads)):
+        for j in range(k):
+            if target[j] == j and moments[j] and moments[k] and scaled_distance(
+                    moments[j][0], moments[k][0], _pooled_sd(moments[j][1], moments[k][1]), K) <= distance_sd:
+                target[k] = j
+                how[j] += f"; and {how[k]}, whose samples joined it"
+                break
+    kept = sorted(set(target))
+    renumber = np.array([kept.index(t) for t in target])
+    return renumber[lobe], [leads[k] for k in kept], [how[k] for k in kept]
+
+
 def lobe_shares(lobe: np.ndarray, n_lobes: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(share of the draws in each lobe, its Monte Carlo standard error, the worst lobe indicator's
     R-hat) from ``lobe`` (chain, draw). The error is the indicator's sd over the square root of its
@@ -440,18 +497,19 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
     diverging = np.concatenate([run[1] for run in runs])
     rel, lp = _relabelled(problem, _data_tree(problem, arrays))
     lobe = draw_lobes(rel, [lead.mean for lead in leads])
+    lobe, leads, how = _merge_lobes(rel, lobe, leads, how, problem.spec.K, settings.merge_distance_sd)
     shares, share_se, lobe_rhat = lobe_shares(lobe, len(leads))
     if not lobe_rhat <= MIX_RHAT_MAX:
-        return (f"its chains cross to another candidate mode, but the chains sampled together do not mix between "
-                f"them (R-hat of the lobe indicator {lobe_rhat:.3g} > {MIX_RHAT_MAX}): sampled apart")
+        return (f"chains cross between it and another candidate, too rarely to sample them as one region (R-hat "
+                f"of the lobe indicator over their chains {lobe_rhat:.3g} > {MIX_RHAT_MAX})")
     ds = posterior_dataset(rel)
-    flat = {n: np.asarray(v.values, dtype=float).reshape(-1, *v.shape[2:]) for n, v in ds.data_vars.items()}
+    flat = {n: np.asarray(v.values, dtype=float).reshape(v.shape[0] * v.shape[1], *v.shape[2:]) for n, v in ds.data_vars.items()}
     lobes = []
     for k, (lead, found) in enumerate(zip(leads, how)):
         mask = (lobe == k).ravel()
         part = {n: v[mask] for n, v in flat.items()}
         entry = {"found_by": found, "explore_lp_mean": lead.lp_mean, "chains_left": [], "status": "weighted",
-                 "chains_started": len(runs[k][1]), "share": float(shares[k]), "share_se": float(share_se[k])}
+                 "share": float(shares[k]), "share_se": float(share_se[k])}
         if mask.any():
             median = {n: np.median(v, axis=0) for n, v in part.items()}
             degenerate = degenerate_components(data.x, data.y, median)
@@ -467,6 +525,9 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
     chains = len(diverging)
     divergences = int(diverging.sum())
     checks, reasons = _checks(diag, divergences, chains * settings.draws, chains, settings)
+    for entry in lobes:
+        entry.update(chains_used=chains, rhat_max=diag["rhat_max"], ess_bulk_min=diag["ess_bulk_min"],
+                     ess_tail_min=diag["ess_tail_min"], divergences=divergences)
     finite = lp[np.isfinite(lp)]
     region = {"status": "weighted", "_lobes": lobes, "_lobe": lobe, "_rel": rel, "_lp": lp, "_diverging": diverging,
               "lp_mean": float(finite.mean()), "chains_used": chains, "lobe_rhat": lobe_rhat,
@@ -557,13 +618,13 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
         if lobes:
             names = [lobe["name"] for lobe in lobes]
             unit["name"], unit["_names"] = "+".join(names), np.array(names)[unit["_lobe"]]
-            for lobe in lobes:
+            for lobe in lobes if len(lobes) > 1 else []:  # one lobe: candidates that proved one mode
                 lobe["joined_with"] = [n for n in names if n != lobe["name"]]
                 lobe["note"] = (f"chains cross between {' and '.join(names)}: sampled as one region "
                                 f"({unit['chains_used']} chains, started in each; this lobe holds "
                                 f"{lobe['share']:.3f} +- {lobe['share_se']:.3f} of its draws; R-hat of the lobe "
                                 f"indicator {unit['lobe_rhat']:.3g})")
-        tag = f"modes {' and '.join(names)} (one region)" if lobes else f"mode {unit['name']}"
+        tag = f"modes {' and '.join(names)} (one region)" if lobes and len(lobes) > 1 else f"mode {unit['name']}"
         reasons += [f"{tag}: {r}" for r in unit["failed"]]
         if unit["failed"]:
             causes += [{**c, "evidence": f"{tag}: {c['evidence']}"} for c in diagnose(

@@ -170,6 +170,36 @@ def test_mirror_lobes_that_chains_cross_between_are_both_weighted_with_one_half_
         assert abs((ref.draw_modes == mode["name"]).mean() - mode["mass_bridge"]) < 0.01
 
 
+@pytest.mark.slow
+def test_mirror_lobes_that_chains_cross_often_are_sampled_as_one_region_split_by_their_draws():
+    """The mirror construction with the outer clusters at -3.3 and 3.3 (seed 6): a lower barrier,
+    which chains cross many times a run, so that few or none stay in one lobe. The lobes are
+    sampled as one region: both listed as weighted modes, joined, masses within their stated errors
+    of 1/2 (by symmetry), and the reference's draws named by their lobes, which alternate along
+    its chains."""
+    from bench.reference.make import make_reference
+    from bench.reference.posterior import ReferenceSettings
+
+    half = three_clusters(20, 10, 0, seed=6, gap=3.3, sd=0.6)
+    y = np.concatenate([half[:20], -half[:20], half[20:], -half[20:]])
+    problem = Problem.make(SPEC, Dataset(np.zeros((y.size, 0)), y, name="mirror-low"))
+    ref = make_reference(problem, ReferenceSettings(explore_chains=8, explore_warmup=200, explore_draws=100, warmup=300,
+                                                    draws=400, proposal_draws=2000, explore_map_starts=2,
+                                                    explore_pathfinder_starts=0))
+    print("\n".join(modes_table_lines(ref.modes)))
+    weighted = [m for m in ref.modes if m["status"] == "weighted"]
+    assert len(weighted) == 2 and len(ref.modes) == 2, modes_table_lines(ref.modes)
+    first, second = weighted
+    assert first["joined_with"] == [second["name"]] and second["joined_with"] == [first["name"]]
+    assert f"chains cross between {first['name']} and {second['name']}: sampled as one region" in first["note"]
+    for mode in weighted:
+        for key in ("bridge", "is"):
+            assert 0 < mode[f"mass_{key}_se"] < 0.15
+            assert abs(mode[f"mass_{key}"] - 0.5) <= 4 * mode[f"mass_{key}_se"] + 0.005, (key, mode)
+    assert first["mass_bridge"] + second["mass_bridge"] == pytest.approx(1.0)
+    assert max(len(runs) for runs in ref.info["draw_modes"]) > 2
+
+
 def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences():
     modes = [
         {"name": "A", "status": "weighted", "mass_bridge": 0.93, "mass_bridge_se": 0.01, "lp_gap": 0.0,

@@ -278,8 +278,10 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
     for region in joined_regions([run[2] for run in runs]):
         how = {i: found_by([sources[c] for c in groups[i]], totals) for i in region}
         lobes = _absorb(region, runs, how)
+        # Sampled apart, each lobe needs chains that stayed in it alone.
+        apart = all(sum(seen == [i] for j in region for seen in runs[j][2]) >= settings.min_chains for i in lobes)
         joint = (_sample_region(problem, settings, space, [runs[i] for i in region], [leads[i] for i in lobes],
-                                [how[i] for i in lobes]) if len(lobes) > 1 else None)
+                                [how[i] for i in lobes], apart) if len(lobes) > 1 else None)
         if len(lobes) > 1:
             say(f"  candidates {', '.join(str(i + 1) for i in lobes)} of {len(groups)}: " + (
                 "chains cross between them: sampled as one region" if isinstance(joint, dict)
@@ -481,15 +483,16 @@ def lobe_shares(lobe: np.ndarray, n_lobes: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list, leads: list[_ChainPlace],
-                   how: list[str]) -> dict[str, Any] | str:
+                   how: list[str], apart: bool) -> dict[str, Any] | str:
     """Candidates whose sampling chains cross between them, sampled as one region: every run's chains
     (``runs``: (arrays, diverging, visits) of each candidate, chains started in it) pooled and
     relabelled as one sample, checked as one mode (R-hat, ESS, divergences), each draw given the
     nearest candidate as its lobe (``draw_lobes``), log Z of the whole region (bench.reference.mode_mass
     with per-lobe proposals) and each lobe's share of the draws (``lobe_shares``). The region entry
     (status weighted, its lobes under ``_lobes``); or, when the chains do not mix between the lobes
-    (a lobe indicator's R-hat over MIX_RHAT_MAX) or a lobe is degenerate, the reason as a string:
-    the candidates are then sampled apart."""
+    (a lobe indicator's R-hat over MIX_RHAT_MAX) and ``apart`` (each lobe has chains that stayed
+    in it to be sampled by), or a lobe is degenerate, the reason as a string: the candidates are then
+    sampled apart. Not mixing and not ``apart``, the region is kept with that R-hat as a failed check."""
     import jax
 
     data = problem.dataset
@@ -499,7 +502,7 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
     lobe = draw_lobes(rel, [lead.mean for lead in leads])
     lobe, leads, how = _merge_lobes(rel, lobe, leads, how, problem.spec.K, settings.merge_distance_sd)
     shares, share_se, lobe_rhat = lobe_shares(lobe, len(leads))
-    if not lobe_rhat <= MIX_RHAT_MAX:
+    if not lobe_rhat <= MIX_RHAT_MAX and apart:
         return (f"chains cross between it and another candidate, too rarely to sample them as one region (R-hat "
                 f"of the lobe indicator over their chains {lobe_rhat:.3g} > {MIX_RHAT_MAX})")
     ds = posterior_dataset(rel)
@@ -525,6 +528,10 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
     chains = len(diverging)
     divergences = int(diverging.sum())
     checks, reasons = _checks(diag, divergences, chains * settings.draws, chains, settings)
+    checks["lobes_mix"] = bool(lobe_rhat <= MIX_RHAT_MAX)
+    if not checks["lobes_mix"]:
+        reasons.append(f"R-hat of the lobe indicator {lobe_rhat:.3g} > {MIX_RHAT_MAX}: the chains disagree on the "
+                       "lobes' shares, and too few stayed in each lobe to sample them apart")
     for entry in lobes:
         entry.update(chains_used=chains, rhat_max=diag["rhat_max"], ess_bulk_min=diag["ess_bulk_min"],
                      ess_tail_min=diag["ess_tail_min"], divergences=divergences)

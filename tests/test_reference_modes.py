@@ -162,7 +162,8 @@ def test_mirror_lobes_that_chains_cross_between_are_both_weighted_with_one_half_
     for mode in weighted:
         for key in ("bridge", "is"):
             assert abs(mode[f"mass_{key}"] - 0.5) <= 4 * mode[f"mass_{key}_se"] + 0.005, (key, mode)
-        assert "chains cross between" in mode["note"]
+    for mode in weighted:
+        assert f"chains cross between {weighted[0]['name']} and {weighted[1]['name']}" in mode["note"]
     a, b = (np.array(m["location"]["b"]) for m in weighted)
     assert np.sort(a) == pytest.approx(-np.sort(b)[::-1], abs=0.3)
     # The reference's draws are named by their modes, in the modes' masses.
@@ -224,6 +225,9 @@ def test_a_point_far_from_every_mode_lands_in_none_and_answers_read_as_sentences
     assert modes_table_lines(modes)[1].startswith("A    weighted   0.930 +- 0.010")
     tiny = {**modes[1], "mass_bridge": 1.1e-5, "mass_bridge_se": 2e-6}
     assert modes_table_lines([tiny])[1].startswith("B    weighted   1.1e-05 +- 2e-06")
+    # A mass and its error 18 characters wide are still apart from the next column.
+    wide = {**tiny, "mass_bridge_se": 2.7e-7, "mass_is": 1.8e-5, "mass_is_se": 5.1e-7}
+    assert "1.1e-05 +- 2.7e-07 1.8e-05 +- 5.1e-07" in modes_table_lines([wide])[1]
 
 
 def test_the_reference_draws_mix_the_modes_by_mass_even_when_a_mode_lost_a_chain():

@@ -285,7 +285,7 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
         if len(lobes) > 1:
             say(f"  candidates {', '.join(str(i + 1) for i in lobes)} of {len(groups)}: " + (
                 "chains cross between them: sampled as one region" if isinstance(joint, dict)
-                else joint.replace("it and another candidate", "them") + ": sampled apart"))
+                else f"chains cross between them, {joint}: sampled apart"))
         if isinstance(joint, dict):
             modes.append(joint)
             continue
@@ -296,17 +296,20 @@ def make_modes_reference(problem: Problem, settings, name: str | None = None,
                 arrays = {n: np.stack([run[0][n][c] for run, c in sat]) if sat else v[:0] for n, v in arrays.items()}
                 diverging = np.stack([run[1][c] for run, c in sat]) if sat else diverging[:0]
                 started = "that stayed in it alone (started in it or in a candidate joined to it)"
-            _sample_mode(problem, settings, space, i, leads[i], how[i], arrays, diverging, modes, joint, started)
+            _sample_mode(problem, settings, space, i, leads[i], how[i], arrays, diverging, modes,
+                         (region[0], joint) if joint else None, started)
     return _assemble(problem, settings, modes, name, time.perf_counter() - start, places)
 
 
 def _sample_mode(problem: Problem, settings, space: Unconstrained, i: int, lead: _ChainPlace, how: str,
-                 arrays: dict[str, np.ndarray], diverging: np.ndarray, modes: list[dict], why_apart: str | None,
+                 arrays: dict[str, np.ndarray], diverging: np.ndarray, modes: list[dict],
+                 why_apart: tuple[int, str] | None,
                  chains: str = "started in it"):
     """Candidate mode ``i`` from its own sampling chains (``arrays``, ``diverging``): appended to
     ``modes`` as unstable, degenerate or weighted with its log Z, or merged into an earlier
-    weighted mode whose samples it coincides with. ``why_apart``: why its chains, which crossed
-    to another candidate, were not sampled with it as one region (a note), None when they did not;
+    weighted mode whose samples it coincides with. ``why_apart``: (its region, why), when chains
+    crossed between it and other candidates of its region but they were not sampled as one region
+    (kept under ``_apart``: the note naming the modes is written once they are named), else None;
     ``chains``: which chains ``arrays`` holds, in words."""
     import jax
 
@@ -315,7 +318,9 @@ def _sample_mode(problem: Problem, settings, space: Unconstrained, i: int, lead:
     chain_places = [_ChainPlace(problem, arrays, c) for c in range(n_chains)]
     stayed = [c for c, p in enumerate(chain_places) if p.same_mode(lead, spec.K, settings.merge_distance_sd)]
     mode = {"found_by": how, "explore_lp_mean": lead.lp_mean, "chains_left": [c for c in range(n_chains) if c not in stayed]}
-    notes = [f"{why_apart}: sampled apart, by the {n_chains} chain(s) {chains}"] if why_apart else []
+    if why_apart:
+        mode["_apart"] = (why_apart[0], f"{why_apart[1]}: sampled apart, by the {n_chains} chain(s) {chains}")
+    notes: list[str] = []
     modes.append(mode)
     if len(stayed) < max(settings.min_chains, math.ceil((1 - LEFT_MAX_FRAC) * n_chains)):
         mode.update(status="unstable", lp_mean=lead.lp_mean, note="; ".join(
@@ -503,8 +508,9 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
     lobe, leads, how = _merge_lobes(rel, lobe, leads, how, problem.spec.K, settings.merge_distance_sd)
     shares, share_se, lobe_rhat = lobe_shares(lobe, len(leads))
     if not lobe_rhat <= MIX_RHAT_MAX and apart:
-        return (f"chains cross between it and another candidate, too rarely to sample them as one region (R-hat "
-                f"of the lobe indicator over their chains {lobe_rhat:.3g} > {MIX_RHAT_MAX})")
+        shown = f"{lobe_rhat:.3g}" if lobe_rhat < 1e3 else "over 1000"
+        return (f"too rarely to sample them as one region (R-hat of the lobe indicator over their chains {shown} > "
+                f"{MIX_RHAT_MAX})")
     ds = posterior_dataset(rel)
     flat = {n: np.asarray(v.values, dtype=float).reshape(v.shape[0] * v.shape[1], *v.shape[2:]) for n, v in ds.data_vars.items()}
     lobes = []
@@ -517,7 +523,7 @@ def _sample_region(problem: Problem, settings, space: Unconstrained, runs: list,
             median = {n: np.median(v, axis=0) for n, v in part.items()}
             degenerate = degenerate_components(data.x, data.y, median)
             if degenerate:
-                return f"a lobe it is joined to is degenerate (sigma[{degenerate[0][0]}] = {degenerate[0][1]:.3g})"
+                return f"but a lobe of theirs is degenerate (sigma[{degenerate[0][0]}] = {degenerate[0][1]:.3g})"
             lobe_lp = lp.ravel()[mask]
             entry.update(_location({n: v.mean(axis=0) for n, v in part.items()}, {n: v.std(axis=0) for n, v in part.items()}),
                          lp_mean=float(lobe_lp[np.isfinite(lobe_lp)].mean()), lp_max=float(np.nanmax(lobe_lp)))
@@ -620,6 +626,11 @@ def _assemble(problem: Problem, settings, modes: list[dict], name: str | None, s
     others = [m for m in modes if m.get("status") != "weighted"]
     for letter, mode, gap in zip(_names(), weighted + others, lp_gaps(weighted + others)):
         mode["name"], mode["lp_gap"] = letter, gap
+    for mode in others + weighted:
+        if "_apart" in mode:
+            joined = [m["name"] for m in others + weighted if m.get("_apart", (None,))[0] == mode["_apart"][0]]
+            mode["note"] = "; ".join(filter(None, [f"chains cross between {' and '.join(joined)}, {mode['_apart'][1]}",
+                                                   mode.get("note")]))
     for unit in units:
         lobes = unit.get("_lobes")
         if lobes:

@@ -16,6 +16,11 @@ including the Jacobian of the transform). Two estimators of log Z_m, from differ
   with the PSIS k-hat (Vehtari et al. 2024) saying whether that error can be trusted (k-hat
   above 0.7: it cannot).
 
+A region made of several lobes that chains cross between (bench.reference.modes: sampled as one)
+is fitted lobe by lobe: each proposal is then the mixture of per-lobe normals (Student-t's),
+weighted by the lobes' shares of the draws, and its density the mixture's; one normal fitted to two
+lobes would put its mass on the barrier between them and little in either.
+
 Masses from either set of log Z's, with standard errors by the delta method (the modes' errors
 independent): var(m_k) = m_k^2 ((1 - m_k)^2 s_k^2 + sum_{j != k} m_j^2 s_j^2), s = se(log Z).
 """
@@ -88,22 +93,56 @@ def masses(log_z: np.ndarray, se_log_z: np.ndarray) -> tuple[np.ndarray, np.ndar
     return m, np.sqrt(var)
 
 
-def mode_log_z(log_density, z_draws: np.ndarray, n_proposal: int, seed: int) -> dict[str, float]:
-    """Both estimators for one mode.
+class _Mixture:
+    """A mixture of frozen scipy multivariate distributions with weights: rvs and logpdf."""
+
+    def __init__(self, parts: list, weights: np.ndarray):
+        self.parts, self.weights = parts, np.asarray(weights, dtype=float) / np.sum(weights)
+
+    def rvs(self, size: int, random_state: np.random.Generator) -> np.ndarray:
+        counts = random_state.multinomial(size, self.weights)
+        out = np.concatenate([p.rvs(size=n, random_state=random_state).reshape(n, -1)
+                              for p, n in zip(self.parts, counts) if n])
+        return out[random_state.permutation(size)]
+
+    def logpdf(self, x: np.ndarray) -> np.ndarray:
+        return special.logsumexp([np.log(w) + np.reshape(p.logpdf(x), -1) for p, w in zip(self.parts, self.weights)],
+                                 axis=0)
+
+
+def _proposal(draws: np.ndarray, labels: np.ndarray, make) -> _Mixture:
+    """``make(mean, cov)`` fitted to the draws (n, dim) of each lobe (labels (n,)) holding more than
+    dim of them (all draws as one lobe when none does), mixed by the lobes' shares; the covariance
+    nudged positive definite."""
+    dim = draws.shape[1]
+    parts, weights = [], []
+    kept = [lobe for lobe in np.unique(labels) if (labels == lobe).sum() > dim]
+    for lobe in kept or [None]:
+        part = draws[labels == lobe] if kept else draws
+        cov = np.cov(part, rowvar=False).reshape(dim, dim)
+        cov += 1e-9 * np.eye(dim) * max(np.trace(cov) / dim, 1e-12)
+        parts.append(make(part.mean(axis=0), cov))
+        weights.append(part.shape[0])
+    return _Mixture(parts, np.array(weights))
+
+
+def mode_log_z(log_density, z_draws: np.ndarray, n_proposal: int, seed: int,
+               lobes: np.ndarray | None = None) -> dict[str, float]:
+    """Both estimators for one mode, or for one region of several lobes.
 
     log_density: (S, dim) unconstrained points -> (S,) log density with the Jacobian;
-    z_draws: (chain, draw, dim) posterior draws of the mode. The normal for bridge sampling is
+    z_draws: (chain, draw, dim) posterior draws of the mode; lobes: (chain, draw) the lobe of
+    each draw when the region has several (the proposals are then per-lobe mixtures: module
+    docstring), None for one. The normal for bridge sampling is
     fitted to the first half of each chain and bridged with the second half (Overstall & Forster
     2010's split, as bridgesampling does); the Student-t for importance sampling to all draws.
     """
     rng = np.random.default_rng(seed)
     chains, draws, dim = z_draws.shape
+    lobes = np.zeros((chains, draws), dtype=int) if lobes is None else np.asarray(lobes)
     half = draws // 2
-    fit_part = z_draws[:, :half].reshape(-1, dim)
     post = z_draws[:, half:]
-    mean, cov = fit_part.mean(axis=0), np.cov(fit_part, rowvar=False).reshape(dim, dim)
-    cov += 1e-9 * np.eye(dim) * max(np.trace(cov) / dim, 1e-12)
-    normal = stats.multivariate_normal(mean, cov)
+    normal = _proposal(z_draws[:, :half].reshape(-1, dim), lobes[:, :half].ravel(), stats.multivariate_normal)
     proposal = normal.rvs(size=n_proposal, random_state=rng).reshape(n_proposal, dim)
     post_flat = post.reshape(-1, dim)
     lp_post = log_density(post_flat)
@@ -111,10 +150,9 @@ def mode_log_z(log_density, z_draws: np.ndarray, n_proposal: int, seed: int) -> 
     ess = float(azs.ess((lp_post - lq_post).reshape(chains, -1), method="bulk"))
     ess = min(max(ess, 2.0), float(post_flat.shape[0])) if math.isfinite(ess) else float(post_flat.shape[0])
     log_z_b, se_b = bridge_log_z(lp_post, lq_post, log_density(proposal), normal.logpdf(proposal).reshape(-1), ess)
-    all_draws = z_draws.reshape(-1, dim)
-    t_cov = np.cov(all_draws, rowvar=False).reshape(dim, dim) * (STUDENT_T_DF - 2) / STUDENT_T_DF
-    t_cov += 1e-9 * np.eye(dim) * max(np.trace(t_cov) / dim, 1e-12)
-    student = stats.multivariate_t(all_draws.mean(axis=0), t_cov, df=STUDENT_T_DF)
+    # The t's scale matrix is the covariance times (df - 2) / df, so that its covariance is the draws'.
+    student = _proposal(z_draws.reshape(-1, dim), lobes.ravel(), lambda mean, cov: stats.multivariate_t(
+        mean, cov * (STUDENT_T_DF - 2) / STUDENT_T_DF, df=STUDENT_T_DF))
     t_draws = student.rvs(size=n_proposal, random_state=rng).reshape(n_proposal, dim)
     log_z_i, se_i, khat = importance_log_z(log_density(t_draws), student.logpdf(t_draws).reshape(-1))
     return {"log_z_bridge": log_z_b, "log_z_bridge_se": se_b, "log_z_is": log_z_i, "log_z_is_se": se_i,

@@ -84,7 +84,10 @@ COLUMNS: dict[str, str] = {
     "data set": "the data set the reference posterior belongs to",
     "reference mode": "a mode of the reference posterior, named A, B, ... by posterior mass",
     "mode status": "weighted: sampled and weighted into the reference by its mass; degenerate: a sigma collapsed "
-                   "on tied points, the posterior improper there, no mass; unstable: chains started in it left it",
+                   "on tied points, the posterior improper there, no mass; unstable: chains started in it left it for "
+                   "no mode found. Modes that chains cross between are both weighted, 'sampled as one region' (their "
+                   "pooled draws' shares split the region's mass) or, crossing rarely, each by the chains that "
+                   "stayed in it",
     "mode mean lp": "the mean log density of a reference mode's draws (log prior + log likelihood, nats)",
     "mode location": "the posterior mean of a reference mode's parameters, in the canonical labelling",
     "how found": "how many of the exploration chains found the mode, by how they were started (from prior draws, "

@@ -221,7 +221,7 @@ def modes_table_lines(modes: list[dict[str, Any]]) -> list[str]:
         extra = "; " + m["note"] if m.get("note") else ""
         if m.get("estimators_agree") is False:
             extra += "; the two mass estimators DISAGREE"
-        lines.append(f"{m['name']:<5}{m['status']:<11}{_mass_se(m, 'bridge'):<18}{_mass_se(m, 'is'):<18}{m['lp_mean']:>10.2f}"
+        lines.append(f"{m['name']:<5}{m['status']:<11}{_mass_se(m, 'bridge'):<17} {_mass_se(m, 'is'):<17} {m['lp_mean']:>10.2f}"
                      f"{m.get('lp_gap', math.nan):>8.2f}  {location}; {m.get('found_by', '')}{extra}")
     return lines
 

@@ -26,6 +26,7 @@ from bench.score.settings import MetricSettings
 from models import Dataset, get_scenario
 from models.errors import MixbenchError
 from models.families import FamilyPoint
+from tests.test_landing import scattered as landing_scattered
 from tests.test_sweep import _row, wilson_by_hand
 
 FORUM = get_scenario("forum-small")  # K = 2, D = 1, shared sigma: slopes 3 / -1 (the truth)
@@ -36,15 +37,7 @@ FAST = MetricSettings(loo_max_obs=50)
 
 def scattered(centre, chains, draws, seed, swap=()):
     """Draws around ``centre`` (sds SD); chains in ``swap`` hold the components' labels reversed."""
-    rng = np.random.default_rng(seed)
-    post = {k: np.asarray(v, float)[None, None] + SD[k] * rng.standard_normal((chains, draws) + np.shape(v))
-            for k, v in centre.items()}
-    post["pi"] = np.clip(post["pi"], 1e-6, None)
-    post["pi"] /= post["pi"].sum(-1, keepdims=True)
-    for c in swap:
-        for name in ("w", "pi"):
-            post[name][c] = post[name][c][:, ::-1]
-    return post
+    return landing_scattered(centre, chains, draws, SD, seed, swap)
 
 
 def shifted(by: float) -> dict:

@@ -251,7 +251,9 @@ def chain_modes(relabelled: xr.DataTree, permutations: np.ndarray, target: dict,
                 settings: MetricSettings = MetricSettings()) -> list[ChainMode]:
     """Classify each chain's relabelled draws: ``target_name`` (matches the target), collapsed, other.
 
-    Collapse is checked first: a fit with coinciding components is collapsed whatever else.
+    Collapse is checked first: a fit with coinciding components is collapsed whatever else. This is
+    the rule without a reference and for ``truth_mode``; against a reference the reference decides
+    first (bench.score.landing.place_chains).
     """
     ds = posterior_dataset(relabelled)
     codes = perm_codes(permutations)

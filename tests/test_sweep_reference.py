@@ -106,6 +106,103 @@ def test_a_fit_is_placed_against_the_reference_and_the_truth_apart(problem):
 
 
 # ---------------------------------------------------------------------------------------------
+# A reference stored in a labelling other than the truth's (a nearly collapsed pivot)
+
+WIDE = {"w": 0.8, "sigma": 0.004, "pi": 0.03}  # slopes 5 sds apart: a poorly identified posterior
+PIVOT = (1, 17)  # the reference draw made nearly collapsed and used as canonical_relabel's pivot
+
+
+def _flipped_reference(problem) -> tuple[Reference, dict]:
+    """A reference whose draws sit around the truth, stored by canonical_relabel against a nearly
+    collapsed pivot (slopes 1.05 / 0.95), as a poorly separated posterior's highest-lp draw can be:
+    its draws are labelled by noise, so its means are nowhere near the truth's in any one
+    permutation. Returns it and its draws in the labelling they were drawn in (the truth's)."""
+    post = scattered_wide(FORUM.truth, 4, 300, 5)
+    post["w"][PIVOT] = [[1.05], [0.95]]
+    swapped = {k: v.copy() for k, v in post.items()}
+    for name in ("w", "pi"):
+        swapped[name][2] = swapped[name][2][:, ::-1]
+    lp, _ = problem.draw_log_densities(canonical_datatree(SPEC, swapped), per_chain=300)
+    pivot_lp = np.zeros_like(lp)
+    pivot_lp[PIVOT] = 1.0
+    relabelled, _ = canonical_relabel(canonical_datatree(SPEC, swapped), pivot_lp, SPEC)
+    tree = xr.DataTree.from_dict({"posterior": relabelled["posterior"].to_dataset(),
+                                  "sample_stats": xr.Dataset({"lp": (("chain", "draw"), lp)})})
+    return Reference(tree, {"name": "flipped", "accepted": True}), post
+
+
+def scattered_wide(centre, chains, draws, seed, swap=()):
+    return landing_scattered(centre, chains, draws, WIDE, seed, swap)
+
+
+def _by_hand(fit_post, ref_post) -> tuple[float, float]:
+    """(max slope W1, max over chains and scalars of |chain mean - reference mean| / reference sd)
+    of draws both in the labelling they were drawn in, with scipy and numpy alone."""
+    from scipy.stats import wasserstein_distance
+
+    fw, rw = (p["w"].reshape(-1, p["w"].shape[2]) for p in (fit_post, ref_post))
+    w1 = max(wasserstein_distance(fw[:, k], rw[:, k]) for k in range(fw.shape[1]))
+    dist = 0.0
+    for name in ("w", "sigma", "pi"):
+        ref = ref_post[name].reshape(-1, *ref_post[name].shape[2:])
+        chains = fit_post[name].mean(axis=1)
+        dist = max(dist, float(np.max(np.abs(chains - ref.mean(0)) / ref.std(0))))
+    return w1, dist
+
+
+def test_a_fit_matching_a_reference_stored_in_another_labelling_is_scored_as_matching_it(problem):
+    """The reference's stored slope means are far from the truth's (its labelling is the collapsed
+    pivot's), yet a fit drawn from the same distribution lands in its mode, at the W1 and distance
+    the two samples have in the truth's labelling (by hand); one labelling for all the reference's
+    draws gave a W1 of about 2 and a distance of about 1 sd here. A fit 6 away in both slopes (7.5
+    sds) is still told apart."""
+    ref, ref_post = _flipped_reference(problem)
+    stored = ref.posterior["w"].mean(("chain", "draw")).values.ravel()
+    truth = np.asarray(FORUM.truth["w"], float).ravel()
+    assert np.all(np.abs(np.sort(stored) - np.sort(truth)) > 1.0)  # no permutation brings it to the truth
+    same = scattered_wide(FORUM.truth, 2, 300, 7)
+    fit = Fit(backend="t", method="nuts", status="ok", timings={"sampling": 1.0},
+              draws=canonical_datatree(SPEC, landing_scattered(FORUM.truth, 2, 300, WIDE, 7, swap=(1,))))
+    row = evaluate(fit, truth=FORUM.truth, reference=ref, problem=problem, settings=FAST)
+    w1, dist = _by_hand(same, ref_post)
+    assert row["w_w1_max"] == pytest.approx(w1, rel=1e-6) and w1 < 0.15
+    assert row["ref_distance_sd"] == pytest.approx(dist, rel=1e-6) and dist < 0.3
+    assert (row["mode"], row["truth_mode"], row["chains_on_target"]) == ("reference", "truth", 2)
+    off = shifted(6.0)
+    far = scattered_wide(off, 2, 300, 8)
+    row = evaluate(Fit(backend="t", method="nuts", status="ok", timings={"sampling": 1.0},
+                       draws=canonical_datatree(SPEC, far)), truth=FORUM.truth, reference=ref, problem=problem,
+                   settings=FAST)
+    w1, dist = _by_hand(far, ref_post)
+    assert row["w_w1_max"] == pytest.approx(w1, rel=1e-6) and w1 > 5.5
+    assert row["ref_distance_sd"] == pytest.approx(dist, rel=1e-6) and dist > 7
+    assert row["mode"] == "other"
+
+
+def test_a_fit_where_a_collapsed_looking_reference_is_is_in_its_mode_not_collapsed(problem):
+    """A posterior whose slopes (0.2 / -0.2, sd 0.8) sit within 2 sds of each other reads as
+    collapsed by the absolute test: a fit drawn from it lands in the reference's mode (the reference
+    decides), its truth_mode stays collapsed (the absolute test). A collapsed fit (both slopes 1,
+    sd 0.01) against a separated reference is still collapsed."""
+    centre = {**FORUM.truth, "w": np.array([[0.2], [-0.2]])}
+    draws = canonical_datatree(SPEC, scattered_wide(centre, 4, 300, 11, swap=(2,)))
+    lp, _ = problem.draw_log_densities(draws, per_chain=300)
+    relabelled, _ = canonical_relabel(draws, lp, SPEC)
+    ref = Reference(xr.DataTree.from_dict({"posterior": relabelled["posterior"].to_dataset(),
+                                           "sample_stats": xr.Dataset({"lp": (("chain", "draw"), lp)})}),
+                    {"name": "close", "accepted": True})
+    fit = Fit(backend="t", method="nuts", status="ok", timings={"sampling": 1.0},
+              draws=canonical_datatree(SPEC, scattered_wide(centre, 2, 300, 12, swap=(1,))))
+    row = evaluate(fit, truth=FORUM.truth, reference=ref, problem=problem, settings=FAST)
+    assert (row["mode"], row["truth_mode"], row["chains_collapsed"]) == ("reference", "collapsed", 0)
+    tied = Fit(backend="t", method="advi-fullrank", status="ok",
+               draws=canonical_datatree(SPEC, scattered({**FORUM.truth, "w": np.array([[1.0], [1.0]])}, 1, 300, 13)))
+    row = evaluate(tied, truth=FORUM.truth, reference=_reference(problem, FORUM.truth), problem=problem,
+                   settings=FAST)
+    assert (row["mode"], row["truth_mode"]) == ("collapsed", "collapsed")
+
+
+# ---------------------------------------------------------------------------------------------
 # Breaking points, two ways, on rows whose answer is known
 
 

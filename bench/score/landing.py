@@ -3,13 +3,15 @@
 Every chain (an approximation's draws and a MAP point count as one chain) is placed against the
 reference posterior (bench.reference.posterior), both relabelled to the same target:
 
-- collapsed: components coincide or one has emptied (``metrics.is_collapsed``), as without a
-  reference;
 - reference: every relabelled posterior mean lies within ``mode_distance_sd`` reference posterior
   sds of the reference's mean. A single point (MAP, a Laplace mode) must do more, since a point
   at the mode has no spread to excuse a miss: its log density within ``point_lp_gap_nats`` of
   the best optimum known for the data set (the reference's highest draw, or the point itself when
-  higher) and its distance within ``point_distance_sd`` reference sds;
+  higher) and its distance within ``point_distance_sd`` reference sds. Checked first: a chain
+  where the reference is is in its mode even when the components sit close enough to read as
+  collapsed (a poorly separated posterior);
+- collapsed: otherwise, components coincide or one has emptied (``metrics.is_collapsed``), as
+  without a reference;
 - biased: in the reference's mode (every relabelled component at most a third as far, in
   reference sds, from its own reference component's location as from any other's, and none
   collapsed) but off in
@@ -163,10 +165,12 @@ def place_chains(relabelled: xr.DataTree, permutations: np.ndarray, raw: xr.Data
             on_mode = dist <= settings.mode_distance_sd
         if not all(np.all(np.isfinite(v)) for v in mean.values()):
             mode = "other"
+        elif on_mode:
+            # The reference decides first: a poorly separated posterior's components sit close, and
+            # a chain that matches it there matches the posterior, however near its components are.
+            mode = "reference"
         elif collapsed_fn(mean, sd):
             mode = "collapsed"
-        elif on_mode:
-            mode = "reference"
         elif components_matched(mean, ref, settings.relabel_scale_floor):
             mode = "biased"
         else:

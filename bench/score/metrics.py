@@ -37,7 +37,6 @@ from bench.score.problem import thin_indices
 from bench.score.relabel import (
     SAMPLE_DIMS,
     Relabelling,
-    apply_permutations,
     chain_mean_pivot,
     conform_point,
     decode_perm,
@@ -252,7 +251,9 @@ def chain_modes(relabelled: xr.DataTree, permutations: np.ndarray, target: dict,
                 settings: MetricSettings = MetricSettings()) -> list[ChainMode]:
     """Classify each chain's relabelled draws: ``target_name`` (matches the target), collapsed, other.
 
-    Collapse is checked first: a fit with coinciding components is collapsed whatever else.
+    Collapse is checked first: a fit with coinciding components is collapsed whatever else. This is
+    the rule without a reference and for ``truth_mode``; against a reference the reference decides
+    first (bench.score.landing.place_chains).
     """
     ds = posterior_dataset(relabelled)
     codes = perm_codes(permutations)
@@ -690,11 +691,11 @@ class Scoring:
 
 def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: MetricSettings, problem) -> Scoring:
     """Relabel the fit once, and put the reference's draws in the same labelling."""
-    ref_draws, ref_lp, ref_point = _reference_parts(reference)
+    ref_draws, ref_lp, _ = _reference_parts(reference)
     target, source = labelling_target(truth, reference, pivot, draws)
     rel = relabel(draws, target, settings.relabel_scale_floor, settings.relabel_max_iter)
     if ref_draws is not None:
-        ref_draws = _reference_in_target_labelling(ref_draws, ref_point, source, rel.reference, settings)
+        ref_draws = _reference_in_target_labelling(ref_draws, source, rel.reference, settings)
     ds = posterior_dataset(draws)
     return Scoring(fit=fit, raw=draws, rel=rel, target=rel.reference, source=source, truth=truth,
                    ref_draws=ref_draws, ref_lp=ref_lp, problem=problem, settings=settings, mcmc=is_mcmc(fit),
@@ -702,24 +703,22 @@ def prepare(fit: Fit, draws: xr.DataTree, truth, reference, pivot, settings: Met
                    ref_modes=getattr(reference, "modes", None), ref_draw_modes=getattr(reference, "draw_modes", None))
 
 
-def _reference_in_target_labelling(ref_draws: xr.DataTree, ref_point: dict | None, source: str, target: dict,
+def _reference_in_target_labelling(ref_draws: xr.DataTree, source: str, target: dict,
                                    settings: MetricSettings) -> xr.DataTree:
-    """The reference draws labelled like the target.
+    """The reference's draws in the fit's labelling: every metric that compares the two (W1, the
+    landing's distance and mode, the W1 to the fit's own mode) reads them.
 
-    A Reference is stored in one canonical labelling (bench.reference.posterior) and its point is its mean
-    in that labelling, so it needs at most one permutation for all its draws: none when the
-    target is that point, else the one that matches its point to the target. Bare draws (no
-    point) are relabelled draw by draw.
+    A Reference is stored in its canonical labelling (bench.reference.posterior.canonical_relabel),
+    relabelled against its own highest-lp draw. Where that draw is nearly collapsed (components
+    barely apart: a poorly separated posterior) it labels the draws differently from the truth
+    draw by draw, so no one permutation of all draws maps it to the truth's labelling. Against any
+    target but the reference's own point, its draws are therefore relabelled draw by draw with the
+    rule the fit's draws were (bench.score.relabel): fit and reference are then each relabelled
+    once, to the same point.
     """
-    if ref_point is None:
-        return relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter).draws
     if source == "reference":
         return ref_draws
-    perm = relabel(point_tree(ref_point), target, settings.relabel_scale_floor,
-                   settings.relabel_max_iter).permutations[0, 0]
-    ds = posterior_dataset(ref_draws)
-    perms = np.broadcast_to(perm, (ds.sizes["chain"], ds.sizes["draw"], perm.size))
-    return apply_permutations(ref_draws, perms)
+    return relabel(ref_draws, target, settings.relabel_scale_floor, settings.relabel_max_iter).draws
 
 
 def posterior_means(scoring: Scoring) -> dict[str, float]:

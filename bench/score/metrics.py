@@ -31,7 +31,7 @@ from bench.score.columns import FAMILIES, ROW_FIELDS
 from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
 from bench.score.modes import mode_columns, own_mode_draws
-from bench.score.particles import particle_columns
+from bench.score.particles import smc_columns
 from bench.score.predictive import loo_keep, loo_metrics, subsample_seed
 from bench.score.problem import thin_indices
 from bench.score.relabel import (
@@ -776,6 +776,15 @@ def _place_point(s: Scoring, summary: ReferenceSummary):
                         lambda mean, sd: is_collapsed(mean, sd, s.settings))[0]
 
 
+def _modes_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    """Where the fit's chains and draws are among the reference's modes; with a landing against
+    the reference and no collapsed chain, its ``mode`` follows from them (bench.score.modes.fit_landing):
+    the distance to the pooled reference mean cannot tell modes far apart."""
+    landed = isinstance(row.get("mode"), str) and math.isfinite(float(row.get("lp_gap_tol", NAN)))
+    landing = row if landed and row["mode"] != "collapsed" and not row.get("chains_collapsed") else None
+    return mode_columns(s.rel.draws, s.ref_modes or [], ordered=s.mcmc, landing=landing)
+
+
 def _truth_metric(s: Scoring, row: dict) -> dict[str, Any]:
     """The fit's landing against the truth (``truth_mode``) beside its landing against the
     reference (``mode``), and the reference's own (``ref_truth_mass``), from the one relabelling
@@ -900,7 +909,7 @@ METRICS: list[tuple[str, Any]] = [
     ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
     ("truth", _truth_metric),
-    ("reference_modes", lambda s, row: mode_columns(s.rel.draws, s.ref_modes or [])),
+    ("reference_modes", _modes_metric),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),
     ("efficiency", _efficiency_metric),
@@ -908,7 +917,7 @@ METRICS: list[tuple[str, Any]] = [
     ("w1", _w1_metric),
     ("w1_mode", _w1_mode_metric),
     ("loo", _loo_metric),
-    ("particles", lambda s, row: particle_columns(s.raw, s.ref_modes)),
+    ("particles", lambda s, row: smc_columns(s.raw)),
     ("stacking", _stacking_metric),
     ("health", _health_metric),
 ]

@@ -120,6 +120,8 @@ ROW_FIELDS: dict[str, str] = {
                                     "keeps no per-draw modes: a one-run or older reference)"),
     **_family_fields("{f}_w1_mode_floor", "the W1 noise floor of the own-mode W1 for the {name}, as the whole reference's floor "
                                           "(from the own mode's draws)"),
+    "w1_mode_sd": "max over every scalar of the own-mode W1 in that mode's posterior sds (its draws'); above "
+                  "bench.score.modes.W1_BIASED_SD a fit in its mode is biased, not reference",
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Which of the reference's modes (bench.score.modes), when it is made of modes

@@ -20,8 +20,9 @@ The fit's landing (``mode``) follows from where its draws are (``fit_landing``),
 distance to the pooled reference mean, which for modes far apart is about 1 pooled sd wherever a
 fit sits: other when its log-density gap exceeds the tolerance (bench.score.landing) or under
 half its draws are in weighted modes that are not poor; else mixed when its chains are in
-different places; else reference when at least ``REACHED_SHARE`` of its draws are in such modes;
-else biased.
+different places; else reference when at least ``REACHED_SHARE`` of its draws are in such modes
+and its marginals are within ``W1_BIASED_SD`` of its own mode's (W1 in that mode's sds); else
+biased.
 
 Row columns (``MODE_FIELDS``) and, per fit over its seeds, an answer such as
 "numpyro / nuts: 4 of 4 chains in mode A (mass 0.93)" or "numpyro / map: 2 of 5 seeds in mode B
@@ -54,6 +55,8 @@ SPREAD_MIN_SHARE = 0.1
 """A population without run order spreads over every mode holding at least this share of its draws."""
 REACHED_SHARE = 0.9
 """A fit with at least this share of its draws in weighted modes that are not poor reached the posterior."""
+W1_BIASED_SD = 1.0
+"""A fit whose marginal is further than this many of its mode's posterior sds (W1) from that mode's is biased."""
 MAX_DRAWS = 1000
 
 SCALE_FLOOR = 1e-6
@@ -187,14 +190,23 @@ def population_label(names: np.ndarray) -> str:
     return "-" if shares.get("-", 0.0) > 0.5 or not held else SPREAD.join(held)
 
 
+def parse_shares(text: Any) -> dict[str, float]:
+    """``ref_mode_shares`` text 'A:0.5;-:0.5' as {name: share}; empty for a missing value."""
+    if not isinstance(text, str) or not text:
+        return {}
+    return {item.rsplit(":", 1)[0]: float(item.rsplit(":", 1)[1]) for item in text.split(";")}
+
+
 def fit_landing(labels: list[str], shares: dict[str, float], modes: list[dict[str, Any]],
-                lp_gap: float, lp_gap_tol: float) -> dict[str, Any]:
+                lp_gap: float, lp_gap_tol: float, w1_mode_sd: float = math.nan) -> dict[str, Any]:
     """The fit's ``mode`` and chain counts against a modes reference, from where its draws are.
 
     other: ``lp_gap`` (nats, the chain furthest below; bench.score.landing) above ``lp_gap_tol``,
     or under half the draws (``shares``) in weighted modes of mass at least POOR_MASS ("good");
     mixed: the chains (``labels``, ``ref_mode_chains``) visited different sets of modes;
-    reference: at least REACHED_SHARE of the draws in good modes; biased: between.
+    reference: at least REACHED_SHARE of the draws in good modes and the W1 to the fit's own mode
+    (``w1_mode_sd``, in that mode's sds; NaN: not measured) at most W1_BIASED_SD; biased: in good
+    modes otherwise (off in location or scale, as bench.score.landing's biased).
     ``chains_on_target`` (reference, mixed) or ``chains_biased`` (biased) count the chains wholly
     in good modes, ``chains_other`` the rest.
     """
@@ -207,20 +219,17 @@ def fit_landing(labels: list[str], shares: dict[str, float], modes: list[dict[st
     elif len(places) > 1:
         mode = "mixed"
     else:
-        mode = "reference" if in_good >= REACHED_SHARE else "biased"
+        mode = "reference" if in_good >= REACHED_SHARE and not w1_mode_sd > W1_BIASED_SD else "biased"
     on_target = good_chains if mode in ("reference", "mixed") else 0
     biased = good_chains if mode == "biased" else 0
     return {"mode": mode, "chains_on_target": on_target, "chains_biased": biased,
             "chains_other": len(labels) - on_target - biased}
 
 
-def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]], ordered: bool = True,
-                 landing: dict[str, Any] | None = None) -> dict[str, Any]:
+def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]], ordered: bool = True) -> dict[str, Any]:
     """The MODE_FIELDS of one fit: ``draws`` its (relabelled) draws; empty without modes.
     ``ordered``: its chains are Markov chains (each landed by its run, ``chain_label``), else
-    populations (``population_label``). ``landing``: the row's landing (``lp_gap``,
-    ``lp_gap_tol``), when it has one and no collapsed chain: its ``mode`` and chain counts are
-    then replaced by ``fit_landing``'s."""
+    populations (``population_label``)."""
     if not modes:
         return {}
     ds = posterior_dataset(draws)
@@ -231,8 +240,7 @@ def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]], ordered: bool 
     shares = shares_of(draw_names)
     by_name = {m["name"]: m for m in modes}
     covered = sorted({n for label in names for n in visited(label)})
-    placed = fit_landing(names, shares, modes, landing["lp_gap"], landing["lp_gap_tol"]) if landing else {}
-    return {**placed,
+    return {
         "ref_mode_chains": ";".join(names),
         "chains_hopped": sum(HOP in label for label in names),
         "ref_modes_covered": ",".join(covered) or "-",
@@ -308,8 +316,7 @@ def _spread_text(label: str, rows: pd.DataFrame) -> str:
     """'A 0.5, B 0.5': each mode of a spread label with its share of the draws (median over the
     rows placed so)."""
     held = rows[rows["ref_mode_chains"].str.split(";").map(lambda chains: label in chains)]
-    shares = [dict((item.rsplit(":", 1)[0], float(item.rsplit(":", 1)[1])) for item in text.split(";"))
-              for text in held.get("ref_mode_shares", pd.Series(dtype=object)) if isinstance(text, str) and text]
+    shares = [parse_shares(text) for text in held.get("ref_mode_shares", pd.Series(dtype=object)) if parse_shares(text)]
     return ", ".join(f"{n} {np.median([s.get(n, 0.0) for s in shares]):.2f}" if shares else n
                      for n in label.split(SPREAD))
 

@@ -81,6 +81,10 @@ def test_chains_in_different_modes_are_mixed_and_flagged():
     flags = health(cols, None, None, None, mcmc=False, single_point=False, converged=None,
                    settings=MetricSettings())["flags"]
     assert "mixed-modes" in flags.split(",")
+    # The same layout with a poor mode (C, mass 0.02) reads the same: mixed, though half the
+    # draws are in a poor mode.
+    cols = placed(two_chains("A", "C"), True, AT_REF)
+    assert (cols["ref_mode_chains"], cols["ref_mode_shares"], cols["mode"]) == ("A;C", "A:0.5;C:0.5", "mixed")
     cols = placed(two_chains("B", "B"), True, AT_REF)
     assert (cols["ref_mode_chains"], cols["mode"]) == ("B;B", "reference")
 

@@ -64,8 +64,9 @@ ROW_FIELDS: dict[str, str] = {
     "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.score.landing), "
             "biased (its mode, but off in location or scale), collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
             "collapsed or other likewise; mixed when chains land in different modes. Against a modes reference, "
-            "from where the draws are (bench.score.modes.fit_landing): other beyond the lp gap tolerance or with "
-            "under half the draws in weighted modes of mass >= 0.05, mixed for chains in different modes, reference "
+            "from where the draws are (bench.score.modes.fit_landing): mixed for chains in different modes, else "
+            "other beyond the lp gap tolerance or with under half the draws in weighted modes of mass >= 0.05, "
+            "reference "
             "with >= 0.9 of the draws there and W1 to the own mode <= 1 mode sd, else biased",
     "truth_mode": "where the chains landed against the truth (truth, collapsed, other or mixed; the truth "
                   "tolerances of mode), also when a reference posterior placed mode; NaN without a truth",

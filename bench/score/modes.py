@@ -18,9 +18,9 @@ density.
 
 The fit's landing (``mode``) follows from where its draws are (``fit_landing``), not from its
 distance to the pooled reference mean, which for modes far apart is about 1 pooled sd wherever a
-fit sits: other when its log-density gap exceeds the tolerance (bench.score.landing) or under
-half its draws are in weighted modes that are not poor; else mixed when its chains are in
-different places; else reference when at least ``REACHED_SHARE`` of its draws are in such modes
+fit sits: mixed when its chains are in different places; else other when its log-density gap
+exceeds the tolerance (bench.score.landing) or under half its draws are in weighted modes that
+are not poor; else reference when at least ``REACHED_SHARE`` of its draws are in such modes
 and its marginals are within ``W1_BIASED_SD`` of its own mode's (W1 in that mode's sds); else
 biased.
 
@@ -201,9 +201,10 @@ def fit_landing(labels: list[str], shares: dict[str, float], modes: list[dict[st
                 lp_gap: float, lp_gap_tol: float, w1_mode_sd: float = math.nan) -> dict[str, Any]:
     """The fit's ``mode`` and chain counts against a modes reference, from where its draws are.
 
+    mixed: the chains (``labels``, ``ref_mode_chains``) visited different sets of modes, whichever
+    modes they are (the same layout reads the same on every data set);
     other: ``lp_gap`` (nats, the chain furthest below; bench.score.landing) above ``lp_gap_tol``,
     or under half the draws (``shares``) in weighted modes of mass at least POOR_MASS ("good");
-    mixed: the chains (``labels``, ``ref_mode_chains``) visited different sets of modes;
     reference: at least REACHED_SHARE of the draws in good modes and the W1 to the fit's own mode
     (``w1_mode_sd``, in that mode's sds; NaN: not measured) at most W1_BIASED_SD; biased: in good
     modes otherwise (off in location or scale, as bench.score.landing's biased).
@@ -214,10 +215,10 @@ def fit_landing(labels: list[str], shares: dict[str, float], modes: list[dict[st
     in_good = sum(s for n, s in shares.items() if n in good)
     places = {frozenset(visited(label)) for label in labels}
     good_chains = sum(bool(visited(label)) and set(visited(label)) <= good for label in labels)
-    if not lp_gap <= lp_gap_tol or in_good < 0.5:
-        mode = "other"
-    elif len(places) > 1:
+    if len(places) > 1:
         mode = "mixed"
+    elif not lp_gap <= lp_gap_tol or in_good < 0.5:
+        mode = "other"
     else:
         mode = "reference" if in_good >= REACHED_SHARE and not w1_mode_sd > W1_BIASED_SD else "biased"
     on_target = good_chains if mode in ("reference", "mixed") else 0

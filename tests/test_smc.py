@@ -13,7 +13,8 @@ from scipy.special import logsumexp
 from backends import get_backend
 from backends.base import FitSettings
 from backends.smc import smc_group
-from bench.score.particles import mode_shares, smc_columns
+from bench.score.modes import mode_shares
+from bench.score.particles import smc_columns
 from models import Dataset, MixtureSpec, NormalPrior, SigmaPrior
 from models.oracle import log_density
 

@@ -75,8 +75,10 @@ COLUMNS: dict[str, str] = {
     "reference modes": "where the fit's chains (a point, a VI fit: one each; over seeds) landed among the "
                        "reference's modes (bench.score.modes): 'k of n chains in mode A (mass m)', modes named A, B, ... "
                        "by posterior mass; nats lower: the mode's mean log density below the best mode's; 'moved "
-                       "between modes mid-run (mode A, then mode B)': a chain whose quarters landed in different "
-                       "modes ('no mode': in none); mass "
+                       "between modes mid-run (mode A, then mode B)': a Markov chain whose quarters landed in "
+                       "different modes ('no mode': in none); 'spread over modes A 0.50, B 0.50': a population "
+                       "without run order (VI, Pathfinder, SMC, a stacked mixture) with at least 0.1 of its draws "
+                       "in each, their shares beside; mass "
                        "covered: the mass of the modes the chains reached",
     "mass (bridge)": "a reference mode's posterior mass by bridge sampling (Meng & Wong 1996), +- its standard error",
     "mass (IS)": "a reference mode's posterior mass by importance sampling from a Student-t fitted to it, +- its "

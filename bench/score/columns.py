@@ -63,7 +63,11 @@ ROW_FIELDS: dict[str, str] = {
                         "from reference draws given without their log densities)",
     "mode": "where the chains landed: with a reference posterior, reference (its mode, see bench.score.landing), "
             "biased (its mode, but off in location or scale), collapsed or other; without one, truth (or reference: the pivot) when every chain matches it, "
-            "collapsed or other likewise; mixed when chains land in different modes",
+            "collapsed or other likewise; mixed when chains land in different modes. Against a modes reference, "
+            "from where the draws are (bench.score.modes.fit_landing): mixed for chains in different modes, else "
+            "other beyond the lp gap tolerance or with under half the draws in weighted modes of mass >= 0.05, "
+            "reference "
+            "with >= 0.9 of the draws there and W1 to the own mode <= 1 mode sd, else biased",
     "truth_mode": "where the chains landed against the truth (truth, collapsed, other or mixed; the truth "
                   "tolerances of mode), also when a reference posterior placed mode; NaN without a truth",
     "ref_truth_mass": "the reference posterior's own landing: the share of its draws in the truth's mode (its "
@@ -120,6 +124,8 @@ ROW_FIELDS: dict[str, str] = {
                                     "keeps no per-draw modes: a one-run or older reference)"),
     **_family_fields("{f}_w1_mode_floor", "the W1 noise floor of the own-mode W1 for the {name}, as the whole reference's floor "
                                           "(from the own mode's draws)"),
+    "w1_mode_sd": "max over every scalar of the own-mode W1 in that mode's posterior sds (its draws'); above "
+                  "bench.score.modes.W1_BIASED_SD a fit in its mode is biased, not reference",
     # Place against the reference posterior, by log density (NaN without a reference)
     **LANDING_FIELDS,
     # Which of the reference's modes (bench.score.modes), when it is made of modes

@@ -30,8 +30,8 @@ from backends.methods import Kind, kind_of
 from bench.score.columns import FAMILIES, ROW_FIELDS
 from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
-from bench.score.modes import mode_columns, own_mode_draws
-from bench.score.particles import particle_columns
+from bench.score.modes import fit_landing, mode_columns, own_mode_draws, parse_shares
+from bench.score.particles import smc_columns
 from bench.score.predictive import loo_keep, loo_metrics, subsample_seed
 from bench.score.problem import thin_indices
 from bench.score.relabel import (
@@ -775,6 +775,22 @@ def _place_point(s: Scoring, summary: ReferenceSummary):
                         lambda mean, sd: is_collapsed(mean, sd, s.settings))[0]
 
 
+def _modes_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    """Where the fit's chains and draws are among the reference's modes, the W1 to its own mode,
+    and, with a landing against the reference and no collapsed chain, its ``mode`` from them
+    (bench.score.modes.fit_landing): the distance to the pooled reference mean cannot tell modes
+    far apart. A single point's W1 is its spread-free distance, judged by the point rules instead."""
+    out = mode_columns(s.rel.draws, s.ref_modes or [], ordered=s.mcmc)
+    if not out:
+        return out
+    out.update(_w1_mode(s, out["ref_mode_chains"]))
+    landed = isinstance(row.get("mode"), str) and math.isfinite(float(row.get("lp_gap_tol", NAN)))
+    if landed and row["mode"] != "collapsed" and not row.get("chains_collapsed"):
+        out.update(fit_landing(out["ref_mode_chains"].split(";"), parse_shares(out["ref_mode_shares"]), s.ref_modes,
+                               row["lp_gap"], row["lp_gap_tol"], NAN if s.single_point else out.get("w1_mode_sd", NAN)))
+    return out
+
+
 def _truth_metric(s: Scoring, row: dict) -> dict[str, Any]:
     """The fit's landing against the truth (``truth_mode``) beside its landing against the
     reference (``mode``), and the reference's own (``ref_truth_mass``), from the one relabelling
@@ -861,15 +877,30 @@ def _w1_metric(s: Scoring, row: dict) -> dict[str, Any]:
     return {} if s.ref_draws is None else wasserstein_marginals(s.rel.draws, s.ref_draws)
 
 
-def _w1_mode_metric(s: Scoring, row: dict) -> dict[str, Any]:
-    """W1 to the draws of the reference mode each chain landed in (bench.score.modes.own_mode_draws)."""
-    labels = row.get("ref_mode_chains")
-    if s.ref_draws is None or s.ref_draw_modes is None or not isinstance(labels, str):
+def _w1_mode(s: Scoring, labels: str) -> dict[str, Any]:
+    """W1 to the draws of the reference mode each chain landed in (bench.score.modes.own_mode_draws),
+    per family, and ``w1_mode_sd``: the largest over every scalar in that mode's draws' sds."""
+    if s.ref_draws is None or s.ref_draw_modes is None:
         return {}
     pair = own_mode_draws(s.rel.draws, s.ref_draws, s.ref_draw_modes, labels.split(";"))
     w1 = wasserstein_marginals(*pair) if pair is not None else {}
-    return {f"{f}_w1_mode{end}": w1.get(f"{f}_w1_{key}", NAN) for f in FAMILIES
-            for end, key in (("", "max"), ("_floor", "floor"))}
+    out = {f"{f}_w1_mode{end}": w1.get(f"{f}_w1_{key}", NAN) for f in FAMILIES
+           for end, key in (("", "max"), ("_floor", "floor"))}
+    out["w1_mode_sd"] = _w1_in_sds(*pair) if pair is not None else NAN
+    return out
+
+
+def _w1_in_sds(draws: xr.DataTree, reference: xr.DataTree) -> float:
+    """max over every scalar of W1(fit marginal, reference marginal) / reference sd (sd floored at 1e-12)."""
+    ds, ref = posterior_dataset(draws), posterior_dataset(reference)
+    worst = 0.0
+    for f in FAMILIES:
+        if _present(ds, f) and _present(ref, f):
+            x, y = _samples(ds, f), _samples(ref, f)
+            for i in range(x.shape[1]):
+                if np.isfinite(x[:, i]).all() and np.isfinite(y[:, i]).all():
+                    worst = max(worst, wasserstein_distance(x[:, i], y[:, i]) / max(float(y[:, i].std()), 1e-12))
+    return float(worst)
 
 
 def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
@@ -899,15 +930,14 @@ METRICS: list[tuple[str, Any]] = [
     ("degenerate", _degenerate_metric),
     ("landing", _landing_metric),
     ("truth", _truth_metric),
-    ("reference_modes", lambda s, row: mode_columns(s.rel.draws, s.ref_modes or [])),
+    ("reference_modes", _modes_metric),
     ("switching", _switching_metric),
     ("recovery", _recovery_metric),
     ("efficiency", _efficiency_metric),
     ("khat", _khat_metric),
     ("w1", _w1_metric),
-    ("w1_mode", _w1_mode_metric),
     ("loo", _loo_metric),
-    ("particles", lambda s, row: particle_columns(s.raw, s.ref_modes)),
+    ("particles", lambda s, row: smc_columns(s.raw)),
     ("stacking", _stacking_metric),
     ("health", _health_metric),
 ]

@@ -7,9 +7,22 @@ bench.score.relabel's assignment rule, so a fit's own labelling does not matter)
 A chain is also landed in ``HOP_SEGMENTS`` consecutive segments of its draws: when they land in
 different modes the chain left its mode mid-run and is named by the modes it visited in order,
 "A>B" (a segment in none between two modes is the hop itself and is left out; "A>-": it left A
-for no mode found). Degenerate modes (sigma collapsed on tied points) are candidates too: a fit
-that found one is named so, with no mass. A mode holding less than ``POOR_MASS`` of the posterior
-(by its bridge-sampling mass) is a poor mode, whatever its log density.
+for no mode found). Only a Markov chain has a run order: a population without one (VI draws,
+Pathfinder's paths, SMC particles, a stacked mixture) is placed by the shares of its draws instead
+(``population_label``): in the mode holding them, or spread over the modes each holding at least
+``SPREAD_MIN_SHARE`` ("A+B"), or in none when most are in none. Each draw (evenly thinned to at most
+``MAX_DRAWS``) lands as a chain's mean does (``land``). Degenerate modes (sigma collapsed on tied
+points) are candidates too: a fit that found one is named so, with no mass. A mode holding less
+than ``POOR_MASS`` of the posterior (by its bridge-sampling mass) is a poor mode, whatever its log
+density.
+
+The fit's landing (``mode``) follows from where its draws are (``fit_landing``), not from its
+distance to the pooled reference mean, which for modes far apart is about 1 pooled sd wherever a
+fit sits: mixed when its chains are in different places; else other when its log-density gap
+exceeds the tolerance (bench.score.landing) or under half its draws are in weighted modes that
+are not poor; else reference when at least ``REACHED_SHARE`` of its draws are in such modes
+and its marginals are within ``W1_BIASED_SD`` of its own mode's (W1 in that mode's sds); else
+biased.
 
 Row columns (``MODE_FIELDS``) and, per fit over its seeds, an answer such as
 "numpyro / nuts: 4 of 4 chains in mode A (mass 0.93)" or "numpyro / map: 2 of 5 seeds in mode B
@@ -27,6 +40,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bench.score.problem import thin_indices
 from bench.score.relabel import assignment_costs, best_permutations, posterior_dataset
 
 POOR_MASS = 0.05
@@ -36,6 +50,14 @@ LAND_DISTANCE_SD = 4.0
 HOP_SEGMENTS = 4
 """A chain is landed in this many consecutive segments too, to see whether it left its mode."""
 HOP = ">"
+SPREAD = "+"
+SPREAD_MIN_SHARE = 0.1
+"""A population without run order spreads over every mode holding at least this share of its draws."""
+REACHED_SHARE = 0.9
+"""A fit with at least this share of its draws in weighted modes that are not poor reached the posterior."""
+W1_BIASED_SD = 1.0
+"""A fit whose marginal is further than this many of its mode's posterior sds (W1) from that mode's is biased."""
+MAX_DRAWS = 1000
 
 SCALE_FLOOR = 1e-6
 GAP_SHOWN_NATS = 0.5  # a mode's log-density gap below this is not worth a word
@@ -43,13 +65,16 @@ GAP_SHOWN_NATS = 0.5  # a mode's log-density gap below this is not worth a word
 MODE_FIELDS: dict[str, str] = {
     "ref_mode_chains": "the reference mode (A, B, ... by mass) each chain landed in, 'A;A;B;-' ('-': none); "
                        f"a chain whose {HOP_SEGMENTS} consecutive segments landed in different modes is named by "
-                       "the modes it visited in order, 'A>B' (it left its mode mid-run)",
+                       "the modes it visited in order, 'A>B' (it left its mode mid-run); a population without run "
+                       f"order (not MCMC) by the modes holding at least {SPREAD_MIN_SHARE} of its draws, 'A+B'",
     "chains_hopped": "chains that left their mode mid-run (their segments landed in different modes)",
     "ref_modes_covered": "the reference modes the chains covered",
     "ref_mass_covered": "posterior mass of the modes covered (bridge-sampling masses)",
     "chains_poor_mass": f"chains in a poor mode: one of posterior mass below {POOR_MASS} (or degenerate); a chain "
                         "that moved between modes is counted in chains_hopped instead",
     "ref_mode_masses": "each reference mode as name:mass:nats below the best mode ('-' mass: not weighted)",
+    "ref_mode_shares": f"share of the fit's draws (pooled over chains, at most {MAX_DRAWS} evenly thinned) in each "
+                       "reference mode, 'A:0.52;B:0.47;-:0.01' ('-': in none); empty without a modes reference",
 }
 
 
@@ -126,17 +151,94 @@ def chain_label(chain: xr.Dataset, modes: list[dict[str, Any]], K: int) -> str:
 
 
 def visited(label: str) -> list[str]:
-    """The modes a chain label names ("A>B" -> ["A", "B"]; "-" -> [])."""
-    return [n for n in label.split(HOP) if n != "-"]
+    """The modes a chain label names ("A>B" and "A+B" -> ["A", "B"]; "-" -> [])."""
+    return [n for n in label.replace(SPREAD, HOP).split(HOP) if n != "-"]
 
 
-def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The MODE_FIELDS of one fit: ``draws`` its (relabelled) draws; empty without modes."""
+def draw_landings(ds: xr.Dataset, modes: list[dict[str, Any]], K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mode name or "-" per draw, its chain) of at most MAX_DRAWS draws thinned evenly over the
+    pooled (chain, draw) sample of ``ds``."""
+    total = ds.sizes["chain"] * ds.sizes["draw"]
+    keep = thin_indices(total, MAX_DRAWS)
+    # NumPy, not xarray's stack, which cannot reshape the empty covariate axis of D = 0.
+    values = {n: np.asarray(ds[n].transpose("chain", "draw", ...).values).reshape(total, *ds[n].shape[2:])[keep]
+              for n in ds.data_vars}
+    names = np.array([land({n: v[i] for n, v in values.items()}, modes, K) or "-" for i in range(keep.size)])
+    return names, keep // ds.sizes["draw"]
+
+
+def shares_of(names: np.ndarray) -> dict[str, float]:
+    """Share of ``names`` (draws' modes) per name."""
+    found, counts = np.unique(names, return_counts=True)
+    return {str(n): float(c) / names.size for n, c in zip(found, counts)}
+
+
+def mode_shares(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, float]:
+    """Share of the draws (canonical, any labelling) in each reference mode and in none (key "-"),
+    pooled over chains, of at most MAX_DRAWS evenly thinned; empty without modes."""
+    if not modes:
+        return {}
+    ds = posterior_dataset(draws)
+    return shares_of(draw_landings(ds, modes, int(ds.sizes["component"]))[0])
+
+
+def population_label(names: np.ndarray) -> str:
+    """A population's landing from its draws' modes: "-" when most are in none, else the modes
+    holding at least SPREAD_MIN_SHARE of them, "A" or spread "A+B"."""
+    shares = shares_of(names)
+    held = sorted(n for n, s in shares.items() if n != "-" and s >= SPREAD_MIN_SHARE)
+    return "-" if shares.get("-", 0.0) > 0.5 or not held else SPREAD.join(held)
+
+
+def parse_shares(text: Any) -> dict[str, float]:
+    """``ref_mode_shares`` text 'A:0.5;-:0.5' as {name: share}; empty for a missing value."""
+    if not isinstance(text, str) or not text:
+        return {}
+    return {item.rsplit(":", 1)[0]: float(item.rsplit(":", 1)[1]) for item in text.split(";")}
+
+
+def fit_landing(labels: list[str], shares: dict[str, float], modes: list[dict[str, Any]],
+                lp_gap: float, lp_gap_tol: float, w1_mode_sd: float = math.nan) -> dict[str, Any]:
+    """The fit's ``mode`` and chain counts against a modes reference, from where its draws are.
+
+    mixed: the chains (``labels``, ``ref_mode_chains``) visited different sets of modes, whichever
+    modes they are (the same layout reads the same on every data set);
+    other: ``lp_gap`` (nats, the chain furthest below; bench.score.landing) above ``lp_gap_tol``,
+    or under half the draws (``shares``) in weighted modes of mass at least POOR_MASS ("good");
+    reference: at least REACHED_SHARE of the draws in good modes and the W1 to the fit's own mode
+    (``w1_mode_sd``, in that mode's sds; NaN: not measured) at most W1_BIASED_SD; biased: in good
+    modes otherwise (off in location or scale, as bench.score.landing's biased).
+    ``chains_on_target`` (reference, mixed) or ``chains_biased`` (biased) count the chains wholly
+    in good modes, ``chains_other`` the rest.
+    """
+    good = {m["name"] for m in modes if m.get("status") == "weighted" and not _poor(m)}
+    in_good = sum(s for n, s in shares.items() if n in good)
+    places = {frozenset(visited(label)) for label in labels}
+    good_chains = sum(bool(visited(label)) and set(visited(label)) <= good for label in labels)
+    if len(places) > 1:
+        mode = "mixed"
+    elif not lp_gap <= lp_gap_tol or in_good < 0.5:
+        mode = "other"
+    else:
+        mode = "reference" if in_good >= REACHED_SHARE and not w1_mode_sd > W1_BIASED_SD else "biased"
+    on_target = good_chains if mode in ("reference", "mixed") else 0
+    biased = good_chains if mode == "biased" else 0
+    return {"mode": mode, "chains_on_target": on_target, "chains_biased": biased,
+            "chains_other": len(labels) - on_target - biased}
+
+
+def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]], ordered: bool = True) -> dict[str, Any]:
+    """The MODE_FIELDS of one fit: ``draws`` its (relabelled) draws; empty without modes.
+    ``ordered``: its chains are Markov chains (each landed by its run, ``chain_label``), else
+    populations (``population_label``)."""
     if not modes:
         return {}
     ds = posterior_dataset(draws)
     K = int(ds.sizes["component"])
-    names = [chain_label(ds.isel(chain=c), modes, K) for c in range(ds.sizes["chain"])]
+    draw_names, chain_of = draw_landings(ds, modes, K)
+    names = [chain_label(ds.isel(chain=c), modes, K) if ordered else population_label(draw_names[chain_of == c])
+             for c in range(ds.sizes["chain"])]
+    shares = shares_of(draw_names)
     by_name = {m["name"]: m for m in modes}
     covered = sorted({n for label in names for n in visited(label)})
     return {
@@ -144,8 +246,9 @@ def mode_columns(draws: xr.DataTree, modes: list[dict[str, Any]]) -> dict[str, A
         "chains_hopped": sum(HOP in label for label in names),
         "ref_modes_covered": ",".join(covered) or "-",
         "ref_mass_covered": float(sum(by_name[n].get("mass_bridge") or 0.0 for n in covered)),
-        "chains_poor_mass": sum(HOP not in label and label != "-" and _poor(by_name[label]) for label in names),
+        "chains_poor_mass": sum(label in by_name and _poor(by_name[label]) for label in names),
         "ref_mode_masses": ";".join(f"{m['name']}:{_mass_text(m)}:{m.get('lp_gap', math.nan):.3g}" for m in modes),
+        "ref_mode_shares": ";".join(f"{n}:{s:.3g}" for n, s in sorted(shares.items())),
     }
 
 
@@ -191,6 +294,8 @@ def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
         n = int(counts[name])
         if name == "-":
             parts.append((n, "in none of the modes"))
+        elif SPREAD in name:
+            parts.append((n, f"spread over modes {_spread_text(name, rows)}"))
         elif HOP in name:
             path = ", then ".join("no mode" if v == "-" else f"mode {v}" for v in name.split(HOP))
             parts.append((n, f"moved between modes mid-run ({path})"))
@@ -206,6 +311,15 @@ def fit_answer(label: str, rows: pd.DataFrame) -> str | None:
         covered = pd.to_numeric(rows["ref_mass_covered"], errors="coerce")
         text += f"; mass covered {covered.median():.3g}" + (" (median over seeds)" if len(rows) > 1 else "")
     return text
+
+
+def _spread_text(label: str, rows: pd.DataFrame) -> str:
+    """'A 0.5, B 0.5': each mode of a spread label with its share of the draws (median over the
+    rows placed so)."""
+    held = rows[rows["ref_mode_chains"].str.split(";").map(lambda chains: label in chains)]
+    shares = [parse_shares(text) for text in held.get("ref_mode_shares", pd.Series(dtype=object)) if parse_shares(text)]
+    return ", ".join(f"{n} {np.median([s.get(n, 0.0) for s in shares]):.2f}" if shares else n
+                     for n in label.split(SPREAD))
 
 
 def modes_table_lines(modes: list[dict[str, Any]]) -> list[str]:

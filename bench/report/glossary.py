@@ -138,7 +138,9 @@ COLUMNS: dict[str, str] = {
                        "degenerate component), nats: 0 for the best, negative for the others",
     "se of the difference": "standard error of 'elpd_loo - best' from the paired pointwise differences, "
                             "sqrt(n var(elpd_i - best_i)) (Vehtari, Gelman & Gabry 2017; arviz-stats compare's dse), "
-                            "on each fit's median seed; a difference within about 2 of it is noise",
+                            "on each fit's median seed; where both fits subsampled the same observations, plus the "
+                            "subsampling variance of the paired differences (Magnusson et al. 2020, as arviz-stats' "
+                            "compare's subsampling_dse); a difference within about 2 of it is noise",
     # flagged fits (one row per seed)
     "mode": _row("mode", "where the chains landed"),
     "lp gap nats": _row("lp_gap", "the reference posterior's log density minus the fit's, nats"),

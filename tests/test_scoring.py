@@ -426,3 +426,24 @@ def test_paired_elpd_se_of_subsampled_fits_is_arviz_stats_subsampling_dse():
     quadrature = np.sqrt(600 * np.var(d) + a[2] ** 2 + b[2] ** 2)
     assert abs(quadrature - expected) > 0.05 * expected
     assert paired_elpd_se(a, a) == 0.0
+
+
+def test_stacked_rows_stay_out_of_the_elpd_ranking():
+    """A +stacked row's elpd is scored by the LOO densities its weights were fitted on (optimistic,
+    Yao et al. 2022): even when it is the largest, the best fit named is the best plain fit, and
+    the stacked row is listed apart, marked optimistic, with its difference to that fit."""
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
+
+    base = {"scenario": "s", "setup": "default", "status": "ok", "N": 4, "loo_obs": 4}
+    points = {"nuts": [-1.0, -1.2, -0.9, -1.1], "advi": [-1.1, -1.3, -1.0, -1.3], "nuts+stacked": [-0.5, -0.6, -0.4, -0.5]}
+    rows = [{**base, "backend": "pymc", "method": m, "elpd_loo": sum(v), "elpd_loo_pointwise": ";".join(map(str, v))}
+            for m, v in points.items()]
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("method")
+    assert fits.loc["nuts", "elpd_loo_diff"] == 0
+    assert fits.loc["advi", "elpd_loo_diff"] == pytest.approx(-0.5)
+    assert fits.loc["nuts+stacked", "elpd_loo_diff"] == pytest.approx(2.2)
+    text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
+    assert "the best fit of these data is pymc / nuts;" in text
+    head, apart = text.split("apart, stacked rows, optimistic")
+    assert "nuts+stacked" not in head.split("PSIS-LOO elpd")[1] and "pymc / nuts+stacked 2.2" in apart

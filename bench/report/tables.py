@@ -23,6 +23,7 @@ import pandas as pd
 
 from backends.base import METHODS
 from bench.score.modes import POOR_MASS, fit_answer, reference_modes_frame
+from bench.score.stacking import SUFFIX as STACKED_SUFFIX
 
 CELL_KEYS = ["scenario", "setup", "backend", "method"]
 FIT_KEYS = ["fit", "backend", "method"]  # the columns every per-fit table starts with
@@ -258,7 +259,10 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         # same data is what compares, as arviz-stats' compare shows it.
         # A fit with a degenerate component is never the best: its elpd is high only because
         # the likelihood is unbounded at tied points.
-        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f))
+        # Nor is a stacked row: its weights were fitted on the same LOO densities it is scored by,
+        # so its elpd is optimistic (Yao et al. 2022) and would win by construction.
+        stacked = fits["method"].astype(str).str.endswith(STACKED_SUFFIX)
+        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f) & ~stacked)
         best = sound.groupby([fits["scenario"], fits["setup"]]).transform("max")
         fits["elpd_loo_diff"] = fits["elpd_loo"] - best
         best_fit = sound.groupby([fits["scenario"], fits["setup"]]).transform(

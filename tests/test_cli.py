@@ -114,6 +114,16 @@ def test_malformed_data_file(tmp_path):
     assert_one_line_error(run_cli("run", "--data", str(bad), "--response", "z"), "no response column 'z'")
 
 
+def test_repeated_covariate_is_an_error(tmp_path):
+    """--covariates size,size would fit D = 2 identical columns, whose slopes are unidentifiable."""
+    data = tmp_path / "real.csv"
+    data.write_text("size,minutes\n1,2\n2,3\n3,5\n")
+    result = run_cli("run", "--data", str(data), "--response", "minutes", "--covariates", "size,size",
+                     "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "covariate column(s) size given more than once")
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
 @pytest.mark.parametrize("content, needle", [
     ("{not json", "not valid JSON"),
     ('{"benchmarks": 3}', "not a pytest-benchmark JSON file"),

@@ -385,3 +385,12 @@ def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monke
     assert text.count("cmdstanpy.install_cmdstan") == 1 and "CmdStan: not found" in text
     assert text.count("needs CmdStan (not found here; see Engines above)") == 5  # ADVI x2, Pathfinder, MAP, Laplace
     assert "scored against its reference posterior" in text and "pivot" not in text
+
+
+@pytest.mark.parametrize("command, given", [("run", []), ("report", ["results"]), ("sweep", [])])
+def test_unknown_argument_names_the_subcommand(command, given, capsys):
+    """An unknown option is the subcommand's error, as every other bad argument of it is."""
+    with pytest.raises(SystemExit) as info:
+        main([command, *given, "--no-pathfinder-resample"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"mixbench {command}: error: unrecognized arguments: --no-pathfinder-resample\n"

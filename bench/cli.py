@@ -255,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mixbench {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
+    parser.set_defaults(subcommands=sub.choices)
 
     run = sub.add_parser("run", help="fit a grid of scenarios x backends x methods x seeds",
                          description="Fit every cell of a grid, write each row as it finishes, then the report.")
@@ -656,7 +657,10 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        # Said by the subcommand's parser, so the error names it ("mixbench run: error: ...").
+        args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _writing_under.clear()
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "reference": cmd_reference,
                "compare": cmd_compare, "sweep": cmd_sweep, "sbc": cmd_sbc}[args.command]

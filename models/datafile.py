@@ -80,7 +80,8 @@ def load_csv(path: str | Path, covariates: list[str] | None = None, response: st
     ------
     MixbenchError
         One line naming the file and the problem: unreadable, not UTF-8, malformed CSV (a row
-        with more or fewer fields than the header), empty, a missing or repeated column, a value
+        with more or fewer fields than the header), empty, a missing or repeated column (in the
+        file or in ``covariates``), a value
         that is not a finite number.
     """
     path = Path(path)
@@ -121,6 +122,10 @@ def load_csv(path: str | Path, covariates: list[str] | None = None, response: st
     missing = [c for c in covariates if c not in columns]
     if missing:
         raise MixbenchError(f"data file {path}: missing covariate column(s) {', '.join(missing)}")
+    repeated = sorted({c for c in covariates if covariates.count(c) > 1})
+    if repeated:
+        # Two identical columns make their slopes unidentifiable (only their sum is).
+        raise MixbenchError(f"data file {path}: covariate column(s) {', '.join(repeated)} given more than once")
     if response in covariates:
         raise MixbenchError(f"data file {path}: column {response!r} is both response and covariate")
     selected = [*covariates, response]

@@ -15,7 +15,12 @@ InverseGamma of shape <= 2). The check names a problem when
 - spread: sd(y) > RATIO s0: the data are wider than the priors reach, and a sigma with a
   Uniform(0, u) prior sits at u (the failure of issue 22: every fit one component at sigma 1.000);
 - floor: the sigma prior's 1% quantile exceeds sd(y): a zero-avoiding prior (InverseGamma,
-  LogNormal) forces every sigma above the data's whole spread.
+  LogNormal) forces every sigma above the data's whole spread;
+- ceiling: sd(y) > RATIO times the sigma prior's 99% quantile: the priors of b and w may reach
+  the data while sigma's cannot (a user's trial: Uniform(0, 1) on data of sd 5.94, MAP sigma at
+  1.000, which the spread rule missed because wide slope priors make s0 large). A mixture's
+  components may sit well inside sd(y), hence the margin: the built-in scenarios' sd(y) is
+  1.3-2.1 times their sigma prior's upper end.
 
 Student-t errors (models/spec.py): eps ~ t_nu has no finite variance for nu <= 2, so q is widened
 by t_nu's 95% quantile over the normal's (nu at its prior's 10% quantile when nu has a prior:
@@ -91,8 +96,9 @@ def prior_scale_problems(spec: MixtureSpec, dataset: Dataset) -> list[str]:
     """What lies outside the priors' reach on ``dataset`` (the data as fitted).
 
     The rule is the module docstring's: the response's mean more than ``RATIO`` prior-predictive
-    sds from the prior's, its sd more than ``RATIO`` times the prior-predictive sd, or a sigma
-    prior whose 1% quantile exceeds the response's sd.
+    sds from the prior's, its sd more than ``RATIO`` times the prior-predictive sd, a sigma
+    prior whose 1% quantile exceeds the response's sd, or one whose 99% quantile is under
+    1/``RATIO`` of it.
 
     Returns
     -------
@@ -111,6 +117,10 @@ def prior_scale_problems(spec: MixtureSpec, dataset: Dataset) -> list[str]:
     if floor > sd:
         problems.append(f"the sigma prior {spec.sigma_prior.describe()} puts 99% of its mass above {floor:.3g}, "
                         f"more than the response's whole sd {sd:.3g}")
+    ceiling = float(sigma_prior_distribution(spec.sigma_prior).ppf(0.99))
+    if sd > RATIO * ceiling:
+        problems.append(f"the sigma prior {spec.sigma_prior.describe()} puts 99% of its mass below {ceiling:.3g}, "
+                        f"under 1/{RATIO:g} of the response's spread (sd {sd:.3g})")
     return problems
 
 

@@ -114,6 +114,7 @@ def test_simulate_rejects_empty():
     ("x,y\n1,2,3,4\n5,6\n", {}, "malformed CSV"),
     ("x,z\n1,2\n", {}, "no response column 'y'"),
     ("x,y\n1,2\n", {"covariates": ["x", "x2"]}, "missing covariate column"),
+    ("x,y\n1,2\n", {"covariates": ["x", "x"]}, "x given more than once"),
     ("x,y\n1,2\nabc,3\n", {}, "column 'x' has a non-numeric value 'abc' at data row 2"),
     ("x,y\n1,2\n3,\n", {}, "column 'y' has a missing/NaN value at data row 2"),
     ("x,y\n1,2\n3,nan\n", {}, "column 'y' has a missing/NaN value"),

@@ -114,6 +114,16 @@ def test_malformed_data_file(tmp_path):
     assert_one_line_error(run_cli("run", "--data", str(bad), "--response", "z"), "no response column 'z'")
 
 
+def test_repeated_covariate_is_an_error(tmp_path):
+    """--covariates size,size would fit D = 2 identical columns, whose slopes are unidentifiable."""
+    data = tmp_path / "real.csv"
+    data.write_text("size,minutes\n1,2\n2,3\n3,5\n")
+    result = run_cli("run", "--data", str(data), "--response", "minutes", "--covariates", "size,size",
+                     "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "covariate column(s) size given more than once")
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
 @pytest.mark.parametrize("content, needle", [
     ("{not json", "not valid JSON"),
     ('{"benchmarks": 3}', "not a pytest-benchmark JSON file"),
@@ -375,3 +385,12 @@ def test_list_says_the_cmdstan_sentence_once_and_how_data_files_are_scored(monke
     assert text.count("cmdstanpy.install_cmdstan") == 1 and "CmdStan: not found" in text
     assert text.count("needs CmdStan (not found here; see Engines above)") == 5  # ADVI x2, Pathfinder, MAP, Laplace
     assert "scored against its reference posterior" in text and "pivot" not in text
+
+
+@pytest.mark.parametrize("command, given", [("run", []), ("report", ["results"]), ("sweep", [])])
+def test_unknown_argument_names_the_subcommand(command, given, capsys):
+    """An unknown option is the subcommand's error, as every other bad argument of it is."""
+    with pytest.raises(SystemExit) as info:
+        main([command, *given, "--no-pathfinder-resample"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"mixbench {command}: error: unrecognized arguments: --no-pathfinder-resample\n"

@@ -48,17 +48,11 @@ def test_subsampled_loo_is_arviz_stats_loo_subsample(share):
     assert row["loo_khat_max"] == pytest.approx(float(np.nanmax(expected.pareto_k.values)), rel=1e-10)
 
 
-def test_default_subsample_estimates_the_full_psis_loo_within_its_se():
-    """At N = 1000, above the default loo_max_obs, elpd_loo is a subsample's estimate: for several
-    subsample seeds the full PSIS-LOO of all 1000 observations (arviz-stats' ``loo`` on the same
-    pointwise log likelihood, computed here) lies within 3 of the estimate's stated subsampling
-    se, and well within its total se."""
-    from bench.score.settings import MetricSettings
-
-    max_obs = MetricSettings().loo_max_obs
+def _forum_fit_at_1000():
+    """A synthetic fit of forum-small at N = 1000 (2 x 400 draws near the truth), its problem, and
+    arviz-stats' ``loo`` of all 1000 observations on the same pointwise log likelihood."""
     scenario = get_scenario("forum-small")
     data = scenario.simulate(1, N=1000)
-    assert max_obs < data.N
     problem = Problem.make(scenario.spec, Dataset(x=data.x, y=data.y))
     rng = np.random.default_rng(2)
     sd = {"w": 0.17 / np.sqrt(1000), "sigma": 0.07 / np.sqrt(1000), "pi": 0.5 / np.sqrt(1000)}
@@ -74,8 +68,30 @@ def test_default_subsample_estimates_the_full_psis_loo_within_its_se():
         full = float(azs.loo(xr.DataTree.from_dict({
             "posterior": draws["posterior"].to_dataset().isel(draw=keep),
             "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)})}), pointwise=True).elpd)
+    return fit, draws, problem, full
+
+
+def test_subsample_estimates_the_full_psis_loo_within_its_se():
+    """At N = 1000 with loo_max_obs = 100, elpd_loo is a subsample's estimate: for several
+    subsample seeds the full PSIS-LOO of all 1000 observations (arviz-stats' ``loo`` on the same
+    pointwise log likelihood) lies within 3 of the estimate's stated subsampling se, and well
+    within its total se."""
+    fit, draws, problem, full = _forum_fit_at_1000()
+    max_obs = 100
     for seed in range(5):
         row = loo_metrics(fit, draws, problem, mcmc=True, max_obs=max_obs, seed=seed)
         assert row["loo_obs"] == max_obs and row["elpd_loo_subsample_se"] > 0
         assert abs(row["elpd_loo"] - full) < 3 * row["elpd_loo_subsample_se"], (seed, row["elpd_loo"], full)
         assert abs(row["elpd_loo"] - full) < 0.1 * row["elpd_loo_se"]
+
+
+def test_default_settings_pareto_smooth_every_observation_up_to_1000():
+    """With the default settings a fit of 1000 observations is scored by PSIS-LOO of every one
+    (a 100-observation subsample proved too inaccurate at small N): the row's elpd_loo is
+    arviz-stats' ``loo`` of all of them, with no subsampling error."""
+    from bench.score.metrics import evaluate
+
+    fit, _, problem, full = _forum_fit_at_1000()
+    row = evaluate(fit, problem=problem)
+    assert row["loo_obs"] == 1000 and row["elpd_loo_subsample_se"] == 0.0
+    assert row["elpd_loo"] == pytest.approx(full, rel=1e-10)

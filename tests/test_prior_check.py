@@ -49,6 +49,25 @@ def test_a_zero_avoiding_prior_above_the_data_spread_is_named():
     assert prior_scale_problems(spec, _data(0.0, 5.0)) == []
 
 
+@pytest.mark.parametrize("factor, fires", [(0.98, False), (1.02, True)])
+def test_a_sigma_prior_far_below_the_data_spread_is_named(factor, fires):
+    """Uniform(0, 1) (99% quantile 0.99) on data of sd just under or over RATIO x 0.99, where the
+    spread rule (RATIO x S0 = 11) is silent: the sigma prior's ceiling is named, with the fix."""
+    sd = factor * RATIO * 0.99
+    assert sd < RATIO * S0
+    data = _data(1.0, sd)
+    note = prior_scale_note(GMM, data)
+    if not fires:
+        assert note is None
+        return
+    assert note == (f"prior scale: the sigma prior Uniform(0, 1) puts 99% of its mass below 0.99, under 1/5 of the "
+                    f"response's spread (sd {sd:.3g}); the fits will be pulled to the priors' scale: fit with "
+                    f"--standardize, or set priors on the data's scale (--intercept-prior 1,{2 * sd:.3g} "
+                    f"--sigma-prior halfnormal:{sd:.3g}).")
+    # A sigma prior that reaches the data's scale is not named.
+    assert prior_scale_problems(GMM.with_(sigma_prior=SigmaPrior("halfnormal", 5.0)), data) == []
+
+
 def test_data_on_a_scale_of_100_fire_and_standardised_do_not():
     data = _minutes()
     note = prior_scale_note(GMM, data)

@@ -4,6 +4,7 @@ isolated from each other. Hand-built draws with known answers."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -313,7 +314,7 @@ def test_paired_elpd_se_equals_arviz_stats_compare():
     for name, post in posts.items():
         fit = Fit(backend=name, method="nuts", status="ok", draws=canonical_datatree(FORUM.spec, post),
                   timings={"sampling": 1.0})
-        # Every observation Pareto-smoothed (the default subsamples above 100), as compare's.
+        # Every observation Pareto-smoothed (as by default up to 1000), as compare's.
         rows.append({**evaluate(fit, truth=FORUM.truth, problem=problem, settings=MetricSettings(loo_max_obs=120)),
                      "scenario": "s", "setup": "default"})
     fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("backend")
@@ -381,3 +382,68 @@ def test_paired_elpd_se_with_subsampled_observations_estimates_the_full_one():
     assert abs(sub["elpd_loo_diff"] - full["elpd_loo_diff"]) < 2 * sub["elpd_loo_diff_se"]
     other = FORUM.simulate(5, N=3000)
     assert subsample_seed(other.x, other.y) != subsample_seed(data.x, data.y)
+
+
+def test_paired_elpd_se_of_subsampled_fits_is_arviz_stats_subsampling_dse():
+    """Two fits of N = 600 points, each subsampled at the same 100 observations: the paired
+    difference's subsampling variance is the difference estimator's over the paired pointwise
+    differences (arviz-stats' compare of two loo_subsample results of one seed: subsampling_dse),
+    not the two fits' subsampling se in quadrature, which ignores that they share the subsample."""
+    import arviz_stats as azs
+    import xarray as xr
+
+    from bench.report.tables import _median_seed_pointwise, paired_elpd_se
+    from bench.score.predictive import loo_keep, loo_metrics
+
+    data = FORUM.simulate(5, N=600)
+    problem = Problem.make(FORUM.spec, data)
+    rng = np.random.default_rng(11)
+    keep = loo_keep(600, 300, 2)
+    rows, loos = {}, {}
+    for name, shift in (("good", 0.0), ("off", 0.05)):
+        post = {k: np.asarray(v, float)[None, None] + 0.02 * rng.standard_normal((2, 300) + np.shape(v))
+                for k, v in FORUM.truth.items()}
+        post["w"] = post["w"] + shift
+        post["pi"] = np.abs(post["pi"]) / np.abs(post["pi"]).sum(-1, keepdims=True)
+        draws = canonical_datatree(FORUM.spec, post)
+        fit = Fit(backend=name, method="nuts", status="ok", draws=draws, timings={"sampling": 1.0})
+        rows[name] = {**loo_metrics(fit, draws, problem, mcmc=True, max_obs=100, seed=7), "N": 600}
+        log_lik = problem.pointwise_draws(draws, [(c, int(d)) for c in range(2) for d in keep])
+        tree = xr.DataTree.from_dict({
+            "posterior": draws["posterior"].to_dataset().isel(draw=keep),
+            "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik.reshape(2, keep.size, -1))})})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loos[name] = azs.loo_subsample(tree, observations=100, pointwise=True, seed=7, method="lpd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = azs.compare(loos, round_to="none")
+    worse = table.index[1]
+    a, b = (_median_seed_pointwise(pd.DataFrame([rows[n]])) for n in (worse, table.index[0]))
+    d = a[0] - b[0]
+    expected = np.sqrt(600 * np.var(d) + table.loc[worse, "subsampling_dse"] ** 2)
+    assert paired_elpd_se(a, b) == pytest.approx(expected, rel=1e-8)
+    quadrature = np.sqrt(600 * np.var(d) + a[2] ** 2 + b[2] ** 2)
+    assert abs(quadrature - expected) > 0.05 * expected
+    assert paired_elpd_se(a, a) == 0.0
+
+
+def test_stacked_rows_stay_out_of_the_elpd_ranking():
+    """A +stacked row's elpd is scored by the LOO densities its weights were fitted on (optimistic,
+    Yao et al. 2022): even when it is the largest, the best fit named is the best plain fit, and
+    the stacked row is listed apart, marked optimistic, with its difference to that fit."""
+    from bench.report.findings import setup_findings
+    from bench.report.tables import assign_fit_ids, fit_summary
+
+    base = {"scenario": "s", "setup": "default", "status": "ok", "N": 4, "loo_obs": 4}
+    points = {"nuts": [-1.0, -1.2, -0.9, -1.1], "advi": [-1.1, -1.3, -1.0, -1.3], "nuts+stacked": [-0.5, -0.6, -0.4, -0.5]}
+    rows = [{**base, "backend": "pymc", "method": m, "elpd_loo": sum(v), "elpd_loo_pointwise": ";".join(map(str, v))}
+            for m, v in points.items()]
+    fits = fit_summary(assign_fit_ids(pd.DataFrame(rows))).set_index("method")
+    assert fits.loc["nuts", "elpd_loo_diff"] == 0
+    assert fits.loc["advi", "elpd_loo_diff"] == pytest.approx(-0.5)
+    assert fits.loc["nuts+stacked", "elpd_loo_diff"] == pytest.approx(2.2)
+    text = " ".join(s.text for s in setup_findings(fits.reset_index()).sentences)
+    assert "the best fit of these data is pymc / nuts;" in text
+    head, apart = text.split("apart, stacked rows, optimistic")
+    assert "nuts+stacked" not in head.split("PSIS-LOO elpd")[1] and "pymc / nuts+stacked 2.2" in apart

@@ -296,7 +296,24 @@ def test_without_a_reference_the_table_says_so_and_keeps_the_truth_columns(two_w
     assert frame.loc["nuts", "reference made"] == "failed at sep 1, 2, 4"
     assert (frame.loc["nuts", "hardest sep held"], frame.loc["nuts", "broke at sep"]) == ("2", "1")
     [section] = sweep_findings(failed)
+    assert all(s.text.endswith("(references failed at sep 1, 2, 4: against the truth only).")
+               for s in section.sentences)
+    none = two_way_rows.assign(reference_status="none", ref_truth_mass=math.nan)
+    none["mode"] = none["truth_mode"]
+    [section] = sweep_findings(none)
     assert all(s.text.endswith("(no reference posterior: against the truth only).") for s in section.sentences)
+
+
+def test_references_provisional_everywhere_are_named_not_called_none(two_way_rows):
+    """References made at every setting but none accepted: the findings say where they were
+    provisional (as the table does), not that there was no reference posterior."""
+    rows = two_way_rows.assign(reference_status="provisional", ref_truth_mass=math.nan)
+    rows["mode"] = rows["truth_mode"]
+    frame = {t.key: t for t in sweep_tables(rows)}["sweep-breaking"].frame.set_index("line")
+    assert frame.loc["nuts", "reference made"] == "provisional at sep 1, 2, 4"
+    [section] = sweep_findings(rows)
+    assert all(s.text.endswith("(references provisional at sep 1, 2, 4: against the truth only).")
+               for s in section.sentences)
 
 
 def test_a_provisional_reference_counts_against_the_truth_only(two_way_rows):

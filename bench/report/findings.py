@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report.tables import ESS_TARGET, fmt
+from bench.report.tables import ESS_TARGET, STACKED_SUFFIX, fmt
 
 
 @dataclass(frozen=True)
@@ -175,13 +175,19 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
                                   f"near it is noise): {_listing(items)}.", "vi", tuple(close["fit"])))
     if "elpd_loo_diff" in ran and ran["elpd_loo_diff"].notna().any():
         scored = ran[ran["elpd_loo_diff"].notna()].sort_values("elpd_loo_diff", ascending=False)
-        best = scored[scored["elpd_loo_diff"] == 0]
-        items = []
+        # +stacked rows are kept out of the ranking (bench.report.tables.fit_summary): their
+        # weights were fitted on the LOO densities that score them, so they win by construction.
+        stacked = scored["method"].astype(str).str.endswith(STACKED_SUFFIX)
+        best = scored[(scored["elpd_loo_diff"] == 0) & ~stacked]
+        items, stacked_items = [], []
         for _, f in scored.iterrows():
-            if f["elpd_loo_diff"] == 0:
+            if f["elpd_loo_diff"] == 0 and not f["method"].endswith(STACKED_SUFFIX):
                 continue
             se = f.get("elpd_loo_diff_se")
-            if _present(se):
+            if f["method"].endswith(STACKED_SUFFIX):
+                stacked_items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])}"
+                                     + (f" (se {fmt(se)})" if _present(se) else ""))
+            elif _present(se):
                 verdict = "noise" if abs(f["elpd_loo_diff"]) <= 2 * se else "real"
                 items.append(f"{_name(f)} {fmt(f['elpd_loo_diff'])} (se {fmt(se)}: {verdict})")
             else:
@@ -189,7 +195,10 @@ def setup_findings(fits: pd.DataFrame, notes: tuple[str, ...] = ()) -> SetupFind
         head = f"PSIS-LOO elpd: the best fit of these data is {_listing([_name(f) for _, f in best.iterrows()])}"
         rest = (f"; the others' differences to it in nats, each with the standard error of the paired pointwise "
                 f"differences, noise only within 2 of it: {_listing(items)}" if items else "")
-        sentences.append(Sentence(head + rest + ".", "predictive", tuple(scored["fit"])))
+        apart = (f"; apart, stacked rows, optimistic by construction (their stacking weights were fitted on the "
+                 f"same LOO densities that score them, Yao et al. 2022): {_listing(stacked_items)}"
+                 if stacked_items else "")
+        sentences.append(Sentence(head + rest + apart + ".", "predictive", tuple(scored["fit"])))
     nuts = ran[ran["s_to_ess"].notna()].sort_values("s_to_ess")
     if len(nuts):
         items = [f"{_name(f)} {fmt(f['s_to_ess'])} s" for _, f in nuts.iterrows()]

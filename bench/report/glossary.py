@@ -137,10 +137,14 @@ COLUMNS: dict[str, str] = {
     "subsampling se": "median over seeds of: " + _row("elpd_loo_subsample_se",
                                                       "standard error of elpd_loo due to subsampling observations"),
     "elpd_loo - best": "elpd_loo minus the largest elpd_loo of the fits of the same data (never one with a "
-                       "degenerate component), nats: 0 for the best, negative for the others",
+                       "degenerate component nor a +stacked row, whose elpd is optimistic: its weights were "
+                       "fitted on the same LOO densities, Yao et al. 2022), nats: 0 for the best, negative for "
+                       "the others (a +stacked row's may be positive)",
     "se of the difference": "standard error of 'elpd_loo - best' from the paired pointwise differences, "
                             "sqrt(n var(elpd_i - best_i)) (Vehtari, Gelman & Gabry 2017; arviz-stats compare's dse), "
-                            "on each fit's median seed; a difference within about 2 of it is noise",
+                            "on each fit's median seed; where both fits subsampled the same observations, plus the "
+                            "subsampling variance of the paired differences (Magnusson et al. 2020, as arviz-stats' "
+                            "compare's subsampling_dse); a difference within about 2 of it is noise",
     # flagged fits (one row per seed)
     "mode": _row("mode", "where the chains landed"),
     "lp gap nats": _row("lp_gap", "the reference posterior's log density minus the fit's, nats"),

@@ -210,7 +210,9 @@ def sweep_findings(frame):
                     f"truth its fits {_truth_clause(point, axis)}."
                     + ("" if gaps[i] == "made" else f" Reference {gaps[i]}: counted against the truth only there."))
         else:
-            text = f"{name} {_truth_clause(point, axis)} (no reference posterior: against the truth only)."
+            # References made but none accepted (provisional or failed) are said as such, not as none.
+            made = "no reference posterior" if gaps[i] in ("none", "made") else f"references {gaps[i]}"
+            text = f"{name} {_truth_clause(point, axis)} ({made}: against the truth only)."
         fits = tuple(f for f in f"{point['fits_held']} {point['fits_broke']}".split() if f)
         sentences.append(Sentence(text, "sweep-breaking", fits))
     title = f"Sweep: where each method breaks along {axis} (k/n seeds, share, Wilson {LEVEL:.0%} interval)"

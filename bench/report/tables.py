@@ -23,6 +23,7 @@ import pandas as pd
 
 from backends.base import METHODS
 from bench.score.modes import POOR_MASS, fit_answer, reference_modes_frame
+from bench.score.stacking import SUFFIX as STACKED_SUFFIX
 
 CELL_KEYS = ["scenario", "setup", "backend", "method"]
 FIT_KEYS = ["fit", "backend", "method"]  # the columns every per-fit table starts with
@@ -258,7 +259,10 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
         # same data is what compares, as arviz-stats' compare shows it.
         # A fit with a degenerate component is never the best: its elpd is high only because
         # the likelihood is unbounded at tied points.
-        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f))
+        # Nor is a stacked row: its weights were fitted on the same LOO densities it is scored by,
+        # so its elpd is optimistic (Yao et al. 2022) and would win by construction.
+        stacked = fits["method"].astype(str).str.endswith(STACKED_SUFFIX)
+        sound = fits["elpd_loo"].where(~fits["flag_counts"].map(lambda f: "degenerate-component" in f) & ~stacked)
         best = sound.groupby([fits["scenario"], fits["setup"]]).transform("max")
         fits["elpd_loo_diff"] = fits["elpd_loo"] - best
         best_fit = sound.groupby([fits["scenario"], fits["setup"]]).transform(
@@ -269,11 +273,13 @@ def fit_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return fits
 
 
-def _median_seed_pointwise(ok: pd.DataFrame) -> tuple[np.ndarray, float, float] | None:
-    """(pointwise elpd_loo, N, subsampling se) of the seed whose elpd_loo is the median's (the
-    lower middle one), None when no seed recorded it. The pointwise values are of every
-    observation, or of the observations LOO subsampled (bench.score.predictive: the same ones for every
-    fit of a data set) when fewer than N."""
+def _median_seed_pointwise(ok: pd.DataFrame) -> tuple[np.ndarray, float, float, np.ndarray | None] | None:
+    """(pointwise elpd_loo, N, subsampling se, the difference estimator's approximations) of the
+    seed whose elpd_loo is the median's (the lower middle one), None when no seed recorded it. The
+    pointwise values are of every observation, or of the observations LOO subsampled
+    (bench.score.predictive: the same ones for every fit of a data set) when fewer than N; the
+    approximations are at those observations (``loo_approx_pointwise``), None where the row has
+    none (not subsampled, or written before the column existed)."""
     elpd = num(ok, "elpd_loo")
     texts = col(ok, "elpd_loo_pointwise")
     usable = elpd.notna() & texts.map(lambda t: isinstance(t, str) and t != "")
@@ -284,25 +290,45 @@ def _median_seed_pointwise(ok: pd.DataFrame) -> tuple[np.ndarray, float, float] 
     values = np.array([float(v) for v in texts[pick].split(";")])
     n = _float(ok.at[pick, "N"]) if "N" in ok else math.nan
     sub_se = _float(ok.at[pick, "elpd_loo_subsample_se"]) if "elpd_loo_subsample_se" in ok else math.nan
-    return values, (n if math.isfinite(n) else float(values.size)), (sub_se if math.isfinite(sub_se) else 0.0)
+    approx_text = ok.at[pick, "loo_approx_pointwise"] if "loo_approx_pointwise" in ok else None
+    approx = (np.array([float(v) for v in approx_text.split(";")])
+              if isinstance(approx_text, str) and approx_text != "" else None)
+    return (values, (n if math.isfinite(n) else float(values.size)), (sub_se if math.isfinite(sub_se) else 0.0),
+            approx if approx is not None and approx.shape == values.shape else None)
 
 
 def paired_elpd_se(a, b) -> float:
-    """Standard error of elpd_loo(a) - elpd_loo(b) from the pointwise differences d_i, for two
-    ``_median_seed_pointwise`` results: sqrt(N var(d_i)) (Vehtari, Gelman & Gabry 2017, eq. 24;
+    """Standard error of elpd_loo(a) - elpd_loo(b) for two ``_median_seed_pointwise`` results.
+
+    From the pointwise differences d_i: sqrt(N var(d_i)) (Vehtari, Gelman & Gabry 2017, eq. 24;
     arviz-stats' ``compare`` dse). When LOO subsampled m < N observations (the same ones for both
-    fits) var(d_i) is estimated from them, as Magnusson et al. (2020) estimate the elpd's se from
-    a simple random subsample, and both fits' subsampling se are added in quadrature (arviz-stats'
-    ``compare`` reports them as subsampling_dse). 0 for a fit against itself; NaN when either
-    lacks pointwise values or they do not pair (different lengths or N)."""
+    fits: bench.score.predictive seeds the subsample by the data) var(d_i) is estimated from them,
+    as Magnusson et al. (2020) estimate the elpd's se from a simple random subsample, and the
+    subsampling variance of the difference of the two difference estimators is added:
+    N^2 (1 - m/N) var(d_i - (a_i - b_i)) / m over the subsample, with a_i, b_i each fit's
+    approximation (its lpd; 0 for a stacked row), as arviz-stats' ``compare`` computes
+    subsampling_dse for two ``loo_subsample`` results of one subsample (``_diff_srs_estimator``).
+    The two fits' subsampling errors share the subsample, so they are not added in quadrature;
+    only for rows without approximations (written before they were recorded) are they.
+    0 for a fit against itself; NaN when either lacks pointwise values or they do not pair
+    (different lengths or N)."""
     if a is None or b is None or np.shape(a[0]) != np.shape(b[0]) or a[1] != b[1]:
         return math.nan
     diff = np.asarray(a[0], dtype=float) - np.asarray(b[0], dtype=float)
-    valid = diff[np.isfinite(diff)]
+    finite = np.isfinite(diff)
+    valid = diff[finite]
     if not valid.size:
         return math.nan
-    n = a[1] if np.size(a[0]) < a[1] else valid.size
-    subsampling = a[2] ** 2 + b[2] ** 2 if a is not b else 0.0
+    subsampled = np.size(a[0]) < a[1]
+    n = a[1] if subsampled else valid.size
+    subsampling = 0.0
+    if subsampled and a is not b:
+        if a[3] is not None and b[3] is not None and valid.size > 1:
+            residual = (diff - (a[3] - b[3]))[finite]
+            m = valid.size
+            subsampling = n**2 * max(0.0, 1 - m / n) * float(np.var(residual, ddof=1)) / m
+        else:
+            subsampling = a[2] ** 2 + b[2] ** 2
     return float(np.sqrt(n * np.var(valid) + subsampling))
 
 

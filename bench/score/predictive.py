@@ -74,6 +74,10 @@ LOO_FIELDS: dict[str, str] = {
                           "between fits (Vehtari, Gelman & Gabry 2017); when observations were subsampled, of "
                           "the subsampled ones in index order (the same for every fit of the data set)",
     "elpd_loo_subsample_se": "standard error of elpd_loo due to subsampling observations (0 without subsampling)",
+    "loo_approx_pointwise": "where observations were subsampled: the difference estimator's approximation of each "
+                            "subsampled observation's elpd_loo, ';'-separated in index order (Magnusson et al. 2020: "
+                            "its lpd; 0 for a stacked row, a simple random sampling estimate), for the subsampling "
+                            "se of paired differences between fits; empty without subsampling",
 }
 
 
@@ -217,6 +221,8 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
         # one data set (the same subsample: subsample_seed) pair up value by value.
         "elpd_loo_pointwise": ";".join(repr(float(v)) for v in (
             np.ravel(result.elpd_i.values)[np.argsort(obs)] if subsample else np.ravel(result.elpd_i.values))),
+        "loo_approx_pointwise": ";".join(repr(float(v)) for v in np.ravel(lpd_sample.values)[np.argsort(obs)])
+                                if subsample else "",
     })
     if not math.isfinite(out["elpd_loo"]):
         out["elpd_loo"] = NAN

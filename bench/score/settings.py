@@ -122,17 +122,16 @@ class MetricSettings:
     loo_max_draws: int = 1000
     """PSIS-LOO: most draws used (fewer when N is large, see ``loo_max_values``; at least 100)."""
 
-    loo_max_obs: int = 100
+    loo_max_obs: int = 1000
     """PSIS-LOO (and stacking): above this many observations, a seeded random subsample of this
     many is Pareto-smoothed and the rest enter through their lpd (arviz-stats' loo_subsample,
-    Magnusson et al. 2020); rows record ``loo_obs`` and ``elpd_loo_subsample_se``. arviz-stats'
-    Pareto smoothing costs 0.2-0.4 ms per observation and component in Python, so 1000 of them
-    made scoring a 2-chain fit at N = 1e3 cost 1 s. Measured (docs/performance.md, section 7;
-    bench.experiments.loo_subsample): at N = 1e3 and 1e4, over 30 subsample seeds, the full
-    PSIS-LOO lay within 2 stated subsampling se of a 100-observation estimate for 26-29 of 30
-    (within 3: 28-29) and within 0.04 of its total se for all; subsampling se 0.5-2 nats against
-    a total se of 20-72. The subsampling se can understate the error on an unlucky subsample
-    (forum-small, N = 2000: a miss of 7 of them, 0.95 nats); the total se covers it."""
+    Magnusson et al. 2020); rows record ``loo_obs`` and ``elpd_loo_subsample_se``. Up to 1000
+    observations every one is Pareto-smoothed: a 100-observation subsample was tried
+    (docs/performance.md, section 7) and was too inaccurate at small N (N = 160: subsampling se
+    of 10.7 and 19.2 nats, every elpd comparison noise; forum-small, N = 2000: a miss of 7.3
+    stated subsampling se). The cost: arviz-stats' Pareto smoothing takes 0.2-0.4 ms per
+    observation and component in Python, so scoring a 2-chain NUTS fit at N = 1e3 takes about
+    1 s, above the 0.2 s target."""
 
     def __post_init__(self):
         if not 0.0 < self.interval_prob < 1.0:

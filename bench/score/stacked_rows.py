@@ -90,6 +90,7 @@ def _stacked_elpd(row: dict[str, Any], n_obs: int) -> dict[str, Any]:
     scale = n_obs / n
     return {"elpd_loo": float(values.sum() * scale), "elpd_loo_se": float(np.sqrt(n) * values.std() * scale),
             "elpd_loo_pointwise": row["stacking_elpd_pointwise"], "loo_method": "stacking", "loo_obs": n,
+            "loo_approx_pointwise": ";".join(["0.0"] * n) if n < n_obs else "",
             "p_loo": float("nan"), "loo_khat_max": float("nan"), "loo_n_bad": float("nan")}
 
 

@@ -271,14 +271,29 @@ def test_unreadable_data_file(tmp_path, capsys, monkeypatch):
      "K: 6 components for N = 50 observations leaves fewer than 10 per component (K may be at most 5)"),
     (["--N", "100,2000", "--methods", "advi-minibatch-meanfield", "--batch-size", "500"],
      "settings.batch_size: 500 is larger than the data (N = 100)"),
+    (["--data", "{tiny}"],
+     "K: 2 components for N = 6 observations leaves fewer than 10 per component (a mixture of K = 2 needs N >= 20)"),
 ])
 def test_impossible_sizes_are_refused_before_any_cell(args, line, tmp_path, capsys):
     csv = tmp_path / "data.csv"
     csv.write_text("x,y\n" + "".join(f"{i / 10},{i % 3}\n" for i in range(50)))
-    args = [a.format(csv=csv) for a in args]
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("x,y\n" + "".join(f"{i / 10},{i % 3}\n" for i in range(6)))
+    args = [a.format(csv=csv, tiny=tiny) for a in args]
     code, err, _ = in_process(capsys, "run", "--backends", QUICK, *args, "--out", str(tmp_path / "out"))
     assert_error(code, err, 2, f"mixbench run: error: {line}")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_for_too_few_observations_is_refused_before_any_fit(tmp_path, capsys):
+    """``mixbench reference`` applies run's size rule: one row for K = 2 is refused in one line, not
+    sampled for minutes into a provisional reference."""
+    one = tmp_path / "one.csv"
+    one.write_text("x,y\n0.5,1.0\n")
+    code, err, _ = in_process(capsys, "reference", "--data", str(one), "--out", str(tmp_path / "ref"))
+    assert_error(code, err, 2, "mixbench reference: error: K: 2 components for N = 1 observations leaves fewer "
+                               "than 10 per component (a mixture of K = 2 needs N >= 20)")
+    assert not (tmp_path / "ref").exists()
 
 
 def test_report_skips_unreadable_lines_naming_them(run_dir, capsys):

@@ -326,10 +326,20 @@ def check_fit_size(K: int, N: int, method: str, settings: FitSettings) -> None:
     when a minibatch method's ``settings.batch_size`` exceeds N (backends.base.check_batch_size,
     which ``Backend.fit`` applies too, so a direct call gets the same answer from every backend).
     """
-    if K * MIN_POINTS_PER_COMPONENT > N:
-        raise MixbenchError(f"K: {K} components for N = {N} observations leaves fewer than "
-                            f"{MIN_POINTS_PER_COMPONENT} per component (K may be at most {N // MIN_POINTS_PER_COMPONENT})")
+    check_components(K, N)
     check_batch_size(method, settings, N)
+
+
+def check_components(K: int, N: int) -> None:
+    """Raises MixbenchError when K > N / MIN_POINTS_PER_COMPONENT: the data cannot identify K
+    components (a fit or a reference posterior would be all prior)."""
+    if K * MIN_POINTS_PER_COMPONENT <= N:
+        return
+    most = N // MIN_POINTS_PER_COMPONENT
+    fix = (f"K may be at most {most}" if most >= 2
+           else f"a mixture of K = 2 needs N >= {2 * MIN_POINTS_PER_COMPONENT}")
+    raise MixbenchError(f"K: {K} components for N = {N} observations leaves fewer than "
+                        f"{MIN_POINTS_PER_COMPONENT} per component ({fix})")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 from backends.base import METHODS, FitSettings
 from backends.methods import method as method_named
 from bench.reference.posterior import ReferenceSettings
-from bench.run.harness import Cell, check_fit_size, load_cell_data, make_grid
+from bench.run.harness import Cell, check_components, check_fit_size, load_cell_data, make_grid
 from bench.run.preflight import check_backend_name, check_engine_names, check_memory
 from bench.run.sweep import SWEEP_SETTINGS, parse_method_line, parse_override, parse_vary, plan_cells, sweep_points
 from bench.score.problem import Problem
@@ -279,7 +279,8 @@ def reference_problem(options: Namespace) -> tuple[Cell, Problem]:
     Raises
     ------
     MixbenchError
-        A malformed data file or spec, or ``--covariates`` without ``--data``.
+        A malformed data file or spec, ``--covariates`` without ``--data``, or too few observations
+        for K components (bench.run.harness.check_components).
     """
     spec = spec_overrides(options)
     if options.data is not None:
@@ -293,4 +294,5 @@ def reference_problem(options: Namespace) -> tuple[Cell, Problem]:
         data = Cell(scenario=options.scenario or DEFAULT_SCENARIO, backend="", method="nuts", spec=spec,
                     n=options.N, data_seed=options.data_seed, standardize=options.standardize)
     spec_obj, dataset = load_cell_data(data)
+    check_components(spec_obj.K, dataset.N)
     return data, Problem.make(spec_obj, dataset, standardize=options.standardize)

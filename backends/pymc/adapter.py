@@ -60,9 +60,17 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
+def _value_space(spec: MixtureSpec, dataset: Dataset, settings: FitSettings):
+    """What the MAP and Laplace searches run on: the compiled model entry, the model, PyTensor's
+    float type and the names of the unconstrained value variables (``model.value_vars`` order)."""
+    entry = compiled(spec, dataset, settings.precision)
+    return entry, entry.model, pytensor.config.floatX, [v.name for v in entry.model.value_vars]
+
+
 # --------------------------------------------------------------------------------------------
 # The backend
 # --------------------------------------------------------------------------------------------
+
 
 class PyMCBackend(Backend):
     name = "pymc"
@@ -287,10 +295,7 @@ class PyMCBackend(Backend):
         ``find_MAP`` compiles its log density, gradient and output function inside every call,
         which made each of the multi-start MAP's starts pay the compile again."""
         engine = "pymc+L-BFGS-B"
-        entry = compiled(spec, dataset, settings.precision)
-        model = entry.model
-        dtype = pytensor.config.floatX
-        names = [v.name for v in model.value_vars]
+        entry, model, dtype, names = _value_space(spec, dataset, settings)
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             first = "map_objective" not in entry._fns
@@ -339,10 +344,7 @@ class PyMCBackend(Backend):
         precision, with their exact log q.
         """
         engine = "pymc-extras+laplace"
-        entry = compiled(spec, dataset, settings.precision)
-        model = entry.model
-        dtype = pytensor.config.floatX
-        names = [v.name for v in model.value_vars]
+        entry, model, dtype, names = _value_space(spec, dataset, settings)
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             objective = laplace.Objective(entry.laplace_objective(), lambda z: np.asarray(z, dtype=dtype))

@@ -18,7 +18,7 @@ from bench.score.metrics import score_fit
 from bench.score.settings import MetricSettings
 from bench.score.problem import Problem
 from bench.score.stacked_rows import split, stacked_row
-from bench.score.stacking import stacked_fit, stacking_columns
+from bench.score.stacking import non_mixing, stacked_fit, stacking_columns
 from models import Dataset, MixtureSpec
 from models.oracle import log_likelihood_terms
 
@@ -116,10 +116,14 @@ def test_a_single_mode_fit_stacks_to_itself(data):
     problem = Problem.make(SPEC, data)
     every = MetricSettings(loo_max_obs=data.N)  # stacking_elpd and elpd_loo over the same (all) observations
     row, means = score_fit(fit, truth=data.truth, problem=problem, settings=every)
-    assert row["stacking_components"] == "chains", row["metric_errors"]
-    weights = np.array([float(v) for v in row["stacking_weights"].split(";")])
+    # Chains that mix are not stacked when a fit is scored (no PSIS pass per chain) ...
+    assert not non_mixing(row) and not isinstance(row["stacking_weights"], str), row["metric_errors"]
+    # ... and stacked all the same, their mixture is the fit itself.
+    cols = stacking_columns(fit, fit.draws, problem, max_obs=data.N)
+    assert cols["stacking_components"] == "chains"
+    weights = np.array([float(v) for v in cols["stacking_weights"].split(";")])
     assert weights.sum() == pytest.approx(1.0)
-    row.update(cell_id="c", method="nuts")
+    row.update(cols, cell_id="c", method="nuts")
     assert stacked_row(row, fit, data.truth, None, problem) is None  # its chains mix: no row of its own
     stacked, stacked_means = score_fit(stacked_fit(fit, fit.draws, weights), truth=data.truth, problem=problem,
                                        settings=every)

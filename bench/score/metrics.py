@@ -47,7 +47,7 @@ from bench.score.relabel import (
     relabel,
 )
 from bench.score.settings import MetricSettings
-from bench.score.stacking import stacking_columns
+from bench.score.stacking import non_mixing, stacking_columns
 
 NAN = float("nan")
 
@@ -914,6 +914,10 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
 
 
 def _stacking_metric(s: Scoring, row: dict) -> dict[str, Any]:
+    if s.mcmc and not non_mixing(row):
+        # Stacking is for chains that do not mix (Yao, Vehtari & Gelman 2022): the weights of
+        # chains that agree carry no information and cost a PSIS pass per chain.
+        return {}
     data = s.problem.dataset if s.problem is not None else None
     return stacking_columns(s.fit, s.raw, s.problem, terms=s.terms, chain_modes=row.get("ref_mode_chains"),
                             modes=s.ref_modes, max_obs=s.settings.loo_max_obs,

@@ -1,8 +1,9 @@
 """The stacked row of a cell: its fit's chains or paths mixed by their stacking weights
 (bench.score.stacking) and scored like any fit, a row of its own beside the cell's, where the chains
 do not mix: they landed in different places (``non_mixing``). Stacking is for non-mixing
-computations (Yao, Vehtari & Gelman 2022); the weights of a fit whose chains agree are in its row
-(``stacking_weights``), and its stacked mixture is the fit itself (tests/test_stacking.py).
+computations (Yao, Vehtari & Gelman 2022): MCMC chains that mix are not stacked at all
+(bench.score.metrics), and the weights of paths or starts that agree are in their row
+(``stacking_weights``), their stacked mixture being the fit itself (tests/test_stacking.py).
 
 The cell's row carries the stacked row under ``STACKED_KEY`` until the run writes rows
 (``split``), so that executors move one row per cell as before.
@@ -16,32 +17,9 @@ import numpy as np
 
 from backends.base import Fit
 from bench.score.metrics import score_fit
-from bench.score.stacking import SUFFIX, parse_weights, stacked_fit
+from bench.score.stacking import SUFFIX, non_mixing, parse_weights, stacked_fit
 
 STACKED_KEY = "stacked_row"
-# Chains this far apart do not mix (Gelman et al. 2013, BDA3 sec. 11.4, the classic 1.1 limit):
-# not the health flag's 1.01 (Vehtari et al. 2021), which 100 iid draws per chain can exceed.
-NON_MIXING_RHAT = 1.1
-
-
-def non_mixing(row: dict[str, Any]) -> bool:
-    """Whether a scored row's components landed in different places: its chains' landing is
-    ``mixed``, their R-hat exceeds ``NON_MIXING_RHAT``, or they (or its paths) are in different
-    reference modes."""
-    if row.get("mode") == "mixed":
-        return True
-    rhat = row.get("rhat_max")
-    if isinstance(rhat, (int, float)) and rhat > NON_MIXING_RHAT:
-        return True
-    chains = row.get("ref_mode_chains")
-    if isinstance(chains, str) and len(set(chains.split(";"))) > 1:
-        return True
-    weights = row.get("stacking_mode_weights")
-    if isinstance(weights, str) and weights:
-        return sum(float(item.rsplit(":", 1)[1]) > 0 for item in weights.split(";")) > 1
-    return False
-
-
 def stacked_row(row: dict[str, Any], fit: Fit, truth: dict | None, reference, problem) -> dict[str, Any] | None:
     """The stacked row of a scored cell, or None where its row has no stacking weights or its
     components mix (``non_mixing``).

@@ -55,6 +55,29 @@ STACKING_FIELDS: dict[str, str] = {
 }
 
 
+# Chains this far apart do not mix (Gelman et al. 2013, BDA3 sec. 11.4, the classic 1.1 limit):
+# not the health flag's 1.01 (Vehtari et al. 2021), which 100 iid draws per chain can exceed.
+NON_MIXING_RHAT = 1.1
+
+
+def non_mixing(row: dict[str, Any]) -> bool:
+    """Whether a scored row's components landed in different places: its chains' landing is
+    ``mixed``, their R-hat exceeds ``NON_MIXING_RHAT``, or they (or its paths) are in different
+    reference modes."""
+    if row.get("mode") == "mixed":
+        return True
+    rhat = row.get("rhat_max")
+    if isinstance(rhat, (int, float)) and rhat > NON_MIXING_RHAT:
+        return True
+    chains = row.get("ref_mode_chains")
+    if isinstance(chains, str) and len(set(chains.split(";"))) > 1:
+        return True
+    weights = row.get("stacking_mode_weights")
+    if isinstance(weights, str) and weights:
+        return sum(float(item.rsplit(":", 1)[1]) > 0 for item in weights.split(";")) > 1
+    return False
+
+
 def components(fit: Fit, draws: xr.DataTree) -> tuple[str, xr.Dataset] | None:
     """The components a fit's stacking weights: (``"chains"`` or ``"paths"``, their posterior with
     one component per ``chain`` and the same number of draws each), or None for fewer than two.

@@ -282,8 +282,3 @@ def stacked_fit(fit: Fit, draws: xr.DataTree, weights: np.ndarray) -> Fit:
     return Fit(backend=fit.backend, method=f"{fit.method}{SUFFIX}", status="ok", engine=fit.engine, draws=tree,
                timings=dict(fit.timings), versions=dict(fit.versions), settings=dict(fit.settings), seed=fit.seed,
                precision=fit.precision)
-
-
-def is_stacked(method: Any) -> bool:
-    """Whether a row's method is a stacked mixture's."""
-    return isinstance(method, str) and method.endswith(SUFFIX)

@@ -916,12 +916,15 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
 def _stacking_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.mcmc and not non_mixing(row):
         # Stacking is for chains that do not mix (Yao, Vehtari & Gelman 2022): the weights of
-        # chains that agree carry no information and cost a PSIS pass per chain.
+        # chains that agree carry no information and cost a PSIS pass per chain. Paths and SMC
+        # runs are checked the same way in stacking_columns (component_agreement).
         return {}
     data = s.problem.dataset if s.problem is not None else None
     return stacking_columns(s.fit, s.raw, s.problem, terms=s.terms, chain_modes=row.get("ref_mode_chains"),
                             modes=s.ref_modes, max_obs=s.settings.loo_max_obs,
-                            seed=subsample_seed(data.x, data.y) if data is not None else 0)
+                            seed=subsample_seed(data.x, data.y) if data is not None else 0, target=s.target,
+                            scale_floor=s.settings.relabel_scale_floor, max_iter=s.settings.relabel_max_iter,
+                            check_agreement=not s.mcmc)
 
 
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:

@@ -99,12 +99,14 @@ def against_target(request):
     """Lines of best scoring seconds against the target, written when the module ends."""
     lines: list[str] = []
     yield lines
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and lines:
-        reporter.write_line("")
-        reporter.write_line("scoring against its target (at most 5% of the fit, or 0.2 s, whichever is larger):")
-        for line in lines:
-            reporter.write_line(line)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and lines:
+        with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+            reporter.write_line("")
+            reporter.write_line("scoring against its target (at most 5% of the fit, or 0.2 s, whichever is larger):")
+            for line in lines:
+                reporter.write_line(line)
 
 
 @pytest.mark.parametrize("method", METHODS)

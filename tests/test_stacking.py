@@ -1,6 +1,7 @@
 """Stacking of chains (bench.score.stacking, bench.score.stacked_rows) on chains placed by hand: weights against
-an independent SciPy optimisation of the stacking objective and against its closed form, and a
-single-mode fit whose stacked mixture is the fit itself."""
+an independent SciPy optimisation of the stacking objective and against its closed form, a
+single-mode fit whose stacked mixture is the fit itself, and Pathfinder paths stacked only where
+they disagree."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
 from backends.base import Fit, canonical_datatree
+from backends.importance import GROUP, keep_proposal, proposal_group, psis_resample
 from bench.score.metrics import score_fit
 from bench.score.settings import MetricSettings
 from bench.score.problem import Problem
@@ -177,6 +179,84 @@ def test_one_chain_has_nothing_to_stack(data):
     row, _ = score_fit(fit, truth=data.truth, problem=Problem.make(SPEC, data))
     assert not isinstance(row["stacking_weights"], str)
     assert stacked_row({**row, "cell_id": "c", "method": "nuts"}, fit, data.truth, None, None) is None
+
+
+def _pathfinder_fit(paths: list[dict]) -> Fit:
+    """A multi-path Pathfinder fit: the paths' draws pooled as its proposal (path after path),
+    resampled by PSIS weights of a tame log p / log q."""
+    pool = {k: np.concatenate([p[k] for p in paths])[None] for k in paths[0]}
+    n_pool = pool["w"].shape[1]
+    rng = np.random.default_rng(8)
+    log_q = rng.normal(0.0, 1.0, n_pool)
+    log_p = log_q + 0.1 * rng.standard_normal(n_pool)
+    chosen, _ = psis_resample(log_p, log_q, DRAWS, seed=0)
+    draws = canonical_datatree(SPEC, {k: v[:, chosen] for k, v in pool.items()})
+    draws[GROUP] = proposal_group(log_p, log_q, np.repeat(np.arange(len(paths)), DRAWS), chosen)
+    keep_proposal(draws, canonical_datatree(SPEC, pool))
+    return Fit(backend="hand", method="pathfinder", status="ok", draws=draws, timings={"optimisation": 1.0}, seed=0)
+
+
+def _swapped(path: dict) -> dict:
+    return {**path, "w": path["w"][:, ::-1], "pi": path["pi"][:, ::-1]}
+
+
+def test_pathfinder_paths_that_agree_are_not_stacked_whatever_their_labels(data):
+    rng = np.random.default_rng(7)
+    paths = [_chain(rng, [[2.0], [-1.0]], 0.1, [0.7, 0.3]) for _ in range(4)]
+    # Paths 1 and 3 found the same mode under the other labelling: label-invariant, they agree.
+    fit = _pathfinder_fit([paths[0], _swapped(paths[1]), paths[2], _swapped(paths[3])])
+    problem = Problem.make(SPEC, data)
+    row, _ = score_fit(fit, truth=data.truth, problem=problem)
+    assert row["metric_errors"] == ""
+    # The R-hat across paths is that of the paths in one labelling (arviz-stats on the draws as drawn).
+    posterior = xr.Dataset({k: (("chain", "draw") + (("component", "covariate") if k == "w" else
+                                                    ("component",) if k == "pi" else ()), np.stack([p[k] for p in paths]))
+                            for k in ("w", "sigma", "pi")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = azs.rhat(posterior)
+    expected = np.nanmax(np.concatenate([np.ravel(rhat[n].values) for n in rhat.data_vars]))
+    assert row["stacking_rhat"] == pytest.approx(expected, rel=1e-9)
+    assert row["stacking_rhat"] < 1.1
+    assert not non_mixing(row) and not isinstance(row["stacking_weights"], str)
+    assert stacked_row({**row, "cell_id": "c", "method": "pathfinder"}, fit, data.truth, None, problem) is None
+
+
+def test_pathfinder_paths_in_two_places_are_stacked(data):
+    rng = np.random.default_rng(9)
+    # Paths 0 and 1 put both components on y = 2x, paths 2 and 3 on y = -x.
+    fit = _pathfinder_fit([_chain(rng, [[2.0], [2.0]], 0.1, [0.5, 0.5]) for _ in range(2)]
+                          + [_chain(rng, [[-1.0], [-1.0]], 0.1, [0.5, 0.5]) for _ in range(2)])
+    problem = Problem.make(SPEC, data)
+    row, _ = score_fit(fit, truth=data.truth, problem=problem)
+    assert row["metric_errors"] == ""
+    assert row["stacking_rhat"] > 1.5 and non_mixing(row)
+    assert row["stacking_components"] == "paths"
+    weights = np.array([float(v) for v in row["stacking_weights"].split(";")])
+    # Each line's two paths share the weight of the points on it (about 0.7 on y = 2x).
+    assert 0.6 < weights[:2].sum() < 0.8
+    row.update(cell_id="c", method="pathfinder")
+    stacked = stacked_row(row, fit, data.truth, None, problem)
+    assert stacked["method"] == "pathfinder+stacked" and stacked["stacked_from"] == "c"
+    assert stacked["stacking_rhat"] == row["stacking_rhat"]
+    assert stacked["elpd_loo"] > row["stacking_elpd_best"] + 10
+
+
+def test_smc_runs_are_stacked_only_where_they_disagree(data):
+    import dataclasses
+
+    rng = np.random.default_rng(10)
+    problem = Problem.make(SPEC, data)
+    agree = dataclasses.replace(_fit([_chain(rng, [[2.0], [-1.0]], 0.1, [0.7, 0.3]) for _ in range(2)]), method="smc")
+    row, _ = score_fit(agree, truth=data.truth, problem=problem)
+    assert row["metric_errors"] == "" and row["stacking_rhat"] < 1.1
+    assert not isinstance(row["stacking_weights"], str)
+    apart = dataclasses.replace(_fit([_chain(rng, [[2.0], [2.0]], 0.1, [0.5, 0.5]),
+                                      _chain(rng, [[-1.0], [-1.0]], 0.1, [0.5, 0.5])]), method="smc")
+    row, _ = score_fit(apart, truth=data.truth, problem=problem)
+    assert row["stacking_rhat"] > 1.5 and row["stacking_components"] == "chains"
+    row.update(cell_id="c", method="smc")
+    assert stacked_row(row, apart, data.truth, None, problem)["method"] == "smc+stacked"
 
 
 def test_the_report_table_shows_the_stacked_row_beside_its_fit():

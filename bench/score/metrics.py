@@ -32,7 +32,7 @@ from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
 from bench.score.modes import fit_landing, mode_columns, own_mode_draws, parse_shares
 from bench.score.particles import smc_columns
-from bench.score.predictive import loo_keep, loo_metrics, subsample_seed
+from bench.score.predictive import loo_keep, loo_metrics, loo_reads_posterior, subsample_seed
 from bench.score.problem import thin_indices
 from bench.score.relabel import (
     SAMPLE_DIMS,
@@ -663,14 +663,19 @@ class Scoring:
     @cached_property
     def terms(self):
         """The posterior draws PSIS-LOO reads, evaluated once (bench.score.problem.DrawTerms): the
-        landing's log densities come from the same pass. None where there are none to share
+        landing's log densities come from the same pass. Where PSIS-LOO reads the importance
+        proposal instead (Pathfinder; bench.score.predictive), only the landing's draws
+        (``lp_draws_per_chain`` per chain, evenly thinned). None where there are none to share
         (no data, a single point, the forum's batch likelihoods)."""
         ds = posterior_dataset(self.raw)
         if self.problem is None or self.single_point or self.problem.spec.likelihood != "mixture":
             return None
         st = self.settings
-        keep = loo_keep(self.problem.dataset.N, ds.sizes["draw"], ds.sizes["chain"], st.loo_max_values,
-                        max_draws=st.loo_max_draws)
+        if loo_reads_posterior(self.raw):
+            keep = loo_keep(self.problem.dataset.N, ds.sizes["draw"], ds.sizes["chain"], st.loo_max_values,
+                            max_draws=st.loo_max_draws)
+        else:
+            keep = thin_indices(ds.sizes["draw"], st.lp_draws_per_chain)
         return self.problem.draw_terms(self.raw, keep)
 
     def landing_log_densities(self):
@@ -916,12 +921,15 @@ def _loo_metric(s: Scoring, row: dict) -> dict[str, Any]:
 def _stacking_metric(s: Scoring, row: dict) -> dict[str, Any]:
     if s.mcmc and not non_mixing(row):
         # Stacking is for chains that do not mix (Yao, Vehtari & Gelman 2022): the weights of
-        # chains that agree carry no information and cost a PSIS pass per chain.
+        # chains that agree carry no information and cost a PSIS pass per chain. Paths and SMC
+        # runs are checked the same way in stacking_columns (component_agreement).
         return {}
     data = s.problem.dataset if s.problem is not None else None
     return stacking_columns(s.fit, s.raw, s.problem, terms=s.terms, chain_modes=row.get("ref_mode_chains"),
                             modes=s.ref_modes, max_obs=s.settings.loo_max_obs,
-                            seed=subsample_seed(data.x, data.y) if data is not None else 0)
+                            seed=subsample_seed(data.x, data.y) if data is not None else 0, target=s.target,
+                            scale_floor=s.settings.relabel_scale_floor, max_iter=s.settings.relabel_max_iter,
+                            check_agreement=not s.mcmc)
 
 
 def _health_metric(s: Scoring, row: dict) -> dict[str, Any]:

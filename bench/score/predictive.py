@@ -103,6 +103,12 @@ def _weighting(fit: Fit, draws: xr.DataTree, mcmc: bool) -> tuple[xr.Dataset, np
     return ds, None, None, "psis-loo"
 
 
+def loo_reads_posterior(draws: xr.DataTree) -> bool:
+    """Whether PSIS-LOO reads the fit's posterior draws (``_weighting``: psis-loo or
+    psis-loo-approximate), rather than an importance-resampled fit's proposal or distinct draws."""
+    return IMPORTANCE_GROUP not in draws.children
+
+
 def _distinct_draws(ds: xr.Dataset) -> tuple[xr.Dataset, np.ndarray]:
     """The distinct draws of a one-chain posterior as one chain, and how often each occurs."""
     flat = np.concatenate([np.asarray(ds[n].values, dtype=float).reshape(ds.sizes["chain"] * ds.sizes["draw"], -1)

@@ -43,6 +43,8 @@ labels; a relabelled draw's gamma is re-referenced, its new last row subtracted 
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,16 +184,38 @@ def assignment_costs(feats: np.ndarray, ref: np.ndarray, scales: np.ndarray) -> 
 
 
 def best_permutations(costs: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-draw optimal assignment; returns (permutations, number of draws left at identity)."""
+    """Per-draw optimal assignment; returns (permutations, number of draws left at identity).
+
+    For K <= ``ENUMERATE_MAX_K`` every permutation's total cost is summed at once and the least
+    taken (the first in lexicographic order, identity first, on a tie): the same optimum
+    ``scipy.optimize.linear_sum_assignment`` finds draw by draw, without a Python call per
+    draw (K! <= 120 sums per draw). Larger K goes through ``linear_sum_assignment``.
+    """
     C, D, K, _ = costs.shape
     perms = np.broadcast_to(np.arange(K), (C, D, K)).copy()
     flat_costs = costs.reshape(C * D, K, K)
     flat_perms = perms.reshape(C * D, K)
     finite = np.isfinite(flat_costs).all(axis=(1, 2))
+    if K <= ENUMERATE_MAX_K:
+        table = _permutation_table(K)  # (P, K): table[p, k] is the draw's component for label k
+        rows = np.flatnonzero(finite)
+        for start in range(0, rows.size, 4096):  # bounded memory: (chunk, P, K) at a time
+            block = flat_costs[rows[start:start + 4096]]
+            totals = block[:, np.arange(K), table].sum(axis=-1)  # (chunk, P)
+            flat_perms[rows[start:start + 4096]] = table[np.argmin(totals, axis=1)]
+        return flat_perms.reshape(C, D, K), int(np.count_nonzero(~finite))
     for i in np.flatnonzero(finite):
         rows, cols = linear_sum_assignment(flat_costs[i])
         flat_perms[i, rows] = cols
     return flat_perms.reshape(C, D, K), int(np.count_nonzero(~finite))
+
+
+ENUMERATE_MAX_K = 5
+
+
+@functools.cache
+def _permutation_table(K: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(K))), dtype=int).reshape(-1, K)
 
 
 def apply_permutations(draws: xr.DataTree, permutations: np.ndarray) -> xr.DataTree:

@@ -1,9 +1,9 @@
 """The stacked row of a cell: its fit's chains or paths mixed by their stacking weights
 (bench.score.stacking) and scored like any fit, a row of its own beside the cell's, where the chains
 do not mix: they landed in different places (``non_mixing``). Stacking is for non-mixing
-computations (Yao, Vehtari & Gelman 2022): MCMC chains that mix are not stacked at all
-(bench.score.metrics), and the weights of paths or starts that agree are in their row
-(``stacking_weights``), their stacked mixture being the fit itself (tests/test_stacking.py).
+computations (Yao, Vehtari & Gelman 2022): MCMC chains that mix, and Pathfinder paths or SMC runs
+that agree (bench.score.stacking.component_agreement), are not stacked at all, their stacked
+mixture being the fit itself (tests/test_stacking.py).
 
 The cell's row carries the stacked row under ``STACKED_KEY`` until the run writes rows
 (``split``), so that executors move one row per cell as before.
@@ -52,7 +52,8 @@ def stacked_row(row: dict[str, Any], fit: Fit, truth: dict | None, reference, pr
         return None
     ids = {k: v for k, v in row.items() if k not in scored and k not in means}
     carried = {k: row[k] for k in ("stacking_components", "stacking_weights", "stacking_elpd",
-                                   "stacking_elpd_best", "stacking_elpd_pointwise", "stacking_mode_weights")}
+                                   "stacking_elpd_best", "stacking_elpd_pointwise", "stacking_mode_weights",
+                                   "stacking_rhat")}
     return {**ids, **scored, **means, **carried, **_stacked_elpd(row, problem.dataset.N),
             "cell_id": f"{row['cell_id']}{SUFFIX}", "method": f"{row['method']}{SUFFIX}", "stacked_from": row["cell_id"]}
 

@@ -14,6 +14,12 @@ mixture sum_c w_c p_c. Components: the chains of an MCMC or SMC fit (each SMC ru
 population is one), or the paths of a multi-path Pathfinder fit (its proposal pool, by path).
 A MAP or Laplace fit keeps only its best start's point, so its starts cannot be stacked.
 
+Only computations that do not mix are stacked: MCMC chains that land in different places
+(``non_mixing``), and Pathfinder paths or SMC runs that disagree (``component_agreement``: their
+relabelled draws have an R-hat across components above ``NON_MIXING_RHAT``, or they land in
+different reference modes). The weights of components that agree carry no information (their
+stacked mixture is the fit itself) and would cost a PSIS-LOO pass per component.
+
 The pointwise log likelihood of a fit's chains is the one its scoring evaluated once
 (``bench.score.metrics.Scoring.terms``); observations beyond ``max_obs`` are subsampled with the
 seed PSIS-LOO uses (``bench.score.predictive.subsample_seed``): the log score of a simple random
@@ -33,11 +39,12 @@ from backends.base import Fit
 from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
 from bench.score.modes import land
 from bench.score.problem import Problem, allocate, thin_indices
-from bench.score.relabel import posterior_dataset
+from bench.score.relabel import DEFAULT_MAX_ITER, DEFAULT_SCALE_FLOOR, chain_mean_pivot, posterior_dataset, relabel
 
 NAN = float("nan")
 SUFFIX = "+stacked"  # a stacked row's method: the fit's method with this suffix
 MAX_DRAWS_PER_COMPONENT = 400  # draws per component whose pointwise log likelihood a path's LOO reads
+AGREEMENT_DRAWS = 200  # draws per component (evenly thinned) their agreement reads
 
 STACKING_FIELDS: dict[str, str] = {
     "stacking_components": "what was stacked: chains (an MCMC or SMC fit's chains or particle populations) or "
@@ -51,6 +58,11 @@ STACKING_FIELDS: dict[str, str] = {
                                "in index order (the stacked row's elpd_loo_pointwise)",
     "stacking_mode_weights": "the stacking weight on each reference mode, 'A:0.62;B:0.38' (components landed by "
                              "bench.score.modes.land; '-': in none), beside the reference's masses (ref_mode_masses)",
+    "stacking_rhat": "a multi-path Pathfinder or SMC fit: the largest R-hat across its paths or runs (arviz-stats' "
+                     "rank-normalised split R-hat of their draws relabelled to the fit's target, at most "
+                     f"{AGREEMENT_DRAWS} per component evenly thinned; Pathfinder: its proposal draws); above 1.1, "
+                     "or components in different reference modes, they disagree and are stacked, else not (no "
+                     "other stacking columns)",
     "stacked_from": "a stacked row: the cell_id of the fit whose components it stacks",
 }
 
@@ -62,13 +74,14 @@ NON_MIXING_RHAT = 1.1
 
 def non_mixing(row: dict[str, Any]) -> bool:
     """Whether a scored row's components landed in different places: its chains' landing is
-    ``mixed``, their R-hat exceeds ``NON_MIXING_RHAT``, or they (or its paths) are in different
-    reference modes."""
+    ``mixed``, their R-hat (or its paths' or runs', ``stacking_rhat``) exceeds
+    ``NON_MIXING_RHAT``, or they (or its paths) are in different reference modes."""
     if row.get("mode") == "mixed":
         return True
-    rhat = row.get("rhat_max")
-    if isinstance(rhat, (int, float)) and rhat > NON_MIXING_RHAT:
-        return True
+    for name in ("rhat_max", "stacking_rhat"):
+        rhat = row.get(name)
+        if isinstance(rhat, (int, float)) and rhat > NON_MIXING_RHAT:
+            return True
     chains = row.get("ref_mode_chains")
     if isinstance(chains, str) and len(set(chains.split(";"))) > 1:
         return True
@@ -102,6 +115,55 @@ def components(fit: Fit, draws: xr.DataTree) -> tuple[str, xr.Dataset] | None:
     if ds.sizes["chain"] < 2 or ds.sizes["draw"] < 2:
         return None
     return "chains", ds
+
+
+def component_agreement(comps: xr.Dataset, target: dict | None, modes: list | None,
+                        scale_floor: float = DEFAULT_SCALE_FLOOR,
+                        max_iter: int = DEFAULT_MAX_ITER) -> tuple[float, list[str] | None]:
+    """Whether a fit's components (Pathfinder paths, SMC runs) agree, from their label-invariant draws.
+
+    Parameters
+    ----------
+    comps : xarray.Dataset
+        The components' draws, one component per ``chain`` (``components``; a Pathfinder's
+        proposal draws by path).
+    target : dict or None
+        The point the fit was relabelled to (bench.score.relabel); None: component 0's mean.
+    modes : list of dict or None
+        The reference's modes (bench.reference.modes), to land each component's relabelled mean in.
+    scale_floor, max_iter
+        The relabelling's settings (bench.score.metrics.MetricSettings).
+
+    Returns
+    -------
+    rhat : float
+        The largest R-hat across components over every scalar (arviz-stats' ``rhat``,
+        rank-normalised split R-hat, Vehtari et al. 2021) of at most ``AGREEMENT_DRAWS`` draws
+        per component, evenly thinned and relabelled to ``target`` by the fit's own rule:
+        components in one mode under different labellings agree. NaN where no scalar has one.
+    names : list of str or None
+        Each component's reference mode (``bench.score.modes.land`` of its relabelled mean;
+        "-": none), None without ``modes``.
+
+    The components disagree where ``rhat`` exceeds ``NON_MIXING_RHAT`` (chains that far apart
+    do not mix, Gelman et al. 2013) or they land in different modes: Yao, Vehtari & Gelman
+    (2022) stack computations that do not mix.
+    """
+    thinned = comps.isel(draw=thin_indices(comps.sizes["draw"], AGREEMENT_DRAWS))
+    tree = xr.DataTree.from_dict({"posterior": thinned})
+    point = chain_mean_pivot(tree, 0) if target is None else target
+    ds = posterior_dataset(relabel(tree, point, scale_floor, max_iter).draws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a constant scalar's R-hat is NaN, skipped
+        rhat = azs.rhat(ds[[n for n in ds.data_vars if ds[n].size]])
+    values = np.concatenate([np.ravel(rhat[n].values) for n in rhat.data_vars]) if rhat.data_vars else np.zeros(0)
+    worst = float(np.nanmax(values)) if np.isfinite(values).any() else NAN
+    if not modes:
+        return worst, None
+    K = int(ds.sizes["component"])
+    names = [land({n: ds[n].isel(chain=c).mean("draw").values for n in ds.data_vars}, modes, K) or "-"
+             for c in range(ds.sizes["chain"])]
+    return worst, names
 
 
 def pointwise_loo(log_lik: np.ndarray, reff: float = 1.0) -> list:
@@ -176,9 +238,12 @@ def _component_log_lik(kind: str, comps: xr.Dataset, problem: Problem, terms, ob
 
 def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, terms=None,
                      chain_modes: str | None = None, modes: list | None = None, max_obs: int = 1000,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, target: dict | None = None, scale_floor: float = DEFAULT_SCALE_FLOOR,
+                     max_iter: int = DEFAULT_MAX_ITER, check_agreement: bool = False) -> dict[str, Any]:
     """The STACKING_FIELDS of one fit (without ``stacked_from``); empty where there is nothing to
-    stack (fewer than two components, no data, a likelihood without pointwise terms).
+    stack (fewer than two components, no data, a likelihood without pointwise terms), and only
+    ``stacking_rhat`` where a Pathfinder fit's paths (or, with ``check_agreement``, its
+    chains: SMC runs) agree (``component_agreement``).
 
     Parameters
     ----------
@@ -194,31 +259,44 @@ def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, t
         The reference's modes (bench.reference.modes), to land Pathfinder paths in.
     max_obs : int
         Observations beyond this are subsampled (seeded by ``seed``).
+    target, scale_floor, max_iter
+        The fit's relabelling target and settings, for ``component_agreement`` (target None:
+        component 0's mean).
+    check_agreement : bool
+        Stack chains only where they disagree (SMC runs; a Pathfinder's paths always are checked).
     """
-    if problem is None or problem.spec.likelihood != "mixture":
-        return {}
     found = components(fit, draws)
     if found is None:
         return {}
     kind, comps = found
+    out: dict[str, Any] = {}
+    names = None
+    if kind == "paths" or check_agreement:
+        rhat, names = component_agreement(comps, target, modes, scale_floor, max_iter)
+        out["stacking_rhat"] = rhat
+        if not rhat > NON_MIXING_RHAT and len(set(names or ())) < 2:
+            return out  # they agree: nothing to stack (a NaN R-hat: nothing says they disagree)
+    if problem is None or problem.spec.likelihood != "mixture":
+        return out
     n_obs = problem.dataset.N
     obs = (np.sort(np.random.default_rng(seed).choice(n_obs, size=max_obs, replace=False)) if n_obs > max_obs
            else slice(None))
     log_lik = _component_log_lik(kind, comps, problem, terms, obs)
     good = np.isfinite(log_lik).all(axis=(0, 2))
     if not good.any():
-        return {}
+        return out
     loos = pointwise_loo(log_lik[:, good])
     elpd_i = elpd_matrix(loos)
     weights = stacking_weights(loos)
-    out: dict[str, Any] = {
+    out.update({
         "stacking_components": kind,
         "stacking_weights": ";".join(f"{w:.4g}" for w in weights),
         "stacking_elpd": float(stacked_pointwise(elpd_i, weights).sum()),
         "stacking_elpd_pointwise": ";".join(repr(float(v)) for v in stacked_pointwise(elpd_i, weights)),
         "stacking_elpd_best": float(elpd_i.sum(axis=1).max()),
-    }
-    names = _component_modes(kind, comps, chain_modes, modes)
+    })
+    if kind == "chains" and isinstance(chain_modes, str) and chain_modes:
+        names = chain_modes.split(";")
     if names is not None:
         totals: dict[str, float] = {}
         for name, w in zip(names, weights):
@@ -226,15 +304,6 @@ def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, t
         out["stacking_mode_weights"] = ";".join(f"{n}:{w:.3g}" for n, w in sorted(totals.items()))
     return out
 
-
-def _component_modes(kind: str, comps: xr.Dataset, chain_modes: str | None, modes: list | None) -> list[str] | None:
-    if kind == "chains" and isinstance(chain_modes, str) and chain_modes:
-        return chain_modes.split(";")
-    if kind == "paths" and modes:
-        K = int(comps.sizes["component"])
-        return [land({n: comps[n].isel(chain=c).mean("draw").values for n in comps.data_vars}, modes, K) or "-"
-                for c in range(comps.sizes["chain"])]
-    return None
 
 
 def parse_weights(text: Any) -> np.ndarray | None:

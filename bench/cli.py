@@ -32,7 +32,7 @@ from bench.report.sbc import write_sbc_report
 from bench.report.summary import print_summary
 from bench.report.sweep_tables import sweep_tables
 from bench.run.availability import describe
-from bench.run.bytecode import ensure_bytecode
+from bench.run.bytecode import write_bytecode_as_imported
 from bench.run.executor_choice import make_executor
 from bench.run.executors import LOGS_DIR
 from bench.run.harness import CELLS_FILE, RunInterrupted, RunOptions, prepare_out_dir, run_grid, stop_on_signals
@@ -506,7 +506,7 @@ def cmd_run(args) -> int:
     cells = sorted(cells, key=lambda cell: compile_rank(cell.backend))
     jobs = args.jobs or max(1, min(available_cores(), len(cells)))
     executor = make_executor(args.executor, jobs=jobs, scheduler=args.scheduler)
-    ensure_bytecode()  # before any worker starts: each would compile what it imports
+    write_bytecode_as_imported()  # before any worker starts: the cells read what another wrote
     out_dir = args.out or Path("results") / label
     _writing_under.append(out_dir)
     cells = attach_references(cells, args.reference, reference_settings(args), executor, prepare_out_dir(out_dir),
@@ -535,7 +535,7 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     cells = sweep_cells(args)
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
-    ensure_bytecode()
+    write_bytecode_as_imported()
     out_dir = args.out or Path("results") / f"sweep-{args.family}"
     _writing_under.append(out_dir)
     if args.reference != "none":
@@ -623,7 +623,7 @@ def cmd_list(args) -> int:
 def cmd_sbc(args) -> int:
     cells = sorted(sbc_cells(args), key=lambda cell: compile_rank(cell.backend))
     executor = make_executor(args.executor, jobs=args.jobs, scheduler=args.scheduler)
-    ensure_bytecode()
+    write_bytecode_as_imported()
     _writing_under.append(args.out)
     options = RunOptions(out_dir=args.out, time_limit=args.time_limit, retry_failed=args.retry_failed,
                          fresh=args.fresh)

@@ -94,6 +94,19 @@ class QuickBackend(_Fake):
                    grad_evals=7 * chains * draws * 2, divergences=0)
 
 
+class LingeringThreadBackend(QuickBackend):
+    """QuickBackend that leaves a non-daemon thread waiting forever, as pystan's server does: a
+    process that joins its threads at exit never ends by itself."""
+
+    name = "lingering"
+
+    def _sample(self, spec, dataset, method, settings, seed):
+        import threading
+
+        threading.Thread(target=threading.Event().wait, name="lingering", daemon=False).start()
+        return super()._sample(spec, dataset, method, settings, seed)
+
+
 class BiasedBackend(QuickBackend):
     """QuickBackend whose slopes sit ``settings.learning_rate`` (a setting it otherwise ignores)
     above the truth: a larger one is a deliberately worse fit, every other draw unchanged."""

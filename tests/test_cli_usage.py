@@ -14,7 +14,7 @@ import pytest
 
 from bench.cli import build_parser, main
 from bench.run.progress import Progress
-from bench.run.bytecode import STAMP, ensure_bytecode
+from bench.run.bytecode import STAMP, ensure_bytecode, write_bytecode_as_imported
 from models.errors import MixbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +230,18 @@ def test_bytecode_is_compiled_once_per_set_of_installed_distributions(tmp_path, 
     (site / "other.py").write_text("Y = 2\n")
     assert ensure_bytecode(io.StringIO(), force=True, site_dirs=[site], project=False)
     assert list((site / "__pycache__").glob("other.*.pyc"))
+
+
+def test_a_run_writes_the_bytecode_of_what_it_and_its_cell_processes_import(tmp_path, monkeypatch):
+    (tmp_path / "fresh_module.py").write_text("X = 1\n")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setattr(sys, "flags", type("F", (), {"dont_write_bytecode": True})())
+    write_bytecode_as_imported()
+    assert sys.dont_write_bytecode is False and "PYTHONDONTWRITEBYTECODE" not in os.environ
+    # A process started afterwards (a forkserver, a cell) inherits it and writes what it imports.
+    subprocess.run([sys.executable, "-c", "import fresh_module"], cwd=tmp_path, check=True)
+    assert list((tmp_path / "__pycache__").glob("fresh_module.*.pyc"))
 
 
 def test_bytecode_is_left_to_python_where_it_writes_its_own(tmp_path, monkeypatch):

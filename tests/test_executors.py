@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bench.run.executors as executors
 from bench.run.dask_executor import DaskExecutor
 from bench.run.executor_choice import make_executor
 from bench.run.executors import LocalProcessExecutor, WarmProcessExecutor
@@ -185,6 +186,26 @@ def test_the_progress_hears_what_a_cell_is_compiling(kind, tmp_path, monkeypatch
     rows = run_grid(cells, RunOptions(out_dir=tmp_path / "out"), make_executor(kind), progress)
     assert [r["status"] for r in rows] == ["ok"]
     assert "compile" in doing
+
+
+@pytest.mark.parametrize("kind", ["warm", "fresh"])
+def test_a_finished_cell_process_ends_by_itself_whatever_threads_it_leaves(kind, tmp_path, monkeypatch):
+    # A process still alive when the run kills it was waited for first (5 s, 10 s): at the end of
+    # every run and whenever a warm worker retired, with the dispatch loop held.
+    states = []
+    original = executors._kill
+
+    def kill(proc):
+        states.append(proc.exitcode)
+        original(proc)
+
+    monkeypatch.setattr(executors, "_kill", kill)
+    cells = [Cell("forum-small", FAKE + "LingeringThreadBackend", "nuts", seed, n=200,
+                  settings={"chains": 2, "draws": 100}) for seed in (0, 1)]
+    rows = run_grid(cells, RunOptions(out_dir=tmp_path / "out"), make_executor(kind, jobs=1))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(code == 0 for code in states), states
+    assert states or kind == "fresh"  # a fresh process that has ended is not killed at all
 
 
 def test_make_executor_names_and_refusals():

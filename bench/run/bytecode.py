@@ -7,6 +7,12 @@ uv's ``compile-bytecode`` setting installs the ``.pyc`` files, but uv applies it
 ``uv run`` as well as on installs: it re-checks the whole ``site-packages`` (8600 files) and
 prints "Bytecode compiled ..." each time (astral-sh/uv#12202). Here the compile runs once per set
 of installed distributions, recorded by a stamp file; a later run costs one directory listing.
+That is what a test session does (``ensure_bytecode``: its many processes all import the engines).
+
+``mixbench run``, ``sweep`` and ``sbc`` instead write the bytecode of what they import as they
+import it (``write_bytecode_as_imported``), as Python does by default: a run needs a fraction of
+the environment's 9400 modules, and compiling all of them first held a first run's cells back
+12.5 s on 2 cores (docs/performance.md, section 7), while the first run's floor is Stan's compile.
 """
 
 from __future__ import annotations
@@ -80,3 +86,13 @@ def ensure_bytecode(stream=sys.stderr, force: bool = False, site_dirs: list[Path
         if (root / package).is_dir() and os.access(root / package, os.W_OK):
             compileall.compile_dir(root / package, quiet=2, workers=1)
     return compiled
+
+
+def write_bytecode_as_imported() -> None:
+    """Let this process, and the cell processes it starts from now on, write the bytecode of each
+    module they import, where Python is set not to (``PYTHONDONTWRITEBYTECODE``): the same files
+    ``ensure_bytecode`` would write for them, beside their sources (a ``__pycache__`` directory),
+    so that the next run reads them. Nothing changes where Python writes its own bytecode."""
+    if sys.flags.dont_write_bytecode:
+        sys.dont_write_bytecode = False
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)

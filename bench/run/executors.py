@@ -195,6 +195,14 @@ def receive_row(conn, clock: WaitClock) -> dict[str, Any] | None:
     return None
 
 
+def _row_left_behind(conn, clock: WaitClock) -> dict[str, Any] | None:
+    """A row still in the pipe of a process that has ended (None if it wrote none)."""
+    try:
+        return receive_row(conn, clock)
+    except (EOFError, OSError):
+        return None
+
+
 def over_limit(elapsed: float, clock: WaitClock, time_limit: float | None) -> bool:
     """Whether a cell ``elapsed`` seconds in has used its time limit, its waits not counted."""
     return time_limit is not None and elapsed - clock.seconds() > time_limit
@@ -235,6 +243,7 @@ def _worker(cell, out_dir: str, save_draws: bool, conn, launched: float | None =
     row["t_startup"] = startup
     conn.send(row)
     conn.close()
+    _exit_now()
 
 
 def _warm_worker(tasks, results, out_dir: str, save_draws: bool, launched: float | None = None,
@@ -260,6 +269,17 @@ def _warm_worker(tasks, results, out_dir: str, save_draws: bool, launched: float
         row["worker_cell"] = served  # 1 for the worker's first cell, 2 for its second, ...
         results.send(row)
     results.close()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End a cell process once its rows are sent, without joining its threads: pystan leaves a
+    non-daemon thread (httpstan's server) that kept a finished Stan worker alive until the
+    parent's 5 s join timeout killed it, at the end of every run and whenever a Stan worker
+    retired, with the dispatch loop waiting."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _die_with_parent(conn) -> None:
@@ -408,6 +428,10 @@ class LocalProcessExecutor:
                 return row
         if not proc.is_alive():
             proc.join()
+            row = _row_left_behind(receiver, clock)  # sent just before it ended, after the read above
+            if row is not None:
+                row["time_total"] = time.perf_counter() - started
+                return row
             return dead_row(cell, "crashed", f"cell process died ({_exit_text(proc.exitcode)}) before writing its row",
                             elapsed)
         if over_limit(elapsed, clock, time_limit):
@@ -550,6 +574,10 @@ class WarmProcessExecutor:
             return row
         if not worker.proc.is_alive():
             worker.proc.join()
+            row = _row_left_behind(worker.results, worker.clock)  # sent just before it ended, after the read above
+            if row is not None:
+                row["time_total"] = time.perf_counter() - worker.started
+                return row
             return dead_row(worker.cell, "crashed",
                             f"cell process died ({_exit_text(worker.proc.exitcode)}) before writing its row", elapsed)
         if over_limit(elapsed, worker.clock, time_limit):

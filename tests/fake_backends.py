@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -125,9 +126,10 @@ RELEASE_ENV = "MIXBENCH_TEST_RELEASE"
 class CompilingBackend(QuickBackend):
     """QuickBackend whose fit first "compiles" (a compile stopwatch) until the file named by
     $MIXBENCH_TEST_RELEASE exists (for at most 120 s, so a test that never releases it fails
-    instead of hanging)."""
+    instead of hanging). One program for all its cells, as Stan's."""
 
     name = "compiling"
+    shared_program = True
 
     def _sample(self, spec, dataset, method, settings, seed):
         timings = {}
@@ -136,6 +138,18 @@ class CompilingBackend(QuickBackend):
         fit = super()._sample(spec, dataset, method, settings, seed)
         fit.timings["compile"] = timings["compile"]
         return fit
+
+
+class LingeringBackend(QuickBackend):
+    """QuickBackend whose fit leaves a thread behind (not a daemon: its process waits for it
+    before exiting) that ends once the file named by $MIXBENCH_TEST_RELEASE exists (at most 120 s)."""
+
+    name = "lingering"
+
+    def _sample(self, spec, dataset, method, settings, seed):
+        release = Path(os.environ[RELEASE_ENV])
+        threading.Thread(target=wait_until, args=(release.exists, 120), name="mixbench-test-lingering").start()
+        return super()._sample(spec, dataset, method, settings, seed)
 
 
 class RaisingBackend(_Fake):

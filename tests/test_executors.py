@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.run import executors
 from bench.run.dask_executor import DaskExecutor
 from bench.run.executor_choice import make_executor
 from bench.run.executors import LocalProcessExecutor, WarmProcessExecutor
@@ -185,6 +186,79 @@ def test_the_progress_hears_what_a_cell_is_compiling(kind, tmp_path, monkeypatch
     rows = run_grid(cells, RunOptions(out_dir=tmp_path / "out"), make_executor(kind), progress)
     assert [r["status"] for r in rows] == ["ok"]
     assert "compile" in doing
+
+
+def test_a_free_worker_takes_other_work_while_another_builds_the_program_its_cell_needs(tmp_path, monkeypatch):
+    """Two cells of one program (two shapes of a backend with one program, as Stan's methods) and
+    a cell of another backend, two warm workers: while the first compiles, the second takes the
+    other backend's cell, not the second cell of the program (it would wait for the build); the
+    deferred cell still runs once nothing else is pending."""
+    release = tmp_path / "release"
+    monkeypatch.setenv(RELEASE_ENV, str(release))
+    compiling = [Cell("forum-small", FAKE + "CompilingBackend", "nuts", 0, n=200, settings={"chains": 2, "draws": d})
+                 for d in (100, 50)]
+    quick_cell = quick([0])[0]
+    assert compiling[0].shape != compiling[1].shape and compiling[0].program == compiling[1].program
+    assert quick_cell.program == quick_cell.shape != compiling[0].program
+    started, finished = [], []
+
+    def progress(event, info):
+        if event == "start":
+            started.append(info["cell_id"])
+        elif event == "done":
+            finished.append(info["cell_id"])
+        # The build ends once the other backend's cell is done, or once the second cell of the
+        # program starts before it (the old order: fail at once rather than wait 120 s).
+        if finished[-1:] == [quick_cell.id] or compiling[1].id in started:
+            release.touch()
+
+    rows = run_grid([*compiling, quick_cell], RunOptions(out_dir=tmp_path / "out"), WarmProcessExecutor(jobs=2),
+                    progress)
+    assert sorted(r["cell_id"] for r in rows if r["status"] == "ok") == sorted(c.id for c in [*compiling, quick_cell])
+    assert started == [compiling[0].id, quick_cell.id, compiling[1].id]
+    assert finished.index(quick_cell.id) < finished.index(compiling[0].id)
+
+
+def test_a_worker_slow_to_exit_holds_up_no_cell(tmp_path, monkeypatch):
+    """A warm worker whose backend has no cells left is told to end; the run does not wait for
+    it to exit before the next cell starts, and it is gone when the run returns."""
+    release = tmp_path / "release"
+    monkeypatch.setenv(RELEASE_ENV, str(release))
+    monkeypatch.setattr(executors, "RETIRE_SECONDS", 120.0)  # however slow this machine, not killed before
+    lingering = Cell("forum-small", FAKE + "LingeringBackend", "nuts", 0, n=200, settings={"chains": 2, "draws": 100})
+    seen = {}
+
+    def progress(event, info):
+        if event == "done" and info["cell_id"] == lingering.id:
+            seen["pid"] = info["worker_pid"]
+        elif event == "done":
+            seen["alive"] = alive(seen["pid"])  # the lingering worker, told to end before this cell started
+            release.touch()
+
+    rows = run_grid([lingering, *quick([0])], RunOptions(out_dir=tmp_path / "out"), WarmProcessExecutor(jobs=1),
+                    progress)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert seen["alive"]
+    assert not alive(seen["pid"])
+
+
+def test_next_cell_defers_a_program_being_built_only_while_other_work_waits():
+    from types import SimpleNamespace
+
+    from bench.run.executors import next_cell
+
+    def cell(name, backend, program):
+        return SimpleNamespace(name=name, backend=backend, shape=name, program=program)
+
+    stan_nuts, stan_advi = cell("stan-nuts", "stan", "stan"), cell("stan-advi", "stan", "stan")
+    pymc_nuts, pymc_map = cell("pymc-nuts", "pymc", "pymc-nuts"), cell("pymc-map", "pymc", "pymc-map")
+    pending = [stan_advi, pymc_nuts, pymc_map]
+    assert next_cell(pending, None, {"stan-nuts"}).name == "stan-advi"  # nothing being built
+    assert next_cell(pending, None, {"stan-nuts"}, {"stan"}).name == "pymc-nuts"
+    assert next_cell(pending, pymc_nuts, {"stan-nuts"}, {"stan"}).name == "pymc-nuts"
+    assert next_cell(pending, None, {"stan-nuts"}, {"stan", "pymc-nuts"}).name == "pymc-map"
+    assert next_cell([stan_advi], None, {"stan-nuts"}, {"stan"}).name == "stan-advi"  # nothing else: it waits
+    assert next_cell([stan_nuts, stan_advi], stan_nuts, set(), {"stan"}).name == "stan-nuts"
 
 
 def test_make_executor_names_and_refusals():

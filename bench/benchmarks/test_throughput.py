@@ -107,7 +107,7 @@ def summarise(kind: str, rows: list[dict], seconds: float, jobs: int = JOBS) -> 
     and the workers are never idle (issue 24 asks for at most 1.1). ``*_seconds``: each part
     summed over the cells; ``outside_fit_seconds``: the cells' own time (time_total) less their fits.
     A cell's stacked row (bench.score.stacked_rows) repeats its timings and is not counted."""
-    rows = [r for r in rows if "stacked_from" not in r]
+    rows = [r for r in rows if not r.get("stacked_from")]
     compile_states = [r.get("compile") for r in rows]
     statuses: dict[str, int] = {}
     for row in rows:

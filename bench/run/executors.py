@@ -129,6 +129,16 @@ def _start_forkserver(context, cells) -> None:
         _server_environ = dict(os.environ)
 
 
+def start_forkserver(context, cells) -> None:
+    """Start the forkserver now: it imports its modules (seconds) while the run does its own
+    bookkeeping, instead of the run's first process waiting for them."""
+    from multiprocessing import forkserver
+
+    if cells:
+        _start_forkserver(context, cells)
+        forkserver.ensure_running()
+
+
 def _enter_worker(launched: float | None, environ_changes, conn) -> float | None:
     """What every cell process does first; returns its start-up seconds."""
     # The wall clock (shared by both processes) from the parent's start() to here: starting the
@@ -365,6 +375,11 @@ class LocalProcessExecutor:
         self.start_method = start_method
         self._context = mp.get_context(start_method)
 
+    def prepare(self, cells: list[ExecutableCell]) -> None:
+        """Start what ``run`` needs to start cells (the forkserver) ahead of it."""
+        if self.start_method == "forkserver":
+            start_forkserver(self._context, cells)
+
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:
         if self.start_method == "forkserver" and cells:
@@ -478,6 +493,10 @@ class WarmProcessExecutor:
         self.jobs = jobs
         self.poll_interval = poll_interval
         self._context = mp.get_context("forkserver")
+
+    def prepare(self, cells: list[ExecutableCell]) -> None:
+        """Start what ``run`` needs to start workers (the forkserver) ahead of it."""
+        start_forkserver(self._context, cells)
 
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:

@@ -693,10 +693,12 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
         if options.fresh:
             store.path.unlink(missing_ok=True)
         store.repair()
-        write_run_info(out_dir, cells, options.notes)
         done = store.finished_ids(options.retry_failed)
         todo = [c for c in _unique(cells) if c.id not in done]
         executor = executor or WarmProcessExecutor()
+        if hasattr(executor, "prepare"):  # a local executor's forkserver imports while run.json is written
+            executor.prepare(todo)
+        write_run_info(out_dir, cells, options.notes)
         if progress:
             progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
         written: list[str] = []

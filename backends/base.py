@@ -61,6 +61,11 @@ class Backend(ABC):
     likelihoods: ClassVar[tuple[str, ...]] = ("mixture",)
     # Whether ADVI and Laplace fits store the approximation's parameters (``approximation_group``).
     stores_approximation: ClassVar[bool] = True
+    # Whether one compiled program serves every cell of the backend, built once into a store that
+    # processes share under one build lock (backends.caches.build_lock): a process needing it
+    # while another builds it waits. A run then gives a free worker other work meanwhile
+    # (bench.run.executors.next_cell). False: what a fit compiles is per shape of cell.
+    shared_program: ClassVar[bool] = False
 
     @abstractmethod
     def versions(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -101,8 +102,6 @@ class LingeringThreadBackend(QuickBackend):
     name = "lingering"
 
     def _sample(self, spec, dataset, method, settings, seed):
-        import threading
-
         threading.Thread(target=threading.Event().wait, name="lingering", daemon=False).start()
         return super()._sample(spec, dataset, method, settings, seed)
 
@@ -138,9 +137,10 @@ RELEASE_ENV = "MIXBENCH_TEST_RELEASE"
 class CompilingBackend(QuickBackend):
     """QuickBackend whose fit first "compiles" (a compile stopwatch) until the file named by
     $MIXBENCH_TEST_RELEASE exists (for at most 120 s, so a test that never releases it fails
-    instead of hanging)."""
+    instead of hanging). One program for all its cells, as Stan's."""
 
     name = "compiling"
+    shared_program = True
 
     def _sample(self, spec, dataset, method, settings, seed):
         timings = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bench.run.executors as executors
+from bench.run import executors
 from bench.run.dask_executor import DaskExecutor
 from bench.run.executor_choice import make_executor
 from bench.run.executors import LocalProcessExecutor, WarmProcessExecutor
@@ -206,6 +206,54 @@ def test_a_finished_cell_process_ends_by_itself_whatever_threads_it_leaves(kind,
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(code == 0 for code in states), states
     assert states or kind == "fresh"  # a fresh process that has ended is not killed at all
+def test_a_free_worker_takes_other_work_while_another_builds_the_program_its_cell_needs(tmp_path, monkeypatch):
+    """Two cells of one program (two shapes of a backend with one program, as Stan's methods) and
+    a cell of another backend, two warm workers: while the first compiles, the second takes the
+    other backend's cell, not the second cell of the program (it would wait for the build); the
+    deferred cell still runs once nothing else is pending."""
+    release = tmp_path / "release"
+    monkeypatch.setenv(RELEASE_ENV, str(release))
+    compiling = [Cell("forum-small", FAKE + "CompilingBackend", "nuts", 0, n=200, settings={"chains": 2, "draws": d})
+                 for d in (100, 50)]
+    quick_cell = quick([0])[0]
+    assert compiling[0].shape != compiling[1].shape and compiling[0].program == compiling[1].program
+    assert quick_cell.program == quick_cell.shape != compiling[0].program
+    started, finished = [], []
+
+    def progress(event, info):
+        if event == "start":
+            started.append(info["cell_id"])
+        elif event == "done":
+            finished.append(info["cell_id"])
+        # The build ends once the other backend's cell is done, or once the second cell of the
+        # program starts before it (the old order: fail at once rather than wait 120 s).
+        if finished[-1:] == [quick_cell.id] or compiling[1].id in started:
+            release.touch()
+
+    rows = run_grid([*compiling, quick_cell], RunOptions(out_dir=tmp_path / "out"), WarmProcessExecutor(jobs=2),
+                    progress)
+    assert sorted(r["cell_id"] for r in rows if r["status"] == "ok") == sorted(c.id for c in [*compiling, quick_cell])
+    assert started == [compiling[0].id, quick_cell.id, compiling[1].id]
+    assert finished.index(quick_cell.id) < finished.index(compiling[0].id)
+
+
+def test_next_cell_defers_a_program_being_built_only_while_other_work_waits():
+    from types import SimpleNamespace
+
+    from bench.run.executors import next_cell
+
+    def cell(name, backend, program):
+        return SimpleNamespace(name=name, backend=backend, shape=name, program=program)
+
+    stan_nuts, stan_advi = cell("stan-nuts", "stan", "stan"), cell("stan-advi", "stan", "stan")
+    pymc_nuts, pymc_map = cell("pymc-nuts", "pymc", "pymc-nuts"), cell("pymc-map", "pymc", "pymc-map")
+    pending = [stan_advi, pymc_nuts, pymc_map]
+    assert next_cell(pending, None, {"stan-nuts"}).name == "stan-advi"  # nothing being built
+    assert next_cell(pending, None, {"stan-nuts"}, {"stan"}).name == "pymc-nuts"
+    assert next_cell(pending, pymc_nuts, {"stan-nuts"}, {"stan"}).name == "pymc-nuts"
+    assert next_cell(pending, None, {"stan-nuts"}, {"stan", "pymc-nuts"}).name == "pymc-map"
+    assert next_cell([stan_advi], None, {"stan-nuts"}, {"stan"}).name == "stan-advi"  # nothing else: it waits
+    assert next_cell([stan_nuts, stan_advi], stan_nuts, set(), {"stan"}).name == "stan-nuts"
 
 
 def test_make_executor_names_and_refusals():

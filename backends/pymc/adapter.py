@@ -241,14 +241,21 @@ class PyMCBackend(Backend):
             for name, shape, size, _ in info:
                 layout.append((name, slice(start, start + size), shape))
                 start += size
+        # The resampled draws are rows of the pool: the pool is constrained and its log p
+        # evaluated once, and the draws take their rows (the same values, computed once).
+        pool_values = self._evaluate(spec, entry, pool, layout, timings) if resample else None
+        values = None if pool_values is None else (
+            {name: value[:, chosen] for name, value in pool_values[0].items()}, *(v[chosen] for v in pool_values[1:]))
         # engine_log_p: pymc-extras' log p of each draw, kept to show the two agree.
         draws, log_p, log_jacobian = self._approximation_draws(
             spec, entry, samples, layout, timings, "pymc-extras+pathfinder",
-            stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)})
+            stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)},
+            values=values)
         draws.attrs["pathfinder_resampling"] = settings.pathfinder_resampling
         if resample:
             # The proposal's own draws, for PSIS-LOO weighted by p/q; constraining them is extraction.
-            pool_draws, _, _ = self._approximation_draws(spec, entry, pool, layout, timings, "pymc-extras+pathfinder")
+            pool_draws, _, _ = self._approximation_draws(spec, entry, pool, layout, timings, "pymc-extras+pathfinder",
+                                                         values=pool_values)
             attach_pool(draws, pool_draws, pool_log_p, pool_log_q, pool_path, chosen, pareto_k, paths.shape[0])
         statuses = set(result.lbfgs_status)
         return Fit(backend=self.name, method="pathfinder", status="ok", engine="pymc-extras+pathfinder",
@@ -259,15 +266,30 @@ class PyMCBackend(Backend):
 
     def _approximation_draws(self, spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout,
                              timings: dict[str, float], engine: str, stats: dict | None = None,
-                             approximation: dict | None = None):
+                             approximation: dict | None = None, values: tuple | None = None):
         """Unconstrained draws (one row each) -> canonical DataTree, log p, log |Jacobian|.
 
         log p is the full-data model's log density with the Jacobian, whatever model (minibatch
         or not) the approximation was fitted to; its cost is part of extraction, as in every
         backend. The tree also carries the unconstrained draws
         (group unconstrained_posterior) and, when given, the approximation's parameters (group
-        approximation), both over the dim "unconstrained" labelled value_var[i].
+        approximation), both over the dim "unconstrained" labelled value_var[i]. ``values``:
+        ``_evaluate(..., flat, ...)`` when already computed.
         """
+        posterior, log_p, log_jacobian = values or self._evaluate(spec, entry, flat, layout, timings)
+        stats = {"log_p": log_p[None], "log_jacobian": log_jacobian[None], **(stats or {})}
+        draws = canonical_datatree(spec, posterior, stats, attrs={"/": {"backend": self.name, "engine": engine}})
+        order = np.argsort([sl.start for _, sl, _ in layout], kind="stable")
+        labels = [f"{layout[k][0]}[{i}]" for k in order for i in range(layout[k][1].stop - layout[k][1].start)]
+        unconstrained_groups(draws, flat, labels, approximation)
+        return draws, log_p, log_jacobian
+
+    @staticmethod
+    def _evaluate(spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout,
+                  timings: dict[str, float]) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Unconstrained draws (one row each) -> the canonical parameters (leading axes
+        (1, draws)), the full-data log density with the Jacobian and the log |Jacobian| of
+        each, timed as extraction."""
         names = [v.name for v in entry.model.value_vars]
         points = [[row[name] for name in names] for row in (
             {name: flat[i, sl].reshape(shape) for name, sl, shape in layout} for i in range(flat.shape[0]))]
@@ -280,12 +302,7 @@ class PyMCBackend(Backend):
         with stopwatch(timings, "extraction"):
             log_p_jacobian = entry.log_p_jacobian()
             log_p, log_jacobian = np.array([log_p_jacobian(*point) for point in points], float).T
-        stats = {"log_p": log_p[None], "log_jacobian": log_jacobian[None], **(stats or {})}
-        draws = canonical_datatree(spec, posterior, stats, attrs={"/": {"backend": self.name, "engine": engine}})
-        order = np.argsort([sl.start for _, sl, _ in layout], kind="stable")
-        labels = [f"{layout[k][0]}[{i}]" for k in order for i in range(layout[k][1].stop - layout[k][1].start)]
-        unconstrained_groups(draws, flat, labels, approximation)
-        return draws, log_p, log_jacobian
+        return posterior, log_p, log_jacobian
 
     def _map(self, spec: MixtureSpec, dataset: Dataset, method: str, settings: FitSettings,
              seed: int) -> Fit:

@@ -86,6 +86,10 @@ class StanBackend(StanPrograms, Backend):
     # the mean mapped to the constrained space; laplace_sample gives no Hessian).
     stores_approximation = False
 
+    # stan/mixture.stan takes the spec as data: one CmdStan executable (and one httpstan module)
+    # serves every spec and method (backends.stan.programs).
+    shared_program = True
+
     def refuses(self, spec: MixtureSpec, method: str, settings: FitSettings) -> str | None:
         if settings.precision != "float64":
             return f"precision {settings.precision}: Stan computes in float64 only"

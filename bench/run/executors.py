@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backends import BACKENDS
-from backends.base import set_phase_listener
+from backends.base import TIMING_PHASES, set_phase_listener
 from backends.caches import set_wait_listener
 from bench.run.stopping import RunInterrupted
 
@@ -56,6 +56,11 @@ class ExecutableCell(Protocol):
     def shape(self) -> str:
         """The cell without its seed (optional): a worker gets the next cell of its last one's
         shape first, where what it compiled is reused."""
+
+    @property
+    def program(self) -> str:
+        """What the cell compiles (optional, default its shape): while one worker builds it, a
+        free worker takes a cell of another program if there is one."""
 
     def ids(self) -> dict[str, Any]:
         """The identifying fields of the cell's rows."""
@@ -124,6 +129,16 @@ def _start_forkserver(context, cells) -> None:
         _server_environ = dict(os.environ)
 
 
+def start_forkserver(context, cells) -> None:
+    """Start the forkserver now: it imports its modules (seconds) while the run does its own
+    bookkeeping, instead of the run's first process waiting for them."""
+    from multiprocessing import forkserver
+
+    if cells:
+        _start_forkserver(context, cells)
+        forkserver.ensure_running()
+
+
 def _enter_worker(launched: float | None, environ_changes, conn) -> float | None:
     """What every cell process does first; returns its start-up seconds."""
     # The wall clock (shared by both processes) from the parent's start() to here: starting the
@@ -153,6 +168,8 @@ def _enter_worker(launched: float | None, environ_changes, conn) -> float | None
 # its fit enters a timing phase (backends.timing.stopwatch) or leaves it (None).
 WAIT_MESSAGE = "compile_wait"
 PHASE_MESSAGE = "phase"
+# A fit's phases that come after its compile (backends.timing.TIMING_PHASES).
+AFTER_COMPILE = frozenset(TIMING_PHASES) - {"compile", "compile_wait"}
 
 
 @dataclass
@@ -163,6 +180,12 @@ class WaitClock:
     waited: float = 0.0
     since: float | None = None
     phase: str | None = None
+    compiled: bool = False  # the fit has entered a phase after its compile: its program is built
+
+    def enter(self, phase: str | None) -> None:
+        self.phase = phase
+        # (The harness's own stopwatches, t_data and t_fit, say nothing of the compile.)
+        self.compiled = self.compiled or phase in AFTER_COMPILE
 
     def note(self, event: str) -> None:
         now = time.perf_counter()
@@ -189,7 +212,7 @@ def receive_row(conn, clock: WaitClock) -> dict[str, Any] | None:
         if isinstance(message, tuple) and message and message[0] == WAIT_MESSAGE:
             clock.note(message[1])
         elif isinstance(message, tuple) and message and message[0] == PHASE_MESSAGE:
-            clock.phase = message[1]
+            clock.enter(message[1])
         else:
             return message
     return None
@@ -307,12 +330,21 @@ def shape_of(cell) -> str:
     return getattr(cell, "shape", None) or cell.backend
 
 
-def next_cell(pending: list, last, running: set[str]):
-    """The cell a free worker takes from ``pending``: one of the shape it ran ``last`` (everything
-    it compiled is reused); else one of its backend (the engine is loaded) whose shape no other
-    worker is ``running`` now, else any of its backend; else the first cell of a shape not running
-    (so that two workers do not both compile one thing, and the seeds of a shape follow each other
-    on one worker); else the first."""
+def program_of(cell) -> str:
+    return getattr(cell, "program", None) or shape_of(cell)
+
+
+def next_cell(pending: list, last, running: set[str], building: set[str] = frozenset()):
+    """The cell a free worker takes from ``pending``.
+
+    Cells whose program another worker is ``building`` now (and this one has not built) wait
+    while any other cell is pending: the worker would only wait for that build (a Stan
+    executable) or compile the same thing beside it. Among the rest, in ``pending``'s order: one
+    of the shape it ran ``last`` (everything it compiled is reused); else one of its backend (the
+    engine is loaded) whose shape no other worker is ``running`` now, else any of its backend;
+    else the first cell of a shape not running (so that two workers do not both compile one
+    thing, and the seeds of a shape follow each other on one worker); else the first."""
+    pending = [c for c in pending if program_of(c) not in building] or pending
     tiers = []
     if last is not None:
         tiers += [lambda c: shape_of(c) == shape_of(last),
@@ -362,6 +394,11 @@ class LocalProcessExecutor:
         self.poll_interval = poll_interval
         self.start_method = start_method
         self._context = mp.get_context(start_method)
+
+    def prepare(self, cells: list[ExecutableCell]) -> None:
+        """Start what ``run`` needs to start cells (the forkserver) ahead of it."""
+        if self.start_method == "forkserver":
+            start_forkserver(self._context, cells)
 
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:
@@ -450,6 +487,7 @@ class _Warm:
     results: Any  # the parent's receive end
     cell: Any = None  # the cell it runs now, None when idle
     last: Any = None  # the cell it ran last
+    built: set[str] = field(default_factory=set)  # the programs its cells have compiled (program_of)
     started: float = 0.0
     clock: WaitClock = field(default_factory=WaitClock)  # its cell's waits for other builds
 
@@ -463,7 +501,9 @@ class WarmProcessExecutor:
     for one (spec, data shape, settings) is reused by the next cell of the same shape (rows say
     ``compile: warm``; the draws are the same as a cold run's at the same seed). A free worker
     takes the next cell of its last cell's shape first (``next_cell``), so the seeds of one shape
-    follow each other on one worker.
+    follow each other on one worker; while one worker builds a program (a Stan executable, which
+    serves every Stan cell), the others take cells of other programs, if any are left, instead of
+    waiting for that build. A worker told to end exits while the run goes on.
 
     A cell that runs past the time limit or whose worker dies costs only that worker: it is
     killed with its process group (the engine's own processes too), the cell's row says timeout
@@ -478,6 +518,10 @@ class WarmProcessExecutor:
         self.poll_interval = poll_interval
         self._context = mp.get_context("forkserver")
 
+    def prepare(self, cells: list[ExecutableCell]) -> None:
+        """Start what ``run`` needs to start workers (the forkserver) ahead of it."""
+        start_forkserver(self._context, cells)
+
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:
         if cells:
@@ -490,9 +534,10 @@ class WarmProcessExecutor:
                 for worker in [w for w in workers if w.cell is not None]:
                     row = self._poll(worker, options.time_limit)
                     if row is not None:
+                        worker.built.add(program_of(worker.cell))
                         worker.cell = None
                         if not worker.proc.is_alive() or row["status"] in ("crashed", "timeout"):
-                            _kill(worker.proc)
+                            _end(worker)
                             workers.remove(worker)
                         on_row(row)
                 if progress:
@@ -514,21 +559,24 @@ class WarmProcessExecutor:
                     _send(worker.tasks, None)  # ends its loop; killed below if it does not
             for worker in workers:
                 worker.proc.join(timeout=0 if worker.cell is not None else 5)
-                _kill(worker.proc)
-                worker.tasks.close()
-                worker.results.close()
+                _end(worker)
 
     def _dispatch(self, pending: list, workers: list[_Warm], options: RunSettings, progress) -> None:
         # Idle workers take the next cell of their backend (of their last cell's shape first, see
-        # next_cell); one whose backend has none left ends.
+        # next_cell); one whose backend has none left ends, as does one whose backend has only
+        # cells of a program another worker is building while other backends' cells wait.
         for worker in [w for w in workers if w.cell is None]:
             mine = [c for c in pending if c.backend == worker.backend]
             running = {shape_of(w.cell) for w in workers if w.cell is not None}
-            cell = next_cell(mine, worker.last, running) if mine else None
+            building = _building(workers) - worker.built
+            if all(program_of(c) in building for c in mine) and \
+                    any(program_of(c) not in building for c in pending if c.backend != worker.backend):
+                mine = []
+            cell = next_cell(mine, worker.last, running, building) if mine else None
             if cell is None:
-                _send(worker.tasks, None)
+                _send(worker.tasks, None)  # it ends at once (_exit_now); killed if not within 5 s
                 worker.proc.join(timeout=5)
-                _kill(worker.proc)
+                _end(worker)
                 workers.remove(worker)
             else:
                 pending.remove(cell)
@@ -536,7 +584,8 @@ class WarmProcessExecutor:
         # Free places go to the first waiting cells whose backend has no worker yet, or whose
         # workers are all busy.
         while pending and len(workers) < self.jobs:
-            cell = next_cell(pending, None, {shape_of(w.cell) for w in workers if w.cell is not None})
+            cell = next_cell(pending, None, {shape_of(w.cell) for w in workers if w.cell is not None},
+                             _building(workers))
             pending.remove(cell)
             receiver, sender = self._context.Pipe(duplex=False)
             task_receiver, task_sender = self._context.Pipe(duplex=False)
@@ -584,6 +633,20 @@ class WarmProcessExecutor:
             _kill(worker.proc)
             return dead_row(worker.cell, "timeout", time_limit_text(time_limit), elapsed)
         return None
+
+
+def _end(worker: _Warm) -> None:
+    _kill(worker.proc)  # its process group: what the engine started, if anything outlived it
+    worker.tasks.close()
+    worker.results.close()
+
+
+def _building(workers: list[_Warm]) -> set[str]:
+    """The programs workers may be building now: those of cells that have not passed their
+    compile phase (a cell just handed over counts: its compile is about to start), unless the
+    worker built that program for an earlier cell (it has it in memory)."""
+    return {program_of(w.cell) for w in workers
+            if w.cell is not None and not w.clock.compiled and program_of(w.cell) not in w.built}
 
 
 def _send(conn, message) -> None:

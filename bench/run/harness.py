@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends import get_backend
+from backends import backend_class, get_backend
 from backends.base import FitSettings, check_batch_size, stopwatch
 from backends.engine_caches import check_cache_dirs
 from bench.reference.posterior import load_reference
@@ -150,6 +151,13 @@ class Cell:
         so a warm worker reuses for the next what it compiled for the first."""
         return f"{self.scenario_label}.{self.backend}.{self.method}.{self.variant}"
 
+    @property
+    def program(self) -> str:
+        """What the cell's fit compiles, shared by the cells that name the same: the backend's
+        one program where it has one (``Backend.shared_program``: Stan), else the cell's shape.
+        A run gives a free worker another cell while one worker builds it."""
+        return self.backend if _shares_program(self.backend) else self.shape
+
     def ids(self) -> dict[str, Any]:
         """The identifying fields every row of this cell carries (an executor's crashed and
         timed-out rows included)."""
@@ -196,6 +204,14 @@ class Cell:
             finally:
                 for path in local:
                     _local_copies.pop(path, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _shares_program(backend: str) -> bool:
+    try:
+        return backend_class(backend).shared_program
+    except MixbenchError:  # the cell fails in its own process, with its row saying why
+        return False
 
 
 # Where this process finds the files a cell names, when they came with it (execute_with_files).
@@ -677,10 +693,12 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
         if options.fresh:
             store.path.unlink(missing_ok=True)
         store.repair()
-        write_run_info(out_dir, cells, options.notes)
         done = store.finished_ids(options.retry_failed)
         todo = [c for c in _unique(cells) if c.id not in done]
         executor = executor or WarmProcessExecutor()
+        if hasattr(executor, "prepare"):  # a local executor's forkserver imports while run.json is written
+            executor.prepare(todo)
+        write_run_info(out_dir, cells, options.notes)
         if progress:
             progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
         written: list[str] = []

@@ -107,7 +107,7 @@ for extra in range(3):
 frame = fit.to_frame()
 library = max(httpstan.cache.model_directory(name).glob("*.so"), key=lambda p: p.stat().st_size)
 print(json.dumps({**compiled, "sample_s": sample_s, "sample_cpu_s": sample_cpu_s, "so_mb": library.stat().st_size / 1e6,
-                  "digest": digest(frame), "sigma_sum": float(frame["sigma"].sum()), "leapfrogs": int(frame["n_leapfrog__"].sum())}))
+                  "digest": digest(frame), "sigma_sum": float(frame.filter(regex=r"^sigma\b").to_numpy().sum()), "leapfrogs": int(frame["n_leapfrog__"].sum())}))
 """
 
 CMDSTAN = COMMON + r"""
@@ -131,7 +131,7 @@ for extra in range(3):
 frame = fit.draws_pd()
 print(json.dumps({**compiled, "sample_s": sample_s, "sample_cpu_s": sample_cpu_s,
                   "so_mb": source.with_suffix("").stat().st_size / 1e6, "digest": digest(frame),
-                  "sigma_sum": float(frame["sigma"].sum()), "leapfrogs": int(frame["n_leapfrog__"].sum())}))
+                  "sigma_sum": float(frame.filter(regex=r"^sigma\b").to_numpy().sum()), "leapfrogs": int(frame["n_leapfrog__"].sum())}))
 """
 
 

@@ -35,9 +35,9 @@ average when the build finished.
 
 Measured (session 5, 2 shared cores; CPU seconds still move 15-25% with contention, so builds
 were run side by side in pairs): compiling the program is mostly gcc's front end (-O0 still
-takes 57 CPU s against 58-73 at -O3). -O2 took 8-10% less compile CPU than -O3 (matched pair
-52.0 against 57.9 s) with the same sampling CPU; -O1 15-17% less (pair 57.4 against 68.0 s)
-but sampled 5-6% slower in every round (0.84-0.89 against 0.78-0.87 CPU s) although its draws
+takes 57 CPU s against 58-73 at -O3). -O2 took 8-10% less compile CPU than -O3 (pair 52.0
+against 57.9 s; means 59.1 against 64.3) with the same sampling CPU; -O1 14-16% less (pair 57.4
+against 68.0 s; mean 55.2) but sampled 5-6% slower in every round (0.84-0.89 against 0.78-0.87 CPU s) although its draws
 are bit-identical; -O0 samples 44 times slower and its draws differ. None is adopted: the
 backend keeps httpstan's -O3.
 """

@@ -503,7 +503,7 @@ class WarmProcessExecutor:
     takes the next cell of its last cell's shape first (``next_cell``), so the seeds of one shape
     follow each other on one worker; while one worker builds a program (a Stan executable, which
     serves every Stan cell), the others take cells of other programs, if any are left, instead of
-    waiting for that build. A worker told to end exits while the run goes on.
+    waiting for that build. A worker told to end exits at once (``_exit_now``).
 
     A cell that runs past the time limit or whose worker dies costs only that worker: it is
     killed with its process group (the engine's own processes too), the cell's row says timeout

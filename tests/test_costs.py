@@ -356,6 +356,19 @@ def test_forkserver_cells_see_the_parents_current_environment(tmp_path, monkeypa
     assert executions(tmp_path / "second.txt") == ["quick:1"]
 
 
+def test_forkserver_preloads_only_the_first_cells_backend():
+    """The server forks nothing before its imports end: the first cell (the longest compile)
+    must not wait for the other backends' imports, which their own workers do."""
+    from bench.run.executors import COMMON_MODULES, preload_modules
+    from bench.run.harness import make_grid
+
+    cells = make_grid(["forum-small"], ["stan", "pymc", "numpyro"], ["nuts"], [0], settings={"chains": 1}, n=100)
+    assert [c.backend for c in cells][:1] == ["stan"]
+    assert preload_modules(cells) == [*COMMON_MODULES, "backends.stan"]
+    assert preload_modules(cells[1:]) == [*COMMON_MODULES, "backends.pymc"]
+    assert preload_modules([]) == list(COMMON_MODULES)
+
+
 def test_cli_accepts_several_sizes_and_makes_one_cell_per_size():
     from bench.cli import build_parser
     from bench.run.plan import run_cells

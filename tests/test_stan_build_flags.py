@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,67 @@ def test_flags_the_user_set_are_kept(monkeypatch):
         assert os.environ["CXXFLAGS"] == "-O2 -g"
         assert os.environ["CFLAGS"] == httpstan_compile_flags()
     assert os.environ["CXXFLAGS"] == "-O2 -g" and "CFLAGS" not in os.environ
+
+
+def test_httpstan_module_is_built_with_o2_and_recorded_as_httpstan_records_it(tmp_path, monkeypatch):
+    """The Stan backend builds httpstan's module itself, with -O2 as the last -O on the
+    compiler's line, and leaves what httpstan's own build request leaves (stanc's warnings as
+    stanc gives them, the compiler's output), so that pystan's build then finds it."""
+    import httpstan.cache
+    import httpstan.compile
+    import httpstan.models
+
+    from backends.stan.programs import build_httpstan_module, retry_stanc_timeout
+    from models.stan_model import program_code
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    async def fake_build(code, extra_compile_args=None):
+        calls.append((code, extra_compile_args))
+        return "compiler said this"
+
+    monkeypatch.setattr(httpstan.models, "build_services_extension_module", fake_build)
+    code = program_code()
+    name = httpstan.models.calculate_model_name(code)
+    stale = httpstan.cache.model_directory(name) / "stale.so"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a killed build")
+
+    build_httpstan_module(code, name)
+
+    assert len(calls) == 1 and calls[0][0] == code
+    levels = [arg for arg in calls[0][1] if arg.startswith("-O")]
+    assert levels[-1] == "-O2" and "-std=c++17" in calls[0][1]
+    assert not stale.exists()
+    assert httpstan.cache.load_services_extension_module_compiler_output(name) == "compiler said this"
+    _, warnings = retry_stanc_timeout(lambda: httpstan.compile.compile(code, f"model_{name.split('/')[1]}"))
+    def without_tmpdir(text):  # stanc names the file in httpstan's temporary directory
+        return re.sub(r"httpstan_[^/]+/", "", text)
+
+    assert warnings and without_tmpdir(httpstan.cache.load_stanc_warnings(name)) == without_tmpdir(warnings)
+
+
+def test_stanc_time_outs_are_retried_then_raised():
+    import subprocess
+
+    from backends.stan.programs import retry_stanc_timeout
+
+    calls = []
+
+    def flaky(fails):
+        def call():
+            calls.append(1)
+            if len(calls) <= fails:
+                raise subprocess.TimeoutExpired("stanc", 1)
+            return "cpp"
+        return call
+
+    assert retry_stanc_timeout(flaky(2), attempts=3) == "cpp" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(subprocess.TimeoutExpired):
+        retry_stanc_timeout(flaky(3), attempts=3)
+    assert len(calls) == 3
 
 
 BUILD = r"""

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 
 from backends import artefacts
@@ -65,6 +66,8 @@ class StanPrograms:
         import httpstan.cache
         import stan
 
+        if not compiled:
+            build_httpstan_module(code, name)
         try:
             return stan.build(code, data=stan_data(spec, dataset)), compiled
         except Exception:
@@ -75,6 +78,7 @@ class StanPrograms:
             warnings.warn(f"httpstan's cached build of the Stan program ({name}) failed to load; rebuilding",
                           RuntimeWarning, stacklevel=2)
             httpstan.cache.delete_model_directory(name)
+            build_httpstan_module(code, name)
             return stan.build(code, data=stan_data(spec, dataset)), False
 
     def cmdstan_model(self) -> tuple[Any, bool]:
@@ -102,3 +106,50 @@ class StanPrograms:
                 artefacts.record(Path(exe_path))
             self._cmdstan_model = cmdstanpy.CmdStanModel(stan_file=source, exe_file=exe_path)
         return self._cmdstan_model, compiled
+
+
+STANC_ATTEMPTS = 5
+T = TypeVar("T")
+
+# httpstan's own arguments with -O2 for its -O3: 8-10% less compile CPU, the same sampling speed
+# and bit-identical draws on this program (docs/performance.md, section 7). They come last on
+# the compiler's command line (setuptools' extra_postargs), so their -O is the one that counts.
+HTTPSTAN_COMPILE_ARGS = ("-O2", "-std=c++17", "-Wno-sign-compare")
+
+
+def build_httpstan_module(code: str, name: str) -> None:
+    """Build httpstan's extension module for ``code`` (model ``name``) into httpstan's cache with
+    HTTPSTAN_COMPILE_ARGS, and record beside it what httpstan's own build request records (the
+    compiler's output, stanc's warnings), so that ``stan.build`` then loads it instead of
+    compiling: pystan passes httpstan no compile arguments, while httpstan's
+    ``models.build_services_extension_module`` takes them. The steps are those of httpstan's
+    ``views.handle_create_model``. Raises what that build raises (stanc's ValueError, a compiler
+    error)."""
+    import asyncio
+
+    import httpstan.cache
+    import httpstan.compile
+    import httpstan.models
+
+    def build() -> None:
+        httpstan.cache.delete_model_directory(name)
+        _, stanc_warnings = httpstan.compile.compile(code, f"model_{name.split('/')[1]}")
+        httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
+        output = asyncio.run(httpstan.models.build_services_extension_module(
+            code, extra_compile_args=list(HTTPSTAN_COMPILE_ARGS)))
+        httpstan.cache.dump_services_extension_module_compiler_output(output, name)
+
+    retry_stanc_timeout(build)
+
+
+def retry_stanc_timeout(call: Callable[[], T], attempts: int = STANC_ATTEMPTS) -> T:
+    """``call()``, made up to ``attempts`` times while it raises subprocess.TimeoutExpired (raised
+    again after the last): httpstan runs stanc (0.4 s on this program) with a fixed 1 s time-out
+    (httpstan/compile.py), which a loaded machine exceeds now and then. stanc runs before the C++
+    compile, so a retry repeats only stanc."""
+    for _ in range(attempts - 1):
+        try:
+            return call()
+        except subprocess.TimeoutExpired:
+            pass
+    return call()

@@ -8,8 +8,9 @@ A build is one of:
 
 - ``default``: httpstan's own call as pystan makes it: Python's compiler flags (sysconfig's
   CFLAGS, ``-g`` included), then httpstan's ``-O3 -std=c++17 -Wno-sign-compare``;
-- ``mixbench``: the same call in the environment the Stan backend builds in
-  (``backends.stan.install.httpstan_build_env``: Python's flags without ``-g``);
+- ``mixbench``: the Stan backend's own build (``backends.stan.programs.build_httpstan_module``
+  in ``backends.stan.install.httpstan_build_env``: Python's flags without ``-g``, then httpstan's
+  arguments with ``-O2``);
 - ``O2``, ``O1+pipe``, ...: the ``mixbench`` build with httpstan's arguments replaced by
   ``-O2`` (each ``+``-joined flag with a dash) ``-std=c++17 -Wno-sign-compare``; they come last
   on the compiler's command line (setuptools' ``extra_postargs``), so their ``-O`` wins;
@@ -38,8 +39,9 @@ were run side by side in pairs): compiling the program is mostly gcc's front end
 takes 57 CPU s against 58-73 at -O3). -O2 took 8-10% less compile CPU than -O3 (pair 52.0
 against 57.9 s; means 59.1 against 64.3) with the same sampling CPU; -O1 14-16% less (pair 57.4
 against 68.0 s; mean 55.2) but sampled 5-6% slower in every round (0.84-0.89 against 0.78-0.87 CPU s) although its draws
-are bit-identical; -O0 samples 44 times slower and its draws differ. None is adopted: the
-backend keeps httpstan's -O3.
+are bit-identical; -O0 samples 44 times slower and its draws differ. Session 6 adopted -O2
+(``mixbench``); GCC's garbage-collector parameters (``--param=ggc-min-expand=100``,
+``ggc-min-heapsize=1048576``) on top of it bought nothing.
 """
 
 from __future__ import annotations
@@ -81,13 +83,17 @@ PYSTAN = COMMON + r"""
 import asyncio, contextlib, psutil
 import httpstan.cache, httpstan.compile, httpstan.models, httpstan.services_stub, stan
 from backends.stan.install import httpstan_build_env
+from backends.stan.programs import build_httpstan_module
 # httpstan gives stanc 1 s (httpstan/compile.py); a loaded machine needs more.
 run = httpstan.compile.subprocess.run
 httpstan.compile.subprocess.run = lambda *a, **k: run(*a, **{**k, "timeout": 120})
 name = httpstan.models.calculate_model_name(code)
 
 def compile_():
-    args = None if build in ("default", "mixbench") else [*("-" + flag for flag in build.split("+")), "-std=c++17", "-Wno-sign-compare"]
+    if build == "mixbench":
+        with httpstan_build_env():
+            return build_httpstan_module(code, name)
+    args = None if build == "default" else [*("-" + flag for flag in build.split("+")), "-std=c++17", "-Wno-sign-compare"]
     with contextlib.nullcontext() if build == "default" else httpstan_build_env():
         output = asyncio.run(httpstan.models.build_services_extension_module(code, extra_compile_args=args))
     # What httpstan's own build request records beside the module, so that pystan's build finds it.

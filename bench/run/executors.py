@@ -99,11 +99,19 @@ COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arv
 
 
 def preload_modules(cells: list[ExecutableCell]) -> list[str]:
-    """COMMON_MODULES and the modules of the cells' backends. Importing a backend module starts
-    no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe."""
+    """COMMON_MODULES and the module of the first cell's backend. Importing a backend module
+    starts no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe.
+
+    The server forks no cell before its imports end, so the other backends are left to the
+    workers that run them: they import on the other cores while the first cell, which the run
+    orders to be the longest compile, is already compiling. On a fresh machine, where every
+    import also compiles its bytecode, PyMC's and NumPyro's imports held that cell back by
+    seconds (docs/performance.md, section 7).
+    """
     modules = list(COMMON_MODULES)
-    for cell in cells:
-        module = BACKENDS[cell.backend][0] if cell.backend in BACKENDS else cell.backend.partition(":")[0]
+    if cells:
+        backend = cells[0].backend
+        module = BACKENDS[backend][0] if backend in BACKENDS else backend.partition(":")[0]
         if module and module not in modules:
             modules.append(module)
     return modules

@@ -3,7 +3,7 @@
 Where JAX is installed but not imported (a PyMC or Stan worker), arviz_base puts an unloaded
 placeholder for it in ``sys.modules`` (lazy_loader). SciPy's array-API helpers, behind the
 ``scipy.special.logsumexp`` that arviz-stats' PSIS calls, ask whether an array's class is a
-``jax.Array`` by reading ``sys.modules["jax"]``, which loads all of JAX: 0.3-0.4 s of CPU in the
+``jax.Array`` by reading ``sys.modules["jax"]``, which loads all of JAX: 0.35-1.1 s of CPU in the
 first scoring of such a process (measured on the project's machine), more than the rest of
 scoring a fit at N = 1e3. SciPy caches that answer per class (``_issubclass_fast`` in its
 vendored array_api_compat); asking once for NumPy's classes while the placeholder is out of

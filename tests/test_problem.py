@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from backends.base import Fit, canonical_datatree
-from bench.score.problem import Problem, batch_log_density
+from bench.score.problem import Problem, _logaddexp, batch_log_density
 from models import Dataset, MixtureSpec, log_density, random_point
 from models.oracle import log_likelihood_terms
 from models.standardize import Standardization
@@ -28,8 +28,27 @@ def test_batch_log_density_is_the_oracle(name):
     np.testing.assert_array_equal(np.isfinite(values), np.isfinite(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(values[finite], expected[finite], rtol=1e-12)
-    pointwise = batch_log_density(spec, x, y, batch, pointwise=True)
-    np.testing.assert_allclose(pointwise[1], log_likelihood_terms(spec, x, y, points[1]), rtol=1e-12)
+    pointwise = batch_log_density(spec, x, y, batch, pointwise=True, chunk_values=500)  # 3 points a chunk
+    for i in range(1, len(points)):
+        np.testing.assert_allclose(pointwise[i], log_likelihood_terms(spec, x, y, points[i]), rtol=1e-12)
+
+
+def test_logaddexp_is_numpys():
+    """The in-place log(e^a + e^b) of the log likelihood's inner loop is np.logaddexp, to rounding,
+    infinities and NaN included."""
+    rng = np.random.default_rng(0)
+    special = [0.0, 3.0, -800.0, 700.0, np.inf, -np.inf, np.nan]
+    a = np.r_[rng.normal(0, 30, 200), np.repeat(special, len(special))]
+    b = np.r_[rng.normal(0, 30, 200), np.tile(special, len(special))]
+    a[:20] = b[:20]  # ties: log 2 above
+    with np.errstate(invalid="ignore"):  # inf - inf, NaN: as np.logaddexp itself
+        expected = np.logaddexp(a, b)
+        got = _logaddexp(a.copy(), b, np.empty_like(a), np.empty_like(a))
+        into_a = a.copy()
+        _logaddexp(into_a, b, into_a, np.empty_like(a))  # out may be a
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(into_a, expected, rtol=1e-15, atol=0)
 
 
 SPEC = MixtureSpec(K=2, D=2, intercept=True, sigma="per-component")

@@ -4,7 +4,10 @@ isolated from each other. Hand-built draws with known answers."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -447,3 +450,29 @@ def test_stacked_rows_stay_out_of_the_elpd_ranking():
     assert "the best fit of these data is pymc / nuts;" in text
     head, apart = text.split("apart, stacked rows, optimistic")
     assert "nuts+stacked" not in head.split("PSIS-LOO elpd")[1] and "pymc / nuts+stacked 2.2" in apart
+
+
+SCORES_WITHOUT_LOADING_JAX = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from bench.benchmarks.scoring_time import score, setup
+from bench.benchmarks.test_scoring_cost import synthetic_fit
+if type(sys.modules.get("jax")).__name__ != "_LazyModule":
+    print("no placeholder")  # JAX not installed
+    sys.exit()
+args = setup(200)
+for method in ("nuts", "advi", "pathfinder", "pathfinder-2modes"):
+    score(synthetic_fit(method, 200, args[0], args[2]), *args[1:])
+print(type(sys.modules["jax"]).__name__)
+"""
+
+
+def test_scoring_leaves_an_unloaded_jax_unloaded():
+    """arviz_base leaves JAX as an unloaded placeholder; SciPy's logsumexp under arviz-stats'
+    PSIS loaded all of it (0.35-1.1 s of CPU) in a process that had not (bench.score.lazy_jax)."""
+    done = subprocess.run([sys.executable, "-c", SCORES_WITHOUT_LOADING_JAX], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if done.stdout.strip() == "no placeholder":
+        pytest.skip("JAX is not installed")
+    assert done.stdout.strip() == "_LazyModule"

@@ -4,6 +4,9 @@ The fit is 2 chains x 500 draws of the forum scenario (K = 2, D = 1, shared sigm
 around the truth with the posterior sds of N observations, in opposite labellings; the reference
 is 4 chains x 500 such draws, canonically relabelled. The fit needs no engine, so the figure is
 the scoring's alone. Run: ``python -m bench.benchmarks.scoring_time 1000 100000``.
+
+``--first`` times only the first scoring of a fresh process (one N a run): what a worker's first
+cell pays on top, lazy imports included (bench.score.lazy_jax: the JAX that SciPy loaded there).
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ def score(fit, truth, reference, problem) -> dict:
     return {**row, **means}
 
 
+def first(N: int) -> None:
+    """The first scoring of this process, cold (CPU seconds, wall seconds)."""
+    args = setup(N)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    score(*args)
+    print(f"N={N}: first scoring of the process {time.perf_counter() - start:.3f} s wall, "
+          f"{time.process_time() - start_cpu:.3f} s CPU")
+
+
 def main(sizes: list[int]) -> None:
     for N in sizes:
         args = setup(N)
@@ -70,4 +82,7 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(float(a)) for a in sys.argv[1:]] or [1000, 100000])
+    if sys.argv[1:2] == ["--first"]:
+        first(int(float(sys.argv[2])) if len(sys.argv) > 2 else 1000)
+    else:
+        main([int(float(a)) for a in sys.argv[1:]] or [1000, 100000])

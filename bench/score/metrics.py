@@ -30,6 +30,7 @@ from backends.methods import Kind, kind_of
 from bench.score.columns import FAMILIES, ROW_FIELDS
 from bench.score.health import health
 from bench.score.landing import ReferenceSummary, landing_summary, place_chains
+from bench.score.lazy_jax import keep_jax_unloaded
 from bench.score.modes import fit_landing, mode_columns, own_mode_draws, parse_shares
 from bench.score.particles import smc_columns
 from bench.score.predictive import loo_keep, loo_metrics, loo_reads_posterior, subsample_seed
@@ -574,6 +575,7 @@ def score_fit(fit: Fit, truth: dict | None = None, reference=None, pivot: dict |
     The means are flat columns ``mean.w[0,0]``, ``truth.w[0,0]``, ... for the run's summary
     table; empty for a fit that is not ok.
     """
+    keep_jax_unloaded()  # a PyMC or Stan worker's first scoring would load JAX: bench.score.lazy_jax
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS, NAN)
     row.update(_identity(fit))
     means: dict[str, float] = {}

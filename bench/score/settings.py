@@ -129,9 +129,11 @@ class MetricSettings:
     observations every one is Pareto-smoothed: a 100-observation subsample was tried
     (docs/performance.md, section 7) and was too inaccurate at small N (N = 160: subsampling se
     of 10.7 and 19.2 nats, every elpd comparison noise; forum-small, N = 2000: a miss of 7.3
-    stated subsampling se). The cost: arviz-stats' Pareto smoothing takes 0.2-0.4 ms per
-    observation and component in Python, so scoring a 2-chain NUTS fit at N = 1e3 takes about
-    1 s, above the 0.2 s target."""
+    stated subsampling se). The cost: arviz-stats' PSIS-LOO runs per observation in Python (four
+    SciPy logsumexp calls each), 0.26-0.32 s of CPU for 1000 observations of 1000 draws on the
+    project's 2-core machine, so scoring a 2-chain NUTS fit takes about 0.35 s of CPU from
+    N = 1e3 on (0.45 s at 1e4, 0.5 s at 1e5), above the 0.2 s target below fits of 7-10 s
+    (bench/benchmarks/scoring_time.py)."""
 
     def __post_init__(self):
         if not 0.0 < self.interval_prob < 1.0:

@@ -136,8 +136,8 @@ RELEASE_ENV = "MIXBENCH_TEST_RELEASE"
 
 class CompilingBackend(QuickBackend):
     """QuickBackend whose fit first "compiles" (a compile stopwatch) until the file named by
-    $MIXBENCH_TEST_RELEASE exists (for at most 120 s, so a test that never releases it fails
-    instead of hanging). One program for all its cells, as Stan's."""
+    $MIXBENCH_TEST_RELEASE exists; after 120 s without it the fit fails, so a test that never
+    releases it fails instead of hanging. One program for all its cells, as Stan's."""
 
     name = "compiling"
     shared_program = True
@@ -145,7 +145,8 @@ class CompilingBackend(QuickBackend):
     def _sample(self, spec, dataset, method, settings, seed):
         timings = {}
         with stopwatch(timings, "compile"):
-            wait_until(lambda: Path(os.environ[RELEASE_ENV]).exists(), timeout=120)
+            if not wait_until(lambda: Path(os.environ[RELEASE_ENV]).exists(), timeout=120):
+                raise RuntimeError("the compile was never released")
         fit = super()._sample(spec, dataset, method, settings, seed)
         fit.timings["compile"] = timings["compile"]
         return fit

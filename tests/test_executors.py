@@ -237,6 +237,31 @@ def test_a_free_worker_takes_other_work_while_another_builds_the_program_its_cel
     assert finished.index(quick_cell.id) < finished.index(compiling[0].id)
 
 
+@pytest.mark.parametrize("kind", ["warm", "fresh"])
+def test_a_freed_place_takes_the_next_cell_without_waiting_on_the_busy_ones(kind, tmp_path, monkeypatch):
+    """Two places, one held by a cell that "compiles" until the next quick cell has started: the
+    quick cell's place must take that next cell as soon as its row is in, not after waiting the
+    poll interval (an hour here) on the busy place; before, every cell of a 2-job grid paid 0.2 s.
+    Were it to wait, the compile would fail at its own 120 s bound, never released."""
+    release = tmp_path / "release"
+    monkeypatch.setenv(RELEASE_ENV, str(release))
+    compiling = Cell("forum-small", FAKE + "CompilingBackend", "nuts", 0, n=200, settings={"chains": 2, "draws": 100})
+    first, second = quick([0, 1])
+    events = []
+
+    def progress(event, info):
+        if event in ("start", "done"):
+            events.append((event, info["cell_id"]))
+        if ("start", second.id) in events:
+            release.touch()
+
+    executor = (WarmProcessExecutor(jobs=2, poll_interval=3600) if kind == "warm"
+                else LocalProcessExecutor(jobs=2, poll_interval=3600))
+    rows = run_grid([compiling, first, second], RunOptions(out_dir=tmp_path / "out"), executor, progress)
+    assert sorted(r["status"] for r in rows) == ["ok"] * 3, [r.get("reason") or r.get("error") for r in rows]
+    assert events.index(("start", second.id)) < events.index(("done", compiling.id)), events
+
+
 def test_next_cell_defers_a_program_being_built_only_while_other_work_waits():
     from types import SimpleNamespace
 

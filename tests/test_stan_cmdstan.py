@@ -241,6 +241,44 @@ def test_map_with_several_starts_reaches_the_mode_for_every_seed(backend, separa
     assert any(f.at_bound for f in lost)
 
 
+def test_map_starts_take_their_log_densities_from_one_log_prob_run(backend, separated, monkeypatch):
+    """A multi-start MAP runs CmdStan's log_prob once for all its starts (one process, one read
+    of the data, not one per start), and each start's density is, to the bit, what CmdStan gives
+    for that start's point alone from a JSON file (the single-point route), and the oracle's."""
+    from cmdstanpy import CmdStanModel
+
+    from backends.multistart import start_seeds
+    from backends.stan.install import _quiet
+    from models.stan_model import in_support, stan_data, stan_parameters
+
+    spec, data = separated
+    seeds = start_seeds(3, 4)
+    single = [backend.fit(spec, data, "map", FitSettings(map_starts=1), seed=s) for s in seeds]
+    calls = []
+    original = CmdStanModel.log_prob
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("params"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CmdStanModel, "log_prob", counted)
+    multi = backend.fit(spec, data, "map", FitSettings(map_starts=4), seed=3)
+    assert multi.status == "ok" and len(calls) == 1
+    model, _ = backend.cmdstan_model()
+    alone = []
+    for f in single:
+        if not in_support(spec, f.point):  # a start on a bound (sigma = u, equal ordered intercepts)
+            alone.append(-math.inf)
+            continue
+        with _quiet():
+            alone.append(float(original(model, params=stan_parameters(spec, f.point), data=stan_data(spec, data),
+                                        jacobian=False, sig_figs=18)["lp__"].iloc[0]))
+    assert sum(map(math.isfinite, alone)) >= 2
+    assert multi.start_log_densities == alone
+    for f, value in zip(single, alone):
+        assert value == pytest.approx(log_density(spec, data.x, data.y, f.point), rel=1e-8)
+
+
 def test_a_start_that_never_ends_is_cut_off_and_counted_as_failed(backend, separated):
     spec, data = separated
     settings = FitSettings(vi_draws=50, vi_iterations=2000, optimize_timeout=5)

@@ -24,8 +24,8 @@ import numpy as np
 
 from backends.base import Backend
 from backends.canonical import canonical_datatree
-from backends.fit import SAMPLERS, Fit, FitSettings, package_versions
-from backends.multistart import bound_hits, start_seeds
+from backends.fit import SAMPLERS, Fit, FitSettings, failed, package_versions
+from backends.multistart import best_of_starts, bound_hits, start_seeds
 from backends.timing import stopwatch
 from backends.degenerate import best_start
 from backends.importance import attach_pool, psis_resample
@@ -122,10 +122,42 @@ class StanBackend(StanPrograms, Backend):
             return float(model.log_prob(unconstrained, adjust_transform=False))
         if cmdstan_path() is None:
             raise MixbenchError(f"engine: {NO_CMDSTAN}")
+        return self._cmdstan_log_densities(spec, dataset, [params])[0]
+
+    def _cmdstan_log_densities(self, spec: MixtureSpec, dataset: Dataset, points: list[dict]) -> list[float]:
+        """``log_density`` by CmdStan at each of ``points`` (canonical, constrained), -inf
+        outside the support, from one ``log_prob`` process for all of them: CmdStan reads many
+        parameter sets from a Stan CSV (its command_helper's ``parse_stan_csv``: the columns
+        after those ending in ``__``, in the parameters block's order, each variable flattened
+        column-major), so a multi-start MAP pays one process start and one read of the data,
+        not one per start. Each value is written with ``repr``, which reads back to the same
+        double, as the JSON of a single point does."""
+        inside = [in_support(spec, point) for point in points]
+        out = [-math.inf] * len(points)
+        if not any(inside):
+            return out
+        if cmdstan_path() is None:
+            raise MixbenchError(f"engine: {NO_CMDSTAN}")
         model, _ = self.cmdstan_model()
-        with _quiet():
-            table = model.log_prob(params=point, data=stan_data(spec, dataset), jacobian=False, sig_figs=18)
-        return float(table["lp__"].iloc[0])
+        header, rows = None, []
+        for point, ok in zip(points, inside):
+            if not ok:
+                continue
+            names, values = ["lp__"], ["0"]
+            for name, value in stan_parameters(spec, point).items():
+                value = np.asarray(value, dtype=float)
+                for index in np.ndindex(*value.shape[::-1]):  # column-major, as Stan flattens
+                    index = index[::-1]
+                    names.append(".".join([name, *(str(i + 1) for i in index)]))
+                    values.append(repr(float(value[index])))
+            header = header or names
+            rows.append(",".join(values))
+        with tempfile.TemporaryDirectory(prefix="mixbench-stan-log-prob-") as directory, _quiet():
+            params = Path(directory) / "points.csv"
+            params.write_text("\n".join([",".join(header), *rows]) + "\n")
+            table = model.log_prob(params=str(params), data=stan_data(spec, dataset), jacobian=False, sig_figs=18)
+        found = iter(float(v) for v in table["lp__"].to_numpy())
+        return [next(found) if ok else value for ok, value in zip(inside, out)]
 
     # --- gradient --------------------------------------------------------------------------------
 
@@ -410,13 +442,35 @@ class StanBackend(StanPrograms, Backend):
                 attrs = {"backend": self.name, "engine": "cmdstanpy", "method": "map",
                          "stan_version": stan_version, "program_was_compiled": int(compiled)}
                 draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
-                point_log_density = self.log_density(spec, dataset, point, engine="cmdstanpy")
                 converged = optimize_converged(Path(run.runset.stdout_files[0]).read_text())
-        return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point,
-                            point_log_density=point_log_density, converged=converged,
+        # point_log_density: every start's at once (_multi_start_map).
+        return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point, converged=converged,
                             # The saved iterations start with the initial point.
                             iterations=len(trace) - 1, loss=-_column(columns, trace, "lp__"),
                             stan_version=stan_version)
+
+    def _multi_start_map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
+        """Backend's multi-start MAP, each start's log density (oracle convention) from one
+        CmdStan ``log_prob`` process for all starts (``_cmdstan_log_densities``), its time the
+        first start's extraction."""
+        seeds = start_seeds(seed, settings.map_starts)
+        starts = [self._run(spec, dataset, "map", settings, s) for s in seeds]
+        found = [i for i, f in enumerate(starts) if f.ok]
+        if found:
+            with stopwatch(starts[found[0]].timings, "extraction"):
+                try:
+                    densities = self._cmdstan_log_densities(spec, dataset, [starts[i].point for i in found])
+                except Exception:  # noqa: BLE001 - a point CmdStan refuses: judged start by start below
+                    densities = None
+            for i in found:
+                try:
+                    density = densities[found.index(i)] if densities is not None else \
+                        self._cmdstan_log_densities(spec, dataset, [starts[i].point])[0]
+                except Exception as exc:  # noqa: BLE001 - that start fails, as an engine error in it would
+                    starts[i] = failed(self.name, "map", exc)
+                    continue
+                starts[i].point_log_density = density
+        return best_of_starts(spec, dataset, starts, seeds)
 
     def _laplace_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the

@@ -168,14 +168,18 @@ class DaskExecutor:
                     last[address] = cell
                     if progress:
                         progress("start", {"cell_id": cell.id})
+                freed = False
                 for address, (cell, future, started) in list(busy.items()):
                     row = self._poll(client, address, cell, future, started, workers, options.time_limit, out_dir)
                     if row is not None:
                         del busy[address]
                         on_row(row)
+                        freed = True
                 if progress:
                     for cell, _, started in busy.values():
                         progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started})
+                if freed:  # the freed worker takes its next cell at once, not after the interval
+                    continue
                 if busy:
                     try:
                         wait([f for _, f, _ in busy.values()], timeout=self.poll_interval,

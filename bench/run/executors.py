@@ -433,19 +433,22 @@ class LocalProcessExecutor:
                     clocks[proc.pid] = WaitClock()
                     if progress:
                         progress("start", {"cell_id": cell.id})
+                freed = False
                 for pid, (cell, proc, receiver, started) in list(active.items()):
                     row = self._poll(cell, proc, receiver, started, options.time_limit, clocks[pid])
                     if row is not None:
                         del active[pid], clocks[pid]
                         on_row(row)
+                        freed = True
                 if progress:
                     for pid, (cell, _, _, started) in active.items():
                         progress("tick", {"cell_id": cell.id, "elapsed": time.perf_counter() - started,
                                           "doing": clocks[pid].doing()})
                 # Woken as soon as a row arrives or a worker dies, so the row's hand-over adds
                 # no polling delay to time_total; the interval only paces progress and time-outs.
+                # A place just freed goes to the next cell at once, not after waiting on the others.
                 waitables = [r for _, _, r, _ in active.values()] + [p.sentinel for _, p, _, _ in active.values()]
-                if waitables:
+                if waitables and not freed:
                     mp_connection.wait(waitables, timeout=self.poll_interval)
         except RunInterrupted as exc:
             exc.stopped = [cell.id for cell, _, _, _ in active.values()]
@@ -539,9 +542,11 @@ class WarmProcessExecutor:
         try:
             while pending or any(w.cell is not None for w in workers):
                 self._dispatch(pending, workers, options, progress)
+                freed = False
                 for worker in [w for w in workers if w.cell is not None]:
                     row = self._poll(worker, options.time_limit)
                     if row is not None:
+                        freed = True
                         worker.built.add(program_of(worker.cell))
                         worker.cell = None
                         if not worker.proc.is_alive() or row["status"] in ("crashed", "timeout"):
@@ -554,9 +559,11 @@ class WarmProcessExecutor:
                             progress("tick", {"cell_id": worker.cell.id,
                                               "elapsed": time.perf_counter() - worker.started,
                                               "doing": worker.clock.doing()})
+                # A worker just freed takes its next cell at once (the loop's _dispatch), not
+                # after waiting up to poll_interval on the others: 0.2 s a cell on a 2-job grid.
                 busy = [w for w in workers if w.cell is not None]
                 waitables = [w.results for w in busy] + [w.proc.sentinel for w in busy]
-                if waitables:
+                if waitables and not freed:
                     mp_connection.wait(waitables, timeout=self.poll_interval)
         except RunInterrupted as exc:
             exc.stopped = [w.cell.id for w in workers if w.cell is not None]

@@ -129,14 +129,16 @@ def _cut(path: Path) -> int:
 
 def test_a_cut_off_httpstan_extension_module_is_rebuilt_not_loaded(tmp_path, monkeypatch):
     """pystan's compiled model (httpstan's extension module) cut off: discarded with one warning
-    and built again before pystan loads it. httpstan's build is replaced by one that writes the
-    module file, as a compile would (a real compile is minutes: the gradient library's slow
-    test above rebuilds a real one)."""
+    and built again before pystan loads it. The backend's build of the module is replaced by one
+    that writes the module file, as a compile would (a real compile is minutes: the gradient
+    library's slow test above rebuilds a real one), and pystan's by one that records what it
+    would load."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     import httpstan.cache
     import httpstan.models
     import stan
 
+    import backends.stan.programs
     from backends.stan import StanBackend
     from models import Dataset, MixtureSpec
     from models.stan_model import program_code
@@ -146,13 +148,17 @@ def test_a_cut_off_httpstan_extension_module_is_rebuilt_not_loaded(tmp_path, mon
     library = httpstan.cache.model_directory(name) / "stan_services_model.cpython-312-x86_64-linux-gnu.so"
     builds = []
 
+    def compile_module(code, model_name):
+        assert model_name == name
+        library.parent.mkdir(parents=True, exist_ok=True)
+        library.write_bytes(b"\x7fELF" + bytes(range(256)) * 64)
+
     def build(code, data):
-        if not library.is_file():  # httpstan compiles only what its cache lacks
-            library.parent.mkdir(parents=True, exist_ok=True)
-            library.write_bytes(b"\x7fELF" + bytes(range(256)) * 64)
+        assert library.is_file()  # httpstan would compile what its cache lacks
         builds.append(library.stat().st_size)
         return "model"
 
+    monkeypatch.setattr(backends.stan.programs, "build_httpstan_module", compile_module)
     monkeypatch.setattr(stan, "build", build)
     spec = MixtureSpec(K=2, D=1)
     x, y = make_data(spec, n=50, seed=1)

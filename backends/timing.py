@@ -144,16 +144,6 @@ def record_compile(start: float, end: float) -> None:
         _compile_spans.append((start, end))
 
 
-@contextmanager
-def compiling() -> Iterator[None]:
-    """Report the block as compile time (``record_compile``): wrap a build that no engine reports."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        record_compile(start, time.perf_counter())
-
-
 def _union_length(spans: list[tuple[float, float]]) -> float:
     """Seconds covered by the union of the spans (nested or overlapping spans count once)."""
     total, reach = 0.0, -math.inf

@@ -33,7 +33,7 @@ import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 
 class _NumbaCompiles(numba.core.event.Listener):
-    """Reports every span Numba's compiler lock is held (compiling, or loading machine code from
+    """Reports every span from a request of Numba's compiler lock to its release (compiling, or loading machine code from
     a cache) as compile time (``backends.timing.record_compile``): PyTensor's Numba functions
     compile on their first call, wherever that call is timed."""
 
@@ -44,7 +44,9 @@ class _NumbaCompiles(numba.core.event.Listener):
         self._starts.__dict__.setdefault("stack", []).append(time.perf_counter())
 
     def on_end(self, event):
-        record_compile(self._starts.stack.pop(), time.perf_counter())
+        stack = getattr(self._starts, "stack", None)
+        if stack:  # empty: the lock was taken before this listener was registered
+            record_compile(stack.pop(), time.perf_counter())
 
 
 numba.core.event.register("numba:compiler_lock", _NumbaCompiles())

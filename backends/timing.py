@@ -134,6 +134,9 @@ def set_phase_listener(listener: Callable[[str | None], None] | None) -> None:
 # Spans are collected for the thread running the innermost stopwatch only.
 _compile_spans: list[tuple[float, float]] | None = None
 _compile_thread: int | None = None
+# The phases compile spans move out of: a fit's phases of engine work (a run's own clocks, such
+# as the whole fit's, keep theirs).
+_TIMED_WORK = frozenset(TIMING_PHASES) - {"compile", "compile_wait"}
 
 
 def record_compile(start: float, end: float) -> None:
@@ -157,8 +160,9 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
 @contextmanager
 def stopwatch(timings: dict[str, float], phase: str):
     """Add the wall time of the block, in seconds (``time.perf_counter``), to ``timings[phase]``,
-    less the compile spans reported in it (``record_compile``), which go to ``timings["compile"]``.
-    A phase other than compile notes the fit cold when it compiled and warm when it did not
+    less the compile spans reported in it (``record_compile``), which go to ``timings["compile"]``
+    when ``phase`` is one of a fit's phases of engine work (``TIMING_PHASES`` but compile and
+    compile_wait); such a phase notes the fit cold when it compiled and warm when it did not
     (``note_compile``). A block running engine work asynchronously (JAX) must wait for its results.
 
     Parameters
@@ -166,7 +170,7 @@ def stopwatch(timings: dict[str, float], phase: str):
     timings : dict of str to float
         Updated in place, also when the block raises.
     phase : str
-        One of ``TIMING_PHASES``.
+        One of ``TIMING_PHASES`` for a fit; a run's own clocks (``t_fit``, ...) name theirs.
     """
     global _compile_spans, _compile_thread
     if _phase_listener is not None:
@@ -181,7 +185,7 @@ def stopwatch(timings: dict[str, float], phase: str):
         wall = time.perf_counter() - start
         _compile_spans, _compile_thread = outer
         compiled = 0.0
-        if phase != "compile":
+        if phase in _TIMED_WORK:
             note_compile("cold" if spans else "warm")
             compiled = min(_union_length(spans), wall)
             if compiled:

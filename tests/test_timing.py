@@ -45,3 +45,13 @@ def test_spans_inside_the_compile_phase_stay_compile():
     with stopwatch(timings, "sampling"):
         pass
     assert timings["compile"] == wall and "sampling" in timings  # no span: nothing moved
+
+
+def test_a_clock_outside_the_fit_phases_keeps_its_compile_spans():
+    """A run's own clock (the whole fit's, in a row that also says "compile": "cold") counts
+    everything, builds included."""
+    row: dict = {"compile": "cold"}
+    with stopwatch(row, "t_fit"):
+        start = _busy(0.01)
+        record_compile(start, start + 0.01)
+    assert row["compile"] == "cold" and row["t_fit"] >= 0.01

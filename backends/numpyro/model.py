@@ -1,7 +1,7 @@
 """The NumPyro backend's model object: the model's latent sites and their transforms
 (constrain, log Jacobian, flat <-> sites), the jitted log density and gradient, the per-draw log p
-and log Jacobian, NumPyro's uniform initial point, the precision and device data, and JAX's compile spans
-reported to the fit's clock (backends/timing.py). Every program is stored whole
+and log Jacobian, NumPyro's uniform initial point, the precision and device data, and JAX's
+compile spans reported to the fit's clock (backends/timing.py). Every program is stored whole
 (backends/jax_programs.py) keyed by this package's sources.
 """
 

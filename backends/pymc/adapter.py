@@ -37,8 +37,8 @@ from backends.pymc.model import _Compiled, _precision, compiled
 from backends.pymc.smc import fit_smc
 from backends.pymc.nuts import (_jax_gradient, _nutpie_gradient, _pytensor_gradient, _run_numpyro, _run_nutpie,
                                 _run_pymc, _sample_stats)
-from backends.pymc.vi import (VI_METHODS, PATHFINDER_MAXITER, _ConvergenceCheck, _draw_function, _optimizer, _prepared_advi,
-                              _stored_single_pathfinder)
+from backends.pymc.vi import (VI_METHODS, PATHFINDER_MAXITER, _ConvergenceCheck, _draw_function, _optimizer,
+                              _prepared_advi, _stored_single_pathfinder)
 from backends.timing import stopwatch
 from models.data import Dataset
 from models.errors import MixbenchError

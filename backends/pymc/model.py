@@ -33,9 +33,9 @@ import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
 
 
 class _NumbaCompiles(numba.core.event.Listener):
-    """Reports every span from a request of Numba's compiler lock to its release (compiling, or loading machine code from
-    a cache) as compile time (``backends.timing.record_compile``): PyTensor's Numba functions
-    compile on their first call, wherever that call is timed."""
+    """Reports every span from a request of Numba's compiler lock to its release (compiling, or
+    loading machine code from a cache) as compile time (``backends.timing.record_compile``):
+    PyTensor's Numba functions compile on their first call, wherever that call is timed."""
 
     def __init__(self):
         self._starts = threading.local()

@@ -1,9 +1,11 @@
-"""A fit's clock: the timing phases a Fit may report, the stopwatch that fills them, the rule for
-chains sharing cores, and the note of whether a fit compiled ("cold") or reused ("warm")."""
+"""A fit's clock: the timing phases a Fit may report, the stopwatch that fills them (moving the
+time spent building or compiling code out of a phase into "compile"), the rule for chains sharing
+cores, and the note of whether a fit compiled ("cold") or reused ("warm")."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal
@@ -125,23 +127,69 @@ def set_phase_listener(listener: Callable[[str | None], None] | None) -> None:
     _phase_listener = listener
 
 
+# Engines build and compile code lazily, often inside the first call of a function, so a phase's
+# wall time can contain compilation. Backends report each span of building or compiling
+# (record_compile: PyTensor functions built or loaded, Numba's compiler at work, JAX's traces and
+# compiles), and the stopwatch timing a phase other than compile moves their union to "compile".
+# Spans are collected for the thread running the innermost stopwatch only.
+_compile_spans: list[tuple[float, float]] | None = None
+_compile_thread: int | None = None
+# The phases compile spans move out of: a fit's phases of engine work (a run's own clocks, such
+# as the whole fit's, keep theirs).
+_TIMED_WORK = frozenset(TIMING_PHASES) - {"compile", "compile_wait"}
+
+
+def record_compile(start: float, end: float) -> None:
+    """Report that this thread built or compiled code from ``start`` to ``end`` (``time.perf_counter``
+    seconds): a stopwatch running in this thread moves the span out of its phase into "compile".
+    Outside a stopwatch the report is dropped."""
+    if _compile_spans is not None and threading.get_ident() == _compile_thread:
+        _compile_spans.append((start, end))
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the spans (nested or overlapping spans count once)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 @contextmanager
 def stopwatch(timings: dict[str, float], phase: str):
-    """Add the wall time of the block, in seconds (``time.perf_counter``), to ``timings[phase]``.
+    """Add the wall time of the block, in seconds (``time.perf_counter``), to ``timings[phase]``,
+    less the compile spans reported in it (``record_compile``), which go to ``timings["compile"]``
+    when ``phase`` is one of a fit's phases of engine work (``TIMING_PHASES`` but compile and
+    compile_wait); such a phase notes the fit cold when it compiled and warm when it did not
+    (``note_compile``). A block running engine work asynchronously (JAX) must wait for its results.
 
     Parameters
     ----------
     timings : dict of str to float
         Updated in place, also when the block raises.
     phase : str
-        One of ``TIMING_PHASES``.
+        One of ``TIMING_PHASES`` for a fit; a run's own clocks (``t_fit``, ...) name theirs.
     """
+    global _compile_spans, _compile_thread
     if _phase_listener is not None:
         _phase_listener(phase)
+    outer = _compile_spans, _compile_thread
+    spans: list[tuple[float, float]] = []
+    _compile_spans, _compile_thread = spans, threading.get_ident()
     start = time.perf_counter()
     try:
         yield
     finally:
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+        wall = time.perf_counter() - start
+        _compile_spans, _compile_thread = outer
+        compiled = 0.0
+        if phase in _TIMED_WORK:
+            note_compile("cold" if spans else "warm")
+            compiled = min(_union_length(spans), wall)
+            if compiled:
+                timings["compile"] = timings.get("compile", 0.0) + compiled
+        timings[phase] = timings.get(phase, 0.0) + wall - compiled
         if _phase_listener is not None:
             _phase_listener(None)

@@ -30,7 +30,7 @@ from backends.importance import attach_pool, choose_draws
 from backends.methods import Kind
 from backends.methods import method as method_named
 from backends.numpyro.model import (ENGINE, _constrain, _constrain_fn, _device_data, _draw_diagnostics_fn, _layout,
-                                    _log_density_fn, _phase, _precision, _unconstrained_labels, _unflatten,
+                                    _log_density_fn, _precision, _unconstrained_labels, _unflatten,
                                     _value_and_grad_fn)
 from backends.numpyro.nuts import _NUTSPrograms
 from backends.numpyro.smc import fit_smc
@@ -190,7 +190,7 @@ class NumPyroBackend(Backend):
         with _precision(settings.precision):
             x, y = _device_data(dataset, settings.precision)
             # optimisation: SVI set-up and every update, in jitted chunks between convergence checks.
-            with _phase(timings, "optimisation"):
+            with stopwatch(timings, "optimisation"):
                 program = self._svi_program(spec, dataset.N, method, settings)
                 state = program.init(init_key, svi_key, x, y)
                 state, loss, iterations, converged = _optimise(program, state, x, y, settings)
@@ -208,7 +208,7 @@ class NumPyroBackend(Backend):
         # the fit's precision (importance weights need it at large N), then canonical names.
         # log_p is the full-data model's, for minibatch fits too (and for the unscaled forum
         # replay): PSIS then measures q against the real posterior.
-        with _phase(timings, "extraction"), _precision("float64"):
+        with stopwatch(timings, "extraction"), _precision("float64"):
             params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
             if method_named(method).kind is Kind.POINT:
                 point = _canonical(spec, program.map_point(params), ())
@@ -253,7 +253,7 @@ class NumPyroBackend(Backend):
         @contextmanager
         def phase(timings, name):
             # The search and the Gaussian at the fit's precision; the draws and the point in float64.
-            with _phase(timings, name), _precision(settings.precision if name == "optimisation" else "float64"):
+            with stopwatch(timings, name), _precision(settings.precision if name == "optimisation" else "float64"):
                 yield
 
         def starts(seeds):
@@ -311,7 +311,7 @@ class NumPyroBackend(Backend):
             x, y = _device_data(dataset, settings.precision)
             # optimisation: for each path, L-BFGS from a uniform initial point, then the ELBO at
             # each point of its path.
-            with _phase(timings, "optimisation"):
+            with stopwatch(timings, "optimisation"):
                 paths = [jax.block_until_ready(_pathfinder_fn(spec, settings.vi_iterations)(k[0], k[1], x, y))
                          for k in keys]
         finite = [i for i, path in enumerate(paths) if np.isfinite(path["elbo"])]
@@ -337,7 +337,7 @@ class NumPyroBackend(Backend):
                  "pathfinder_resampling": settings.pathfinder_resampling,
                  "engine_dtype": str(paths[best]["position"].dtype),
                  "approximation": json.dumps([json.loads(_as_json(a)) for a in approximations])}
-        with _phase(timings, "extraction"), _precision("float64"):
+        with stopwatch(timings, "extraction"), _precision("float64"):
             pieces, log_qs = [], []
             for i, approx in zip(finite, approximations):
                 approx = {k: jnp.asarray(v, jnp.float64) for k, v in approx.items()}

@@ -1,7 +1,7 @@
 """The NumPyro backend's model object: the model's latent sites and their transforms
 (constrain, log Jacobian, flat <-> sites), the jitted log density and gradient, the per-draw log p
-and log Jacobian, NumPyro's uniform initial point, the precision and device data, and the clock
-that moves JAX's compile time out of a phase. Every program is stored whole
+and log Jacobian, NumPyro's uniform initial point, the precision and device data, and JAX's
+compile spans reported to the fit's clock (backends/timing.py). Every program is stored whole
 (backends/jax_programs.py) keyed by this package's sources.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ from jax import lax, random
 from numpyro.infer.util import log_density as numpyro_log_density
 from numpyro.infer.util import potential_energy
 
-from backends.base import note_compile
+from backends.timing import record_compile
 from backends.jax_setup import configure as configure_jax
 from backends.jax_programs import LOAD_EVENT, StoredJit
 from models.data import Dataset
@@ -142,7 +141,8 @@ def _precision(precision: str):
 # ----------------------------------------------------------------------------------------------
 # Timing: JAX compiles lazily, inside the first call of each program, so a phase's wall time
 # contains its own compilation. JAX reports the time span of every trace, lowering to MLIR and
-# XLA compilation; the union of those spans inside a phase moves from the phase to "compile".
+# XLA compilation (and backends/jax_programs.py every stored program's load): each is reported as
+# compile time, which backends.timing's stopwatch moves out of the phase it falls in.
 
 _COMPILE_EVENTS = frozenset({
     LOAD_EVENT,
@@ -150,40 +150,13 @@ _COMPILE_EVENTS = frozenset({
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
 })
-_compile_spans: list[tuple[float, float]] | None = None
 
 
 def _record_span(event: str, start: float, end: float, **_):
-    if _compile_spans is not None and event in _COMPILE_EVENTS:
-        _compile_spans.append((start, end))
+    if event in _COMPILE_EVENTS:
+        # JAX's spans are time.time() seconds; the stopwatch's clock is time.perf_counter().
+        shift = time.perf_counter() - time.time()
+        record_compile(start + shift, end + shift)
 
 
 jax.monitoring.register_event_time_span_listener(_record_span)
-
-
-def _union_length(spans: list[tuple[float, float]]) -> float:
-    total, reach = 0.0, -math.inf
-    for start, end in sorted(spans):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
-@contextmanager
-def _phase(timings: dict[str, float], phase: str):
-    """Wall time of the block into ``timings[phase]``, less JAX's compilation in it, which goes to
-    ``timings["compile"]``. The block must wait for its results (block_until_ready)."""
-    global _compile_spans
-    _compile_spans = []
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        wall = time.perf_counter() - start
-        compiling = min(_union_length(_compile_spans), wall)
-        # Any trace, compile or stored-program load inside the phase makes the fit cold.
-        note_compile("cold" if _compile_spans else "warm")
-        _compile_spans = None
-        timings["compile"] = timings.get("compile", 0.0) + compiling
-        timings[phase] = timings.get(phase, 0.0) + wall - compiling

@@ -19,7 +19,8 @@ from backends.base import (FitSettings)
 from backends.jax_programs import abstract, load_or_compile, program_key
 from models.numpyro_model import mixture_model
 from models.spec import MixtureSpec
-from backends.numpyro.model import SOURCES, _phase
+from backends.numpyro.model import SOURCES
+from backends.timing import stopwatch
 
 
 class _NUTSPrograms:
@@ -104,8 +105,8 @@ class _NUTSPrograms:
         """Warm-up then sampling, each timed to its results being ready. A stored program that
         has to be compiled again on its first run (backends/jax_programs.py) is charged to
         compile, not to the phase."""
-        with _phase(timings, "warmup"):
+        with stopwatch(timings, "warmup"):
             state, warmup_stats = jax.block_until_ready(self.warmup(keys, x, y))
-        with _phase(timings, "sampling"):
+        with stopwatch(timings, "sampling"):
             _, samples, stats = jax.block_until_ready(self.sampling(state, x, y))
         return warmup_stats, samples, stats

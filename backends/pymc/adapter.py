@@ -37,7 +37,8 @@ from backends.pymc.model import _Compiled, _precision, compiled
 from backends.pymc.smc import fit_smc
 from backends.pymc.nuts import (_jax_gradient, _nutpie_gradient, _pytensor_gradient, _run_numpyro, _run_nutpie,
                                 _run_pymc, _sample_stats)
-from backends.pymc.vi import VI_METHODS, PATHFINDER_MAXITER, _ConvergenceCheck, _optimizer, _prepared_advi, _stored_single_pathfinder
+from backends.pymc.vi import (VI_METHODS, PATHFINDER_MAXITER, _ConvergenceCheck, _draw_function, _optimizer,
+                              _prepared_advi, _stored_single_pathfinder)
 from backends.timing import stopwatch
 from models.data import Dataset
 from models.errors import MixbenchError
@@ -167,6 +168,7 @@ class PyMCBackend(Backend):
             with stopwatch(timings, "compile"):
                 inference = _prepared_advi(entry, dataset, method, settings, seed)
                 inference.state = inference.state._replace(callbacks=[check])
+                draw_fn = _draw_function(inference)
             with stopwatch(timings, "optimisation"):
                 inference.refine(settings.vi_iterations, progressbar=False)
         except FloatingPointError as exc:
@@ -175,8 +177,6 @@ class PyMCBackend(Backend):
                        precision=settings.precision)
         with stopwatch(timings, "extraction"):
             group = inference.approx.groups[0]
-            draw_fn = pytensor.function([group.symbolic_initial],
-                                        [group.symbolic_random, group.symbolic_logq_not_scaled])
             noise = np.random.default_rng(seed).standard_normal((settings.vi_draws, group.ddim))
             flat, log_q = draw_fn(noise.astype(group.symbolic_initial.dtype))
         layout = [(name, sl, shape) for name, sl, shape, _ in group.ordering.values()]
@@ -315,16 +315,11 @@ class PyMCBackend(Backend):
         entry, model, dtype, names = _value_space(spec, dataset, settings)
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
-            first = "map_objective" not in entry._fns
             function = entry.map_objective()
             constrain = entry.constrain()
             make_start = entry.jittered_start()
         point = make_start(seed)
         x0 = np.concatenate([np.ravel(point[n]) for n in names]).astype(np.float64)
-        if first:
-            with stopwatch(timings, "compile"):
-                # Numba compiles the function's code on its first call: charged here, not to the search.
-                function(x0.astype(dtype))
 
         def loss_and_gradient(x):
             loss, grad = function(x.astype(dtype))
@@ -365,11 +360,9 @@ class PyMCBackend(Backend):
         timings: dict[str, float] = {}
         with stopwatch(timings, "compile"):
             objective = laplace.Objective(entry.laplace_objective(), lambda z: np.asarray(z, dtype=dtype))
-            # Numba compiles the function's code on its first call: charged here, not to the search.
-            initial = model.initial_point()
-            objective(np.concatenate([np.ravel(initial[n]) for n in names]))
             make_start = entry.jittered_start()
             constrain = entry.constrain()
+        initial = model.initial_point()
         layout, start = [], 0
         for name in names:
             size = int(np.size(initial[name]))

@@ -7,18 +7,20 @@ backends/pytensor_store.py and nutpie's by backends/nutpie_cache.py.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numba.core.event
 import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.replace import graph_replace
 
-from backends.timing import note_compile
+from backends.timing import note_compile, record_compile
 from backends.pytensor_store import load_or_build, set_shared
 from models.data import Dataset
 from models.pymc_model import build_model
@@ -28,6 +30,26 @@ from models.spec import MixtureSpec
 # Numba is PyTensor's default linker: loading its dispatch modules (and Numba) belongs to this
 # import, not to the first compile that would otherwise load them.
 import pytensor.link.numba.dispatch  # noqa: E402,F401  isort: skip
+
+
+class _NumbaCompiles(numba.core.event.Listener):
+    """Reports every span from a request of Numba's compiler lock to its release (compiling, or
+    loading machine code from a cache) as compile time (``backends.timing.record_compile``):
+    PyTensor's Numba functions compile on their first call, wherever that call is timed."""
+
+    def __init__(self):
+        self._starts = threading.local()
+
+    def on_start(self, event):
+        self._starts.__dict__.setdefault("stack", []).append(time.perf_counter())
+
+    def on_end(self, event):
+        stack = getattr(self._starts, "stack", None)
+        if stack:  # empty: the lock was taken before this listener was registered
+            record_compile(stack.pop(), time.perf_counter())
+
+
+numba.core.event.register("numba:compiler_lock", _NumbaCompiles())
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,9 +103,10 @@ class _Compiled:
                 "data_shapes": {k: list(v.shape) for k, v in self.data.items()}, **extra}
 
     def _get(self, name, build, stored: bool = True):
-        """The function ``name``, built once per process. ``stored``: a PyTensor function (or
-        PyMC's ValueGradFunction) kept on disk after its rewrites and loaded in later processes
-        (backends/pytensor_store.py), its data then set to this entry's."""
+        """The function ``name``, built once per process, the build reported as compile time
+        (``record_compile``). ``stored``: a PyTensor function (or PyMC's ValueGradFunction) kept
+        on disk after its rewrites and loaded in later processes (backends/pytensor_store.py), its
+        data then set to this entry's."""
         if name not in self._fns:
             note_compile("cold")
             start = time.perf_counter()
@@ -97,7 +120,9 @@ class _Compiled:
                     self._fns[name] = function
                 else:
                     self._fns[name] = build()
-            self.compile_seconds[name] = time.perf_counter() - start
+            end = time.perf_counter()
+            self.compile_seconds[name] = end - start
+            record_compile(start, end)
         return self._fns[name]
 
     def constrained_logp(self):

@@ -7,8 +7,10 @@ that a later identical run compiles nothing (docs/performance.md, section 5).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from weakref import WeakKeyDictionary
 
 import pymc as pm
+import pytensor
 import pymc.variational as pmvi
 
 from backends.fit import OPTIMIZERS, FitSettings
@@ -62,6 +64,21 @@ def _prepared_advi(entry: _Compiled, dataset: Dataset, method: str, settings: Fi
                                     batch_size=settings.batch_size if minibatch else None,
                                     total_size=settings.minibatch_total_size if minibatch else None)
     return stored_advi(description, build, seed)
+
+
+_DRAW_FUNCTIONS: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def _draw_function(inference):
+    """f(standard normal noise, shape (draws, ddim)) -> (unconstrained draws, shape (draws, ddim),
+    their log q without the minibatch scaling, shape (draws,)) of the inference's approximation,
+    built once per prepared inference: its parameters are shared variables, read at each call,
+    so one function serves every seed ``_prepared_advi`` resets it for."""
+    if inference not in _DRAW_FUNCTIONS:
+        group = inference.approx.groups[0]
+        _DRAW_FUNCTIONS[inference] = pytensor.function([group.symbolic_initial],
+                                                       [group.symbolic_random, group.symbolic_logq_not_scaled])
+    return _DRAW_FUNCTIONS[inference]
 
 
 @contextmanager

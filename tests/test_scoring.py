@@ -457,13 +457,10 @@ import sys, warnings
 warnings.simplefilter("ignore")
 from bench.benchmarks.scoring_time import score, setup
 from bench.benchmarks.test_scoring_cost import synthetic_fit
-if type(sys.modules.get("jax")).__name__ != "_LazyModule":
-    print("no placeholder")  # JAX not installed
-    sys.exit()
 args = setup(200)
 for method in ("nuts", "advi", "pathfinder", "pathfinder-2modes"):
     score(synthetic_fit(method, 200, args[0], args[2]), *args[1:])
-print(type(sys.modules["jax"]).__name__)
+print(type(sys.modules.get("jax")).__name__)
 """
 
 
@@ -473,6 +470,6 @@ def test_scoring_leaves_an_unloaded_jax_unloaded():
     done = subprocess.run([sys.executable, "-c", SCORES_WITHOUT_LOADING_JAX], cwd=Path(__file__).parents[1],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    if done.stdout.strip() == "no placeholder":
-        pytest.skip("JAX is not installed")
-    assert done.stdout.strip() == "_LazyModule"
+    # Unloaded: still arviz_base's placeholder, or never imported (an arviz_base without it,
+    # where bench/score/lazy_jax.py has nothing left to do).
+    assert done.stdout.strip() in ("_LazyModule", "NoneType")

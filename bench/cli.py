@@ -11,6 +11,7 @@ written) or an internal error, 128 + the signal number when SIGINT (130), SIGTER
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import textwrap
 import time
@@ -713,5 +714,19 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
+def entry() -> None:
+    """The ``mixbench`` command: ``main()``, then exit with its code.
+
+    Before exiting, every object left is moved out of the cyclic garbage collector's reach
+    (``gc.freeze``): the interpreter's last collection at exit walks every object the run's
+    imports made (the engines', for ``run.json``) and took 0.4-0.5 s of every command's 0.9 s
+    teardown (measured with py-spy on a one-cell run). Files and processes are closed by then
+    (context managers, ``atexit``); only unreachable cycles go unfinalised, as the process ends.
+    Not in ``main``, which tests call in process."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

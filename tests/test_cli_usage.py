@@ -261,3 +261,22 @@ def test_uv_run_prints_no_bytecode_line():
                             cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Bytecode compiled" not in result.stderr, result.stderr
+
+
+def test_the_command_exits_with_mains_code_and_leaves_no_objects_to_the_last_collection(monkeypatch):
+    """The console command (``entry``) exits with ``main``'s code, after freezing the garbage
+    collector's objects so that the interpreter's last collection has none to walk."""
+    import gc
+
+    import bench.cli
+
+    monkeypatch.setattr(bench.cli, "main", lambda: 3)
+    left = [[] for _ in range(100)]  # containers the collector tracks
+    before = gc.get_freeze_count()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            bench.cli.entry()
+        assert exited.value.code == 3
+        assert gc.get_freeze_count() >= before + len(left)
+    finally:
+        gc.unfreeze()

@@ -270,4 +270,13 @@ class Backend(ABC):
     def _multi_start_map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
         """``settings.map_starts`` single-start MAP runs of ``_fit``, the best kept (``best_of_starts``)."""
         seeds = start_seeds(seed, settings.map_starts)
-        return best_of_starts(spec, dataset, [self._run(spec, dataset, "map", settings, s) for s in seeds], seeds)
+        starts = [self._run(spec, dataset, "map", settings, s) for s in seeds]
+        self._start_log_densities(spec, dataset, starts)
+        return best_of_starts(spec, dataset, starts, seeds)
+
+    def _start_log_densities(self, spec: MixtureSpec, dataset: Dataset, starts: list[Fit]) -> None:
+        """Fill in ``point_log_density`` (oracle convention) of the ok ``starts`` that leave it to
+        the whole multi-start fit, in place; a start whose point cannot be evaluated becomes a
+        failed start. A hook for a backend that evaluates every start at once: each start of
+        this base evaluates its own point."""
+        return

@@ -25,7 +25,7 @@ import numpy as np
 from backends.base import Backend
 from backends.canonical import canonical_datatree
 from backends.fit import SAMPLERS, Fit, FitSettings, failed, package_versions
-from backends.multistart import best_of_starts, bound_hits, start_seeds
+from backends.multistart import bound_hits, start_seeds
 from backends.timing import stopwatch
 from backends.degenerate import best_start
 from backends.importance import attach_pool, psis_resample
@@ -443,34 +443,32 @@ class StanBackend(StanPrograms, Backend):
                          "stan_version": stan_version, "program_was_compiled": int(compiled)}
                 draws = canonical_datatree(spec, posterior, attrs={"/": attrs})
                 converged = optimize_converged(Path(run.runset.stdout_files[0]).read_text())
-        # point_log_density: every start's at once (_multi_start_map).
+        # point_log_density: every start's at once (_start_log_densities).
         return self._result("map", "cmdstanpy", draws=draws, timings=timings, point=point, converged=converged,
                             # The saved iterations start with the initial point.
                             iterations=len(trace) - 1, loss=-_column(columns, trace, "lp__"),
                             stan_version=stan_version)
 
-    def _multi_start_map(self, spec: MixtureSpec, dataset: Dataset, settings: FitSettings, seed: int) -> Fit:
-        """Backend's multi-start MAP, each start's log density (oracle convention) from one
-        CmdStan ``log_prob`` process for all starts (``_cmdstan_log_densities``), its time the
-        first start's extraction."""
-        seeds = start_seeds(seed, settings.map_starts)
-        starts = [self._run(spec, dataset, "map", settings, s) for s in seeds]
-        found = [i for i, f in enumerate(starts) if f.ok]
-        if found:
-            with stopwatch(starts[found[0]].timings, "extraction"):
-                try:
-                    densities = self._cmdstan_log_densities(spec, dataset, [starts[i].point for i in found])
-                except Exception:  # noqa: BLE001 - a point CmdStan refuses: judged start by start below
-                    densities = None
-            for i in found:
-                try:
-                    density = densities[found.index(i)] if densities is not None else \
-                        self._cmdstan_log_densities(spec, dataset, [starts[i].point])[0]
-                except Exception as exc:  # noqa: BLE001 - that start fails, as an engine error in it would
-                    starts[i] = failed(self.name, "map", exc)
-                    continue
-                starts[i].point_log_density = density
-        return best_of_starts(spec, dataset, starts, seeds)
+    def _start_log_densities(self, spec: MixtureSpec, dataset: Dataset, starts: list[Fit]) -> None:
+        """Every start's log density (oracle convention) from one CmdStan ``log_prob`` process for
+        all starts (``_cmdstan_log_densities``), its time the first start's extraction; a start
+        CmdStan refuses is judged alone, and fails if it is refused alone too."""
+        found = [i for i, f in enumerate(starts) if f.ok and f.point_log_density is None]
+        if not found:
+            return
+        with stopwatch(starts[found[0]].timings, "extraction"):
+            try:
+                densities = self._cmdstan_log_densities(spec, dataset, [starts[i].point for i in found])
+            except Exception:  # noqa: BLE001 - a point CmdStan refuses: judged start by start below
+                densities = None
+        for j, i in enumerate(found):
+            try:
+                density = densities[j] if densities is not None else \
+                    self._cmdstan_log_densities(spec, dataset, [starts[i].point])[0]
+            except Exception as exc:  # noqa: BLE001 - that start fails, as an engine error in it would
+                starts[i] = failed(self.name, "map", exc)
+                continue
+            starts[i].point_log_density = density
 
     def _laplace_cmdstan(self, spec, dataset, method: str, settings: FitSettings, seed: int) -> Fit:
         """Stan's Laplace approximation: a normal on the unconstrained space at the mode of the

@@ -46,9 +46,26 @@ def test_logaddexp_is_numpys():
         got = _logaddexp(a.copy(), b, np.empty_like(a), np.empty_like(a))
         into_a = a.copy()
         _logaddexp(into_a, b, into_a, np.empty_like(a))  # out may be a
-    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=1e-26)  # atol: max(a, b) = 0 exactly, below
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_allclose(into_a, expected, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(into_a, got)
+
+
+def test_logaddexp_floor_changes_no_value_beyond_2e_10():
+    """Flooring -|a - b| at -60 before exp changes nothing where |max(a, b)| > 2e-10: there
+    log1p(exp(-|a - b|)) <= 8.8e-27 is under half an ulp of the max, so the sum rounds as without
+    the floor, bit for bit; nearer zero it moves the value by at most 8.8e-27."""
+    rng = np.random.default_rng(1)
+    top = rng.choice([-1.0, 1.0], 20000) * 10.0 ** rng.uniform(np.log10(2e-10), 3, 20000)
+    gap = 10.0 ** rng.uniform(1.5, 3.5, 20000)  # 32 to 3000 nats apart: both sides of the floor
+    a, b = top, top - gap
+    swap = rng.random(20000) < 0.5
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    unfloored = np.maximum(a, b) + np.log1p(np.exp(-np.abs(a - b)))
+    np.testing.assert_array_equal(_logaddexp(a, b, np.empty_like(a), np.empty_like(a)), unfloored)
+    near = np.array([0.0, 1e-30, -5e-12])
+    got = _logaddexp(near, near - 100.0, np.empty(3), np.empty(3))
+    np.testing.assert_allclose(got, np.logaddexp(near, near - 100.0), rtol=0, atol=1e-26)
 
 
 SPEC = MixtureSpec(K=2, D=2, intercept=True, sigma="per-component")

@@ -54,18 +54,29 @@ def batch_log_prior(spec: MixtureSpec, params: dict) -> np.ndarray:
     return lp
 
 
+_FLOOR = -60.0
+
+
 def _logaddexp(a: np.ndarray, b: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """``np.logaddexp(a, b)`` into ``out`` (which may be ``a``), by numpy's own formula
     max(a, b) + log1p(exp(-|a - b|)) written with the ufuncs numpy vectorises: np.logaddexp runs a
     scalar loop (18 ns a value on the project's machine, against 0.6 for np.exp), and was most of
     the log likelihood's cost. Where a - b is NaN (a NaN, or one infinity twice) np.logaddexp
-    gives the answer itself. ``scratch``: a buffer of the same shape, overwritten."""
+    gives the answer itself. ``scratch``: a buffer of the same shape, overwritten.
+
+    -|a - b| is floored at -60 (``_FLOOR``) before exp: far below it exp and log1p leave their
+    vectorised fast paths (components 200 nats apart, most observations of separated lines: 5.6
+    against 2.8 ns a value for the whole function), and the floor changes nothing representable:
+    log1p(exp(-60)) = 8.8e-27 is under half an ulp of max(a, b) wherever |max(a, b)| > 2e-10, so
+    max + it rounds to max exactly as the unfloored value does (checked equal on 2e6 values of a
+    real fit's components)."""
     np.subtract(a, b, out=scratch)
     bad = np.isnan(scratch)
     fix = np.logaddexp(a[bad], b[bad]) if bad.any() else None
     np.maximum(a, b, out=out)
     np.abs(scratch, out=scratch)
     np.negative(scratch, out=scratch)
+    np.maximum(scratch, _FLOOR, out=scratch)
     np.exp(scratch, out=scratch)
     np.log1p(scratch, out=scratch)
     out += scratch

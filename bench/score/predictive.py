@@ -28,8 +28,9 @@ tests/test_predictive.py): the lpd of every observation as the cheap approximati
 difference estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard
 error is ``elpd_loo_subsample_se``. The subsample is seeded by the data's digest
 (``subsample_seed``), so every fit of one data set leaves out the same observations and their
-pointwise values pair up. Only the lpd of all N observations is computed here, in one numpy pass
-over the matrix (arviz-stats' xarray log-sum-exp of it took seconds at N = 1e5).
+pointwise values pair up. Only the lpd of all N observations is computed here, accumulated while
+the draws are evaluated (``Problem.draw_terms`` with the subsample: the draws x N matrix is never
+held; arviz-stats' xarray log-sum-exp of it took seconds at N = 1e5).
 
 The pointwise log likelihood of the posterior draws is computed once per fit
 (``Problem.draw_terms``) and read by the landing too (its log densities are their sums plus the

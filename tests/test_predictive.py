@@ -12,7 +12,7 @@ import xarray as xr
 
 from backends.base import Fit, canonical_datatree
 from bench.score.predictive import loo_keep, loo_metrics
-from bench.score.problem import Problem
+from bench.score.problem import Problem, subsample_indices
 from models import Dataset, get_scenario
 
 
@@ -28,7 +28,8 @@ def test_subsampled_loo_is_arviz_stats_loo_subsample(share):
     draws = canonical_datatree(scenario.spec, post)
     fit = Fit(backend="t", method="nuts", status="ok", draws=draws, timings={"sampling": 1.0})
     keep = loo_keep(600, 300, 2)
-    terms = problem.draw_terms(draws, keep) if share else None
+    # Shared: the scoring's evaluation at loo_metrics' own subsample (bench.score.metrics.Scoring.terms).
+    terms = problem.draw_terms(draws, keep, subsample_indices(600, 100, 7)) if share else None
     row = loo_metrics(fit, draws, problem, mcmc=True, max_obs=100, seed=7, terms=terms)
 
     index = [(c, int(d)) for c in range(2) for d in keep]

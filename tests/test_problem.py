@@ -46,9 +46,26 @@ def test_logaddexp_is_numpys():
         got = _logaddexp(a.copy(), b, np.empty_like(a), np.empty_like(a))
         into_a = a.copy()
         _logaddexp(into_a, b, into_a, np.empty_like(a))  # out may be a
-    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=1e-26)  # atol: max(a, b) = 0 exactly, below
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_allclose(into_a, expected, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(into_a, got)
+
+
+def test_logaddexp_floor_changes_no_value_beyond_2e_10():
+    """Flooring -|a - b| at -60 before exp changes nothing where |max(a, b)| > 2e-10: there
+    log1p(exp(-|a - b|)) <= 8.8e-27 is under half an ulp of the max, so the sum rounds as without
+    the floor, bit for bit; nearer zero it moves the value by at most 8.8e-27."""
+    rng = np.random.default_rng(1)
+    top = rng.choice([-1.0, 1.0], 20000) * 10.0 ** rng.uniform(np.log10(2e-10), 3, 20000)
+    gap = 10.0 ** rng.uniform(1.5, 3.5, 20000)  # 32 to 3000 nats apart: both sides of the floor
+    a, b = top, top - gap
+    swap = rng.random(20000) < 0.5
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    unfloored = np.maximum(a, b) + np.log1p(np.exp(-np.abs(a - b)))
+    np.testing.assert_array_equal(_logaddexp(a, b, np.empty_like(a), np.empty_like(a)), unfloored)
+    near = np.array([0.0, 1e-30, -5e-12])
+    got = _logaddexp(near, near - 100.0, np.empty(3), np.empty(3))
+    np.testing.assert_allclose(got, np.logaddexp(near, near - 100.0), rtol=0, atol=1e-26)
 
 
 SPEC = MixtureSpec(K=2, D=2, intercept=True, sigma="per-component")
@@ -156,3 +173,46 @@ def test_draw_terms_are_the_oracles_log_densities_and_pointwise_terms():
         for j, d in enumerate(keep):
             assert out.log_density[c, j] == pytest.approx(problem.log_density(pts[c][d]), rel=1e-10)
             np.testing.assert_allclose(out.terms[c, j], problem.pointwise_log_likelihood(pts[c][d]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_draw_terms_at_a_subsample_hold_the_same_terms_and_the_lpd_of_every_observation(standardize):
+    """With ``obs``, draw_terms keeps those observations' terms (the full evaluation's values, bit
+    for bit), the same log densities, and the lpd of all N: log mean_s exp over every evaluated
+    draw, as SciPy's logsumexp of the full matrix minus log S computes it."""
+    from scipy.special import logsumexp
+
+    data = scaled_data(n=3000)  # 3000 observations: several blocks of draws per chunk, and chunks
+    problem = Problem.make(SPEC, data, standardize=standardize)
+    rng = np.random.default_rng(5)
+    pts = [[problem.to_data_scale_point(random_point(SPEC, rng)) for _ in range(40)] for _ in range(2)]
+    post = {k: np.stack([np.stack([p[k] for p in chain]) for chain in pts]) for k in pts[0][0]}
+    draws = canonical_datatree(SPEC, post)
+    keep = np.arange(0, 40, 2)
+    full = problem.draw_terms(draws, keep)
+    obs = np.array([2999, 5, 1200, 17])
+    part = problem.draw_terms(draws, keep, obs)
+    assert full.obs is None and full.lpd is None and full.finite.all()
+    np.testing.assert_array_equal(part.obs, np.sort(obs))
+    np.testing.assert_array_equal(part.terms, full.terms[:, :, np.sort(obs)])
+    np.testing.assert_array_equal(part.log_density, full.log_density)
+    expected = logsumexp(full.terms.reshape(-1, data.N), axis=0) - np.log(keep.size * 2)
+    np.testing.assert_allclose(part.lpd, expected, rtol=1e-13, atol=1e-13)
+    assert problem.draw_terms(draws, keep, obs, lpd=False).lpd is None
+
+
+def test_lpd_blocks_far_above_the_first_are_rescaled_not_overflowed():
+    """_LogMeanExp raises its reference where a later block would overflow exp (here 2000 nats
+    above the first row): the result is still SciPy's log-sum-exp minus log S."""
+    from scipy.special import logsumexp
+
+    from bench.score.problem import _LogMeanExp
+
+    rng = np.random.default_rng(6)
+    rows = rng.normal(0.0, 3.0, (7, 50))
+    rows[3, :25] += 2000.0
+    rows[5, 10:] -= 3000.0
+    acc = _LogMeanExp()
+    for block in (rows[:1], rows[1:4], rows[4:]):
+        acc.add(block)
+    np.testing.assert_allclose(acc.result(), logsumexp(rows, axis=0) - np.log(7), rtol=1e-14)

@@ -34,7 +34,7 @@ from bench.score.lazy_jax import keep_jax_unloaded
 from bench.score.modes import fit_landing, mode_columns, own_mode_draws, parse_shares
 from bench.score.particles import smc_columns
 from bench.score.predictive import loo_keep, loo_metrics, loo_reads_posterior, subsample_seed
-from bench.score.problem import thin_indices
+from bench.score.problem import subsample_indices, thin_indices
 from bench.score.relabel import (
     SAMPLE_DIMS,
     Relabelling,
@@ -673,12 +673,16 @@ class Scoring:
         if self.problem is None or self.single_point or self.problem.spec.likelihood != "mixture":
             return None
         st = self.settings
+        data = self.problem.dataset
         if loo_reads_posterior(self.raw):
-            keep = loo_keep(self.problem.dataset.N, ds.sizes["draw"], ds.sizes["chain"], st.loo_max_values,
+            keep = loo_keep(data.N, ds.sizes["draw"], ds.sizes["chain"], st.loo_max_values,
                             max_draws=st.loo_max_draws)
-        else:
-            keep = thin_indices(ds.sizes["draw"], st.lp_draws_per_chain)
-        return self.problem.draw_terms(self.raw, keep)
+            # Above loo_max_obs only PSIS-LOO's (and stacking's) subsample of the terms is kept.
+            return self.problem.draw_terms(self.raw, keep, subsample_indices(
+                data.N, st.loo_max_obs, subsample_seed(data.x, data.y)))
+        # The landing's draws only: their log densities, no pointwise terms.
+        return self.problem.draw_terms(self.raw, thin_indices(ds.sizes["draw"], st.lp_draws_per_chain),
+                                       np.empty(0, dtype=int), lpd=False)
 
     def landing_log_densities(self):
         """(chain, draws) log densities for the landing: the shared evaluation thinned evenly to

@@ -28,8 +28,9 @@ tests/test_predictive.py): the lpd of every observation as the cheap approximati
 difference estimator of Magnusson, Andersen, Jonasson & Vehtari (2020); its subsampling standard
 error is ``elpd_loo_subsample_se``. The subsample is seeded by the data's digest
 (``subsample_seed``), so every fit of one data set leaves out the same observations and their
-pointwise values pair up. Only the lpd of all N observations is computed here, in one numpy pass
-over the matrix (arviz-stats' xarray log-sum-exp of it took seconds at N = 1e5).
+pointwise values pair up. Only the lpd of all N observations is computed here, accumulated while
+the draws are evaluated (``Problem.draw_terms`` with the subsample: the draws x N matrix is never
+held; arviz-stats' xarray log-sum-exp of it took seconds at N = 1e5).
 
 The pointwise log likelihood of the posterior draws is computed once per fit
 (``Problem.draw_terms``) and read by the landing too (its log densities are their sums plus the
@@ -50,7 +51,7 @@ import xarray as xr
 from backends.base import Fit
 from backends.importance import GROUP as IMPORTANCE_GROUP
 from backends.importance import PROPOSAL_GROUP
-from bench.score.problem import DrawTerms, Problem, thin_indices
+from bench.score.problem import DrawTerms, Problem, subsample_indices, thin_indices
 from bench.score.relabel import posterior_dataset
 
 NAN = float("nan")
@@ -133,24 +134,11 @@ def loo_keep(n_obs: int, n_draws: int, chains: int, max_values: float = 2e7, min
     return thin_indices(n_draws, max(_draw_budget(n_obs, max_values, min_draws, max_draws) // chains, 1))
 
 
-def _log_mean_exp(log_lik: np.ndarray, chunk_values: int = 1 << 16) -> np.ndarray:
-    """lpd_n = log mean_s exp(log_lik[s, n]) over the leading (chain, draw) axes, shape (N,),
-    in blocks of observations of about ``chunk_values`` values, each exponentiated in place in
-    one buffer small enough to stay in cache (arviz-stats' xarray logsumexp of the whole matrix
-    cost seconds at N = 1e5; blocks of 20,000 observations, 3 ns a value)."""
-    flat = log_lik.reshape(-1, log_lik.shape[-1])
-    chunk = max(1, chunk_values // max(flat.shape[0], 1))
-    out = np.empty(flat.shape[1])
-    buffer = np.empty((flat.shape[0], min(chunk, flat.shape[1])))
-    for start in range(0, flat.shape[1], chunk):
-        block = flat[:, start:start + chunk]
-        work = buffer[:, :block.shape[1]]
-        top = block.max(axis=0)
-        safe = np.where(np.isfinite(top), top, 0.0)
-        np.subtract(block, safe, out=work)
-        np.exp(work, out=work)
-        out[start:start + chunk] = safe + np.log(work.mean(axis=0))
-    return out
+def _same_observations(held: np.ndarray | None, wanted: np.ndarray | None) -> bool:
+    """Whether terms held at observations ``held`` (ascending, None: all) are those at ``wanted``."""
+    if held is None or wanted is None:
+        return held is None and wanted is None
+    return np.array_equal(held, np.sort(wanted))
 
 
 def _psis_loo(tree: xr.DataTree, weights: dict, mcmc: bool):
@@ -177,27 +165,27 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
     ds, log_p, log_q, method = _weighting(fit, draws, mcmc)
     chains, n_draws = ds.sizes["chain"], ds.sizes["draw"]
     keep = loo_keep(problem.dataset.N, n_draws, chains, max_values, min_draws, max_draws)
-    if terms is not None and method in ("psis-loo", "psis-loo-approximate") and np.array_equal(terms.keep, keep):
-        log_lik = terms.terms
-    else:
-        index = [(c, int(d)) for c in range(chains) for d in keep]
-        log_lik = problem.pointwise_draws(xr.DataTree.from_dict({"posterior": ds}), index)
-        log_lik = log_lik.reshape(chains, keep.size, -1)
-    if not np.isfinite(log_lik).all():
-        # A draw with a non-finite parameter or density: leave it out of the estimate.
-        good = np.isfinite(log_lik).all(axis=2)
-        if not good.all(axis=0).any():
-            return out
-        cols = good.all(axis=0)
-        log_lik, keep = log_lik[:, cols], keep[cols]
-    coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
-    n_obs = log_lik.shape[2]
-    subsample = n_obs > max_obs
+    n_obs = problem.dataset.N
     # arviz-stats' simple random sample without replacement (loo_subsample's, same seed).
-    obs = np.random.default_rng(seed).choice(n_obs, size=max_obs, replace=False) if subsample else slice(None)
+    obs = subsample_indices(n_obs, max_obs, seed)
+    subsample = obs is not None
+    posterior = xr.DataTree.from_dict({"posterior": ds})
+    if (terms is None or method not in ("psis-loo", "psis-loo-approximate") or not np.array_equal(terms.keep, keep)
+            or not _same_observations(terms.obs, obs)):
+        terms = problem.draw_terms(posterior, keep, obs)
+    if not terms.finite.all():
+        # A draw with a non-finite parameter or density: leave it out of the estimate (of every
+        # chain, and of the lpd of every observation).
+        cols = terms.finite.all(axis=0)
+        if not cols.any():
+            return out
+        keep = keep[cols]
+        terms = problem.draw_terms(posterior, keep, obs)
+    log_lik = terms.terms[:, :, np.searchsorted(terms.obs, obs)] if subsample else terms.terms
+    coords = {"chain": ds["chain"].values, "draw": ds["draw"].values[keep]}
     tree = xr.DataTree.from_dict({
         "posterior": ds.isel(draw=keep),
-        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik[:, :, obs])}, coords=coords),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), log_lik)}, coords=coords),
     })
     weights = {}
     if log_p is not None:
@@ -211,8 +199,8 @@ def loo_metrics(fit: Fit, draws: xr.DataTree, problem: Problem, *, mcmc: bool,
     if subsample:
         # The difference estimator with the lpd of every observation as its cheap approximation
         # (Magnusson et al. 2020), as arviz-stats' loo_subsample(method="lpd") computes it, with
-        # its estimators; only the lpd is computed here, in one numpy pass.
-        lpd_all = xr.DataArray(_log_mean_exp(log_lik), dims="obs")
+        # its estimators; only the lpd is computed here, from the one evaluation of the draws.
+        lpd_all = xr.DataArray(terms.lpd, dims="obs")
         lpd_sample = lpd_all.isel(obs=obs)
         elpd_i = result.elpd_i
         elpd, sub_se, se = (float(v) for v in elpd_i.azstats.diff_srs_estimator(

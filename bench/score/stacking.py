@@ -38,7 +38,7 @@ import xarray as xr
 from backends.base import Fit
 from backends.importance import GROUP as IMPORTANCE_GROUP, PROPOSAL_GROUP
 from bench.score.modes import land
-from bench.score.problem import Problem, allocate, thin_indices
+from bench.score.problem import Problem, allocate, subsample_indices, thin_indices
 from bench.score.relabel import DEFAULT_MAX_ITER, DEFAULT_SCALE_FLOOR, chain_mean_pivot, posterior_dataset, relabel
 
 NAN = float("nan")
@@ -228,7 +228,10 @@ def stacked_pointwise(elpd_i: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def _component_log_lik(kind: str, comps: xr.Dataset, problem: Problem, terms, obs) -> np.ndarray:
     if kind == "chains" and terms is not None:
-        return terms.terms[:, :, obs]
+        if terms.obs is None:
+            return terms.terms[:, :, obs]
+        if isinstance(obs, np.ndarray) and np.array_equal(terms.obs, obs):
+            return terms.terms  # the scoring kept the same subsample's terms (bench.score.metrics.Scoring.terms)
     keep = thin_indices(comps.sizes["draw"], MAX_DRAWS_PER_COMPONENT)
     tree = xr.DataTree.from_dict({"posterior": comps})
     index = [(c, int(d)) for c in range(comps.sizes["chain"]) for d in keep]
@@ -279,8 +282,8 @@ def stacking_columns(fit: Fit, draws: xr.DataTree, problem: Problem | None, *, t
     if problem is None or problem.spec.likelihood != "mixture":
         return out
     n_obs = problem.dataset.N
-    obs = (np.sort(np.random.default_rng(seed).choice(n_obs, size=max_obs, replace=False)) if n_obs > max_obs
-           else slice(None))
+    chosen = subsample_indices(n_obs, max_obs, seed)
+    obs = np.sort(chosen) if chosen is not None else slice(None)
     log_lik = _component_log_lik(kind, comps, problem, terms, obs)
     good = np.isfinite(log_lik).all(axis=(0, 2))
     if not good.any():

@@ -216,3 +216,25 @@ def test_lpd_blocks_far_above_the_first_are_rescaled_not_overflowed():
     for block in (rows[:1], rows[1:4], rows[4:]):
         acc.add(block)
     np.testing.assert_allclose(acc.result(), logsumexp(rows, axis=0) - np.log(7), rtol=1e-14)
+
+
+def test_an_importance_proposal_comes_back_on_the_data_scale_with_the_posterior():
+    """A standardised Pathfinder fit keeps its proposal's draws beside the resampled ones; PSIS-LOO
+    and stacking read them as data-scale draws, so they are mapped back as the posterior is."""
+    import xarray as xr
+
+    from backends.importance import PROPOSAL_GROUP
+
+    data = scaled_data()
+    problem = Problem.make(SPEC, data, standardize=True)
+    rng = np.random.default_rng(4)
+    pts = [random_point(SPEC, rng) for _ in range(5)]
+    post = {k: np.stack([p[k] for p in pts])[None] for k in pts[0]}
+    draws = canonical_datatree(SPEC, post)
+    draws[PROPOSAL_GROUP] = xr.DataTree(draws["posterior"].to_dataset())
+    back = problem.to_data_scale(Fit(backend="t", method="pathfinder", status="ok", draws=draws)).draws
+    for i, point in enumerate(pts):
+        expected = problem.to_data_scale_point(point)
+        for name in ("w", "b", "sigma", "pi"):
+            np.testing.assert_allclose(back[PROPOSAL_GROUP][name].values[0, i], expected[name], rtol=1e-12)
+            assert back[PROPOSAL_GROUP][name].values[0, i] == pytest.approx(back["posterior"][name].values[0, i])

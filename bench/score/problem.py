@@ -21,6 +21,7 @@ import xarray as xr
 from scipy import special
 
 from backends.base import Fit
+from backends.importance import PROPOSAL_GROUP
 from bench.score.relabel import posterior_dataset
 from models.data import Dataset
 from models.oracle import (error_log_density, gamma_log_prior, intercepts_log_prior, log_density,
@@ -305,15 +306,20 @@ class Problem:
         return self.standardization.to_data(point)
 
     def to_data_scale_draws(self, draws: xr.DataTree) -> xr.DataTree:
-        """A copy of ``draws`` with the posterior group mapped to the data scale."""
+        """A copy of ``draws`` with its parameter groups mapped to the data scale: the posterior,
+        and an importance-resampled fit's proposal (``backends.importance.PROPOSAL_GROUP``),
+        which PSIS-LOO and stacking read as they read the posterior."""
         if self.standardization is None:
             return draws
-        ds = posterior_dataset(draws)
-        mapped = self.standardization.to_data({name: ds[name].values for name in ds.data_vars})
-        new = ds.assign({name: (ds[name].dims, mapped[name]) for name in ds.data_vars})
-        new.attrs = {**ds.attrs, "standardized": "mapped back to the data scale (models/standardize.py)"}
         out = draws.copy()
-        out["posterior"] = xr.DataTree(new)
+        for group in ("posterior", PROPOSAL_GROUP):
+            if group not in draws.children:
+                continue
+            ds = draws[group].to_dataset()
+            mapped = self.standardization.to_data({name: ds[name].values for name in ds.data_vars})
+            new = ds.assign({name: (ds[name].dims, mapped[name]) for name in ds.data_vars})
+            new.attrs = {**ds.attrs, "standardized": "mapped back to the data scale (models/standardize.py)"}
+            out[group] = xr.DataTree(new)
         return out
 
     def to_data_scale(self, fit: Fit) -> Fit:

@@ -27,6 +27,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 # What a backend's engines carry beyond their packages' versions, read as cheaply.
 ENGINE_VERSIONS = {"stan": stan_engine_versions}
 
+# Registered backends whose one compiled program serves every cell (``Backend.shared_program``),
+# known without importing them: a run orders its cells before any backend loads.
+SHARED_PROGRAM = frozenset({"stan"})
+
 # Registered backends, the longest cold compile first: a run starts those cells first, so that
 # their compile overlaps the other cells. Cold compiles of forum-small's NUTS measured on this
 # project's 2-core machine (issue 24): Stan 59-64 s, PyMC 16 s, NumPyro 5-6 s.
@@ -69,6 +73,13 @@ def get_backend(name: str) -> Backend:
     return _instances[name]
 
 
+def shares_program(name: str) -> bool:
+    """``Backend.shared_program`` of a backend: a registered one's from ``SHARED_PROGRAM``, without
+    importing it; a plug-in's from its class. Raises MixbenchError for a plug-in that cannot be
+    loaded."""
+    return name in SHARED_PROGRAM if name in BACKENDS else backend_class(name).shared_program
+
+
 def backend_versions(name: str) -> dict[str, str]:
     """Versions of the packages and engines of a backend (``Backend.versions``), package or engine
     name -> version ("not installed" for one that is not). A registered backend's are read from
@@ -83,4 +94,4 @@ def backend_versions(name: str) -> dict[str, str]:
 
 
 __all__ = ["BACKENDS", "METHODS", "PACKAGES", "Backend", "Fit", "FitSettings", "backend_class", "backend_versions",
-           "get_backend"]
+           "get_backend", "shares_program"]

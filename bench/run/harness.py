@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends import backend_class, get_backend
+from backends import get_backend, shares_program
 from backends.base import FitSettings, check_batch_size, stopwatch
 from backends.engine_caches import check_cache_dirs
 from bench.reference.posterior import load_reference
@@ -209,7 +209,7 @@ class Cell:
 @functools.lru_cache(maxsize=None)
 def _shares_program(backend: str) -> bool:
     try:
-        return backend_class(backend).shared_program
+        return shares_program(backend)  # without importing the backend: the parent orders cells
     except MixbenchError:  # the cell fails in its own process, with its row saying why
         return False
 

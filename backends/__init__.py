@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from backends.base import METHODS, Backend, Fit, FitSettings
+from backends.base import METHODS, Backend, Fit, FitSettings, package_versions
 from backends.jax_setup import configure as configure_jax
+from backends.stan_versions import stan_engine_versions
 from models.errors import MixbenchError
 
 # name -> (module, class). Imported lazily: loading JAX, PyTensor and Stan costs seconds each.
@@ -14,6 +15,21 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "numpyro": ("backends.numpyro", "NumPyroBackend"),
     "stan": ("backends.stan", "StanBackend"),
 }
+
+# name -> the distributions whose versions its fits depend on (``backend_versions``), read from
+# their metadata: run.json records them before the cells start, and importing the engines only
+# to read version strings cost the run's own process seconds (issue 24).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "pymc": ("pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro", "jax", "numpy", "scipy"),
+    "numpyro": ("numpyro", "jax", "jaxlib", "blackjax"),
+    "stan": ("cmdstanpy", "pystan", "httpstan"),
+}
+# What a backend's engines carry beyond their packages' versions, read as cheaply.
+ENGINE_VERSIONS = {"stan": stan_engine_versions}
+
+# Registered backends whose one compiled program serves every cell (``Backend.shared_program``),
+# known without importing them: a run orders its cells before any backend loads.
+SHARED_PROGRAM = frozenset({"stan"})
 
 # Registered backends, the longest cold compile first: a run starts those cells first, so that
 # their compile overlaps the other cells. Cold compiles of forum-small's NUTS measured on this
@@ -57,4 +73,25 @@ def get_backend(name: str) -> Backend:
     return _instances[name]
 
 
-__all__ = ["BACKENDS", "METHODS", "Backend", "Fit", "FitSettings", "backend_class", "get_backend"]
+def shares_program(name: str) -> bool:
+    """``Backend.shared_program`` of a backend: a registered one's from ``SHARED_PROGRAM``, without
+    importing it; a plug-in's from its class. Raises MixbenchError for a plug-in that cannot be
+    loaded."""
+    return name in SHARED_PROGRAM if name in BACKENDS else backend_class(name).shared_program
+
+
+def backend_versions(name: str) -> dict[str, str]:
+    """Versions of the packages and engines of a backend (``Backend.versions``), package or engine
+    name -> version ("not installed" for one that is not). A registered backend's are read from
+    ``PACKAGES`` and ``ENGINE_VERSIONS`` without importing it or its engines; a plug-in's from
+    its class. Raises MixbenchError for a plug-in that cannot be loaded."""
+    if name not in BACKENDS:
+        return get_backend(name).versions()
+    versions = package_versions(*PACKAGES[name])
+    if name in ENGINE_VERSIONS:
+        versions.update(ENGINE_VERSIONS[name]())
+    return versions
+
+
+__all__ = ["BACKENDS", "METHODS", "PACKAGES", "Backend", "Fit", "FitSettings", "backend_class", "backend_versions",
+           "get_backend", "shares_program"]

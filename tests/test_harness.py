@@ -236,16 +236,15 @@ def test_a_row_that_cannot_be_written_does_not_abort_the_run(tmp_path, marker, m
     assert sorted(executions(marker)) == ["quick:0", "quick:0", "quick:1", "quick:2"]
 
 
-def test_run_json_is_written_beside_the_cells_and_its_error_comes_after_their_rows(tmp_path, marker, monkeypatch):
-    """run.json (its versions import every backend: seconds) is written while the first cells
-    run: afterwards it is whole beside the rows; one that cannot be written (a full disk) stops
-    no cell, and its error is raised once their rows are kept."""
+def test_run_json_is_written_before_the_cells_and_a_full_disk_runs_none(tmp_path, marker, monkeypatch):
+    """run.json is written before the first cell: afterwards it is whole beside the rows; one that
+    cannot be written (a full disk) stops the run before any cell has run, so no cell's work is lost."""
     import bench.run.harness as harness
 
     cells = quick_cells([0, 1])
     run_grid(cells, RunOptions(tmp_path / "a"))
     info = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert info["n_cells"] == 2 and "numpy" in info["environment"]["versions"]
+    assert info["n_cells"] == 2 and info["environment"]["versions"]["numpy"] == np.__version__
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -253,7 +252,8 @@ def test_run_json_is_written_beside_the_cells_and_its_error_comes_after_their_ro
     monkeypatch.setattr(harness, "write_run_info", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         run_grid(cells, RunOptions(tmp_path / "b"))
-    assert sorted(r["seed"] for r in read_rows(tmp_path / "b" / "cells.jsonl")) == [0, 1]
+    assert sorted(executions(marker)) == ["quick:0", "quick:1"]  # run a's only
+    assert not (tmp_path / "b" / "cells.jsonl").exists()
 
 
 # -- one run per output directory ---------------------------------------------------------------

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random
 
-from backends import laplace
+from backends import backend_versions, laplace
 from backends.base import Backend
 from backends.canonical import approximation_group, canonical_datatree, unconstrained_groups
-from backends.fit import Fit, FitSettings, package_versions
+from backends.fit import Fit, FitSettings
 from backends.importance import attach_pool, choose_draws
 from backends.methods import Kind
 from backends.methods import method as method_named
@@ -56,7 +56,7 @@ class NumPyroBackend(Backend):
         self._nuts_cache: dict[str, _NUTSPrograms] = {}
 
     def versions(self) -> dict[str, str]:
-        return package_versions("numpyro", "jax", "jaxlib", "blackjax")
+        return backend_versions(self.name)  # declared where the backends are registered
 
     # The method table (Backend's contract); the model implements the correct mixture only.
     methods = {

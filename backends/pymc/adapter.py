@@ -26,10 +26,10 @@ import numpy as np
 import pytensor
 from scipy import optimize
 
-from backends import laplace
+from backends import backend_versions, laplace
 from backends.base import Backend
 from backends.canonical import canonical_datatree, unconstrained_groups
-from backends.fit import SAMPLERS, Fit, FitSettings, package_versions
+from backends.fit import SAMPLERS, Fit, FitSettings
 from backends.importance import attach_pool, choose_draws
 from backends.methods import Kind
 from backends.methods import method as method_named
@@ -77,8 +77,7 @@ class PyMCBackend(Backend):
     name = "pymc"
 
     def versions(self) -> dict[str, str]:
-        return package_versions("pymc", "pytensor", "nutpie", "numba", "pymc-extras", "numpyro",
-                                "jax", "numpy", "scipy")
+        return backend_versions(self.name)  # declared where the backends are registered
 
     # The method table and the likelihoods this backend's model implements (Backend's contract).
     methods = {

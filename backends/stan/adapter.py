@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from backends import backend_versions
 from backends.base import Backend
 from backends.canonical import canonical_datatree
-from backends.fit import SAMPLERS, Fit, FitSettings, failed, package_versions
+from backends.fit import SAMPLERS, Fit, FitSettings, failed
 from backends.multistart import bound_hits, start_seeds
 from backends.timing import stopwatch
 from backends.degenerate import best_start
@@ -58,11 +59,7 @@ class StanBackend(StanPrograms, Backend):
     name = "stan"
 
     def versions(self) -> dict[str, str]:
-        out = package_versions("cmdstanpy", "pystan", "httpstan")
-        out["stan (httpstan)"] = pystan_stan_version()
-        out["cmdstan"] = cmdstan_version() or "not installed"
-        out["cmdstan path"] = str(cmdstan_path() or "not installed")
-        return out
+        return backend_versions(self.name)  # declared where the backends are registered
 
     def engine_for(self, settings: FitSettings | None = None) -> str:
         """The engine a fit with ``settings`` runs on: forced, or CmdStan when installed."""

@@ -1,5 +1,5 @@
-"""Stan's engines as installed: where CmdStan is, which Stan httpstan and CmdStan carry, the
-build lock, httpstan's built libraries and whether they are intact, and the engines' chatter kept
+"""Stan's engines as installed: where CmdStan is and which Stan httpstan and CmdStan carry (from
+backends.stan_versions, which reads them without importing httpstan), the build lock, httpstan's built libraries and whether they are intact, and the engines' chatter kept
 quiet."""
 
 from __future__ import annotations
@@ -10,46 +10,18 @@ import logging
 import os
 import re
 import sysconfig
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from backends import artefacts
 from backends.caches import build_lock
+# Re-exported: the Stan backend and its tests name them from here (backends.stan).
+from backends.stan_versions import cmdstan_path, cmdstan_version, pystan_stan_version  # noqa: F401
 from models.errors import MixbenchError
 
 NO_CMDSTAN = "CmdStan not installed (cmdstanpy.cmdstan_path() found none)"
 INSTALL_CMDSTAN = "install it with `python -m cmdstanpy.install_cmdstan` (or point CMDSTAN at an install)"
-
-
-def cmdstan_path() -> str | None:
-    """The CmdStan install cmdstanpy would use, or None."""
-    import cmdstanpy
-
-    try:
-        return cmdstanpy.cmdstan_path()
-    except (ValueError, RuntimeError):
-        return None
-
-
-@lru_cache(maxsize=1)
-def pystan_stan_version() -> str:
-    """The Stan release compiled into httpstan's wheel (from its bundled headers)."""
-    import httpstan
-
-    header = Path(httpstan.__file__).parent / "include" / "stan" / "version.hpp"
-    parts = dict(re.findall(r"#define STAN_(MAJOR|MINOR|PATCH) (\d+)", header.read_text()))
-    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
-
-
-def cmdstan_version() -> str | None:
-    if cmdstan_path() is None:
-        return None
-    import cmdstanpy
-
-    version = cmdstanpy.cmdstan_version()
-    return ".".join(map(str, version)) if version else "unknown"
 
 
 def _check_seed(seed: int) -> int:

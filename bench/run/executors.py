@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from backends import BACKENDS
 from backends.base import TIMING_PHASES, set_phase_listener
 from backends.caches import set_wait_listener
+from bench.run.forkserver import COMMON_MODULES, server_environ, set_preload
 from bench.run.stopping import RunInterrupted
 
 RowFn = Callable[[dict[str, Any]], None]
@@ -91,13 +92,6 @@ class CellExecutor(Protocol):
         ``stopped``, the ids of the cells killed in flight."""
 
 
-# What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the
-# forkserver start method a server process imports these once per run and each worker is forked
-# from it: a fresh process that never ran an engine, without paying the imports again.
-COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arviz_stats", "backends",
-                  "backends.base", "bench.run.harness", "bench.score.metrics", "bench.score.relabel", "models.scenarios")
-
-
 def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     """COMMON_MODULES and the module of the first cell's backend. Importing a backend module
     starts no engine (JAX, PyTensor, Stan load lazily), so forking after it is safe.
@@ -117,24 +111,17 @@ def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     return modules
 
 
-# The parent's environment when it started the forkserver (the server's own environment then).
-_server_environ: dict[str, str] | None = None
-
-
 def _environ_changes() -> tuple[dict[str, str], list[str]]:
     """What the parent changed in its environment since the forkserver started: (set, unset)."""
-    base = _server_environ or {}
+    base = server_environ()
     current = dict(os.environ)
     return ({k: v for k, v in current.items() if base.get(k) != v}, [k for k in base if k not in current])
 
 
 def _start_forkserver(context, cells) -> None:
-    global _server_environ
     # Takes effect when the server starts (at the first process of the first run in this
-    # process); a server already running keeps what it imported.
-    context.set_forkserver_preload(preload_modules(cells))
-    if _server_environ is None:
-        _server_environ = dict(os.environ)
+    # process, or bench.launch's start); a server already running keeps what it imported.
+    set_preload(preload_modules(cells))
 
 
 def start_forkserver(context, cells) -> None:

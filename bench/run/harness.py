@@ -25,15 +25,13 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends import backend_class, configure_jax, get_backend
+from backends import get_backend, shares_program
 from backends.base import FitSettings, check_batch_size, stopwatch
 from backends.engine_caches import check_cache_dirs
 from bench.reference.posterior import load_reference
@@ -211,7 +209,7 @@ class Cell:
 @functools.lru_cache(maxsize=None)
 def _shares_program(backend: str) -> bool:
     try:
-        return backend_class(backend).shared_program
+        return shares_program(backend)  # without importing the backend: the parent orders cells
     except MixbenchError:  # the cell fails in its own process, with its row saying why
         return False
 
@@ -700,14 +698,9 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
         executor = executor or WarmProcessExecutor()
         if hasattr(executor, "prepare"):  # a local executor's forkserver imports while run.json is written
             executor.prepare(todo)
-        # run.json names each backend's versions, which imports the backends (JAX, PyTensor:
-        # seconds): it is written beside the first cells, not before them. JAX's process-wide
-        # settings (environment variables every worker inherits) are set here first, so that each
-        # worker starts with the same environment whenever that import ends.
-        configure_jax()
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixbench-run-info")
-        run_info = writer.submit(write_run_info, out_dir, cells, options.notes)
-        writer.shutdown(wait=False)
+        # Before any cell: a run.json that cannot be written (a full disk) stops the run with no
+        # cell's work lost. Its versions are read without importing the engines (milliseconds).
+        write_run_info(out_dir, cells, options.notes)
         if progress:
             progress("plan", {"todo": len(todo), "finished_before": len(cells) - len(todo)})
         written: list[str] = []
@@ -731,9 +724,6 @@ def run_grid(cells: list[Cell], options: RunOptions, executor: "CellExecutor | N
         except RunInterrupted as exc:
             exc.kept, exc.rows_file = len(written), store.path
             raise
-        finally:
-            wait_futures([run_info])
-        run_info.result()  # its error (a full disk), once the cells are done
         rows = RunRows(store.read(warn=False))
         on_disk = {row["cell_id"] for row in rows}
         rows.extend(row for row in unwritten if row["cell_id"] not in on_disk)

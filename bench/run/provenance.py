@@ -10,12 +10,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backends import get_backend
+from backends import backend_versions
 from backends.base import machine_info, package_versions
 from models.errors import MixbenchError
 
 # What every run uses whatever its backends; each backend names its own packages and engines
-# (``Backend.versions``).
+# (``backends.backend_versions``, read without importing them).
 PACKAGES = (
     "mixbench", "numpy", "scipy", "pandas", "xarray", "arviz", "arviz-base", "arviz-stats", "pytest-benchmark",
 )
@@ -23,7 +23,8 @@ PACKAGES = (
 
 def environment(backends: Iterable[str] = ()) -> dict[str, Any]:
     """The machine, the interpreter, and the versions of the shared packages and of every backend in
-    ``backends`` (names as ``backends.get_backend`` takes them), as each backend reports them.
+    ``backends`` (names as ``backends.get_backend`` takes them), as ``backends.backend_versions``
+    reads them: a registered backend's without importing it or its engines.
 
     A backend that cannot load is recorded with its error (``"<name> backend": "cannot load: ..."``),
     not raised: the run's cells will report it themselves.
@@ -31,7 +32,7 @@ def environment(backends: Iterable[str] = ()) -> dict[str, Any]:
     versions = package_versions(*PACKAGES)
     for name in sorted(set(backends)):
         try:
-            versions.update(get_backend(name).versions())
+            versions.update(backend_versions(name))
         except MixbenchError as exc:
             versions[f"{name} backend"] = f"cannot load: {exc}"
     return {

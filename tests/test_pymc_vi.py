@@ -1,5 +1,7 @@
 """The PyMC backend's VI, Pathfinder and MAP, and the forum thread's replay."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -92,9 +94,30 @@ def test_fullrank_log_q_recomputed_with_scipy(quick_fits, method):
     np.testing.assert_allclose(fit.log_q, expected, rtol=1e-10)
 
 
-def test_pathfinder_log_p_agrees_with_pymc_extras(quick_fits):
-    fit = quick_fits["pathfinder"]
-    np.testing.assert_allclose(fit.draws.sample_stats["engine_log_p"].values[0], fit.log_p, rtol=1e-10)
+@pytest.mark.parametrize("resampling", ["psis", "none"])
+def test_pathfinder_log_p_is_the_models_over_all_data(backend, small, quick_fits, resampling):
+    """Pathfinder's log p is pymc-extras' own; the model's compiled log density (with the
+    Jacobian) of each unconstrained draw over all the data, and its log |Jacobian|, agree."""
+    from backends.pymc.model import compiled
+
+    fit = quick_fits["pathfinder"] if resampling == "psis" else backend.fit(
+        ORDERED, small, "pathfinder", replace(QUICK, pathfinder_resampling="none"), seed=5)
+    entry = compiled(ORDERED, small).use(small)
+    names = [v.name for v in entry.model.value_vars]
+    shapes = {name: np.shape(value) for name, value in entry.model.initial_point().items()}
+    z = fit.draws["unconstrained_posterior"]["z"]
+    labels = list(z["unconstrained"].values)
+    expected = []
+    for row in z.values[0]:
+        flat = dict(zip(labels, row))
+        point = [np.reshape([flat[f"{name}[{i}]"] for i in range(int(np.prod(shapes[name])))], shapes[name])
+                 for name in names]
+        expected.append(entry.log_p_jacobian()(*point))
+    expected = np.array(expected, float)
+    assert fit.log_p.shape == (QUICK.vi_draws,) and np.ptp(fit.log_p) > 0
+    np.testing.assert_allclose(fit.log_p, expected[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(fit.log_jacobian, expected[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(fit.draws.sample_stats["log_p"].values[0], fit.log_p)
 
 
 def test_vi_same_seed_same_draws(backend, small, quick_fits):

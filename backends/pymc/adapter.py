@@ -227,7 +227,8 @@ class PyMCBackend(Backend):
         timings = {"compile": float(result.compile_time), "optimisation": float(result.compute_time)}
         with stopwatch(timings, "extraction"):
             # The pool, path after path. Each draw's log q is its own path's normal approximation
-            # and log p pymc-extras' own (unconstrained, Jacobian included), as Stan weighs them.
+            # and log p pymc-extras' own (unconstrained, Jacobian included), as Stan weighs them:
+            # the draws' log p is taken from there, not evaluated again over all N.
             paths = np.asarray(result.samples)
             pool = paths.reshape(-1, n_dim)
             pool_log_p = np.asarray(result.logP, dtype=float).reshape(-1)
@@ -235,21 +236,22 @@ class PyMCBackend(Backend):
             pool_path = np.repeat(np.arange(paths.shape[0]), paths.shape[1])
             chosen, pareto_k = choose_draws(pool_log_p, pool_log_q, paths.shape[0], paths.shape[1],
                                             settings.vi_draws, resample, seed)
-            samples, log_q, engine_log_p = pool[chosen], pool_log_q[chosen], pool_log_p[chosen]
+            samples, log_q = pool[chosen], pool_log_q[chosen]
             layout, start = [], 0
             for name, shape, size, _ in info:
                 layout.append((name, slice(start, start + size), shape))
                 start += size
-        # The resampled draws are rows of the pool: the pool is constrained and its log p
-        # evaluated once, and the draws take their rows (the same values, computed once).
-        pool_values = self._evaluate(spec, entry, pool, layout, timings) if resample else None
-        values = None if pool_values is None else (
-            {name: value[:, chosen] for name, value in pool_values[0].items()}, *(v[chosen] for v in pool_values[1:]))
-        # engine_log_p: pymc-extras' log p of each draw, kept to show the two agree.
+        # The resampled draws are rows of the pool: the pool is constrained once, and the draws
+        # take their rows (the same values, computed once).
+        if resample:
+            pool_values = self._evaluate(spec, entry, pool, layout, timings, log_p=pool_log_p)
+            values = ({name: value[:, chosen] for name, value in pool_values[0].items()},
+                      *(v[chosen] for v in pool_values[1:]))
+        else:
+            values = self._evaluate(spec, entry, samples, layout, timings, log_p=pool_log_p[chosen])
         draws, log_p, log_jacobian = self._approximation_draws(
             spec, entry, samples, layout, timings, "pymc-extras+pathfinder",
-            stats={"log_q": log_q[None].astype(float), "engine_log_p": engine_log_p[None].astype(float)},
-            values=values)
+            stats={"log_q": log_q[None].astype(float)}, values=values)
         draws.attrs["pathfinder_resampling"] = settings.pathfinder_resampling
         if resample:
             # The proposal's own draws, for PSIS-LOO weighted by p/q; constraining them is extraction.
@@ -285,19 +287,26 @@ class PyMCBackend(Backend):
 
     @staticmethod
     def _evaluate(spec: MixtureSpec, entry: _Compiled, flat: np.ndarray, layout,
-                  timings: dict[str, float]) -> tuple[dict, np.ndarray, np.ndarray]:
+                  timings: dict[str, float], log_p: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
         """Unconstrained draws (one row each) -> the canonical parameters (leading axes
         (1, draws)), the full-data log density with the Jacobian and the log |Jacobian| of
-        each, timed as extraction."""
+        each, timed as extraction.
+
+        ``log_p`` (draws,): the engine's own log density of each draw (unconstrained, Jacobian
+        included, as ``entry.log_p_jacobian``), taken as it is; only the Jacobian, which reads no
+        data, is evaluated then. Otherwise each draw's log density is evaluated over all N."""
         names = [v.name for v in entry.model.value_vars]
         points = [[row[name] for name in names] for row in (
             {name: flat[i, sl].reshape(shape) for name, sl, shape in layout} for i in range(flat.shape[0]))]
+        n_out = len(entry.output_names)
         with stopwatch(timings, "extraction"):
-            constrain = entry.constrain()
+            constrain = entry.constrain() if log_p is None else entry.constrain_jacobian()
             outputs = [constrain(*point) for point in points]
             stacked = {name: np.stack([out[j] for out in outputs])[None]
                        for j, name in enumerate(entry.output_names)}
             posterior = _canonical(spec, stacked, (1, flat.shape[0]))
+            if log_p is not None:
+                return posterior, np.asarray(log_p, float), np.array([out[n_out] for out in outputs], float)
         with stopwatch(timings, "extraction"):
             log_p_jacobian = entry.log_p_jacobian()
             log_p, log_jacobian = np.array([log_p_jacobian(*point) for point in points], float).T

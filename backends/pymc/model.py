@@ -147,19 +147,31 @@ class _Compiled:
             return pytensor.function(self.model.value_vars, outs, on_unused_input="ignore")
         return self._get("constrain", build)
 
+    def _log_jacobian(self):
+        """The graph of log |Jacobian| of the value variables' transforms (no data in it)."""
+        model = self.model
+        jacobian = pt.constant(0.0)
+        for rv in model.free_RVs:
+            transform = model.rvs_to_transforms.get(rv)
+            if transform is not None:
+                value = model.rvs_to_values[rv]
+                jacobian = jacobian + pt.sum(transform.log_jac_det(value, *rv.owner.inputs))
+        return jacobian
+
     def log_p_jacobian(self):
         """f(*value vars) -> (log density with the Jacobian, log |Jacobian| of the transforms)."""
         def build():
-            model = self.model
-            jacobian = pt.constant(0.0)
-            for rv in model.free_RVs:
-                transform = model.rvs_to_transforms.get(rv)
-                if transform is not None:
-                    value = model.rvs_to_values[rv]
-                    jacobian = jacobian + pt.sum(transform.log_jac_det(value, *rv.owner.inputs))
-            return pytensor.function(model.value_vars, [model.logp(jacobian=True), jacobian],
+            return pytensor.function(self.model.value_vars, [self.model.logp(jacobian=True), self._log_jacobian()],
                                      on_unused_input="ignore")
         return self._get("log_p_jacobian", build)
+
+    def constrain_jacobian(self):
+        """f(*value vars) -> [*the canonical outputs (``constrain``'s), log |Jacobian|]: what a
+        draw needs when the engine already gave its log density. The data are not read."""
+        def build():
+            outs = self.model.replace_rvs_by_values([self.model[n] for n in self.output_names])
+            return pytensor.function(self.model.value_vars, [*outs, self._log_jacobian()], on_unused_input="ignore")
+        return self._get("constrain_jacobian", build)
 
     def unconstrain(self):
         """f(*constrained values in free_RVs order) -> the value variables (unconstrained)."""

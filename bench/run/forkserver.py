@@ -18,8 +18,12 @@ from multiprocessing import forkserver
 # What every cell imports before and after its fit (about 3 s, docs/performance.md). Under the
 # forkserver start method a server process imports these once per run and each worker is forked
 # from it: a fresh process that never ran an engine, without paying the imports again.
-COMMON_MODULES = ("numpy", "scipy.stats", "pandas", "xarray", "arviz_base", "arviz_stats", "backends",
-                  "backends.base", "bench.run.harness", "bench.score.metrics", "bench.score.relabel", "models.scenarios")
+# bench.run.server_bytecode first: the bytecode of the rest is then written (its docstring).
+# dask.array: xarray imports it (its chunk managers) at the first DataTree a process builds, which
+# was 0.12-0.14 s of CPU in the extraction of every worker's first cell.
+COMMON_MODULES = ("bench.run.server_bytecode", "numpy", "scipy.stats", "pandas", "xarray", "dask.array", "arviz_base",
+                  "arviz_stats", "backends", "backends.base", "bench.run.harness", "bench.score.metrics",
+                  "bench.score.relabel", "models.scenarios")
 
 _server_environ: dict[str, str] | None = None
 

@@ -719,7 +719,7 @@ def entry() -> None:
 
     Before exiting, every object left is moved out of the cyclic garbage collector's reach
     (``gc.freeze``): the interpreter's last collection at exit walks every object the run's
-    imports made (the engines', for ``run.json``) and took 0.4-0.5 s of every command's 0.9 s
+    imports made and took 0.4-0.5 s of every command's 0.9 s
     teardown (measured with py-spy on a one-cell run). Files and processes are closed by then
     (context managers, ``atexit``); only unreachable cycles go unfinalised, as the process ends.
     Not in ``main``, which tests call in process."""

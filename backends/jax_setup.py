@@ -22,9 +22,9 @@ def configure() -> None:
     Before JAX is imported only environment variables are set (JAX reads them at import), so a
     process that never uses JAX does not pay its import (0.3-1 s of CPU), nor does one where
     only arviz_base's unloaded placeholder for it is in ``sys.modules`` (every worker and the
-    command's own process: asking that placeholder for anything imports all of JAX). Once JAX has started its backends the
-    device count can no longer change: it is left as it is (fits then record the chains they ran
-    one after another).
+    command's own process: asking that placeholder for anything imports all of JAX). Once JAX
+    has started its backends the device count can no longer change: it is left as it is (fits
+    then record the chains they ran one after another).
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if not _imported("jax"):

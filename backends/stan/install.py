@@ -1,6 +1,6 @@
 """Stan's engines as installed: where CmdStan is and which Stan httpstan and CmdStan carry (from
-backends.stan_versions, which reads them without importing httpstan), the build lock, httpstan's built libraries and whether they are intact, and the engines' chatter kept
-quiet."""
+backends.stan_versions, which reads them without importing httpstan), the build lock, httpstan's
+built libraries and whether they are intact, and the engines' chatter kept quiet."""
 
 from __future__ import annotations
 

@@ -388,9 +388,9 @@ class Problem:
         computed once (one pass over N per draw) for every metric that reads them.
 
         ``obs`` (indices): keep the pointwise terms of these observations only, and the lpd of all
-        N (``DrawTerms.lpd``, unless ``lpd`` is False); the (draws, N) matrix is then never held (at N = 1e5, 200 draws:
-        160 MB whose first touch after a fit cost 0.1-0.3 s of page faults). The log densities
-        and the kept terms are the same values either way.
+        N (``DrawTerms.lpd``, unless ``lpd`` is False); the (draws, N) matrix is then never held
+        (at N = 1e5, 200 draws: 160 MB whose first touch after a fit cost 0.1-0.3 s of page
+        faults). The log densities and the kept terms are the same values either way.
         """
         ds = posterior_dataset(draws)
         chains = ds.sizes["chain"]

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from backends import BACKENDS
 from backends.base import TIMING_PHASES, set_phase_listener
 from backends.caches import set_wait_listener
-from bench.run.forkserver import COMMON_MODULES, server_environ, set_preload
+from bench.run.forkserver import COMMON_MODULES, environ_changes, set_preload, start
 from bench.run.stopping import RunInterrupted
 
 RowFn = Callable[[dict[str, Any]], None]
@@ -111,27 +111,11 @@ def preload_modules(cells: list[ExecutableCell]) -> list[str]:
     return modules
 
 
-def _environ_changes() -> tuple[dict[str, str], list[str]]:
-    """What the parent changed in its environment since the forkserver started: (set, unset)."""
-    base = server_environ()
-    current = dict(os.environ)
-    return ({k: v for k, v in current.items() if base.get(k) != v}, [k for k in base if k not in current])
-
-
-def _start_forkserver(context, cells) -> None:
-    # Takes effect when the server starts (at the first process of the first run in this
-    # process, or bench.launch's start); a server already running keeps what it imported.
-    set_preload(preload_modules(cells))
-
-
-def start_forkserver(context, cells) -> None:
+def start_forkserver(cells) -> None:
     """Start the forkserver now: it imports its modules (seconds) while the run does its own
     bookkeeping, instead of the run's first process waiting for them."""
-    from multiprocessing import forkserver
-
     if cells:
-        _start_forkserver(context, cells)
-        forkserver.ensure_running()
+        start(preload_modules(cells))
 
 
 def _enter_worker(launched: float | None, environ_changes, conn) -> float | None:
@@ -393,12 +377,12 @@ class LocalProcessExecutor:
     def prepare(self, cells: list[ExecutableCell]) -> None:
         """Start what ``run`` needs to start cells (the forkserver) ahead of it."""
         if self.start_method == "forkserver":
-            start_forkserver(self._context, cells)
+            start_forkserver(cells)
 
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:
         if self.start_method == "forkserver" and cells:
-            _start_forkserver(self._context, cells)
+            set_preload(preload_modules(cells))  # takes effect when the server starts; a running one keeps its imports
         pending = list(cells)
         active: dict[int, tuple[Any, Any, Any, float]] = {}
         clocks: dict[int, WaitClock] = {}
@@ -411,7 +395,7 @@ class LocalProcessExecutor:
                     proc = self._context.Process(
                         target=_worker,
                         args=(cell, str(options.out_dir), options.save_draws, sender, time.time(),
-                              _environ_changes() if self.start_method == "forkserver" else None),
+                              environ_changes() if self.start_method == "forkserver" else None),
                         name=f"mixbench-{cell.id}",
                     )
                     proc.start()
@@ -518,12 +502,12 @@ class WarmProcessExecutor:
 
     def prepare(self, cells: list[ExecutableCell]) -> None:
         """Start what ``run`` needs to start workers (the forkserver) ahead of it."""
-        start_forkserver(self._context, cells)
+        start_forkserver(cells)
 
     def run(self, cells: list[ExecutableCell], options: RunSettings, on_row: RowFn,
             progress: ProgressFn | None = None) -> None:
         if cells:
-            _start_forkserver(self._context, cells)
+            set_preload(preload_modules(cells))  # takes effect when the server starts; a running one keeps its imports
         pending = list(cells)
         workers: list[_Warm] = []
         try:
@@ -594,7 +578,7 @@ class WarmProcessExecutor:
             proc = self._context.Process(
                 target=_warm_worker,
                 args=(task_receiver, sender, str(options.out_dir), options.save_draws, time.time(),
-                      _environ_changes()),
+                      environ_changes()),
                 name=f"mixbench-warm-{cell.backend}",
             )
             proc.start()

@@ -43,6 +43,10 @@ def start(modules: Sequence[str] = COMMON_MODULES) -> None:
     forkserver.ensure_running()
 
 
-def server_environ() -> dict[str, str]:
-    """The environment the server started with (empty before it has)."""
-    return dict(_server_environ or {})
+def environ_changes() -> tuple[dict[str, str], list[str]]:
+    """What this process changed in its environment since the server started: (set, unset), for
+    a cell process forked from the server to apply (the server kept the environment it started
+    with)."""
+    base = _server_environ or {}
+    current = dict(os.environ)
+    return ({k: v for k, v in current.items() if base.get(k) != v}, [k for k in base if k not in current])
